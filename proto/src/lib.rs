@@ -1,0 +1,45 @@
+//! # navette-proto
+//!
+//! The contract between Navette's processes, and nothing else:
+//!
+//! - [`v1`]: the generated gRPC code for `proto/navette/v1/*.proto` (panel,
+//!   operator and agent surfaces) and [`FILE_DESCRIPTOR_SET`] for reflection;
+//! - [`identity`]: how a certificate says who its holder is (a role in a
+//!   SPIFFE-style URI SAN, agents bound to one host id), and how to read it back
+//!   from a peer certificate;
+//! - [`tls`]: rustls configurations for mutual TLS, a listener whose
+//!   certificate can be swapped without a restart, and a client connector;
+//! - [`gate`]: the one tower layer that checks every RPC's caller against a
+//!   policy before any handler runs.
+//!
+//! Invariant: this crate holds no policy of its own (which role may call
+//! what is decided by the controller and the agent) and does no I/O beyond
+//! sockets handed to it.
+
+pub mod gate;
+pub mod identity;
+pub mod tls;
+
+/// Generated code for package `navette.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("navette.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every Navette proto file, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/navette_descriptor.bin"));
+
+/// Converts a `chrono` time to a protobuf timestamp.
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// Converts a protobuf timestamp to `chrono`, `None` when out of range.
+pub fn from_timestamp(at: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)
+}

