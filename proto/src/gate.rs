@@ -12,7 +12,7 @@ use futures_util::future::{Either, Ready, ready};
 use tonic::Status;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
-use crate::identity::{Role, role_from_der};
+use crate::identity::{Role, common_name_from_der, role_from_der};
 
 /// Decides whether `role` may call the gRPC method at `path`
 /// (`/package.Service/Method`). `Err` carries the reason given to the caller.
@@ -20,15 +20,22 @@ pub type Policy = Arc<dyn Fn(&str, &Role) -> Result<(), String> + Send + Sync>;
 
 /// The authenticated caller of a request, set by the gate.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller(pub Role);
+pub struct Caller {
+    pub role: Role,
+    /// The certificate's common name, e.g. `navette operator alice`.
+    pub name: String,
+}
 
 /// Reads the caller the gate authenticated.
-pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Role, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .map(|caller| &caller.0)
-        .ok_or_else(|| Status::unauthenticated("no authenticated caller (the role gate did not run)"))
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+    request.extensions().get::<Caller>().ok_or_else(|| {
+        Status::unauthenticated("no authenticated caller (the role gate did not run)")
+    })
+}
+
+/// Reads the role of the caller the gate authenticated.
+pub fn caller_role<T>(request: &tonic::Request<T>) -> Result<&Role, Status> {
+    caller(request).map(|caller| &caller.role)
 }
 
 /// The layer to give `tonic::transport::Server::builder().layer(..)`.
@@ -60,8 +67,8 @@ pub struct RoleGate<S> {
     policy: Policy,
 }
 
-/// The role of the peer of a TLS connection, from request extensions.
-fn peer_role(extensions: &http::Extensions) -> Result<Role, String> {
+/// The peer of a TLS connection, from request extensions.
+fn peer(extensions: &http::Extensions) -> Result<Caller, String> {
     let info = extensions
         .get::<TlsConnectInfo<TcpConnectInfo>>()
         .ok_or("the connection is not TLS")?;
@@ -69,7 +76,9 @@ fn peer_role(extensions: &http::Extensions) -> Result<Role, String> {
         .peer_certs()
         .ok_or("no client certificate was presented")?;
     let leaf = certs.first().ok_or("no client certificate was presented")?;
-    role_from_der(leaf).map_err(|error| error.to_string())
+    let role = role_from_der(leaf).map_err(|error| error.to_string())?;
+    let name = common_name_from_der(leaf).unwrap_or_else(|| role.to_string());
+    Ok(Caller { role, name })
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RoleGate<S>
@@ -86,18 +95,18 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path().to_owned();
-        let role = match peer_role(request.extensions()) {
-            Ok(role) => role,
+        let caller = match peer(request.extensions()) {
+            Ok(caller) => caller,
             Err(reason) => {
                 tracing::warn!(message = "refused unauthenticated call", method = %path, %reason);
                 return Either::Left(ready(Ok(Status::unauthenticated(reason).into_http())));
             }
         };
-        if let Err(reason) = (self.policy)(&path, &role) {
-            tracing::warn!(message = "refused call", method = %path, caller = %role, %reason);
+        if let Err(reason) = (self.policy)(&path, &caller.role) {
+            tracing::warn!(message = "refused call", method = %path, caller = %caller.name, %reason);
             return Either::Left(ready(Ok(Status::permission_denied(reason).into_http())));
         }
-        request.extensions_mut().insert(Caller(role));
+        request.extensions_mut().insert(caller);
         Either::Right(self.inner.call(request))
     }
 }
@@ -124,8 +133,14 @@ mod tests {
 
     #[test]
     fn service_is_read_from_the_path() {
-        assert_eq!(service_of("/navette.v1.Hosts/ListHosts"), "navette.v1.Hosts");
-        assert_eq!(service_of("/grpc.health.v1.Health/Check"), "grpc.health.v1.Health");
+        assert_eq!(
+            service_of("/navette.v1.Hosts/ListHosts"),
+            "navette.v1.Hosts"
+        );
+        assert_eq!(
+            service_of("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health"
+        );
         assert_eq!(service_of(""), "");
     }
 }

@@ -113,17 +113,30 @@ pub fn role_from_der(der: &[u8]) -> Result<Role, IdentityError> {
     let mut found = None;
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            if let GeneralName::URI(uri) = name {
-                if let Some(role) = Role::from_uri(uri) {
-                    if found.is_some() {
-                        return Err(IdentityError::SeveralRoles);
-                    }
-                    found = Some(role);
+            if let GeneralName::URI(uri) = name
+                && let Some(role) = Role::from_uri(uri)
+            {
+                if found.is_some() {
+                    return Err(IdentityError::SeveralRoles);
                 }
+                found = Some(role);
             }
         }
     }
     found.ok_or(IdentityError::NoRole)
+}
+
+/// The subject common name of a DER certificate (who holds it, for logs).
+pub fn common_name_from_der(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(name)
 }
 
 /// Why a host id is not acceptable.

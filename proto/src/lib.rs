@@ -43,3 +43,18 @@ pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 pub fn from_timestamp(at: &prost_types::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?)
 }
+
+/// Digest of an inventory's content, ignoring when it was collected. Agents
+/// send it in heartbeats; the controller computes the same over the last
+/// report it stored and asks for a new report when they differ. prost
+/// encodes fields in declaration order, so equal content gives equal bytes.
+pub fn inventory_digest(inventory: &v1::HostInventory) -> String {
+    use prost::Message;
+    let mut content = inventory.clone();
+    content.collected_at = None;
+    for account in &mut content.accounts {
+        account.updated_at = None;
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, &content.encode_to_vec());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -77,16 +77,17 @@ impl Identity {
     /// Parses PEM text; `what` names the source in errors.
     pub fn from_pem(cert_pem: &str, key_pem: &str, what: &str) -> Result<Identity, TlsError> {
         let chain = certificates_from_pem(cert_pem, what)?;
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| match source {
-            rustls_pki_types::pem::Error::NoItemsFound => TlsError::Pem {
-                what: what.to_owned(),
-                kind: "private key",
-            },
-            source => TlsError::BadPem {
-                what: what.to_owned(),
-                source,
-            },
-        })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| match source {
+                rustls_pki_types::pem::Error::NoItemsFound => TlsError::Pem {
+                    what: what.to_owned(),
+                    kind: "private key",
+                },
+                source => TlsError::BadPem {
+                    what: what.to_owned(),
+                    source,
+                },
+            })?;
         Ok(Identity { chain, key })
     }
 
@@ -106,7 +107,10 @@ fn read(path: &Path) -> Result<String, TlsError> {
 }
 
 /// Parses every certificate in PEM text.
-pub fn certificates_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn certificates_from_pem(
+    pem: &str,
+    what: &str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| TlsError::BadPem {
@@ -291,9 +295,143 @@ pub fn channel(
         async move {
             let tcp = TcpStream::connect(address).await?;
             tcp.set_nodelay(true)?;
-            let tls = connector.connect(server_name, tcp).await?;
-            Ok::<_, io::Error>(TokioIo::new(tls))
+            let tls = connector.connect(server_name, tcp).await.map_err(explain)?;
+            Primed::new(tls).await.map(TokioIo::new)
         }
     });
     Ok(endpoint.connect_with_connector_lazy(service))
+}
+
+/// How long a client waits for the server's first bytes after the handshake.
+const FIRST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client TLS stream whose first bytes were read during connect.
+///
+/// With TLS 1.3 the client finishes its handshake before the server has
+/// checked the client certificate; a refusal arrives as an alert on the
+/// first read, which HTTP/2 would report as a bare "connection closed".
+/// Reading the server's first bytes (its HTTP/2 settings) while connecting
+/// turns a refusal into an error that says why, and replays the bytes.
+struct Primed<S> {
+    first: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Primed<S> {
+    async fn new(mut inner: S) -> io::Result<Primed<S>> {
+        use tokio::io::AsyncReadExt;
+        let mut first = vec![0u8; 1024];
+        let read = tokio::time::timeout(FIRST_READ_TIMEOUT, inner.read(&mut first))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the server sent nothing after the TLS handshake",
+                )
+            })?
+            .map_err(explain)?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection right after the TLS handshake",
+            ));
+        }
+        first.truncate(read);
+        Ok(Primed {
+            first,
+            offset: 0,
+            inner,
+        })
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Primed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        if self.offset < self.first.len() {
+            let available = &self.first[self.offset..];
+            let n = available.len().min(buf.remaining());
+            buf.put_slice(&available[..n]);
+            self.offset += n;
+            if self.offset == self.first.len() {
+                self.first = Vec::new();
+                self.offset = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Primed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Rewrites TLS failures into sentences a person can act on.
+fn explain(error: io::Error) -> io::Error {
+    use rustls::{AlertDescription, CertificateError, Error};
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<Error>()) else {
+        return error;
+    };
+    let why = match tls {
+        Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "the server requires a client certificate and none was presented"
+        }
+        Error::AlertReceived(AlertDescription::UnknownCA) => {
+            "the server refused the client certificate: it was not issued by the server's CA"
+        }
+        Error::AlertReceived(AlertDescription::CertificateExpired) => {
+            "the server refused the client certificate: it has expired (or is not valid yet)"
+        }
+        Error::AlertReceived(AlertDescription::BadCertificate | AlertDescription::DecryptError) => {
+            "the server refused the client certificate as invalid"
+        }
+        Error::InvalidCertificate(
+            CertificateError::UnknownIssuer | CertificateError::BadSignature,
+        ) => "the server's certificate was not issued by the trusted CA",
+        Error::InvalidCertificate(CertificateError::Expired) => {
+            "the server's certificate has expired"
+        }
+        Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "the server's certificate is not for the expected name (is this the right host?)",
+        _ => return error,
+    };
+    io::Error::new(error.kind(), format!("{why} ({tls})"))
 }

@@ -1,0 +1,253 @@
+//! Conversions between `navette.v1` messages and the controller's domain
+//! types. The only place that knows both.
+
+use navette_proto::v1;
+use navette_proto::{from_timestamp, timestamp};
+
+use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
+use crate::error::{Error, Result};
+use crate::model::{
+    Account, Database, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, Inventory,
+    JoinToken,
+};
+
+pub fn host_kind(kind: HostKind) -> v1::HostKind {
+    match kind {
+        HostKind::Shared => v1::HostKind::Shared,
+        HostKind::Dedicated => v1::HostKind::Dedicated,
+        HostKind::Vps => v1::HostKind::Vps,
+        HostKind::Transit => v1::HostKind::Transit,
+        HostKind::Test => v1::HostKind::Test,
+    }
+}
+
+/// `None` for UNSPECIFIED (no filter, or missing).
+pub fn host_kind_from(kind: i32) -> Result<Option<HostKind>> {
+    match v1::HostKind::try_from(kind) {
+        Ok(v1::HostKind::Unspecified) => Ok(None),
+        Ok(v1::HostKind::Shared) => Ok(Some(HostKind::Shared)),
+        Ok(v1::HostKind::Dedicated) => Ok(Some(HostKind::Dedicated)),
+        Ok(v1::HostKind::Vps) => Ok(Some(HostKind::Vps)),
+        Ok(v1::HostKind::Transit) => Ok(Some(HostKind::Transit)),
+        Ok(v1::HostKind::Test) => Ok(Some(HostKind::Test)),
+        Err(_) => Err(Error::InvalidArgument(format!("unknown host kind {kind}"))),
+    }
+}
+
+fn host_state(state: HostState) -> v1::HostState {
+    match state {
+        HostState::AwaitingEnrolment => v1::HostState::AwaitingEnrolment,
+        HostState::Online => v1::HostState::Online,
+        HostState::Unreachable => v1::HostState::Unreachable,
+    }
+}
+
+fn engine(engine: Engine) -> v1::DatabaseEngine {
+    match engine {
+        Engine::Postgresql => v1::DatabaseEngine::Postgresql,
+        Engine::Mariadb => v1::DatabaseEngine::Mariadb,
+    }
+}
+
+fn engine_from(value: i32, what: &str) -> Result<Engine> {
+    match v1::DatabaseEngine::try_from(value) {
+        Ok(v1::DatabaseEngine::Postgresql) => Ok(Engine::Postgresql),
+        Ok(v1::DatabaseEngine::Mariadb) => Ok(Engine::Mariadb),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what}: database engine {value} is not known"
+        ))),
+    }
+}
+
+pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
+    v1::DatabaseServer {
+        name: server.name.clone(),
+        engine: engine(server.engine).into(),
+        version: server.version.clone(),
+        address: server.address.clone(),
+        port: u32::from(server.port),
+        reachable: server.reachable,
+        error: server.error.clone(),
+    }
+}
+
+pub fn host(host: &Host) -> v1::Host {
+    v1::Host {
+        id: host.id.clone(),
+        kind: host
+            .kind
+            .map(host_kind)
+            .unwrap_or(v1::HostKind::Unspecified)
+            .into(),
+        state: host_state(host.state).into(),
+        draining: host.draining,
+        pool: host.pool.clone().unwrap_or_default(),
+        stack_version: host.stack_version.clone(),
+        agent_endpoint: host.agent_endpoint.clone(),
+        addresses: host.addresses.clone(),
+        disk_total_bytes: host.disk_total_bytes,
+        disk_free_bytes: host.disk_free_bytes,
+        database_servers: host.database_servers.iter().map(database_server).collect(),
+        account_count: host.account_count,
+        enrolled_at: host.enrolled_at.map(timestamp),
+        last_heartbeat_at: host.last_heartbeat_at.map(timestamp),
+        inventory_updated_at: host.inventory_updated_at.map(timestamp),
+        certificate_expires_at: host.certificate_expires_at.map(timestamp),
+        agent_version: host.agent_version.clone(),
+    }
+}
+
+pub fn account(account: &Account) -> v1::Account {
+    v1::Account {
+        name: account.name.clone(),
+        host_id: account.host_id.clone(),
+        home: account.home.clone(),
+        uid: account.uid,
+        home_size_bytes: account.home_size_bytes,
+        home_files: account.home_files,
+        databases: account
+            .databases
+            .iter()
+            .map(|d| v1::Database {
+                engine: engine(d.engine).into(),
+                server: d.server.clone(),
+                name: d.name.clone(),
+                size_bytes: d.size_bytes,
+                owner: d.owner.clone(),
+            })
+            .collect(),
+        updated_at: Some(timestamp(account.updated_at)),
+    }
+}
+
+fn software(versions: &SoftwareVersions) -> v1::SoftwareVersions {
+    v1::SoftwareVersions {
+        software: versions.software.as_str().to_owned(),
+        versions: versions.versions.clone(),
+    }
+}
+
+fn incompatibility(item: &Incompatibility) -> v1::Incompatibility {
+    v1::Incompatibility {
+        id: item.id.clone(),
+        title: item.title.clone(),
+        description: item.description.clone(),
+        important: item.important,
+    }
+}
+
+pub fn migration(migration: &Migration) -> v1::Migration {
+    v1::Migration {
+        id: migration.id.clone(),
+        title: migration.title.clone(),
+        summary: migration.summary.clone(),
+        source: Some(software(&migration.source)),
+        target: Some(software(&migration.target)),
+        target_host_kinds: migration
+            .target_host_kinds
+            .iter()
+            .map(|k| i32::from(host_kind(*k)))
+            .collect(),
+        documentation: migration.documentation.clone(),
+        incompatibilities: migration
+            .incompatibilities
+            .iter()
+            .map(incompatibility)
+            .collect(),
+    }
+}
+
+pub fn join_token(token: &JoinToken) -> v1::JoinToken {
+    v1::JoinToken {
+        id: token.id.clone(),
+        host_id: token.host_id.clone(),
+        pool: token.pool.clone().unwrap_or_default(),
+        created_at: Some(timestamp(token.created_at)),
+        expires_at: Some(timestamp(token.expires_at)),
+        used_at: token.used_at.map(timestamp),
+        revoked: token.revoked_at.is_some(),
+        created_by: token.created_by.clone(),
+    }
+}
+
+pub fn host_pool(pool: &HostPool) -> v1::HostPool {
+    v1::HostPool {
+        name: pool.name.clone(),
+        description: pool.description.clone(),
+        created_at: Some(timestamp(pool.created_at)),
+    }
+}
+
+/// An agent's report, checked.
+pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
+    let kind = host_kind_from(report.kind)?.ok_or_else(|| {
+        Error::InvalidArgument(
+            "inventory: host kind is missing; set `kind` in the agent's configuration".to_owned(),
+        )
+    })?;
+    let database_servers = report
+        .database_servers
+        .iter()
+        .map(|s| {
+            Ok(DatabaseServer {
+                name: s.name.clone(),
+                engine: engine_from(s.engine, &format!("database server {:?}", s.name))?,
+                version: s.version.clone(),
+                address: s.address.clone(),
+                port: u16::try_from(s.port).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "database server {:?}: port {} is out of range",
+                        s.name, s.port
+                    ))
+                })?,
+                reachable: s.reachable,
+                error: s.error.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let now = chrono::Utc::now();
+    let accounts = report
+        .accounts
+        .iter()
+        .map(|a| {
+            Ok(Account {
+                name: a.name.clone(),
+                host_id: report.host_id.clone(),
+                home: a.home.clone(),
+                uid: a.uid,
+                home_size_bytes: a.home_size_bytes,
+                home_files: a.home_files,
+                databases: a
+                    .databases
+                    .iter()
+                    .map(|d| {
+                        Ok(Database {
+                            engine: engine_from(d.engine, &format!("database {:?}", d.name))?,
+                            server: d.server.clone(),
+                            name: d.name.clone(),
+                            size_bytes: d.size_bytes,
+                            owner: d.owner.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                updated_at: a
+                    .updated_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .unwrap_or(now),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Inventory {
+        kind,
+        stack_version: report.stack_version.clone(),
+        agent_version: report.agent_version.clone(),
+        agent_endpoint: report.agent_endpoint.clone(),
+        addresses: report.addresses.clone(),
+        disk_total_bytes: report.disk_total_bytes,
+        disk_free_bytes: report.disk_free_bytes,
+        database_servers,
+        accounts,
+        digest: navette_proto::inventory_digest(report),
+    })
+}

@@ -1,0 +1,320 @@
+//! The operator API: hosts, pools, join tokens.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use navette_proto::gate::caller;
+use navette_proto::v1;
+use navette_proto::v1::host_event::Kind as EventKind;
+use navette_proto::v1::host_pools_server::HostPools;
+use navette_proto::v1::hosts_server::Hosts;
+use navette_proto::v1::join_tokens_server::JoinTokens;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{Reply, convert, optional, reply, required, status};
+use crate::agents;
+use crate::enrolment;
+use crate::error::Error;
+use crate::model::HostChange;
+use crate::state::Controller;
+use crate::store;
+
+pub struct OperatorApi(pub Arc<Controller>);
+
+type HostEvents = Pin<Box<dyn Stream<Item = Result<v1::HostEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Hosts for OperatorApi {
+    async fn list_hosts(
+        &self,
+        request: Request<v1::ListHostsRequest>,
+    ) -> Reply<v1::ListHostsResponse> {
+        let request = request.into_inner();
+        reply(
+            async {
+                let kind = convert::host_kind_from(request.kind)?;
+                let client = self.0.db.get().await?;
+                let hosts = store::hosts::list(&**client, kind, optional(&request.pool)).await?;
+                Ok(v1::ListHostsResponse {
+                    hosts: hosts.iter().map(convert::host).collect(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn get_host(&self, request: Request<v1::GetHostRequest>) -> Reply<v1::Host> {
+        let request = request.into_inner();
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let client = self.0.db.get().await?;
+                Ok(convert::host(&store::hosts::get(&**client, id).await?))
+            }
+            .await,
+        )
+    }
+
+    async fn drain_host(&self, request: Request<v1::DrainHostRequest>) -> Reply<v1::Host> {
+        let request = request.into_inner();
+        reply(self.set_draining(&request.id, true).await)
+    }
+
+    async fn undrain_host(&self, request: Request<v1::UndrainHostRequest>) -> Reply<v1::Host> {
+        let request = request.into_inner();
+        reply(self.set_draining(&request.id, false).await)
+    }
+
+    async fn refresh_host_inventory(
+        &self,
+        request: Request<v1::RefreshHostInventoryRequest>,
+    ) -> Reply<v1::Host> {
+        let request = request.into_inner();
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let host = {
+                    let client = self.0.db.get().await?;
+                    store::hosts::get(&**client, id).await?
+                };
+                let report = agents::get_inventory(&self.0, &host).await?;
+                let inventory = convert::inventory_from(&report)?;
+                let client = self.0.db.get().await?;
+                store::hosts::store_inventory(&**client, id, &inventory).await?;
+                Ok(convert::host(&store::hosts::get(&**client, id).await?))
+            }
+            .await,
+        )
+    }
+
+    type WatchHostsStream = HostEvents;
+
+    async fn watch_hosts(&self, request: Request<v1::WatchHostsRequest>) -> Reply<HostEvents> {
+        let filter = optional(&request.get_ref().id).map(str::to_owned);
+        let changes = self.0.host_changes.subscribe();
+        let (sender, receiver) = mpsc::channel(64);
+        let controller = self.0.clone();
+        // Snapshot first (after subscribing, so nothing falls in between).
+        let snapshot = {
+            let client = controller.db.get().await.map_err(|e| status(e.into()))?;
+            let hosts = store::hosts::list(&**client, None, None)
+                .await
+                .map_err(status)?;
+            hosts
+                .into_iter()
+                .filter(|h| filter.as_deref().is_none_or(|id| id == h.id))
+                .collect::<Vec<_>>()
+        };
+        if let Some(id) = &filter
+            && snapshot.is_empty()
+        {
+            return Err(status(Error::NotFound {
+                what: "host",
+                id: id.clone(),
+            }));
+        }
+        tokio::spawn(forward_host_events(
+            controller, filter, snapshot, changes, sender,
+        ));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
+        Ok(Response::new(Box::pin(stream) as HostEvents))
+    }
+}
+
+fn event(kind: EventKind, host: &crate::model::Host) -> v1::HostEvent {
+    v1::HostEvent {
+        kind: kind.into(),
+        host: Some(convert::host(host)),
+        at: Some(navette_proto::timestamp(chrono::Utc::now())),
+    }
+}
+
+fn event_kind(change: HostChange) -> EventKind {
+    match change {
+        HostChange::Enrolled => EventKind::Enrolled,
+        HostChange::Online => EventKind::Online,
+        HostChange::Unreachable => EventKind::Unreachable,
+        HostChange::Inventory => EventKind::Inventory,
+        HostChange::Draining => EventKind::Draining,
+        HostChange::Undrained => EventKind::Undrained,
+    }
+}
+
+/// Sends the snapshot, then one event per committed change, until the
+/// watcher hangs up.
+async fn forward_host_events(
+    controller: Arc<Controller>,
+    filter: Option<String>,
+    snapshot: Vec<crate::model::Host>,
+    mut changes: broadcast::Receiver<String>,
+    sender: mpsc::Sender<Result<v1::HostEvent, Status>>,
+) {
+    for host in &snapshot {
+        if sender
+            .send(Ok(event(EventKind::Snapshot, host)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+    loop {
+        let note = match changes.recv().await {
+            Ok(note) => note,
+            Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let (host_id, change) = note.split_once(':').unwrap_or(("", ""));
+        let (ids, kind) = match HostChange::parse(change) {
+            Some(change) if !host_id.is_empty() => (Some(host_id.to_owned()), event_kind(change)),
+            // A resynchronisation: send every watched host again.
+            _ => (None, EventKind::Snapshot),
+        };
+        if let (Some(id), Some(wanted)) = (&ids, &filter)
+            && id != wanted
+        {
+            continue;
+        }
+        let hosts = match controller.db.get().await {
+            Ok(client) => match &ids {
+                Some(id) => store::hosts::get(&**client, id).await.map(|h| vec![h]),
+                None => store::hosts::list(&**client, None, None).await,
+            },
+            Err(error) => Err(error.into()),
+        };
+        match hosts {
+            Ok(hosts) => {
+                for host in hosts
+                    .iter()
+                    .filter(|h| filter.as_deref().is_none_or(|id| id == h.id))
+                {
+                    if sender.send(Ok(event(kind, host))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = sender.send(Err(status(error))).await;
+                return;
+            }
+        }
+    }
+}
+
+impl OperatorApi {
+    async fn set_draining(&self, id: &str, draining: bool) -> Result<v1::Host, Error> {
+        let id = required(id, "id")?;
+        let client = self.0.db.get().await?;
+        let host = store::hosts::set_draining(&**client, id, draining).await?;
+        tracing::info!(message = if draining { "host draining" } else { "host undrained" }, host_id = %id);
+        Ok(convert::host(&host))
+    }
+}
+
+#[tonic::async_trait]
+impl HostPools for OperatorApi {
+    async fn create_host_pool(
+        &self,
+        request: Request<v1::CreateHostPoolRequest>,
+    ) -> Reply<v1::HostPool> {
+        let request = request.into_inner();
+        reply(
+            async {
+                let request_id = required(&request.request_id, "request_id")?;
+                let name = required(&request.name, "name")?;
+                let client = self.0.db.get().await?;
+                let pool =
+                    store::pools::create(&**client, request_id, name, request.description.trim())
+                        .await?;
+                Ok(convert::host_pool(&pool))
+            }
+            .await,
+        )
+    }
+
+    async fn list_host_pools(
+        &self,
+        _request: Request<v1::ListHostPoolsRequest>,
+    ) -> Reply<v1::ListHostPoolsResponse> {
+        reply(
+            async {
+                let client = self.0.db.get().await?;
+                let pools = store::pools::list(&**client).await?;
+                Ok(v1::ListHostPoolsResponse {
+                    pools: pools.iter().map(convert::host_pool).collect(),
+                })
+            }
+            .await,
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl JoinTokens for OperatorApi {
+    async fn create_join_token(
+        &self,
+        request: Request<v1::CreateJoinTokenRequest>,
+    ) -> Reply<v1::CreateJoinTokenResponse> {
+        let created_by = caller(&request)?.name.clone();
+        let request = request.into_inner();
+        let controller = &self.0;
+        reply(async {
+            let host_id = required(&request.host_id, "host_id")?;
+            let ttl = match request.ttl_seconds {
+                0 => controller.config.hosts.join_token_ttl_secs,
+                ttl => u64::from(ttl),
+            };
+            let (token, secret) = enrolment::create_join_token(
+                &controller.db,
+                &controller.ca,
+                &request.request_id,
+                host_id,
+                optional(&request.pool),
+                &created_by,
+                ttl,
+            )
+            .await?;
+            tracing::info!(message = "join token created", token = %token.id, %host_id, expires_at = %token.expires_at);
+            Ok(v1::CreateJoinTokenResponse {
+                token: Some(convert::join_token(&token)),
+                secret,
+            })
+        }
+        .await)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<v1::ListJoinTokensRequest>,
+    ) -> Reply<v1::ListJoinTokensResponse> {
+        reply(
+            async {
+                let client = self.0.db.get().await?;
+                let tokens = store::tokens::list(&**client).await?;
+                Ok(v1::ListJoinTokensResponse {
+                    tokens: tokens.iter().map(convert::join_token).collect(),
+                })
+            }
+            .await,
+        )
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<v1::RevokeJoinTokenRequest>,
+    ) -> Reply<v1::JoinToken> {
+        let request = request.into_inner();
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let client = self.0.db.get().await?;
+                Ok(convert::join_token(
+                    &store::tokens::revoke(&**client, id).await?,
+                ))
+            }
+            .await,
+        )
+    }
+}

@@ -1,0 +1,281 @@
+//! The controller's configuration file (TOML) and its documented defaults.
+//!
+//! Every field has a default except the database URL; `controller.example.toml`
+//! beside this crate shows them all with comments. Unknown keys are refused,
+//! so a typo is an error at start-up rather than a silently ignored setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Errors reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    pub database: Database,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default)]
+    pub hosts: Hosts,
+    #[serde(default)]
+    pub catalogue: Catalogue,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// Where the controller listens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// The mutual-TLS API (panel, operator and agent gateway). Default
+    /// `0.0.0.0:7443`.
+    #[serde(default = "default_api")]
+    pub api: SocketAddr,
+    /// Enrolment only: TLS without client certificates, so that a new agent
+    /// can trade its join token for a certificate. Default `0.0.0.0:7444`.
+    #[serde(default = "default_enrolment")]
+    pub enrolment: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            api: default_api(),
+            enrolment: default_enrolment(),
+        }
+    }
+}
+
+fn default_api() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+
+fn default_enrolment() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7444))
+}
+
+/// The controller's own PostgreSQL database. Several controllers may share
+/// one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// A libpq-style connection string, e.g.
+    /// `host=/var/run/postgresql user=navette dbname=navette`. Required.
+    pub url: String,
+    /// Connections kept in the pool. Default 8.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// How long start-up waits for the database to accept connections.
+    /// Default 60 seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_pool_size() -> usize {
+    8
+}
+
+fn default_connect_timeout() -> u64 {
+    60
+}
+
+/// The certificate authority and certificate lifetimes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Directory holding `ca.pem` and `ca.key` (made by `ca init`). Default
+    /// `/var/lib/navette/ca`.
+    #[serde(default = "default_ca_dir")]
+    pub ca_dir: PathBuf,
+    /// Extra names (DNS names or IP addresses) in the controller's own
+    /// certificate, for clients that dial it by address (grpcurl, the panel).
+    /// `controller.navette.internal` and `localhost` are always included.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Lifetime of the certificates agents get at enrolment and renewal; they
+    /// renew after two thirds of it. Default 86400 (one day).
+    #[serde(default = "default_agent_ttl")]
+    pub agent_certificate_ttl_secs: u64,
+    /// Lifetime of the controller's own serving certificate, which it issues
+    /// itself at start-up and renews while running. Default 604800 (a week).
+    #[serde(default = "default_controller_ttl")]
+    pub controller_certificate_ttl_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            ca_dir: default_ca_dir(),
+            server_names: Vec::new(),
+            agent_certificate_ttl_secs: default_agent_ttl(),
+            controller_certificate_ttl_secs: default_controller_ttl(),
+        }
+    }
+}
+
+fn default_ca_dir() -> PathBuf {
+    PathBuf::from("/var/lib/navette/ca")
+}
+
+fn default_agent_ttl() -> u64 {
+    86_400
+}
+
+fn default_controller_ttl() -> u64 {
+    7 * 86_400
+}
+
+/// How hosts are tracked.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hosts {
+    /// A host whose agent sent no heartbeat for this long is marked
+    /// unreachable. Default 30 seconds.
+    #[serde(default = "default_heartbeat_timeout")]
+    pub heartbeat_timeout_secs: u64,
+    /// Validity of a join token when the request gives none. Default 3600.
+    #[serde(default = "default_token_ttl")]
+    pub join_token_ttl_secs: u64,
+}
+
+impl Default for Hosts {
+    fn default() -> Self {
+        Hosts {
+            heartbeat_timeout_secs: default_heartbeat_timeout(),
+            join_token_ttl_secs: default_token_ttl(),
+        }
+    }
+}
+
+fn default_heartbeat_timeout() -> u64 {
+    30
+}
+
+fn default_token_ttl() -> u64 {
+    3600
+}
+
+/// The catalogue of migrations.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Catalogue {
+    /// Directory of `*.toml` migration definitions. Default
+    /// `/usr/share/navette/catalogue`.
+    #[serde(default = "default_catalogue_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        Catalogue {
+            dir: default_catalogue_dir(),
+        }
+    }
+}
+
+fn default_catalogue_dir() -> PathBuf {
+    PathBuf::from("/usr/share/navette/catalogue")
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` for people, `json` for log collectors. Default `text`.
+    #[serde(default = "default_log_format")]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `navette_controller=debug`...). `RUST_LOG`
+    /// overrides it. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn default_log_format() -> LogFormat {
+    LogFormat::Text
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|error: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().replace('\n', " "),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_database_url_is_required() -> Result<(), ConfigError> {
+        let config = Config::parse("[database]\nurl = \"host=/run/pg\"\n", Path::new("c.toml"))?;
+        assert_eq!(config.listen.api, default_api());
+        assert_eq!(config.tls.agent_certificate_ttl_secs, 86_400);
+        assert_eq!(config.hosts.heartbeat_timeout_secs, 30);
+        assert_eq!(config.log.format, LogFormat::Text);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = Config::parse(
+            "[database]\nurl = \"x\"\n[hosts]\nheartbeat_timeout = 3\n",
+            Path::new("c.toml"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(error.contains("heartbeat_timeout"), "{error}");
+        assert!(error.contains("c.toml"), "{error}");
+    }
+
+    #[test]
+    fn example_file_parses() -> Result<(), ConfigError> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
+        Config::load(&path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! # navette-controller
+//!
+//! The control plane: a gRPC daemon with its state in PostgreSQL that knows
+//! every host and account, publishes the catalogue of migrations, and drives
+//! the host agents over mutual TLS.
+//!
+//! ## Layout
+//!
+//! - [`config`]: the configuration file and its defaults.
+//! - [`ca`]: the certificate authority: CA files, every certificate Navette
+//!   issues, the join-token key. The only module that writes roles into
+//!   certificates.
+//! - [`tls`]: the controller's own certificate, issued at start and renewed.
+//! - [`db`]: connection pool, schema migrations, change notifications.
+//! - [`store`]: queries, one module per table family; domain types in and
+//!   out, never protobuf.
+//! - [`model`]: the domain types.
+//! - [`catalogue`]: migration definitions from TOML files, checked at start,
+//!   and which migrations apply to an account or host.
+//! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
+//! - [`agents`]: calls from the controller to agents.
+//! - [`api`]: the gRPC services. The only modules that know protobuf; errors
+//!   become `tonic::Status` in `api::status` only; `api::policy` decides
+//!   which role may call what.
+//! - [`server`]: listeners and background tasks.
+//! - [`notify`]: systemd readiness.
+//!
+//! Invariants: agents never touch this database; every change to a host is
+//! announced in the transaction that commits it; several controllers may
+//! share one database (schema migrations under an advisory lock, liveness
+//! updates idempotent, change notifications through PostgreSQL).
+
+pub mod agents;
+pub mod api;
+pub mod ca;
+pub mod catalogue;
+pub mod config;
+pub mod db;
+pub mod enrolment;
+pub mod error;
+pub mod model;
+pub mod notify;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// Runs the controller until SIGTERM or SIGINT.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let catalogue = catalogue::Catalogue::load(&config.catalogue.dir)?;
+    tracing::info!(message = "catalogue loaded", migrations = catalogue.len(), dir = %config.catalogue.dir.display());
+    let ca = ca::CertificateAuthority::load(&config.tls.ca_dir)?;
+    let tls = tls::ControllerTls::new(&ca, &config.tls)?;
+    let db = db::connect(
+        &config.database.url,
+        config.database.pool_size,
+        Duration::from_secs(config.database.connect_timeout_secs),
+    )
+    .await?;
+    let applied = db::migrate(&db)
+        .await
+        .context("migrating the database schema")?;
+    if !applied.is_empty() {
+        tracing::info!(message = "database schema up to date", applied = ?applied);
+    }
+    let (host_changes, _) = tokio::sync::broadcast::channel(1024);
+    db::listen_host_changes(config.database.url.clone(), host_changes.clone());
+    let controller = Arc::new(state::Controller {
+        config,
+        db,
+        ca,
+        catalogue,
+        tls,
+        host_changes,
+    });
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = server::bind(controller.clone(), stopped).await?;
+    server::spawn_liveness(controller.clone());
+    server::spawn_certificate_renewal(controller.clone());
+    notify::ready();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(message = "shutting down");
+        notify::stopping();
+        let _ = stop.send(true);
+    });
+    Box::pin(serving).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The `host_accounts` table: customer accounts as each agent reports them.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::{to_i64, to_u64};
+use crate::error::{Error, Result};
+use crate::model::Account;
+
+fn from_row(row: &Row) -> Result<Account> {
+    let databases: serde_json::Value = row.get("databases");
+    let uid: i64 = row.get("uid");
+    Ok(Account {
+        name: row.get("name"),
+        host_id: row.get("host_id"),
+        home: row.get("home"),
+        uid: u32::try_from(uid).unwrap_or(u32::MAX),
+        home_size_bytes: to_u64(row.get("home_size_bytes")),
+        home_files: to_u64(row.get("home_files")),
+        databases: serde_json::from_value(databases)
+            .map_err(|e| Error::Internal(format!("databases column: {e}")))?,
+        updated_at: row.get("updated_at"),
+    })
+}
+
+const SELECT: &str = "SELECT host_id, name, home, uid, home_size_bytes, home_files, databases,
+    updated_at FROM host_accounts";
+
+/// Accounts, optionally on one host, by name.
+pub async fn list(client: &impl GenericClient, host_id: Option<&str>) -> Result<Vec<Account>> {
+    let sql = format!("{SELECT} WHERE ($1::text IS NULL OR host_id = $1) ORDER BY name, host_id");
+    client
+        .query(&sql, &[&host_id])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// The account called `name`. An account lives on one host; if several
+/// report it, that is a state an operator must look at, and it says so.
+pub async fn get(client: &impl GenericClient, name: &str) -> Result<Account> {
+    let sql = format!("{SELECT} WHERE name = $1 ORDER BY host_id");
+    let mut accounts = client
+        .query(&sql, &[&name])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect::<Result<Vec<_>>>()?;
+    match accounts.len() {
+        0 => Err(Error::NotFound {
+            what: "account",
+            id: name.to_owned(),
+        }),
+        1 => Ok(accounts.remove(0)),
+        _ => Err(Error::FailedPrecondition(format!(
+            "account {name:?} is reported by several hosts ({}); check those hosts",
+            accounts
+                .iter()
+                .map(|a| a.host_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// Replaces what is known of `host_id`'s accounts with `accounts`.
+pub async fn replace_for_host(
+    client: &impl GenericClient,
+    host_id: &str,
+    accounts: &[Account],
+) -> Result<()> {
+    let names: Vec<&str> = accounts.iter().map(|a| a.name.as_str()).collect();
+    client
+        .execute(
+            "DELETE FROM host_accounts WHERE host_id = $1 AND NOT (name = ANY($2))",
+            &[&host_id, &names],
+        )
+        .await?;
+    let statement = client
+        .prepare(
+            "INSERT INTO host_accounts (host_id, name, home, uid, home_size_bytes, home_files,
+                 databases, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+             ON CONFLICT (host_id, name) DO UPDATE SET home = EXCLUDED.home, uid = EXCLUDED.uid,
+                 home_size_bytes = EXCLUDED.home_size_bytes, home_files = EXCLUDED.home_files,
+                 databases = EXCLUDED.databases, updated_at = now()",
+        )
+        .await?;
+    for account in accounts {
+        let databases = serde_json::to_value(&account.databases)
+            .map_err(|e| Error::Internal(format!("encoding databases: {e}")))?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &host_id,
+                    &account.name,
+                    &account.home,
+                    &i64::from(account.uid),
+                    &to_i64(account.home_size_bytes),
+                    &to_i64(account.home_files),
+                    &databases,
+                ],
+            )
+            .await?;
+    }
+    Ok(())
+}
