@@ -74,6 +74,14 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// Tolerated clock skew between hosts: certificates start this long ago.
 const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
+/// How far back a certificate's validity starts, for hosts whose clocks are
+/// a little behind: five minutes, but never more than a tenth of the
+/// lifetime, so that short-lived certificates are renewed on time (agents
+/// renew two thirds into the validity period).
+fn skew_allowance(lifetime: Duration) -> Duration {
+    CLOCK_SKEW.min(lifetime / 10)
+}
+
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CaError + '_ {
     move |source| CaError::Io {
         path: path.to_owned(),
@@ -230,7 +238,7 @@ impl CertificateAuthority {
             common_name,
             &key,
             dns_names,
-            now - span(CLOCK_SKEW),
+            now - span(skew_allowance(lifetime)),
             now + span(lifetime),
         )?;
         Ok((issued, key.serialize_pem()))
@@ -253,7 +261,7 @@ impl CertificateAuthority {
             &format!("navette-agent {host_id}"),
             &csr.public_key,
             &[agent_server_name(host_id)],
-            now - span(CLOCK_SKEW),
+            now - span(skew_allowance(lifetime)),
             now + span(lifetime),
         )
     }

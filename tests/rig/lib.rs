@@ -1,1 +1,128 @@
-//! rig
+//! # navette-tests: the multi-host test rig
+//!
+//! Navette's end-to-end tests run real hosts on one machine: every host is a
+//! Linux network namespace with its own address from 192.0.2.0/24, plugged
+//! into a bridge that stands for the data-centre network, with its own root
+//! directory, real PostgreSQL and MariaDB servers, real customer accounts,
+//! and the real `navette-agent`; the real `navette-controller` runs in a
+//! namespace of its own; operators' calls go through the real `grpcurl`.
+//! Everything needs root, as the machines the project tests on give.
+//!
+//! ```text
+//!   <prefix>-sw   bridge br0 ──┬── veth ── <prefix>-ctl    192.0.2.2   controller + its PostgreSQL 15
+//!                              ├── veth ── <prefix>-<host> 192.0.2.x   agent, PostgreSQL, MariaDB, accounts
+//!                              └── veth ── <prefix>-net    192.0.2.254 the client (tests, grpcurl)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`rig`]: [`Rig`], one per test: the unique prefix, the working
+//!   directory `/tmp/navette-rig/<prefix>/`, the switch and client
+//!   namespaces, and the teardown that leaves nothing behind (also on panic);
+//! - [`sweep`]: naming a rig, its owner file, and removing what crashed
+//!   test processes left behind;
+//! - [`install`]: running `tests/setup.sh` once per process and finding the
+//!   prebuilt Navette binaries;
+//! - [`netns`]: [`Netns`], a host: commands inside it, running Rust code
+//!   (tokio, tonic, tokio-postgres) inside it, cutting its link;
+//! - [`process`]: [`ChildProcess`], a long-running server with a log file,
+//!   that can be killed and restarted;
+//! - [`postgres`], [`mariadb`]: database servers in a host;
+//! - [`accounts`]: customer accounts (system user, home with a sample site,
+//!   databases) the way agents discover them;
+//! - [`controller`], [`agent`]: Navette's own daemons, their config files,
+//!   certificates and join tokens;
+//! - [`grpcurl`]: the operator's and panel's client.
+//!
+//! Invariants: the rig only uses addresses from 192.0.2.0/24; every name it
+//! creates (namespace, interface, directory) starts with the rig's prefix;
+//! it never builds anything (tests use binaries built beforehand with
+//! `cargo build --bins`); it never deletes system users (they are shared by
+//! rigs running in parallel).
+
+pub mod accounts;
+pub mod agent;
+pub mod controller;
+pub mod grpcurl;
+pub mod install;
+pub mod mariadb;
+pub mod netns;
+pub mod postgres;
+pub mod process;
+pub mod rig;
+pub mod sweep;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+pub use accounts::{Account, AccountSpec, SAMPLE_ROWS};
+pub use agent::{Agent, AgentKind, AgentSpec};
+pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
+pub use mariadb::{MariaDb, MariaDbSpec};
+pub use netns::Netns;
+pub use postgres::{PgSpec, PgVersion, Postgres};
+pub use process::ChildProcess;
+pub use rig::Rig;
+
+/// How often [`wait_until`] polls.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Polls `check` until it answers `Ok(true)`, for at most `timeout`.
+///
+/// `Ok(false)` and errors both mean "not yet" (a server that is still
+/// starting refuses connections); the last error is part of the timeout
+/// message, with `what` (say, "host shared-1 online").
+pub fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if started.elapsed() >= timeout {
+            return Err(timeout_error(what, timeout, last_error));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// [`wait_until`] for async checks, inside [`Netns::run_in`].
+pub async fn wait_until_async<Fut>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let started = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(error) => last_error = Some(error),
+        }
+        if started.elapsed() >= timeout {
+            return Err(timeout_error(what, timeout, last_error));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn timeout_error(what: &str, timeout: Duration, last: Option<anyhow::Error>) -> anyhow::Error {
+    match last {
+        Some(error) => {
+            anyhow::anyhow!("timed out after {timeout:?} waiting for {what}; last error: {error:#}")
+        }
+        None => anyhow::anyhow!(
+            "timed out after {timeout:?} waiting for {what} (the condition stayed false)"
+        ),
+    }
+}

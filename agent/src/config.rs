@@ -1,0 +1,485 @@
+//! The agent's configuration file (TOML): what it is, how it is read, and the
+//! checks that refuse a bad file at start with the file and the field named.
+//!
+//! Owns nothing else: no I/O beyond reading the one file. Every field and its
+//! default is documented here and in `agent/agent.example.toml`; keep both in
+//! step.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use navette_proto::v1::HostKind;
+use serde::Deserialize;
+
+/// Why the configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the
+    /// wrong type.
+    #[error("configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A field's value is well-formed but not acceptable.
+    #[error("configuration file {path}: field `{field}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// The agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The file this configuration was read from (not a TOML key); named in
+    /// error messages and in the hints the agent prints.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// Required. What this host is for: `shared`, `dedicated`, `vps`,
+    /// `transit` or `test`.
+    pub kind: Kind,
+    /// Required. Version of the platform's software stack this host runs,
+    /// e.g. `"2024.1"`; migrations choose target hosts by it.
+    pub stack_version: String,
+    /// Required. The controller's mutual-TLS API address (`ip:port`), to which
+    /// heartbeats, inventories and renewals go.
+    pub controller: SocketAddr,
+    /// Required. The controller's enrolment address (`ip:port`), used once by
+    /// `enrol` with a join token, without a client certificate.
+    pub enrolment: SocketAddr,
+    /// Required. The controller CA certificate (PEM): the trust anchor with
+    /// which `enrol` verifies the controller. After enrolment the CA from the
+    /// controller's answer, kept in `state_dir/ca.pem`, is used.
+    pub ca_file: PathBuf,
+    /// Required. Where the agent serves `navette.v1.Agent` (`ip:port`).
+    pub listen: SocketAddr,
+    /// Optional, default = `listen`. The address the controller should dial to
+    /// reach this agent; required when `listen` is a wildcard address.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    /// Default `/var/lib/navette-agent`. Holds `agent.key` (0600),
+    /// `agent.pem`, `ca.pem` and `host_id`.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Default `/home`. Each directory directly under it is a customer
+    /// account named after the directory.
+    #[serde(default = "default_accounts_dir")]
+    pub accounts_dir: PathBuf,
+    /// Default 5. Seconds between two heartbeats to the controller; also the
+    /// longest wait between two reconnection attempts.
+    #[serde(default = "default_heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u64,
+    /// Default 60. Seconds between two inventory collections.
+    #[serde(default = "default_inventory_interval_secs")]
+    pub inventory_interval_secs: u64,
+    /// Default `text`. Log format on standard error: `text` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Default `info`. A tracing filter (`info`, `debug`,
+    /// `navette_agent=debug,info`...); `RUST_LOG`, when set, wins.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Zero or more PostgreSQL servers on this host (`[[postgresql]]`).
+    #[serde(default)]
+    pub postgresql: Vec<PostgresqlServer>,
+    /// Zero or more MariaDB/MySQL servers on this host (`[[mariadb]]`).
+    #[serde(default)]
+    pub mariadb: Vec<MariadbServer>,
+}
+
+/// The kinds of host, as written in the file.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Shared,
+    Dedicated,
+    Vps,
+    Transit,
+    Test,
+}
+
+impl Kind {
+    /// The protobuf value reported in the inventory.
+    pub fn host_kind(self) -> HostKind {
+        match self {
+            Kind::Shared => HostKind::Shared,
+            Kind::Dedicated => HostKind::Dedicated,
+            Kind::Vps => HostKind::Vps,
+            Kind::Transit => HostKind::Transit,
+            Kind::Test => HostKind::Test,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// A PostgreSQL server the agent inventories (and, later, copies from/to).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresqlServer {
+    /// Required. Name of the server on this host, e.g. `"main"`; databases
+    /// are reported as belonging to it.
+    pub name: String,
+    /// Default `/var/run/postgresql`. A socket directory (starts with `/`) or
+    /// a host name or address, used by the agent to connect.
+    #[serde(default = "default_postgresql_host")]
+    pub host: String,
+    /// Default 5432. Port the agent connects to (also the socket's port
+    /// number) and that customers use.
+    #[serde(default = "default_postgresql_port")]
+    pub port: u16,
+    /// Default `postgres`. A superuser role.
+    #[serde(default = "default_postgresql_user")]
+    pub user: String,
+    /// Optional. Password of `user` (not needed with peer/trust auth).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Optional. The address customers connect to, reported in the inventory.
+    /// Default: `host` when it is not a socket directory, else the host's
+    /// first non-loopback address.
+    #[serde(default)]
+    pub public_address: Option<String>,
+}
+
+/// A MariaDB or MySQL server the agent inventories through its command-line
+/// client.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MariadbServer {
+    /// Required. Name of the server on this host, e.g. `"main"`.
+    pub name: String,
+    /// Default `/run/mysqld/mysqld.sock`. The server's Unix socket.
+    #[serde(default = "default_mariadb_socket")]
+    pub socket: PathBuf,
+    /// Default `root`. A user allowed to read every schema.
+    #[serde(default = "default_mariadb_user")]
+    pub user: String,
+    /// Optional. Password of `user`; passed to the client in `MYSQL_PWD`,
+    /// never on the command line.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Default `mariadb`. The client binary (a name looked up in `PATH`, or a
+    /// path), e.g. `mysql` on MySQL hosts.
+    #[serde(default = "default_mariadb_client")]
+    pub client: PathBuf,
+    /// Optional. The address customers connect to, reported in the inventory.
+    /// Default: the host's first non-loopback address.
+    #[serde(default)]
+    pub public_address: Option<String>,
+    /// Default 3306. The TCP port customers connect to.
+    #[serde(default = "default_mariadb_port")]
+    pub port: u16,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/navette-agent")
+}
+fn default_accounts_dir() -> PathBuf {
+    PathBuf::from("/home")
+}
+fn default_heartbeat_interval_secs() -> u64 {
+    5
+}
+fn default_inventory_interval_secs() -> u64 {
+    60
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_postgresql_host() -> String {
+    "/var/run/postgresql".to_owned()
+}
+fn default_postgresql_port() -> u16 {
+    5432
+}
+fn default_postgresql_user() -> String {
+    "postgres".to_owned()
+}
+fn default_mariadb_socket() -> PathBuf {
+    PathBuf::from("/run/mysqld/mysqld.sock")
+}
+fn default_mariadb_user() -> String {
+    "root".to_owned()
+}
+fn default_mariadb_client() -> PathBuf {
+    PathBuf::from("mariadb")
+}
+fn default_mariadb_port() -> u16 {
+    3306
+}
+
+impl Config {
+    /// Reads and checks the configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &error),
+        })?;
+        config.path = path.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Where the controller reaches this agent.
+    pub fn advertise(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.stack_version.trim().is_empty() {
+            return Err(self.invalid("stack_version", "must not be empty"));
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return Err(self.invalid("heartbeat_interval_secs", "must be at least 1"));
+        }
+        if self.inventory_interval_secs == 0 {
+            return Err(self.invalid("inventory_interval_secs", "must be at least 1"));
+        }
+        if self.advertise.is_none() && self.listen.ip().is_unspecified() {
+            return Err(self.invalid(
+                "advertise",
+                format!(
+                    "required when `listen` ({}) is a wildcard address: the controller needs an address it can dial",
+                    self.listen
+                ),
+            ));
+        }
+        match self.advertise {
+            Some(advertise) if advertise.ip().is_unspecified() || advertise.port() == 0 => {
+                return Err(self.invalid(
+                    "advertise",
+                    format!("{advertise} cannot be dialled: give a concrete address and port"),
+                ));
+            }
+            _ => {}
+        }
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(self.invalid("log_level", error.to_string()));
+        }
+        let mut names = BTreeSet::new();
+        for (index, server) in self.postgresql.iter().enumerate() {
+            let field = format!("postgresql[{index}]");
+            if server.name.trim().is_empty() {
+                return Err(self.invalid(format!("{field}.name"), "must not be empty"));
+            }
+            if !names.insert(server.name.as_str()) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("PostgreSQL server name {:?} is used twice", server.name),
+                ));
+            }
+            if server.host.trim().is_empty() {
+                return Err(self.invalid(format!("{field}.host"), "must not be empty"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for (index, server) in self.mariadb.iter().enumerate() {
+            let field = format!("mariadb[{index}]");
+            if server.name.trim().is_empty() {
+                return Err(self.invalid(format!("{field}.name"), "must not be empty"));
+            }
+            if !names.insert(server.name.as_str()) {
+                return Err(self.invalid(
+                    format!("{field}.name"),
+                    format!("MariaDB server name {:?} is used twice", server.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PostgresqlServer {
+    /// Whether `host` is a Unix socket directory rather than a network host.
+    pub fn uses_socket(&self) -> bool {
+        self.host.starts_with('/')
+    }
+}
+
+/// A one-line description of a TOML error: the line number and its text,
+/// which names the offending key, then serde's message.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim();
+    let Some(span) = error.span() else {
+        return message.to_owned();
+    };
+    let start = span.start.min(text.len());
+    let end = span.end.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |at| at + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |at| start + at);
+    if end > line_end {
+        // The span covers a whole table (e.g. a missing field): the message
+        // names the field, a line would mislead.
+        return message.to_owned();
+    }
+    let line_number = text[..start].matches('\n').count() + 1;
+    let line = text[line_start..line_end].trim();
+    format!("line {line_number} (`{line}`): {message}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+kind = "shared"
+stack_version = "2024.1"
+controller = "192.0.2.2:7443"
+enrolment = "192.0.2.2:7444"
+ca_file = "/etc/navette/ca.pem"
+listen = "192.0.2.11:7445"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/navette/agent.toml"))
+    }
+
+    #[test]
+    fn defaults_fill_the_optional_fields() {
+        let config = parse(MINIMAL).expect("minimal configuration");
+        assert_eq!(config.kind, Kind::Shared);
+        assert_eq!(config.advertise(), config.listen);
+        assert_eq!(config.state_dir, Path::new("/var/lib/navette-agent"));
+        assert_eq!(config.accounts_dir, Path::new("/home"));
+        assert_eq!(config.heartbeat_interval_secs, 5);
+        assert_eq!(config.inventory_interval_secs, 60);
+        assert_eq!(config.log_format, LogFormat::Text);
+        assert_eq!(config.log_level, "info");
+        assert!(config.postgresql.is_empty() && config.mariadb.is_empty());
+        assert_eq!(config.path, Path::new("/etc/navette/agent.toml"));
+    }
+
+    #[test]
+    fn database_servers_get_their_defaults() {
+        let text = format!(
+            "{MINIMAL}\n[[postgresql]]\nname = \"main\"\n\n[[mariadb]]\nname = \"main\"\npassword = \"x\"\n"
+        );
+        let config = parse(&text).expect("configuration with servers");
+        let postgresql = &config.postgresql[0];
+        assert_eq!(postgresql.host, "/var/run/postgresql");
+        assert!(postgresql.uses_socket());
+        assert_eq!(
+            (postgresql.port, postgresql.user.as_str()),
+            (5432, "postgres")
+        );
+        let mariadb = &config.mariadb[0];
+        assert_eq!(mariadb.socket, Path::new("/run/mysqld/mysqld.sock"));
+        assert_eq!(mariadb.client, Path::new("mariadb"));
+        assert_eq!((mariadb.port, mariadb.user.as_str()), (3306, "root"));
+        assert_eq!(mariadb.password.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../agent.example.toml");
+        let config = parse(text).expect("agent.example.toml");
+        assert_eq!(config.postgresql.len(), 1);
+        assert_eq!(config.mariadb.len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_name() {
+        let error = parse(&format!("{MINIMAL}heartbeat_secs = 3\n"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("heartbeat_secs"), "{error}");
+        assert!(error.contains("/etc/navette/agent.toml"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_server_table_is_refused() {
+        let error = parse(&format!(
+            "{MINIMAL}[[postgresql]]\nname = \"main\"\ndbname = \"x\"\n"
+        ))
+        .expect_err("unknown key")
+        .to_string();
+        assert!(error.contains("dbname"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_kind_is_refused_naming_the_field() {
+        let error = parse(&MINIMAL.replace("\"shared\"", "\"mainframe\""))
+            .expect_err("bad kind")
+            .to_string();
+        assert!(error.contains("kind"), "{error}");
+        assert!(error.contains("mainframe"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        let error = parse(&MINIMAL.replace("stack_version = \"2024.1\"", ""))
+            .expect_err("missing field")
+            .to_string();
+        assert!(error.contains("stack_version"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_address_is_refused_naming_the_field() {
+        let error = parse(&MINIMAL.replace("192.0.2.2:7443", "controller.example"))
+            .expect_err("bad address")
+            .to_string();
+        assert!(error.contains("controller ="), "{error}");
+    }
+
+    #[test]
+    fn a_wildcard_listen_needs_advertise() {
+        let error = parse(&MINIMAL.replace("192.0.2.11:7445", "0.0.0.0:7445"))
+            .expect_err("wildcard listen")
+            .to_string();
+        assert!(error.contains("`advertise`"), "{error}");
+        let config = parse(&format!(
+            "{}advertise = \"192.0.2.11:7445\"\n",
+            MINIMAL.replace("192.0.2.11:7445", "0.0.0.0:7445")
+        ))
+        .expect("advertise given");
+        assert_eq!(config.advertise().to_string(), "192.0.2.11:7445");
+    }
+
+    #[test]
+    fn zero_intervals_and_duplicate_servers_are_refused() {
+        let error = parse(&format!("{MINIMAL}heartbeat_interval_secs = 0\n"))
+            .expect_err("zero interval")
+            .to_string();
+        assert!(error.contains("heartbeat_interval_secs"), "{error}");
+        let error = parse(&format!(
+            "{MINIMAL}[[mariadb]]\nname = \"main\"\n[[mariadb]]\nname = \"main\"\n"
+        ))
+        .expect_err("duplicate")
+        .to_string();
+        assert!(error.contains("mariadb[1].name"), "{error}");
+    }
+}

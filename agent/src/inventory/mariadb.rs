@@ -1,0 +1,287 @@
+//! What a MariaDB/MySQL server on this host holds: its version and its
+//! databases with their sizes, read through the server's own command-line
+//! client (`mariadb --batch`), so the agent needs no MySQL driver and uses
+//! the host's usual client configuration (e.g. `/root/.my.cnf`).
+//!
+//! Reads only. A server that cannot be reached is reported as such, never as
+//! an error of the whole inventory. Databases belong to accounts by name:
+//! `a` or `a_*` belong to account `a`.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer};
+
+use super::ServerFindings;
+use crate::config::MariadbServer;
+
+/// How long the client may run.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One client run, three statements: the version (one single-column row),
+/// every database (single-column rows), then sizes (two-column rows). Tabs
+/// separate columns; the client escapes tabs inside values.
+const STATEMENTS: &str = "SELECT VERSION(); SHOW DATABASES; \
+     SELECT table_schema, COALESCE(SUM(data_length+index_length),0) \
+     FROM information_schema.tables GROUP BY table_schema";
+
+/// Schemas of the server itself, never an account's.
+const SYSTEM_SCHEMAS: [&str; 4] = ["information_schema", "performance_schema", "mysql", "sys"];
+
+/// What the client printed, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// Full `VERSION()`, e.g. "10.11.6-MariaDB-0+deb12u1".
+    pub version: String,
+    /// Customer databases (system schemas left out) and their sizes in
+    /// bytes; empty databases have size 0.
+    pub databases: BTreeMap<String, u64>,
+}
+
+/// Parses the `--batch --skip-column-names` output of the statements the
+/// agent runs: the version line, then database names, then sizes.
+pub fn parse_batch_output(output: &str) -> Result<Listing, String> {
+    let mut lines = output.lines();
+    let version = lines
+        .next()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .ok_or("the client printed no version")?
+        .to_owned();
+    let mut databases = BTreeMap::new();
+    for line in lines.filter(|line| !line.is_empty()) {
+        let mut fields = line.split('\t');
+        let name = unescape(fields.next().unwrap_or_default());
+        let size = match fields.next() {
+            None => 0,
+            Some(size) => {
+                let whole = size.split('.').next().unwrap_or_default();
+                whole
+                    .parse::<u64>()
+                    .map_err(|_| format!("unexpected size {size:?} for database {name:?}"))?
+            }
+        };
+        if SYSTEM_SCHEMAS.contains(&name.as_str()) {
+            continue;
+        }
+        *databases.entry(name).or_insert(0) += size;
+    }
+    Ok(Listing { version, databases })
+}
+
+/// Undoes the client's batch escaping (`\t`, `\n`, `\0`, `\\`).
+pub fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('0') => out.push('\0'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+/// The version as reported in the inventory: `VERSION()` up to the first
+/// '-' ("10.11.6-MariaDB-0+deb12u1" gives "10.11.6").
+pub fn short_version(version: &str) -> String {
+    version
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// The account a database belongs to: the longest account name `a` such that
+/// the database is `a` or starts with `a_`.
+pub fn account_of<'a>(
+    database: &str,
+    accounts: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    accounts
+        .into_iter()
+        .filter(|account| {
+            database == *account
+                || database
+                    .strip_prefix(account)
+                    .is_some_and(|rest| rest.starts_with('_'))
+        })
+        .max_by_key(|account| account.len())
+}
+
+/// Inspects `server`. `public_address` is what customers connect to.
+/// Databases come back with an empty owner; the caller attributes them.
+pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFindings {
+    let mut report = DatabaseServer {
+        name: server.name.clone(),
+        engine: DatabaseEngine::Mariadb.into(),
+        version: String::new(),
+        address: public_address,
+        port: u32::from(server.port),
+        reachable: false,
+        error: String::new(),
+    };
+    let mut databases = Vec::new();
+    match run_client(server)
+        .await
+        .and_then(|out| parse_batch_output(&out))
+    {
+        Ok(listing) => {
+            report.version = short_version(&listing.version);
+            report.reachable = true;
+            databases = listing
+                .databases
+                .into_iter()
+                .map(|(name, size_bytes)| Database {
+                    engine: DatabaseEngine::Mariadb.into(),
+                    server: server.name.clone(),
+                    name,
+                    size_bytes,
+                    owner: String::new(),
+                })
+                .collect();
+        }
+        Err(error) => {
+            tracing::warn!(
+                message = "MariaDB server unreachable",
+                server = %server.name,
+                socket = %server.socket.display(),
+                %error
+            );
+            report.error = error;
+        }
+    }
+    ServerFindings {
+        server: report,
+        databases,
+    }
+}
+
+/// Runs the client; its standard output, or why it failed.
+async fn run_client(server: &MariadbServer) -> Result<String, String> {
+    let mut command = tokio::process::Command::new(&server.client);
+    command
+        .arg(format!("--socket={}", server.socket.display()))
+        .arg(format!("--user={}", server.user))
+        .args([
+            "--batch",
+            "--skip-column-names",
+            "--connect-timeout=5",
+            "-e",
+        ])
+        .arg(STATEMENTS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    match server.password.as_deref() {
+        Some(password) => command.env("MYSQL_PWD", password),
+        None => command.env_remove("MYSQL_PWD"),
+    };
+    let client = server.client.display();
+    let output = tokio::time::timeout(TIMEOUT, command.output())
+        .await
+        .map_err(|_| format!("{client} gave no answer within {} s", TIMEOUT.as_secs()))?
+        .map_err(|error| format!("cannot run {client}: {error}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = stderr.trim();
+        return Err(if stderr.is_empty() {
+            format!("{client} failed ({})", output.status)
+        } else {
+            format!("{client}: {stderr}")
+        });
+    }
+    String::from_utf8(output.stdout).map_err(|_| format!("{client} printed invalid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_output_gives_version_databases_and_sizes() {
+        let output = "10.11.6-MariaDB-0+deb12u1\n\
+                      alice\nalice_shop\nbob_empty\ninformation_schema\nmysql\n\
+                      performance_schema\nsys\n\
+                      alice\t16384\nalice_shop\t49152\ninformation_schema\t0\nmysql\t2375680\n\
+                      sys\t16384\n";
+        let listing = parse_batch_output(output).expect("valid output");
+        assert_eq!(listing.version, "10.11.6-MariaDB-0+deb12u1");
+        let databases: Vec<(&str, u64)> = listing
+            .databases
+            .iter()
+            .map(|(name, size)| (name.as_str(), *size))
+            .collect();
+        assert_eq!(
+            databases,
+            [("alice", 16384), ("alice_shop", 49152), ("bob_empty", 0)]
+        );
+    }
+
+    #[test]
+    fn escaped_names_and_decimal_sizes_are_read() {
+        let listing =
+            parse_batch_output("8.0.36\nodd\\tname\nodd\\tname\t12.0000\n").expect("valid output");
+        assert_eq!(listing.databases.get("odd\tname"), Some(&12));
+        assert_eq!(short_version(&listing.version), "8.0.36");
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(parse_batch_output("").is_err());
+        assert!(parse_batch_output("10.11.6\nalice\tlots\n").is_err());
+    }
+
+    #[test]
+    fn versions_stop_at_the_first_dash() {
+        assert_eq!(short_version("10.11.6-MariaDB-0+deb12u1"), "10.11.6");
+        assert_eq!(short_version("11.4.2-MariaDB"), "11.4.2");
+    }
+
+    #[test]
+    fn unescaping_handles_every_batch_escape() {
+        assert_eq!(unescape(r"a\\b\nc\0d\te"), "a\\b\nc\0d\te");
+        assert_eq!(unescape("trailing\\"), "trailing\\");
+    }
+
+    #[test]
+    fn databases_go_to_the_longest_matching_account() {
+        let accounts = ["foo", "foo_bar", "alice"];
+        assert_eq!(account_of("foo", accounts), Some("foo"));
+        assert_eq!(account_of("foo_shop", accounts), Some("foo"));
+        assert_eq!(account_of("foo_bar_db", accounts), Some("foo_bar"));
+        assert_eq!(account_of("foobar", accounts), None);
+        assert_eq!(account_of("wordpress", accounts), None);
+    }
+
+    #[tokio::test]
+    async fn a_missing_client_is_reported_unreachable() {
+        let server = MariadbServer {
+            name: "main".into(),
+            socket: "/nonexistent/mysqld.sock".into(),
+            user: "root".into(),
+            password: None,
+            client: "/nonexistent/navette-mariadb-client".into(),
+            public_address: None,
+            port: 3306,
+        };
+        let findings = inspect(&server, "192.0.2.11".into()).await;
+        assert!(!findings.server.reachable);
+        assert!(
+            findings
+                .server
+                .error
+                .contains("/nonexistent/navette-mariadb-client")
+        );
+    }
+}

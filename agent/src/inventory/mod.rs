@@ -1,0 +1,334 @@
+//! The host inventory (`navette.v1.HostInventory`): what the host is, its
+//! addresses and disk, its database servers, and its customer accounts with
+//! their homes and databases.
+//!
+//! Each part is a small function in its own module; this one assembles them
+//! and computes the digest the heartbeat carries. Reads only: nothing here
+//! changes the host. A database server that is down is reported unreachable;
+//! only an unreadable accounts directory or disk fails a collection (a
+//! partial account list would look like accounts disappearing).
+
+pub mod accounts;
+pub mod mariadb;
+pub mod postgres;
+pub mod system;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use navette_proto::v1::{Account, Database, DatabaseServer, HostInventory};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Why an inventory could not be collected.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot list the accounts directory {path}")]
+    AccountsDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    System(#[from] system::SystemError),
+    #[error("the account walk stopped unexpectedly")]
+    Walk(#[source] tokio::task::JoinError),
+}
+
+/// One database server's report and the databases found on it.
+#[derive(Clone, Debug)]
+pub struct ServerFindings {
+    pub server: DatabaseServer,
+    pub databases: Vec<Database>,
+}
+
+/// An inventory and its digest.
+#[derive(Clone, Debug)]
+pub struct Collected {
+    pub inventory: HostInventory,
+    /// [`digest`] of `inventory`.
+    pub digest: String,
+}
+
+/// Collects the inventory of this host.
+#[derive(Clone, Debug)]
+pub struct Collector {
+    config: Arc<Config>,
+    host_id: String,
+}
+
+impl Collector {
+    pub fn new(config: Arc<Config>, host_id: String) -> Collector {
+        Collector { config, host_id }
+    }
+
+    /// Collects everything now. The account walk runs on a blocking thread
+    /// while the database servers are queried.
+    pub async fn collect(&self) -> Result<Collected, InventoryError> {
+        let config = &self.config;
+        let accounts_dir = config.accounts_dir.clone();
+        let walk = tokio::task::spawn_blocking(move || walk_accounts(accounts_dir));
+        let addresses = system::host_addresses()?;
+        let disk = system::disk_usage(&config.accounts_dir)?;
+        let fallback_address = addresses.first().cloned().unwrap_or_default();
+
+        let mut findings = Vec::new();
+        for server in &config.postgresql {
+            let public_address = server.public_address.clone().unwrap_or_else(|| {
+                if server.uses_socket() {
+                    fallback_address.clone()
+                } else {
+                    server.host.clone()
+                }
+            });
+            findings.push((
+                Attribution::ByOwner,
+                postgres::inspect(server, public_address).await,
+            ));
+        }
+        for server in &config.mariadb {
+            let public_address = server
+                .public_address
+                .clone()
+                .unwrap_or_else(|| fallback_address.clone());
+            findings.push((
+                Attribution::ByName,
+                mariadb::inspect(server, public_address).await,
+            ));
+        }
+
+        let account_dirs = walk.await.map_err(InventoryError::Walk)??;
+        let mut accounts: Vec<Account> = account_dirs
+            .into_iter()
+            .map(|(dir, usage)| Account {
+                name: dir.name,
+                host_id: self.host_id.clone(),
+                home: dir.home.display().to_string(),
+                uid: dir.uid,
+                home_size_bytes: usage.bytes,
+                home_files: usage.files,
+                databases: Vec::new(),
+                updated_at: None,
+            })
+            .collect();
+        let mut database_servers = Vec::new();
+        for (attribution, found) in findings {
+            attribute(&mut accounts, attribution, found.databases);
+            database_servers.push(found.server);
+        }
+
+        let inventory = HostInventory {
+            host_id: self.host_id.clone(),
+            kind: config.kind.host_kind().into(),
+            stack_version: config.stack_version.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_endpoint: config.advertise().to_string(),
+            addresses,
+            disk_total_bytes: disk.total_bytes,
+            disk_free_bytes: disk.free_bytes,
+            database_servers,
+            accounts,
+            collected_at: Some(navette_proto::timestamp(chrono::Utc::now())),
+        };
+        let digest = digest(&inventory);
+        Ok(Collected { inventory, digest })
+    }
+}
+
+/// The newest inventory, shared by the collection loop, the `GetInventory`
+/// handler and the heartbeat loop. Subscribers are woken only when the
+/// digest changes.
+#[derive(Clone, Debug)]
+pub struct LatestInventory(watch::Sender<Option<Arc<Collected>>>);
+
+impl Default for LatestInventory {
+    fn default() -> Self {
+        LatestInventory(watch::Sender::new(None))
+    }
+}
+
+impl LatestInventory {
+    /// Records a new collection.
+    pub fn publish(&self, collected: Collected) {
+        let collected = Arc::new(collected);
+        self.0.send_if_modified(|slot| {
+            let changed = slot
+                .as_ref()
+                .is_none_or(|previous| previous.digest != collected.digest);
+            *slot = Some(collected);
+            changed
+        });
+    }
+
+    /// The newest collection, if any.
+    pub fn current(&self) -> Option<Arc<Collected>> {
+        self.0.borrow().clone()
+    }
+
+    /// A receiver that sees each change of digest.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Collected>>> {
+        self.0.subscribe()
+    }
+}
+
+type AccountUsage = (accounts::AccountDir, accounts::TreeUsage);
+
+fn walk_accounts(accounts_dir: PathBuf) -> Result<Vec<AccountUsage>, InventoryError> {
+    let dirs = accounts::list_account_dirs(&accounts_dir).map_err(|source| {
+        InventoryError::AccountsDir {
+            path: accounts_dir.clone(),
+            source,
+        }
+    })?;
+    Ok(dirs
+        .into_iter()
+        .map(|dir| {
+            let usage = accounts::measure_tree(&dir.home);
+            if usage.unreadable > 0 {
+                tracing::warn!(
+                    message = "some entries of a home could not be read and are not counted",
+                    account = %dir.name,
+                    home = %dir.home.display(),
+                    unreadable = usage.unreadable
+                );
+            }
+            (dir, usage)
+        })
+        .collect())
+}
+
+/// How a server's databases map to accounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// PostgreSQL: the database belongs to the account named like its owner
+    /// role.
+    ByOwner,
+    /// MariaDB: the database belongs to account `a` when named `a` or `a_*`;
+    /// its owner is then set to `a`.
+    ByName,
+}
+
+/// Gives each database to its account; databases of no account are left
+/// out (they are the platform's own or a stranger's).
+pub fn attribute(accounts: &mut [Account], attribution: Attribution, databases: Vec<Database>) {
+    for mut database in databases {
+        let owner = match attribution {
+            Attribution::ByOwner => Some(database.owner.clone()),
+            Attribution::ByName => {
+                mariadb::account_of(&database.name, accounts.iter().map(|a| a.name.as_str()))
+                    .map(str::to_owned)
+            }
+        };
+        let account = owner.and_then(|owner| accounts.iter_mut().find(|a| a.name == owner));
+        match account {
+            Some(account) => {
+                database.owner = account.name.clone();
+                account.databases.push(database);
+            }
+            None => tracing::debug!(
+                message = "database of no account left out",
+                server = %database.server,
+                database = %database.name
+            ),
+        }
+    }
+}
+
+/// The digest the heartbeat carries: SHA-256 (hex) of the encoded
+/// inventory without its collection time, as the controller computes it
+/// (`navette_proto::inventory_digest`, the one definition both sides share).
+pub fn digest(inventory: &HostInventory) -> String {
+    navette_proto::inventory_digest(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use navette_proto::v1::{DatabaseEngine, HostKind};
+
+    fn inventory(seconds: i64) -> HostInventory {
+        HostInventory {
+            host_id: "shared-1".into(),
+            kind: HostKind::Shared.into(),
+            stack_version: "2024.1".into(),
+            agent_version: "0.1.0".into(),
+            agent_endpoint: "192.0.2.11:7445".into(),
+            addresses: vec!["192.0.2.11".into()],
+            disk_total_bytes: 1000,
+            disk_free_bytes: 500,
+            database_servers: Vec::new(),
+            accounts: vec![account("alice")],
+            collected_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+        }
+    }
+
+    fn account(name: &str) -> Account {
+        Account {
+            name: name.into(),
+            host_id: "shared-1".into(),
+            home: format!("/home/{name}"),
+            uid: 1000,
+            ..Account::default()
+        }
+    }
+
+    fn database(name: &str, owner: &str, engine: DatabaseEngine) -> Database {
+        Database {
+            engine: engine.into(),
+            server: "main".into(),
+            name: name.into(),
+            size_bytes: 8192,
+            owner: owner.into(),
+        }
+    }
+
+    #[test]
+    fn the_digest_ignores_the_collection_time() {
+        let first = digest(&inventory(1_700_000_000));
+        assert_eq!(first, digest(&inventory(1_700_000_060)));
+        assert_eq!(first.len(), 64);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn the_digest_changes_with_the_content() {
+        let mut changed = inventory(1_700_000_000);
+        changed.accounts[0].home_size_bytes += 1;
+        assert_ne!(digest(&inventory(1_700_000_000)), digest(&changed));
+    }
+
+    #[test]
+    fn postgresql_databases_go_to_their_owner() {
+        let mut accounts = vec![account("alice"), account("bob")];
+        attribute(
+            &mut accounts,
+            Attribution::ByOwner,
+            vec![
+                database("shop", "alice", DatabaseEngine::Postgresql),
+                database("bob", "bob", DatabaseEngine::Postgresql),
+                database("platform", "postgres", DatabaseEngine::Postgresql),
+            ],
+        );
+        assert_eq!(accounts[0].databases.len(), 1);
+        assert_eq!(accounts[0].databases[0].name, "shop");
+        assert_eq!(accounts[1].databases[0].owner, "bob");
+    }
+
+    #[test]
+    fn mariadb_databases_go_to_the_account_they_are_named_after() {
+        let mut accounts = vec![account("alice"), account("bob")];
+        attribute(
+            &mut accounts,
+            Attribution::ByName,
+            vec![
+                database("alice_wp", "", DatabaseEngine::Mariadb),
+                database("bob", "", DatabaseEngine::Mariadb),
+                database("carol_x", "", DatabaseEngine::Mariadb),
+            ],
+        );
+        assert_eq!(accounts[0].databases[0].name, "alice_wp");
+        assert_eq!(accounts[0].databases[0].owner, "alice");
+        assert_eq!(accounts[1].databases[0].owner, "bob");
+    }
+}

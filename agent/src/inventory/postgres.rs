@@ -1,0 +1,159 @@
+//! What a PostgreSQL server on this host holds: its version and its
+//! databases with owner and size.
+//!
+//! Reads only (one connection to the `postgres` database, two queries). A
+//! server that cannot be reached is reported as such, never as an error of
+//! the whole inventory.
+
+use std::time::Duration;
+
+use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer};
+
+use super::ServerFindings;
+use crate::config::PostgresqlServer;
+
+/// How long the whole inspection of one server may take.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+const DATABASES_QUERY: &str = "SELECT d.datname, r.rolname, pg_database_size(d.oid) \
+     FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba \
+     WHERE NOT d.datistemplate AND d.datname <> 'postgres' \
+     ORDER BY d.datname";
+
+/// The version as reported in the inventory: the first word of
+/// `server_version` ("15.18 (Debian 15.18-1.pgdg120+1)" gives "15.18").
+pub fn short_version(server_version: &str) -> String {
+    server_version
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Inspects `server`. `public_address` is what customers connect to.
+pub async fn inspect(server: &PostgresqlServer, public_address: String) -> ServerFindings {
+    let mut report = DatabaseServer {
+        name: server.name.clone(),
+        engine: DatabaseEngine::Postgresql.into(),
+        version: String::new(),
+        address: public_address,
+        port: u32::from(server.port),
+        reachable: false,
+        error: String::new(),
+    };
+    let result = tokio::time::timeout(TIMEOUT, query(server)).await;
+    let databases = match result {
+        Ok(Ok((version, databases))) => {
+            report.version = version;
+            report.reachable = true;
+            databases
+        }
+        Ok(Err(error)) => {
+            report.error = describe(&error);
+            Vec::new()
+        }
+        Err(_) => {
+            report.error = format!("no answer within {} s", TIMEOUT.as_secs());
+            Vec::new()
+        }
+    };
+    if !report.reachable {
+        tracing::warn!(
+            message = "PostgreSQL server unreachable",
+            server = %server.name,
+            host = %server.host,
+            port = server.port,
+            error = %report.error
+        );
+    }
+    ServerFindings {
+        server: report,
+        databases,
+    }
+}
+
+/// The error and its causes on one line ("db error: FATAL: ...").
+fn describe(error: &tokio_postgres::Error) -> String {
+    crate::error_chain(error)
+}
+
+async fn query(
+    server: &PostgresqlServer,
+) -> Result<(String, Vec<Database>), tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    if server.uses_socket() {
+        config.host_path(&server.host);
+    } else {
+        config.host(&server.host);
+    }
+    config
+        .port(server.port)
+        .user(&server.user)
+        .dbname("postgres")
+        .application_name("navette-agent")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(password) = server.password.as_deref().filter(|p| !p.is_empty()) {
+        config.password(password);
+    }
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+    let server_name = server.name.clone();
+    let connection = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(message = "PostgreSQL connection ended", server = %server_name, %error);
+        }
+    });
+    let result = async {
+        let version: String = client
+            .query_one("SHOW server_version", &[])
+            .await?
+            .try_get(0)?;
+        let mut databases = Vec::new();
+        for row in client.query(DATABASES_QUERY, &[]).await? {
+            let name: String = row.try_get(0)?;
+            let owner: String = row.try_get(1)?;
+            let size: i64 = row.try_get(2)?;
+            databases.push(Database {
+                engine: DatabaseEngine::Postgresql.into(),
+                server: server.name.clone(),
+                name,
+                size_bytes: u64::try_from(size).unwrap_or(0),
+                owner,
+            });
+        }
+        Ok((short_version(&version), databases))
+    }
+    .await;
+    drop(client);
+    connection.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_is_its_first_word() {
+        assert_eq!(short_version("15.18 (Debian 15.18-1.pgdg120+1)"), "15.18");
+        assert_eq!(short_version("18.1"), "18.1");
+        assert_eq!(short_version(""), "");
+    }
+
+    #[tokio::test]
+    async fn a_missing_server_is_reported_unreachable() {
+        let server = PostgresqlServer {
+            name: "main".into(),
+            host: "/nonexistent/navette-pg".into(),
+            port: 5432,
+            user: "postgres".into(),
+            password: None,
+            public_address: None,
+        };
+        let findings = inspect(&server, "192.0.2.11".into()).await;
+        assert!(!findings.server.reachable);
+        assert!(!findings.server.error.is_empty());
+        assert_eq!(findings.server.address, "192.0.2.11");
+        assert_eq!(findings.server.port, 5432);
+        assert!(findings.databases.is_empty());
+    }
+}

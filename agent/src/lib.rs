@@ -1,0 +1,109 @@
+//! # navette-agent
+//!
+//! The daemon that runs on every host of the platform (shared, dedicated,
+//! VPS, transit and test servers). It enrols once with a join token, then
+//! reports heartbeats and its host's inventory to the controller over mutual
+//! TLS, serves `navette.v1.Agent` to the controller, and renews its
+//! short-lived certificate by itself.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration file, its defaults and checks.
+//! - [`identity_store`]: the key, certificate, CA and host id on disk
+//!   (atomic writes), the CSR, and the checks on the controller's answers.
+//! - [`enrol`]: `navette-agent enrol`, the token-for-certificate exchange.
+//! - [`daemon`]: `navette-agent run`, which wires the pieces below together
+//!   and stops them in order.
+//! - [`server`]: the `navette.v1.Agent` gRPC service, health and reflection,
+//!   and the agent's authorisation [`server::policy`].
+//! - [`gateway`]: the link to the controller's `AgentGateway`, the heartbeat
+//!   and inventory loops, and the reconnection backoff.
+//! - [`renewal`]: certificate renewal at two thirds of its lifetime (counted
+//!   from when the agent obtained it: controllers backdate `not_before`).
+//! - [`inventory`]: what the host holds (addresses, disk, accounts, database
+//!   servers and databases), one small module per part.
+//! - [`notify`]: `READY=1` to systemd.
+//! - [`shutdown`]: one trigger, many waiters.
+//!
+//! # Invariants
+//!
+//! - The agent never talks to the controller's database; it only calls the
+//!   controller's gRPC services.
+//! - Inventory code only reads the host; host-changing code (later: copies,
+//!   addresses) will live in its own modules behind small functions.
+//! - Only [`server`] maps errors to `tonic::Status`; only [`server::policy`]
+//!   decides who may call the agent.
+//! - The private key never leaves the host and is written with mode 0600.
+
+pub mod config;
+pub mod daemon;
+pub mod enrol;
+pub mod gateway;
+pub mod identity_store;
+pub mod inventory;
+pub mod notify;
+pub mod renewal;
+pub mod server;
+pub mod shutdown;
+
+pub use daemon::{RunError, run};
+
+/// An error and its causes on one line, `outer: inner: innermost`. A cause
+/// whose text the previous message already ends with is not repeated.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !cause_text.is_empty() && !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A gRPC status as a person reads it: code, message, and the transport
+/// error behind it if any (tonic often repeats the cause in the message, so
+/// a message the cause already says is left out).
+pub fn describe_status(status: &tonic::Status) -> String {
+    let code = status.code();
+    let message = status.message();
+    match std::error::Error::source(status).map(error_chain) {
+        Some(cause) if message.is_empty() || cause.contains(message) => {
+            format!("{code:?}: {cause}")
+        }
+        Some(cause) => format!("{code:?}: {message}: {cause}"),
+        None if message.is_empty() => format!("{code:?}"),
+        None => format!("{code:?}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("middle: {0}")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn the_chain_is_printed_once() {
+        let error = Outer(Middle(std::io::Error::other("disk on fire")));
+        assert_eq!(error_chain(&error), "outer: middle: disk on fire");
+    }
+
+    #[test]
+    fn statuses_show_code_and_message() {
+        let status = tonic::Status::permission_denied("the join token was already used");
+        assert_eq!(
+            describe_status(&status),
+            "PermissionDenied: the join token was already used"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The agent's gRPC server: `navette.v1.Agent` for the controller, plus gRPC
+//! health and reflection, on one listener that requires a client certificate.
+//!
+//! Owns the agent's authorisation policy: [`policy`] is the only place that
+//! decides who may call what here, enforced by the shared role gate before
+//! any handler runs. Handlers convert errors to `tonic::Status` here and
+//! nowhere else.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use navette_proto::gate::{self, RoleGateLayer};
+use navette_proto::identity::Role;
+use navette_proto::tls::{self, ReloadableServerConfig};
+use navette_proto::v1::agent_server::{self, Agent, AgentServer};
+use navette_proto::v1::{GetInventoryRequest, HostInventory};
+use tokio::net::TcpListener;
+use tonic::{Request, Response, Status};
+
+use crate::inventory::{Collector, LatestInventory};
+
+/// Why the server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("the gRPC server on {address} failed")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Who may call what on an agent: health and reflection for any
+/// authenticated caller, `navette.v1.Agent` for the controller only, nothing
+/// else. The reason names the caller and what was required.
+pub fn policy(path: &str, role: &Role) -> Result<(), String> {
+    let service = gate::service_of(path);
+    if gate::is_public_infrastructure(service) {
+        return Ok(());
+    }
+    if service == agent_server::SERVICE_NAME {
+        return match role {
+            Role::Controller => Ok(()),
+            other => Err(format!(
+                "{service} is served to the controller only; the caller is {other}"
+            )),
+        };
+    }
+    Err(format!(
+        "{service:?} is not served by this agent (the caller is {role})"
+    ))
+}
+
+/// The `navette.v1.Agent` handlers.
+#[derive(Clone, Debug)]
+pub struct AgentService {
+    collector: Collector,
+    /// Where a fresh inventory is published, so the heartbeat loop reports it.
+    latest: LatestInventory,
+}
+
+impl AgentService {
+    pub fn new(collector: Collector, latest: LatestInventory) -> AgentService {
+        AgentService { collector, latest }
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn get_inventory(
+        &self,
+        _request: Request<GetInventoryRequest>,
+    ) -> Result<Response<HostInventory>, Status> {
+        match self.collector.collect().await {
+            Ok(collected) => {
+                let inventory = collected.inventory.clone();
+                self.latest.publish(collected);
+                Ok(Response::new(inventory))
+            }
+            Err(error) => {
+                let error = crate::error_chain(&error);
+                tracing::warn!(message = "inventory requested but not collected", %error);
+                Err(Status::unavailable(format!(
+                    "inventory not collected: {error}"
+                )))
+            }
+        }
+    }
+}
+
+/// Binds the agent's listener.
+pub async fn bind(address: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind { address, source })
+}
+
+/// Serves on `listener` until `shutdown` completes. New connections use the
+/// newest certificate in `tls_config`.
+pub async fn serve(
+    listener: TcpListener,
+    tls_config: ReloadableServerConfig,
+    service: AgentService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let address = listener.local_addr().map_err(|source| ServerError::Bind {
+        address: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AgentServer<AgentService>>()
+        .await;
+    let reflection_v1 = reflection("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .map_err(ServerError::Reflection)?;
+    let reflection_v1alpha = reflection("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .map_err(ServerError::Reflection)?;
+    let incoming = tls::incoming(listener, tls_config, "agent");
+    let policy: gate::Policy = std::sync::Arc::new(policy);
+    tonic::transport::Server::builder()
+        .layer(RoleGateLayer::new(policy))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(AgentServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|source| ServerError::Serve { address, source })
+}
+
+/// Reflection knowing every Navette type, but listing only what this
+/// listener serves (not the controller's services, whose descriptors share
+/// the file set).
+fn reflection(reflection_service: &str) -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(navette_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name(agent_server::SERVICE_NAME)
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name(reflection_service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_controller_may_call_the_agent_service() {
+        assert!(policy("/navette.v1.Agent/GetInventory", &Role::Controller).is_ok());
+    }
+
+    #[test]
+    fn a_peer_agent_is_refused_with_who_and_why() {
+        let peer = Role::Agent {
+            host_id: "shared-2".into(),
+        };
+        let reason = policy("/navette.v1.Agent/GetInventory", &peer).expect_err("peer agent");
+        assert_eq!(
+            reason,
+            "navette.v1.Agent is served to the controller only; the caller is agent of host shared-2"
+        );
+        assert!(policy("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());
+        assert!(policy("/navette.v1.Agent/GetInventory", &Role::Panel).is_err());
+    }
+
+    #[test]
+    fn health_and_reflection_are_open_to_every_role() {
+        for role in [Role::Panel, Role::Operator, Role::Controller] {
+            assert!(policy("/grpc.health.v1.Health/Check", &role).is_ok());
+            assert!(
+                policy(
+                    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                    &role
+                )
+                .is_ok()
+            );
+            assert!(
+                policy(
+                    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                    &role
+                )
+                .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn other_services_are_refused() {
+        let reason = policy("/navette.v1.Hosts/ListHosts", &Role::Controller).expect_err("hosts");
+        assert!(reason.contains("navette.v1.Hosts"), "{reason}");
+        assert!(reason.contains("controller"), "{reason}");
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Brings up a local Navette platform on this machine (as root, Debian 12):
+# a controller and five hosts in network namespaces, with PostgreSQL 15/18,
+# MariaDB, sample accounts and enrolled agents. Prints what to type next and
+# keeps running until Ctrl-C, then removes everything it created.
+#   --check   bring it up, print, and tear it down at once
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/platform.sh: run as root (hosts are network namespaces)" >&2
+  exit 1
+fi
+bash tests/setup.sh
+echo "Building Navette (the first build takes a few minutes)..."
+cargo build --workspace --bins --locked --quiet
+exec target/debug/navette-platform "$@"

@@ -1,0 +1,244 @@
+//! `navette-platform`: a whole local Navette platform on this machine, for
+//! newcomers and demonstrations. Built on the test rig: a controller and
+//! five hosts (network namespaces on one bridge) with real PostgreSQL and
+//! MariaDB servers, sample customer accounts, and enrolled agents. It
+//! prints what to type next, then keeps everything up until Ctrl-C, and
+//! removes it all on the way out.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use navette_tests::{AccountSpec, AgentKind, AgentSpec, ControllerSpec, Netns, PgVersion, Rig};
+use nix::sys::signal::{SigSet, Signal};
+
+struct HostPlan {
+    id: &'static str,
+    address: Ipv4Addr,
+    kind: AgentKind,
+    stack: &'static str,
+    postgres: PgVersion,
+    mariadb: bool,
+    what: &'static str,
+}
+
+const HOSTS: [HostPlan; 5] = [
+    HostPlan {
+        id: "shared-old",
+        address: Ipv4Addr::new(192, 0, 2, 10),
+        kind: AgentKind::Shared,
+        stack: "2024.1",
+        postgres: PgVersion::V15,
+        mariadb: true,
+        what: "shared hosting, old stack (PostgreSQL 15, MariaDB)",
+    },
+    HostPlan {
+        id: "shared-new",
+        address: Ipv4Addr::new(192, 0, 2, 11),
+        kind: AgentKind::Shared,
+        stack: "2026.1",
+        postgres: PgVersion::V18,
+        mariadb: true,
+        what: "shared hosting, new stack (PostgreSQL 18, MariaDB)",
+    },
+    HostPlan {
+        id: "test-1",
+        address: Ipv4Addr::new(192, 0, 2, 12),
+        kind: AgentKind::Test,
+        stack: "2026.1",
+        postgres: PgVersion::V18,
+        mariadb: true,
+        what: "test host for the Test button (PostgreSQL 18)",
+    },
+    HostPlan {
+        id: "transit-1",
+        address: Ipv4Addr::new(192, 0, 2, 13),
+        kind: AgentKind::Transit,
+        stack: "2026.1",
+        postgres: PgVersion::V18,
+        mariadb: false,
+        what: "transit host for dedicated servers and VPS",
+    },
+    HostPlan {
+        id: "dedicated-1",
+        address: Ipv4Addr::new(192, 0, 2, 20),
+        kind: AgentKind::Dedicated,
+        stack: "2024.1",
+        postgres: PgVersion::V15,
+        mariadb: true,
+        what: "a customer's dedicated server, old stack",
+    },
+];
+
+fn main() {
+    // Ctrl-C and SIGTERM are waited for below, so that the rig is torn
+    // down; block them before any thread starts.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    if let Err(error) = signals.thread_block() {
+        eprintln!("navette-platform: blocking signals: {error}");
+    }
+    if let Err(error) = run(&signals) {
+        eprintln!("navette-platform: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(signals: &SigSet) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let check_only = std::env::args().any(|a| a == "--check");
+    say("Starting a local Navette platform (controller + 5 hosts)...");
+    let rig = Rig::new("platform")?;
+    let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
+    let controller = rig.start_controller(&ctl, ControllerSpec::default())?;
+    let hosts: Vec<Netns> = HOSTS
+        .iter()
+        .map(|plan| rig.add_namespace(plan.id, plan.address))
+        .collect::<anyhow::Result<_>>()?;
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let mut starts = Vec::new();
+        for (plan, host) in HOSTS.iter().zip(&hosts) {
+            let rig = &rig;
+            starts
+                .push(scope.spawn(move || host.start_postgres(rig, plan.postgres, 5432).map(drop)));
+            if plan.mariadb {
+                starts.push(scope.spawn(move || host.start_mariadb(rig).map(drop)));
+            }
+        }
+        for start in starts {
+            start
+                .join()
+                .map_err(|_| anyhow::anyhow!("a server start panicked"))??;
+        }
+        Ok(())
+    })?;
+    say("Database servers are up. Creating sample accounts...");
+    let accounts = [
+        (0, "alice", vec!["alice", "alice_shop"], vec!["alice_blog"]),
+        (0, "bruno", vec!["bruno"], vec![]),
+        (1, "chloe", vec!["chloe"], vec!["chloe_wiki"]),
+        (4, "dmitri", vec!["dmitri_crm"], vec!["dmitri"]),
+    ];
+    for (host, name, pg, maria) in accounts {
+        rig.add_account(
+            &hosts[host],
+            AccountSpec {
+                name: name.to_owned(),
+                password: format!("{name}-password"),
+                pg_databases: pg.into_iter().map(str::to_owned).collect(),
+                mariadb_databases: maria.into_iter().map(str::to_owned).collect(),
+                files: true,
+            },
+        )?;
+    }
+    say("Enrolling the agents with one-time join tokens...");
+    for (plan, host) in HOSTS.iter().zip(&hosts) {
+        let token = rig.create_join_token(plan.id)?;
+        rig.start_agent(
+            host,
+            AgentSpec {
+                kind: plan.kind,
+                stack_version: plan.stack.to_owned(),
+                token,
+                ..AgentSpec::default()
+            },
+        )?;
+    }
+    rig.wait_until(
+        "every host online",
+        std::time::Duration::from_secs(60),
+        || {
+            let answer = rig.grpcurl_json("navette.v1.Hosts/ListHosts", &serde_json::json!({}))?;
+            let hosts = answer["hosts"].as_array().cloned().unwrap_or_default();
+            Ok(hosts.len() == HOSTS.len()
+                && hosts.iter().all(|h| {
+                    h["state"] == "HOST_STATE_ONLINE" && h.get("inventoryUpdatedAt").is_some()
+                }))
+        },
+    )?;
+
+    let access = rig.controller_access()?;
+    let wrapper = rig.dir().join("nv");
+    write_wrapper(&wrapper, &rig, &access)?;
+    println!();
+    println!(
+        "Navette is up in {:.1?} (rig {}):",
+        started.elapsed(),
+        rig.prefix()
+    );
+    println!(
+        "  controller   {}  (API {}, enrolment {})",
+        ctl.addr(),
+        access.api,
+        access.enrolment
+    );
+    for plan in &HOSTS {
+        println!("  {:<12} {}  {}", plan.id, plan.address, plan.what);
+    }
+    println!();
+    println!("Talk to it as an operator with grpcurl (the wrapper adds the client certificate):");
+    let nv = wrapper.display();
+    println!("  {nv} list                                  # services, through reflection");
+    println!("  {nv} navette.v1.Hosts/ListHosts            # hosts and what they run");
+    println!(
+        "  {nv} navette.v1.Accounts/ListAccounts      # customer accounts and their databases"
+    );
+    println!("  {nv} navette.v1.Catalogue/ListMigrations '{{\"account\":\"alice\"}}'");
+    println!("  {nv} navette.v1.Catalogue/GetMigration '{{\"id\":\"postgresql-15-to-18\"}}'");
+    println!("  {nv} navette.v1.Hosts/WatchHosts           # live host events (Ctrl-C to stop)");
+    println!();
+    println!(
+        "Logs: {}/logs/   Controller config: {}",
+        rig.dir().display(),
+        controller.config_path().display()
+    );
+    if check_only {
+        say("--check: tearing the platform down.");
+        return Ok(());
+    }
+    println!("Press Ctrl-C to stop the platform and remove everything it created.");
+    let _ = std::io::stdout().flush();
+    let signal = signals.wait().context("waiting for Ctrl-C")?;
+    say(&format!(
+        "{signal:?}: stopping and removing the platform..."
+    ));
+    drop(rig);
+    Ok(())
+}
+
+fn say(text: &str) {
+    println!("navette-platform: {text}");
+    let _ = std::io::stdout().flush();
+}
+
+/// A tiny script that runs grpcurl as the operator from the platform's
+/// client namespace.
+fn write_wrapper(
+    path: &Path,
+    rig: &Rig,
+    access: &navette_tests::ControllerAccess,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let script = format!(
+        "#!/bin/sh\n\
+         # grpcurl as the operator, from the Navette platform's client namespace.\n\
+         #   nv list | nv describe SYMBOL | nv METHOD ['JSON request']\n\
+         set -e\n\
+         grpcurl() {{ ip netns exec {ns} grpcurl -cacert {ca} -cert {cert} -key {key} -servername controller.navette.internal \"$@\"; }}\n\
+         case \"$1\" in\n\
+           list|describe) grpcurl {api} \"$@\" ;;\n\
+           *) method=$1; body=${{2:-}}; [ -n \"$body\" ] || body='{{}}'; grpcurl -d \"$body\" {api} \"$method\" ;;\n\
+         esac\n",
+        api = access.api,
+        ns = rig.client().name(),
+        ca = access.ca_file.display(),
+        cert = access.operator.cert.display(),
+        key = access.operator.key.display(),
+    );
+    std::fs::write(path, script)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}

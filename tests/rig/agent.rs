@@ -1,0 +1,261 @@
+//! The real `navette-agent` on a host of the rig.
+//!
+//! Owns: the agent's config file (`<host root>/etc/agent.toml`, naming the
+//! host's database servers the rig started), `enrol --token`, and the `run`
+//! process with its readiness check. Knows the agent only through its
+//! command line and config file.
+
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use serde::Serialize;
+
+use crate::controller::wait_listening;
+use crate::install::{navette_binary, run_checked};
+use crate::netns::Netns;
+use crate::process::ChildProcess;
+use crate::rig::Rig;
+
+/// What kind of server a host is (the agent config's `kind`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AgentKind {
+    #[default]
+    Shared,
+    Dedicated,
+    Vps,
+    Transit,
+    Test,
+}
+
+impl AgentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::Shared => "shared",
+            AgentKind::Dedicated => "dedicated",
+            AgentKind::Vps => "vps",
+            AgentKind::Transit => "transit",
+            AgentKind::Test => "test",
+        }
+    }
+}
+
+/// How to start an agent. `Default` has an empty token: set one
+/// (`AgentSpec { token, ..Default::default() }`).
+#[derive(Clone, Debug)]
+pub struct AgentSpec {
+    pub kind: AgentKind,
+    /// The software stack the host runs ("2024.1").
+    pub stack_version: String,
+    /// The join token's secret, from [`Rig::create_join_token`].
+    pub token: String,
+    pub listen_port: u16,
+    pub heartbeat_interval_secs: u64,
+    pub inventory_interval_secs: u64,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        AgentSpec {
+            kind: AgentKind::Shared,
+            stack_version: "2024.1".to_owned(),
+            token: String::new(),
+            listen_port: 7445,
+            heartbeat_interval_secs: 1,
+            inventory_interval_secs: 2,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ConfigFile {
+    kind: &'static str,
+    stack_version: String,
+    controller: String,
+    enrolment: String,
+    ca_file: PathBuf,
+    listen: String,
+    state_dir: PathBuf,
+    accounts_dir: PathBuf,
+    heartbeat_interval_secs: u64,
+    inventory_interval_secs: u64,
+    log_format: &'static str,
+    postgresql: Vec<PostgresSection>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    mariadb: Vec<MariaDbSection>,
+}
+
+#[derive(Serialize)]
+struct PostgresSection {
+    name: String,
+    host: PathBuf,
+    port: u16,
+    user: &'static str,
+    public_address: String,
+}
+
+#[derive(Serialize)]
+struct MariaDbSection {
+    name: String,
+    socket: PathBuf,
+    user: &'static str,
+    public_address: String,
+    port: u16,
+}
+
+/// A running agent. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Agent {
+    host: Netns,
+    binary: PathBuf,
+    config: PathBuf,
+    listen: SocketAddrV4,
+    process: ChildProcess,
+}
+
+impl Rig {
+    /// Writes `<host root>/etc/agent.toml` (naming the database servers
+    /// started on the host so far), enrols with `spec.token`, starts
+    /// `run`, and waits until the agent listens. Needs the controller.
+    pub fn start_agent(&self, host: &Netns, spec: AgentSpec) -> anyhow::Result<Agent> {
+        let binary = navette_binary("navette-agent")?;
+        if spec.token.is_empty() {
+            bail!(
+                "agent on host {}: no join token (rig.create_join_token)",
+                host.host
+            );
+        }
+        let controller = self.controller_access()?;
+        let servers = self.servers(host);
+        let listen = SocketAddrV4::new(host.addr, spec.listen_port);
+        let file = ConfigFile {
+            kind: spec.kind.as_str(),
+            stack_version: spec.stack_version.clone(),
+            controller: controller.api.to_string(),
+            enrolment: controller.enrolment.to_string(),
+            ca_file: controller.ca_file.clone(),
+            listen: listen.to_string(),
+            state_dir: host.root.join("agent"),
+            accounts_dir: host.accounts_dir(),
+            heartbeat_interval_secs: spec.heartbeat_interval_secs,
+            inventory_interval_secs: spec.inventory_interval_secs,
+            log_format: "json",
+            postgresql: servers
+                .postgres
+                .iter()
+                .enumerate()
+                .map(|(index, server)| PostgresSection {
+                    name: server_name(index, "pg", server.port()),
+                    host: server.socket_dir().to_path_buf(),
+                    port: server.port(),
+                    user: "postgres",
+                    public_address: server.address().to_string(),
+                })
+                .collect(),
+            mariadb: servers
+                .mariadb
+                .iter()
+                .enumerate()
+                .map(|(index, server)| MariaDbSection {
+                    name: server_name(index, "mariadb", server.port()),
+                    socket: server.socket().to_path_buf(),
+                    user: "root",
+                    public_address: server.address().to_string(),
+                    port: server.port(),
+                })
+                .collect(),
+        };
+        let config = host.root.join("etc").join("agent.toml");
+        let text = toml::to_string(&file).context("writing the agent config")?;
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+
+        let command = {
+            let (host, binary, config) = (host.clone(), binary.clone(), config.clone());
+            move |args: &[&str]| {
+                let mut command = host.command(&binary);
+                command.arg("--config").arg(&config).args(args);
+                command
+            }
+        };
+        run_checked(
+            &mut command(&["enrol", "--token", &spec.token]),
+            &format!("navette-agent enrol on host {}", host.host),
+        )?;
+        let process = self.spawn(host, "agent", move || command(&["run"]))?;
+        let agent = Agent {
+            host: host.clone(),
+            binary,
+            config,
+            listen,
+            process,
+        };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+}
+
+/// `main` for a host's first server of an engine, `<engine><port>` after.
+fn server_name(index: usize, engine: &str, port: u16) -> String {
+    if index == 0 {
+        "main".to_owned()
+    } else {
+        format!("{engine}{port}")
+    }
+}
+
+impl Agent {
+    pub fn host(&self) -> &Netns {
+        &self.host
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Where the agent keeps its state (certificate, key, operations).
+    pub fn state_dir(&self) -> PathBuf {
+        self.host.root.join("agent")
+    }
+
+    /// The agent's own gRPC listener.
+    pub fn listen_addr(&self) -> SocketAddrV4 {
+        self.listen
+    }
+
+    pub fn process(&self) -> &ChildProcess {
+        &self.process
+    }
+
+    /// `navette-agent --config <config> ARGS` inside the host's namespace.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = self.host.command(&self.binary);
+        command.arg("--config").arg(&self.config).args(args);
+        command
+    }
+
+    /// Kills the agent (SIGKILL), as a crash would.
+    pub fn kill9(&self) {
+        self.process.kill9();
+    }
+
+    /// Graceful stop (SIGTERM), SIGKILL after 10 s.
+    pub fn stop(&self) {
+        self.process
+            .stop_with(Signal::SIGTERM, Duration::from_secs(10));
+    }
+
+    /// Kills the agent if it runs and starts `run` again (no new
+    /// enrolment); waits until it listens.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        self.process.restart()?;
+        self.wait_ready()
+    }
+
+    /// Waits until the agent's listener accepts TCP.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        wait_listening(&self.host, &self.process, &[self.listen])
+    }
+}
