@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/panel.proto",
         "navette/v1/operator.proto",
         "navette/v1/agent.proto",
+        "navette/v1/transfer.proto",
+        "navette/v1/files.proto",
+        "navette/v1/postgres_copy.proto",
+        "navette/v1/mariadb_copy.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

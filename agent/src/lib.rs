@@ -45,6 +45,7 @@ pub mod notify;
 pub mod renewal;
 pub mod server;
 pub mod shutdown;
+pub mod transfer;
 
 pub use daemon::{RunError, run};
 

@@ -13,7 +13,10 @@ use navette_proto::gate::{self, RoleGateLayer};
 use navette_proto::identity::Role;
 use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
-use navette_proto::v1::{GetInventoryRequest, HostInventory};
+use navette_proto::v1::{
+    GetInventoryRequest, GrantTransferResponse, HostInventory, RemoveCopyRequest,
+    RemoveCopyResponse, TransferProgress, TransferSpec, WatchTransferRequest,
+};
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
@@ -93,6 +96,38 @@ impl Agent for AgentService {
                 )))
             }
         }
+    }
+
+    async fn grant_transfer(
+        &self,
+        _request: Request<TransferSpec>,
+    ) -> Result<Response<GrantTransferResponse>, Status> {
+        Err(Status::unimplemented("transfers are not available yet"))
+    }
+
+    async fn start_transfer(
+        &self,
+        _request: Request<TransferSpec>,
+    ) -> Result<Response<TransferProgress>, Status> {
+        Err(Status::unimplemented("transfers are not available yet"))
+    }
+
+    type WatchTransferStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<TransferProgress, Status>> + Send>,
+    >;
+
+    async fn watch_transfer(
+        &self,
+        _request: Request<WatchTransferRequest>,
+    ) -> Result<Response<Self::WatchTransferStream>, Status> {
+        Err(Status::unimplemented("transfers are not available yet"))
+    }
+
+    async fn remove_copy(
+        &self,
+        _request: Request<RemoveCopyRequest>,
+    ) -> Result<Response<RemoveCopyResponse>, Status> {
+        Err(Status::unimplemented("transfers are not available yet"))
     }
 }
 

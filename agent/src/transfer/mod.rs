@@ -1,0 +1,22 @@
+//! Transfers: copying an account's files and databases between hosts, agent
+//! to agent.
+//!
+//! The controller first *grants* the source agent's data to one target host
+//! for one transfer id ([`grants`]); the target agent then *pulls* it from
+//! the source's peer services. Each kind of data has its own module with
+//! both sides: the source's peer service and the target's pull:
+//!
+//! - `files`: the home tree, with full fidelity, resumable, delta on refresh;
+//! - `postgres`: PostgreSQL databases and roles, across major versions;
+//! - `mariadb`: MariaDB/MySQL databases and users.
+//!
+//! [`progress`] is what every pull reports to, and what `WatchTransfer`
+//! streams.
+//!
+//! Invariants: a source serves nothing without a grant naming the caller's
+//! host; a target writes only inside the target home and databases of the
+//! transfer's spec; every step can be repeated after a crash (transfer ids
+//! make them idempotent).
+
+pub mod grants;
+pub mod progress;

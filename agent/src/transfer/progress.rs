@@ -1,0 +1,109 @@
+//! Progress of a transfer on the target: counters every pull updates, and
+//! the snapshots `WatchTransfer` streams (with rate and ETA).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use navette_proto::v1::{TransferProgress, TransferState};
+
+/// Counters of one transfer. Cheap to update from many tasks.
+#[derive(Debug)]
+pub struct Progress {
+    transfer_id: String,
+    started: Instant,
+    pub bytes_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub files_unchanged: AtomicU64,
+    pub tables_total: AtomicU64,
+    pub tables_done: AtomicU64,
+    phase: Mutex<String>,
+    outcome: Mutex<Option<Result<(), String>>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Progress {
+    pub fn new(transfer_id: &str) -> Progress {
+        Progress {
+            transfer_id: transfer_id.to_owned(),
+            started: Instant::now(),
+            bytes_total: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            files_total: AtomicU64::new(0),
+            files_done: AtomicU64::new(0),
+            files_unchanged: AtomicU64::new(0),
+            tables_total: AtomicU64::new(0),
+            tables_done: AtomicU64::new(0),
+            phase: Mutex::new(String::new()),
+            outcome: Mutex::new(None),
+            changed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    /// Adds to a counter and wakes watchers.
+    pub fn add(&self, counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn set_phase(&self, phase: impl Into<String>) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.into();
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn finish(&self, outcome: Result<(), String>) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Wakes when anything changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn snapshot(&self) -> TransferProgress {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (state, error) = match &*self.outcome.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => (TransferState::Running, String::new()),
+            Some(Ok(())) => (TransferState::Succeeded, String::new()),
+            Some(Err(error)) => (TransferState::Failed, error.clone()),
+        };
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        let done = load(&self.bytes_done);
+        let total = load(&self.bytes_total);
+        let rate = (done as f64 / elapsed) as u64;
+        let eta = if rate > 0 && total > done {
+            u32::try_from((total - done) / rate).unwrap_or(u32::MAX)
+        } else {
+            0
+        };
+        TransferProgress {
+            transfer_id: self.transfer_id.clone(),
+            state: state.into(),
+            phase: self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            bytes_total: total,
+            bytes_done: done,
+            files_total: load(&self.files_total),
+            files_done: load(&self.files_done),
+            tables_total: load(&self.tables_total),
+            tables_done: load(&self.tables_done),
+            bytes_sent: load(&self.bytes_sent),
+            files_unchanged: load(&self.files_unchanged),
+            bytes_per_second: rate,
+            eta_seconds: eta,
+            error,
+            updated_at: Some(navette_proto::timestamp(chrono::Utc::now())),
+        }
+    }
+}
