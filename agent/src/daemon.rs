@@ -20,6 +20,8 @@ use crate::identity_store::{IdentityStore, StoreError};
 use crate::inventory::{Collector, LatestInventory};
 use crate::renewal::Renewal;
 use crate::server::{self, AgentService, ServerError};
+use crate::transfer::grants::Grants;
+use crate::transfer::target::Transfers;
 use crate::{notify, shutdown};
 
 /// How long the server and loops get to finish after the shutdown signal.
@@ -49,6 +51,8 @@ pub enum RunError {
     Gateway(#[from] GatewayError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("cannot open the transfer grants")]
+    Grants(#[source] crate::transfer::grants::GrantError),
 }
 
 /// Runs the agent until `stop` completes.
@@ -146,7 +150,7 @@ async fn run_enrolled(
     tasks.spawn(
         Renewal {
             store,
-            link,
+            link: link.clone(),
             server_tls: server_tls.clone(),
             host_id: host_id.clone(),
             validity: stored.validity,
@@ -156,10 +160,17 @@ async fn run_enrolled(
         .instrument(current.clone()),
     );
 
+    let grants = Arc::new(Grants::open(&config.state_dir).map_err(RunError::Grants)?);
+    let transfers = Arc::new(Transfers::new(
+        host_id.clone(),
+        config.clone(),
+        grants,
+        link.clone(),
+    ));
     let serving = server::serve(
         listener,
         server_tls,
-        AgentService::new(collector, latest),
+        AgentService::new(collector, latest, transfers),
         shutdown.clone().wait_owned(),
     );
     tokio::pin!(serving);

@@ -116,6 +116,12 @@ impl ControllerLink {
         Ok(AgentGatewayClient::new(channel))
     }
 
+    /// The TLS client configuration presenting the agent's current
+    /// certificate, for calls to peer agents too.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.state().client_config.clone()
+    }
+
     /// Forgets the channel: the next call dials afresh.
     pub fn reset(&self) {
         self.state().channel = None;

@@ -20,7 +20,11 @@ use navette_proto::v1::{
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
+use std::sync::Arc;
+
 use crate::inventory::{Collector, LatestInventory};
+use crate::transfer::grants::GrantError;
+use crate::transfer::target::{Following, TransferError, Transfers};
 
 /// Why the server stopped or could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +61,27 @@ pub fn policy(path: &str, role: &Role) -> Result<(), String> {
             )),
         };
     }
+    if PEER_SERVICES.contains(&service) {
+        // Which transfer a peer may read is checked per call, against the
+        // grant the controller gave (`transfer::grants`).
+        return match role {
+            Role::Agent { .. } => Ok(()),
+            other => Err(format!(
+                "{service} is served to peer agents during a transfer; the caller is {other}"
+            )),
+        };
+    }
     Err(format!(
         "{service:?} is not served by this agent (the caller is {role})"
     ))
 }
+
+/// The services a target agent pulls a transfer's data from.
+pub const PEER_SERVICES: [&str; 3] = [
+    "navette.v1.FileSource",
+    "navette.v1.PostgresSource",
+    "navette.v1.MariadbSource",
+];
 
 /// The `navette.v1.Agent` handlers.
 #[derive(Clone, Debug)]
@@ -68,11 +89,29 @@ pub struct AgentService {
     collector: Collector,
     /// Where a fresh inventory is published, so the heartbeat loop reports it.
     latest: LatestInventory,
+    transfers: Arc<Transfers>,
 }
 
 impl AgentService {
-    pub fn new(collector: Collector, latest: LatestInventory) -> AgentService {
-        AgentService { collector, latest }
+    pub fn new(collector: Collector, latest: LatestInventory, transfers: Arc<Transfers>) -> AgentService {
+        AgentService {
+            collector,
+            latest,
+            transfers,
+        }
+    }
+}
+
+/// The one place transfer errors become statuses.
+fn transfer_status(error: TransferError) -> Status {
+    match error {
+        TransferError::Refused(message) => Status::failed_precondition(message),
+        TransferError::Grant(GrantError::Conflict(id)) => Status::already_exists(format!(
+            "transfer {id} was already granted with a different content"
+        )),
+        TransferError::Grant(error) => Status::invalid_argument(error.to_string()),
+        TransferError::Unknown(id) => Status::not_found(format!("no transfer {id} on this host")),
+        TransferError::Io { .. } => Status::internal(error.to_string()),
     }
 }
 
@@ -100,16 +139,22 @@ impl Agent for AgentService {
 
     async fn grant_transfer(
         &self,
-        _request: Request<TransferSpec>,
+        request: Request<TransferSpec>,
     ) -> Result<Response<GrantTransferResponse>, Status> {
-        Err(Status::unimplemented("transfers are not available yet"))
+        self.transfers
+            .grant(request.get_ref())
+            .map_err(transfer_status)?;
+        Ok(Response::new(GrantTransferResponse {}))
     }
 
     async fn start_transfer(
         &self,
-        _request: Request<TransferSpec>,
+        request: Request<TransferSpec>,
     ) -> Result<Response<TransferProgress>, Status> {
-        Err(Status::unimplemented("transfers are not available yet"))
+        self.transfers
+            .start(request.into_inner())
+            .map(Response::new)
+            .map_err(transfer_status)
     }
 
     type WatchTransferStream = std::pin::Pin<
@@ -118,16 +163,54 @@ impl Agent for AgentService {
 
     async fn watch_transfer(
         &self,
-        _request: Request<WatchTransferRequest>,
+        request: Request<WatchTransferRequest>,
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
-        Err(Status::unimplemented("transfers are not available yet"))
+        let following = self
+            .transfers
+            .follow(&request.get_ref().transfer_id)
+            .map_err(transfer_status)?;
+        let (sender, receiver) = tokio::sync::mpsc::channel(8);
+        tokio::spawn(async move {
+            match following {
+                Following::Finished(done) => {
+                    let _ = sender.send(Ok(done)).await;
+                }
+                Following::Running(progress) => {
+                    let mut changed = progress.subscribe();
+                    loop {
+                        let snapshot = progress.snapshot();
+                        let finished = progress.is_finished();
+                        if sender.send(Ok(snapshot)).await.is_err() || finished {
+                            return;
+                        }
+                        // At most five updates a second.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        if changed.changed().await.is_err() {
+                            let _ = sender.send(Ok(progress.snapshot())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 
     async fn remove_copy(
         &self,
-        _request: Request<RemoveCopyRequest>,
+        request: Request<RemoveCopyRequest>,
     ) -> Result<Response<RemoveCopyResponse>, Status> {
-        Err(Status::unimplemented("transfers are not available yet"))
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        self.transfers
+            .remove_copy(&spec)
+            .await
+            .map_err(transfer_status)?;
+        Ok(Response::new(RemoveCopyResponse {}))
     }
 }
 

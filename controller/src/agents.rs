@@ -56,3 +56,83 @@ pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::H
     report.host_id = host.id.clone();
     Ok(report)
 }
+
+/// Maps a failed agent call to a step outcome: transport trouble is worth
+/// retrying, an answer that refuses is not.
+pub fn call_outcome(host: &Host, status: &tonic::Status) -> CallFailure {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
+            CallFailure::Retry(unreachable(host, status).to_string())
+        }
+        _ => CallFailure::Refused(format!(
+            "the agent of host {} refused: {} ({:?})",
+            host.id,
+            status.message(),
+            status.code()
+        )),
+    }
+}
+
+/// Why a call to an agent failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallFailure {
+    Retry(String),
+    Refused(String),
+}
+
+/// Grants `spec` on the source host.
+pub async fn grant_transfer(controller: &Controller, host: &Host, spec: v1::TransferSpec) -> Result<(), CallFailure> {
+    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+    let mut request = tonic::Request::new(spec);
+    request.set_timeout(CALL_TIMEOUT);
+    client
+        .grant_transfer(request)
+        .await
+        .map(drop)
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// Starts (or resumes, or looks up) `spec` on the target host.
+pub async fn start_transfer(
+    controller: &Controller,
+    host: &Host,
+    spec: v1::TransferSpec,
+) -> Result<v1::TransferProgress, CallFailure> {
+    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+    let mut request = tonic::Request::new(spec);
+    request.set_timeout(CALL_TIMEOUT);
+    client
+        .start_transfer(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// Follows a transfer on the target host until it ends.
+pub async fn watch_transfer(
+    controller: &Controller,
+    host: &Host,
+    transfer_id: &str,
+) -> Result<tonic::Streaming<v1::TransferProgress>, CallFailure> {
+    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+    client
+        .watch_transfer(v1::WatchTransferRequest {
+            transfer_id: transfer_id.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// Removes the copy `spec` made on the target host.
+pub async fn remove_copy(controller: &Controller, host: &Host, spec: v1::TransferSpec) -> Result<(), CallFailure> {
+    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+    let mut request = tonic::Request::new(v1::RemoveCopyRequest { spec: Some(spec) });
+    request.set_timeout(Duration::from_secs(300));
+    client
+        .remove_copy(request)
+        .await
+        .map(drop)
+        .map_err(|status| call_outcome(host, &status))
+}

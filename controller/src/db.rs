@@ -5,10 +5,10 @@
 //! applied in order inside one transaction each, under an advisory lock so
 //! that several controllers starting together apply each once.
 //!
-//! Changes to hosts are announced with `NOTIFY navette_hosts, '<host id>'`
-//! in the transaction that makes them; [`listen_host_changes`] turns those
-//! into a local broadcast, so every controller sharing the database sees
-//! every change.
+//! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` in
+//! the transaction that makes them; [`listen_changes`] turns those into a
+//! local broadcast, so every controller sharing the database sees every
+//! change, whichever controller made it.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -40,11 +40,14 @@ pub enum DbError {
 }
 
 /// The schema, in order. Never edit a migration that has shipped: add one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "foundation",
-    include_str!("../migrations/0001_foundation.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../migrations/0001_foundation.sql"),
+    ),
+    (2, "tests", include_str!("../migrations/0002_tests.sql")),
+];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.
 const MIGRATION_LOCK: i64 = 0x6e61_7665_7474_6501;
@@ -147,9 +150,21 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
     Ok(done)
 }
 
-/// Keeps a dedicated connection listening for host changes and broadcasts
-/// the host ids. Reconnects on failure; runs until the process ends.
-pub fn listen_host_changes(url: String, changes: broadcast::Sender<String>) {
+/// The notification channels the controller listens to.
+pub const CHANNELS: [&str; 2] = ["navette_hosts", "navette_tests"];
+
+/// A committed change, from any controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// `NOTIFY <channel>, <payload>`.
+    Notified { channel: String, payload: String },
+    /// The listener reconnected: anything may have changed meanwhile.
+    Resynchronise,
+}
+
+/// Keeps a dedicated connection listening on [`CHANNELS`] and broadcasts
+/// what arrives. Reconnects on failure; runs until the process ends.
+pub fn listen_changes(url: String, changes: broadcast::Sender<Change>) {
     tokio::spawn(async move {
         loop {
             if let Err(error) = listen_once(&url, &changes).await {
@@ -160,7 +175,7 @@ pub fn listen_host_changes(url: String, changes: broadcast::Sender<String>) {
     });
 }
 
-async fn listen_once(url: &str, changes: &broadcast::Sender<String>) -> Result<(), DbError> {
+async fn listen_once(url: &str, changes: &broadcast::Sender<Change>) -> Result<(), DbError> {
     let config = tokio_postgres::Config::from_str(url).map_err(DbError::Url)?;
     let (client, mut connection) = config.connect(NoTls).await?;
     let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
@@ -169,7 +184,10 @@ async fn listen_once(url: &str, changes: &broadcast::Sender<String>) -> Result<(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(note)) => {
-                    let _ = sender.send(note.payload().to_owned());
+                    let _ = sender.send(Change::Notified {
+                        channel: note.channel().to_owned(),
+                        payload: note.payload().to_owned(),
+                    });
                 }
                 Ok(_) => {}
                 Err(error) => return Err(error),
@@ -177,11 +195,13 @@ async fn listen_once(url: &str, changes: &broadcast::Sender<String>) -> Result<(
         }
         Ok(())
     });
-    client.batch_execute("LISTEN navette_hosts").await?;
+    for channel in CHANNELS {
+        client.batch_execute(&format!("LISTEN {channel}")).await?;
+    }
     // Whatever changed while we were not listening.
-    let _ = changes.send(String::new());
-    while let Some(host_id) = receiver.recv().await {
-        let _ = changes.send(host_id);
+    let _ = changes.send(Change::Resynchronise);
+    while let Some(change) = receiver.recv().await {
+        let _ = changes.send(change);
     }
     match driver.await {
         Ok(result) => result.map_err(DbError::from),

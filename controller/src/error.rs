@@ -22,6 +22,9 @@ pub enum Error {
     /// A request id was reused for a different request.
     #[error("{0}")]
     AlreadyExists(String),
+    /// Not enough room (disk, hosts) to do it now.
+    #[error("{0}")]
+    NoRoom(String),
     /// A host or dependency cannot be reached now; retrying may work.
     #[error("{0}")]
     Unavailable(String),

@@ -40,10 +40,12 @@ pub mod enrolment;
 pub mod error;
 pub mod model;
 pub mod notify;
+pub mod placement;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,21 +70,23 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     if !applied.is_empty() {
         tracing::info!(message = "database schema up to date", applied = ?applied);
     }
-    let (host_changes, _) = tokio::sync::broadcast::channel(1024);
-    db::listen_host_changes(config.database.url.clone(), host_changes.clone());
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    db::listen_changes(config.database.url.clone(), changes.clone());
     let controller = Arc::new(state::Controller {
         config,
         db,
         ca,
         catalogue,
         tls,
-        host_changes,
+        changes,
+        controller_id: controller_id(),
     });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = server::bind(controller.clone(), stopped).await?;
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
+    workflow::spawn_runner(controller.clone());
     notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -92,6 +96,24 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     });
     Box::pin(serving).await?;
     Ok(())
+}
+
+/// A name for this controller process, unique among controllers sharing
+/// the database: it owns leases on workflow steps.
+fn controller_id() -> String {
+    use ring::rand::SecureRandom;
+    let host = nix_hostname().unwrap_or_else(|| "controller".to_owned());
+    let mut random = [0u8; 3];
+    let _ = ring::rand::SystemRandom::new().fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}-{}-{random}", std::process::id())
+}
+
+fn nix_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 async fn shutdown_signal() {

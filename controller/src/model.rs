@@ -205,3 +205,148 @@ impl HostChange {
         .find(|change| change.as_str() == text)
     }
 }
+
+/// Where a test stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestState {
+    Placing,
+    Copying,
+    Ready,
+    Refreshing,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+impl TestState {
+    pub const ALL: [TestState; 7] = [
+        TestState::Placing,
+        TestState::Copying,
+        TestState::Ready,
+        TestState::Refreshing,
+        TestState::Failed,
+        TestState::Deleting,
+        TestState::Deleted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestState::Placing => "placing",
+            TestState::Copying => "copying",
+            TestState::Ready => "ready",
+            TestState::Refreshing => "refreshing",
+            TestState::Failed => "failed",
+            TestState::Deleting => "deleting",
+            TestState::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TestState> {
+        TestState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// What a test's workflow runs next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestStep {
+    /// Grant the source's data to the test host for this generation.
+    Grant,
+    /// Have the test host pull it, and follow the copy to its end.
+    Copy,
+    /// Remove the copy from the test host.
+    Remove,
+    /// Nothing: the test is ready, failed or deleted.
+    None,
+}
+
+impl TestStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TestStep::Grant => "grant",
+            TestStep::Copy => "copy",
+            TestStep::Remove => "remove",
+            TestStep::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TestStep> {
+        [TestStep::Grant, TestStep::Copy, TestStep::Remove, TestStep::None]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One database of a copy plan: where it is, where its copy goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabasePlan {
+    pub engine: Engine,
+    pub name: String,
+    pub owner: String,
+    pub source_server: String,
+    pub target_server: String,
+    /// Where customers reach the copy.
+    pub target_address: String,
+    pub target_port: u16,
+    pub target_version: String,
+}
+
+/// What a test copies, from where to where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyPlan {
+    pub source_endpoint: String,
+    pub target_endpoint: String,
+    /// The account's home on the source.
+    pub source_home: String,
+    pub databases: Vec<DatabasePlan>,
+    /// Main address of the test host.
+    pub target_address: String,
+}
+
+/// Counters of the last copy, as the target agent reported them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    pub phase: String,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_sent: u64,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub files_unchanged: u64,
+    pub tables_total: u64,
+    pub tables_done: u64,
+    pub bytes_per_second: u64,
+    pub eta_seconds: u32,
+    /// Where the copy of the home is on the target.
+    #[serde(default)]
+    pub target_home: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Test {
+    pub id: String,
+    pub account: String,
+    pub migration_id: String,
+    pub source_host_id: String,
+    pub test_host_id: String,
+    pub state: TestState,
+    pub step: TestStep,
+    pub generation: u32,
+    pub plan: CopyPlan,
+    pub progress: Option<CopyProgress>,
+    pub error: String,
+    pub ttl_seconds: u64,
+    pub created_at: Time,
+    pub updated_at: Time,
+    pub ready_at: Option<Time>,
+    pub expires_at: Option<Time>,
+    pub attempts: u32,
+}
+
+impl Test {
+    /// The transfer id of the current copy: one per generation, so a
+    /// refresh is a new transfer into the same target.
+    pub fn transfer_id(&self) -> String {
+        format!("{}-g{}", self.id, self.generation)
+    }
+}

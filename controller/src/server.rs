@@ -21,6 +21,7 @@ use navette_proto::v1::enrolment_server::EnrolmentServer;
 use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
+use navette_proto::v1::tests_server::TestsServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -30,6 +31,7 @@ use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::controller_policy;
+use crate::api::tests::TestsApi;
 use crate::state::Controller;
 use crate::store;
 
@@ -88,6 +90,7 @@ pub async fn bind(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CatalogueServer<PanelApi>>().await;
     health.set_serving::<AccountsServer<PanelApi>>().await;
+    health.set_serving::<TestsServer<TestsApi>>().await;
     health.set_serving::<HostsServer<OperatorApi>>().await;
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
@@ -97,6 +100,7 @@ pub async fn bind(
     let api_names = [
         CatalogueServer::<PanelApi>::NAME,
         AccountsServer::<PanelApi>::NAME,
+        TestsServer::<TestsApi>::NAME,
         HostsServer::<OperatorApi>::NAME,
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
@@ -112,6 +116,7 @@ pub async fn bind(
         .add_service(reflection(&api_names).build_v1alpha()?)
         .add_service(CatalogueServer::new(PanelApi(c.clone())))
         .add_service(AccountsServer::new(PanelApi(c.clone())))
+        .add_service(TestsServer::new(TestsApi(c.clone())))
         .add_service(HostsServer::new(OperatorApi(c.clone())))
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))

@@ -18,9 +18,10 @@ pub struct Controller {
     pub catalogue: Catalogue,
     /// The controller's own certificates, renewed while it runs.
     pub tls: ControllerTls,
-    /// Host changes from every controller, as `host_id:change` (see
-    /// `db::listen_host_changes`); an empty string means "resynchronise".
-    pub host_changes: broadcast::Sender<String>,
+    /// Committed changes from every controller (see `db::listen_changes`).
+    pub changes: broadcast::Sender<crate::db::Change>,
+    /// This controller's name in leases (`<hostname>-<pid>-<random>`).
+    pub controller_id: String,
 }
 
 impl std::fmt::Debug for Controller {

@@ -20,3 +20,5 @@
 
 pub mod grants;
 pub mod progress;
+pub mod removal;
+pub mod target;

@@ -104,6 +104,7 @@ impl Progress {
             eta_seconds: eta,
             error,
             updated_at: Some(navette_proto::timestamp(chrono::Utc::now())),
+            target_home: String::new(),
         }
     }
 }

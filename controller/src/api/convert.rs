@@ -8,7 +8,7 @@ use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
 use crate::error::{Error, Result};
 use crate::model::{
     Account, Database, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, Inventory,
-    JoinToken,
+    JoinToken, Test, TestState,
 };
 
 pub fn host_kind(kind: HostKind) -> v1::HostKind {
@@ -250,4 +250,119 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
         accounts,
         digest: navette_proto::inventory_digest(report),
     })
+}
+
+pub fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgresql => "PostgreSQL",
+        Engine::Mariadb => "MariaDB",
+    }
+}
+
+pub fn report_item(severity: v1::report_item::Severity, topic: &str, message: &str, incompatibility_id: &str) -> v1::ReportItem {
+    v1::ReportItem {
+        severity: severity.into(),
+        topic: topic.to_owned(),
+        message: message.to_owned(),
+        incompatibility_id: incompatibility_id.to_owned(),
+    }
+}
+
+fn test_state(state: TestState) -> v1::test::State {
+    use v1::test::State;
+    match state {
+        TestState::Placing => State::Placing,
+        TestState::Copying => State::Copying,
+        TestState::Ready => State::Ready,
+        TestState::Refreshing => State::Refreshing,
+        TestState::Failed => State::Failed,
+        TestState::Deleting => State::Deleting,
+        TestState::Deleted => State::Deleted,
+    }
+}
+
+fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
+    let progress = test.progress.as_ref()?;
+    let state = match test.state {
+        TestState::Ready | TestState::Deleting | TestState::Deleted => v1::TransferState::Succeeded,
+        TestState::Failed => v1::TransferState::Failed,
+        _ => v1::TransferState::Running,
+    };
+    Some(v1::TransferProgress {
+        transfer_id: test.transfer_id(),
+        state: state.into(),
+        phase: progress.phase.clone(),
+        bytes_total: progress.bytes_total,
+        bytes_done: progress.bytes_done,
+        files_total: progress.files_total,
+        files_done: progress.files_done,
+        tables_total: progress.tables_total,
+        tables_done: progress.tables_done,
+        bytes_sent: progress.bytes_sent,
+        files_unchanged: progress.files_unchanged,
+        bytes_per_second: progress.bytes_per_second,
+        eta_seconds: progress.eta_seconds,
+        error: String::new(),
+        updated_at: Some(timestamp(test.updated_at)),
+        target_home: progress.target_home.clone(),
+    })
+}
+
+/// How to reach a ready test's copy, with what to type.
+fn connection(test: &Test) -> v1::TestConnection {
+    let databases: Vec<v1::DatabaseEndpoint> = test
+        .plan
+        .databases
+        .iter()
+        .map(|d| v1::DatabaseEndpoint {
+            engine: engine(d.engine).into(),
+            name: d.name.clone(),
+            address: d.target_address.clone(),
+            port: u32::from(d.target_port),
+            user: d.owner.clone(),
+            server_version: d.target_version.clone(),
+        })
+        .collect();
+    let mut instructions = vec![format!(
+        "Your copy runs on {} with the same database names, users and passwords as your account.",
+        test.plan.target_address
+    )];
+    for d in &test.plan.databases {
+        instructions.push(match d.engine {
+            Engine::Postgresql => format!(
+                "psql -h {} -p {} -U {} {}   # PostgreSQL {}",
+                d.target_address, d.target_port, d.owner, d.name, d.target_version
+            ),
+            Engine::Mariadb => format!(
+                "mariadb -h {} -P {} -u {} -p {}   # MariaDB {}",
+                d.target_address, d.target_port, d.owner, d.name, d.target_version
+            ),
+        });
+    }
+    v1::TestConnection {
+        host_address: test.plan.target_address.clone(),
+        databases,
+        home: test.progress.as_ref().map(|p| p.target_home.clone()).unwrap_or_default(),
+        instructions: instructions.join("\n"),
+    }
+}
+
+pub fn test(test: &Test) -> v1::Test {
+    let usable = matches!(test.state, TestState::Ready | TestState::Refreshing);
+    v1::Test {
+        id: test.id.clone(),
+        account: test.account.clone(),
+        migration_id: test.migration_id.clone(),
+        state: test_state(test.state).into(),
+        source_host_id: test.source_host_id.clone(),
+        test_host_id: test.test_host_id.clone(),
+        connection: usable.then(|| connection(test)),
+        progress: copy_progress(test),
+        error: test.error.clone(),
+        generation: test.generation,
+        created_at: Some(timestamp(test.created_at)),
+        updated_at: Some(timestamp(test.updated_at)),
+        ready_at: test.ready_at.map(timestamp),
+        expires_at: test.expires_at.map(timestamp),
+    }
 }

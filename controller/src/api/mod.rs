@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod operator;
 pub mod panel;
 pub mod policy;
+pub mod tests;
 
 use tonic::Status;
 
@@ -29,6 +30,7 @@ pub fn status(error: Error) -> Status {
         Error::PermissionDenied(message) => Status::permission_denied(message),
         Error::AlreadyExists(message) => Status::already_exists(message),
         Error::Unavailable(message) => Status::unavailable(message),
+        Error::NoRoom(message) => Status::resource_exhausted(message),
         Error::Database(_) | Error::Pool(_) => {
             tracing::error!(message = "database error", error = %error);
             Status::unavailable(

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Reply, convert, optional, reply, required, status};
 use crate::agents;
+use crate::db::Change;
 use crate::enrolment;
 use crate::error::Error;
 use crate::model::HostChange;
@@ -93,7 +94,7 @@ impl Hosts for OperatorApi {
 
     async fn watch_hosts(&self, request: Request<v1::WatchHostsRequest>) -> Reply<HostEvents> {
         let filter = optional(&request.get_ref().id).map(str::to_owned);
-        let changes = self.0.host_changes.subscribe();
+        let changes = self.0.changes.subscribe();
         let (sender, receiver) = mpsc::channel(64);
         let controller = self.0.clone();
         // Snapshot first (after subscribing, so nothing falls in between).
@@ -148,7 +149,7 @@ async fn forward_host_events(
     controller: Arc<Controller>,
     filter: Option<String>,
     snapshot: Vec<crate::model::Host>,
-    mut changes: broadcast::Receiver<String>,
+    mut changes: broadcast::Receiver<Change>,
     sender: mpsc::Sender<Result<v1::HostEvent, Status>>,
 ) {
     for host in &snapshot {
@@ -162,8 +163,9 @@ async fn forward_host_events(
     }
     loop {
         let note = match changes.recv().await {
-            Ok(note) => note,
-            Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
+            Ok(Change::Notified { channel, payload }) if channel == "navette_hosts" => payload,
+            Ok(Change::Notified { .. }) => continue,
+            Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let (host_id, change) = note.split_once(':').unwrap_or(("", ""));

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod hosts;
 pub mod pools;
+pub mod tests;
 pub mod tokens;
 
 use tokio_postgres::GenericClient;

@@ -1,0 +1,289 @@
+//! The panel's Tests service (R3) and the compatibility report (R2).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use navette_proto::v1;
+use navette_proto::v1::tests_server::Tests;
+use ring::rand::SecureRandom;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{Reply, convert, optional, reply, required, status};
+use crate::catalogue::Migration;
+use crate::db::Change;
+use crate::error::{Error, Result};
+use crate::model::{Account, Host, Test, TestState};
+use crate::placement;
+use crate::state::Controller;
+use crate::store;
+
+/// How long a test copy lives unless the request says otherwise.
+pub const DEFAULT_TTL_SECS: u64 = 7 * 86_400;
+
+pub struct TestsApi(pub Arc<Controller>);
+
+type TestStream = Pin<Box<dyn Stream<Item = Result<v1::Test, Status>> + Send>>;
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    format!("t{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+impl TestsApi {
+    /// The account, its host, the migration, and every host, checked.
+    async fn context(&self, account: &str, migration_id: &str) -> Result<(Account, Host, Migration, Vec<Host>)> {
+        let migration = self
+            .0
+            .catalogue
+            .get(migration_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: "migration",
+                id: migration_id.to_owned(),
+            })?;
+        let client = self.0.db.get().await?;
+        let account = store::accounts::get(&**client, account).await?;
+        let source = store::hosts::get(&**client, &account.host_id).await?;
+        if !migration.applies_to_account(&account, &source) {
+            return Err(Error::FailedPrecondition(format!(
+                "migration {} does not apply to account {}: it moves {} {} to {}, and the account uses none (see Catalogue/ListMigrations for the account)",
+                migration.id,
+                account.name,
+                migration.source.software.as_str(),
+                migration.source.versions.join("/"),
+                migration.target.versions.join("")
+            )));
+        }
+        let hosts = store::hosts::list(&**client, None, None).await?;
+        Ok((account, source, migration, hosts))
+    }
+
+    async fn create(&self, request: v1::TestMigrationRequest) -> Result<Test> {
+        let request_id = required(&request.request_id, "request_id")?;
+        let account_name = required(&request.account, "account")?;
+        let migration_id = required(&request.migration_id, "migration_id")?;
+        {
+            let client = self.0.db.get().await?;
+            if let Some(existing) = store::tests::by_request_id(&**client, request_id).await? {
+                if existing.account != account_name || existing.migration_id != migration_id {
+                    return Err(Error::AlreadyExists(format!(
+                        "request id {request_id:?} already started test {} of {} for {}; use a new request id",
+                        existing.id, existing.migration_id, existing.account
+                    )));
+                }
+                return Ok(existing);
+            }
+        }
+        let (account, source, migration, hosts) = self.context(account_name, migration_id).await?;
+        let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts)?;
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_TTL_SECS,
+            ttl => u64::from(ttl),
+        };
+        let id = new_id();
+        let client = self.0.db.get().await?;
+        let created = store::tests::create(
+            &**client,
+            &store::tests::NewTest {
+                id: &id,
+                request_id,
+                account: &account.name,
+                migration_id: &migration.id,
+                source_host_id: &source.id,
+                test_host_id: &test_host.id,
+                plan: &plan,
+                ttl_seconds: ttl,
+            },
+        )
+        .await?;
+        match created {
+            Some(test) => {
+                tracing::info!(message = "test started", test_id = %test.id, account = %test.account, migration = %test.migration_id, test_host = %test.test_host_id);
+                Ok(test)
+            }
+            // Lost a race with a retry of the same request.
+            None => store::tests::by_request_id(&**client, request_id)
+                .await?
+                .ok_or_else(|| Error::Internal("test vanished".to_owned())),
+        }
+    }
+
+    async fn report(&self, account: &str, migration_id: &str) -> Result<v1::CompatibilityReport> {
+        let (account, source, migration, hosts) = self.context(account, migration_id).await?;
+        let (home, databases) = placement::account_bytes(&account);
+        let needed = placement::disk_needed(&account);
+        let mut items = Vec::new();
+        let mut compatible = true;
+        let (test_host_id, free) = match placement::plan_test(&migration, &account, &source, &hosts) {
+            Ok((host, _)) => (host.id.clone(), host.disk_free_bytes),
+            Err(error) => {
+                compatible = false;
+                items.push(convert::report_item(
+                    v1::report_item::Severity::Blocking,
+                    "placement",
+                    &error.to_string(),
+                    "",
+                ));
+                (String::new(), 0)
+            }
+        };
+        items.push(convert::report_item(
+            v1::report_item::Severity::Info,
+            "disk",
+            &format!(
+                "the copy needs {} on the target ({} of files, {} of databases, with a margin)",
+                placement::human_bytes(needed),
+                placement::human_bytes(home),
+                placement::human_bytes(databases)
+            ),
+            "",
+        ));
+        for database in &account.databases {
+            items.push(convert::report_item(
+                v1::report_item::Severity::Info,
+                "database",
+                &format!(
+                    "{} database {} ({}) is copied with the same name, owner and password",
+                    convert::engine_name(database.engine),
+                    database.name,
+                    placement::human_bytes(database.size_bytes)
+                ),
+                "",
+            ));
+        }
+        for incompatibility in &migration.incompatibilities {
+            let severity = if incompatibility.important {
+                v1::report_item::Severity::Warning
+            } else {
+                v1::report_item::Severity::Info
+            };
+            items.push(convert::report_item(severity, "incompatibility", &incompatibility.title, &incompatibility.id));
+        }
+        Ok(v1::CompatibilityReport {
+            account: account.name.clone(),
+            migration_id: migration.id.clone(),
+            compatible,
+            home_size_bytes: home,
+            database_size_bytes: databases,
+            disk_needed_bytes: needed,
+            test_host_id,
+            test_host_free_bytes: free,
+            items,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Tests for TestsApi {
+    async fn test_migration(&self, request: Request<v1::TestMigrationRequest>) -> Reply<v1::Test> {
+        reply(self.create(request.into_inner()).await.map(|t| convert::test(&t)))
+    }
+
+    async fn get_test(&self, request: Request<v1::GetTestRequest>) -> Reply<v1::Test> {
+        let request = request.into_inner();
+        reply(async {
+            let id = required(&request.id, "id")?;
+            let client = self.0.db.get().await?;
+            Ok(convert::test(&store::tests::get(&**client, id).await?))
+        }
+        .await)
+    }
+
+    async fn list_tests(&self, request: Request<v1::ListTestsRequest>) -> Reply<v1::ListTestsResponse> {
+        let request = request.into_inner();
+        reply(async {
+            let client = self.0.db.get().await?;
+            let tests = store::tests::list(&**client, optional(&request.account)).await?;
+            Ok(v1::ListTestsResponse {
+                tests: tests.iter().map(convert::test).collect(),
+            })
+        }
+        .await)
+    }
+
+    async fn refresh_test(&self, request: Request<v1::RefreshTestRequest>) -> Reply<v1::Test> {
+        let request = request.into_inner();
+        reply(async {
+            let id = required(&request.id, "id")?;
+            let client = self.0.db.get().await?;
+            let test = store::tests::start_refresh(&**client, id).await?;
+            tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
+            Ok(convert::test(&test))
+        }
+        .await)
+    }
+
+    async fn delete_test(&self, request: Request<v1::DeleteTestRequest>) -> Reply<v1::Test> {
+        let request = request.into_inner();
+        reply(async {
+            let id = required(&request.id, "id")?;
+            let client = self.0.db.get().await?;
+            let test = store::tests::start_removal(&**client, id).await?;
+            tracing::info!(message = "test deletion started", test_id = %id);
+            Ok(convert::test(&test))
+        }
+        .await)
+    }
+
+    type WatchTestStream = TestStream;
+
+    async fn watch_test(&self, request: Request<v1::WatchTestRequest>) -> Reply<TestStream> {
+        let id = required(&request.get_ref().id, "id").map_err(status)?.to_owned();
+        let mut changes = self.0.changes.subscribe();
+        let controller = self.0.clone();
+        let first = {
+            let client = controller.db.get().await.map_err(|e| status(e.into()))?;
+            store::tests::get(&**client, &id).await.map_err(status)?
+        };
+        let (sender, receiver) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut current = first;
+            loop {
+                if sender.send(Ok(convert::test(&current))).await.is_err() {
+                    return;
+                }
+                if matches!(current.state, TestState::Ready | TestState::Failed | TestState::Deleted)
+                    && current.step == crate::model::TestStep::None
+                {
+                    return;
+                }
+                loop {
+                    match changes.recv().await {
+                        Ok(Change::Notified { channel, payload }) if channel == "navette_tests" && payload == id => break,
+                        Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+                let next = match controller.db.get().await {
+                    Ok(client) => store::tests::get(&**client, &id).await,
+                    Err(error) => Err(error.into()),
+                };
+                match next {
+                    Ok(test) => current = test,
+                    Err(error) => {
+                        let _ = sender.send(Err(status(error))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)) as TestStream))
+    }
+
+    async fn get_compatibility_report(
+        &self,
+        request: Request<v1::GetCompatibilityReportRequest>,
+    ) -> Reply<v1::CompatibilityReport> {
+        let request = request.into_inner();
+        reply(async {
+            let account = required(&request.account, "account")?;
+            let migration = required(&request.migration_id, "migration_id")?;
+            self.report(account, migration).await
+        }
+        .await)
+    }
+}

@@ -1,0 +1,368 @@
+//! Where a test copy goes, and what it is made of: pure functions from the
+//! inventory (account, source host, candidate hosts) and the migration to a
+//! copy plan, or the reason there is none. No I/O, so every refusal is
+//! unit-tested.
+
+use crate::catalogue::{Migration, Software, version_matches};
+use crate::error::Error;
+use crate::model::{Account, CopyPlan, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState};
+
+/// Margin on top of the data's size: indexes rebuilt, WAL, temporary files.
+const MARGIN_NUMERATOR: u64 = 5;
+const MARGIN_DENOMINATOR: u64 = 4;
+const MARGIN_FIXED: u64 = 64 << 20;
+
+/// Bytes of the account: home and databases.
+pub fn account_bytes(account: &Account) -> (u64, u64) {
+    let databases = account.databases.iter().map(|d| d.size_bytes).sum();
+    (account.home_size_bytes, databases)
+}
+
+/// Disk a copy of the account needs on the target.
+pub fn disk_needed(account: &Account) -> u64 {
+    let (home, databases) = account_bytes(account);
+    (home + databases) * MARGIN_NUMERATOR / MARGIN_DENOMINATOR + MARGIN_FIXED
+}
+
+fn numbers(version: &str) -> Vec<u64> {
+    version
+        .split(['.', '-', ' '])
+        .map_while(|part| part.parse().ok())
+        .collect()
+}
+
+/// Whether `actual` is at least `minimum`, comparing the components
+/// `minimum` has (so 18.1 is at least 15.18 as major versions go only when
+/// called with the major).
+pub fn at_least(actual: &str, minimum: &str) -> bool {
+    let actual = numbers(actual);
+    let minimum = numbers(minimum);
+    for (a, m) in actual.iter().zip(&minimum) {
+        if a != m {
+            return a > m;
+        }
+    }
+    actual.len() >= minimum.len()
+}
+
+/// The major version: 15 for PostgreSQL 15.18, 10.11 for MariaDB 10.11.6.
+fn major(engine: Engine, version: &str) -> String {
+    let parts: Vec<String> = numbers(version).iter().map(u64::to_string).collect();
+    let keep = match engine {
+        Engine::Postgresql => 1,
+        Engine::Mariadb => 2,
+    };
+    parts.into_iter().take(keep).collect::<Vec<_>>().join(".")
+}
+
+fn engine_of(software: Software) -> Option<Engine> {
+    match software {
+        Software::Postgresql => Some(Engine::Postgresql),
+        Software::Mariadb => Some(Engine::Mariadb),
+        Software::Stack => None,
+    }
+}
+
+fn engine_name(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Postgresql => "PostgreSQL",
+        Engine::Mariadb => "MariaDB",
+    }
+}
+
+/// The server of `host` that should receive a database now served by
+/// `source` on the source host, for this migration.
+fn receiving_server<'a>(migration: &Migration, host: &'a Host, source: &DatabaseServer) -> Option<&'a DatabaseServer> {
+    let target = migration.target.versions.first().map(String::as_str).unwrap_or("");
+    host.database_servers
+        .iter()
+        .filter(|server| server.engine == source.engine && server.reachable)
+        .filter(|server| {
+            if engine_of(migration.target.software) == Some(source.engine) {
+                version_matches(target, &server.version)
+            } else {
+                at_least(&server.version, &major(source.engine, &source.version))
+            }
+        })
+        .max_by(|a, b| numbers(&a.version).cmp(&numbers(&b.version)))
+}
+
+/// Why `host` cannot take the copy (software), or `None` if it can.
+fn missing_software(migration: &Migration, account: &Account, source_host: &Host, host: &Host) -> Option<String> {
+    let target = migration.target.versions.first().map(String::as_str).unwrap_or("");
+    if migration.target.software == Software::Stack && !version_matches(target, &host.stack_version) {
+        return Some(format!("runs stack {}, not {target}", host.stack_version));
+    }
+    if let Some(engine) = engine_of(migration.target.software)
+        && !host
+            .database_servers
+            .iter()
+            .any(|s| s.engine == engine && s.reachable && version_matches(target, &s.version))
+    {
+        return Some(format!("runs no {} {target}", engine_name(engine)));
+    }
+    for database in &account.databases {
+        let source = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)?;
+        if receiving_server(migration, host, source).is_none() {
+            return Some(format!(
+                "has no {} server for database {} ({} or later)",
+                engine_name(database.engine),
+                database.name,
+                major(source.engine, &source.version)
+            ));
+        }
+    }
+    None
+}
+
+/// Chooses the test host for a test of `migration` on `account` (living on
+/// `source_host`) among `hosts`, and makes the copy plan.
+pub fn plan_test(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    hosts: &[Host],
+) -> Result<(Host, CopyPlan), Error> {
+    if source_host.state != HostState::Online {
+        return Err(Error::Unavailable(format!(
+            "the account's host {} is unreachable; a test needs it online",
+            source_host.id
+        )));
+    }
+    for database in &account.databases {
+        let server = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "database {} is on server {:?}, which host {} does not report",
+                    database.name, database.server, source_host.id
+                ))
+            })?;
+        if !server.reachable {
+            return Err(Error::FailedPrecondition(format!(
+                "the {} server {:?} of database {} on host {} is down ({}); start it, then test again",
+                engine_name(server.engine),
+                server.name,
+                database.name,
+                source_host.id,
+                if server.error.is_empty() { "no answer" } else { &server.error }
+            )));
+        }
+    }
+    let needed = disk_needed(account);
+    let mut refusals = Vec::new();
+    let mut fitting: Vec<&Host> = Vec::new();
+    let mut largest_free = 0u64;
+    for host in hosts.iter().filter(|h| h.kind == Some(HostKind::Test)) {
+        if host.state != HostState::Online {
+            refusals.push(format!("{} is unreachable", host.id));
+        } else if host.draining {
+            refusals.push(format!("{} is draining", host.id));
+        } else if let Some(why) = missing_software(migration, account, source_host, host) {
+            refusals.push(format!("{} {why}", host.id));
+        } else if host.disk_free_bytes < needed {
+            largest_free = largest_free.max(host.disk_free_bytes);
+            refusals.push(format!("{} has {} free", host.id, human_bytes(host.disk_free_bytes)));
+        } else {
+            fitting.push(host);
+        }
+    }
+    let Some(chosen) = fitting.into_iter().max_by_key(|h| h.disk_free_bytes) else {
+        let detail = if refusals.is_empty() {
+            "there are no test hosts".to_owned()
+        } else {
+            refusals.join("; ")
+        };
+        return Err(if largest_free > 0 {
+            Error::NoRoom(format!(
+                "no test host has room for a copy of {}: it needs {} ({detail}); retry when a test host is freed",
+                account.name,
+                human_bytes(needed)
+            ))
+        } else {
+            Error::FailedPrecondition(format!(
+                "no test host can receive a copy of {} for {}: {detail}",
+                account.name, migration.id
+            ))
+        });
+    };
+    let mut databases = Vec::new();
+    for database in &account.databases {
+        let source = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)
+            .ok_or_else(|| Error::Internal("database server vanished".to_owned()))?;
+        let target = receiving_server(migration, chosen, source)
+            .ok_or_else(|| Error::Internal("receiving server vanished".to_owned()))?;
+        databases.push(DatabasePlan {
+            engine: database.engine,
+            name: database.name.clone(),
+            owner: database.owner.clone(),
+            source_server: source.name.clone(),
+            target_server: target.name.clone(),
+            target_address: target.address.clone(),
+            target_port: target.port,
+            target_version: target.version.clone(),
+        });
+    }
+    let plan = CopyPlan {
+        source_endpoint: source_host.agent_endpoint.clone(),
+        target_endpoint: chosen.agent_endpoint.clone(),
+        source_home: account.home.clone(),
+        databases,
+        target_address: chosen.addresses.first().cloned().unwrap_or_default(),
+    };
+    Ok((chosen.clone(), plan))
+}
+
+/// 1.5 GiB, 12.0 MiB...
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{SoftwareVersions, parse};
+    use crate::model::Database;
+    use std::path::Path;
+
+    fn migration() -> Migration {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("catalogue/postgresql-15-to-18.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        parse(&text, &path).unwrap_or_else(|_| Migration {
+            id: "postgresql-15-to-18".into(),
+            title: String::new(),
+            summary: String::new(),
+            source: SoftwareVersions { software: Software::Postgresql, versions: vec!["15".into()] },
+            target: SoftwareVersions { software: Software::Postgresql, versions: vec!["18".into()] },
+            target_host_kinds: vec![HostKind::Test],
+            documentation: String::new(),
+            incompatibilities: vec![],
+        })
+    }
+
+    fn server(name: &str, engine: Engine, version: &str, reachable: bool) -> DatabaseServer {
+        DatabaseServer {
+            name: name.into(),
+            engine,
+            version: version.into(),
+            address: "192.0.2.12".into(),
+            port: if engine == Engine::Postgresql { 5432 } else { 3306 },
+            reachable,
+            error: if reachable { String::new() } else { "connection refused".into() },
+        }
+    }
+
+    fn host(id: &str, kind: HostKind, servers: Vec<DatabaseServer>, free: u64) -> Host {
+        Host {
+            id: id.into(),
+            kind: Some(kind),
+            state: HostState::Online,
+            draining: false,
+            pool: None,
+            stack_version: "2024.1".into(),
+            agent_version: String::new(),
+            agent_endpoint: format!("{id}:7445"),
+            addresses: vec!["192.0.2.12".into()],
+            disk_total_bytes: free * 2,
+            disk_free_bytes: free,
+            database_servers: servers,
+            account_count: 0,
+            enrolled_at: None,
+            last_heartbeat_at: None,
+            inventory_updated_at: None,
+            certificate_expires_at: None,
+        }
+    }
+
+    fn alice() -> Account {
+        Account {
+            name: "alice".into(),
+            host_id: "shared-old".into(),
+            home: "/home/alice".into(),
+            uid: 1000,
+            home_size_bytes: 100 << 20,
+            home_files: 10,
+            databases: vec![
+                Database { engine: Engine::Postgresql, server: "main".into(), name: "alice".into(), size_bytes: 10 << 20, owner: "alice".into() },
+                Database { engine: Engine::Mariadb, server: "main".into(), name: "alice_blog".into(), size_bytes: 1 << 20, owner: "alice".into() },
+            ],
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    fn source() -> Host {
+        host(
+            "shared-old",
+            HostKind::Shared,
+            vec![server("main", Engine::Postgresql, "15.18", true), server("main", Engine::Mariadb, "10.11.6", true)],
+            1 << 40,
+        )
+    }
+
+    fn test_host(free: u64) -> Host {
+        host(
+            "test-1",
+            HostKind::Test,
+            vec![server("main", Engine::Postgresql, "18.6", true), server("main", Engine::Mariadb, "10.11.6", true)],
+            free,
+        )
+    }
+
+    #[test]
+    fn the_copy_goes_to_the_test_host_with_the_target_and_room() -> Result<(), Error> {
+        let (chosen, plan) = plan_test(&migration(), &alice(), &source(), &[source(), test_host(10 << 30)])?;
+        assert_eq!(chosen.id, "test-1");
+        assert_eq!(plan.databases.len(), 2);
+        assert!(plan.databases.iter().all(|d| d.target_server == "main"));
+        assert_eq!(plan.databases[0].target_version, "18.6");
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_test_host_is_refused_before_copying() {
+        let error = plan_test(&migration(), &alice(), &source(), &[test_host(50 << 20)]).err();
+        assert!(matches!(&error, Some(Error::NoRoom(m)) if m.contains("needs") && m.contains("test-1 has 50.0 MiB free")), "{error:?}");
+    }
+
+    #[test]
+    fn a_host_without_the_target_version_is_not_a_candidate() {
+        let old = host("test-old", HostKind::Test, vec![server("main", Engine::Postgresql, "15.18", true)], 1 << 40);
+        let error = plan_test(&migration(), &alice(), &source(), &[old]).err();
+        assert!(matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("test-old runs no PostgreSQL 18")), "{error:?}");
+    }
+
+    #[test]
+    fn a_source_database_that_is_down_is_named() {
+        let mut down = source();
+        down.database_servers[1] = server("main", Engine::Mariadb, "10.11.6", false);
+        let error = plan_test(&migration(), &alice(), &down, &[test_host(10 << 30)]).err();
+        assert!(matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("MariaDB server \"main\"") && m.contains("is down")), "{error:?}");
+    }
+
+    #[test]
+    fn versions_compare_by_components() {
+        assert!(at_least("18.6", "15"));
+        assert!(at_least("10.11.6", "10.11"));
+        assert!(!at_least("10.6.1", "10.11"));
+        assert!(!at_least("15.2", "18"));
+    }
+}
