@@ -247,6 +247,14 @@ pub fn incoming(
                     Ok(Ok(stream)) => {
                         let _ = handshake_sender.send(Ok(stream)).await;
                     }
+                    Ok(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                        // A port probe (load balancer, readiness check).
+                        tracing::debug!(
+                            message = "connection closed during the TLS handshake",
+                            listener = listener_name,
+                            %peer
+                        );
+                    }
                     Ok(Err(error)) => {
                         tracing::warn!(
                             message = "TLS handshake refused",

@@ -289,3 +289,42 @@ fn create_mariadb(mariadb: &crate::MariaDb, spec: &AccountSpec) -> anyhow::Resul
     }
     mariadb.sql(&sql).map(drop)
 }
+
+/// Puts in `home` one of every kind of entry a home can hold, owned by
+/// `user`: nested directories, files of several modes, a setgid and a
+/// sticky directory, relative and absolute symlinks, a hard link, an empty
+/// file, a sparse file (64 MiB with two small data extents), a name that
+/// is not UTF-8, a user extended attribute, a POSIX ACL, and fixed mtimes.
+pub fn add_fidelity_tree(home: &Path, user: &str) -> anyhow::Result<()> {
+    let script = r#"
+set -e
+cd "$1"; u="$2"
+mkdir -p tree/deep/deeper tree/setgid tree/sticky
+printf 'plain\n' > tree/plain.txt
+printf 'secret\n' > tree/secret.txt; chmod 600 tree/secret.txt
+printf '#!/bin/sh\necho hi\n' > tree/run.sh; chmod 755 tree/run.sh
+printf 'deep\n' > tree/deep/deeper/file.txt
+: > tree/empty
+ln -s ../plain.txt tree/deep/relative-link
+ln -s /etc/hostname tree/absolute-link
+ln tree/plain.txt tree/hardlink.txt
+chmod 2775 tree/setgid; chmod 1777 tree/sticky
+printf 'start' | dd of=tree/sparse.bin bs=1 seek=0 conv=notrunc status=none
+printf 'end' | dd of=tree/sparse.bin bs=1M seek=63 conv=notrunc status=none
+truncate -s 64M tree/sparse.bin
+printf 'latin-1\n' > "$(printf 'tree/caf\351.txt')"
+setfattr -n user.origin -v navette-test tree/plain.txt
+setfacl -m u:nobody:r tree/secret.txt
+chown -hR "$u:$u" tree
+touch -h -d '2021-02-03 04:05:06' tree/deep/relative-link
+touch -d '2022-03-04 05:06:07' tree/plain.txt tree/deep/deeper/file.txt tree/deep/deeper tree/deep
+"#;
+    run_checked(
+        Command::new("sh")
+            .args(["-c", script, "fidelity"])
+            .arg(home)
+            .arg(user),
+        &format!("building the fidelity tree in {}", home.display()),
+    )?;
+    Ok(())
+}

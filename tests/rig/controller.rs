@@ -279,6 +279,55 @@ fn cert_pair(root: &Path, name: &str) -> CertPair {
 }
 
 impl Controller {
+    /// Starts a second controller sharing this one's database and CA, in
+    /// the same host, listening on other ports: what an operator runs for
+    /// availability. Agents keep talking to the first one; both run
+    /// workflow steps.
+    pub fn start_second(
+        &self,
+        rig: &Rig,
+        api_port: u16,
+        enrolment_port: u16,
+    ) -> anyhow::Result<Controller> {
+        let text = std::fs::read_to_string(&self.config)
+            .with_context(|| format!("reading {}", self.config.display()))?;
+        let text = text
+            .replace(
+                &format!(":{}\"", self.access.api.port()),
+                &format!(":{api_port}\""),
+            )
+            .replace(
+                &format!(":{}\"", self.access.enrolment.port()),
+                &format!(":{enrolment_port}\""),
+            );
+        let config = self
+            .config
+            .with_file_name(format!("controller-{api_port}.toml"));
+        std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
+        let mut access = self.access.clone();
+        access.api = SocketAddrV4::new(*self.access.api.ip(), api_port);
+        access.enrolment = SocketAddrV4::new(*self.access.enrolment.ip(), enrolment_port);
+        let command = {
+            let (host, binary, config) = (self.host.clone(), self.binary.clone(), config.clone());
+            move || {
+                let mut command = host.command(&binary);
+                command.arg("--config").arg(&config).arg("run");
+                command
+            }
+        };
+        let process = rig.spawn(&self.host, &format!("controller-{api_port}"), command)?;
+        let second = Controller {
+            host: self.host.clone(),
+            binary: self.binary.clone(),
+            config,
+            state_db: self.state_db.clone(),
+            access,
+            process,
+        };
+        second.wait_ready()?;
+        Ok(second)
+    }
+
     pub fn host(&self) -> &Netns {
         &self.host
     }

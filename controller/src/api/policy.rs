@@ -9,7 +9,7 @@ use navette_proto::identity::Role;
 /// The surfaces, and who may use them.
 fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
     match service {
-        "navette.v1.Catalogue" | "navette.v1.Accounts" => {
+        "navette.v1.Catalogue" | "navette.v1.Accounts" | "navette.v1.Tests" => {
             Some(("panel API", &["panel", "operator"]))
         }
         "navette.v1.Hosts" | "navette.v1.HostPools" | "navette.v1.JoinTokens" => {

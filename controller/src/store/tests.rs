@@ -118,7 +118,10 @@ pub async fn by_request_id(client: &impl GenericClient, request_id: &str) -> Res
 
 pub async fn get(client: &impl GenericClient, id: &str) -> Result<Test> {
     client
-        .query_opt(&format!("SELECT {COLUMNS} FROM tests WHERE id = $1"), &[&id])
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tests WHERE id = $1"),
+            &[&id],
+        )
         .await?
         .map(|row| from_row(&row))
         .transpose()?
@@ -146,7 +149,11 @@ pub async fn list(client: &impl GenericClient, account: Option<&str>) -> Result<
 /// Claims the most overdue step whose lease is free, for `owner`, for
 /// `lease`. Several controllers may call this at once: each gets a
 /// different test (SKIP LOCKED), or none.
-pub async fn claim_due(client: &impl GenericClient, owner: &str, lease: Duration) -> Result<Option<Test>> {
+pub async fn claim_due(
+    client: &impl GenericClient,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Test>> {
     let seconds = lease.as_secs_f64();
     client
         .query_opt(
@@ -170,7 +177,12 @@ pub async fn claim_due(client: &impl GenericClient, owner: &str, lease: Duration
 
 /// Extends `owner`'s lease; `false` when it was lost (another controller
 /// took over): the step must stop without recording anything.
-pub async fn renew_lease(client: &impl GenericClient, id: &str, owner: &str, lease: Duration) -> Result<bool> {
+pub async fn renew_lease(
+    client: &impl GenericClient,
+    id: &str,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool> {
     let seconds = lease.as_secs_f64();
     Ok(client
         .execute(
@@ -197,7 +209,12 @@ pub struct StepResult {
 
 /// Records a step's result and frees the lease, only if `owner` still
 /// holds it (fencing: a controller that lost its lease records nothing).
-pub async fn finish_step(client: &impl GenericClient, id: &str, owner: &str, result: &StepResult) -> Result<bool> {
+pub async fn finish_step(
+    client: &impl GenericClient,
+    id: &str,
+    owner: &str,
+    result: &StepResult,
+) -> Result<bool> {
     let state = result.state.map(TestState::as_str);
     let step = result.step.map(TestStep::as_str);
     let retry = result.retry_after.map(|d| d.as_secs_f64()).unwrap_or(0.0);
@@ -209,8 +226,8 @@ pub async fn finish_step(client: &impl GenericClient, id: &str, owner: &str, res
                  error = COALESCE($5, error),
                  ready_at = CASE WHEN $6 THEN now() ELSE ready_at END,
                  expires_at = CASE WHEN $6 THEN now() + make_interval(secs => ttl_seconds) ELSE expires_at END,
-                 attempts = CASE WHEN $8 THEN 0 WHEN $7 > 0 THEN attempts + 1 ELSE attempts END,
-                 next_run_at = now() + make_interval(secs => $7),
+                 attempts = CASE WHEN $8 THEN 0 WHEN $7::float8 > 0 THEN attempts + 1 ELSE attempts END,
+                 next_run_at = now() + make_interval(secs => $7::float8),
                  updated_at = now(),
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1 AND lease_owner = $2",
@@ -224,8 +241,14 @@ pub async fn finish_step(client: &impl GenericClient, id: &str, owner: &str, res
 }
 
 /// Stores the copy's progress (only while `owner` holds the lease).
-pub async fn store_progress(client: &impl GenericClient, id: &str, owner: &str, progress: &CopyProgress) -> Result<()> {
-    let value = serde_json::to_value(progress).map_err(|e| Error::Internal(format!("progress: {e}")))?;
+pub async fn store_progress(
+    client: &impl GenericClient,
+    id: &str,
+    owner: &str,
+    progress: &CopyProgress,
+) -> Result<()> {
+    let value =
+        serde_json::to_value(progress).map_err(|e| Error::Internal(format!("progress: {e}")))?;
     let updated = client
         .execute(
             "UPDATE tests SET progress = $3, updated_at = now() WHERE id = $1 AND lease_owner = $2",
@@ -319,4 +342,3 @@ pub async fn step_finished(client: &impl GenericClient, run_id: i64, outcome: &s
         .await?;
     Ok(())
 }
-
