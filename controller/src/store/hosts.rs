@@ -218,7 +218,30 @@ pub async fn store_inventory(
             "host {id:?} is not known to the controller; enrol it again with a new join token"
         )));
     }
-    super::accounts::replace_for_host(client, id, &inventory.accounts).await?;
+    // A database server that is down lists no databases; its accounts still
+    // have them: keep what was last seen there.
+    let down: Vec<(crate::model::Engine, &str)> = inventory
+        .database_servers
+        .iter()
+        .filter(|s| !s.reachable)
+        .map(|s| (s.engine, s.name.as_str()))
+        .collect();
+    let mut accounts = inventory.accounts.clone();
+    if !down.is_empty() {
+        let known = super::accounts::list(client, Some(id)).await?;
+        for account in &mut accounts {
+            if let Some(before) = known.iter().find(|k| k.name == account.name) {
+                account.databases.extend(
+                    before
+                        .databases
+                        .iter()
+                        .filter(|d| down.contains(&(d.engine, d.server.as_str())))
+                        .cloned(),
+                );
+            }
+        }
+    }
+    super::accounts::replace_for_host(client, id, &accounts).await?;
     notify_host(client, id, HostChange::Inventory).await
 }
 

@@ -102,3 +102,58 @@ pub fn expect_refusal(
     }
     Ok(())
 }
+
+/// Calls a `navette.v1.Tests` method as the control panel.
+pub fn panel(rig: &Rig, method: &str, request: Value) -> anyhow::Result<Value> {
+    let access = rig.controller_access()?;
+    rig.grpcurl_json_as(
+        &access.panel,
+        &format!("navette.v1.Tests/{method}"),
+        &request,
+    )
+}
+
+/// Waits until test `id` reaches `state`; fails early if it fails.
+pub fn wait_for_test(rig: &Rig, id: &str, state: &str, timeout: Duration) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    rig.wait_until(&format!("test {id} {state}"), timeout, || {
+        last = panel(rig, "GetTest", serde_json::json!({"id": id}))?;
+        if str_of(&last, "state") == "STATE_FAILED" && state != "STATE_FAILED" {
+            bail!("the test failed: {}", str_of(&last, "error"));
+        }
+        Ok(str_of(&last, "state") == state)
+    })
+    .with_context(|| format!("last seen: {last}"))?;
+    Ok(last)
+}
+
+/// A progress counter of a test (proto3 JSON writes 64-bit numbers as
+/// strings).
+pub fn counter(test: &Value, name: &str) -> u64 {
+    test["progress"][name]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A file of random bytes (incompressible, like customer uploads), owned
+/// by `owner`.
+pub fn random_file(path: &std::path::Path, megabytes: u64, owner: &str) -> anyhow::Result<()> {
+    use std::process::Command;
+    let status = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            "bs=1M",
+            &format!("count={megabytes}"),
+            "status=none",
+        ])
+        .arg(format!("of={}", path.display()))
+        .status()?;
+    anyhow::ensure!(status.success(), "writing {}", path.display());
+    let status = Command::new("chown")
+        .arg(format!("{owner}:{owner}"))
+        .arg(path)
+        .status()?;
+    anyhow::ensure!(status.success(), "chown {}", path.display());
+    Ok(())
+}
