@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::inventory::{Collector, LatestInventory};
 use crate::transfer::grants::GrantError;
+use crate::transfer::mariadb::MariadbSourceService;
 use crate::transfer::target::{Following, TransferError, Transfers};
 
 /// Why the server stopped or could not start.
@@ -93,7 +94,11 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    pub fn new(collector: Collector, latest: LatestInventory, transfers: Arc<Transfers>) -> AgentService {
+    pub fn new(
+        collector: Collector,
+        latest: LatestInventory,
+        transfers: Arc<Transfers>,
+    ) -> AgentService {
         AgentService {
             collector,
             latest,
@@ -245,12 +250,16 @@ pub async fn serve(
         .map_err(ServerError::Reflection)?;
     let incoming = tls::incoming(listener, tls_config, "agent");
     let policy: gate::Policy = std::sync::Arc::new(policy);
+    let grants = service.transfers.grants();
+    let config = service.transfers.config();
+    let mariadb_source = MariadbSourceService::new(grants.clone(), config.mariadb.clone());
     tonic::transport::Server::builder()
         .layer(RoleGateLayer::new(policy))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AgentServer::new(service))
+        .add_service(mariadb_source.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| ServerError::Serve { address, source })
@@ -260,12 +269,16 @@ pub async fn serve(
 /// listener serves (not the controller's services, whose descriptors share
 /// the file set).
 fn reflection(reflection_service: &str) -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+    let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(navette_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(agent_server::SERVICE_NAME)
         .with_service_name("grpc.health.v1.Health")
-        .with_service_name(reflection_service)
+        .with_service_name(reflection_service);
+    for peer in PEER_SERVICES {
+        builder = builder.with_service_name(peer);
+    }
+    builder
 }
 
 #[cfg(test)]

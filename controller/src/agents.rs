@@ -62,9 +62,11 @@ pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::H
 pub fn call_outcome(host: &Host, status: &tonic::Status) -> CallFailure {
     use tonic::Code;
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted => {
-            CallFailure::Retry(unreachable(host, status).to_string())
-        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::Aborted => CallFailure::Retry(unreachable(host, status).to_string()),
         _ => CallFailure::Refused(format!(
             "the agent of host {} refused: {} ({:?})",
             host.id,
@@ -82,7 +84,11 @@ pub enum CallFailure {
 }
 
 /// Grants `spec` on the source host.
-pub async fn grant_transfer(controller: &Controller, host: &Host, spec: v1::TransferSpec) -> Result<(), CallFailure> {
+pub async fn grant_transfer(
+    controller: &Controller,
+    host: &Host,
+    spec: v1::TransferSpec,
+) -> Result<(), CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
     let mut request = tonic::Request::new(spec);
     request.set_timeout(CALL_TIMEOUT);
@@ -126,7 +132,11 @@ pub async fn watch_transfer(
 }
 
 /// Removes the copy `spec` made on the target host.
-pub async fn remove_copy(controller: &Controller, host: &Host, spec: v1::TransferSpec) -> Result<(), CallFailure> {
+pub async fn remove_copy(
+    controller: &Controller,
+    host: &Host,
+    spec: v1::TransferSpec,
+) -> Result<(), CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
     let mut request = tonic::Request::new(v1::RemoveCopyRequest { spec: Some(spec) });
     request.set_timeout(Duration::from_secs(300));

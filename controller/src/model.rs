@@ -271,9 +271,14 @@ impl TestStep {
     }
 
     pub fn parse(text: &str) -> Option<TestStep> {
-        [TestStep::Grant, TestStep::Copy, TestStep::Remove, TestStep::None]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        [
+            TestStep::Grant,
+            TestStep::Copy,
+            TestStep::Remove,
+            TestStep::None,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
     }
 }
 

@@ -5,7 +5,9 @@
 
 use crate::catalogue::{Migration, Software, version_matches};
 use crate::error::Error;
-use crate::model::{Account, CopyPlan, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState};
+use crate::model::{
+    Account, CopyPlan, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState,
+};
 
 /// Margin on top of the data's size: indexes rebuilt, WAL, temporary files.
 const MARGIN_NUMERATOR: u64 = 5;
@@ -72,8 +74,17 @@ fn engine_name(engine: Engine) -> &'static str {
 
 /// The server of `host` that should receive a database now served by
 /// `source` on the source host, for this migration.
-fn receiving_server<'a>(migration: &Migration, host: &'a Host, source: &DatabaseServer) -> Option<&'a DatabaseServer> {
-    let target = migration.target.versions.first().map(String::as_str).unwrap_or("");
+fn receiving_server<'a>(
+    migration: &Migration,
+    host: &'a Host,
+    source: &DatabaseServer,
+) -> Option<&'a DatabaseServer> {
+    let target = migration
+        .target
+        .versions
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
     host.database_servers
         .iter()
         .filter(|server| server.engine == source.engine && server.reachable)
@@ -88,9 +99,20 @@ fn receiving_server<'a>(migration: &Migration, host: &'a Host, source: &Database
 }
 
 /// Why `host` cannot take the copy (software), or `None` if it can.
-fn missing_software(migration: &Migration, account: &Account, source_host: &Host, host: &Host) -> Option<String> {
-    let target = migration.target.versions.first().map(String::as_str).unwrap_or("");
-    if migration.target.software == Software::Stack && !version_matches(target, &host.stack_version) {
+fn missing_software(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    host: &Host,
+) -> Option<String> {
+    let target = migration
+        .target
+        .versions
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
+    if migration.target.software == Software::Stack && !version_matches(target, &host.stack_version)
+    {
         return Some(format!("runs stack {}, not {target}", host.stack_version));
     }
     if let Some(engine) = engine_of(migration.target.software)
@@ -150,7 +172,11 @@ pub fn plan_test(
                 server.name,
                 database.name,
                 source_host.id,
-                if server.error.is_empty() { "no answer" } else { &server.error }
+                if server.error.is_empty() {
+                    "no answer"
+                } else {
+                    &server.error
+                }
             )));
         }
     }
@@ -167,7 +193,11 @@ pub fn plan_test(
             refusals.push(format!("{} {why}", host.id));
         } else if host.disk_free_bytes < needed {
             largest_free = largest_free.max(host.disk_free_bytes);
-            refusals.push(format!("{} has {} free", host.id, human_bytes(host.disk_free_bytes)));
+            refusals.push(format!(
+                "{} has {} free",
+                host.id,
+                human_bytes(host.disk_free_bytes)
+            ));
         } else {
             fitting.push(host);
         }
@@ -251,8 +281,14 @@ mod tests {
             id: "postgresql-15-to-18".into(),
             title: String::new(),
             summary: String::new(),
-            source: SoftwareVersions { software: Software::Postgresql, versions: vec!["15".into()] },
-            target: SoftwareVersions { software: Software::Postgresql, versions: vec!["18".into()] },
+            source: SoftwareVersions {
+                software: Software::Postgresql,
+                versions: vec!["15".into()],
+            },
+            target: SoftwareVersions {
+                software: Software::Postgresql,
+                versions: vec!["18".into()],
+            },
             target_host_kinds: vec![HostKind::Test],
             documentation: String::new(),
             incompatibilities: vec![],
@@ -265,9 +301,17 @@ mod tests {
             engine,
             version: version.into(),
             address: "192.0.2.12".into(),
-            port: if engine == Engine::Postgresql { 5432 } else { 3306 },
+            port: if engine == Engine::Postgresql {
+                5432
+            } else {
+                3306
+            },
             reachable,
-            error: if reachable { String::new() } else { "connection refused".into() },
+            error: if reachable {
+                String::new()
+            } else {
+                "connection refused".into()
+            },
         }
     }
 
@@ -302,8 +346,20 @@ mod tests {
             home_size_bytes: 100 << 20,
             home_files: 10,
             databases: vec![
-                Database { engine: Engine::Postgresql, server: "main".into(), name: "alice".into(), size_bytes: 10 << 20, owner: "alice".into() },
-                Database { engine: Engine::Mariadb, server: "main".into(), name: "alice_blog".into(), size_bytes: 1 << 20, owner: "alice".into() },
+                Database {
+                    engine: Engine::Postgresql,
+                    server: "main".into(),
+                    name: "alice".into(),
+                    size_bytes: 10 << 20,
+                    owner: "alice".into(),
+                },
+                Database {
+                    engine: Engine::Mariadb,
+                    server: "main".into(),
+                    name: "alice_blog".into(),
+                    size_bytes: 1 << 20,
+                    owner: "alice".into(),
+                },
             ],
             updated_at: chrono::Utc::now(),
         }
@@ -313,7 +369,10 @@ mod tests {
         host(
             "shared-old",
             HostKind::Shared,
-            vec![server("main", Engine::Postgresql, "15.18", true), server("main", Engine::Mariadb, "10.11.6", true)],
+            vec![
+                server("main", Engine::Postgresql, "15.18", true),
+                server("main", Engine::Mariadb, "10.11.6", true),
+            ],
             1 << 40,
         )
     }
@@ -322,14 +381,22 @@ mod tests {
         host(
             "test-1",
             HostKind::Test,
-            vec![server("main", Engine::Postgresql, "18.6", true), server("main", Engine::Mariadb, "10.11.6", true)],
+            vec![
+                server("main", Engine::Postgresql, "18.6", true),
+                server("main", Engine::Mariadb, "10.11.6", true),
+            ],
             free,
         )
     }
 
     #[test]
     fn the_copy_goes_to_the_test_host_with_the_target_and_room() -> Result<(), Error> {
-        let (chosen, plan) = plan_test(&migration(), &alice(), &source(), &[source(), test_host(10 << 30)])?;
+        let (chosen, plan) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[source(), test_host(10 << 30)],
+        )?;
         assert_eq!(chosen.id, "test-1");
         assert_eq!(plan.databases.len(), 2);
         assert!(plan.databases.iter().all(|d| d.target_server == "main"));
@@ -340,14 +407,25 @@ mod tests {
     #[test]
     fn a_full_test_host_is_refused_before_copying() {
         let error = plan_test(&migration(), &alice(), &source(), &[test_host(50 << 20)]).err();
-        assert!(matches!(&error, Some(Error::NoRoom(m)) if m.contains("needs") && m.contains("test-1 has 50.0 MiB free")), "{error:?}");
+        assert!(
+            matches!(&error, Some(Error::NoRoom(m)) if m.contains("needs") && m.contains("test-1 has 50.0 MiB free")),
+            "{error:?}"
+        );
     }
 
     #[test]
     fn a_host_without_the_target_version_is_not_a_candidate() {
-        let old = host("test-old", HostKind::Test, vec![server("main", Engine::Postgresql, "15.18", true)], 1 << 40);
+        let old = host(
+            "test-old",
+            HostKind::Test,
+            vec![server("main", Engine::Postgresql, "15.18", true)],
+            1 << 40,
+        );
         let error = plan_test(&migration(), &alice(), &source(), &[old]).err();
-        assert!(matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("test-old runs no PostgreSQL 18")), "{error:?}");
+        assert!(
+            matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("test-old runs no PostgreSQL 18")),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -355,7 +433,10 @@ mod tests {
         let mut down = source();
         down.database_servers[1] = server("main", Engine::Mariadb, "10.11.6", false);
         let error = plan_test(&migration(), &alice(), &down, &[test_host(10 << 30)]).err();
-        assert!(matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("MariaDB server \"main\"") && m.contains("is down")), "{error:?}");
+        assert!(
+            matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("MariaDB server \"main\"") && m.contains("is down")),
+            "{error:?}"
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! make them idempotent).
 
 pub mod grants;
+pub mod mariadb;
 pub mod progress;
 pub mod removal;
 pub mod target;

@@ -36,7 +36,11 @@ pub fn quote_mariadb_identifier(name: &str) -> String {
 
 /// Drops `database` on the PostgreSQL server `server` of this host, ending
 /// its sessions first. Absent already: fine.
-pub async fn drop_postgres_database(config: &Config, server: &str, database: &str) -> Result<(), String> {
+pub async fn drop_postgres_database(
+    config: &Config,
+    server: &str,
+    database: &str,
+) -> Result<(), String> {
     let server = config
         .postgresql
         .iter()
@@ -60,7 +64,11 @@ pub async fn drop_postgres_database(config: &Config, server: &str, database: &st
 }
 
 /// Drops `database` on the MariaDB server `server` of this host.
-pub async fn drop_mariadb_database(config: &Config, server: &str, database: &str) -> Result<(), String> {
+pub async fn drop_mariadb_database(
+    config: &Config,
+    server: &str,
+    database: &str,
+) -> Result<(), String> {
     let server: &MariadbServer = config
         .mariadb
         .iter()
@@ -72,7 +80,10 @@ pub async fn drop_mariadb_database(config: &Config, server: &str, database: &str
         .arg(format!("--user={}", server.user))
         .arg("--batch")
         .arg("-e")
-        .arg(format!("DROP DATABASE IF EXISTS {}", quote_mariadb_identifier(database)))
+        .arg(format!(
+            "DROP DATABASE IF EXISTS {}",
+            quote_mariadb_identifier(database)
+        ))
         .kill_on_drop(true);
     if let Some(password) = server.password.as_deref().filter(|p| !p.is_empty()) {
         command.env("MYSQL_PWD", password);

@@ -62,12 +62,18 @@ pub struct Transfers {
 
 impl std::fmt::Debug for Transfers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transfers").field("host_id", &self.host_id).finish_non_exhaustive()
+        f.debug_struct("Transfers")
+            .field("host_id", &self.host_id)
+            .finish_non_exhaustive()
     }
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn valid_account(name: &str) -> bool {
@@ -75,7 +81,12 @@ fn valid_account(name: &str) -> bool {
 }
 
 impl Transfers {
-    pub fn new(host_id: String, config: Arc<Config>, grants: Arc<Grants>, link: Arc<ControllerLink>) -> Transfers {
+    pub fn new(
+        host_id: String,
+        config: Arc<Config>,
+        grants: Arc<Grants>,
+        link: Arc<ControllerLink>,
+    ) -> Transfers {
         Transfers {
             host_id,
             config,
@@ -87,6 +98,10 @@ impl Transfers {
 
     pub fn grants(&self) -> Arc<Grants> {
         self.grants.clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Progress>>> {
@@ -111,7 +126,10 @@ impl Transfers {
             )));
         }
         if !valid_account(&spec.account) {
-            return Err(TransferError::Refused(format!("{:?} is not an account name", spec.account)));
+            return Err(TransferError::Refused(format!(
+                "{:?} is not an account name",
+                spec.account
+            )));
         }
         let home = if spec.source_home.is_empty() {
             None
@@ -129,7 +147,9 @@ impl Transfers {
             }
             Some(expected)
         };
-        let databases = |copies: &[navette_proto::v1::DatabaseCopy], known: &[String]| -> Result<Vec<GrantedDatabase>, TransferError> {
+        let databases = |copies: &[navette_proto::v1::DatabaseCopy],
+                         known: &[String]|
+         -> Result<Vec<GrantedDatabase>, TransferError> {
             copies
                 .iter()
                 .map(|copy| {
@@ -146,8 +166,14 @@ impl Transfers {
                 })
                 .collect()
         };
-        let postgres_servers: Vec<String> = self.config.postgresql.iter().map(|s| s.name.clone()).collect();
-        let mariadb_servers: Vec<String> = self.config.mariadb.iter().map(|s| s.name.clone()).collect();
+        let postgres_servers: Vec<String> = self
+            .config
+            .postgresql
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let mariadb_servers: Vec<String> =
+            self.config.mariadb.iter().map(|s| s.name.clone()).collect();
         let grant = Grant {
             transfer_id: spec.transfer_id.clone(),
             account: spec.account.clone(),
@@ -163,7 +189,8 @@ impl Transfers {
 
     fn load_record(&self, transfer_id: &str) -> Option<Record> {
         let dir = self.record_dir(transfer_id);
-        let spec = TransferSpec::decode(std::fs::read(dir.join("spec.pb")).ok()?.as_slice()).ok()?;
+        let spec =
+            TransferSpec::decode(std::fs::read(dir.join("spec.pb")).ok()?.as_slice()).ok()?;
         let finished = std::fs::read(dir.join("final.pb"))
             .ok()
             .and_then(|bytes| TransferProgress::decode(bytes.as_slice()).ok());
@@ -177,7 +204,10 @@ impl Transfers {
     }
 
     /// Target side: starts pulling, or says where an earlier start stands.
-    pub fn start(self: &Arc<Self>, mut spec: TransferSpec) -> Result<TransferProgress, TransferError> {
+    pub fn start(
+        self: &Arc<Self>,
+        mut spec: TransferSpec,
+    ) -> Result<TransferProgress, TransferError> {
         if spec.target_host_id != self.host_id {
             return Err(TransferError::Refused(format!(
                 "transfer {} goes to host {}, and this is host {}",
@@ -192,7 +222,9 @@ impl Transfers {
         }
         if spec.target_home.is_empty() && !spec.source_home.is_empty() {
             spec.target_home = self.target_home(&spec.account).display().to_string();
-        } else if !spec.target_home.is_empty() && Path::new(&spec.target_home) != self.target_home(&spec.account) {
+        } else if !spec.target_home.is_empty()
+            && Path::new(&spec.target_home) != self.target_home(&spec.account)
+        {
             return Err(TransferError::Refused(format!(
                 "the copy of {}'s home goes to {} on this host, not {}",
                 spec.account,
@@ -206,7 +238,8 @@ impl Transfers {
             }
         }
         if let Some(Record {
-            finished: Some(done), ..
+            finished: Some(done),
+            ..
         }) = self.load_record(&spec.transfer_id)
         {
             if done.state == i32::from(TransferState::Succeeded) {
@@ -218,7 +251,8 @@ impl Transfers {
         Self::write_atomically(&dir.join("spec.pb"), &spec.encode_to_vec())?;
         let _ = std::fs::remove_file(dir.join("final.pb"));
         let progress = Arc::new(Progress::new(&spec.transfer_id));
-        self.lock().insert(spec.transfer_id.clone(), progress.clone());
+        self.lock()
+            .insert(spec.transfer_id.clone(), progress.clone());
         let target_home = spec.target_home.clone();
         let transfers = self.clone();
         let task_progress = progress.clone();
@@ -232,7 +266,10 @@ impl Transfers {
             task_progress.finish(outcome);
             let mut last = task_progress.snapshot();
             last.target_home = spec.target_home.clone();
-            let _ = Self::write_atomically(&transfers.record_dir(&spec.transfer_id).join("final.pb"), &last.encode_to_vec());
+            let _ = Self::write_atomically(
+                &transfers.record_dir(&spec.transfer_id).join("final.pb"),
+                &last.encode_to_vec(),
+            );
         });
         let mut snapshot = progress.snapshot();
         snapshot.target_home = target_home;
@@ -246,7 +283,8 @@ impl Transfers {
         }
         match self.load_record(transfer_id) {
             Some(Record {
-                finished: Some(done), ..
+                finished: Some(done),
+                ..
             }) => Ok(Following::Finished(done)),
             _ => Err(TransferError::Unknown(transfer_id.to_owned())),
         }
@@ -254,10 +292,12 @@ impl Transfers {
 
     /// The whole pull: files, then PostgreSQL, then MariaDB databases.
     async fn pull(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
-        let endpoint: SocketAddr = spec
-            .source_endpoint
-            .parse()
-            .map_err(|_| format!("source endpoint {:?} is not address:port", spec.source_endpoint))?;
+        let endpoint: SocketAddr = spec.source_endpoint.parse().map_err(|_| {
+            format!(
+                "source endpoint {:?} is not address:port",
+                spec.source_endpoint
+            )
+        })?;
         let channel = navette_proto::tls::channel(
             endpoint,
             &agent_server_name(&spec.source_host_id),
@@ -278,16 +318,40 @@ impl Transfers {
         Ok(())
     }
 
-    async fn pull_files(&self, _channel: tonic::transport::Channel, _spec: &TransferSpec, _progress: &Progress) -> Result<(), String> {
+    async fn pull_files(
+        &self,
+        _channel: tonic::transport::Channel,
+        _spec: &TransferSpec,
+        _progress: &Progress,
+    ) -> Result<(), String> {
         Err("file copies are not available on this agent yet".to_owned())
     }
 
-    async fn pull_postgres(&self, _channel: tonic::transport::Channel, _spec: &TransferSpec, _progress: &Progress) -> Result<(), String> {
+    async fn pull_postgres(
+        &self,
+        _channel: tonic::transport::Channel,
+        _spec: &TransferSpec,
+        _progress: &Progress,
+    ) -> Result<(), String> {
         Err("PostgreSQL copies are not available on this agent yet".to_owned())
     }
 
-    async fn pull_mariadb(&self, _channel: tonic::transport::Channel, _spec: &TransferSpec, _progress: &Progress) -> Result<(), String> {
-        Err("MariaDB copies are not available on this agent yet".to_owned())
+    async fn pull_mariadb(
+        &self,
+        channel: tonic::transport::Channel,
+        spec: &TransferSpec,
+        progress: &Progress,
+    ) -> Result<(), String> {
+        super::mariadb::pull(
+            channel,
+            &spec.transfer_id,
+            &spec.mariadb,
+            &self.config.mariadb,
+            progress,
+        )
+        .await
+        .map(drop)
+        .map_err(|error| crate::error_chain(&error))
     }
 
     /// Target side: removes what transfers to this host created for the
@@ -295,7 +359,10 @@ impl Transfers {
     /// transfer of this account to this host is on record, so a mistaken
     /// call to a source host removes nothing.
     pub async fn remove_copy(&self, spec: &TransferSpec) -> Result<(), TransferError> {
-        if spec.target_host_id != self.host_id || !valid_account(&spec.account) || !valid_id(&spec.transfer_id) {
+        if spec.target_host_id != self.host_id
+            || !valid_account(&spec.account)
+            || !valid_id(&spec.transfer_id)
+        {
             return Err(TransferError::Refused(format!(
                 "RemoveCopy for transfer {} of {} names host {}, and this is host {}",
                 spec.transfer_id, spec.account, spec.target_host_id, self.host_id
@@ -321,8 +388,20 @@ impl Transfers {
         let mut postgres = Vec::new();
         let mut mariadb = Vec::new();
         for record in &records {
-            postgres.extend(record.spec.postgresql.iter().map(|c| (c.target_server.clone(), c.target_database.clone())));
-            mariadb.extend(record.spec.mariadb.iter().map(|c| (c.target_server.clone(), c.target_database.clone())));
+            postgres.extend(
+                record
+                    .spec
+                    .postgresql
+                    .iter()
+                    .map(|c| (c.target_server.clone(), c.target_database.clone())),
+            );
+            mariadb.extend(
+                record
+                    .spec
+                    .mariadb
+                    .iter()
+                    .map(|c| (c.target_server.clone(), c.target_database.clone())),
+            );
         }
         postgres.sort();
         postgres.dedup();

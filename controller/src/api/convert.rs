@@ -259,7 +259,12 @@ pub fn engine_name(engine: Engine) -> &'static str {
     }
 }
 
-pub fn report_item(severity: v1::report_item::Severity, topic: &str, message: &str, incompatibility_id: &str) -> v1::ReportItem {
+pub fn report_item(
+    severity: v1::report_item::Severity,
+    topic: &str,
+    message: &str,
+    incompatibility_id: &str,
+) -> v1::ReportItem {
     v1::ReportItem {
         severity: severity.into(),
         topic: topic.to_owned(),
@@ -342,7 +347,11 @@ fn connection(test: &Test) -> v1::TestConnection {
     v1::TestConnection {
         host_address: test.plan.target_address.clone(),
         databases,
-        home: test.progress.as_ref().map(|p| p.target_home.clone()).unwrap_or_default(),
+        home: test
+            .progress
+            .as_ref()
+            .map(|p| p.target_home.clone())
+            .unwrap_or_default(),
         instructions: instructions.join("\n"),
     }
 }

@@ -165,7 +165,9 @@ async fn forward_host_events(
         let note = match changes.recv().await {
             Ok(Change::Notified { channel, payload }) if channel == "navette_hosts" => payload,
             Ok(Change::Notified { .. }) => continue,
-            Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => String::new(),
+            Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                String::new()
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let (host_id, change) = note.split_once(':').unwrap_or(("", ""));

@@ -29,21 +29,28 @@ type TestStream = Pin<Box<dyn Stream<Item = Result<v1::Test, Status>> + Send>>;
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    format!("t{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!(
+        "t{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 impl TestsApi {
     /// The account, its host, the migration, and every host, checked.
-    async fn context(&self, account: &str, migration_id: &str) -> Result<(Account, Host, Migration, Vec<Host>)> {
-        let migration = self
-            .0
-            .catalogue
-            .get(migration_id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
-                what: "migration",
-                id: migration_id.to_owned(),
-            })?;
+    async fn context(
+        &self,
+        account: &str,
+        migration_id: &str,
+    ) -> Result<(Account, Host, Migration, Vec<Host>)> {
+        let migration =
+            self.0
+                .catalogue
+                .get(migration_id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound {
+                    what: "migration",
+                    id: migration_id.to_owned(),
+                })?;
         let client = self.0.db.get().await?;
         let account = store::accounts::get(&**client, account).await?;
         let source = store::hosts::get(&**client, &account.host_id).await?;
@@ -117,7 +124,8 @@ impl TestsApi {
         let needed = placement::disk_needed(&account);
         let mut items = Vec::new();
         let mut compatible = true;
-        let (test_host_id, free) = match placement::plan_test(&migration, &account, &source, &hosts) {
+        let (test_host_id, free) = match placement::plan_test(&migration, &account, &source, &hosts)
+        {
             Ok((host, _)) => (host.id.clone(), host.disk_free_bytes),
             Err(error) => {
                 compatible = false;
@@ -160,7 +168,12 @@ impl TestsApi {
             } else {
                 v1::report_item::Severity::Info
             };
-            items.push(convert::report_item(severity, "incompatibility", &incompatibility.title, &incompatibility.id));
+            items.push(convert::report_item(
+                severity,
+                "incompatibility",
+                &incompatibility.title,
+                &incompatibility.id,
+            ));
         }
         Ok(v1::CompatibilityReport {
             account: account.name.clone(),
@@ -179,29 +192,40 @@ impl TestsApi {
 #[tonic::async_trait]
 impl Tests for TestsApi {
     async fn test_migration(&self, request: Request<v1::TestMigrationRequest>) -> Reply<v1::Test> {
-        reply(self.create(request.into_inner()).await.map(|t| convert::test(&t)))
+        reply(
+            self.create(request.into_inner())
+                .await
+                .map(|t| convert::test(&t)),
+        )
     }
 
     async fn get_test(&self, request: Request<v1::GetTestRequest>) -> Reply<v1::Test> {
         let request = request.into_inner();
-        reply(async {
-            let id = required(&request.id, "id")?;
-            let client = self.0.db.get().await?;
-            Ok(convert::test(&store::tests::get(&**client, id).await?))
-        }
-        .await)
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let client = self.0.db.get().await?;
+                Ok(convert::test(&store::tests::get(&**client, id).await?))
+            }
+            .await,
+        )
     }
 
-    async fn list_tests(&self, request: Request<v1::ListTestsRequest>) -> Reply<v1::ListTestsResponse> {
+    async fn list_tests(
+        &self,
+        request: Request<v1::ListTestsRequest>,
+    ) -> Reply<v1::ListTestsResponse> {
         let request = request.into_inner();
-        reply(async {
-            let client = self.0.db.get().await?;
-            let tests = store::tests::list(&**client, optional(&request.account)).await?;
-            Ok(v1::ListTestsResponse {
-                tests: tests.iter().map(convert::test).collect(),
-            })
-        }
-        .await)
+        reply(
+            async {
+                let client = self.0.db.get().await?;
+                let tests = store::tests::list(&**client, optional(&request.account)).await?;
+                Ok(v1::ListTestsResponse {
+                    tests: tests.iter().map(convert::test).collect(),
+                })
+            }
+            .await,
+        )
     }
 
     async fn refresh_test(&self, request: Request<v1::RefreshTestRequest>) -> Reply<v1::Test> {
@@ -218,20 +242,24 @@ impl Tests for TestsApi {
 
     async fn delete_test(&self, request: Request<v1::DeleteTestRequest>) -> Reply<v1::Test> {
         let request = request.into_inner();
-        reply(async {
-            let id = required(&request.id, "id")?;
-            let client = self.0.db.get().await?;
-            let test = store::tests::start_removal(&**client, id).await?;
-            tracing::info!(message = "test deletion started", test_id = %id);
-            Ok(convert::test(&test))
-        }
-        .await)
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let client = self.0.db.get().await?;
+                let test = store::tests::start_removal(&**client, id).await?;
+                tracing::info!(message = "test deletion started", test_id = %id);
+                Ok(convert::test(&test))
+            }
+            .await,
+        )
     }
 
     type WatchTestStream = TestStream;
 
     async fn watch_test(&self, request: Request<v1::WatchTestRequest>) -> Reply<TestStream> {
-        let id = required(&request.get_ref().id, "id").map_err(status)?.to_owned();
+        let id = required(&request.get_ref().id, "id")
+            .map_err(status)?
+            .to_owned();
         let mut changes = self.0.changes.subscribe();
         let controller = self.0.clone();
         let first = {
@@ -245,15 +273,23 @@ impl Tests for TestsApi {
                 if sender.send(Ok(convert::test(&current))).await.is_err() {
                     return;
                 }
-                if matches!(current.state, TestState::Ready | TestState::Failed | TestState::Deleted)
-                    && current.step == crate::model::TestStep::None
+                if matches!(
+                    current.state,
+                    TestState::Ready | TestState::Failed | TestState::Deleted
+                ) && current.step == crate::model::TestStep::None
                 {
                     return;
                 }
                 loop {
                     match changes.recv().await {
-                        Ok(Change::Notified { channel, payload }) if channel == "navette_tests" && payload == id => break,
-                        Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Ok(Change::Notified { channel, payload })
+                            if channel == "navette_tests" && payload == id =>
+                        {
+                            break;
+                        }
+                        Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            break;
+                        }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
@@ -271,7 +307,9 @@ impl Tests for TestsApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)) as TestStream))
+        Ok(Response::new(
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)) as TestStream,
+        ))
     }
 
     async fn get_compatibility_report(
@@ -279,11 +317,13 @@ impl Tests for TestsApi {
         request: Request<v1::GetCompatibilityReportRequest>,
     ) -> Reply<v1::CompatibilityReport> {
         let request = request.into_inner();
-        reply(async {
-            let account = required(&request.account, "account")?;
-            let migration = required(&request.migration_id, "migration_id")?;
-            self.report(account, migration).await
-        }
-        .await)
+        reply(
+            async {
+                let account = required(&request.account, "account")?;
+                let migration = required(&request.migration_id, "migration_id")?;
+                self.report(account, migration).await
+            }
+            .await,
+        )
     }
 }

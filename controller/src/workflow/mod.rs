@@ -98,7 +98,9 @@ pub fn spawn_runner(controller: Arc<Controller>) {
             // Claim as many due steps as there are free slots.
             while let Ok(permit) = slots.clone().try_acquire_owned() {
                 let claimed = match controller.db.get().await {
-                    Ok(client) => store::tests::claim_due(&**client, &controller.controller_id, LEASE).await,
+                    Ok(client) => {
+                        store::tests::claim_due(&**client, &controller.controller_id, LEASE).await
+                    }
                     Err(error) => Err(error.into()),
                 };
                 match claimed {
@@ -120,7 +122,9 @@ pub fn spawn_runner(controller: Arc<Controller>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 loop {
                     match changes.recv().await {
-                        Ok(Change::Notified { channel, .. }) if channel == "navette_tests" => return,
+                        Ok(Change::Notified { channel, .. }) if channel == "navette_tests" => {
+                            return;
+                        }
                         Ok(_) => {}
                         Err(_) => return,
                     }
@@ -150,7 +154,9 @@ async fn run_step(controller: &Arc<Controller>, test: Test) {
 async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
     let owner = controller.controller_id.clone();
     let run_id = match controller.db.get().await {
-        Ok(client) => store::tests::step_started(&**client, &test, &owner).await.ok(),
+        Ok(client) => store::tests::step_started(&**client, &test, &owner)
+            .await
+            .ok(),
         Err(_) => None,
     };
     let (lost_sender, mut lost) = tokio::sync::watch::channel(false);
@@ -161,7 +167,9 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
             loop {
                 tokio::time::sleep(LEASE_RENEWAL).await;
                 let kept = match controller.db.get().await {
-                    Ok(client) => store::tests::renew_lease(&**client, &id, &owner, LEASE).await.unwrap_or(false),
+                    Ok(client) => store::tests::renew_lease(&**client, &id, &owner, LEASE)
+                        .await
+                        .unwrap_or(false),
                     Err(_) => false,
                 };
                 if !kept {
@@ -200,7 +208,9 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
             next = result.step.map(|s| s.as_str()).unwrap_or("same step, later")
         ),
         Ok(false) => tracing::warn!(message = "step done, but the lease was lost: not recorded"),
-        Err(error) => tracing::warn!(message = "recording a step failed; it will run again", %error),
+        Err(error) => {
+            tracing::warn!(message = "recording a step failed; it will run again", %error)
+        }
     }
 }
 
@@ -238,7 +248,12 @@ async fn perform(controller: &Arc<Controller>, test: &Test) -> StepOutcome {
 
 /// Starts (or resumes) the copy on the target and follows it to its end,
 /// storing progress on the way.
-async fn follow_copy(controller: &Arc<Controller>, test: &Test, target: &crate::model::Host, spec: v1::TransferSpec) -> StepOutcome {
+async fn follow_copy(
+    controller: &Arc<Controller>,
+    test: &Test,
+    target: &crate::model::Host,
+    spec: v1::TransferSpec,
+) -> StepOutcome {
     let transfer_id = spec.transfer_id.clone();
     let started = match agents::start_transfer(controller, target, spec).await {
         Ok(progress) => progress,
@@ -281,12 +296,21 @@ async fn follow_copy(controller: &Arc<Controller>, test: &Test, target: &crate::
     match v1::TransferState::try_from(last.state) {
         Ok(v1::TransferState::Succeeded) => StepOutcome::Copied(progress_of(&last)),
         Ok(v1::TransferState::Failed) => StepOutcome::CopyFailed(last.error),
-        _ => StepOutcome::Unreachable(format!("the copy on host {} stopped before its end", target.id)),
+        _ => StepOutcome::Unreachable(format!(
+            "the copy on host {} stopped before its end",
+            target.id
+        )),
     }
 }
 
 async fn store_progress(controller: &Controller, test: &Test, report: &v1::TransferProgress) {
     if let Ok(client) = controller.db.get().await {
-        let _ = store::tests::store_progress(&**client, &test.id, &controller.controller_id, &progress_of(report)).await;
+        let _ = store::tests::store_progress(
+            &**client,
+            &test.id,
+            &controller.controller_id,
+            &progress_of(report),
+        )
+        .await;
     }
 }

@@ -51,7 +51,10 @@ fn failed(error: String) -> StepResult {
 
 fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
     if give_up && test.attempts + 1 >= MAX_ATTEMPTS {
-        return failed(format!("gave up after {} attempts: {why}", test.attempts + 1));
+        return failed(format!(
+            "gave up after {} attempts: {why}",
+            test.attempts + 1
+        ));
     }
     StepResult {
         error: Some(why),
@@ -81,7 +84,9 @@ pub fn after(test: &Test, outcome: StepOutcome) -> StepResult {
             reset_attempts: true,
             ..StepResult::default()
         },
-        (TestStep::Copy, StepOutcome::CopyFailed(error)) => failed(format!("the copy failed: {error}")),
+        (TestStep::Copy, StepOutcome::CopyFailed(error)) => {
+            failed(format!("the copy failed: {error}"))
+        }
         (TestStep::Remove, StepOutcome::Removed) => StepResult {
             state: Some(match test.state {
                 TestState::Failed => TestState::Failed,
@@ -101,7 +106,10 @@ pub fn after(test: &Test, outcome: StepOutcome) -> StepResult {
         (_, StepOutcome::Unreachable(why)) => retry(test, why, true),
         (_, StepOutcome::Refused(why)) => failed(why),
         (step, outcome) => StepResult {
-            error: Some(format!("internal: step {} cannot end with {outcome:?}", step.as_str())),
+            error: Some(format!(
+                "internal: step {} cannot end with {outcome:?}",
+                step.as_str()
+            )),
             retry_after: Some(backoff(test.attempts)),
             ..StepResult::default()
         },
@@ -143,44 +151,88 @@ mod tests {
 
     #[test]
     fn a_test_goes_from_grant_to_copy_to_ready() {
-        let granted = after(&test(TestState::Placing, TestStep::Grant, 0), StepOutcome::Granted);
-        assert_eq!((granted.state, granted.step), (Some(TestState::Copying), Some(TestStep::Copy)));
-        let copied = after(&test(TestState::Copying, TestStep::Copy, 3), StepOutcome::Copied(CopyProgress::default()));
-        assert_eq!((copied.state, copied.step, copied.ready), (Some(TestState::Ready), Some(TestStep::None), true));
+        let granted = after(
+            &test(TestState::Placing, TestStep::Grant, 0),
+            StepOutcome::Granted,
+        );
+        assert_eq!(
+            (granted.state, granted.step),
+            (Some(TestState::Copying), Some(TestStep::Copy))
+        );
+        let copied = after(
+            &test(TestState::Copying, TestStep::Copy, 3),
+            StepOutcome::Copied(CopyProgress::default()),
+        );
+        assert_eq!(
+            (copied.state, copied.step, copied.ready),
+            (Some(TestState::Ready), Some(TestStep::None), true)
+        );
         assert!(copied.reset_attempts);
     }
 
     #[test]
     fn a_refresh_stays_refreshing_until_ready() {
-        let granted = after(&test(TestState::Refreshing, TestStep::Grant, 0), StepOutcome::Granted);
+        let granted = after(
+            &test(TestState::Refreshing, TestStep::Grant, 0),
+            StepOutcome::Granted,
+        );
         assert_eq!(granted.state, Some(TestState::Refreshing));
     }
 
     #[test]
     fn a_failed_copy_removes_the_partial_copy_and_stays_failed() {
-        let failed = after(&test(TestState::Copying, TestStep::Copy, 0), StepOutcome::CopyFailed("disk full".into()));
-        assert_eq!((failed.state, failed.step), (Some(TestState::Failed), Some(TestStep::Remove)));
-        assert!(failed.error.as_deref().is_some_and(|e| e.contains("disk full")));
-        let removed = after(&test(TestState::Failed, TestStep::Remove, 0), StepOutcome::Removed);
-        assert_eq!((removed.state, removed.step), (Some(TestState::Failed), Some(TestStep::None)));
+        let failed = after(
+            &test(TestState::Copying, TestStep::Copy, 0),
+            StepOutcome::CopyFailed("disk full".into()),
+        );
+        assert_eq!(
+            (failed.state, failed.step),
+            (Some(TestState::Failed), Some(TestStep::Remove))
+        );
+        assert!(
+            failed
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("disk full"))
+        );
+        let removed = after(
+            &test(TestState::Failed, TestStep::Remove, 0),
+            StepOutcome::Removed,
+        );
+        assert_eq!(
+            (removed.state, removed.step),
+            (Some(TestState::Failed), Some(TestStep::None))
+        );
         assert_eq!(removed.error, None, "the failure's reason is kept");
     }
 
     #[test]
     fn unreachable_agents_are_retried_with_backoff_then_given_up() {
-        let retried = after(&test(TestState::Copying, TestStep::Copy, 2), StepOutcome::Unreachable("link down".into()));
+        let retried = after(
+            &test(TestState::Copying, TestStep::Copy, 2),
+            StepOutcome::Unreachable("link down".into()),
+        );
         assert_eq!((retried.state, retried.step), (None, None));
         assert_eq!(retried.retry_after, Some(Duration::from_secs(4)));
-        let given_up = after(&test(TestState::Copying, TestStep::Copy, MAX_ATTEMPTS - 1), StepOutcome::Unreachable("link down".into()));
+        let given_up = after(
+            &test(TestState::Copying, TestStep::Copy, MAX_ATTEMPTS - 1),
+            StepOutcome::Unreachable("link down".into()),
+        );
         assert_eq!(given_up.state, Some(TestState::Failed));
-        let cleanup = after(&test(TestState::Deleting, TestStep::Remove, 100), StepOutcome::Unreachable("down".into()));
+        let cleanup = after(
+            &test(TestState::Deleting, TestStep::Remove, 100),
+            StepOutcome::Unreachable("down".into()),
+        );
         assert_eq!(cleanup.state, None, "removal is retried for ever");
         assert_eq!(cleanup.retry_after, Some(Duration::from_secs(30)));
     }
 
     #[test]
     fn deleting_ends_deleted() {
-        let removed = after(&test(TestState::Deleting, TestStep::Remove, 0), StepOutcome::Removed);
+        let removed = after(
+            &test(TestState::Deleting, TestStep::Remove, 0),
+            StepOutcome::Removed,
+        );
         assert_eq!(removed.state, Some(TestState::Deleted));
     }
 }
