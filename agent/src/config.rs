@@ -156,6 +156,16 @@ pub struct PostgresqlServer {
     /// first non-loopback address.
     #[serde(default)]
     pub public_address: Option<String>,
+    /// Optional. Directory of this server's client programs (`pg_dump`,
+    /// `pg_restore`, `vacuumdb`), used to copy databases. Default: where the
+    /// distribution installs this major version
+    /// (`/usr/lib/postgresql/<major>/bin`), else `PATH`.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// Optional. `LD_LIBRARY_PATH` for those programs, when they are not
+    /// installed system-wide.
+    #[serde(default)]
+    pub library_path: Option<String>,
 }
 
 /// A MariaDB or MySQL server the agent inventories through its command-line

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use crate::inventory::{Collector, LatestInventory};
 use crate::transfer::grants::GrantError;
+use crate::transfer::files::FileSourceService;
 use crate::transfer::mariadb::MariadbSourceService;
 use crate::transfer::target::{Following, TransferError, Transfers};
 
@@ -253,6 +254,7 @@ pub async fn serve(
     let grants = service.transfers.grants();
     let config = service.transfers.config();
     let mariadb_source = MariadbSourceService::new(grants.clone(), config.mariadb.clone());
+    let file_source = FileSourceService::new(grants.clone());
     tonic::transport::Server::builder()
         .layer(RoleGateLayer::new(policy))
         .add_service(health_service)
@@ -260,6 +262,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(AgentServer::new(service))
         .add_service(mariadb_source.into_server())
+        .add_service(file_source.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| ServerError::Serve { address, source })

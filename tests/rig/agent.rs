@@ -95,6 +95,9 @@ struct PostgresSection {
     port: u16,
     user: &'static str,
     public_address: String,
+    bin_dir: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    library_path: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -153,6 +156,8 @@ impl Rig {
                     port: server.port(),
                     user: "postgres",
                     public_address: server.address().to_string(),
+                    bin_dir: server.version().bin_dir(),
+                    library_path: server.version().ld_library_path(),
                 })
                 .collect(),
             mariadb: servers

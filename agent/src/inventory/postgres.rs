@@ -148,6 +148,8 @@ mod tests {
             user: "postgres".into(),
             password: None,
             public_address: None,
+            bin_dir: None,
+            library_path: None,
         };
         let findings = inspect(&server, "192.0.2.11".into()).await;
         assert!(!findings.server.reachable);

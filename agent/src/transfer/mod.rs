@@ -18,6 +18,7 @@
 //! transfer's spec; every step can be repeated after a crash (transfer ids
 //! make them idempotent).
 
+pub mod files;
 pub mod grants;
 pub mod mariadb;
 pub mod progress;

@@ -320,11 +320,21 @@ impl Transfers {
 
     async fn pull_files(
         &self,
-        _channel: tonic::transport::Channel,
-        _spec: &TransferSpec,
-        _progress: &Progress,
+        channel: tonic::transport::Channel,
+        spec: &TransferSpec,
+        progress: &Progress,
     ) -> Result<(), String> {
-        Err("file copies are not available on this agent yet".to_owned())
+        let report = super::files::pull(
+            channel,
+            &spec.transfer_id,
+            Path::new(&spec.target_home),
+            &self.config.state_dir,
+            progress,
+        )
+        .await
+        .map_err(|error| crate::error_chain(&error))?;
+        tracing::info!(message = "files copied", transfer_id = %spec.transfer_id, files = report.files, bytes = report.bytes, bytes_sent = report.bytes_sent);
+        Ok(())
     }
 
     async fn pull_postgres(

@@ -1,0 +1,179 @@
+//! Comparing the source's manifest with the target tree, and the
+//! structural part of bringing the tree in line: removing what stands
+//! where something of another kind must go, and creating the directories,
+//! parents first. What remains to do (content, links, metadata, deletions)
+//! is returned as a [`Plan`].
+//!
+//! A regular file whose size, modification time, owner, mode and extended
+//! attributes match is left alone, unread: a refresh of an unchanged tree
+//! costs two directory walks and no hashing.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::apply::{self, ApplyError};
+use super::beneath::Root;
+use super::path::RelPath;
+use super::scan::{Entry, Kind};
+
+/// What is left to do after the structural pass.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Regular files whose content is sent block by block, and whether an
+    /// older version is there to take unchanged blocks from.
+    pub large: Vec<(Entry, bool)>,
+    /// Small regular files, sent whole, many per stream.
+    pub small: Vec<Entry>,
+    /// Entries whose content is right but not their metadata.
+    pub metadata: Vec<Entry>,
+    pub symlinks: Vec<Entry>,
+    pub specials: Vec<Entry>,
+    /// (path, first name of the inode).
+    pub hardlinks: Vec<(RelPath, RelPath)>,
+    /// Regular files found identical: (path, data bytes).
+    pub unchanged: Vec<(RelPath, u64)>,
+    /// Entries of the target the source does not have, deepest first.
+    pub extraneous: Vec<RelPath>,
+    /// Every directory, parents first, and whether its extended attributes
+    /// were found equal.
+    pub dirs: Vec<(Entry, bool)>,
+    /// Entries removed because something of another kind goes there.
+    pub replaced: u64,
+    /// Directories created.
+    pub created: u64,
+}
+
+/// Tells small files from large ones.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub small_file_max: u64,
+}
+
+fn same_meta(wanted: &Entry, local: &Entry, local_xattrs: &[super::xattr::XAttr]) -> bool {
+    wanted.mode == local.mode
+        && wanted.uid == local.uid
+        && wanted.gid == local.gid
+        && wanted.mtime == local.mtime
+        && wanted.xattrs == local_xattrs
+}
+
+fn is_regular(kind: &Kind) -> bool {
+    matches!(kind, Kind::File | Kind::Hardlink(_))
+}
+
+/// Removes `path` from the local view, with everything below it.
+fn forget_local(local: &mut BTreeMap<RelPath, Entry>, path: &RelPath) {
+    local.remove(path);
+    let below: Vec<RelPath> = local
+        .range(path.descendants())
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in below {
+        local.remove(&p);
+    }
+}
+
+/// Compares `manifest` (checked: parents first, paths valid) with `local`
+/// (the target as scanned), fixes the structure, and returns the rest.
+pub fn prepare(
+    root: &Root,
+    manifest: &[Entry],
+    mut local: BTreeMap<RelPath, Entry>,
+    sizes: Sizes,
+) -> Result<Plan, ApplyError> {
+    let mut plan = Plan::default();
+    let mut rewritten: HashSet<RelPath> = HashSet::new();
+    let mut wanted_paths: HashSet<&RelPath> = HashSet::with_capacity(manifest.len());
+    for wanted in manifest {
+        wanted_paths.insert(&wanted.path);
+        let here = local.get(&wanted.path);
+        // Something of an incompatible kind is in the way: remove it now.
+        let in_the_way = match (&wanted.kind, here.map(|l| &l.kind)) {
+            (_, None) => false,
+            (Kind::Dir, Some(kind)) => *kind != Kind::Dir,
+            (_, Some(kind)) => *kind == Kind::Dir,
+        };
+        if in_the_way && !wanted.path.is_root() {
+            apply::remove(root, &wanted.path)?;
+            forget_local(&mut local, &wanted.path);
+            plan.replaced += 1;
+        }
+        let here = local.get(&wanted.path);
+        match &wanted.kind {
+            Kind::Dir => {
+                let xattrs_equal = match here {
+                    Some(l) => l.xattrs == wanted.xattrs,
+                    None => {
+                        apply::make_dir(root, &wanted.path)?;
+                        plan.created += 1;
+                        false
+                    }
+                };
+                plan.dirs.push((wanted.clone(), xattrs_equal));
+            }
+            Kind::File => {
+                let held = here.filter(|l| is_regular(&l.kind));
+                let xattrs = held.map(|l| match &l.kind {
+                    Kind::Hardlink(first) => local
+                        .get(first)
+                        .map(|f| f.xattrs.as_slice())
+                        .unwrap_or_default(),
+                    _ => l.xattrs.as_slice(),
+                });
+                match (held, xattrs) {
+                    (Some(l), Some(xattrs)) if l.size == wanted.size && l.mtime == wanted.mtime => {
+                        if same_meta(wanted, l, xattrs) {
+                            plan.unchanged
+                                .push((wanted.path.clone(), wanted.data_bytes()));
+                        } else {
+                            plan.metadata.push(wanted.clone());
+                        }
+                    }
+                    _ => {
+                        rewritten.insert(wanted.path.clone());
+                        let old_regular = held.is_some_and(|l| l.size > 0);
+                        if wanted.size > sizes.small_file_max || wanted.extents.is_some() {
+                            plan.large.push((wanted.clone(), old_regular));
+                        } else {
+                            plan.small.push(wanted.clone());
+                        }
+                    }
+                }
+            }
+            Kind::Hardlink(first) => {
+                let linked = here
+                    .filter(|l| is_regular(&l.kind))
+                    .is_some_and(|l| local.get(first).is_some_and(|f| f.inode == l.inode))
+                    && !rewritten.contains(first);
+                if !linked {
+                    plan.hardlinks.push((wanted.path.clone(), first.clone()));
+                }
+            }
+            Kind::Symlink(_) => match here {
+                // Same kind and same target.
+                Some(l) if l.kind == wanted.kind => {
+                    if l.uid != wanted.uid || l.gid != wanted.gid || l.mtime != wanted.mtime {
+                        plan.metadata.push(wanted.clone());
+                    }
+                }
+                _ => plan.symlinks.push(wanted.clone()),
+            },
+            Kind::Fifo | Kind::Socket => match here {
+                Some(l) if l.kind == wanted.kind => {
+                    if !same_meta(wanted, l, &[]) {
+                        plan.metadata.push(wanted.clone());
+                    }
+                }
+                _ => plan.specials.push(wanted.clone()),
+            },
+        }
+    }
+    // Descendants sort after their ancestors: walking backwards removes
+    // children before their directory.
+    plan.extraneous = local
+        .keys()
+        .rev()
+        .filter(|path| !wanted_paths.contains(path))
+        .cloned()
+        .collect();
+    Ok(plan)
+}

@@ -1,0 +1,435 @@
+//! The target's pull: one call copies the granted home of the source into
+//! the target home, resuming what an earlier call left, retrying while the
+//! source is unreachable for a bounded time.
+//!
+//! One attempt: read the manifest and scan the target at the same time;
+//! compare and fix the structure ([`plan`](super::plan)); receive content
+//! on several streams at once (large files first, small files in batches);
+//! then hard links, symbolic links, fifos, metadata, deletions of what the
+//! source no longer has, and directory metadata deepest first (so that
+//! nothing written afterwards disturbs a directory's time); finally
+//! `syncfs`. A failed attempt leaves partial files and the journal for the
+//! next one.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use navette_proto::v1::file_source_client::FileSourceClient;
+use tonic::transport::Channel;
+
+use super::apply;
+use super::beneath::Root;
+use super::journal::Journal;
+use super::path::RelPath;
+use super::plan::{self, Plan, Sizes};
+use super::receive::{self, blocking};
+use super::scan::{self, Entry};
+use super::shared::{Shared, Tally, target_cache};
+use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
+use crate::transfer::progress::Progress;
+
+/// How a pull behaves. The defaults suit a transfer between two hosts.
+#[derive(Clone, Debug)]
+pub struct PullConfig {
+    /// Streams (files or batches of small files) in flight at once.
+    pub streams: usize,
+    /// Files up to this size travel whole, many per stream.
+    pub small_file_max: u64,
+    /// Most files, and bytes, in one batch of small files.
+    pub batch_files: usize,
+    pub batch_bytes: u64,
+    /// How long the source may stay unreachable (with no progress) before
+    /// the pull gives up.
+    pub retry_for: Duration,
+    /// How long a stream may stay silent before it counts as broken.
+    pub stall_timeout: Duration,
+    /// How many times a file is read when it does not verify or keeps
+    /// changing while read.
+    pub content_tries: u32,
+    /// Make everything written durable before the pull returns (fsync of
+    /// large files, then one `syncfs`). Off, the copy is left to the
+    /// kernel's writeback, as rsync does: for copies that may be lost with
+    /// the host (a test copy), not for a migration's.
+    pub durable: bool,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            streams: 8,
+            small_file_max: 1024 * 1024,
+            batch_files: 1024,
+            batch_bytes: 8 * 1024 * 1024,
+            retry_for: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(60),
+            content_tries: 3,
+            durable: true,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilesReport {
+    /// Entries in the source's manifest (the root included).
+    pub entries: u64,
+    /// Regular files (hard links not counted twice) and their data bytes.
+    pub files: u64,
+    pub bytes: u64,
+    /// Files whose content was received (whole, or the blocks that changed).
+    pub files_sent: u64,
+    /// File content received over the network.
+    pub bytes_sent: u64,
+    /// Bytes of received files the target already held and did not receive.
+    pub bytes_reused: u64,
+    /// Regular files found identical and left alone.
+    pub files_unchanged: u64,
+    /// Entries whose metadata alone was fixed.
+    pub metadata_updated: u64,
+    /// Links, fifos and sockets made.
+    pub links_made: u64,
+    /// Entries of the target the source no longer has, removed (a removed
+    /// directory counts once).
+    pub deleted: u64,
+    /// Files that kept changing while read: copied as last seen and dated
+    /// just before the source's time, so that a refresh sends them again.
+    pub files_changed_during_copy: u64,
+    /// Files listed but gone (or no longer regular files) when read.
+    pub files_vanished: u64,
+    /// Bytes received again because an earlier attempt or pull had
+    /// received them but was interrupted before they were kept.
+    pub resumed_bytes_resent: u64,
+    /// Attempts that failed on a transient error and were retried.
+    pub retries: u32,
+    /// Owners and groups unknown on the target by name, kept by number.
+    pub unknown_names: Vec<String>,
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The file-source client for a channel, with message limits that fit the
+/// blocks received.
+pub fn file_source_client(channel: Channel) -> FileSourceClient<Channel> {
+    FileSourceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// Pulls the home granted for `transfer_id` from the source at the other
+/// end of `channel` into `target_root`, with the default [`PullConfig`].
+pub async fn pull(
+    channel: Channel,
+    transfer_id: &str,
+    target_root: &Path,
+    state_dir: &Path,
+    progress: &Progress,
+) -> Result<FilesReport, FilesError> {
+    pull_with(
+        PullConfig::default(),
+        channel,
+        transfer_id,
+        target_root,
+        state_dir,
+        progress,
+    )
+    .await
+}
+
+/// [`pull`] with a given configuration.
+pub async fn pull_with(
+    config: PullConfig,
+    channel: Channel,
+    transfer_id: &str,
+    target_root: &Path,
+    state_dir: &Path,
+    progress: &Progress,
+) -> Result<FilesReport, FilesError> {
+    let failed = |problem: Problem| FilesError {
+        transfer_id: transfer_id.to_owned(),
+        problem,
+    };
+    if !valid_id(transfer_id) {
+        return Err(failed(Problem::BadId));
+    }
+    progress.set_phase("files");
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Problem::Local { path, source }
+    };
+    let journal = Journal::open(state_dir, transfer_id)
+        .map_err(|e| failed(local(&state_dir.join("transfers").join(transfer_id))(e)))?;
+    let root = {
+        let target_root = target_root.to_path_buf();
+        blocking(move || {
+            std::fs::create_dir_all(&target_root).map_err(local(&target_root))?;
+            Root::open(&target_root).map_err(|errno| local(&target_root)(errno.into()))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?
+    };
+    let shared = Shared {
+        transfer_id: transfer_id.to_owned(),
+        root: Arc::new(root),
+        cache: target_cache(target_root),
+        journal: Arc::new(journal),
+        client: file_source_client(channel),
+        config,
+        progress,
+        tally: Tally::default(),
+        stop: AtomicBool::new(false),
+    };
+    tracing::info!(message = "pulling files", transfer_id, target = %target_root.display());
+    let started = Instant::now();
+    let mut report = FilesReport::default();
+    let mut backoff = Duration::from_millis(250);
+    let mut last_headway = (shared.headway(), Instant::now());
+    loop {
+        shared.stop.store(false, Ordering::Relaxed);
+        match attempt(&shared, &mut report).await {
+            Ok(()) => break,
+            Err(problem) if problem.is_transient() => {
+                let headway = shared.headway();
+                if headway > last_headway.0 {
+                    last_headway = (headway, Instant::now());
+                    backoff = Duration::from_millis(250);
+                }
+                if last_headway.1.elapsed() > shared.config.retry_for {
+                    let _ = shared.journal.persist();
+                    return Err(failed(problem));
+                }
+                report.retries += 1;
+                tracing::warn!(
+                    message = "file transfer interrupted; resuming",
+                    transfer_id,
+                    error = %problem,
+                    retry_in_ms = backoff.as_millis() as u64,
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(problem) => {
+                let _ = shared.journal.persist();
+                tracing::warn!(message = "file transfer failed", transfer_id, error = %problem);
+                return Err(failed(problem));
+            }
+        }
+    }
+    let _ = shared.journal.complete();
+    shared.tally.fill(&mut report);
+    tracing::info!(
+        message = "files pulled",
+        transfer_id,
+        files = report.files,
+        bytes = report.bytes,
+        files_sent = report.files_sent,
+        bytes_sent = report.bytes_sent,
+        files_unchanged = report.files_unchanged,
+        deleted = report.deleted,
+        retries = report.retries,
+        seconds = started.elapsed().as_secs_f64(),
+    );
+    Ok(report)
+}
+
+/// A unit of content work for one stream.
+enum Job {
+    Large(Entry, bool),
+    Batch(Vec<Entry>),
+}
+
+/// One attempt at the whole tree.
+async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Problem> {
+    let scanning = {
+        let root = shared.root.clone();
+        let cache = shared.cache.clone();
+        blocking(move || scan::scan_map(&root, Some(&cache)))
+    };
+    let (manifest, local) = tokio::join!(
+        manifest::fetch(
+            &shared.client,
+            &shared.transfer_id,
+            shared.config.stall_timeout
+        ),
+        scanning
+    );
+    let manifest = manifest?;
+    let local = local?.map_err(Problem::Scan)?;
+    let entries = Arc::new(manifest.entries);
+    report.entries = entries.len() as u64;
+    report.unknown_names = manifest.unknown_names;
+    let files: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.kind == scan::Kind::File)
+        .collect();
+    report.files = files.len() as u64;
+    report.bytes = files.iter().map(|e| e.data_bytes()).sum();
+    shared.set_totals(report.bytes, report.files);
+
+    let plan = {
+        let root = shared.root.clone();
+        let entries = entries.clone();
+        let sizes = Sizes {
+            small_file_max: shared.config.small_file_max,
+        };
+        blocking(move || plan::prepare(&root, &entries, local, sizes)).await??
+    };
+    let structure_changed = plan.replaced + plan.created > 0;
+    let content_before = shared.tally.content_changes();
+    shared.unchanged(&plan.unchanged);
+    let Plan {
+        large,
+        small,
+        metadata,
+        symlinks,
+        specials,
+        hardlinks,
+        extraneous,
+        dirs,
+        ..
+    } = plan;
+    tracing::debug!(
+        message = "compared",
+        transfer_id = shared.transfer_id,
+        large = large.len(),
+        small = small.len(),
+        metadata = metadata.len(),
+        extraneous = extraneous.len(),
+    );
+
+    // Content, on several streams.
+    let mut jobs: VecDeque<Job> = large
+        .into_iter()
+        .map(|(entry, old)| Job::Large(entry, old))
+        .collect();
+    let mut batch = Vec::new();
+    let mut batch_bytes = 0;
+    for entry in small {
+        batch_bytes += entry.size;
+        batch.push(entry);
+        if batch.len() >= shared.config.batch_files || batch_bytes >= shared.config.batch_bytes {
+            jobs.push_back(Job::Batch(std::mem::take(&mut batch)));
+            batch_bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        jobs.push_back(Job::Batch(batch));
+    }
+    let queue = Mutex::new(jobs);
+    let workers = (0..shared.config.streams.max(1)).map(|_| worker(shared, &queue));
+    let results = futures_util::future::join_all(workers).await;
+    // The first failure is the one to report (the others often follow it).
+    let mut first_failure = None;
+    for result in results {
+        if let Err(problem) = result {
+            first_failure.get_or_insert(problem);
+        }
+    }
+    if let Some(problem) = first_failure {
+        return Err(problem);
+    }
+
+    // Links, metadata, deletions, directories.
+    let content_changed = shared.tally.content_changes() > content_before;
+    let root = shared.root.clone();
+    let transfer_id = shared.transfer_id.clone();
+    let durable = shared.config.durable;
+    let (links_made, metadata_updated, deleted) = blocking(move || {
+        let mut links = 0u64;
+        for (path, first) in &hardlinks {
+            if apply::place_hardlink(&root, &transfer_id, path, first)? {
+                links += 1;
+            }
+        }
+        for entry in &symlinks {
+            apply::place_symlink(&root, &transfer_id, entry)?;
+            links += 1;
+        }
+        for entry in &specials {
+            apply::place_special(&root, &transfer_id, entry)?;
+            links += 1;
+        }
+        let mut updated = 0u64;
+        for entry in &metadata {
+            apply::fix_meta(&root, entry)?;
+            updated += 1;
+        }
+        let mut deleted = 0u64;
+        for path in &extraneous {
+            // Temporary files of this or an earlier pull go too, uncounted.
+            if apply::remove(&root, path)? && !apply::is_part_name(path.name()) {
+                deleted += 1;
+            }
+        }
+        let mut settled = false;
+        for (entry, xattrs_equal) in dirs.iter().rev() {
+            settled |= apply::settle_dir(&root, entry, *xattrs_equal)?;
+        }
+        // Written content is durable when the pull returns. Small files
+        // are not synced one by one (that would cost more than the copy):
+        // one syncfs covers them all, when anything was written.
+        let wrote =
+            structure_changed || content_changed || settled || links + updated + deleted > 0;
+        if durable && wrote {
+            nix::unistd::syncfs(root.fd()).map_err(|errno| apply::ApplyError {
+                path: RelPath::root(),
+                op: "sync the file system",
+                source: errno.into(),
+            })?;
+        }
+        Ok::<_, apply::ApplyError>((links, updated, deleted))
+    })
+    .await??;
+    report.links_made = links_made;
+    report.metadata_updated = metadata_updated;
+    report.deleted = deleted;
+    Ok(())
+}
+
+/// Takes jobs off the queue until it is empty or another stream failed.
+async fn worker(shared: &Shared<'_>, queue: &Mutex<VecDeque<Job>>) -> Result<(), Problem> {
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let job = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+        let Some(job) = job else {
+            return Ok(());
+        };
+        let result = match job {
+            Job::Large(entry, old) => {
+                receive::receive_large(shared, &entry, old)
+                    .await
+                    .map(|received| {
+                        shared.finished(&entry, &received);
+                        Vec::new()
+                    })
+            }
+            Job::Batch(files) => receive::receive_batch(shared, files)
+                .await
+                .map(|outcome| outcome.requeue),
+        };
+        match result {
+            Ok(requeue) => {
+                let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+                for entry in requeue {
+                    // The file may be there in an older version, or not.
+                    queue.push_back(Job::Large(entry, true));
+                }
+            }
+            Err(problem) => {
+                shared.stop.store(true, Ordering::Relaxed);
+                return Err(problem);
+            }
+        }
+    }
+}
