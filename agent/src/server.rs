@@ -23,9 +23,10 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use crate::inventory::{Collector, LatestInventory};
-use crate::transfer::grants::GrantError;
 use crate::transfer::files::FileSourceService;
+use crate::transfer::grants::GrantError;
 use crate::transfer::mariadb::MariadbSourceService;
+use crate::transfer::postgres::PostgresSourceService;
 use crate::transfer::target::{Following, TransferError, Transfers};
 
 /// Why the server stopped or could not start.
@@ -255,6 +256,7 @@ pub async fn serve(
     let config = service.transfers.config();
     let mariadb_source = MariadbSourceService::new(grants.clone(), config.mariadb.clone());
     let file_source = FileSourceService::new(grants.clone());
+    let postgres_source = PostgresSourceService::new(grants.clone(), config.postgresql.clone());
     tonic::transport::Server::builder()
         .layer(RoleGateLayer::new(policy))
         .add_service(health_service)
@@ -263,6 +265,7 @@ pub async fn serve(
         .add_service(AgentServer::new(service))
         .add_service(mariadb_source.into_server())
         .add_service(file_source.into_server())
+        .add_service(postgres_source.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|source| ServerError::Serve { address, source })

@@ -190,6 +190,8 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     println!("  {nv} navette.v1.Catalogue/GetMigration '{{\"id\":\"postgresql-15-to-18\"}}'");
     println!("  {nv} navette.v1.Hosts/WatchHosts           # live host events (Ctrl-C to stop)");
     println!();
+    press_test(&rig, &wrapper)?;
+    println!();
     println!(
         "Logs: {}/logs/   Controller config: {}",
         rig.dir().display(),
@@ -206,6 +208,83 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
         "{signal:?}: stopping and removing the platform..."
     ));
     drop(rig);
+    Ok(())
+}
+
+/// Presses *Test* for alice, as the control panel would, and follows it.
+fn press_test(rig: &Rig, wrapper: &Path) -> anyhow::Result<()> {
+    let access = rig.controller_access()?;
+    let call = |method: &str, request: serde_json::Value| {
+        rig.grpcurl_json_as(
+            &access.panel,
+            &format!("navette.v1.Tests/{method}"),
+            &request,
+        )
+    };
+    say(
+        "Pressing Test for alice: a copy of her files and databases on test-1, which runs PostgreSQL 18...",
+    );
+    let started = call(
+        "TestMigration",
+        serde_json::json!({"request_id": "platform-demo", "account": "alice", "migration_id": "postgresql-15-to-18"}),
+    )?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let mut last_line = String::new();
+    let test = loop {
+        let test = call("GetTest", serde_json::json!({"id": id}))?;
+        let state = test["state"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("STATE_")
+            .to_lowercase();
+        let progress = &test["progress"];
+        let line = format!(
+            "  test {id}: {state} {} {}/{} bytes, {}/{} files, {}/{} tables",
+            progress["phase"].as_str().unwrap_or(""),
+            progress["bytesDone"].as_str().unwrap_or("0"),
+            progress["bytesTotal"].as_str().unwrap_or("0"),
+            progress["filesDone"].as_str().unwrap_or("0"),
+            progress["filesTotal"].as_str().unwrap_or("0"),
+            progress["tablesDone"].as_str().unwrap_or("0"),
+            progress["tablesTotal"].as_str().unwrap_or("0"),
+        );
+        if line != last_line {
+            println!("{line}");
+            last_line = line;
+        }
+        if matches!(state.as_str(), "ready" | "failed") || Instant::now() > deadline {
+            break test;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    if test["state"] != "STATE_READY" {
+        println!(
+            "  the test did not finish: {}",
+            test["error"].as_str().unwrap_or("still running")
+        );
+        return Ok(());
+    }
+    println!();
+    println!(
+        "alice's test copy is ready; her account was not touched. Connect as her applications would:"
+    );
+    for line in test["connection"]["instructions"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+    {
+        println!("  {line}");
+    }
+    println!(
+        "  (password alice-password; from the platform's client namespace, e.g. ip netns exec {} psql -h 192.0.2.12 -U alice alice)",
+        rig.client().name()
+    );
+    let nv = wrapper.display();
+    println!("Refresh it, watch it, or delete it:");
+    println!("  {nv} navette.v1.Tests/RefreshTest '{{\"id\":\"{id}\"}}'");
+    println!("  {nv} navette.v1.Tests/WatchTest '{{\"id\":\"{id}\"}}'");
+    println!("  {nv} navette.v1.Tests/DeleteTest '{{\"id\":\"{id}\"}}'");
     Ok(())
 }
 

@@ -21,6 +21,7 @@
 pub mod files;
 pub mod grants;
 pub mod mariadb;
+pub mod postgres;
 pub mod progress;
 pub mod removal;
 pub mod target;

@@ -21,6 +21,8 @@ pub struct Progress {
     pub tables_total: AtomicU64,
     pub tables_done: AtomicU64,
     phase: Mutex<String>,
+    /// Where the copy of the home goes (reported to the controller).
+    target_home: Mutex<String>,
     outcome: Mutex<Option<Result<(), String>>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
@@ -39,6 +41,7 @@ impl Progress {
             tables_total: AtomicU64::new(0),
             tables_done: AtomicU64::new(0),
             phase: Mutex::new(String::new()),
+            target_home: Mutex::new(String::new()),
             outcome: Mutex::new(None),
             changed: tokio::sync::watch::channel(0).0,
         }
@@ -53,6 +56,10 @@ impl Progress {
     pub fn set_phase(&self, phase: impl Into<String>) {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.into();
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn set_target_home(&self, home: impl Into<String>) {
+        *self.target_home.lock().unwrap_or_else(|p| p.into_inner()) = home.into();
     }
 
     pub fn finish(&self, outcome: Result<(), String>) {
@@ -104,7 +111,11 @@ impl Progress {
             eta_seconds: eta,
             error,
             updated_at: Some(navette_proto::timestamp(chrono::Utc::now())),
-            target_home: String::new(),
+            target_home: self
+                .target_home
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 }

@@ -232,28 +232,27 @@ impl Transfers {
                 spec.target_home
             )));
         }
-        if let Some(progress) = self.lock().get(&spec.transfer_id) {
-            if !progress.is_finished() {
-                return Ok(progress.snapshot());
-            }
+        if let Some(progress) = self.lock().get(&spec.transfer_id)
+            && !progress.is_finished()
+        {
+            return Ok(progress.snapshot());
         }
         if let Some(Record {
             finished: Some(done),
             ..
         }) = self.load_record(&spec.transfer_id)
+            && done.state == i32::from(TransferState::Succeeded)
         {
-            if done.state == i32::from(TransferState::Succeeded) {
-                return Ok(done);
-            }
+            return Ok(done);
         }
         let dir = self.record_dir(&spec.transfer_id);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Self::write_atomically(&dir.join("spec.pb"), &spec.encode_to_vec())?;
         let _ = std::fs::remove_file(dir.join("final.pb"));
         let progress = Arc::new(Progress::new(&spec.transfer_id));
+        progress.set_target_home(spec.target_home.clone());
         self.lock()
             .insert(spec.transfer_id.clone(), progress.clone());
-        let target_home = spec.target_home.clone();
         let transfers = self.clone();
         let task_progress = progress.clone();
         tokio::spawn(async move {
@@ -264,16 +263,13 @@ impl Transfers {
                 tracing::info!(message = "transfer done", transfer_id = %spec.transfer_id);
             }
             task_progress.finish(outcome);
-            let mut last = task_progress.snapshot();
-            last.target_home = spec.target_home.clone();
+            let last = task_progress.snapshot();
             let _ = Self::write_atomically(
                 &transfers.record_dir(&spec.transfer_id).join("final.pb"),
                 &last.encode_to_vec(),
             );
         });
-        let mut snapshot = progress.snapshot();
-        snapshot.target_home = target_home;
-        Ok(snapshot)
+        Ok(progress.snapshot())
     }
 
     /// The progress of a transfer to follow, or its final state.
@@ -339,11 +335,39 @@ impl Transfers {
 
     async fn pull_postgres(
         &self,
-        _channel: tonic::transport::Channel,
-        _spec: &TransferSpec,
-        _progress: &Progress,
+        channel: tonic::transport::Channel,
+        spec: &TransferSpec,
+        progress: &Progress,
     ) -> Result<(), String> {
-        Err("PostgreSQL copies are not available on this agent yet".to_owned())
+        let work_dir = self.record_dir(&spec.transfer_id).join("postgres");
+        std::fs::create_dir_all(&work_dir).map_err(|e| format!("{}: {e}", work_dir.display()))?;
+        let tools = self
+            .config
+            .postgresql
+            .iter()
+            .filter_map(|server| {
+                super::postgres::PgTools::configured(server)
+                    .map(|tools| (server.name.clone(), tools))
+            })
+            .collect();
+        let options = super::postgres::PullOptions {
+            work_dir: work_dir.clone(),
+            tools,
+            ..super::postgres::PullOptions::default()
+        };
+        let result = super::postgres::pull(
+            channel,
+            &spec.transfer_id,
+            &spec.postgresql,
+            &self.config.postgresql,
+            &options,
+            progress,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&work_dir);
+        let report = result.map_err(|error| crate::error_chain(&error))?;
+        tracing::info!(message = "PostgreSQL databases copied", transfer_id = %spec.transfer_id, databases = report.databases.len());
+        Ok(())
     }
 
     async fn pull_mariadb(
@@ -383,13 +407,13 @@ impl Transfers {
             tracing::info!(message = "nothing to remove: no transfer of this account to this host", account = %spec.account);
             return Ok(());
         }
-        if let Some(progress) = self.lock().get(&spec.transfer_id) {
-            if !progress.is_finished() {
-                return Err(TransferError::Refused(format!(
-                    "transfer {} is still running; remove the copy once it ended",
-                    spec.transfer_id
-                )));
-            }
+        if let Some(progress) = self.lock().get(&spec.transfer_id)
+            && !progress.is_finished()
+        {
+            return Err(TransferError::Refused(format!(
+                "transfer {} is still running; remove the copy once it ended",
+                spec.transfer_id
+            )));
         }
         let home = self.target_home(&spec.account);
         if records.iter().any(|r| !r.spec.source_home.is_empty()) && home.exists() {

@@ -1,0 +1,366 @@
+//! The row digest both sides compute over COPY output: the source over the
+//! rows it sends (no extra scan: it hashes the stream as it goes), the
+//! target over the rows it reads back from its table after loading them.
+//! Equal digests mean the target holds exactly the rows of the source's
+//! snapshot, as COPY renders them, in whatever order.
+//!
+//! Each row's bytes are hashed to 64 bits ([`row_hash`]); the digest is the
+//! row count, the sum of the hashes and the sum of their squares, modulo
+//! 2^64.
+//! Sums make it independent of row order, so block ranges copied in
+//! parallel add up to the whole table; the squares keep two changes from
+//! cancelling out in the plain sum. The hash is not a cryptographic one:
+//! this detects lost, duplicated, truncated or altered rows between two
+//! servers the agents control, not a forgery. Cost: one pass over the bytes
+//! on each side (about 0.3 ns per byte) and, on the target, one `COPY TO`
+//! of the table.
+//!
+//! Binary COPY: a row is a tuple with its field count and field lengths.
+//! Text COPY: a row is a line without its newline (newlines in values are
+//! escaped, so lines are rows).
+
+use navette_proto::v1::RowDigest;
+
+/// COPY's two formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Binary,
+    Text,
+}
+
+/// The binary COPY signature.
+const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Why a COPY stream could not be split into rows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("the binary COPY stream does not start with PostgreSQL's signature")]
+    Signature,
+    #[error("the COPY stream ends in the middle of a row")]
+    Truncated,
+    #[error("a row has a negative field length")]
+    BadLength,
+    #[error("data after the end of the binary COPY stream")]
+    AfterTrailer,
+}
+
+/// The row hash: 64-bit words (little-endian, the last one zero-padded)
+/// folded by multiply-rotate steps from a seed that includes the length,
+/// then MurmurHash3's 64-bit finaliser. About 0.3 ns per byte; every bit of
+/// the row affects every bit of the result.
+pub fn row_hash(bytes: &[u8]) -> u64 {
+    const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+    const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+    let step = |hash: u64, word: u64| {
+        (hash ^ word.wrapping_mul(K1))
+            .rotate_left(31)
+            .wrapping_mul(K2)
+    };
+    let mut hash = (bytes.len() as u64).wrapping_mul(K2) ^ K1;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut buffer = [0u8; 8];
+        buffer.copy_from_slice(word);
+        hash = step(hash, u64::from_le_bytes(buffer));
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut buffer = [0u8; 8];
+        buffer[..tail.len()].copy_from_slice(tail);
+        hash = step(hash, u64::from_le_bytes(buffer));
+    }
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
+}
+
+/// Adds one row to a digest.
+pub fn add_row(digest: &mut RowDigest, row: &[u8]) {
+    let hash = row_hash(row);
+    digest.rows += 1;
+    digest.sum = digest.sum.wrapping_add(hash);
+    digest.sum_of_squares = digest.sum_of_squares.wrapping_add(hash.wrapping_mul(hash));
+}
+
+/// Adds a digest of other rows (another block range of the same table).
+pub fn merge(digest: &mut RowDigest, other: &RowDigest) {
+    digest.rows += other.rows;
+    digest.sum = digest.sum.wrapping_add(other.sum);
+    digest.sum_of_squares = digest.sum_of_squares.wrapping_add(other.sum_of_squares);
+}
+
+/// `rows/sum/sum_of_squares`, for messages.
+pub fn describe(digest: &RowDigest) -> String {
+    format!(
+        "{} rows, digest {:016x}{:016x}",
+        digest.rows, digest.sum, digest.sum_of_squares
+    )
+}
+
+/// Splits a COPY stream, fed in pieces of any size, into rows and digests
+/// them.
+#[derive(Debug)]
+pub struct RowSplitter {
+    format: Format,
+    /// Bytes of an incomplete row (or header) from the previous pieces.
+    pending: Vec<u8>,
+    /// Binary only: the header was read.
+    header_done: bool,
+    /// Binary only: the trailer (field count -1) was read.
+    ended: bool,
+    pub digest: RowDigest,
+}
+
+impl RowSplitter {
+    pub fn new(format: Format) -> RowSplitter {
+        RowSplitter {
+            format,
+            pending: Vec::new(),
+            header_done: false,
+            ended: false,
+            digest: RowDigest::default(),
+        }
+    }
+
+    /// Digests the complete rows in `piece` (with what was pending).
+    pub fn feed(&mut self, piece: &[u8]) -> Result<(), DigestError> {
+        if self.pending.is_empty() {
+            let used = self.consume(piece)?;
+            self.pending.extend_from_slice(&piece[used..]);
+        } else {
+            let mut data = std::mem::take(&mut self.pending);
+            data.extend_from_slice(piece);
+            let used = self.consume(&data)?;
+            data.drain(..used);
+            self.pending = data;
+        }
+        Ok(())
+    }
+
+    /// The digest, once the stream ended: an error if a row was cut.
+    pub fn finish(self) -> Result<RowDigest, DigestError> {
+        let complete = match self.format {
+            Format::Text => self.pending.is_empty(),
+            // An empty stream (no header at all) is not valid either.
+            Format::Binary => self.pending.is_empty() && self.ended,
+        };
+        if complete {
+            Ok(self.digest)
+        } else {
+            Err(DigestError::Truncated)
+        }
+    }
+
+    /// Digests the complete rows at the start of `data`; how many bytes
+    /// they (and the header) took.
+    fn consume(&mut self, data: &[u8]) -> Result<usize, DigestError> {
+        match self.format {
+            Format::Text => {
+                let mut start = 0;
+                while let Some(end) = data[start..].iter().position(|b| *b == b'\n') {
+                    add_row(&mut self.digest, &data[start..start + end]);
+                    start += end + 1;
+                }
+                Ok(start)
+            }
+            Format::Binary => self.consume_binary(data),
+        }
+    }
+
+    fn consume_binary(&mut self, data: &[u8]) -> Result<usize, DigestError> {
+        let mut at = 0;
+        if !self.header_done {
+            // Signature, flags (4), extension length (4), extension.
+            if data.len() < 19 {
+                return Ok(0);
+            }
+            if &data[..11] != SIGNATURE {
+                return Err(DigestError::Signature);
+            }
+            let extension = read_i32(data, 15).ok_or(DigestError::Truncated)?;
+            let extension = usize::try_from(extension).map_err(|_| DigestError::BadLength)?;
+            if data.len() < 19 + extension {
+                return Ok(0);
+            }
+            at = 19 + extension;
+            self.header_done = true;
+        }
+        while at < data.len() {
+            if self.ended {
+                return Err(DigestError::AfterTrailer);
+            }
+            let Some(fields) = read_i16(data, at) else {
+                break;
+            };
+            if fields == -1 {
+                self.ended = true;
+                at += 2;
+                continue;
+            }
+            let fields = usize::try_from(fields).map_err(|_| DigestError::BadLength)?;
+            let mut end = at + 2;
+            let mut complete = true;
+            for _ in 0..fields {
+                let Some(length) = read_i32(data, end) else {
+                    complete = false;
+                    break;
+                };
+                end += 4;
+                if length >= 0 {
+                    end += usize::try_from(length).map_err(|_| DigestError::BadLength)?;
+                } else if length != -1 {
+                    return Err(DigestError::BadLength);
+                }
+                if end > data.len() {
+                    complete = false;
+                    break;
+                }
+            }
+            if !complete {
+                break;
+            }
+            add_row(&mut self.digest, &data[at..end]);
+            at = end;
+        }
+        Ok(at)
+    }
+}
+
+fn read_i16(data: &[u8], at: usize) -> Option<i16> {
+    let bytes = data.get(at..at + 2)?;
+    Some(i16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+fn read_i32(data: &[u8], at: usize) -> Option<i32> {
+    let bytes = data.get(at..at + 4)?;
+    Some(i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binary COPY stream of rows of (int4, text-or-NULL).
+    fn binary(rows: &[(i32, Option<&str>)]) -> Vec<u8> {
+        let mut out = SIGNATURE.to_vec();
+        out.extend_from_slice(&0i32.to_be_bytes());
+        out.extend_from_slice(&0i32.to_be_bytes());
+        for (n, text) in rows {
+            out.extend_from_slice(&2i16.to_be_bytes());
+            out.extend_from_slice(&4i32.to_be_bytes());
+            out.extend_from_slice(&n.to_be_bytes());
+            match text {
+                Some(text) => {
+                    out.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                    out.extend_from_slice(text.as_bytes());
+                }
+                None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        out
+    }
+
+    fn digest_in_pieces(
+        format: Format,
+        stream: &[u8],
+        piece: usize,
+    ) -> Result<RowDigest, DigestError> {
+        let mut splitter = RowSplitter::new(format);
+        for chunk in stream.chunks(piece) {
+            splitter.feed(chunk)?;
+        }
+        splitter.finish()
+    }
+
+    #[test]
+    fn the_row_hash_is_fixed_and_sees_every_byte() {
+        // Both agents must agree, whatever their build: the values are part
+        // of the protocol.
+        assert_eq!(row_hash(b""), row_hash(b""));
+        assert_ne!(row_hash(b"a"), row_hash(b"a\0"));
+        assert_ne!(row_hash(b"abcdefgh1"), row_hash(b"abcdefgh2"));
+        assert_ne!(row_hash(b"abcdefgh"), row_hash(b"bbcdefgh"));
+        assert_eq!(row_hash(b"navette"), 0xd27c_d66b_8ac3_b4dc);
+    }
+
+    #[test]
+    fn binary_rows_digest_alike_however_the_stream_is_cut() {
+        let stream = binary(&[(1, Some("apple")), (2, None), (3, Some(""))]);
+        let whole = digest_in_pieces(Format::Binary, &stream, stream.len());
+        assert_eq!(whole.as_ref().map(|d| d.rows), Ok(3));
+        for piece in [1, 2, 3, 7, 19, 20] {
+            assert_eq!(
+                digest_in_pieces(Format::Binary, &stream, piece),
+                whole,
+                "pieces of {piece}"
+            );
+        }
+    }
+
+    #[test]
+    fn order_does_not_matter_but_content_does() {
+        let a = digest_in_pieces(
+            Format::Binary,
+            &binary(&[(1, Some("x")), (2, Some("y"))]),
+            5,
+        );
+        let b = digest_in_pieces(
+            Format::Binary,
+            &binary(&[(2, Some("y")), (1, Some("x"))]),
+            9,
+        );
+        assert_eq!(a, b);
+        let c = digest_in_pieces(
+            Format::Binary,
+            &binary(&[(2, Some("y")), (1, Some("z"))]),
+            9,
+        );
+        assert_ne!(a, c);
+        let twice = digest_in_pieces(
+            Format::Binary,
+            &binary(&[(1, Some("x")), (1, Some("x"))]),
+            64,
+        );
+        let other_pair = digest_in_pieces(
+            Format::Binary,
+            &binary(&[(1, Some("x")), (2, Some("y"))]),
+            64,
+        );
+        assert_ne!(twice, other_pair);
+    }
+
+    #[test]
+    fn ranges_add_up_to_the_table() -> Result<(), DigestError> {
+        let all = digest_in_pieces(Format::Text, b"1\tapple\n2\tbanana\n3\t\\N\n", 4)?;
+        let mut first = digest_in_pieces(Format::Text, b"1\tapple\n", 4)?;
+        let second = digest_in_pieces(Format::Text, b"2\tbanana\n3\t\\N\n", 3)?;
+        merge(&mut first, &second);
+        assert_eq!(first, all);
+        assert_eq!(all.rows, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn cut_streams_are_noticed() {
+        let stream = binary(&[(1, Some("apple"))]);
+        assert_eq!(
+            digest_in_pieces(Format::Binary, &stream[..stream.len() - 3], 4),
+            Err(DigestError::Truncated)
+        );
+        assert_eq!(
+            digest_in_pieces(Format::Binary, &[], 4),
+            Err(DigestError::Truncated)
+        );
+        assert_eq!(
+            digest_in_pieces(Format::Text, b"1\tapple", 4),
+            Err(DigestError::Truncated)
+        );
+        assert_eq!(
+            digest_in_pieces(Format::Binary, b"NOTPGCOPY\n\0\0\0\0\0\0\0\0\0\0", 64),
+            Err(DigestError::Signature)
+        );
+    }
+}

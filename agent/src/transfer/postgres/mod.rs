@@ -1,0 +1,96 @@
+//! PostgreSQL databases, copied from a source host to a target host running
+//! the same or a newer major version, while the source keeps serving.
+//!
+//! # How a database is copied
+//!
+//! The target agent drives ([`pull()`]); the source agent serves
+//! `navette.v1.PostgresSource` ([`PostgresSourceService`]). Data flows
+//! agent to agent, never through the controller.
+//!
+//! 1. **One snapshot.** The source opens a REPEATABLE READ transaction,
+//!    exports its snapshot (`pg_export_snapshot()`), takes ACCESS SHARE
+//!    locks on the tables (what pg_dump takes: reads and writes go on, DDL
+//!    waits), and holds it for as long as the target keeps the
+//!    `HoldSnapshot` stream open. Every other call imports that snapshot,
+//!    so schema, tables, large objects and checksums all see the database at
+//!    one instant. A logical replication slot created with
+//!    `(SNAPSHOT 'export')` would give the same kind of snapshot plus the
+//!    LSN to replicate from: `SnapshotMethod::REPLICATION_SLOT` is where a
+//!    migration will plug in.
+//! 2. **Roles first** (they are global): every role the database refers to,
+//!    with its password verifier copied as-is, so the same password works.
+//!    Existing roles are altered, never dropped; superusers are never
+//!    touched.
+//! 3. **The database** is created on the target with the source's owner,
+//!    encoding, locale, privileges and settings (a copy left by an earlier
+//!    attempt is dropped first: a copy is disposable; nothing is ever
+//!    dropped or written on the source).
+//! 4. **Schema before data**: the source's own `pg_dump` (its version can
+//!    read its server) dumps the pre-data and post-data sections in custom
+//!    format; the target's `pg_restore` (which reads older archives)
+//!    restores pre-data.
+//! 5. **Data in parallel**: N workers copy tables, biggest first, with
+//!    `COPY ... TO STDOUT (FORMAT binary)` on the source streamed into
+//!    `COPY ... FROM STDIN` on the target; a table whose types cannot
+//!    travel in binary goes as text; big tables are split into block ranges
+//!    (TID range scans). The source digests the rows it sends; as soon as a
+//!    table is copied, the target reads it back and compares ([`digest`];
+//!    SQL checksums on both sides, [`checksum`], are the slower option).
+//!    Large objects' contents, and sequence values, follow. If the link or
+//!    the snapshot is lost, the database is copied again with a new
+//!    snapshot.
+//! 6. **Post-data in parallel**: `pg_restore -j N --section=post-data`
+//!    builds indexes, constraints and triggers and refreshes materialized
+//!    views; then `vacuumdb --analyze-only`.
+//! 7. **Verification**: row counts and digests of every table, sequence
+//!    values, every large object's SHA-256, and the schema compared object
+//!    for object ([`schema_objects`]). Any difference fails the copy,
+//!    naming the object.
+//!
+//! # Layout
+//!
+//! - [`source`]: the peer service (source side): the snapshot, and the
+//!   streams (COPY, pg_dump, large objects);
+//! - [`mod@pull`]: the target side (preflight, the held snapshot, sequences),
+//!   with [`target`] (roles and the database), [`restore`] (pg_restore,
+//!   vacuumdb), [`tables`] (parallel data and its checks) and
+//!   [`large_objects`]; [`tally`] lets an attempt be taken back from the
+//!   progress;
+//! - [`describe`], [`schema_objects`], [`checksum`], [`digest`]: what both
+//!   sides compute alike;
+//! - [`session`]: connections and quoting; [`tools`]: PostgreSQL's client
+//!   programs; [`error`]: the target's errors.
+//!
+//! # Invariants
+//!
+//! - The source is only read: READ ONLY transactions, pg_dump, ACCESS
+//!   SHARE locks. Nothing in this module writes to a source server.
+//! - The target runs no SQL text received from the source except the
+//!   pg_dump archive it restores (as pg_restore would); every name is
+//!   quoted here.
+//! - Each database copy can be repeated: the target database is rebuilt
+//!   from scratch, roles are ensured, not created blindly.
+
+pub mod checksum;
+pub mod describe;
+pub mod digest;
+pub mod error;
+pub mod large_objects;
+pub mod pull;
+pub mod restore;
+pub mod schema_objects;
+pub mod session;
+pub mod source;
+pub mod tables;
+pub mod tally;
+pub mod target;
+pub mod tools;
+
+pub use error::PostgresCopyError;
+pub use pull::{DatabaseReport, PostgresReport, PullOptions, pull};
+pub use source::PostgresSourceService;
+pub use tables::DataCheck;
+pub use tools::PgTools;
+
+/// Size of the chunks COPY output and dumps travel in.
+pub const CHUNK_BYTES: usize = 1 << 20;

@@ -1,0 +1,466 @@
+//! The target side: [`pull`] copies the databases of a transfer from the
+//! source agent into this host's PostgreSQL servers, step by step as the
+//! module documentation of [`super`] describes, and checks the result.
+//!
+//! Before anything is changed, every database of the transfer is checked
+//! (`preflight`): versions (the target must be the same major or newer),
+//! extensions the target lacks, client programs, and that the target is
+//! not the source itself.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use navette_proto::v1::postgres_source_client::PostgresSourceClient;
+use navette_proto::v1::{
+    CopyLargeObjectsRequest, DatabaseCopy, DescribeDatabaseRequest, DumpSchemaRequest,
+};
+use tokio_postgres::Client;
+use tonic::transport::Channel;
+
+mod preflight;
+mod sequences;
+mod snapshot;
+
+use preflight::{Planned, preflight, totals};
+use sequences::{check_sequences, set_sequences};
+use snapshot::HeldSnapshot;
+
+use super::error::PostgresCopyError;
+use super::session;
+use super::tables::{DataCheck, DataCopy};
+use super::tally::Tally;
+use super::target::{RolesOutcome, Target};
+use super::tools::PgTools;
+use super::{large_objects, restore, schema_objects};
+use crate::config::PostgresqlServer;
+use crate::transfer::progress::Progress;
+
+/// Largest message accepted from the source (chunks are 1 MiB).
+const MAX_MESSAGE: usize = 64 << 20;
+/// How many times a database copy is started, when the link or the
+/// snapshot is lost.
+const DATABASE_ATTEMPTS: u32 = 3;
+/// The wait before a new attempt, doubled each time.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How a pull runs.
+#[derive(Clone, Debug)]
+pub struct PullOptions {
+    /// Parallel table copies, and jobs of pg_restore's post-data section
+    /// and of vacuumdb. Default 4.
+    pub workers: usize,
+    /// The target's client programs (pg_restore, vacuumdb) per target
+    /// server name, overriding the configuration's `bin_dir`; a server with
+    /// neither uses [`PgTools::locate`] of its major version.
+    pub tools: BTreeMap<String, PgTools>,
+    /// Where schema archives are written during a copy. Default: the
+    /// system's temporary directory.
+    pub work_dir: PathBuf,
+    /// Tables bigger than this are copied as several block ranges at once
+    /// (source 14 or later). Default 1 GiB: below that, one stream per table
+    /// keeps up with the target, and a whole-table copy can use
+    /// `COPY FREEZE`.
+    pub split_bytes: u64,
+    /// How every table is checked. Default: row digests
+    /// ([`DataCheck::RowDigest`]).
+    pub check: DataCheck,
+    /// `vacuumdb --analyze-only` after the copy, so the copy's planner
+    /// statistics are like the source's. Default on.
+    pub analyze: bool,
+    /// `maintenance_work_mem` of the post-data restore's sessions (index
+    /// builds), per job. Default `256MB`.
+    pub maintenance_work_mem: String,
+}
+
+impl Default for PullOptions {
+    fn default() -> PullOptions {
+        PullOptions {
+            workers: 4,
+            tools: BTreeMap::new(),
+            work_dir: std::env::temp_dir(),
+            split_bytes: 1 << 30,
+            check: DataCheck::default(),
+            analyze: true,
+            maintenance_work_mem: "256MB".to_owned(),
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Clone, Debug, Default)]
+pub struct PostgresReport {
+    pub databases: Vec<DatabaseReport>,
+}
+
+/// What the copy of one database did.
+#[derive(Clone, Debug, Default)]
+pub struct DatabaseReport {
+    pub source_server: String,
+    pub source_database: String,
+    pub target_server: String,
+    pub target_database: String,
+    /// server_version_num of each side.
+    pub source_version: u32,
+    pub target_version: u32,
+    pub roles: RolesOutcome,
+    pub tables: usize,
+    pub rows: u64,
+    /// COPY bytes received.
+    pub data_bytes: u64,
+    /// Tables whose count and checksum were compared (all, unless
+    /// verification was turned off).
+    pub tables_verified: usize,
+    /// Tables copied in text format.
+    pub text_tables: Vec<String>,
+    pub sequences: usize,
+    pub large_objects: u64,
+    pub schema_objects: usize,
+    /// How many times the copy started (more than 1: the link or the
+    /// snapshot was lost, and the database was copied again).
+    pub attempts: u32,
+    pub timings: Timings,
+}
+
+/// Where the time went, per step.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    /// Snapshot, description, roles, database, schema archive, pre-data.
+    pub prepare: Duration,
+    /// Tables (with their checksums), large objects, sequences.
+    pub data: Duration,
+    /// Indexes, constraints, triggers, materialized views.
+    pub post_data: Duration,
+    pub analyze: Duration,
+    /// Sequences, large objects and schema checks (table checksums are in
+    /// `data`).
+    pub verify: Duration,
+    pub total: Duration,
+}
+
+/// Copies `copies` (databases of `transfer_id`) from the source agent
+/// behind `channel` into `target_servers` of this host. Reports progress to
+/// `progress` (phase `postgresql <database>`).
+pub async fn pull(
+    channel: Channel,
+    transfer_id: &str,
+    copies: &[DatabaseCopy],
+    target_servers: &[PostgresqlServer],
+    options: &PullOptions,
+    progress: &Progress,
+) -> Result<PostgresReport, PostgresCopyError> {
+    let source = PostgresSourceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut planned = Vec::with_capacity(copies.len());
+    for copy in copies {
+        let plan = preflight(&source, transfer_id, copy, target_servers, options).await?;
+        progress.add(
+            &progress.tables_total,
+            plan.counted_tables.load(Ordering::Relaxed),
+        );
+        progress.add(
+            &progress.bytes_total,
+            plan.counted_bytes.load(Ordering::Relaxed),
+        );
+        planned.push(plan);
+    }
+    let mut report = PostgresReport::default();
+    for plan in &planned {
+        let mut attempt = 0;
+        let database = loop {
+            attempt += 1;
+            let tally = Tally::new(progress);
+            match copy_database(&source, transfer_id, plan, options, progress, &tally).await {
+                Ok(mut database) => {
+                    database.attempts = attempt;
+                    break database;
+                }
+                Err(error) if error.is_transient() && attempt < DATABASE_ATTEMPTS => {
+                    tally.undo();
+                    let wait = FIRST_BACKOFF * 2u32.pow(attempt - 1);
+                    tracing::warn!(
+                        message = "PostgreSQL copy interrupted; copying the database again",
+                        transfer = %transfer_id,
+                        database = %plan.copy.target_database,
+                        attempt,
+                        wait_seconds = wait.as_secs(),
+                        error = %crate::error_chain(&error)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        tracing::info!(
+            message = "PostgreSQL database copied",
+            transfer = %transfer_id,
+            database = %plan.copy.target_database,
+            tables = database.tables,
+            rows = database.rows,
+            seconds = database.timings.total.as_secs_f64()
+        );
+        report.databases.push(database);
+    }
+    Ok(report)
+}
+
+fn source_error(copy: &DatabaseCopy, what: &str, status: &tonic::Status) -> PostgresCopyError {
+    PostgresCopyError::from_source(&copy.source_server, &copy.source_database, what, status)
+}
+
+fn target_error(
+    server: &PostgresqlServer,
+    database: &str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> PostgresCopyError + use<> {
+    let server = server.name.clone();
+    let database = database.to_owned();
+    let what = what.to_owned();
+    move |source| PostgresCopyError::Target {
+        server,
+        database,
+        what,
+        source,
+    }
+}
+
+async fn connect(
+    server: &PostgresqlServer,
+    database: &str,
+    target_database: &str,
+) -> Result<Client, PostgresCopyError> {
+    session::connect(server, database)
+        .await
+        .map_err(target_error(server, target_database, "connecting"))
+}
+
+/// A file name for work files: the transfer and database, in safe
+/// characters.
+fn work_file(options: &PullOptions, transfer_id: &str, copy: &DatabaseCopy) -> PathBuf {
+    let safe = |text: &str| -> String {
+        text.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    options.work_dir.join(format!(
+        "navette-pg-{}-{}-{}.dump",
+        safe(transfer_id),
+        safe(&copy.target_server),
+        safe(&copy.target_database)
+    ))
+}
+
+async fn copy_database(
+    source: &PostgresSourceClient<Channel>,
+    transfer_id: &str,
+    plan: &Planned<'_>,
+    options: &PullOptions,
+    progress: &Progress,
+    tally: &Tally<'_>,
+) -> Result<DatabaseReport, PostgresCopyError> {
+    let started = Instant::now();
+    let (copy, server) = (plan.copy, plan.server);
+    let database = copy.target_database.as_str();
+    let workers = options.workers.max(1);
+    progress.set_phase(format!("postgresql {database}"));
+
+    let mut snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
+    let description = source
+        .clone()
+        .describe_database(DescribeDatabaseRequest {
+            transfer_id: transfer_id.to_owned(),
+            server: copy.source_server.clone(),
+            database: copy.source_database.clone(),
+            snapshot_name: snapshot.name.clone(),
+        })
+        .await
+        .map_err(|status| source_error(copy, "describing the database", &status))?
+        .into_inner();
+    // The totals came from the description outside the snapshot.
+    adjust(
+        &progress.tables_total,
+        &plan.counted_tables,
+        description.tables.len() as u64,
+    );
+    adjust(
+        &progress.bytes_total,
+        &plan.counted_bytes,
+        totals(&description),
+    );
+    let properties = description.properties.clone().unwrap_or_default();
+
+    let admin = connect(server, "postgres", database).await?;
+    let target = Target {
+        client: &admin,
+        server,
+        database,
+    };
+    let roles = target
+        .ensure_roles(&description.roles, &description.memberships)
+        .await?;
+    target
+        .recreate_database(&properties, session::major(plan.target_version))
+        .await?;
+    target
+        .set_database_properties(&properties, &description.roles)
+        .await?;
+    let archive = restore::fetch_schema(
+        &mut source.clone(),
+        DumpSchemaRequest {
+            transfer_id: transfer_id.to_owned(),
+            server: copy.source_server.clone(),
+            database: copy.source_database.clone(),
+            snapshot_name: snapshot.name.clone(),
+        },
+        work_file(options, transfer_id, copy),
+        database,
+    )
+    .await?;
+    tally.sent(archive.bytes);
+    restore::pg_restore(
+        &plan.tools,
+        server,
+        database,
+        &archive.path,
+        "pre-data",
+        1,
+        None,
+    )
+    .await?;
+    let prepared = started.elapsed();
+
+    // Data: tables (in parallel, each checked) and large objects, then
+    // sequences, all in the snapshot.
+    let data_started = Instant::now();
+    let objects = connect(server, database, database).await?;
+    let data = DataCopy {
+        source,
+        transfer_id,
+        source_server: &copy.source_server,
+        source_database: &copy.source_database,
+        snapshot: &snapshot.name,
+        target_server: server,
+        target_database: database,
+        workers,
+        split_bytes: options.split_bytes,
+        ranges: session::major(snapshot.server_version_num) >= 14,
+        check: options.check,
+        tally,
+    };
+    let large_objects_copy = async {
+        if description.large_objects == 0 {
+            return Ok(large_objects::Copied::default());
+        }
+        large_objects::copy(
+            source,
+            CopyLargeObjectsRequest {
+                transfer_id: transfer_id.to_owned(),
+                server: copy.source_server.clone(),
+                database: copy.source_database.clone(),
+                snapshot_name: snapshot.name.clone(),
+            },
+            &objects,
+            &server.name,
+            database,
+            tally,
+        )
+        .await
+    };
+    let (data, copied_objects) =
+        tokio::try_join!(data.run(&description.tables), large_objects_copy)?;
+    set_sequences(&objects, server, database, &description).await?;
+    snapshot.check(database).await?;
+    drop(snapshot);
+    let data_time = data_started.elapsed();
+
+    let post_started = Instant::now();
+    restore::pg_restore(
+        &plan.tools,
+        server,
+        database,
+        &archive.path,
+        "post-data",
+        workers,
+        Some(&options.maintenance_work_mem),
+    )
+    .await?;
+    drop(archive);
+    let post_data = post_started.elapsed();
+    let analyze_started = Instant::now();
+    if options.analyze {
+        restore::analyze(&plan.tools, server, database, workers).await?;
+    }
+    let analyze = analyze_started.elapsed();
+
+    let verify_started = Instant::now();
+    let mut problems = data.problems.clone();
+    problems.extend(check_sequences(&objects, server, database, &description).await?);
+    problems.extend(
+        large_objects::verify(&objects, &copied_objects)
+            .await
+            .map_err(target_error(server, database, "reading large objects back"))?,
+    );
+    let on_target =
+        schema_objects::read(&objects)
+            .await
+            .map_err(|error| PostgresCopyError::Target {
+                server: server.name.clone(),
+                database: database.to_owned(),
+                what: error.what,
+                source: error.source,
+            })?;
+    problems.extend(schema_objects::compare(
+        &description.schema_objects,
+        &on_target,
+    ));
+    if !problems.is_empty() {
+        return Err(PostgresCopyError::Mismatch {
+            database: database.to_owned(),
+            problems,
+        });
+    }
+    let verify = verify_started.elapsed();
+
+    Ok(DatabaseReport {
+        source_server: copy.source_server.clone(),
+        source_database: copy.source_database.clone(),
+        target_server: copy.target_server.clone(),
+        target_database: copy.target_database.clone(),
+        source_version: description.server_version_num,
+        target_version: plan.target_version,
+        roles,
+        tables: description.tables.len(),
+        rows: data.rows,
+        data_bytes: data.bytes,
+        tables_verified: data.tables_verified,
+        text_tables: data.text_tables,
+        sequences: description.sequences.len(),
+        large_objects: copied_objects.digests.len() as u64,
+        schema_objects: on_target.len(),
+        attempts: 1,
+        timings: Timings {
+            prepare: prepared,
+            data: data_time,
+            post_data,
+            analyze,
+            verify,
+            total: started.elapsed(),
+        },
+    })
+}
+
+/// Moves a progress total from what was counted to the real figure.
+fn adjust(counter: &AtomicU64, counted: &AtomicU64, actual: u64) {
+    let estimate = counted.swap(actual, Ordering::Relaxed);
+    if actual >= estimate {
+        counter.fetch_add(actual - estimate, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(estimate - actual, Ordering::Relaxed);
+    }
+}

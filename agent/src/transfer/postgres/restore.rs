@@ -1,0 +1,158 @@
+//! The schema on the target: the source's pg_dump archive fetched into a
+//! work file, restored section by section with the target's `pg_restore`,
+//! and the statistics rebuilt with `vacuumdb --analyze-only`.
+
+use std::path::{Path, PathBuf};
+
+use navette_proto::v1::DumpSchemaRequest;
+use navette_proto::v1::postgres_source_client::PostgresSourceClient;
+use tokio::io::AsyncWriteExt;
+use tonic::transport::Channel;
+
+use super::error::PostgresCopyError;
+use super::session::conninfo_value;
+use super::tools::PgTools;
+use crate::config::PostgresqlServer;
+
+/// A schema archive on disk, removed when dropped.
+#[derive(Debug)]
+pub struct Archive {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+impl Drop for Archive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Fetches the source's schema archive into `path` (mode 0600).
+pub async fn fetch_schema(
+    source: &mut PostgresSourceClient<Channel>,
+    request: DumpSchemaRequest,
+    path: PathBuf,
+    database: &str,
+) -> Result<Archive, PostgresCopyError> {
+    let source_failed = |what: &str, status: tonic::Status| {
+        PostgresCopyError::from_source(&request.server, &request.database, what, &status)
+    };
+    let mut stream = source
+        .dump_schema(request.clone())
+        .await
+        .map_err(|status| source_failed("dumping the schema", status))?
+        .into_inner();
+    let io = |source| PostgresCopyError::Io {
+        path: path.clone(),
+        source,
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .await
+        .map_err(io)?;
+    let mut archive = Archive {
+        path: path.clone(),
+        bytes: 0,
+    };
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|status| source_failed("dumping the schema", status))?
+    {
+        file.write_all(&chunk.data).await.map_err(io)?;
+        archive.bytes += chunk.data.len() as u64;
+    }
+    file.flush().await.map_err(io)?;
+    if archive.bytes == 0 {
+        return Err(PostgresCopyError::Tool {
+            database: database.to_owned(),
+            program: "pg_dump (on the source)".to_owned(),
+            message: "it produced an empty archive".to_owned(),
+        });
+    }
+    Ok(archive)
+}
+
+/// Runs a PostgreSQL client program to completion; an error with its
+/// standard error unless it succeeds.
+async fn run(
+    mut command: tokio::process::Command,
+    program: &str,
+    tools: &PgTools,
+    database: &str,
+) -> Result<(), PostgresCopyError> {
+    let failed = |message: String| PostgresCopyError::Tool {
+        database: database.to_owned(),
+        program: program.to_owned(),
+        message,
+    };
+    let output = command.output().await.map_err(|error| {
+        failed(format!(
+            "cannot run {}: {error}",
+            tools.program(program).display()
+        ))
+    })?;
+    let errors = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        return Err(failed(format!("{}: {}", output.status, errors.trim())));
+    }
+    if !errors.trim().is_empty() {
+        tracing::debug!(message = "PostgreSQL tool said", program, %database, output = %errors.trim());
+    }
+    Ok(())
+}
+
+/// `pg_restore --section=<section>` of `archive` into `database`, with
+/// `jobs` parallel jobs, stopping at the first error. Tablespaces are not
+/// restored (the target's may differ): objects go to the default one.
+/// `maintenance_work_mem` (e.g. `256MB`), if given, is set in its sessions:
+/// index builds sort in memory rather than on disk.
+pub async fn pg_restore(
+    tools: &PgTools,
+    server: &PostgresqlServer,
+    database: &str,
+    archive: &Path,
+    section: &str,
+    jobs: usize,
+    maintenance_work_mem: Option<&str>,
+) -> Result<(), PostgresCopyError> {
+    let mut command = tools.command("pg_restore", server);
+    if let Some(memory) = maintenance_work_mem {
+        if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(PostgresCopyError::Refused {
+                database: database.to_owned(),
+                reason: format!("maintenance_work_mem {memory:?} is not a memory size"),
+            });
+        }
+        command.env("PGOPTIONS", format!("-c maintenance_work_mem={memory}"));
+    }
+    command
+        .arg(format!("--section={section}"))
+        .arg("--exit-on-error")
+        .arg("--no-tablespaces")
+        .arg(format!("--jobs={}", jobs.max(1)))
+        .arg(format!("--dbname=dbname={}", conninfo_value(database)))
+        .arg(archive);
+    run(command, "pg_restore", tools, database).await
+}
+
+/// `vacuumdb --analyze-only --jobs=N`: planner statistics, which a copy
+/// does not carry.
+pub async fn analyze(
+    tools: &PgTools,
+    server: &PostgresqlServer,
+    database: &str,
+    jobs: usize,
+) -> Result<(), PostgresCopyError> {
+    let mut command = tools.command("vacuumdb", server);
+    command
+        .arg("--analyze-only")
+        .arg("--quiet")
+        .arg(format!("--jobs={}", jobs.max(1)))
+        .arg(format!("--dbname=dbname={}", conninfo_value(database)));
+    run(command, "vacuumdb", tools, database).await
+}

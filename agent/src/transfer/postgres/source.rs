@@ -1,0 +1,399 @@
+//! The source side: `navette.v1.PostgresSource`, served by the agent of the
+//! host whose databases are copied, to the one target host a grant names.
+//!
+//! Every call authorises first (the grant for its transfer id must name the
+//! caller's host, and the server and database asked for), then reads, and
+//! only reads: sessions are READ ONLY transactions that import the snapshot
+//! [`hold_snapshot`](PostgresSource::hold_snapshot) exported, and `pg_dump`
+//! runs with that snapshot. The locks taken are ACCESS SHARE (what every
+//! SELECT takes): the customer's reads and writes go on; only DDL on the
+//! copied tables waits until the copy ends, as with pg_dump.
+//!
+//! This module alone turns its errors into `tonic::Status` ([`status`]).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use navette_proto::v1::postgres_source_server::{PostgresSource, PostgresSourceServer};
+use navette_proto::v1::{
+    ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
+    DumpSchemaRequest, HoldSnapshotRequest, LargeObjectChunk, PostgresChunk,
+    PostgresDatabaseDescription, SnapshotMethod, SnapshotStatus, TableChecksum, snapshot_status,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+mod snapshot;
+mod streams;
+
+use snapshot::{check_snapshot_name, export_snapshot, keep_snapshot, open_in_snapshot};
+use streams::{CopyFailure, dump, find_table, start_copy, stream_copy, stream_large_objects};
+
+use super::describe::CatalogError;
+use super::session;
+use super::tools::PgTools;
+use super::{checksum, describe, schema_objects};
+use crate::config::PostgresqlServer;
+use crate::transfer::grants::Grants;
+
+/// Why a source call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The server could not be reached.
+    #[error("PostgreSQL server {server}, database {database}: cannot connect")]
+    Connect {
+        server: String,
+        database: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// A query failed.
+    #[error("PostgreSQL server {server}, database {database}: {what}")]
+    Query {
+        server: String,
+        database: String,
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The table asked for is not one the copy reads.
+    #[error(
+        "PostgreSQL server {server}, database {database}: no table {schema}.{table} to copy (not a plain table of the database)"
+    )]
+    NoSuchTable {
+        server: String,
+        database: String,
+        schema: String,
+        table: String,
+    },
+    /// The snapshot cannot be imported: the HoldSnapshot stream that kept
+    /// it ended (or the session holding it died).
+    #[error(
+        "PostgreSQL server {server}, database {database}: snapshot {snapshot} is no longer held"
+    )]
+    SnapshotGone {
+        server: String,
+        database: String,
+        snapshot: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// pg_dump could not run or failed.
+    #[error("pg_dump of server {server}, database {database}: {message}")]
+    Dump {
+        server: String,
+        database: String,
+        message: String,
+    },
+    /// Asked for something this agent does not do (yet).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SourceError {
+    fn query(server: &PostgresqlServer, database: &str, error: CatalogError) -> SourceError {
+        SourceError::Query {
+            server: server.name.clone(),
+            database: database.to_owned(),
+            what: error.what,
+            source: error.source,
+        }
+    }
+}
+
+/// The status a source error is answered with. A snapshot that no longer
+/// exists (its HoldSnapshot stream ended) is FAILED_PRECONDITION, so the
+/// target copies the database again rather than retrying the call.
+pub fn status(error: &SourceError) -> Status {
+    let message = crate::error_chain(error);
+    match error {
+        SourceError::Connect { .. } => Status::unavailable(message),
+        SourceError::SnapshotGone { .. } => Status::failed_precondition(message),
+        SourceError::Query { source, .. } => match source.code() {
+            Some(code) if *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
+                Status::unavailable(message)
+            }
+            // No SQLSTATE: the session was lost.
+            None => Status::unavailable(message),
+            Some(_) => Status::internal(message),
+        },
+        SourceError::NoSuchTable { .. } => Status::not_found(message),
+        SourceError::BadRequest(_) => Status::invalid_argument(message),
+        SourceError::Dump { .. } => Status::internal(message),
+        SourceError::Unsupported(_) => Status::unimplemented(message),
+    }
+}
+
+/// The PostgresSource handlers.
+#[derive(Clone, Debug)]
+pub struct PostgresSourceService {
+    grants: Arc<Grants>,
+    /// This host's PostgreSQL servers, from the agent configuration.
+    servers: Vec<PostgresqlServer>,
+    /// pg_dump per server name, overriding the configuration's `bin_dir`;
+    /// servers with neither use [`PgTools::locate`] of their version.
+    tools: BTreeMap<String, PgTools>,
+}
+
+impl PostgresSourceService {
+    pub fn new(grants: Arc<Grants>, servers: Vec<PostgresqlServer>) -> PostgresSourceService {
+        PostgresSourceService {
+            grants,
+            servers,
+            tools: BTreeMap::new(),
+        }
+    }
+
+    /// Runs `pg_dump` for `server` from `tools` rather than from the
+    /// server's configured `bin_dir` or where the distribution installs it.
+    pub fn with_tools(mut self, server: &str, tools: PgTools) -> PostgresSourceService {
+        self.tools.insert(server.to_owned(), tools);
+        self
+    }
+
+    /// The tonic service to add to the agent's router.
+    pub fn into_server(self) -> PostgresSourceServer<PostgresSourceService> {
+        PostgresSourceServer::new(self)
+    }
+
+    /// The grant must name the caller, the server and the database.
+    fn authorise<T>(
+        &self,
+        request: &Request<T>,
+        transfer_id: &str,
+        server: &str,
+        database: &str,
+    ) -> Result<PostgresqlServer, Status> {
+        let grant = self.grants.authorise(request, transfer_id)?;
+        if !grant.allows_postgresql(server, database) {
+            return Err(Status::permission_denied(format!(
+                "transfer {transfer_id} does not grant database {database:?} of PostgreSQL server {server:?}"
+            )));
+        }
+        self.servers
+            .iter()
+            .find(|s| s.name == server)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no PostgreSQL server {server:?} is configured on this host"
+                ))
+            })
+    }
+}
+
+type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<PostgresChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PostgresSource for PostgresSourceService {
+    type HoldSnapshotStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotStatus, Status>> + Send>>;
+
+    async fn hold_snapshot(
+        &self,
+        request: Request<HoldSnapshotRequest>,
+    ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        match SnapshotMethod::try_from(r.method).unwrap_or(SnapshotMethod::Unspecified) {
+            SnapshotMethod::Unspecified | SnapshotMethod::Transaction => {}
+            SnapshotMethod::ReplicationSlot => {
+                return Err(status(&SourceError::Unsupported(
+                    "snapshots from a replication slot are not served yet".to_owned(),
+                )));
+            }
+        }
+        let (client, held) = export_snapshot(&server, &r.database)
+            .await
+            .map_err(|e| status(&e))?;
+        tracing::info!(
+            message = "holding a snapshot",
+            transfer = %r.transfer_id,
+            server = %server.name,
+            database = %r.database,
+            snapshot = %held.snapshot_name
+        );
+        let (sender, receiver) = mpsc::channel(4);
+        let first = SnapshotStatus {
+            status: Some(snapshot_status::Status::Held(held)),
+        };
+        if sender.send(Ok(first)).await.is_err() {
+            return Err(Status::cancelled("the caller left"));
+        }
+        tokio::spawn(keep_snapshot(client, sender, r.transfer_id, r.database));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn describe_database(
+        &self,
+        request: Request<DescribeDatabaseRequest>,
+    ) -> Result<Response<PostgresDatabaseDescription>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        let described = async {
+            let client = open_in_snapshot(&server, &r.database, &r.snapshot_name).await?;
+            let mut description = describe::describe(&client)
+                .await
+                .map_err(|e| SourceError::query(&server, &r.database, e))?;
+            description.schema_objects = schema_objects::read(&client)
+                .await
+                .map_err(|e| SourceError::query(&server, &r.database, e))?;
+            let _ = client.batch_execute("COMMIT").await;
+            Ok::<_, SourceError>(description)
+        }
+        .await;
+        described.map(Response::new).map_err(|error| status(&error))
+    }
+
+    type DumpSchemaStream = ChunkStream;
+
+    async fn dump_schema(
+        &self,
+        request: Request<DumpSchemaRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        check_snapshot_name(&r.snapshot_name).map_err(|e| status(&e))?;
+        let tools = self.tools_for(&server, &r.database).await?;
+        let (sender, receiver) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(error) = dump(&server, &r.database, &r.snapshot_name, &tools, &sender).await
+            {
+                tracing::warn!(message = "schema dump failed", error = %crate::error_chain(&error));
+                let _ = sender.send(Err(status(&error))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    type CopyTableStream = ChunkStream;
+
+    async fn copy_table(
+        &self,
+        request: Request<CopyTableRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        // Connect and start COPY before answering, so that a bad table or a
+        // lost snapshot is the call's status rather than a stream error.
+        let (client, statement, format) = start_copy(&server, &r).await.map_err(|e| status(&e))?;
+        let (sender, receiver) = mpsc::channel(8);
+        tokio::spawn(async move {
+            if let Err(error) = stream_copy(&client, &statement, format, &sender).await {
+                let error = match error {
+                    CopyFailure::Query(source) => SourceError::Query {
+                        server: server.name.clone(),
+                        database: r.database.clone(),
+                        what: format!("COPY of table {}.{}", r.schema, r.table),
+                        source,
+                    },
+                    CopyFailure::Digest(error) => SourceError::BadRequest(format!(
+                        "COPY of table {}.{}: {error}",
+                        r.schema, r.table
+                    )),
+                };
+                tracing::warn!(message = "table copy failed", error = %crate::error_chain(&error));
+                let _ = sender.send(Err(status(&error))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn checksum_table(
+        &self,
+        request: Request<ChecksumTableRequest>,
+    ) -> Result<Response<TableChecksum>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        let result = async {
+            check_snapshot_name(&r.snapshot_name)?;
+            let client = open_in_snapshot(&server, &r.database, &r.snapshot_name).await?;
+            find_table(&client, &server, &r.database, &r.schema, &r.table).await?;
+            let (rows, checksum) = checksum::table_checksum(&client, &r.schema, &r.table)
+                .await
+                .map_err(|source| SourceError::Query {
+                    server: server.name.clone(),
+                    database: r.database.clone(),
+                    what: format!("checksum of table {}.{}", r.schema, r.table),
+                    source,
+                })?;
+            let _ = client.batch_execute("COMMIT").await;
+            Ok::<_, SourceError>(TableChecksum { rows, checksum })
+        }
+        .await;
+        result.map(Response::new).map_err(|e| status(&e))
+    }
+
+    type CopyLargeObjectsStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<LargeObjectChunk, Status>> + Send>>;
+
+    async fn copy_large_objects(
+        &self,
+        request: Request<CopyLargeObjectsRequest>,
+    ) -> Result<Response<Self::CopyLargeObjectsStream>, Status> {
+        let r = request.get_ref();
+        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let r = request.into_inner();
+        check_snapshot_name(&r.snapshot_name).map_err(|e| status(&e))?;
+        let client = open_in_snapshot(&server, &r.database, &r.snapshot_name)
+            .await
+            .map_err(|e| status(&e))?;
+        let (sender, receiver) = mpsc::channel(8);
+        tokio::spawn(async move {
+            if let Err(source) = stream_large_objects(&client, &sender).await {
+                let error = SourceError::Query {
+                    server: server.name.clone(),
+                    database: r.database.clone(),
+                    what: "reading large objects".to_owned(),
+                    source,
+                };
+                let _ = sender.send(Err(status(&error))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+impl PostgresSourceService {
+    /// The configured tools for `server`, else those of its major version.
+    async fn tools_for(
+        &self,
+        server: &PostgresqlServer,
+        database: &str,
+    ) -> Result<PgTools, Status> {
+        if let Some(tools) = self.tools.get(&server.name) {
+            return Ok(tools.clone());
+        }
+        if let Some(tools) = PgTools::configured(server) {
+            return Ok(tools);
+        }
+        let client = session::connect(server, database).await.map_err(|source| {
+            status(&SourceError::Connect {
+                server: server.name.clone(),
+                database: database.to_owned(),
+                source,
+            })
+        })?;
+        let version = session::server_version_num(&client)
+            .await
+            .map_err(|source| {
+                status(&SourceError::Query {
+                    server: server.name.clone(),
+                    database: database.to_owned(),
+                    what: "reading the server version".to_owned(),
+                    source,
+                })
+            })?;
+        Ok(PgTools::locate(session::major(version)))
+    }
+}

@@ -1,0 +1,469 @@
+//! `navette-bench`: Navette's copies against the usual tools, side by side,
+//! in one run, on the same machine, between two rig hosts (network
+//! namespaces on a bridge). Figures, not a pass/fail test: see
+//! docs/BENCHMARKS.md for the latest output.
+//!
+//! Navette is measured through the product itself: `Tests/TestMigration`
+//! (and `RefreshTest`) on a real controller and real agents, from the call
+//! to the test being ready.
+//!
+//! - Files: a generated tree (tens of thousands of small files and a few
+//!   large ones, about 1 GB by default) copied by Navette, by `rsync -a`
+//!   from an rsync daemon over TCP, and by `tar | tar` on the same
+//!   filesystem (the local limit); then a re-copy with nothing changed and
+//!   with 1% of the files changed, Navette (refresh) against rsync.
+//! - PostgreSQL: a pgbench database (scale 50 by default) on PostgreSQL 15
+//!   copied to PostgreSQL 18 by Navette, by `pg_dump -Fd -j 2` then
+//!   `pg_restore -j 2` (PostgreSQL 18's tools), and by `pgcopydb clone`.
+//!
+//! Options (environment): NAVETTE_BENCH_SMALL_FILES (default 40000),
+//! NAVETTE_BENCH_LARGE_MB (default 4 files of this size, 150),
+//! NAVETTE_BENCH_PGBENCH_SCALE (50), NAVETTE_BIN_DIR (use release
+//! binaries: tests/bench.sh does).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use navette_tests::{AccountSpec, AgentKind, AgentSpec, ControllerSpec, PgVersion, Rig};
+use serde_json::{Value, json};
+
+const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "{what}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn timed(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    eprint!("  {what}... ");
+    let _ = std::io::stderr().flush();
+    let started = Instant::now();
+    f()?;
+    let took = started.elapsed();
+    eprintln!("{:.2} s", took.as_secs_f64());
+    Ok(took)
+}
+
+/// Drops the page cache so that every copy reads from disk alike.
+fn drop_caches() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn generate_tree(root: &Path, owner: &str, small: u64, large_mb: u64) -> anyhow::Result<u64> {
+    let script = r#"
+set -e
+root=$1; small=$2; large=$3; owner=$4
+mkdir -p "$root/site"
+python3 - "$root/site" "$small" <<'PY'
+import os, sys, random
+root, count = sys.argv[1], int(sys.argv[2])
+random.seed(42)
+for i in range(count):
+    d = os.path.join(root, "d%03d" % (i % 400), "e%02d" % (i % 17))
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "f%06d.txt" % i), "wb") as f:
+        f.write(os.urandom(random.randint(200, 24000)))
+PY
+mkdir -p "$root/media"
+for i in 1 2 3 4; do dd if=/dev/urandom of="$root/media/big$i.bin" bs=1M count="$large" status=none; done
+chown -R "$owner:$owner" "$root"
+du -sb "$root" | cut -f1
+"#;
+    let output = Command::new("sh")
+        .args(["-c", script, "generate"])
+        .arg(root)
+        .arg(small.to_string())
+        .arg(large_mb.to_string())
+        .arg(owner)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "generating the tree: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
+fn panel(rig: &Rig, method: &str, request: Value) -> anyhow::Result<Value> {
+    let access = rig.controller_access()?;
+    rig.grpcurl_json_as(
+        &access.panel,
+        &format!("navette.v1.Tests/{method}"),
+        &request,
+    )
+}
+
+fn wait_ready(rig: &Rig, id: &str, generation: u64) -> anyhow::Result<Value> {
+    let mut last = Value::Null;
+    rig.wait_until(
+        &format!("test {id} ready"),
+        Duration::from_secs(3600),
+        || {
+            last = panel(rig, "GetTest", json!({"id": id}))?;
+            let state = last["state"].as_str().unwrap_or("");
+            if state == "STATE_FAILED" {
+                bail!("the test failed: {}", last["error"]);
+            }
+            Ok(state == "STATE_READY" && last["generation"].as_u64() == Some(generation))
+        },
+    )?;
+    Ok(last)
+}
+
+struct Row {
+    what: String,
+    navette: Duration,
+    others: Vec<(String, Duration)>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let small = env_u64("NAVETTE_BENCH_SMALL_FILES", 40_000);
+    let large_mb = env_u64("NAVETTE_BENCH_LARGE_MB", 150);
+    let scale = env_u64("NAVETTE_BENCH_PGBENCH_SCALE", 50);
+    let rig = Rig::new("bench")?;
+    let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
+    rig.start_controller(&ctl, ControllerSpec::default())?;
+    let source = rig.add_namespace("shared-old", SOURCE)?;
+    let target = rig.add_namespace("test-1", TARGET)?;
+    let source_pg = source.start_postgres(&rig, PgVersion::V15, 5432)?;
+    let target_pg = target.start_postgres(&rig, PgVersion::V18, 5432)?;
+    let mut rows = Vec::new();
+
+    // Files.
+    let files_account = rig.add_account(
+        &source,
+        AccountSpec {
+            name: "nvbench_files".into(),
+            password: "bench".into(),
+            pg_databases: vec![],
+            mariadb_databases: vec![],
+            files: false,
+        },
+    )?;
+    eprintln!("generating {small} small files and 4 x {large_mb} MB...");
+    let bytes = generate_tree(&files_account.home, &files_account.name, small, large_mb)?;
+    eprintln!("tree: {:.2} GB", bytes as f64 / 1e9);
+    // The database account too, before the agents' first inventory.
+    let db_account = rig.add_account(
+        &source,
+        AccountSpec {
+            name: "nvbench_db".into(),
+            password: "bench".into(),
+            pg_databases: vec!["nvbench_db".into()],
+            mariadb_databases: vec![],
+            files: false,
+        },
+    )?;
+    eprintln!("pgbench -i -s {scale}...");
+    run(
+        PgVersion::V15
+            .command("pgbench")
+            .arg("-i")
+            .args(["-s", &scale.to_string(), "-q", "-h"])
+            .arg(source_pg.socket_dir())
+            .args(["-p", "5432", "-U", "nvbench_db", "nvbench_db"]),
+        "pgbench -i",
+    )?;
+    for (host, kind, stack) in [
+        (&source, AgentKind::Shared, "2024.1"),
+        (&target, AgentKind::Test, "2026.1"),
+    ] {
+        let token = rig.create_join_token(host.host())?;
+        rig.start_agent(
+            host,
+            AgentSpec {
+                kind,
+                stack_version: stack.into(),
+                token,
+                inventory_interval_secs: 5,
+                ..AgentSpec::default()
+            },
+        )?;
+    }
+    rig.wait_until(
+        "inventory with both accounts",
+        Duration::from_secs(300),
+        || {
+            let accounts = rig.grpcurl_json(
+                "navette.v1.Accounts/ListAccounts",
+                &json!({"host_id": "shared-old"}),
+            )?;
+            let accounts = accounts["accounts"].as_array().cloned().unwrap_or_default();
+            Ok(accounts.len() == 2
+                && accounts
+                    .iter()
+                    .all(|a| a["homeFiles"].as_str().is_some() || a["name"] == "nvbench_db"))
+        },
+    )?;
+
+    eprintln!("files, initial copy:");
+    let copy_home = target.accounts_dir().join("nvbench_files");
+    drop_caches();
+    let mut test_id = String::new();
+    let navette_initial = timed("navette (TestMigration)", || {
+        let test = panel(
+            &rig,
+            "TestMigration",
+            json!({"request_id": "bench-files", "account": "nvbench_files", "migration_id": "stack-2024.1-to-2026.1"}),
+        )?;
+        test_id = test["id"].as_str().unwrap_or_default().to_owned();
+        wait_ready(&rig, &test_id, 1).map(drop)
+    })?;
+    // rsync daemon on the source, client on the target, over TCP.
+    let rsync_conf = rig.dir().join("rsyncd.conf");
+    std::fs::write(
+        &rsync_conf,
+        format!(
+            "uid = root\ngid = root\nuse chroot = no\n[home]\npath = {}\nread only = yes\n",
+            files_account.home.display()
+        ),
+    )?;
+    let daemon = rig.spawn(&source, "rsyncd", {
+        let (source, conf) = (source.clone(), rsync_conf.clone());
+        move || {
+            let mut command = source.command("rsync");
+            command
+                .arg("--daemon")
+                .arg("--no-detach")
+                .arg(format!("--config={}", conf.display()))
+                .arg(format!("--address={SOURCE}"));
+            command
+        }
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let rsync_dir = target.root().join("rsync-copy");
+    let rsync = |what: &str| -> anyhow::Result<Duration> {
+        timed(what, || {
+            run(
+                target
+                    .command("rsync")
+                    .arg("-a")
+                    .arg(format!("rsync://{SOURCE}/home/"))
+                    .arg(format!("{}/", rsync_dir.display())),
+                "rsync",
+            )
+        })
+    };
+    drop_caches();
+    let rsync_initial = rsync("rsync -a (daemon, TCP)")?;
+    let tar_dir = target.root().join("tar-copy");
+    std::fs::create_dir_all(&tar_dir)?;
+    drop_caches();
+    let tar = timed("tar | tar (same filesystem)", || {
+        run(
+            Command::new("sh").arg("-c").arg(format!(
+                "tar -C {} -cf - . | tar -C {} -xpf -",
+                files_account.home.display(),
+                tar_dir.display()
+            )),
+            "tar | tar",
+        )
+    })?;
+    rows.push(Row {
+        what: format!(
+            "initial copy, {:.2} GB, {} files",
+            bytes as f64 / 1e9,
+            small + 4
+        ),
+        navette: navette_initial,
+        others: vec![
+            ("rsync -a".into(), rsync_initial),
+            ("tar | tar".into(), tar),
+        ],
+    });
+
+    eprintln!("files, re-copy with nothing changed:");
+    drop_caches();
+    let navette_same = timed("navette (RefreshTest)", || {
+        panel(&rig, "RefreshTest", json!({"id": test_id}))?;
+        wait_ready(&rig, &test_id, 2).map(drop)
+    })?;
+    drop_caches();
+    let rsync_same = rsync("rsync -a")?;
+    rows.push(Row {
+        what: "re-copy, nothing changed".into(),
+        navette: navette_same,
+        others: vec![("rsync -a".into(), rsync_same)],
+    });
+
+    eprintln!("files, re-copy with 1% of the files changed:");
+    run(
+        Command::new("sh").arg("-c").arg(format!(
+            "find {} -name '*.txt' | awk 'NR % 100 == 0' | while read f; do head -c 300 /dev/urandom >> \"$f\"; done",
+            files_account.home.display()
+        )),
+        "changing 1% of the files",
+    )?;
+    drop_caches();
+    let navette_changed = timed("navette (RefreshTest)", || {
+        panel(&rig, "RefreshTest", json!({"id": test_id}))?;
+        wait_ready(&rig, &test_id, 3).map(drop)
+    })?;
+    drop_caches();
+    let rsync_changed = rsync("rsync -a")?;
+    rows.push(Row {
+        what: "re-copy, 1% of the files changed".into(),
+        navette: navette_changed,
+        others: vec![("rsync -a".into(), rsync_changed)],
+    });
+    daemon.kill9();
+    let same = Command::new("diff")
+        .arg("-rq")
+        .arg(&files_account.home)
+        .arg(&copy_home)
+        .output()?;
+    ensure!(
+        same.status.success(),
+        "the Navette copy differs: {}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&rsync_dir);
+    let _ = std::fs::remove_dir_all(&tar_dir);
+
+    // PostgreSQL.
+    eprintln!("PostgreSQL 15 -> 18, pgbench scale {scale}:");
+    let db_size = source_pg.psql(
+        "nvbench_db",
+        "SELECT pg_size_pretty(pg_database_size('nvbench_db'))",
+    )?;
+    let navette_db = timed("navette (TestMigration)", || {
+        let test = panel(
+            &rig,
+            "TestMigration",
+            json!({"request_id": "bench-db", "account": "nvbench_db", "migration_id": "postgresql-15-to-18"}),
+        )?;
+        wait_ready(&rig, test["id"].as_str().unwrap_or_default(), 1).map(drop)
+    })?;
+    source_pg.psql("postgres", "ALTER ROLE postgres PASSWORD 'bench'")?;
+    let source_url =
+        format!("host={SOURCE} port=5432 user=postgres password=bench dbname=nvbench_db");
+    let dump_dir = target.root().join("dump");
+    target_pg.psql("postgres", "CREATE DATABASE bench_dump")?;
+    let dump_restore = timed(
+        "pg_dump -Fd -j 2 + pg_restore -j 2 (PostgreSQL 18 tools)",
+        || {
+            let mut dump = PgVersion::V18.command("pg_dump");
+            dump.args(["-Fd", "-j", "2", "-f"])
+                .arg(&dump_dir)
+                .arg(&source_url);
+            run(&mut target_wrap(&target, dump), "pg_dump")?;
+            let mut restore = PgVersion::V18.command("pg_restore");
+            restore
+                .args(["-j", "2", "-h"])
+                .arg(target_pg.socket_dir())
+                .args(["-U", "postgres", "-d", "bench_dump"])
+                .arg(&dump_dir);
+            run(&mut restore, "pg_restore")
+        },
+    )?;
+    let mut others = vec![("pg_dump + pg_restore".to_owned(), dump_restore)];
+    if Command::new("pgcopydb")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        target_pg.psql("postgres", "CREATE DATABASE bench_pgcopydb")?;
+        let target_url = format!(
+            "host={} port=5432 user=postgres dbname=bench_pgcopydb",
+            target_pg.socket_dir().display()
+        );
+        let work = target.root().join("pgcopydb");
+        let pgcopydb = timed("pgcopydb clone", || {
+            let mut command = Command::new("pgcopydb");
+            command
+                .args([
+                    "clone",
+                    "--source",
+                    &source_url,
+                    "--target",
+                    &target_url,
+                    "--dir",
+                ])
+                .arg(&work)
+                .args([
+                    "--table-jobs",
+                    "2",
+                    "--index-jobs",
+                    "2",
+                    "--no-owner",
+                    "--no-acl",
+                ]);
+            run(&mut target_wrap(&target, command), "pgcopydb clone")
+        })?;
+        others.push(("pgcopydb clone".into(), pgcopydb));
+    } else {
+        eprintln!("  pgcopydb is not installed (apt-get install pgcopydb): skipped");
+    }
+    rows.push(Row {
+        what: format!("pgbench scale {scale} ({}), 15 -> 18", db_size.trim()),
+        navette: navette_db,
+        others,
+    });
+    drop(db_account);
+
+    println!();
+    println!("| copy | Navette | others | Navette vs best other |");
+    println!("|---|---|---|---|");
+    for row in &rows {
+        let others = row
+            .others
+            .iter()
+            .map(|(name, took)| format!("{name} {:.2} s", took.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let best = row
+            .others
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .unwrap_or(row.navette);
+        println!(
+            "| {} | {:.2} s | {} | {:.2}x the time |",
+            row.what,
+            row.navette.as_secs_f64(),
+            others,
+            row.navette.as_secs_f64() / best.as_secs_f64().max(0.001)
+        );
+    }
+    Ok(())
+}
+
+/// Runs `command` inside the target host's namespace.
+fn target_wrap(target: &navette_tests::Netns, command: Command) -> Command {
+    let mut wrapped = Command::new("ip");
+    wrapped
+        .args(["netns", "exec", target.name()])
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        if let Some(value) = value {
+            wrapped.env(key, value);
+        }
+    }
+    wrapped
+}
