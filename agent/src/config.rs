@@ -338,6 +338,33 @@ impl PostgresqlServer {
     pub fn uses_socket(&self) -> bool {
         self.host.starts_with('/')
     }
+
+    /// How the agent connects to `database` on this server, as the
+    /// configured (super)user; `application` names the session in
+    /// `pg_stat_activity`.
+    pub fn connection_config(
+        &self,
+        database: &str,
+        application: &str,
+        timeout: std::time::Duration,
+    ) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        if self.uses_socket() {
+            config.host_path(&self.host);
+        } else {
+            config.host(&self.host);
+        }
+        config
+            .port(self.port)
+            .user(&self.user)
+            .dbname(database)
+            .application_name(application)
+            .connect_timeout(timeout);
+        if let Some(password) = self.password.as_deref().filter(|p| !p.is_empty()) {
+            config.password(password);
+        }
+        config
+    }
 }
 
 /// A one-line description of a TOML error: the line number and its text,

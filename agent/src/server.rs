@@ -184,18 +184,25 @@ impl Agent for AgentService {
                 }
                 Following::Running(progress) => {
                     let mut changed = progress.subscribe();
+                    let mut sent_at = tokio::time::Instant::now();
                     loop {
-                        let snapshot = progress.snapshot();
                         let finished = progress.is_finished();
-                        if sender.send(Ok(snapshot)).await.is_err() || finished {
+                        if sender.send(Ok(progress.snapshot())).await.is_err() || finished {
                             return;
                         }
-                        // At most five updates a second.
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        if changed.changed().await.is_err() {
-                            let _ = sender.send(Ok(progress.snapshot())).await;
-                            return;
+                        // At most five progress updates a second, but the
+                        // end is sent as soon as it comes.
+                        let next = sent_at + std::time::Duration::from_millis(200);
+                        loop {
+                            if changed.changed().await.is_err() {
+                                let _ = sender.send(Ok(progress.snapshot())).await;
+                                return;
+                            }
+                            if progress.is_finished() || tokio::time::Instant::now() >= next {
+                                break;
+                            }
                         }
+                        sent_at = tokio::time::Instant::now();
                     }
                 }
             }

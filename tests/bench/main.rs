@@ -118,7 +118,26 @@ fn panel(rig: &Rig, method: &str, request: Value) -> anyhow::Result<Value> {
     )
 }
 
+/// Waits for test `id` to be ready at `generation`: follows `WatchTest`
+/// (one grpcurl process, which returns when the test is ready), then checks.
 fn wait_ready(rig: &Rig, id: &str, generation: u64) -> anyhow::Result<Value> {
+    let access = rig.controller_access()?;
+    let body = json!({"id": id}).to_string();
+    rig.grpcurl_as(
+        &access.panel,
+        &[
+            "-max-time",
+            "3600",
+            "-d",
+            &body,
+            &access.api.to_string(),
+            "navette.v1.Tests/WatchTest",
+        ],
+    )?;
+    poll_ready(rig, id, generation)
+}
+
+fn poll_ready(rig: &Rig, id: &str, generation: u64) -> anyhow::Result<Value> {
     let mut last = Value::Null;
     rig.wait_until(
         &format!("test {id} ready"),
@@ -293,7 +312,7 @@ fn main() -> anyhow::Result<()> {
         navette: navette_initial,
         others: vec![
             ("rsync -a".into(), rsync_initial),
-            ("tar | tar".into(), tar),
+            ("tar-to-tar pipe".into(), tar),
         ],
     });
 

@@ -99,7 +99,7 @@ fn a_cut_link_and_killed_controllers_do_not_restart_the_copy() -> anyhow::Result
     let runs = first.state_db().psql(
         "navette",
         &format!(
-            "SELECT step || ' ' || generation || ' ' || count(*) FILTER (WHERE outcome IS NOT NULL)
+            "SELECT step || ' ' || generation || ' ' || count(*) FILTER (WHERE outcome = 'Granted' OR outcome LIKE 'Copied%')
              FROM step_runs WHERE workflow_id = '{id}' GROUP BY step, generation ORDER BY 1"
         ),
     )?;

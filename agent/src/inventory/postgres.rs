@@ -80,21 +80,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 async fn query(
     server: &PostgresqlServer,
 ) -> Result<(String, Vec<Database>), tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::new();
-    if server.uses_socket() {
-        config.host_path(&server.host);
-    } else {
-        config.host(&server.host);
-    }
-    config
-        .port(server.port)
-        .user(&server.user)
-        .dbname("postgres")
-        .application_name("navette-agent")
-        .connect_timeout(Duration::from_secs(5));
-    if let Some(password) = server.password.as_deref().filter(|p| !p.is_empty()) {
-        config.password(password);
-    }
+    let config = server.connection_config("postgres", "navette-agent", Duration::from_secs(5));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let server_name = server.name.clone();
     let connection = tokio::spawn(async move {

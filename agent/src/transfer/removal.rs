@@ -3,26 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, MariadbServer, PostgresqlServer};
-
-fn postgres_config(server: &PostgresqlServer) -> tokio_postgres::Config {
-    let mut config = tokio_postgres::Config::new();
-    if server.uses_socket() {
-        config.host_path(&server.host);
-    } else {
-        config.host(&server.host);
-    }
-    config
-        .port(server.port)
-        .user(&server.user)
-        .dbname("postgres")
-        .application_name("navette-agent")
-        .connect_timeout(Duration::from_secs(10));
-    if let Some(password) = server.password.as_deref().filter(|p| !p.is_empty()) {
-        config.password(password);
-    }
-    config
-}
+use crate::config::{Config, MariadbServer};
 
 /// `"name"` with inner quotes doubled.
 pub fn quote_identifier(name: &str) -> String {
@@ -46,7 +27,8 @@ pub async fn drop_postgres_database(
         .iter()
         .find(|s| s.name == server)
         .ok_or_else(|| format!("no PostgreSQL server {server:?} on this host"))?;
-    let (client, connection) = postgres_config(server)
+    let (client, connection) = server
+        .connection_config("postgres", "navette-agent", Duration::from_secs(10))
         .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| format!("PostgreSQL server {}: {e}", server.name))?;

@@ -38,21 +38,7 @@ pub async fn connect(
     server: &PostgresqlServer,
     database: &str,
 ) -> Result<Client, tokio_postgres::Error> {
-    let mut config = tokio_postgres::Config::new();
-    if server.uses_socket() {
-        config.host_path(&server.host);
-    } else {
-        config.host(&server.host);
-    }
-    config
-        .port(server.port)
-        .user(&server.user)
-        .dbname(database)
-        .application_name("navette-agent copy")
-        .connect_timeout(CONNECT_TIMEOUT);
-    if let Some(password) = server.password.as_deref().filter(|p| !p.is_empty()) {
-        config.password(password);
-    }
+    let config = server.connection_config(database, "navette-agent copy", CONNECT_TIMEOUT);
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let server_name = server.name.clone();
     let database_name = database.to_owned();
