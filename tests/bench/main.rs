@@ -18,7 +18,8 @@
 //!
 //! Options (environment): NAVETTE_BENCH_SMALL_FILES (default 40000),
 //! NAVETTE_BENCH_LARGE_MB (default 4 files of this size, 150),
-//! NAVETTE_BENCH_PGBENCH_SCALE (50), NAVETTE_BIN_DIR (use release
+//! NAVETTE_BENCH_PGBENCH_SCALE (50), NAVETTE_BENCH_PARTS (`files`,
+//! `postgres`, or both, the default), NAVETTE_BIN_DIR (use release
 //! binaries: tests/bench.sh does).
 
 use std::io::Write;
@@ -28,7 +29,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use navette_tests::{AccountSpec, AgentKind, AgentSpec, ControllerSpec, PgVersion, Rig};
+use navette_tests::{
+    Account, AccountSpec, AgentKind, AgentSpec, ControllerSpec, Netns, PgVersion, Postgres, Rig,
+};
 use serde_json::{Value, json};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
@@ -160,10 +163,23 @@ struct Row {
     others: Vec<(String, Duration)>,
 }
 
+/// Which parts to run: `NAVETTE_BENCH_PARTS`, a comma-separated list of
+/// `files` and `postgres` (both by default).
+fn parts() -> (bool, bool) {
+    let parts = std::env::var("NAVETTE_BENCH_PARTS").unwrap_or_else(|_| "files,postgres".into());
+    let has = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    (has("files"), has("postgres"))
+}
+
 fn main() -> anyhow::Result<()> {
     let small = env_u64("NAVETTE_BENCH_SMALL_FILES", 40_000);
     let large_mb = env_u64("NAVETTE_BENCH_LARGE_MB", 150);
     let scale = env_u64("NAVETTE_BENCH_PGBENCH_SCALE", 50);
+    let (with_files, with_postgres) = parts();
+    ensure!(
+        with_files || with_postgres,
+        "NAVETTE_BENCH_PARTS names neither files nor postgres"
+    );
     let rig = Rig::new("bench")?;
     let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
     rig.start_controller(&ctl, ControllerSpec::default())?;
@@ -171,43 +187,51 @@ fn main() -> anyhow::Result<()> {
     let target = rig.add_namespace("test-1", TARGET)?;
     let source_pg = source.start_postgres(&rig, PgVersion::V15, 5432)?;
     let target_pg = target.start_postgres(&rig, PgVersion::V18, 5432)?;
-    let mut rows = Vec::new();
 
-    // Files.
-    let files_account = rig.add_account(
-        &source,
-        AccountSpec {
-            name: "nvbench_files".into(),
-            password: "bench".into(),
-            pg_databases: vec![],
-            mariadb_databases: vec![],
-            files: false,
-        },
-    )?;
-    eprintln!("generating {small} small files and 4 x {large_mb} MB...");
-    let bytes = generate_tree(&files_account.home, &files_account.name, small, large_mb)?;
-    eprintln!("tree: {:.2} GB", bytes as f64 / 1e9);
-    // The database account too, before the agents' first inventory.
-    let db_account = rig.add_account(
-        &source,
-        AccountSpec {
-            name: "nvbench_db".into(),
-            password: "bench".into(),
-            pg_databases: vec!["nvbench_db".into()],
-            mariadb_databases: vec![],
-            files: false,
-        },
-    )?;
-    eprintln!("pgbench -i -s {scale}...");
-    run(
-        PgVersion::V15
-            .command("pgbench")
-            .arg("-i")
-            .args(["-s", &scale.to_string(), "-q", "-h"])
-            .arg(source_pg.socket_dir())
-            .args(["-p", "5432", "-U", "nvbench_db", "nvbench_db"]),
-        "pgbench -i",
-    )?;
+    // The accounts exist before the agents' first inventory.
+    let mut accounts = Vec::new();
+    let files_tree = if with_files {
+        let account = rig.add_account(
+            &source,
+            AccountSpec {
+                name: "nvbench_files".into(),
+                password: "bench".into(),
+                pg_databases: vec![],
+                mariadb_databases: vec![],
+                files: false,
+            },
+        )?;
+        eprintln!("generating {small} small files and 4 x {large_mb} MB...");
+        let bytes = generate_tree(&account.home, &account.name, small, large_mb)?;
+        eprintln!("tree: {:.2} GB", bytes as f64 / 1e9);
+        accounts.push(account.name.clone());
+        Some((account, bytes))
+    } else {
+        None
+    };
+    if with_postgres {
+        let account = rig.add_account(
+            &source,
+            AccountSpec {
+                name: "nvbench_db".into(),
+                password: "bench".into(),
+                pg_databases: vec!["nvbench_db".into()],
+                mariadb_databases: vec![],
+                files: false,
+            },
+        )?;
+        eprintln!("pgbench -i -s {scale}...");
+        run(
+            PgVersion::V15
+                .command("pgbench")
+                .arg("-i")
+                .args(["-s", &scale.to_string(), "-q", "-h"])
+                .arg(source_pg.socket_dir())
+                .args(["-p", "5432", "-U", "nvbench_db", "nvbench_db"]),
+            "pgbench -i",
+        )?;
+        accounts.push(account.name.clone());
+    }
     for (host, kind, stack) in [
         (&source, AgentKind::Shared, "2024.1"),
         (&target, AgentKind::Test, "2026.1"),
@@ -225,33 +249,58 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     rig.wait_until(
-        "inventory with both accounts",
+        "inventory with the bench's accounts",
         Duration::from_secs(300),
         || {
-            let accounts = rig.grpcurl_json(
+            let listed = rig.grpcurl_json(
                 "navette.v1.Accounts/ListAccounts",
                 &json!({"host_id": "shared-old"}),
             )?;
-            let accounts = accounts["accounts"].as_array().cloned().unwrap_or_default();
-            Ok(accounts.len() == 2
-                && accounts
-                    .iter()
-                    .all(|a| a["homeFiles"].as_str().is_some() || a["name"] == "nvbench_db"))
+            let listed = listed["accounts"].as_array().cloned().unwrap_or_default();
+            Ok(accounts.iter().all(|name| {
+                listed.iter().any(|a| {
+                    a["name"] == name.as_str()
+                        && (a["homeFiles"].as_str().is_some() || name == "nvbench_db")
+                })
+            }))
         },
     )?;
 
+    let mut rows = Vec::new();
+    if let Some((account, bytes)) = &files_tree {
+        rows.extend(bench_files(&rig, &source, &target, account, *bytes, small)?);
+    }
+    if with_postgres {
+        rows.push(bench_postgres(
+            &rig, &target, &source_pg, &target_pg, scale,
+        )?);
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+/// The file rows: initial copy, no-change re-copy, 1% changed re-copy.
+fn bench_files(
+    rig: &Rig,
+    source: &Netns,
+    target: &Netns,
+    files_account: &Account,
+    bytes: u64,
+    small: u64,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
     eprintln!("files, initial copy:");
     let copy_home = target.accounts_dir().join("nvbench_files");
     drop_caches();
     let mut test_id = String::new();
     let navette_initial = timed("navette (TestMigration)", || {
         let test = panel(
-            &rig,
+            rig,
             "TestMigration",
             json!({"request_id": "bench-files", "account": "nvbench_files", "migration_id": "stack-2024.1-to-2026.1"}),
         )?;
         test_id = test["id"].as_str().unwrap_or_default().to_owned();
-        wait_ready(&rig, &test_id, 1).map(drop)
+        wait_ready(rig, &test_id, 1).map(drop)
     })?;
     // rsync daemon on the source, client on the target, over TCP.
     let rsync_conf = rig.dir().join("rsyncd.conf");
@@ -262,7 +311,7 @@ fn main() -> anyhow::Result<()> {
             files_account.home.display()
         ),
     )?;
-    let daemon = rig.spawn(&source, "rsyncd", {
+    let daemon = rig.spawn(source, "rsyncd", {
         let (source, conf) = (source.clone(), rsync_conf.clone());
         move || {
             let mut command = source.command("rsync");
@@ -319,8 +368,8 @@ fn main() -> anyhow::Result<()> {
     eprintln!("files, re-copy with nothing changed:");
     drop_caches();
     let navette_same = timed("navette (RefreshTest)", || {
-        panel(&rig, "RefreshTest", json!({"id": test_id}))?;
-        wait_ready(&rig, &test_id, 2).map(drop)
+        panel(rig, "RefreshTest", json!({"id": test_id}))?;
+        wait_ready(rig, &test_id, 2).map(drop)
     })?;
     drop_caches();
     let rsync_same = rsync("rsync -a")?;
@@ -340,8 +389,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     drop_caches();
     let navette_changed = timed("navette (RefreshTest)", || {
-        panel(&rig, "RefreshTest", json!({"id": test_id}))?;
-        wait_ready(&rig, &test_id, 3).map(drop)
+        panel(rig, "RefreshTest", json!({"id": test_id}))?;
+        wait_ready(rig, &test_id, 3).map(drop)
     })?;
     drop_caches();
     let rsync_changed = rsync("rsync -a")?;
@@ -364,7 +413,17 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&rsync_dir);
     let _ = std::fs::remove_dir_all(&tar_dir);
 
-    // PostgreSQL.
+    Ok(rows)
+}
+
+/// The PostgreSQL row: a pgbench database from 15 to 18.
+fn bench_postgres(
+    rig: &Rig,
+    target: &Netns,
+    source_pg: &Postgres,
+    target_pg: &Postgres,
+    scale: u64,
+) -> anyhow::Result<Row> {
     eprintln!("PostgreSQL 15 -> 18, pgbench scale {scale}:");
     let db_size = source_pg.psql(
         "nvbench_db",
@@ -372,11 +431,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     let navette_db = timed("navette (TestMigration)", || {
         let test = panel(
-            &rig,
+            rig,
             "TestMigration",
             json!({"request_id": "bench-db", "account": "nvbench_db", "migration_id": "postgresql-15-to-18"}),
         )?;
-        wait_ready(&rig, test["id"].as_str().unwrap_or_default(), 1).map(drop)
+        wait_ready(rig, test["id"].as_str().unwrap_or_default(), 1).map(drop)
     })?;
     source_pg.psql("postgres", "ALTER ROLE postgres PASSWORD 'bench'")?;
     let source_url =
@@ -390,7 +449,7 @@ fn main() -> anyhow::Result<()> {
             dump.args(["-Fd", "-j", "2", "-f"])
                 .arg(&dump_dir)
                 .arg(&source_url);
-            run(&mut target_wrap(&target, dump), "pg_dump")?;
+            run(&mut target_wrap(target, dump), "pg_dump")?;
             let mut restore = PgVersion::V18.command("pg_restore");
             restore
                 .args(["-j", "2", "-h"])
@@ -432,44 +491,45 @@ fn main() -> anyhow::Result<()> {
                     "--no-owner",
                     "--no-acl",
                 ]);
-            run(&mut target_wrap(&target, command), "pgcopydb clone")
+            run(&mut target_wrap(target, command), "pgcopydb clone")
         })?;
         others.push(("pgcopydb clone".into(), pgcopydb));
     } else {
         eprintln!("  pgcopydb is not installed (apt-get install pgcopydb): skipped");
     }
-    rows.push(Row {
+    Ok(Row {
         what: format!("pgbench scale {scale} ({}), 15 -> 18", db_size.trim()),
         navette: navette_db,
         others,
-    });
-    drop(db_account);
+    })
+}
 
+/// The side-by-side table: each tool's time, and Navette's time as a
+/// fraction of it (below 1: Navette is faster).
+fn print_table(rows: &[Row]) {
     println!();
-    println!("| copy | Navette | others | Navette vs best other |");
-    println!("|---|---|---|---|");
-    for row in &rows {
+    println!("| copy | Navette | other tools (Navette's time / theirs) |");
+    println!("|---|---|---|");
+    for row in rows {
         let others = row
             .others
             .iter()
-            .map(|(name, took)| format!("{name} {:.2} s", took.as_secs_f64()))
+            .map(|(name, took)| {
+                format!(
+                    "{name} {:.2} s ({:.2})",
+                    took.as_secs_f64(),
+                    row.navette.as_secs_f64() / took.as_secs_f64().max(0.001)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        let best = row
-            .others
-            .iter()
-            .map(|(_, t)| *t)
-            .min()
-            .unwrap_or(row.navette);
         println!(
-            "| {} | {:.2} s | {} | {:.2}x the time |",
+            "| {} | {:.2} s | {} |",
             row.what,
             row.navette.as_secs_f64(),
             others,
-            row.navette.as_secs_f64() / best.as_secs_f64().max(0.001)
         );
     }
-    Ok(())
 }
 
 /// Runs `command` inside the target host's namespace.

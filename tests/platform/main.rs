@@ -259,11 +259,12 @@ fn press_test(rig: &Rig, wrapper: &Path) -> anyhow::Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(300));
     };
     if test["state"] != "STATE_READY" {
-        println!(
-            "  the test did not finish: {}",
-            test["error"].as_str().unwrap_or("still running")
+        anyhow::bail!(
+            "the test of alice did not finish: {}",
+            test["error"]
+                .as_str()
+                .unwrap_or("still running after 5 minutes")
         );
-        return Ok(());
     }
     println!();
     println!(
