@@ -32,7 +32,7 @@ use anyhow::{Context, bail, ensure};
 use navette_tests::{
     Account, AccountSpec, AgentKind, AgentSpec, ControllerSpec, Netns, PgVersion, Postgres, Rig,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
@@ -112,49 +112,67 @@ du -sb "$root" | cut -f1
         .unwrap_or(0))
 }
 
-fn panel(rig: &Rig, method: &str, request: Value) -> anyhow::Result<Value> {
-    let access = rig.controller_access()?;
-    rig.grpcurl_json_as(
-        &access.panel,
-        &format!("navette.v1.Tests/{method}"),
-        &request,
-    )
+/// What the control panel asks for.
+enum Press<'a> {
+    /// *Test* for `account` (`request_id` makes it idempotent).
+    Test {
+        request_id: &'a str,
+        account: &'a str,
+        migration_id: &'a str,
+    },
+    /// *Refresh* of test `id`.
+    Refresh { id: &'a str },
 }
 
-/// Waits for test `id` to be ready at `generation`: follows `WatchTest`
-/// (one grpcurl process, which returns when the test is ready), then checks.
-fn wait_ready(rig: &Rig, id: &str, generation: u64) -> anyhow::Result<Value> {
+/// Presses *Test* or *Refresh* as the control panel does (one gRPC
+/// connection with the panel's certificate, no process to start), then
+/// follows `WatchTest` until the copy is ready; returns the test's id.
+/// What is timed is Navette's work, from the call to the ready copy.
+fn press_and_wait(rig: &Rig, press: Press<'_>) -> anyhow::Result<String> {
+    use navette_proto::v1::{self, test::State};
     let access = rig.controller_access()?;
-    let body = json!({"id": id}).to_string();
-    rig.grpcurl_as(
-        &access.panel,
-        &[
-            "-max-time",
-            "3600",
-            "-d",
-            &body,
-            &access.api.to_string(),
-            "navette.v1.Tests/WatchTest",
-        ],
-    )?;
-    poll_ready(rig, id, generation)
-}
-
-fn poll_ready(rig: &Rig, id: &str, generation: u64) -> anyhow::Result<Value> {
-    let mut last = Value::Null;
-    rig.wait_until(
-        &format!("test {id} ready"),
-        Duration::from_secs(3600),
-        || {
-            last = panel(rig, "GetTest", json!({"id": id}))?;
-            let state = last["state"].as_str().unwrap_or("");
-            if state == "STATE_FAILED" {
-                bail!("the test failed: {}", last["error"]);
+    rig.run_in(rig.client(), || async move {
+        let mut tests = v1::tests_client::TestsClient::new(access.channel(&access.panel)?);
+        let pressed = match press {
+            Press::Test {
+                request_id,
+                account,
+                migration_id,
+            } => {
+                tests
+                    .test_migration(v1::TestMigrationRequest {
+                        request_id: request_id.to_owned(),
+                        account: account.to_owned(),
+                        migration_id: migration_id.to_owned(),
+                        ttl_seconds: 0,
+                    })
+                    .await?
             }
-            Ok(state == "STATE_READY" && last["generation"].as_u64() == Some(generation))
-        },
-    )?;
-    Ok(last)
+            Press::Refresh { id } => {
+                tests
+                    .refresh_test(v1::RefreshTestRequest { id: id.to_owned() })
+                    .await?
+            }
+        }
+        .into_inner();
+        let mut events = tests
+            .watch_test(v1::WatchTestRequest {
+                id: pressed.id.clone(),
+            })
+            .await?
+            .into_inner();
+        while let Some(test) = events.message().await? {
+            match test.state() {
+                State::Ready if test.generation >= pressed.generation => return Ok(pressed.id),
+                State::Failed => bail!("test {} failed: {}", test.id, test.error),
+                _ => {}
+            }
+        }
+        bail!(
+            "WatchTest of {} ended before the copy was ready",
+            pressed.id
+        )
+    })
 }
 
 struct Row {
@@ -294,13 +312,15 @@ fn bench_files(
     drop_caches();
     let mut test_id = String::new();
     let navette_initial = timed("navette (TestMigration)", || {
-        let test = panel(
+        test_id = press_and_wait(
             rig,
-            "TestMigration",
-            json!({"request_id": "bench-files", "account": "nvbench_files", "migration_id": "stack-2024.1-to-2026.1"}),
+            Press::Test {
+                request_id: "bench-files",
+                account: "nvbench_files",
+                migration_id: "stack-2024.1-to-2026.1",
+            },
         )?;
-        test_id = test["id"].as_str().unwrap_or_default().to_owned();
-        wait_ready(rig, &test_id, 1).map(drop)
+        Ok(())
     })?;
     // rsync daemon on the source, client on the target, over TCP.
     let rsync_conf = rig.dir().join("rsyncd.conf");
@@ -368,8 +388,7 @@ fn bench_files(
     eprintln!("files, re-copy with nothing changed:");
     drop_caches();
     let navette_same = timed("navette (RefreshTest)", || {
-        panel(rig, "RefreshTest", json!({"id": test_id}))?;
-        wait_ready(rig, &test_id, 2).map(drop)
+        press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
     })?;
     drop_caches();
     let rsync_same = rsync("rsync -a")?;
@@ -389,8 +408,7 @@ fn bench_files(
     )?;
     drop_caches();
     let navette_changed = timed("navette (RefreshTest)", || {
-        panel(rig, "RefreshTest", json!({"id": test_id}))?;
-        wait_ready(rig, &test_id, 3).map(drop)
+        press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
     })?;
     drop_caches();
     let rsync_changed = rsync("rsync -a")?;
@@ -430,12 +448,15 @@ fn bench_postgres(
         "SELECT pg_size_pretty(pg_database_size('nvbench_db'))",
     )?;
     let navette_db = timed("navette (TestMigration)", || {
-        let test = panel(
+        press_and_wait(
             rig,
-            "TestMigration",
-            json!({"request_id": "bench-db", "account": "nvbench_db", "migration_id": "postgresql-15-to-18"}),
-        )?;
-        wait_ready(rig, test["id"].as_str().unwrap_or_default(), 1).map(drop)
+            Press::Test {
+                request_id: "bench-db",
+                account: "nvbench_db",
+                migration_id: "postgresql-15-to-18",
+            },
+        )
+        .map(drop)
     })?;
     source_pg.psql("postgres", "ALTER ROLE postgres PASSWORD 'bench'")?;
     let source_url =

@@ -320,7 +320,12 @@ impl Transfers {
         spec: &TransferSpec,
         progress: &Progress,
     ) -> Result<(), String> {
-        let report = super::files::pull(
+        let config = super::files::PullConfig {
+            durable: !spec.disposable,
+            ..super::files::PullConfig::default()
+        };
+        let report = super::files::pull_with(
+            config,
             channel,
             &spec.transfer_id,
             Path::new(&spec.target_home),

@@ -62,6 +62,8 @@ pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
         target_home: String::new(),
         postgresql: copies(Engine::Postgresql),
         mariadb: copies(Engine::Mariadb),
+        // A test copy can be made again; it need not be synced to disk.
+        disposable: true,
     }
 }
 

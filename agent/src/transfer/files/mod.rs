@@ -52,6 +52,7 @@ pub mod manifest;
 pub mod part;
 pub mod path;
 pub mod plan;
+pub mod prefetch;
 pub mod pull;
 pub mod read;
 pub mod receive;

@@ -249,6 +249,7 @@ enum Job {
 
 /// One attempt at the whole tree.
 async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Problem> {
+    let started = Instant::now();
     let scanning = {
         let root = shared.root.clone();
         let cache = shared.cache.clone();
@@ -297,13 +298,14 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         dirs,
         ..
     } = plan;
-    tracing::debug!(
-        message = "compared",
+    tracing::info!(
+        message = "compared the source's tree with the copy",
         transfer_id = shared.transfer_id,
         large = large.len(),
         small = small.len(),
         metadata = metadata.len(),
         extraneous = extraneous.len(),
+        seconds = started.elapsed().as_secs_f64(),
     );
 
     // Content, on several streams.

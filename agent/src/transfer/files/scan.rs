@@ -216,7 +216,20 @@ pub fn open_for_reading(dir: BorrowedFd<'_>, name: &[u8]) -> Result<OwnedFd, Err
 /// itself first, with the empty path). `emit` returns `false` to stop.
 /// With a `cache`, the attributes of files unchanged since an earlier walk
 /// are taken from it, and it is refreshed.
+///
+/// Threads read ahead of the walk ([`prefetch`](super::prefetch)), so that
+/// a tree not in the kernel's cache is read from disk many requests at a
+/// time.
 pub fn walk(
+    root: &Root,
+    cache: Option<&XattrCache>,
+    emit: &mut dyn FnMut(Entry) -> bool,
+) -> Result<(), ScanError> {
+    super::prefetch::ahead_of(root.fd(), || walk_in_order(root, cache, emit))
+}
+
+/// The walk itself, one entry after the other.
+fn walk_in_order(
     root: &Root,
     cache: Option<&XattrCache>,
     emit: &mut dyn FnMut(Entry) -> bool,
