@@ -157,7 +157,7 @@ pub struct PostgresqlServer {
     #[serde(default)]
     pub public_address: Option<String>,
     /// Optional. Directory of this server's client programs (`pg_dump`,
-    /// `pg_restore`, `vacuumdb`), used to copy databases. Default: where the
+    /// `pg_restore`), used to copy databases. Default: where the
     /// distribution installs this major version
     /// (`/usr/lib/postgresql/<major>/bin`), else `PATH`.
     #[serde(default)]

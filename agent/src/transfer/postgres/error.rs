@@ -38,7 +38,7 @@ pub enum PostgresCopyError {
         /// The link or the snapshot was lost: a new attempt may succeed.
         transient: bool,
     },
-    /// pg_restore or vacuumdb failed.
+    /// pg_restore failed.
     #[error("database {database}: {program} failed: {message}")]
     Tool {
         database: String,

@@ -41,7 +41,9 @@
 //!    snapshot.
 //! 6. **Post-data in parallel**: `pg_restore -j N --section=post-data`
 //!    builds indexes, constraints and triggers and refreshes materialized
-//!    views; then `vacuumdb --analyze-only`.
+//!    views; then `ANALYZE` of what needs those objects (expression
+//!    indexes, extended statistics, partitioned tables, materialized views).
+//!    Every table was already analyzed in step 5, while it was checked.
 //! 7. **Verification**: row counts and digests of every table, sequence
 //!    values, every large object's SHA-256, and the schema compared object
 //!    for object ([`schema_objects`]). Any difference fails the copy,
@@ -53,7 +55,7 @@
 //!   streams (COPY, pg_dump, large objects);
 //! - [`mod@pull`]: the target side (preflight, the held snapshot, sequences),
 //!   with [`target`] (roles and the database), [`restore`] (pg_restore,
-//!   vacuumdb), [`tables`] (parallel data and its checks) and
+//!   statistics), [`tables`] (parallel data and its checks) and
 //!   [`large_objects`]; [`tally`] lets an attempt be taken back from the
 //!   progress;
 //! - [`describe`], [`schema_objects`], [`checksum`], [`digest`]: what both

@@ -48,10 +48,10 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// How a pull runs.
 #[derive(Clone, Debug)]
 pub struct PullOptions {
-    /// Parallel table copies, and jobs of pg_restore's post-data section
-    /// and of vacuumdb. Default 4.
+    /// Parallel table copies, and jobs of pg_restore's post-data section.
+    /// Default 4.
     pub workers: usize,
-    /// The target's client programs (pg_restore, vacuumdb) per target
+    /// The target's client programs (pg_restore) per target
     /// server name, overriding the configuration's `bin_dir`; a server with
     /// neither uses [`PgTools::locate`] of its major version.
     pub tools: BTreeMap<String, PgTools>,
@@ -66,8 +66,10 @@ pub struct PullOptions {
     /// How every table is checked. Default: row digests
     /// ([`DataCheck::RowDigest`]).
     pub check: DataCheck,
-    /// `vacuumdb --analyze-only` after the copy, so the copy's planner
-    /// statistics are like the source's. Default on.
+    /// Planner statistics like the source's: `ANALYZE` of each table as
+    /// soon as it is loaded (while it is checked), and after the post-data
+    /// section of what needs its objects (expression indexes, extended
+    /// statistics, partitioned tables, materialized views). Default on.
     pub analyze: bool,
     /// `maintenance_work_mem` of the post-data restore's sessions (index
     /// builds), per job. Default `256MB`.
@@ -132,6 +134,8 @@ pub struct Timings {
     pub data: Duration,
     /// Indexes, constraints, triggers, materialized views.
     pub post_data: Duration,
+    /// What is analyzed after the post-data section (tables are analyzed
+    /// in `data`, while they are checked).
     pub analyze: Duration,
     /// Sequences, large objects and schema checks (table checksums are in
     /// `data`).
@@ -197,7 +201,14 @@ pub async fn pull(
             database = %plan.copy.target_database,
             tables = database.tables,
             rows = database.rows,
-            seconds = database.timings.total.as_secs_f64()
+            bytes = database.data_bytes,
+            attempts = database.attempts,
+            seconds = database.timings.total.as_secs_f64(),
+            prepare_seconds = database.timings.prepare.as_secs_f64(),
+            data_seconds = database.timings.data.as_secs_f64(),
+            post_data_seconds = database.timings.post_data.as_secs_f64(),
+            analyze_seconds = database.timings.analyze.as_secs_f64(),
+            verify_seconds = database.timings.verify.as_secs_f64()
         );
         report.databases.push(database);
     }
@@ -351,6 +362,7 @@ async fn copy_database(
         split_bytes: options.split_bytes,
         ranges: session::major(snapshot.server_version_num) >= 14,
         check: options.check,
+        analyze: options.analyze,
         tally,
     };
     let large_objects_copy = async {
@@ -394,7 +406,9 @@ async fn copy_database(
     let post_data = post_started.elapsed();
     let analyze_started = Instant::now();
     if options.analyze {
-        restore::analyze(&plan.tools, server, database, workers).await?;
+        restore::analyze_after_post_data(&objects)
+            .await
+            .map_err(target_error(server, database, "analyzing after post-data"))?;
     }
     let analyze = analyze_started.elapsed();
 

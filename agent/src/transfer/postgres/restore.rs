@@ -1,6 +1,8 @@
 //! The schema on the target: the source's pg_dump archive fetched into a
 //! work file, restored section by section with the target's `pg_restore`,
-//! and the statistics rebuilt with `vacuumdb --analyze-only`.
+//! and the statistics that depend on post-data objects rebuilt
+//! ([`analyze_after_post_data`]; each table is analyzed as soon as it is
+//! loaded, see [`tables`](super::tables)).
 
 use std::path::{Path, PathBuf};
 
@@ -140,19 +142,42 @@ pub async fn pg_restore(
     run(command, "pg_restore", tools, database).await
 }
 
-/// `vacuumdb --analyze-only --jobs=N`: planner statistics, which a copy
-/// does not carry.
-pub async fn analyze(
-    tools: &PgTools,
-    server: &PostgresqlServer,
-    database: &str,
-    jobs: usize,
-) -> Result<(), PostgresCopyError> {
-    let mut command = tools.command("vacuumdb", server);
-    command
-        .arg("--analyze-only")
-        .arg("--quiet")
-        .arg(format!("--jobs={}", jobs.max(1)))
-        .arg(format!("--dbname=dbname={}", conninfo_value(database)));
-    run(command, "vacuumdb", tools, database).await
+/// Relations whose statistics need the post-data section: tables with
+/// expression indexes (their expressions get statistics of their own) or
+/// extended statistics, tables the data phase does not load (members of an
+/// extension), partitioned tables (their statistics cover all partitions:
+/// only an explicit ANALYZE gathers them) and populated materialized views.
+const ANALYZED_AFTER_POST_DATA: &str = "\
+    SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+      JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' \
+       AND c.relpersistence <> 't' \
+       AND (c.relkind = 'p' \
+            OR (c.relkind = 'm' AND c.relispopulated) \
+            OR (c.relkind = 'r' AND ( \
+                EXISTS (SELECT FROM pg_index i WHERE i.indrelid = c.oid AND i.indexprs IS NOT NULL) \
+                OR EXISTS (SELECT FROM pg_statistic_ext x WHERE x.stxrelid = c.oid) \
+                OR EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype = 'e')))) \
+     ORDER BY 1";
+
+/// `ANALYZE` of what needs the post-data section's objects
+/// ([`ANALYZED_AFTER_POST_DATA`]), in one statement; nothing for most
+/// databases.
+pub async fn analyze_after_post_data(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    let names: Vec<String> = client
+        .query(ANALYZED_AFTER_POST_DATA, &[])
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!("ANALYZE {}", names.join(", ")))
+        .await
 }

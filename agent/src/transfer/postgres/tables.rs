@@ -9,7 +9,11 @@
 //! later hint-bit or anti-wraparound rewrite of the whole table). The last
 //! unit of a table to finish checks it ([`DataCheck`]): by default the
 //! digest of the rows the source sent against the digest of the rows read
-//! back from the target.
+//! back from the target. At the same time, on a second session, it runs
+//! `ANALYZE` on the table (if asked): the statistics come from a sample, so
+//! they cost little next to the check and no longer wait for the end of the
+//! copy (see [`restore::analyze_after_post_data`](super::restore) for what
+//! must wait for the post-data section).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -68,6 +72,8 @@ pub struct DataCopy<'a> {
     pub ranges: bool,
     /// How each table is checked.
     pub check: DataCheck,
+    /// `ANALYZE` each table once loaded, while it is checked.
+    pub analyze: bool,
     pub tally: &'a Tally<'a>,
 }
 
@@ -222,6 +228,20 @@ impl DataCopy<'_> {
         // A copy is disposable until verified: no need to wait for each
         // commit to reach the disk.
         let _ = target.batch_execute("SET synchronous_commit = off").await;
+        let analyzer = if self.analyze {
+            Some(
+                session::connect(self.target_server, self.target_database)
+                    .await
+                    .map_err(|source| PostgresCopyError::Target {
+                        server: self.target_server.name.clone(),
+                        database: self.target_database.to_owned(),
+                        what: "connecting (to analyze)".to_owned(),
+                        source,
+                    })?,
+            )
+        } else {
+            None
+        };
         loop {
             let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
             let Some(unit) = next else {
@@ -232,6 +252,7 @@ impl DataCopy<'_> {
                 continue;
             };
             let mut attempt = 0;
+            let unit_started = std::time::Instant::now();
             let (rows, bytes, sent) = loop {
                 attempt += 1;
                 match self.copy_unit(&target, table, state, &unit).await {
@@ -252,6 +273,16 @@ impl DataCopy<'_> {
                     Err(Failure::Fatal(what)) => return Err(self.table_error(table, what)),
                 }
             };
+            tracing::debug!(
+                message = "unit copied",
+                database = %self.target_database,
+                table = %format!("{}.{}", table.schema, table.name),
+                first_block = unit.first_block,
+                end_block = unit.end_block,
+                rows,
+                bytes,
+                seconds = unit_started.elapsed().as_secs_f64()
+            );
             state.rows.fetch_add(rows, Ordering::Relaxed);
             digest::merge(
                 &mut state.digest.lock().unwrap_or_else(|p| p.into_inner()),
@@ -272,19 +303,41 @@ impl DataCopy<'_> {
             let copied = state.rows.load(Ordering::Relaxed);
             let check_started = std::time::Instant::now();
             let sent = *state.digest.lock().unwrap_or_else(|p| p.into_inner());
-            // Free: the rows the source sent against the rows COPY loaded.
-            let problem = if sent.rows != copied {
-                Some(format!(
-                    "table {}.{}: the source sent {} rows, the target loaded {copied}",
-                    table.schema, table.name, sent.rows
-                ))
-            } else {
+            let check = async {
+                // Free: the rows the source sent against the rows COPY
+                // loaded.
+                if sent.rows != copied {
+                    return Ok(Some(format!(
+                        "table {}.{}: the source sent {} rows, the target loaded {copied}",
+                        table.schema, table.name, sent.rows
+                    )));
+                }
                 match self.check {
-                    DataCheck::None => None,
-                    DataCheck::RowDigest => self.read_back(&target, table, &sent, copied).await?,
-                    DataCheck::Sql => self.verify_table(&target, table, copied).await?,
+                    DataCheck::None => Ok(None),
+                    DataCheck::RowDigest => self.read_back(&target, table, &sent, copied).await,
+                    DataCheck::Sql => self.verify_table(&target, table, copied).await,
                 }
             };
+            let analyze = async {
+                let Some(analyzer) = &analyzer else {
+                    return Ok(());
+                };
+                analyzer
+                    .batch_execute(&format!(
+                        "ANALYZE {}",
+                        qualified(&table.schema, &table.name)
+                    ))
+                    .await
+                    .map_err(|error| {
+                        self.table_error(
+                            table,
+                            format!("analyzing: {}", crate::error_chain(&error)),
+                        )
+                    })
+            };
+            let (problem, analyzed) = tokio::join!(check, analyze);
+            let problem = problem?;
+            analyzed?;
             tracing::debug!(
                 message = "table copied",
                 database = %self.target_database,

@@ -1,4 +1,4 @@
-//! PostgreSQL's client programs (`pg_dump`, `pg_restore`, `vacuumdb`): where
+//! PostgreSQL's client programs (`pg_dump`, `pg_restore`): where
 //! they are and how to run them against a server of this host.
 //!
 //! A server's configuration may name them (`bin_dir`, `library_path`:
@@ -16,7 +16,7 @@ use crate::config::PostgresqlServer;
 /// A directory of PostgreSQL client programs of one major version.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PgTools {
-    /// Holds `pg_dump`, `pg_restore`, `vacuumdb`; `None`: look in `PATH`.
+    /// Holds `pg_dump` and `pg_restore`; `None`: look in `PATH`.
     pub bin_dir: Option<PathBuf>,
     /// `LD_LIBRARY_PATH` for programs not installed system-wide (such as
     /// the rig's PostgreSQL 18).
