@@ -130,9 +130,12 @@ impl FileSource for FileSourceService {
         let cache = self.cache_for(root.path());
         let (sender, receiver) = mpsc::channel(16);
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let mut listed: u64 = 0;
             let mut names = IdNames::default();
             let mut batch = Vec::with_capacity(ENTRIES_PER_MESSAGE);
             let walked = scan::walk(&root, Some(&cache), &mut |entry| {
+                listed += 1;
                 batch.push(to_wire(entry, &mut names));
                 if batch.len() < ENTRIES_PER_MESSAGE {
                     return true;
@@ -142,7 +145,15 @@ impl FileSource for FileSourceService {
                 sender.blocking_send(Ok(TreeEntries { entries })).is_ok()
             });
             let last = match walked {
-                Ok(()) => Ok(TreeEntries { entries: batch }),
+                Ok(()) => {
+                    tracing::info!(
+                        message = "listed the home",
+                        transfer_id,
+                        entries = listed,
+                        seconds = started.elapsed().as_secs_f64()
+                    );
+                    Ok(TreeEntries { entries: batch })
+                }
                 Err(error) => {
                     tracing::warn!(message = "listing the home failed", transfer_id, %error);
                     Err(Status::internal(format!(
