@@ -15,7 +15,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::fcntl::{AtFlags, openat};
 use nix::sys::stat::{Mode, SFlag, fstatat};
@@ -24,19 +24,25 @@ use super::beneath::DIR_FLAGS;
 
 /// Threads that read ahead of a walk.
 pub const THREADS: usize = 8;
-/// Directories queued for the threads at most; beyond it, a thread goes
-/// down the directories it finds itself (so open fds stay bounded).
-const QUEUE_LIMIT: usize = 256;
+
+/// A directory to read: its parent (kept open while some of its
+/// subdirectories wait) and its name there; the root has no parent.
+struct Pending {
+    parent: Option<Arc<OwnedFd>>,
+    name: Vec<u8>,
+}
 
 /// Directories waiting to be read, and how many threads are reading one.
 #[derive(Default)]
 struct Queue {
-    dirs: Vec<OwnedFd>,
+    dirs: Vec<Pending>,
     busy: usize,
 }
 
 /// The shared state of one read-ahead.
 pub struct Prefetch {
+    /// The tree's root, opened by this module.
+    root: Option<Arc<OwnedFd>>,
     queue: Mutex<Queue>,
     wake: Condvar,
     stop: AtomicBool,
@@ -45,14 +51,21 @@ pub struct Prefetch {
 impl Prefetch {
     /// A read-ahead of the tree below `root` (a directory fd).
     pub fn new(root: BorrowedFd<'_>) -> Prefetch {
-        let mut queue = Queue::default();
         // An open of its own: a duplicate of `root` would share its
         // directory position with the walk, which would then list some
         // names twice and miss others.
-        if let Ok(fd) = openat(root, ".", DIR_FLAGS, Mode::empty()) {
-            queue.dirs.push(fd);
+        let root = openat(root, ".", DIR_FLAGS, Mode::empty())
+            .ok()
+            .map(Arc::new);
+        let mut queue = Queue::default();
+        if root.is_some() {
+            queue.dirs.push(Pending {
+                parent: None,
+                name: Vec::new(),
+            });
         }
         Prefetch {
+            root,
             queue: Mutex::new(queue),
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -75,15 +88,15 @@ impl Prefetch {
     /// or [`stop`](Prefetch::stop) is called.
     pub fn run(&self) {
         loop {
-            let dir = {
+            let pending = {
                 let mut queue = self.lock();
                 loop {
                     if self.stop.load(Ordering::Relaxed) {
                         return;
                     }
-                    if let Some(dir) = queue.dirs.pop() {
+                    if let Some(pending) = queue.dirs.pop() {
                         queue.busy += 1;
-                        break dir;
+                        break pending;
                     }
                     if queue.busy == 0 {
                         self.wake.notify_all();
@@ -92,52 +105,59 @@ impl Prefetch {
                     queue = self.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            self.read(dir);
+            self.read(pending);
             let mut queue = self.lock();
             queue.busy -= 1;
             self.wake.notify_all();
         }
     }
 
-    /// Lists `dir`, stats its entries, and queues (or reads) its
-    /// subdirectories, first names last in the queue so that they are
-    /// taken first, as the walk goes.
-    fn read(&self, dir: OwnedFd) {
-        if self.stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let Ok(listing_fd) = openat(dir.as_fd(), ".", DIR_FLAGS, Mode::empty()) else {
+    /// Opens and lists one directory, stats its entries, and queues its
+    /// subdirectories, first names last so that they are taken first, as
+    /// the walk goes. The queue holds names, not open directories: open
+    /// fds stay few however wide or deep the tree.
+    fn read(&self, pending: Pending) {
+        let dir = match &pending.parent {
+            None => self.root.clone(),
+            Some(parent) => openat(
+                parent.as_fd(),
+                pending.name.as_slice(),
+                DIR_FLAGS,
+                Mode::empty(),
+            )
+            .ok()
+            .map(Arc::new),
+        };
+        drop(pending);
+        let Some(dir) = dir else { return };
+        let Ok(listing) = openat(dir.as_fd(), ".", DIR_FLAGS, Mode::empty()) else {
             return;
         };
-        let Ok(names) = names(listing_fd) else { return };
+        let Ok(names) = names(listing) else { return };
         let mut subdirs = Vec::new();
-        for name in &names {
+        for name in names {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let Ok(stat) = fstatat(dir.as_fd(), name.as_slice(), AtFlags::AT_SYMLINK_NOFOLLOW)
             else {
                 continue;
             };
-            if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
-                && let Ok(fd) = openat(dir.as_fd(), name.as_slice(), DIR_FLAGS, Mode::empty())
-            {
-                subdirs.push(fd);
+            if SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR {
+                subdirs.push(name);
             }
         }
-        drop(dir);
-        let mut inline = Vec::new();
-        {
-            let mut queue = self.lock();
-            for fd in subdirs.into_iter().rev() {
-                if queue.dirs.len() < QUEUE_LIMIT {
-                    queue.dirs.push(fd);
-                } else {
-                    inline.push(fd);
-                }
-            }
-            self.wake.notify_all();
+        if subdirs.is_empty() {
+            return;
         }
-        for fd in inline.into_iter().rev() {
-            self.read(fd);
+        let mut queue = self.lock();
+        for name in subdirs.into_iter().rev() {
+            queue.dirs.push(Pending {
+                parent: Some(dir.clone()),
+                name,
+            });
         }
+        self.wake.notify_all();
     }
 }
 
@@ -181,6 +201,12 @@ mod tests {
             std::fs::write(dir.join(format!("a{}/b{}/f{i}", i % 7, i % 13)), b"x")?;
         }
         std::os::unix::fs::symlink("/", dir.join("a0/escape"))?;
+        // A deep chain: the queue holds names, so depth costs no stack.
+        let mut deep = dir.join("deep");
+        for _ in 0..60 {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep)?;
         // A root too big for one directory read, so that a walk and the
         // threads reading it at once would interleave if they shared it.
         for i in 0..3000 {
@@ -213,8 +239,9 @@ mod tests {
             let listed = paths.len();
             paths.sort();
             paths.dedup();
-            // The root, 7 + 7 * 13 directories, 3,300 files and a link.
-            assert_eq!((listed, paths.len()), (3400, 3400));
+            // The root, 7 + 7 * 13 directories, 3,300 files, a link, and
+            // 61 directories of the deep chain.
+            assert_eq!((listed, paths.len()), (3461, 3461));
         }
         std::fs::remove_dir_all(&dir)?;
         Ok(())
