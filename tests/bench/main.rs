@@ -261,7 +261,10 @@ fn main() -> anyhow::Result<()> {
                 kind,
                 stack_version: stack.into(),
                 token,
-                inventory_interval_secs: 5,
+                // The first inventory is taken at start; a later one
+                // would walk the 40,000 files in the middle of a timed
+                // copy (warming the cache for whichever tool runs next).
+                inventory_interval_secs: 3600,
                 ..AgentSpec::default()
             },
         )?;
