@@ -306,23 +306,29 @@ async fn copy_database(
     );
     let properties = description.properties.clone().unwrap_or_default();
 
+    // The target's roles and empty database, while the source dumps the
+    // schema: neither waits for the other.
     let admin = connect(server, "postgres", database).await?;
     let target = Target {
         client: &admin,
         server,
         database,
     };
-    let roles = target
-        .ensure_roles(&description.roles, &description.memberships)
-        .await?;
-    target
-        .recreate_database(&properties, session::major(plan.target_version))
-        .await?;
-    target
-        .set_database_properties(&properties, &description.roles)
-        .await?;
-    let archive = restore::fetch_schema(
-        &mut source.clone(),
+    let prepare_target = async {
+        let roles = target
+            .ensure_roles(&description.roles, &description.memberships)
+            .await?;
+        target
+            .recreate_database(&properties, session::major(plan.target_version))
+            .await?;
+        target
+            .set_database_properties(&properties, &description.roles)
+            .await?;
+        Ok::<_, PostgresCopyError>(roles)
+    };
+    let mut schema_source = source.clone();
+    let fetch_schema = restore::fetch_schema(
+        &mut schema_source,
         DumpSchemaRequest {
             transfer_id: transfer_id.to_owned(),
             server: copy.source_server.clone(),
@@ -331,8 +337,8 @@ async fn copy_database(
         },
         work_file(options, transfer_id, copy),
         database,
-    )
-    .await?;
+    );
+    let (roles, archive) = tokio::try_join!(prepare_target, fetch_schema)?;
     tally.sent(archive.bytes);
     restore::pg_restore(
         &plan.tools,

@@ -45,22 +45,43 @@ pub(super) async fn preflight<'a>(
         .ok_or_else(|| PostgresCopyError::UnknownTargetServer {
             server: copy.target_server.clone(),
         })?;
-    let description = source
-        .clone()
-        .describe_database(DescribeDatabaseRequest {
-            transfer_id: transfer_id.to_owned(),
-            server: copy.source_server.clone(),
-            database: copy.source_database.clone(),
-            snapshot_name: String::new(),
-        })
-        .await
-        .map_err(|status| source_error(copy, "describing the database", &status))?
-        .into_inner();
-    let admin = connect(server, "postgres", &copy.target_database).await?;
+    // The source's description and the target's facts, at the same time.
+    let describe = async {
+        source
+            .clone()
+            .describe_database(DescribeDatabaseRequest {
+                transfer_id: transfer_id.to_owned(),
+                server: copy.source_server.clone(),
+                database: copy.source_database.clone(),
+                snapshot_name: String::new(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| source_error(copy, "describing the database", &status))
+    };
     let failed = |what: &str| target_error(server, &copy.target_database, what);
-    let target_version = session::server_version_num(&admin)
-        .await
-        .map_err(failed("reading the server version"))?;
+    let inspect_target = async {
+        let admin = connect(server, "postgres", &copy.target_database).await?;
+        let target_version = session::server_version_num(&admin)
+            .await
+            .map_err(failed("reading the server version"))?;
+        let system_identifier: String = admin
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(failed("reading the system identifier"))?;
+        let available: Vec<String> = admin
+            .query("SELECT name FROM pg_available_extensions", &[])
+            .await
+            .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
+            .map_err(failed("listing available extensions"))?;
+        Ok::<_, PostgresCopyError>((target_version, system_identifier, available))
+    };
+    let (description, (target_version, system_identifier, available)) =
+        tokio::try_join!(describe, inspect_target)?;
     let (source_major, target_major) = (
         session::major(description.server_version_num),
         session::major(target_version),
@@ -70,14 +91,6 @@ pub(super) async fn preflight<'a>(
             "the source runs PostgreSQL {source_major}, the target {target_major}: a copy only goes to the same or a newer version"
         )));
     }
-    let system_identifier: String = admin
-        .query_one(
-            "SELECT system_identifier::text FROM pg_control_system()",
-            &[],
-        )
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(failed("reading the system identifier"))?;
     if system_identifier == description.system_identifier
         && copy.source_database == copy.target_database
     {
@@ -86,11 +99,6 @@ pub(super) async fn preflight<'a>(
                 .to_owned(),
         ));
     }
-    let available: Vec<String> = admin
-        .query("SELECT name FROM pg_available_extensions", &[])
-        .await
-        .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
-        .map_err(failed("listing available extensions"))?;
     let missing: Vec<String> = description
         .extensions
         .iter()
