@@ -80,6 +80,12 @@ pub struct Config {
     /// Default 60. Seconds between two inventory collections.
     #[serde(default = "default_inventory_interval_secs")]
     pub inventory_interval_secs: u64,
+    /// Default 900. Seconds an account home's measured size (every file's
+    /// size, counted by walking the home) is reused by later inventories
+    /// before the home is walked again: walking every home every minute
+    /// would load a shared host's disks. A new account is measured at once.
+    #[serde(default = "default_home_usage_interval_secs")]
+    pub home_usage_interval_secs: u64,
     /// Default `text`. Log format on standard error: `text` or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -209,6 +215,9 @@ fn default_heartbeat_interval_secs() -> u64 {
 }
 fn default_inventory_interval_secs() -> u64 {
     60
+}
+fn default_home_usage_interval_secs() -> u64 {
+    900
 }
 fn default_log_level() -> String {
     "info".to_owned()
@@ -414,6 +423,7 @@ listen = "192.0.2.11:7445"
         assert_eq!(config.accounts_dir, Path::new("/home"));
         assert_eq!(config.heartbeat_interval_secs, 5);
         assert_eq!(config.inventory_interval_secs, 60);
+        assert_eq!(config.home_usage_interval_secs, 900);
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
         assert!(config.postgresql.is_empty() && config.mariadb.is_empty());

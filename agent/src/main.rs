@@ -25,6 +25,7 @@ CONFIGURATION FILE (TOML; unknown keys and bad values are refused at start):
   accounts_dir = \"/home\"           default; each valid-named directory in it is an account
   heartbeat_interval_secs = 5      default; also the longest pause between reconnection attempts
   inventory_interval_secs = 60     default
+  home_usage_interval_secs = 900   default; how long a home's measured size is reused
   log_format = \"text\"              default; or \"json\"
   log_level = \"info\"               default; RUST_LOG wins when set
 

@@ -13,8 +13,10 @@ pub mod mariadb;
 pub mod postgres;
 pub mod system;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use navette_proto::v1::{Account, Database, DatabaseServer, HostInventory};
 use tokio::sync::watch;
@@ -56,11 +58,25 @@ pub struct Collected {
 pub struct Collector {
     config: Arc<Config>,
     host_id: String,
+    /// Each home's last measured size and when it was measured: reused for
+    /// `home_usage_interval_secs`, so that homes are not walked at every
+    /// collection.
+    usage: Arc<Mutex<HashMap<PathBuf, Measured>>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Measured {
+    at: Instant,
+    usage: accounts::TreeUsage,
 }
 
 impl Collector {
     pub fn new(config: Arc<Config>, host_id: String) -> Collector {
-        Collector { config, host_id }
+        Collector {
+            config,
+            host_id,
+            usage: Arc::default(),
+        }
     }
 
     /// Collects everything now. The account walk runs on a blocking thread
@@ -68,7 +84,10 @@ impl Collector {
     pub async fn collect(&self) -> Result<Collected, InventoryError> {
         let config = &self.config;
         let accounts_dir = config.accounts_dir.clone();
-        let walk = tokio::task::spawn_blocking(move || walk_accounts(accounts_dir));
+        let measured = self.usage.clone();
+        let max_age = Duration::from_secs(config.home_usage_interval_secs);
+        let walk =
+            tokio::task::spawn_blocking(move || walk_accounts(accounts_dir, &measured, max_age));
         let addresses = system::host_addresses()?;
         let disk = system::disk_usage(&config.accounts_dir)?;
         let fallback_address = addresses.first().cloned().unwrap_or_default();
@@ -174,28 +193,52 @@ impl LatestInventory {
 
 type AccountUsage = (accounts::AccountDir, accounts::TreeUsage);
 
-fn walk_accounts(accounts_dir: PathBuf) -> Result<Vec<AccountUsage>, InventoryError> {
+/// The account directories, each with its home's usage: measured again
+/// when older than `max_age` (or never measured), else as last measured.
+fn walk_accounts(
+    accounts_dir: PathBuf,
+    measured: &Mutex<HashMap<PathBuf, Measured>>,
+    max_age: Duration,
+) -> Result<Vec<AccountUsage>, InventoryError> {
     let dirs = accounts::list_account_dirs(&accounts_dir).map_err(|source| {
         InventoryError::AccountsDir {
             path: accounts_dir.clone(),
             source,
         }
     })?;
-    Ok(dirs
+    let mut previous = std::mem::take(&mut *measured.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut current = HashMap::with_capacity(dirs.len());
+    let listed = dirs
         .into_iter()
         .map(|dir| {
-            let usage = accounts::measure_tree(&dir.home);
-            if usage.unreadable > 0 {
-                tracing::warn!(
-                    message = "some entries of a home could not be read and are not counted",
-                    account = %dir.name,
-                    home = %dir.home.display(),
-                    unreadable = usage.unreadable
-                );
-            }
-            (dir, usage)
+            let fresh = previous
+                .remove(&dir.home)
+                .filter(|m| m.at.elapsed() < max_age);
+            let known = match fresh {
+                Some(known) => known,
+                None => {
+                    let usage = accounts::measure_tree(&dir.home);
+                    if usage.unreadable > 0 {
+                        tracing::warn!(
+                            message = "some entries of a home could not be read and are not counted",
+                            account = %dir.name,
+                            home = %dir.home.display(),
+                            unreadable = usage.unreadable
+                        );
+                    }
+                    Measured {
+                        at: Instant::now(),
+                        usage,
+                    }
+                }
+            };
+            current.insert(dir.home.clone(), known);
+            (dir, known.usage)
         })
-        .collect())
+        .collect();
+    // Homes gone since are forgotten.
+    *measured.lock().unwrap_or_else(|p| p.into_inner()) = current;
+    Ok(listed)
 }
 
 /// How a server's databases map to accounts.
@@ -246,6 +289,38 @@ pub fn digest(inventory: &HostInventory) -> String {
 mod tests {
     use super::*;
     use navette_proto::v1::{DatabaseEngine, HostKind};
+
+    #[test]
+    fn homes_are_walked_again_only_when_their_size_is_old() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = std::env::temp_dir().join(format!("navette-usage-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("alice"))?;
+        std::fs::write(dir.join("alice/index.html"), b"hello")?;
+        let measured = Mutex::new(HashMap::new());
+        let files = |listed: Vec<AccountUsage>| -> Vec<(String, u64)> {
+            listed.into_iter().map(|(d, u)| (d.name, u.files)).collect()
+        };
+        let hour = Duration::from_secs(3600);
+        let first = walk_accounts(dir.clone(), &measured, hour)?;
+        assert_eq!(files(first), [("alice".to_owned(), 1)]);
+        // A new file: the size stays as measured while it is young; a new
+        // account is measured at once.
+        std::fs::write(dir.join("alice/about.html"), b"more")?;
+        std::fs::create_dir_all(dir.join("bruno"))?;
+        let second = walk_accounts(dir.clone(), &measured, hour)?;
+        assert_eq!(
+            files(second),
+            [("alice".to_owned(), 1), ("bruno".to_owned(), 0)]
+        );
+        // Old enough: walked again.
+        let third = walk_accounts(dir.clone(), &measured, Duration::ZERO)?;
+        assert_eq!(
+            files(third),
+            [("alice".to_owned(), 2), ("bruno".to_owned(), 0)]
+        );
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 
     fn inventory(seconds: i64) -> HostInventory {
         HostInventory {
