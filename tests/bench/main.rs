@@ -450,6 +450,7 @@ fn bench_postgres(
         "nvbench_db",
         "SELECT pg_size_pretty(pg_database_size('nvbench_db'))",
     )?;
+    drop_caches();
     let navette_db = timed("navette (TestMigration)", || {
         press_and_wait(
             rig,
@@ -466,6 +467,7 @@ fn bench_postgres(
         format!("host={SOURCE} port=5432 user=postgres password=bench dbname=nvbench_db");
     let dump_dir = target.root().join("dump");
     target_pg.psql("postgres", "CREATE DATABASE bench_dump")?;
+    drop_caches();
     let dump_restore = timed(
         "pg_dump -Fd -j 2 + pg_restore -j 2 (PostgreSQL 18 tools)",
         || {
@@ -495,6 +497,7 @@ fn bench_postgres(
             target_pg.socket_dir().display()
         );
         let work = target.root().join("pgcopydb");
+        drop_caches();
         let pgcopydb = timed("pgcopydb clone", || {
             let mut command = Command::new("pgcopydb");
             command
