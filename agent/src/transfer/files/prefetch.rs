@@ -181,7 +181,11 @@ pub fn ahead_of<T>(root: BorrowedFd<'_>, walk: impl FnOnce() -> T) -> T {
     let prefetch = Prefetch::new(root);
     std::thread::scope(|scope| {
         for _ in 0..THREADS {
-            scope.spawn(|| prefetch.run());
+            // Best effort: a thread the system will not give is one fewer
+            // reading ahead, not a failed walk.
+            let _ = std::thread::Builder::new()
+                .name("navette-readahead".to_owned())
+                .spawn_scoped(scope, || prefetch.run());
         }
         let result = walk();
         prefetch.stop();
