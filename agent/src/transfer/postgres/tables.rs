@@ -210,6 +210,21 @@ impl DataCopy<'_> {
         }
     }
 
+    /// A new session on the target database; `what` names it in errors.
+    async fn connect_target(
+        &self,
+        what: &str,
+    ) -> Result<tokio_postgres::Client, PostgresCopyError> {
+        session::connect(self.target_server, self.target_database)
+            .await
+            .map_err(|source| PostgresCopyError::Target {
+                server: self.target_server.name.clone(),
+                database: self.target_database.to_owned(),
+                what: what.to_owned(),
+                source,
+            })
+    }
+
     async fn worker(
         &self,
         tables: &[PostgresTable],
@@ -217,28 +232,12 @@ impl DataCopy<'_> {
         queue: &Mutex<VecDeque<Unit>>,
         outcome: &Mutex<DataOutcome>,
     ) -> Result<(), PostgresCopyError> {
-        let target = session::connect(self.target_server, self.target_database)
-            .await
-            .map_err(|source| PostgresCopyError::Target {
-                server: self.target_server.name.clone(),
-                database: self.target_database.to_owned(),
-                what: "connecting".to_owned(),
-                source,
-            })?;
+        let target = self.connect_target("connecting").await?;
         // A copy is disposable until verified: no need to wait for each
         // commit to reach the disk.
         let _ = target.batch_execute("SET synchronous_commit = off").await;
         let analyzer = if self.analyze {
-            Some(
-                session::connect(self.target_server, self.target_database)
-                    .await
-                    .map_err(|source| PostgresCopyError::Target {
-                        server: self.target_server.name.clone(),
-                        database: self.target_database.to_owned(),
-                        what: "connecting (to analyze)".to_owned(),
-                        source,
-                    })?,
-            )
+            Some(self.connect_target("connecting (to analyze)").await?)
         } else {
             None
         };
