@@ -610,6 +610,30 @@ fn an_account_is_copied_from_15_to_18_faithfully_while_it_is_written() -> anyhow
             .all(|d| d.roles.created.is_empty() && d.tables_verified == d.tables),
         "second copy: {again:#?}"
     );
+    // A third copy, as for a test: rows checked as they arrive, against
+    // the source's digests and row counts, instead of read back.
+    let mut third = spec()?;
+    third.options.check = DataCheck::Stream;
+    let (streamed, _) = pull_in(third)?;
+    let streamed = streamed.map_err(|e| anyhow::anyhow!(navette_agent::error_chain(&e)))?;
+    ensure!(
+        streamed
+            .databases
+            .iter()
+            .all(|d| d.tables_verified == d.tables && d.tables > 0),
+        "third copy: {streamed:#?}"
+    );
+    for database in [ACCOUNT, SHOP] {
+        for table in tables(&pg15, database)?
+            .iter()
+            .filter(|t| *t != "shop.events")
+        {
+            ensure!(
+                table_contents(&pg15, database, table)? == table_contents(&pg18, database, table)?,
+                "third copy, {database}.{table} differs"
+            );
+        }
+    }
     // The source was not written by the copy: it still has its data.
     ensure!(
         pg15.psql(SHOP, "SELECT count(*) FROM shop.orders")? == ORDERS.to_string(),

@@ -45,9 +45,20 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn run(command: &mut Command, what: &str) -> anyhow::Result<()> {
+    run_logged(command, what, None)
+}
+
+/// [`run`], keeping the command's output in `log` (kept with the rig by
+/// `NAVETTE_RIG_KEEP=1`, for a look at the tool's own timings).
+fn run_logged(command: &mut Command, what: &str, log: Option<&Path>) -> anyhow::Result<()> {
     let output = command
         .output()
         .with_context(|| format!("running {what}"))?;
+    if let Some(log) = log {
+        let mut text = output.stdout.clone();
+        text.extend_from_slice(&output.stderr);
+        let _ = std::fs::write(log, text);
+    }
     if !output.status.success() {
         bail!(
             "{what}: {}{}",
@@ -518,7 +529,11 @@ fn bench_postgres(
                     "--no-owner",
                     "--no-acl",
                 ]);
-            run(&mut target_wrap(target, command), "pgcopydb clone")
+            run_logged(
+                &mut target_wrap(target, command),
+                "pgcopydb clone",
+                Some(&target.root().join("pgcopydb.log")),
+            )
         })?;
         others.push(("pgcopydb clone".into(), pgcopydb));
     } else {

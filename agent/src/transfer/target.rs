@@ -358,6 +358,13 @@ impl Transfers {
         let options = super::postgres::PullOptions {
             work_dir: work_dir.clone(),
             tools,
+            // A test's copy is checked as it arrives; a copy that must last
+            // is also read back from the database once loaded.
+            check: if spec.disposable {
+                super::postgres::DataCheck::Stream
+            } else {
+                super::postgres::DataCheck::RowDigest
+            },
             ..super::postgres::PullOptions::default()
         };
         let result = super::postgres::pull(

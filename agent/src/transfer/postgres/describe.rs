@@ -172,8 +172,13 @@ const EXTENSIONS: &str = "SELECT e.extname, e.extversion, n.nspname \
      FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace ORDER BY 1";
 
 /// Reads the whole description (but the schema objects, see
-/// `schema_objects`). Run it in a transaction holding the snapshot.
-pub async fn describe(client: &Client) -> Result<PostgresDatabaseDescription, CatalogError> {
+/// `schema_objects`), or with `summary` only what a preflight checks (no
+/// properties, sequences or roles). Run it in a transaction holding the
+/// snapshot.
+pub async fn describe(
+    client: &Client,
+    summary: bool,
+) -> Result<PostgresDatabaseDescription, CatalogError> {
     let server_version_num = super::session::server_version_num(client)
         .await
         .map_err(step("reading the server version"))?;
@@ -185,10 +190,16 @@ pub async fn describe(client: &Client) -> Result<PostgresDatabaseDescription, Ca
         .await
         .and_then(|row| row.try_get(0))
         .map_err(step("reading the system identifier"))?;
-    let (properties, database_bytes) = properties(client).await?;
     let tables = tables(client).await?;
-    let sequences = sequences(client).await?;
-    let (roles, memberships) = roles(client).await?;
+    let ((properties, database_bytes), sequences, (roles, memberships)) = if summary {
+        Default::default()
+    } else {
+        (
+            properties(client).await?,
+            sequences(client).await?,
+            roles(client).await?,
+        )
+    };
     let extensions = client
         .query(EXTENSIONS, &[])
         .await

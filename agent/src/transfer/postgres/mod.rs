@@ -17,6 +17,11 @@
 //!    `(SNAPSHOT 'export')` would give the same kind of snapshot plus the
 //!    LSN to replicate from: `SnapshotMethod::REPLICATION_SLOT` is where a
 //!    migration will plug in.
+//!    Before it, a short description of each database (versions,
+//!    extensions, sizes) is checked, so a copy that cannot succeed is
+//!    refused before the target is changed. In the snapshot, the source
+//!    describes the database while its `pg_dump` runs (step 4), and lists
+//!    the schema's objects (for step 7) while the data flows.
 //! 2. **Roles first** (they are global): every role the database refers to,
 //!    with its password verifier copied as-is, so the same password works.
 //!    Existing roles are altered, never dropped; superusers are never
@@ -33,9 +38,11 @@
 //!    `COPY ... TO STDOUT (FORMAT binary)` on the source streamed into
 //!    `COPY ... FROM STDIN` on the target; a table whose types cannot
 //!    travel in binary goes as text; big tables are split into block ranges
-//!    (TID range scans). The source digests the rows it sends; as soon as a
-//!    table is copied, the target reads it back and compares ([`digest`];
-//!    SQL checksums on both sides, [`checksum`], are the slower option).
+//!    (TID range scans). The source digests the rows it sends ([`digest`]).
+//!    A test's copy is digested as it arrives and compared before each
+//!    unit commits; any other copy is also read back as soon as a table is
+//!    loaded, and compared (SQL checksums on both sides, [`checksum`], are
+//!    the slower option).
 //!    Large objects' contents, and sequence values, follow. If the link or
 //!    the snapshot is lost, the database is copied again with a new
 //!    snapshot.

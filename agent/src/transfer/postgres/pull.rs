@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use navette_proto::v1::postgres_source_client::PostgresSourceClient;
 use navette_proto::v1::{
-    CopyLargeObjectsRequest, DatabaseCopy, DescribeDatabaseRequest, DumpSchemaRequest,
+    CopyLargeObjectsRequest, DatabaseCopy, DescribeDatabaseRequest, DescribeScope,
+    DumpSchemaRequest,
 };
 use tokio_postgres::Client;
 use tonic::transport::Channel;
@@ -282,39 +283,50 @@ async fn copy_database(
     progress.set_phase(format!("postgresql {database}"));
 
     let mut snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
-    let description = source
-        .clone()
-        .describe_database(DescribeDatabaseRequest {
-            transfer_id: transfer_id.to_owned(),
-            server: copy.source_server.clone(),
-            database: copy.source_database.clone(),
-            snapshot_name: snapshot.name.clone(),
-        })
-        .await
-        .map_err(|status| source_error(copy, "describing the database", &status))?
-        .into_inner();
-    // The totals came from the description outside the snapshot.
-    adjust(
-        &progress.tables_total,
-        &plan.counted_tables,
-        description.tables.len() as u64,
+    tracing::debug!(
+        message = "snapshot held",
+        database,
+        seconds = started.elapsed().as_secs_f64()
     );
-    adjust(
-        &progress.bytes_total,
-        &plan.counted_bytes,
-        totals(&description),
-    );
-    let properties = description.properties.clone().unwrap_or_default();
-
-    // The target's roles and empty database, while the source dumps the
-    // schema: neither waits for the other.
+    // The source describes the database and the target prepares its roles
+    // and empty database, while the source dumps the schema: neither waits
+    // for the other.
     let admin = connect(server, "postgres", database).await?;
     let target = Target {
         client: &admin,
         server,
         database,
     };
-    let prepare_target = async {
+    let describe_and_prepare = async {
+        let description = source
+            .clone()
+            .describe_database(DescribeDatabaseRequest {
+                transfer_id: transfer_id.to_owned(),
+                server: copy.source_server.clone(),
+                database: copy.source_database.clone(),
+                snapshot_name: snapshot.name.clone(),
+                scope: DescribeScope::Copy.into(),
+            })
+            .await
+            .map_err(|status| source_error(copy, "describing the database", &status))?
+            .into_inner();
+        tracing::debug!(
+            message = "described in the snapshot",
+            database,
+            seconds = started.elapsed().as_secs_f64()
+        );
+        // The totals came from the description outside the snapshot.
+        adjust(
+            &progress.tables_total,
+            &plan.counted_tables,
+            description.tables.len() as u64,
+        );
+        adjust(
+            &progress.bytes_total,
+            &plan.counted_bytes,
+            totals(&description),
+        );
+        let properties = description.properties.clone().unwrap_or_default();
         let roles = target
             .ensure_roles(&description.roles, &description.memberships)
             .await?;
@@ -324,7 +336,12 @@ async fn copy_database(
         target
             .set_database_properties(&properties, &description.roles)
             .await?;
-        Ok::<_, PostgresCopyError>(roles)
+        tracing::debug!(
+            message = "target prepared",
+            database,
+            seconds = started.elapsed().as_secs_f64()
+        );
+        Ok::<_, PostgresCopyError>((description, roles))
     };
     let mut schema_source = source.clone();
     let fetch_schema = restore::fetch_schema(
@@ -338,7 +355,12 @@ async fn copy_database(
         work_file(options, transfer_id, copy),
         database,
     );
-    let (roles, archive) = tokio::try_join!(prepare_target, fetch_schema)?;
+    let ((description, roles), archive) = tokio::try_join!(describe_and_prepare, fetch_schema)?;
+    tracing::debug!(
+        message = "schema fetched",
+        database,
+        seconds = started.elapsed().as_secs_f64()
+    );
     tally.sent(archive.bytes);
     restore::pg_restore(
         &plan.tools,
@@ -390,8 +412,27 @@ async fn copy_database(
         )
         .await
     };
-    let (data, copied_objects) =
-        tokio::try_join!(data.run(&description.tables), large_objects_copy)?;
+    // What the schema must look like at the end, read in the snapshot while
+    // the data flows.
+    let source_schema = async {
+        source
+            .clone()
+            .describe_database(DescribeDatabaseRequest {
+                transfer_id: transfer_id.to_owned(),
+                server: copy.source_server.clone(),
+                database: copy.source_database.clone(),
+                snapshot_name: snapshot.name.clone(),
+                scope: DescribeScope::SchemaObjects.into(),
+            })
+            .await
+            .map(|answer| answer.into_inner().schema_objects)
+            .map_err(|status| source_error(copy, "listing the schema's objects", &status))
+    };
+    let (data, copied_objects, source_schema) = tokio::try_join!(
+        data.run(&description.tables),
+        large_objects_copy,
+        source_schema
+    )?;
     set_sequences(&objects, server, database, &description).await?;
     snapshot.check(database).await?;
     drop(snapshot);
@@ -435,10 +476,7 @@ async fn copy_database(
                 what: error.what,
                 source: error.source,
             })?;
-    problems.extend(schema_objects::compare(
-        &description.schema_objects,
-        &on_target,
-    ));
+    problems.extend(schema_objects::compare(&source_schema, &on_target));
     if !problems.is_empty() {
         return Err(PostgresCopyError::Mismatch {
             database: database.to_owned(),

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use navette_proto::v1::postgres_source_server::{PostgresSource, PostgresSourceServer};
 use navette_proto::v1::{
     ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
-    DumpSchemaRequest, HoldSnapshotRequest, LargeObjectChunk, PostgresChunk,
+    DescribeScope, DumpSchemaRequest, HoldSnapshotRequest, LargeObjectChunk, PostgresChunk,
     PostgresDatabaseDescription, SnapshotMethod, SnapshotStatus, TableChecksum, snapshot_status,
 };
 use tokio::sync::mpsc;
@@ -239,12 +239,20 @@ impl PostgresSource for PostgresSourceService {
         let r = request.into_inner();
         let described = async {
             let client = open_in_snapshot(&server, &r.database, &r.snapshot_name).await?;
-            let mut description = describe::describe(&client)
-                .await
-                .map_err(|e| SourceError::query(&server, &r.database, e))?;
-            description.schema_objects = schema_objects::read(&client)
-                .await
-                .map_err(|e| SourceError::query(&server, &r.database, e))?;
+            let scope = DescribeScope::try_from(r.scope).unwrap_or(DescribeScope::Full);
+            let mut description = match scope {
+                DescribeScope::SchemaObjects => Ok(PostgresDatabaseDescription::default()),
+                DescribeScope::Preflight => describe::describe(&client, true).await,
+                DescribeScope::Full | DescribeScope::Copy => {
+                    describe::describe(&client, false).await
+                }
+            }
+            .map_err(|e| SourceError::query(&server, &r.database, e))?;
+            if matches!(scope, DescribeScope::Full | DescribeScope::SchemaObjects) {
+                description.schema_objects = schema_objects::read(&client)
+                    .await
+                    .map_err(|e| SourceError::query(&server, &r.database, e))?;
+            }
             let _ = client.batch_execute("COMMIT").await;
             Ok::<_, SourceError>(description)
         }

@@ -6,10 +6,12 @@
 //! transaction on the target, so a failed unit leaves nothing behind and is
 //! simply tried again. A whole-table unit truncates the table in its
 //! transaction, which lets `COPY ... FREEZE` write rows already frozen (no
-//! later hint-bit or anti-wraparound rewrite of the whole table). The last
-//! unit of a table to finish checks it ([`DataCheck`]): by default the
-//! digest of the rows the source sent against the digest of the rows read
-//! back from the target. At the same time, on a second session, it runs
+//! later hint-bit or anti-wraparound rewrite of the whole table). Rows are
+//! checked ([`DataCheck`]): for a copy that can be made again (a test), each
+//! unit's rows as they arrive, against the source's digest, before the unit
+//! commits; for any other copy, the last unit of a table to finish reads
+//! the whole table back from the target and compares the digest of its
+//! rows with the source's. At the same time, on a second session, it runs
 //! `ANALYZE` on the table (if asked): the statistics come from a sample, so
 //! they cost little next to the check and no longer wait for the end of the
 //! copy (see [`restore::analyze_after_post_data`](super::restore) for what
@@ -44,9 +46,17 @@ const ATTEMPTS: usize = 3;
 pub enum DataCheck {
     /// Only COPY's own row counts.
     None,
+    /// The digest of the rows the source sent against the same digest of
+    /// the rows the target received and handed to `COPY FROM`, and the
+    /// source's row count against COPY's: checks everything between the two
+    /// servers at the cost of one pass over the bytes on each side, and
+    /// trusts the target server to store what its COPY accepted. For copies
+    /// that can be made again (tests).
+    Stream,
     /// The digest of the rows the source sent (computed while sending, no
     /// extra scan there) against the same digest of the rows read back from
-    /// the target with `COPY TO` (see [`digest`]).
+    /// the target with `COPY TO` (see [`digest`]): also checks what the
+    /// target stored, for another full read of every table.
     #[default]
     RowDigest,
     /// Row count and checksum of each row's text by SQL on both sides, the
@@ -312,7 +322,8 @@ impl DataCopy<'_> {
                     )));
                 }
                 match self.check {
-                    DataCheck::None => Ok(None),
+                    // Stream: each unit's rows were checked as they arrived.
+                    DataCheck::None | DataCheck::Stream => Ok(None),
                     DataCheck::RowDigest => self.read_back(&target, table, &sent, copied).await,
                     DataCheck::Sql => self.verify_table(&target, table, copied).await,
                 }
@@ -417,12 +428,24 @@ impl DataCopy<'_> {
             let mut sink = std::pin::pin!(sink);
             let mut bytes = 0u64;
             let mut sent = None;
+            let mut received = (self.check == DataCheck::Stream).then(|| {
+                digest::RowSplitter::new(if table.binary {
+                    digest::Format::Binary
+                } else {
+                    digest::Format::Text
+                })
+            });
             while let Some(chunk) = stream.message().await.map_err(Failure::from_status)? {
                 if chunk.digest.is_some() {
                     sent = chunk.digest;
                 }
                 if chunk.data.is_empty() {
                     continue;
+                }
+                if let Some(received) = &mut received {
+                    received.feed(&chunk.data).map_err(|error| {
+                        Failure::Retry(format!("the rows received are malformed: {error}"))
+                    })?;
                 }
                 let length = chunk.data.len() as u64;
                 sink.send(Bytes::from(chunk.data))
@@ -437,6 +460,20 @@ impl DataCopy<'_> {
                     "the source's stream ended without its digest: it was cut short".to_owned(),
                 ));
             };
+            if let Some(received) = received {
+                // Checked before COMMIT: rows that differ from what the
+                // source sent are never kept.
+                let received = received.finish().map_err(|error| {
+                    Failure::Retry(format!("the rows received are malformed: {error}"))
+                })?;
+                if received != sent {
+                    return Err(Failure::Retry(format!(
+                        "the source sent {}, this host received {}",
+                        digest::describe(&sent),
+                        digest::describe(&received)
+                    )));
+                }
+            }
             let rows = sink
                 .as_mut()
                 .finish()

@@ -6,7 +6,9 @@
 use std::sync::atomic::AtomicU64;
 
 use navette_proto::v1::postgres_source_client::PostgresSourceClient;
-use navette_proto::v1::{DatabaseCopy, DescribeDatabaseRequest, PostgresDatabaseDescription};
+use navette_proto::v1::{
+    DatabaseCopy, DescribeDatabaseRequest, DescribeScope, PostgresDatabaseDescription,
+};
 use tonic::transport::Channel;
 
 use super::{PullOptions, connect, source_error, target_error};
@@ -54,6 +56,7 @@ pub(super) async fn preflight<'a>(
                 server: copy.source_server.clone(),
                 database: copy.source_database.clone(),
                 snapshot_name: String::new(),
+                scope: DescribeScope::Preflight.into(),
             })
             .await
             .map(tonic::Response::into_inner)
