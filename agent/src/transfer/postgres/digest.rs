@@ -12,8 +12,8 @@
 //! cancelling out in the plain sum. The hash is not a cryptographic one:
 //! this detects lost, duplicated, truncated or altered rows between two
 //! servers the agents control, not a forgery. Cost: one pass over the bytes
-//! on each side (about 0.3 ns per byte) and, on the target, one `COPY TO`
-//! of the table.
+//! on each side and, when the target reads its copy back, one `COPY TO` of
+//! the table.
 //!
 //! Binary COPY: a row is a tuple with its field count and field lengths.
 //! Text COPY: a row is a line without its newline (newlines in values are
@@ -44,36 +44,12 @@ pub enum DigestError {
     AfterTrailer,
 }
 
-/// The row hash: 64-bit words (little-endian, the last one zero-padded)
-/// folded by multiply-rotate steps from a seed that includes the length,
-/// then MurmurHash3's 64-bit finaliser. About 0.3 ns per byte; every bit of
-/// the row affects every bit of the result.
+/// The row hash: XXH3-64 (seed 0) of the row's bytes. A specified
+/// algorithm, since both agents must agree whatever their build; about
+/// 0.1 ns per byte, several times cheaper than splitting the stream into
+/// rows; every bit of the row affects every bit of the result.
 pub fn row_hash(bytes: &[u8]) -> u64 {
-    const K1: u64 = 0x9e37_79b9_7f4a_7c15;
-    const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
-    let step = |hash: u64, word: u64| {
-        (hash ^ word.wrapping_mul(K1))
-            .rotate_left(31)
-            .wrapping_mul(K2)
-    };
-    let mut hash = (bytes.len() as u64).wrapping_mul(K2) ^ K1;
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut buffer = [0u8; 8];
-        buffer.copy_from_slice(word);
-        hash = step(hash, u64::from_le_bytes(buffer));
-    }
-    let tail = words.remainder();
-    if !tail.is_empty() {
-        let mut buffer = [0u8; 8];
-        buffer[..tail.len()].copy_from_slice(tail);
-        hash = step(hash, u64::from_le_bytes(buffer));
-    }
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    hash ^ (hash >> 33)
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
 /// Adds one row to a digest.
@@ -283,7 +259,10 @@ mod tests {
         assert_ne!(row_hash(b"a"), row_hash(b"a\0"));
         assert_ne!(row_hash(b"abcdefgh1"), row_hash(b"abcdefgh2"));
         assert_ne!(row_hash(b"abcdefgh"), row_hash(b"bbcdefgh"));
-        assert_eq!(row_hash(b"navette"), 0xd27c_d66b_8ac3_b4dc);
+        // XXH3-64's reference values (the xxHash project's own
+        // implementation gives the same).
+        assert_eq!(row_hash(b"navette"), 0x7e83_c6b0_d9c5_5fc2);
+        assert_eq!(row_hash(b""), 0x2d06_8005_38d3_94c2);
     }
 
     #[test]
