@@ -280,6 +280,11 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
+/// HTTP/2 flow-control windows of a channel's streams and connection: how
+/// much a peer may send before this side has consumed it.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// A lazily connecting gRPC channel to `address` over mutual TLS, verifying
 /// that the server's certificate carries `server_name`.
 pub fn channel(
@@ -295,6 +300,11 @@ pub fn channel(
         .map_err(|_| TlsError::ServerName(address.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        // Transfers stream megabytes per message: HTTP/2's default window
+        // (64 KiB) would have the sender wait for a window update every
+        // 64 KiB. What a stream may have in flight is bounded by these.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     let service = tower::service_fn(move |_uri: http::Uri| {
