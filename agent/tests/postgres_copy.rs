@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use navette_agent::transfer::postgres::session::SESSION_SETTINGS;
+use navette_agent::transfer::postgres::wire::BulkSession;
 use navette_agent::transfer::postgres::{
     DataCheck, PostgresCopyError, PostgresSourceService, PullOptions,
 };
@@ -611,9 +613,11 @@ fn an_account_is_copied_from_15_to_18_faithfully_while_it_is_written() -> anyhow
         "second copy: {again:#?}"
     );
     // A third copy, as for a test: rows checked as they arrive, against
-    // the source's digests and row counts, instead of read back.
+    // the source's digests and row counts, instead of read back; every
+    // table read through a bulk session on the source.
     let mut third = spec()?;
     third.options.check = DataCheck::Stream;
+    third.options.bulk_bytes = 0;
     let (streamed, _) = pull_in(third)?;
     let streamed = streamed.map_err(|e| anyhow::anyhow!(navette_agent::error_chain(&e)))?;
     ensure!(
@@ -790,6 +794,8 @@ fn a_lost_snapshot_means_the_database_is_copied_again() -> anyhow::Result<()> {
             options: PullOptions {
                 workers: 1,
                 work_dir: rig.dir().to_owned(),
+                // Every table through a bulk session on the source.
+                bulk_bytes: 0,
                 ..PullOptions::default()
             },
         })?;
@@ -820,5 +826,69 @@ fn a_lost_snapshot_means_the_database_is_copied_again() -> anyhow::Result<()> {
             "part{n} on the target"
         );
     }
+    Ok(())
+}
+
+/// The bulk sessions big tables are read through speak the protocol
+/// themselves: over TCP with SCRAM-SHA-256, they read exactly what COPY
+/// outputs, and a refusal is the server's own message with its SQLSTATE.
+#[test]
+fn bulk_sessions_authenticate_read_copy_and_report_refusals() -> anyhow::Result<()> {
+    let rig = Rig::new("postgres_copy_bulk")?;
+    let host = rig.add_namespace("src", SOURCE)?;
+    let pg15 = host.start_postgres(&rig, PgVersion::V15, 5432)?;
+    pg15.psql(
+        "postgres",
+        "CREATE ROLE nvpgw_bulk LOGIN PASSWORD 'bulk pw'; \
+         CREATE TABLE words AS SELECT g AS n, repeat('x', g % 7) || 'é' AS word \
+         FROM generate_series(1, 50000) g; \
+         GRANT SELECT ON words TO nvpgw_bulk",
+    )?;
+    let expected = pg15.psql(
+        "postgres",
+        "SELECT string_agg(n || E'\\t' || word, E'\\n' ORDER BY n) FROM words",
+    )?;
+    let mut server = server_config(&pg15);
+    server.host = SOURCE.to_string();
+    server.user = "nvpgw_bulk".to_owned();
+    server.password = Some("bulk pw".to_owned());
+    let (copied, refused, after, wrong_password) =
+        postgres_support::run_multi_threaded(&host, || async {
+            let mut session = BulkSession::connect(&server, "postgres", SESSION_SETTINGS).await?;
+            session
+                .copy_out("COPY (SELECT * FROM public.words ORDER BY n) TO STDOUT")
+                .await?;
+            let mut copied = Vec::new();
+            // Small pieces: rows are appended whole, across many reads.
+            while session.read_rows(&mut copied, 4096).await? {}
+            let refused = session
+                .copy_out("COPY no_such_table TO STDOUT")
+                .await
+                .err()
+                .map(|e| (e.code().map(str::to_owned), e.to_string()));
+            // The session is still usable after a refusal.
+            let after = session.execute("SELECT 1").await.is_ok();
+            let mut wrong = server.clone();
+            wrong.password = Some("not it".to_owned());
+            let wrong_password = BulkSession::connect(&wrong, "postgres", SESSION_SETTINGS)
+                .await
+                .err()
+                .and_then(|e| e.code().map(str::to_owned));
+            Ok((copied, refused, after, wrong_password))
+        })?;
+    ensure!(
+        String::from_utf8(copied)? == format!("{expected}\n"),
+        "the bulk session read what COPY outputs"
+    );
+    let (code, message) = refused.context("COPY of a missing table was refused")?;
+    ensure!(
+        code.as_deref() == Some("42P01") && message.contains("no_such_table"),
+        "refusal: {code:?} {message}"
+    );
+    ensure!(after, "the session works after a refusal");
+    ensure!(
+        wrong_password.as_deref() == Some("28P01"),
+        "a wrong password: {wrong_password:?}"
+    );
     Ok(())
 }

@@ -94,6 +94,7 @@ pub mod tables;
 pub mod tally;
 pub mod target;
 pub mod tools;
+pub mod wire;
 
 pub use error::PostgresCopyError;
 pub use pull::{DatabaseReport, PostgresReport, PullOptions, pull};

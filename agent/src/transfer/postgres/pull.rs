@@ -64,6 +64,10 @@ pub struct PullOptions {
     /// keeps up with the target, and a whole-table copy can use
     /// `COPY FREEZE`.
     pub split_bytes: u64,
+    /// Tables (or block ranges) of at least this size are read on the
+    /// source through a bulk session: one more connection to the source
+    /// server, much less CPU per row. Default 16 MiB.
+    pub bulk_bytes: u64,
     /// How every table is checked. Default: row digests
     /// ([`DataCheck::RowDigest`]).
     pub check: DataCheck,
@@ -84,6 +88,7 @@ impl Default for PullOptions {
             tools: BTreeMap::new(),
             work_dir: std::env::temp_dir(),
             split_bytes: 1 << 30,
+            bulk_bytes: 16 << 20,
             check: DataCheck::default(),
             analyze: true,
             maintenance_work_mem: "256MB".to_owned(),
@@ -388,6 +393,7 @@ async fn copy_database(
         target_database: database,
         workers,
         split_bytes: options.split_bytes,
+        bulk_bytes: options.bulk_bytes,
         ranges: session::major(snapshot.server_version_num) >= 14,
         check: options.check,
         analyze: options.analyze,

@@ -29,11 +29,15 @@ mod snapshot;
 mod streams;
 
 use snapshot::{check_snapshot_name, export_snapshot, keep_snapshot, open_in_snapshot};
-use streams::{CopyFailure, dump, find_table, start_copy, stream_copy, stream_large_objects};
+use streams::{
+    CopyFailure, dump, find_table, start_bulk_copy, start_copy, stream_bulk_copy, stream_copy,
+    stream_large_objects,
+};
 
 use super::describe::CatalogError;
 use super::session;
 use super::tools::PgTools;
+use super::wire::WireError;
 use super::{checksum, describe, schema_objects};
 use crate::config::PostgresqlServer;
 use crate::transfer::grants::Grants;
@@ -78,7 +82,16 @@ pub enum SourceError {
         database: String,
         snapshot: String,
         #[source]
-        source: tokio_postgres::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A bulk session (big tables' COPY) failed.
+    #[error("PostgreSQL server {server}, database {database}: {what}")]
+    Bulk {
+        server: String,
+        database: String,
+        what: String,
+        #[source]
+        source: Box<WireError>,
     },
     /// The request is malformed.
     #[error("{0}")]
@@ -120,6 +133,10 @@ pub fn status(error: &SourceError) -> Status {
             }
             // No SQLSTATE: the session was lost.
             None => Status::unavailable(message),
+            Some(_) => Status::internal(message),
+        },
+        SourceError::Bulk { source, .. } => match source.code() {
+            Some("55P03") | None => Status::unavailable(message),
             Some(_) => Status::internal(message),
         },
         SourceError::NoSuchTable { .. } => Status::not_found(message),
@@ -294,10 +311,29 @@ impl PostgresSource for PostgresSourceService {
         // Connect and start COPY before answering, so that a bad table or a
         // lost snapshot is the call's status rather than a stream error.
         let (client, statement, format) = start_copy(&server, &r).await.map_err(|e| status(&e))?;
+        let copy = if r.bulk {
+            let session = start_bulk_copy(&server, &r, &statement)
+                .await
+                .map_err(|e| status(&e))?;
+            drop(client);
+            Err(session)
+        } else {
+            Ok(client)
+        };
         let (sender, receiver) = mpsc::channel(8);
         tokio::spawn(async move {
-            if let Err(error) = stream_copy(&client, &statement, format, &sender).await {
+            let streamed = match copy {
+                Err(session) => stream_bulk_copy(session, format, &sender).await,
+                Ok(client) => stream_copy(&client, &statement, format, &sender).await,
+            };
+            if let Err(error) = streamed {
                 let error = match error {
+                    CopyFailure::Bulk(source) => SourceError::Bulk {
+                        server: server.name.clone(),
+                        database: r.database.clone(),
+                        what: format!("COPY of table {}.{}", r.schema, r.table),
+                        source: Box::new(source),
+                    },
                     CopyFailure::Query(source) => SourceError::Query {
                         server: server.name.clone(),
                         database: r.database.clone(),

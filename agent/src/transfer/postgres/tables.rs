@@ -80,6 +80,9 @@ pub struct DataCopy<'a> {
     pub split_bytes: u64,
     /// The source can scan block ranges (PostgreSQL 14 or later).
     pub ranges: bool,
+    /// Units of at least this size are read through a bulk session on the
+    /// source ([`wire`](super::wire)).
+    pub bulk_bytes: u64,
     /// How each table is checked.
     pub check: DataCheck,
     /// `ANALYZE` each table once loaded, while it is checked.
@@ -392,6 +395,7 @@ impl DataCopy<'_> {
             .into(),
             first_block: unit.first_block,
             end_block: unit.end_block,
+            bulk: unit.estimated_bytes >= self.bulk_bytes,
         };
         let mut stream = self
             .source

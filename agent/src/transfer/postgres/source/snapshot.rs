@@ -79,7 +79,7 @@ pub(super) async fn open_in_snapshot(
                 server: server.name.clone(),
                 database: database.to_owned(),
                 snapshot: snapshot.to_owned(),
-                source,
+                source: source.into(),
             }
         }
     })?;

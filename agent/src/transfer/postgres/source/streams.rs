@@ -12,8 +12,11 @@ use super::SourceError;
 use super::snapshot::{check_snapshot_name, open_in_snapshot};
 use crate::config::PostgresqlServer;
 use crate::transfer::postgres::describe::COLUMNS;
-use crate::transfer::postgres::session::{conninfo_value, qualified, quote_ident};
+use crate::transfer::postgres::session::{
+    SESSION_SETTINGS, conninfo_value, qualified, quote_ident, quote_literal,
+};
 use crate::transfer::postgres::tools::PgTools;
+use crate::transfer::postgres::wire::{BulkSession, WireError};
 use crate::transfer::postgres::{CHUNK_BYTES, digest};
 
 /// Large objects are read and sent in pieces of this size.
@@ -113,7 +116,90 @@ pub(super) async fn start_copy(
 /// Why streaming a table stopped.
 pub(super) enum CopyFailure {
     Query(tokio_postgres::Error),
+    Bulk(WireError),
     Digest(digest::DigestError),
+}
+
+/// Opens a bulk session in the request's snapshot and starts `statement`
+/// (a COPY TO) on it.
+pub(super) async fn start_bulk_copy(
+    server: &PostgresqlServer,
+    r: &CopyTableRequest,
+    statement: &str,
+) -> Result<BulkSession, SourceError> {
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |source: WireError| SourceError::Bulk {
+            server: server.name.clone(),
+            database: r.database.clone(),
+            what,
+            source: Box::new(source),
+        }
+    };
+    let mut session = BulkSession::connect(server, &r.database, SESSION_SETTINGS)
+        .await
+        .map_err(failed("connecting (bulk session)"))?;
+    session
+        .execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            quote_literal(&r.snapshot_name)
+        ))
+        .await
+        .map_err(|source| match source {
+            // The snapshot could not be imported: its holder is gone.
+            WireError::Server { .. } => SourceError::SnapshotGone {
+                server: server.name.clone(),
+                database: r.database.clone(),
+                snapshot: r.snapshot_name.clone(),
+                source: source.into(),
+            },
+            source => failed("importing the snapshot")(source),
+        })?;
+    session
+        .copy_out(statement)
+        .await
+        .map_err(failed(&format!("COPY of table {}.{}", r.schema, r.table)))?;
+    Ok(session)
+}
+
+/// [`stream_copy`] on a bulk session: rows are appended to each chunk
+/// straight from the protocol, and digested a chunk at a time.
+pub(super) async fn stream_bulk_copy(
+    mut session: BulkSession,
+    format: digest::Format,
+    sender: &mpsc::Sender<Result<PostgresChunk, Status>>,
+) -> Result<(), CopyFailure> {
+    let mut rows = digest::RowSplitter::new(format);
+    loop {
+        let mut data = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
+        let more = session
+            .read_rows(&mut data, CHUNK_BYTES)
+            .await
+            .map_err(CopyFailure::Bulk)?;
+        rows.feed(&data).map_err(CopyFailure::Digest)?;
+        if !more {
+            session.execute("COMMIT").await.map_err(CopyFailure::Bulk)?;
+            let digest = rows.finish().map_err(CopyFailure::Digest)?;
+            if !data.is_empty() {
+                let _ = sender.send(Ok(PostgresChunk { data, digest: None })).await;
+            }
+            let _ = sender
+                .send(Ok(PostgresChunk {
+                    data: Vec::new(),
+                    digest: Some(digest),
+                }))
+                .await;
+            return Ok(());
+        }
+        if sender
+            .send(Ok(PostgresChunk { data, digest: None }))
+            .await
+            .is_err()
+        {
+            // The target left; dropping the session ends the COPY.
+            return Ok(());
+        }
+    }
 }
 
 /// Streams COPY output in chunks of about [`CHUNK_BYTES`], digesting the
