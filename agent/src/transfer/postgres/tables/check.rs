@@ -7,10 +7,13 @@ use navette_proto::v1::{ChecksumTableRequest, PostgresTable, RowDigest};
 use tokio_postgres::Client;
 
 use super::{DataCopy, column_list};
+use crate::config::PostgresqlServer;
+use crate::transfer::postgres::CHUNK_BYTES;
 use crate::transfer::postgres::checksum;
 use crate::transfer::postgres::digest::{self, RowSplitter};
 use crate::transfer::postgres::error::{self, PostgresCopyError};
-use crate::transfer::postgres::session::{self, qualified, quote_ident};
+use crate::transfer::postgres::session::{self, SESSION_SETTINGS, qualified, quote_ident};
+use crate::transfer::postgres::wire::BulkSession;
 
 /// Tables are read back in ranges of about this size, in parallel.
 const READ_BACK_PART: u64 = 128 << 20;
@@ -19,7 +22,8 @@ impl DataCopy<'_> {
     /// Reads the table back from the target and compares the digest of its
     /// rows with the source's; a sentence if they differ. A big table is
     /// read as block ranges on parallel sessions (it is the last thing the
-    /// data phase waits for).
+    /// data phase waits for), bulk sessions from [`DataCopy::bulk_bytes`]
+    /// on.
     pub(super) async fn read_back(
         &self,
         target: &Client,
@@ -42,10 +46,15 @@ impl DataCopy<'_> {
         } else {
             1
         };
+        let bulk = table.bytes >= self.bulk_bytes;
         let stored = if parts < 2 {
-            read_digest(target, &copy_to(table, &name, None), format)
-                .await
-                .map_err(failed)?
+            let statement = copy_to(table, &name, None);
+            if bulk {
+                read_digest_bulk(self.target_server, self.target_database, &statement, format).await
+            } else {
+                read_digest(target, &statement, format).await
+            }
+            .map_err(failed)?
         } else {
             let blocks: i64 = target
                 .query_one(
@@ -62,6 +71,15 @@ impl DataCopy<'_> {
                 let end = if part + 1 == parts { 0 } else { first + step };
                 let statement = copy_to(table, &name, Some((first, end)));
                 async move {
+                    if bulk {
+                        return read_digest_bulk(
+                            self.target_server,
+                            self.target_database,
+                            &statement,
+                            format,
+                        )
+                        .await;
+                    }
                     if part == 0 {
                         return read_digest(target, &statement, format).await;
                     }
@@ -188,4 +206,34 @@ async fn read_digest(
         rows.feed(&piece).map_err(|e| e.to_string())?;
     }
     rows.finish().map_err(|e| e.to_string())
+}
+
+/// [`read_digest`] through a bulk session ([`wire`](crate::transfer::postgres::wire)), for big
+/// tables: rows are digested a chunk at a time, straight from the protocol.
+async fn read_digest_bulk(
+    server: &PostgresqlServer,
+    database: &str,
+    statement: &str,
+    format: digest::Format,
+) -> Result<RowDigest, String> {
+    let mut session = BulkSession::connect(server, database, SESSION_SETTINGS)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    session
+        .copy_out(statement)
+        .await
+        .map_err(|e| crate::error_chain(&e))?;
+    let mut rows = RowSplitter::new(format);
+    let mut buffer = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
+    loop {
+        buffer.clear();
+        let more = session
+            .read_rows(&mut buffer, CHUNK_BYTES)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        rows.feed(&buffer).map_err(|e| e.to_string())?;
+        if !more {
+            return rows.finish().map_err(|e| e.to_string());
+        }
+    }
 }
