@@ -284,6 +284,8 @@ pub fn incoming(
 /// much a peer may send before this side has consumed it.
 pub const STREAM_WINDOW: u32 = 8 << 20;
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
+/// The largest HTTP/2 frame a channel accepts.
+pub const MAX_FRAME: u32 = 1 << 20;
 
 /// A lazily connecting gRPC channel to `address` over mutual TLS, verifying
 /// that the server's certificate carries `server_name`.
@@ -305,6 +307,9 @@ pub fn channel(
         // 64 KiB. What a stream may have in flight is bounded by these.
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        // Frames of up to 1 MiB (not 16 KiB): a chunk crosses HTTP/2 in a
+        // few frames.
+        .max_frame_size(MAX_FRAME)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     let service = tower::service_fn(move |_uri: http::Uri| {

@@ -79,6 +79,53 @@ fn timed(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<D
     Ok(took)
 }
 
+/// [`timed`] for Navette's copies, also printing the CPU time the agents
+/// (source and target) used: steadier than wall time on a shared machine,
+/// and what the agents' own work costs beside the servers'.
+fn timed_navette(what: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let before = agents_cpu();
+    let took = timed(what, f)?;
+    eprintln!(
+        "    (the agents used {:.2} s of CPU)",
+        agents_cpu() - before
+    );
+    Ok(took)
+}
+
+/// User and system CPU seconds of every running navette-agent process.
+fn agents_cpu() -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut total = 0u64;
+    for process in processes.flatten() {
+        let Ok(stat) = std::fs::read_to_string(process.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ... utime stime: fields 14 and 15, counted after
+        // the command name's closing parenthesis.
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if !head.ends_with("(navette-agent") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let field = |n: usize| {
+            fields
+                .get(n)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total += field(11) + field(12);
+    }
+    total as f64 / ticks
+}
+
 /// Drops the page cache so that every copy reads from disk alike.
 fn drop_caches() {
     let _ = Command::new("sync").status();
@@ -325,7 +372,7 @@ fn bench_files(
     let copy_home = target.accounts_dir().join("nvbench_files");
     drop_caches();
     let mut test_id = String::new();
-    let navette_initial = timed("navette (TestMigration)", || {
+    let navette_initial = timed_navette("navette (TestMigration)", || {
         test_id = press_and_wait(
             rig,
             Press::Test {
@@ -401,7 +448,7 @@ fn bench_files(
 
     eprintln!("files, re-copy with nothing changed:");
     drop_caches();
-    let navette_same = timed("navette (RefreshTest)", || {
+    let navette_same = timed_navette("navette (RefreshTest)", || {
         press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
     })?;
     drop_caches();
@@ -421,7 +468,7 @@ fn bench_files(
         "changing 1% of the files",
     )?;
     drop_caches();
-    let navette_changed = timed("navette (RefreshTest)", || {
+    let navette_changed = timed_navette("navette (RefreshTest)", || {
         press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
     })?;
     drop_caches();
@@ -462,7 +509,7 @@ fn bench_postgres(
         "SELECT pg_size_pretty(pg_database_size('nvbench_db'))",
     )?;
     drop_caches();
-    let navette_db = timed("navette (TestMigration)", || {
+    let navette_db = timed_navette("navette (TestMigration)", || {
         press_and_wait(
             rig,
             Press::Test {
