@@ -126,6 +126,16 @@ fn agents_cpu() -> f64 {
     total as f64 / ticks
 }
 
+/// Before each database copy: a checkpoint on both servers (so no tool
+/// pays for the checkpoint that the previous one's writes, or pgbench's,
+/// would trigger), then a cold page cache.
+fn quiesce(source_pg: &Postgres, target_pg: &Postgres) -> anyhow::Result<()> {
+    source_pg.psql("postgres", "CHECKPOINT")?;
+    target_pg.psql("postgres", "CHECKPOINT")?;
+    drop_caches();
+    Ok(())
+}
+
 /// Drops the page cache so that every copy reads from disk alike.
 fn drop_caches() {
     let _ = Command::new("sync").status();
@@ -508,55 +518,85 @@ fn bench_postgres(
         "nvbench_db",
         "SELECT pg_size_pretty(pg_database_size('nvbench_db'))",
     )?;
-    drop_caches();
-    let navette_db = timed_navette("navette (TestMigration)", || {
-        press_and_wait(
-            rig,
-            Press::Test {
-                request_id: "bench-db",
-                account: "nvbench_db",
-                migration_id: "postgresql-15-to-18",
-            },
-        )
-        .map(drop)
-    })?;
     source_pg.psql("postgres", "ALTER ROLE postgres PASSWORD 'bench'")?;
     let source_url =
         format!("host={SOURCE} port=5432 user=postgres password=bench dbname=nvbench_db");
-    let dump_dir = target.root().join("dump");
-    target_pg.psql("postgres", "CREATE DATABASE bench_dump")?;
-    drop_caches();
-    let dump_restore = timed(
-        "pg_dump -Fd -j 2 + pg_restore -j 2 (PostgreSQL 18 tools)",
-        || {
-            let mut dump = PgVersion::V18.command("pg_dump");
-            dump.args(["-Fd", "-j", "2", "-f"])
-                .arg(&dump_dir)
-                .arg(&source_url);
-            run(&mut target_wrap(target, dump), "pg_dump")?;
-            let mut restore = PgVersion::V18.command("pg_restore");
-            restore
-                .args(["-j", "2", "-h"])
-                .arg(target_pg.socket_dir())
-                .args(["-U", "postgres", "-d", "bench_dump"])
-                .arg(&dump_dir);
-            run(&mut restore, "pg_restore")
-        },
-    )?;
-    let mut others = vec![("pg_dump + pg_restore".to_owned(), dump_restore)];
-    if Command::new("pgcopydb")
+    let pgcopydb = Command::new("pgcopydb")
         .arg("--version")
         .output()
-        .is_ok_and(|o| o.status.success())
-    {
+        .is_ok_and(|o| o.status.success());
+    if !pgcopydb {
+        eprintln!("  pgcopydb is not installed (apt-get install pgcopydb): skipped");
+    }
+    // Each tool copies the database `rounds` times, the tools taking turns,
+    // and the median counts: one run of any tool varies by 10% here.
+    let rounds: usize = std::env::var("NAVETTE_BENCH_DB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let (mut navette, mut dump_restore, mut clone) = (Vec::new(), Vec::new(), Vec::new());
+    let mut test_id = String::new();
+    for round in 1..=rounds {
+        eprintln!("  round {round} of {rounds}:");
+        quiesce(source_pg, target_pg)?;
+        // The first round presses Test; the next ones Refresh, which copies
+        // the database again whole (dropping the earlier copy first, within
+        // the time counted).
+        navette.push(if round == 1 {
+            timed_navette("  navette (TestMigration)", || {
+                test_id = press_and_wait(
+                    rig,
+                    Press::Test {
+                        request_id: "bench-db",
+                        account: "nvbench_db",
+                        migration_id: "postgresql-15-to-18",
+                    },
+                )?;
+                Ok(())
+            })?
+        } else {
+            timed_navette("  navette (RefreshTest)", || {
+                press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
+            })?
+        });
+
+        let dump_dir = target.root().join("dump");
+        let _ = std::fs::remove_dir_all(&dump_dir);
+        target_pg.psql("postgres", "DROP DATABASE IF EXISTS bench_dump")?;
+        target_pg.psql("postgres", "CREATE DATABASE bench_dump")?;
+        quiesce(source_pg, target_pg)?;
+        dump_restore.push(timed(
+            "  pg_dump -Fd -j 2 + pg_restore -j 2 (PostgreSQL 18 tools)",
+            || {
+                let mut dump = PgVersion::V18.command("pg_dump");
+                dump.args(["-Fd", "-j", "2", "-f"])
+                    .arg(&dump_dir)
+                    .arg(&source_url);
+                run(&mut target_wrap(target, dump), "pg_dump")?;
+                let mut restore = PgVersion::V18.command("pg_restore");
+                restore
+                    .args(["-j", "2", "-h"])
+                    .arg(target_pg.socket_dir())
+                    .args(["-U", "postgres", "-d", "bench_dump"])
+                    .arg(&dump_dir);
+                run(&mut restore, "pg_restore")
+            },
+        )?);
+
+        if !pgcopydb {
+            continue;
+        }
+        let work = target.root().join("pgcopydb");
+        let _ = std::fs::remove_dir_all(&work);
+        target_pg.psql("postgres", "DROP DATABASE IF EXISTS bench_pgcopydb")?;
         target_pg.psql("postgres", "CREATE DATABASE bench_pgcopydb")?;
         let target_url = format!(
             "host={} port=5432 user=postgres dbname=bench_pgcopydb",
             target_pg.socket_dir().display()
         );
-        let work = target.root().join("pgcopydb");
-        drop_caches();
-        let pgcopydb = timed("pgcopydb clone", || {
+        quiesce(source_pg, target_pg)?;
+        clone.push(timed("  pgcopydb clone", || {
             let mut command = Command::new("pgcopydb");
             command
                 .args([
@@ -581,16 +621,26 @@ fn bench_postgres(
                 "pgcopydb clone",
                 Some(&target.root().join("pgcopydb.log")),
             )
-        })?;
-        others.push(("pgcopydb clone".into(), pgcopydb));
-    } else {
-        eprintln!("  pgcopydb is not installed (apt-get install pgcopydb): skipped");
+        })?);
+    }
+    let mut others = vec![("pg_dump + pg_restore".to_owned(), median(&mut dump_restore))];
+    if pgcopydb {
+        others.push(("pgcopydb clone".into(), median(&mut clone)));
     }
     Ok(Row {
-        what: format!("pgbench scale {scale} ({}), 15 -> 18", db_size.trim()),
-        navette: navette_db,
+        what: format!(
+            "pgbench scale {scale} ({}), 15 -> 18, median of {rounds}",
+            db_size.trim()
+        ),
+        navette: median(&mut navette),
         others,
     })
+}
+
+/// The middle value (of an odd count; the upper middle of an even one).
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort();
+    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 /// The side-by-side table: each tool's time, and Navette's time as a
