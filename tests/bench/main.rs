@@ -456,37 +456,48 @@ fn bench_files(
         ],
     });
 
+    // Re-copies are short and vary from one run to the next: each is done
+    // `rounds` times, Navette and rsync taking turns, and the medians count.
+    let rounds = rounds();
     eprintln!("files, re-copy with nothing changed:");
-    drop_caches();
-    let navette_same = timed_navette("navette (RefreshTest)", || {
-        press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
-    })?;
-    drop_caches();
-    let rsync_same = rsync("rsync -a")?;
+    let (mut navette_same, mut rsync_same) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("  round {round} of {rounds}:");
+        drop_caches();
+        navette_same.push(timed_navette("  navette (RefreshTest)", || {
+            press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
+        })?);
+        drop_caches();
+        rsync_same.push(rsync("  rsync -a")?);
+    }
     rows.push(Row {
-        what: "re-copy, nothing changed".into(),
-        navette: navette_same,
-        others: vec![("rsync -a".into(), rsync_same)],
+        what: format!("re-copy, nothing changed, median of {rounds}"),
+        navette: median(&mut navette_same),
+        others: vec![("rsync -a".into(), median(&mut rsync_same))],
     });
 
     eprintln!("files, re-copy with 1% of the files changed:");
-    run(
-        Command::new("sh").arg("-c").arg(format!(
-            "find {} -name '*.txt' | awk 'NR % 100 == 0' | while read f; do head -c 300 /dev/urandom >> \"$f\"; done",
-            files_account.home.display()
-        )),
-        "changing 1% of the files",
-    )?;
-    drop_caches();
-    let navette_changed = timed_navette("navette (RefreshTest)", || {
-        press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
-    })?;
-    drop_caches();
-    let rsync_changed = rsync("rsync -a")?;
+    let (mut navette_changed, mut rsync_changed) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("  round {round} of {rounds}:");
+        run(
+            Command::new("sh").arg("-c").arg(format!(
+                "find {} -name '*.txt' | awk 'NR % 100 == 0' | while read f; do head -c 300 /dev/urandom >> \"$f\"; done",
+                files_account.home.display()
+            )),
+            "changing 1% of the files",
+        )?;
+        drop_caches();
+        navette_changed.push(timed_navette("  navette (RefreshTest)", || {
+            press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
+        })?);
+        drop_caches();
+        rsync_changed.push(rsync("  rsync -a")?);
+    }
     rows.push(Row {
-        what: "re-copy, 1% of the files changed".into(),
-        navette: navette_changed,
-        others: vec![("rsync -a".into(), rsync_changed)],
+        what: format!("re-copy, 1% of the files changed, median of {rounds}"),
+        navette: median(&mut navette_changed),
+        others: vec![("rsync -a".into(), median(&mut rsync_changed))],
     });
     daemon.kill9();
     let same = Command::new("diff")
@@ -530,11 +541,7 @@ fn bench_postgres(
     }
     // Each tool copies the database `rounds` times, the tools taking turns,
     // and the median counts: one run of any tool varies by 10% here.
-    let rounds: usize = std::env::var("NAVETTE_BENCH_DB_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = rounds();
     let (mut navette, mut dump_restore, mut clone) = (Vec::new(), Vec::new(), Vec::new());
     let mut test_id = String::new();
     for round in 1..=rounds {
@@ -635,6 +642,16 @@ fn bench_postgres(
         navette: median(&mut navette),
         others,
     })
+}
+
+/// How many times re-copies and database copies are measured
+/// (`NAVETTE_BENCH_ROUNDS`, default 3).
+fn rounds() -> usize {
+    std::env::var("NAVETTE_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1)
 }
 
 /// The middle value (of an odd count; the upper middle of an even one).
