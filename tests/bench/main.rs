@@ -19,8 +19,10 @@
 //! Options (environment): NAVETTE_BENCH_SMALL_FILES (default 40000),
 //! NAVETTE_BENCH_LARGE_MB (default 4 files of this size, 150),
 //! NAVETTE_BENCH_PGBENCH_SCALE (50), NAVETTE_BENCH_PARTS (`files`,
-//! `postgres`, or both, the default), NAVETTE_BIN_DIR (use release
-//! binaries: tests/bench.sh does).
+//! `postgres`, or both, the default), NAVETTE_BENCH_ROUNDS (3: re-copies
+//! and database copies are repeated, the tools taking turns, and the
+//! medians count), NAVETTE_BIN_DIR (use release binaries: tests/bench.sh
+//! does).
 
 use std::io::Write;
 use std::net::Ipv4Addr;
