@@ -9,7 +9,8 @@
 
 use navette_proto::v1::{
     PostgresDatabaseDescription, PostgresDatabaseProperties, PostgresExtension, PostgresGrant,
-    PostgresMembership, PostgresRole, PostgresSequence, PostgresSetting, PostgresTable,
+    PostgresIndex, PostgresMembership, PostgresRole, PostgresSequence, PostgresSetting,
+    PostgresTable,
 };
 use tokio_postgres::Client;
 
@@ -46,6 +47,19 @@ const TABLES: &str = "SELECT c.oid, n.nspname, c.relname, \
        AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
                        AND d.objid = c.oid AND d.deptype = 'e') \
      ORDER BY 4 DESC, 2, 3";
+
+/// The indexes a target can build as soon as their table is loaded (see
+/// `PostgresIndex`): what pg_restore's post-data section would otherwise
+/// build after every table.
+const INDEXES: &str = "SELECT i.indrelid, c.oid, c.relname, pg_get_indexdef(c.oid), \
+       coalesce(k.oid, 0::oid), coalesce(k.contype::text, ''), \
+       coalesce(k.condeferrable, false), coalesce(k.condeferred, false) \
+     FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+     LEFT JOIN pg_constraint k ON k.conindid = i.indexrelid AND k.conrelid = i.indrelid \
+     WHERE i.indrelid = ANY($1) AND i.indisvalid AND i.indislive \
+       AND c.reltablespace = 0 AND NOT c.relispartition \
+       AND (k.oid IS NULL OR (k.contype IN ('p', 'u') AND k.conname = c.relname)) \
+     ORDER BY 1, 3";
 
 /// The columns COPY carries: not dropped, not generated (COPY TO leaves
 /// generated columns out and COPY FROM refuses them), in order.
@@ -317,6 +331,7 @@ async fn tables(client: &Client) -> Result<Vec<PostgresTable>, CatalogError> {
             row_estimate: row.try_get(5).map_err(step(what))?,
             columns: Vec::new(),
             binary: true,
+            indexes: Vec::new(),
         });
     }
     let index: std::collections::HashMap<u32, usize> =
@@ -326,6 +341,21 @@ async fn tables(client: &Client) -> Result<Vec<PostgresTable>, CatalogError> {
         let oid: u32 = row.try_get(0).map_err(step(what))?;
         if let Some(table) = index.get(&oid).and_then(|i| tables.get_mut(*i)) {
             table.columns.push(row.try_get(1).map_err(step(what))?);
+        }
+    }
+    let what = "listing indexes";
+    for row in client.query(INDEXES, &[&oids]).await.map_err(step(what))? {
+        let oid: u32 = row.try_get(0).map_err(step(what))?;
+        if let Some(table) = index.get(&oid).and_then(|i| tables.get_mut(*i)) {
+            table.indexes.push(PostgresIndex {
+                oid: row.try_get(1).map_err(step(what))?,
+                name: row.try_get(2).map_err(step(what))?,
+                definition: row.try_get(3).map_err(step(what))?,
+                constraint_oid: row.try_get(4).map_err(step(what))?,
+                constraint_type: row.try_get(5).map_err(step(what))?,
+                deferrable: row.try_get(6).map_err(step(what))?,
+                deferred: row.try_get(7).map_err(step(what))?,
+            });
         }
     }
     let what = "checking column types for binary COPY";

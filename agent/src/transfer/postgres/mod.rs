@@ -46,11 +46,19 @@
 //!    Large objects' contents, and sequence values, follow. If the link or
 //!    the snapshot is lost, the database is copied again with a new
 //!    snapshot.
-//! 6. **Post-data in parallel**: `pg_restore -j N --section=post-data`
-//!    builds indexes, constraints and triggers and refreshes materialized
-//!    views; then `ANALYZE` of what needs those objects (expression
-//!    indexes, extended statistics, partitioned tables, materialized views).
-//!    Every table was already analyzed in step 5, while it was checked.
+//!    As soon as a table is loaded and checked, its worker builds the
+//!    table's indexes (`pg_get_indexdef` from the source) and attaches the
+//!    PRIMARY KEY and UNIQUE constraints they back (`ADD CONSTRAINT ...
+//!    USING INDEX`), while other tables still copy; an index that fails
+//!    there is left to step 6.
+//! 6. **Post-data in parallel**: `pg_restore -j N --section=post-data`,
+//!    less what step 5 built (its table of contents filtered by OID),
+//!    builds the other indexes and constraints (foreign keys, exclusion
+//!    constraints, partitioned indexes) and triggers and refreshes
+//!    materialized views; then `ANALYZE` of what needs those objects
+//!    (expression indexes, extended statistics, partitioned tables,
+//!    materialized views). Every table was already analyzed in step 5,
+//!    while it was checked.
 //! 7. **Verification**: row counts and digests of every table, sequence
 //!    values, every large object's SHA-256, and the schema compared object
 //!    for object ([`schema_objects`]). Any difference fails the copy,

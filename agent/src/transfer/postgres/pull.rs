@@ -76,8 +76,9 @@ pub struct PullOptions {
     /// section of what needs its objects (expression indexes, extended
     /// statistics, partitioned tables, materialized views). Default on.
     pub analyze: bool,
-    /// `maintenance_work_mem` of the post-data restore's sessions (index
-    /// builds), per job. Default `256MB`.
+    /// `maintenance_work_mem` of the index builds: each table's, as soon
+    /// as it is loaded, and the post-data restore's, per job. Default
+    /// `256MB`.
     pub maintenance_work_mem: String,
 }
 
@@ -122,6 +123,9 @@ pub struct DatabaseReport {
     pub tables_verified: usize,
     /// Tables copied in text format.
     pub text_tables: Vec<String>,
+    /// Indexes built as soon as their table was loaded (the others are
+    /// built by the post-data section).
+    pub indexes_built_early: usize,
     pub sequences: usize,
     pub large_objects: u64,
     pub schema_objects: usize,
@@ -372,9 +376,12 @@ async fn copy_database(
         server,
         database,
         &archive.path,
-        "pre-data",
-        1,
-        None,
+        restore::Section {
+            name: "pre-data",
+            jobs: 1,
+            maintenance_work_mem: None,
+            list: None,
+        },
     )
     .await?;
     let prepared = started.elapsed();
@@ -397,6 +404,7 @@ async fn copy_database(
         ranges: session::major(snapshot.server_version_num) >= 14,
         check: options.check,
         analyze: options.analyze,
+        index_memory: &options.maintenance_work_mem,
         tally,
     };
     let large_objects_copy = async {
@@ -445,16 +453,40 @@ async fn copy_database(
     let data_time = data_started.elapsed();
 
     let post_started = Instant::now();
-    restore::pg_restore(
+    // What the data phase built as soon as each table was loaded is left
+    // out of the post-data section.
+    let list = if data.built_early.is_empty() {
+        None
+    } else {
+        let list = archive.path.with_extension("list");
+        restore::list_without(
+            &plan.tools,
+            server,
+            database,
+            &archive.path,
+            &data.built_early.iter().copied().collect(),
+            &list,
+        )
+        .await?;
+        Some(list)
+    };
+    let restored = restore::pg_restore(
         &plan.tools,
         server,
         database,
         &archive.path,
-        "post-data",
-        workers,
-        Some(&options.maintenance_work_mem),
+        restore::Section {
+            name: "post-data",
+            jobs: workers,
+            maintenance_work_mem: Some(&options.maintenance_work_mem),
+            list: list.as_deref(),
+        },
     )
-    .await?;
+    .await;
+    if let Some(list) = &list {
+        let _ = std::fs::remove_file(list);
+    }
+    restored?;
     drop(archive);
     let post_data = post_started.elapsed();
     let analyze_started = Instant::now();
@@ -503,6 +535,11 @@ async fn copy_database(
         rows: data.rows,
         data_bytes: data.bytes,
         tables_verified: data.tables_verified,
+        indexes_built_early: data
+            .built_early
+            .iter()
+            .filter(|(catalog, _)| *catalog == super::tables::PG_CLASS)
+            .count(),
         text_tables: data.text_tables,
         sequences: description.sequences.len(),
         large_objects: copied_objects.digests.len() as u64,

@@ -108,21 +108,40 @@ async fn run(
     Ok(())
 }
 
-/// `pg_restore --section=<section>` of `archive` into `database`, with
-/// `jobs` parallel jobs, stopping at the first error. Tablespaces are not
-/// restored (the target's may differ): objects go to the default one.
-/// `maintenance_work_mem` (e.g. `256MB`), if given, is set in its sessions:
-/// index builds sort in memory rather than on disk.
+/// What [`pg_restore`] restores of an archive.
+#[derive(Clone, Copy, Debug)]
+pub struct Section<'a> {
+    /// `pre-data` or `post-data`.
+    pub name: &'a str,
+    /// Parallel jobs.
+    pub jobs: usize,
+    /// Set in its sessions (e.g. `256MB`): index builds sort in memory
+    /// rather than on disk.
+    pub maintenance_work_mem: Option<&'a str>,
+    /// Only the entries of this table of contents ([`list_without`]).
+    pub list: Option<&'a Path>,
+}
+
+/// `pg_restore --section=<section>` of `archive` into `database`, stopping
+/// at the first error. Tablespaces are not restored (the target's may
+/// differ): objects go to the default one.
 pub async fn pg_restore(
     tools: &PgTools,
     server: &PostgresqlServer,
     database: &str,
     archive: &Path,
-    section: &str,
-    jobs: usize,
-    maintenance_work_mem: Option<&str>,
+    section: Section<'_>,
 ) -> Result<(), PostgresCopyError> {
+    let Section {
+        name: section,
+        jobs,
+        maintenance_work_mem,
+        list,
+    } = section;
     let mut command = tools.command("pg_restore", server);
+    if let Some(list) = list {
+        command.arg(format!("--use-list={}", list.display()));
+    }
     if let Some(memory) = maintenance_work_mem {
         if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(PostgresCopyError::Refused {
@@ -140,6 +159,73 @@ pub async fn pg_restore(
         .arg(format!("--dbname=dbname={}", conninfo_value(database)))
         .arg(archive);
     run(command, "pg_restore", tools, database).await
+}
+
+/// Writes to `list` the archive's table of contents (`pg_restore --list`)
+/// without the entries of `skip`, (catalog OID, object OID) pairs: objects
+/// already made, for `pg_restore --use-list`.
+pub async fn list_without(
+    tools: &PgTools,
+    server: &PostgresqlServer,
+    database: &str,
+    archive: &Path,
+    skip: &std::collections::HashSet<(u32, u32)>,
+    list: &Path,
+) -> Result<(), PostgresCopyError> {
+    let failed = |message: String| PostgresCopyError::Tool {
+        database: database.to_owned(),
+        program: "pg_restore --list".to_owned(),
+        message,
+    };
+    let output = tools
+        .command("pg_restore", server)
+        .arg("--list")
+        .arg(archive)
+        .output()
+        .await
+        .map_err(|error| {
+            failed(format!(
+                "cannot run {}: {error}",
+                tools.program("pg_restore").display()
+            ))
+        })?;
+    if !output.status.success() {
+        return Err(failed(format!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let kept = filter_list(&text, skip);
+    tokio::fs::write(list, kept)
+        .await
+        .map_err(|source| PostgresCopyError::Io {
+            path: list.to_path_buf(),
+            source,
+        })
+}
+
+/// The lines of a `pg_restore --list` output whose entry is not in `skip`.
+/// An entry reads `<dump id>; <catalog OID> <object OID> <type> ...`;
+/// comment lines start with `;`.
+fn filter_list(text: &str, skip: &std::collections::HashSet<(u32, u32)>) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        let ids = line
+            .split_once("; ")
+            .filter(|_| !line.starts_with(';'))
+            .and_then(|(_, rest)| {
+                let mut words = rest.split(' ');
+                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+            });
+        if ids.is_some_and(|ids: (u32, u32)| skip.contains(&ids)) {
+            continue;
+        }
+        kept.push_str(line);
+        kept.push('\n');
+    }
+    kept
 }
 
 /// Relations whose statistics need the post-data section: tables with
@@ -180,4 +266,23 @@ pub async fn analyze_after_post_data(
     client
         .batch_execute(&format!("ANALYZE {}", names.join(", ")))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_of_contents_loses_only_what_was_built() {
+        let list = ";\n; Archive created at 2026-12-01\n;\n\
+                    3340; 2606 16405 CONSTRAINT public pgbench_accounts pgbench_accounts_pkey postgres\n\
+                    3333; 1259 16402 INDEX public pgbench_accounts_pkey postgres\n\
+                    3341; 2606 16407 CONSTRAINT public pgbench_branches pgbench_branches_pkey postgres\n\
+                    3400; 2606 16410 FK CONSTRAINT public orders orders_item_fkey postgres\n";
+        let skip = [(2606, 16405), (1259, 16402)].into_iter().collect();
+        let kept = filter_list(list, &skip);
+        assert!(!kept.contains("pgbench_accounts_pkey"));
+        assert!(kept.contains("pgbench_branches_pkey") && kept.contains("orders_item_fkey"));
+        assert!(kept.starts_with(";\n; Archive created"));
+    }
 }

@@ -87,6 +87,9 @@ pub struct DataCopy<'a> {
     pub check: DataCheck,
     /// `ANALYZE` each table once loaded, while it is checked.
     pub analyze: bool,
+    /// `maintenance_work_mem` of the index builds that follow each table's
+    /// load (a memory size such as `256MB`, checked by the caller).
+    pub index_memory: &'a str,
     pub tally: &'a Tally<'a>,
 }
 
@@ -101,7 +104,15 @@ pub struct DataOutcome {
     pub text_tables: Vec<String>,
     /// Row count or checksum differences, one per table.
     pub problems: Vec<String>,
+    /// What was built as soon as its table was loaded, as pg_restore's
+    /// table of contents names it: (catalog OID, object OID) of indexes
+    /// (`pg_class`) and constraints (`pg_constraint`).
+    pub built_early: Vec<(u32, u32)>,
 }
+
+/// The catalogs of the objects in [`DataOutcome::built_early`].
+pub const PG_CLASS: u32 = 1259;
+pub const PG_CONSTRAINT: u32 = 2606;
 
 /// One piece of work: a table or a block range of one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -248,7 +259,12 @@ impl DataCopy<'_> {
         let target = self.connect_target("connecting").await?;
         // A copy is disposable until verified: no need to wait for each
         // commit to reach the disk.
-        let _ = target.batch_execute("SET synchronous_commit = off").await;
+        let _ = target
+            .batch_execute(&format!(
+                "SET synchronous_commit = off; SET maintenance_work_mem = '{}'",
+                self.index_memory
+            ))
+            .await;
         let analyzer = if self.analyze {
             Some(self.connect_target("connecting (to analyze)").await?)
         } else {
@@ -359,8 +375,14 @@ impl DataCopy<'_> {
                 check = ?self.check,
                 check_seconds = check_started.elapsed().as_secs_f64()
             );
+            let built = if problem.is_none() {
+                self.build_indexes(&target, table).await
+            } else {
+                Vec::new()
+            };
             {
                 let mut outcome = outcome.lock().unwrap_or_else(|p| p.into_inner());
+                outcome.built_early.extend(built);
                 match problem {
                     Some(problem) => outcome.problems.push(problem),
                     None if self.check != DataCheck::None => outcome.tables_verified += 1,
@@ -494,6 +516,67 @@ impl DataCopy<'_> {
             let _ = target.batch_execute("ROLLBACK").await;
         }
         result
+    }
+
+    /// Builds the table's indexes (and attaches the PRIMARY KEY and UNIQUE
+    /// constraints they back) as soon as it is loaded, while other tables
+    /// still copy; what it built, for the post-data section to skip. An
+    /// index that fails here is left to the post-data section, which then
+    /// reports the error if it fails there too.
+    async fn build_indexes(&self, target: &Client, table: &PostgresTable) -> Vec<(u32, u32)> {
+        let mut built = Vec::new();
+        let name = qualified(&table.schema, &table.name);
+        for index in &table.indexes {
+            let started = std::time::Instant::now();
+            let mut statement = format!("{};", index.definition);
+            let constraint = match index.constraint_type.as_str() {
+                "p" => Some("PRIMARY KEY"),
+                "u" => Some("UNIQUE"),
+                _ => None,
+            };
+            if let Some(kind) = constraint {
+                let timing = match (index.deferrable, index.deferred) {
+                    (true, true) => " DEFERRABLE INITIALLY DEFERRED",
+                    (true, false) => " DEFERRABLE",
+                    _ => "",
+                };
+                let index_name = quote_ident(&index.name);
+                statement.push_str(&format!(
+                    " ALTER TABLE ONLY {name} ADD CONSTRAINT {index_name} {kind} USING INDEX {index_name}{timing};"
+                ));
+            }
+            // One transaction: the index and its constraint come together,
+            // or neither does.
+            let result = target
+                .batch_execute(&format!("BEGIN; {statement} COMMIT"))
+                .await;
+            match result {
+                Ok(()) => {
+                    built.push((PG_CLASS, index.oid));
+                    if constraint.is_some() {
+                        built.push((PG_CONSTRAINT, index.constraint_oid));
+                    }
+                    tracing::debug!(
+                        message = "index built",
+                        database = %self.target_database,
+                        table = %format!("{}.{}", table.schema, table.name),
+                        index = %index.name,
+                        seconds = started.elapsed().as_secs_f64()
+                    );
+                }
+                Err(error) => {
+                    let _ = target.batch_execute("ROLLBACK").await;
+                    tracing::info!(
+                        message = "index left to the post-data section",
+                        database = %self.target_database,
+                        table = %format!("{}.{}", table.schema, table.name),
+                        index = %index.name,
+                        error = %crate::error_chain(&error)
+                    );
+                }
+            }
+        }
+        built
     }
 
     /// Adds `length` bytes to the progress, within the table's size.

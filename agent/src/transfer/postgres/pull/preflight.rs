@@ -41,6 +41,12 @@ pub(super) async fn preflight<'a>(
         database: copy.target_database.clone(),
         reason,
     };
+    let memory = &options.maintenance_work_mem;
+    if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(refused(format!(
+            "maintenance_work_mem {memory:?} is not a memory size"
+        )));
+    }
     let server = target_servers
         .iter()
         .find(|s| s.name == copy.target_server)
