@@ -309,13 +309,12 @@ async fn copy_database(
     let describe_and_prepare = async {
         let description = source
             .clone()
-            .describe_database(DescribeDatabaseRequest {
-                transfer_id: transfer_id.to_owned(),
-                server: copy.source_server.clone(),
-                database: copy.source_database.clone(),
-                snapshot_name: snapshot.name.clone(),
-                scope: DescribeScope::Copy.into(),
-            })
+            .describe_database(describe_request(
+                transfer_id,
+                copy,
+                &snapshot.name,
+                DescribeScope::Copy,
+            ))
             .await
             .map_err(|status| source_error(copy, "describing the database", &status))?
             .into_inner();
@@ -431,13 +430,12 @@ async fn copy_database(
     let source_schema = async {
         source
             .clone()
-            .describe_database(DescribeDatabaseRequest {
-                transfer_id: transfer_id.to_owned(),
-                server: copy.source_server.clone(),
-                database: copy.source_database.clone(),
-                snapshot_name: snapshot.name.clone(),
-                scope: DescribeScope::SchemaObjects.into(),
-            })
+            .describe_database(describe_request(
+                transfer_id,
+                copy,
+                &snapshot.name,
+                DescribeScope::SchemaObjects,
+            ))
             .await
             .map(|answer| answer.into_inner().schema_objects)
             .map_err(|status| source_error(copy, "listing the schema's objects", &status))
@@ -554,6 +552,23 @@ async fn copy_database(
             total: started.elapsed(),
         },
     })
+}
+
+/// What to ask the source for a description of `copy`'s database, in
+/// `snapshot` (empty: outside any snapshot).
+fn describe_request(
+    transfer_id: &str,
+    copy: &DatabaseCopy,
+    snapshot: &str,
+    scope: DescribeScope,
+) -> DescribeDatabaseRequest {
+    DescribeDatabaseRequest {
+        transfer_id: transfer_id.to_owned(),
+        server: copy.source_server.clone(),
+        database: copy.source_database.clone(),
+        snapshot_name: snapshot.to_owned(),
+        scope: scope.into(),
+    }
 }
 
 /// Moves a progress total from what was counted to the real figure.

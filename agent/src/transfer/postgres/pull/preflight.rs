@@ -6,12 +6,10 @@
 use std::sync::atomic::AtomicU64;
 
 use navette_proto::v1::postgres_source_client::PostgresSourceClient;
-use navette_proto::v1::{
-    DatabaseCopy, DescribeDatabaseRequest, DescribeScope, PostgresDatabaseDescription,
-};
+use navette_proto::v1::{DatabaseCopy, DescribeScope, PostgresDatabaseDescription};
 use tonic::transport::Channel;
 
-use super::{PullOptions, connect, source_error, target_error};
+use super::{PullOptions, connect, describe_request, source_error, target_error};
 use crate::config::PostgresqlServer;
 use crate::transfer::postgres::error::PostgresCopyError;
 use crate::transfer::postgres::session;
@@ -57,13 +55,12 @@ pub(super) async fn preflight<'a>(
     let describe = async {
         source
             .clone()
-            .describe_database(DescribeDatabaseRequest {
-                transfer_id: transfer_id.to_owned(),
-                server: copy.source_server.clone(),
-                database: copy.source_database.clone(),
-                snapshot_name: String::new(),
-                scope: DescribeScope::Preflight.into(),
-            })
+            .describe_database(describe_request(
+                transfer_id,
+                copy,
+                "",
+                DescribeScope::Preflight,
+            ))
             .await
             .map(tonic::Response::into_inner)
             .map_err(|status| source_error(copy, "describing the database", &status))
