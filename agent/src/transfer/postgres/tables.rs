@@ -15,7 +15,10 @@
 //! `ANALYZE` on the table (if asked): the statistics come from a sample, so
 //! they cost little next to the check and no longer wait for the end of the
 //! copy (see [`restore::analyze_after_post_data`](super::restore) for what
-//! must wait for the post-data section).
+//! must wait for the post-data section). Then the same worker builds the
+//! table's indexes and attaches the keys they back (see
+//! `PostgresTable.indexes`), while the other workers go on copying: big
+//! tables' indexes no longer wait for the last table.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -258,7 +261,7 @@ impl DataCopy<'_> {
     ) -> Result<(), PostgresCopyError> {
         let target = self.connect_target("connecting").await?;
         // A copy is disposable until verified: no need to wait for each
-        // commit to reach the disk.
+        // commit to reach the disk. Index builds sort in memory.
         let _ = target
             .batch_execute(&format!(
                 "SET synchronous_commit = off; SET maintenance_work_mem = '{}'",
