@@ -36,6 +36,9 @@ pub struct Plan {
     /// Every directory, parents first, and whether its extended attributes
     /// were found equal.
     pub dirs: Vec<(Entry, bool)>,
+    /// Directories found exactly as wanted (owner, mode, time, extended
+    /// attributes): if the pull writes nothing, they need no settling.
+    pub dirs_as_wanted: HashSet<RelPath>,
     /// Entries removed because something of another kind goes there.
     pub replaced: u64,
     /// Directories created.
@@ -101,7 +104,12 @@ pub fn prepare(
         match &wanted.kind {
             Kind::Dir => {
                 let xattrs_equal = match here {
-                    Some(l) => l.xattrs == wanted.xattrs,
+                    Some(l) => {
+                        if same_meta(wanted, l, &l.xattrs) {
+                            plan.dirs_as_wanted.insert(wanted.path.clone());
+                        }
+                        l.xattrs == wanted.xattrs
+                    }
                     None => {
                         apply::make_dir(root, &wanted.path)?;
                         plan.created += 1;

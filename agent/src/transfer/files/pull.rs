@@ -296,6 +296,7 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         hardlinks,
         extraneous,
         dirs,
+        dirs_as_wanted,
         ..
     } = plan;
     tracing::info!(
@@ -372,8 +373,17 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
                 deleted += 1;
             }
         }
+        // Directories are settled (owner, mode, attributes, then time, as
+        // writing into them changed it) deepest first; when this pull
+        // wrote nothing at all, those found as wanted are left alone (a
+        // refresh of an unchanged tree opens none of them again).
+        let wrote_nothing =
+            !structure_changed && !content_changed && links + updated == 0 && extraneous.is_empty();
         let mut settled = false;
         for (entry, xattrs_equal) in dirs.iter().rev() {
+            if wrote_nothing && dirs_as_wanted.contains(&entry.path) {
+                continue;
+            }
             settled |= apply::settle_dir(&root, entry, *xattrs_equal)?;
         }
         // Written content is durable when the pull returns. Small files
