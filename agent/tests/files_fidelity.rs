@@ -161,6 +161,35 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
         repaired.bytes_sent == 0 && repaired.metadata_updated == 2 && repaired.deleted == 1,
         "{repaired:?}"
     );
+
+    // Only directories changed in the copy: a refresh that writes nothing
+    // else still puts their mode and time back.
+    std::fs::set_permissions(
+        target.join("www"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(target.join("many"))
+        .status()?;
+    ensure!(touched.success(), "touch failed");
+    let settled = pull(
+        channel.clone(),
+        "t-fidelity",
+        &target,
+        &state,
+        &Progress::new("t"),
+    )
+    .await?;
+    let differences = rsync_differences(&source, &target)?;
+    ensure!(
+        differences.is_empty(),
+        "after a refresh of changed directories, rsync sees:\n{differences}"
+    );
+    ensure!(
+        settled.bytes_sent == 0 && settled.metadata_updated == 0 && settled.deleted == 0,
+        "nothing but directories to fix: {settled:?}"
+    );
     Ok(())
 }
 

@@ -28,6 +28,13 @@ pub enum Format {
     Text,
 }
 
+impl Format {
+    /// The format a table travels in (`PostgresTable.binary`).
+    pub fn of(binary: bool) -> Format {
+        if binary { Format::Binary } else { Format::Text }
+    }
+}
+
 /// The binary COPY signature.
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -73,6 +80,24 @@ pub fn describe(digest: &RowDigest) -> String {
         "{} rows, digest {:016x}{:016x}",
         digest.rows, digest.sum, digest.sum_of_squares
     )
+}
+
+/// Checks the rows a target received (fed to `received`) against the
+/// digest the source sent with them; a sentence if they differ or the
+/// stream was cut in the middle of a row.
+pub fn check_received(received: RowSplitter, sent: &RowDigest) -> Result<(), String> {
+    let received = received
+        .finish()
+        .map_err(|error| format!("the rows received are malformed: {error}"))?;
+    if received == *sent {
+        Ok(())
+    } else {
+        Err(format!(
+            "the source sent {}, this host received {}",
+            describe(sent),
+            describe(&received)
+        ))
+    }
 }
 
 /// Splits a COPY stream, fed in pieces of any size, into rows and digests
@@ -320,6 +345,44 @@ mod tests {
         assert_eq!(first, all);
         assert_eq!(all.rows, 3);
         Ok(())
+    }
+
+    #[test]
+    fn what_a_target_received_is_checked_against_what_the_source_sent() {
+        let stream = binary(&[(1, Some("apple")), (2, None)]);
+        let sent = digest_in_pieces(Format::Binary, &stream, 5).expect("a whole stream");
+        let received = |bytes: &[u8]| {
+            let mut splitter = RowSplitter::new(Format::Binary);
+            splitter.feed(bytes).map(|()| splitter)
+        };
+        assert_eq!(
+            received(&stream).map(|r| check_received(r, &sent)),
+            Ok(Ok(()))
+        );
+        // One byte of one row's value altered in transit.
+        let mut altered = stream.clone();
+        let at = altered
+            .windows(5)
+            .position(|w| w == b"apple")
+            .expect("the value is in the stream");
+        altered[at] ^= 1;
+        let differs = received(&altered).map(|r| check_received(r, &sent));
+        assert!(
+            matches!(&differs, Ok(Err(m)) if m.contains("the source sent 2 rows")),
+            "{differs:?}"
+        );
+        // A row lost.
+        let fewer = binary(&[(1, Some("apple"))]);
+        assert!(matches!(
+            received(&fewer).map(|r| check_received(r, &sent)),
+            Ok(Err(_))
+        ));
+        // Cut in the middle of a row.
+        let cut = received(&stream[..stream.len() - 3]).map(|r| check_received(r, &sent));
+        assert!(
+            matches!(&cut, Ok(Err(m)) if m.contains("malformed")),
+            "{cut:?}"
+        );
     }
 
     #[test]

@@ -108,6 +108,18 @@ async fn run(
     Ok(())
 }
 
+/// Refuses a `maintenance_work_mem` that is not a plain memory size
+/// (`256MB`): it goes into SQL and into PGOPTIONS as it is.
+pub fn check_memory_size(database: &str, memory: &str) -> Result<(), PostgresCopyError> {
+    if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(PostgresCopyError::Refused {
+            database: database.to_owned(),
+            reason: format!("maintenance_work_mem {memory:?} is not a memory size"),
+        });
+    }
+    Ok(())
+}
+
 /// What [`pg_restore`] restores of an archive.
 #[derive(Clone, Copy, Debug)]
 pub struct Section<'a> {
@@ -143,12 +155,7 @@ pub async fn pg_restore(
         command.arg(format!("--use-list={}", list.display()));
     }
     if let Some(memory) = maintenance_work_mem {
-        if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(PostgresCopyError::Refused {
-                database: database.to_owned(),
-                reason: format!("maintenance_work_mem {memory:?} is not a memory size"),
-            });
-        }
+        check_memory_size(database, memory)?;
         command.env("PGOPTIONS", format!("-c maintenance_work_mem={memory}"));
     }
     command

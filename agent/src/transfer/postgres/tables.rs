@@ -457,13 +457,8 @@ impl DataCopy<'_> {
             let mut sink = std::pin::pin!(sink);
             let mut bytes = 0u64;
             let mut sent = None;
-            let mut received = (self.check == DataCheck::Stream).then(|| {
-                digest::RowSplitter::new(if table.binary {
-                    digest::Format::Binary
-                } else {
-                    digest::Format::Text
-                })
-            });
+            let mut received = (self.check == DataCheck::Stream)
+                .then(|| digest::RowSplitter::new(digest::Format::of(table.binary)));
             while let Some(chunk) = stream.message().await.map_err(Failure::from_status)? {
                 if chunk.digest.is_some() {
                     sent = chunk.digest;
@@ -492,16 +487,7 @@ impl DataCopy<'_> {
             if let Some(received) = received {
                 // Checked before COMMIT: rows that differ from what the
                 // source sent are never kept.
-                let received = received.finish().map_err(|error| {
-                    Failure::Retry(format!("the rows received are malformed: {error}"))
-                })?;
-                if received != sent {
-                    return Err(Failure::Retry(format!(
-                        "the source sent {}, this host received {}",
-                        digest::describe(&sent),
-                        digest::describe(&received)
-                    )));
-                }
+                digest::check_received(received, &sent).map_err(Failure::Retry)?;
             }
             let rows = sink
                 .as_mut()

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use super::{PullOptions, connect, describe_request, source_error, target_error};
 use crate::config::PostgresqlServer;
 use crate::transfer::postgres::error::PostgresCopyError;
+use crate::transfer::postgres::restore;
 use crate::transfer::postgres::session;
 use crate::transfer::postgres::tools::PgTools;
 
@@ -39,12 +40,8 @@ pub(super) async fn preflight<'a>(
         database: copy.target_database.clone(),
         reason,
     };
-    let memory = &options.maintenance_work_mem;
-    if memory.is_empty() || !memory.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(refused(format!(
-            "maintenance_work_mem {memory:?} is not a memory size"
-        )));
-    }
+    // The index builds of the data phase use it too, in SQL.
+    restore::check_memory_size(&copy.target_database, &options.maintenance_work_mem)?;
     let server = target_servers
         .iter()
         .find(|s| s.name == copy.target_server)

@@ -33,11 +33,7 @@ impl DataCopy<'_> {
     ) -> Result<Option<String>, PostgresCopyError> {
         let failed = |what: String| self.table_error(table, format!("reading back: {what}"));
         let name = qualified(&table.schema, &table.name);
-        let format = if table.binary {
-            digest::Format::Binary
-        } else {
-            digest::Format::Text
-        };
+        let format = digest::Format::of(table.binary);
         let parts = if self.ranges && self.workers > 1 {
             table
                 .bytes
