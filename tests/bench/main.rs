@@ -461,46 +461,35 @@ fn bench_files(
     // Re-copies are short and vary from one run to the next: each is done
     // `rounds` times, Navette and rsync taking turns, and the medians count.
     let rounds = rounds();
-    eprintln!("files, re-copy with nothing changed:");
-    let (mut navette_same, mut rsync_same) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("  round {round} of {rounds}:");
-        drop_caches();
-        navette_same.push(timed_navette("  navette (RefreshTest)", || {
-            press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
-        })?);
-        drop_caches();
-        rsync_same.push(rsync("  rsync -a")?);
-    }
-    rows.push(Row {
-        what: format!("re-copy, nothing changed, median of {rounds}"),
-        navette: median(&mut navette_same),
-        others: vec![("rsync -a".into(), median(&mut rsync_same))],
-    });
-
-    eprintln!("files, re-copy with 1% of the files changed:");
-    let (mut navette_changed, mut rsync_changed) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("  round {round} of {rounds}:");
+    let recopy = |what: &str, change: &dyn Fn() -> anyhow::Result<()>| {
+        eprintln!("files, {what}:");
+        let (mut navette, mut other) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            eprintln!("  round {round} of {rounds}:");
+            change()?;
+            drop_caches();
+            navette.push(timed_navette("  navette (RefreshTest)", || {
+                press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
+            })?);
+            drop_caches();
+            other.push(rsync("  rsync -a")?);
+        }
+        Ok::<_, anyhow::Error>(Row {
+            what: format!("{what}, median of {rounds}"),
+            navette: median(&mut navette),
+            others: vec![("rsync -a".into(), median(&mut other))],
+        })
+    };
+    rows.push(recopy("re-copy, nothing changed", &|| Ok(()))?);
+    rows.push(recopy("re-copy, 1% of the files changed", &|| {
         run(
             Command::new("sh").arg("-c").arg(format!(
                 "find {} -name '*.txt' | awk 'NR % 100 == 0' | while read f; do head -c 300 /dev/urandom >> \"$f\"; done",
                 files_account.home.display()
             )),
             "changing 1% of the files",
-        )?;
-        drop_caches();
-        navette_changed.push(timed_navette("  navette (RefreshTest)", || {
-            press_and_wait(rig, Press::Refresh { id: &test_id }).map(drop)
-        })?);
-        drop_caches();
-        rsync_changed.push(rsync("  rsync -a")?);
-    }
-    rows.push(Row {
-        what: format!("re-copy, 1% of the files changed, median of {rounds}"),
-        navette: median(&mut navette_changed),
-        others: vec![("rsync -a".into(), median(&mut rsync_changed))],
-    });
+        )
+    })?);
     daemon.kill9();
     let same = Command::new("diff")
         .arg("-rq")

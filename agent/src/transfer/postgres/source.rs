@@ -37,7 +37,7 @@ use streams::{
 use super::describe::CatalogError;
 use super::session;
 use super::tools::PgTools;
-use super::wire::WireError;
+use super::wire::{BulkSession, WireError};
 use super::{checksum, describe, schema_objects};
 use crate::config::PostgresqlServer;
 use crate::transfer::grants::Grants;
@@ -136,7 +136,11 @@ pub fn status(error: &SourceError) -> Status {
             Some(_) => Status::internal(message),
         },
         SourceError::Bulk { source, .. } => match source.code() {
-            Some("55P03") | None => Status::unavailable(message),
+            Some(code) if code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE.code() => {
+                Status::unavailable(message)
+            }
+            // No SQLSTATE: the session was lost.
+            None => Status::unavailable(message),
             Some(_) => Status::internal(message),
         },
         SourceError::NoSuchTable { .. } => Status::not_found(message),
@@ -144,6 +148,14 @@ pub fn status(error: &SourceError) -> Status {
         SourceError::Dump { .. } => Status::internal(message),
         SourceError::Unsupported(_) => Status::unimplemented(message),
     }
+}
+
+/// The session a table's COPY is read from.
+enum CopySession {
+    /// The one that found the table (small tables).
+    Client(tokio_postgres::Client),
+    /// A bulk session ([`wire`](super::wire)).
+    Bulk(BulkSession),
 }
 
 /// The PostgresSource handlers.
@@ -311,20 +323,24 @@ impl PostgresSource for PostgresSourceService {
         // Connect and start COPY before answering, so that a bad table or a
         // lost snapshot is the call's status rather than a stream error.
         let (client, statement, format) = start_copy(&server, &r).await.map_err(|e| status(&e))?;
+        // A big table is read through a bulk session in the same snapshot
+        // (the session that found the table is no longer needed).
         let copy = if r.bulk {
-            let session = start_bulk_copy(&server, &r, &statement)
-                .await
-                .map_err(|e| status(&e))?;
-            drop(client);
-            Err(session)
+            CopySession::Bulk(
+                start_bulk_copy(&server, &r, &statement)
+                    .await
+                    .map_err(|e| status(&e))?,
+            )
         } else {
-            Ok(client)
+            CopySession::Client(client)
         };
         let (sender, receiver) = mpsc::channel(8);
         tokio::spawn(async move {
             let streamed = match copy {
-                Err(session) => stream_bulk_copy(session, format, &sender).await,
-                Ok(client) => stream_copy(&client, &statement, format, &sender).await,
+                CopySession::Bulk(session) => stream_bulk_copy(session, format, &sender).await,
+                CopySession::Client(client) => {
+                    stream_copy(&client, &statement, format, &sender).await
+                }
             };
             if let Err(error) = streamed {
                 let error = match error {
