@@ -16,6 +16,12 @@
 //!   a group the account is not in, and every entry when the target does
 //!   not know the account's user.
 //!
+//! So a copy keeps exactly what the account's user could set by itself on
+//! the target (an owner may set set-user-id on its own files, and
+//! set-group-id only with a group it is in: the kernel clears it
+//! otherwise), less gid 0: a copy hands no one a power the account does
+//! not already hold here.
+//!
 //! A removed bit is counted and named in the pull's report and log, never
 //! silent. Owns: this rule. Does not touch the tree: it edits the entries
 //! the target will apply.
