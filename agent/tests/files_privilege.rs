@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, ensure};
 use files_common::hostile::{entry, pull_from_hostile};
 use files_common::*;
+use navette_agent::transfer::files::setid::AccountUser;
 use navette_agent::transfer::files::{Problem, PullConfig};
 use navette_proto::v1::{AclId, EntryKind, TreeEntry, XAttr};
 
@@ -47,7 +48,7 @@ fn set_id_entries(root: &Path) -> anyhow::Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_id_bits_survive_only_on_the_accounts_own_entries() -> anyhow::Result<()> {
     let scratch = Scratch::new("files-privilege-setid")?;
-    let target = scratch.join("home");
+    let target = scratch.join("home").join(USER);
     let state = scratch.join("state");
     ensure_user()?;
     let own_group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(user_primary_gid()?))?
@@ -112,9 +113,17 @@ async fn set_id_bits_survive_only_on_the_accounts_own_entries() -> anyhow::Resul
         owned(b"sticky", EntryKind::Directory, "root", "root", 0o1777),
     ];
 
-    // The copy of the account's home: only its own entries keep the bits.
-    let report =
-        pull_from_hostile(&pki, account_config(), manifest.clone(), &target, &state).await??;
+    // The copy of the account's home, where the agent puts it (a home
+    // named after the account, the default): only its own entries keep
+    // the bits.
+    let report = pull_from_hostile(
+        &pki,
+        PullConfig::default(),
+        manifest.clone(),
+        &target,
+        &state,
+    )
+    .await??;
     let wanted = [
         ("acct-setgid-dir", 0o2775),
         ("acct-setgid-dir/new", 0o755),
@@ -144,16 +153,13 @@ async fn set_id_bits_survive_only_on_the_accounts_own_entries() -> anyhow::Resul
         "the report does not say which entries lost their bits: {report:?}"
     );
 
-    // A copy that does not say whose account it is keeps no bit at all,
-    // and takes away those an earlier copy kept.
-    let report = pull_from_hostile(
-        &pki,
-        PullConfig::default(),
-        manifest.clone(),
-        &target,
-        &state,
-    )
-    .await??;
+    // A copy that is nobody's keeps no bit at all, and takes away those an
+    // earlier copy kept.
+    let nobody = PullConfig {
+        account_user: AccountUser::Nobody,
+        ..PullConfig::default()
+    };
+    let report = pull_from_hostile(&pki, nobody, manifest.clone(), &target, &state).await??;
     ensure!(
         set_id_entries(&target)?.is_empty(),
         "{:?}",
@@ -163,7 +169,7 @@ async fn set_id_bits_survive_only_on_the_accounts_own_entries() -> anyhow::Resul
 
     // An account whose user is root is no exception: uid 0 keeps nothing.
     let as_root = PullConfig {
-        account_user: Some("root".to_owned()),
+        account_user: AccountUser::Named("root".to_owned()),
         ..PullConfig::default()
     };
     let report = pull_from_hostile(&pki, as_root, manifest, &target, &state).await??;

@@ -23,7 +23,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
 use files_common::*;
-use navette_agent::transfer::files::pull_with;
+use navette_agent::transfer::files::{PullConfig, pull_with};
 use navette_agent::transfer::progress::Progress;
 
 /// Set in the child: the scratch directory it copies in.
@@ -333,7 +333,7 @@ fn prepare_and_check(restrictions: &Restrictions) -> anyhow::Result<()> {
         "the restricted copy failed:\n{said}"
     );
 
-    let target = scratch.join("target/home/nvfiles");
+    let target = scratch.join("target/home").join(USER);
     let wanted = [
         ("uploads", 0o2775),
         ("uploads/2026", 0o2750),
@@ -394,13 +394,14 @@ fn restricted_copy(restrictions: &Restrictions, scratch: &Path) -> anyhow::Resul
         .build()?;
     runtime.block_on(async {
         let source = scratch.join("source/home/nvfiles");
-        let target = scratch.join("target/home/nvfiles");
+        let target = scratch.join("target/home").join(USER);
         let pki = Pki::new()?;
         let grants = grant(&scratch.join("source-state"), "t-unit", &source)?;
         let server = serve_source(&pki, grants).await?;
         let channel = pki.channel_as(TARGET_HOST, server.address)?;
+        // As the agent pulls: into the home named after the account.
         let report = pull_with(
-            account_config(),
+            PullConfig::default(),
             channel,
             "t-unit",
             &target,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, ensure};
+use navette_agent::transfer::files::setid::AccountUser;
 use navette_agent::transfer::files::{FileSourceService, PullConfig};
 use navette_agent::transfer::grants::{Grant, Grants};
 use navette_proto::gate::{self, RoleGateLayer};
@@ -296,7 +297,7 @@ pub fn user_primary_gid() -> anyhow::Result<u32> {
 /// entries may keep set-user-id and set-group-id bits.
 pub fn account_config() -> PullConfig {
     PullConfig {
-        account_user: Some(USER.to_owned()),
+        account_user: AccountUser::Named(USER.to_owned()),
         ..PullConfig::default()
     }
 }

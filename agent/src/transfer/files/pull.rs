@@ -27,7 +27,7 @@ use super::path::RelPath;
 use super::plan::{self, Plan, Sizes};
 use super::receive::{self, blocking};
 use super::scan::{self, Entry};
-use super::setid::AccountIds;
+use super::setid::{AccountIds, AccountUser};
 use super::shared::{Shared, Tally, target_cache};
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
 use crate::transfer::progress::Progress;
@@ -55,11 +55,10 @@ pub struct PullConfig {
     /// kernel's writeback, as rsync does: for copies that may be lost with
     /// the host (a test copy), not for a migration's.
     pub durable: bool,
-    /// The account's system user on this host (its name): only its own
-    /// entries keep set-user-id and set-group-id bits (see
-    /// [`setid`](super::setid)). `None`, or a name this host does not
-    /// know: no entry keeps them.
-    pub account_user: Option<String>,
+    /// The account's system user on this host: only its own entries keep
+    /// set-user-id and set-group-id bits (see [`setid`](super::setid)). A
+    /// name this host does not know: no entry keeps them.
+    pub account_user: AccountUser,
 }
 
 impl Default for PullConfig {
@@ -73,7 +72,7 @@ impl Default for PullConfig {
             stall_timeout: Duration::from_secs(60),
             content_tries: 3,
             durable: true,
-            account_user: None,
+            account_user: AccountUser::default(),
         }
     }
 }
@@ -177,19 +176,21 @@ pub async fn pull_with(
     };
     let journal = Journal::open(state_dir, transfer_id)
         .map_err(|e| failed(local(&state_dir.join("transfers").join(transfer_id))(e)))?;
-    let account = match &config.account_user {
+    let account = match config.account_user.name(target_root) {
         None => None,
         Some(name) => {
-            let name = name.clone();
-            let found = blocking(move || AccountIds::lookup(&name))
-                .await
-                .map_err(failed)?
-                .map_err(|reason| failed(Problem::Internal(reason)))?;
+            let found = {
+                let name = name.clone();
+                blocking(move || AccountIds::lookup(&name))
+                    .await
+                    .map_err(failed)?
+                    .map_err(|reason| failed(Problem::Internal(reason)))?
+            };
             if found.is_none() {
                 tracing::warn!(
                     message = "the account's user does not exist on this host; no entry keeps set-user-id or set-group-id bits",
                     transfer_id,
-                    account_user = config.account_user.as_deref().unwrap_or_default(),
+                    account_user = name,
                 );
             }
             found

@@ -41,6 +41,34 @@ const SET_GID: u32 = 0o2000;
 /// Examples of removed bits kept for the report (the count is exact).
 const EXAMPLES: usize = 10;
 
+/// Whose entries may keep set-id bits in a pull.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AccountUser {
+    /// The system user named like the target home's last component: the
+    /// target puts the copy of account `A` at `<accounts_dir>/A`, and an
+    /// account is the system user of the same name.
+    #[default]
+    TargetHomeName,
+    /// The system user of this name.
+    Named(String),
+    /// Nobody's: no entry keeps either bit.
+    Nobody,
+}
+
+impl AccountUser {
+    /// The user's name for a copy into `target_root`, if any.
+    pub fn name(&self, target_root: &std::path::Path) -> Option<String> {
+        match self {
+            AccountUser::TargetHomeName => target_root
+                .file_name()
+                .and_then(|name| name.to_str())
+                .map(str::to_owned),
+            AccountUser::Named(name) => Some(name.clone()),
+            AccountUser::Nobody => None,
+        }
+    }
+}
+
 /// The account's user on the target: its uid and every group it is in.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountIds {
