@@ -1,5 +1,6 @@
 //! A home with every kind of entry is pulled from a real `FileSource` over
-//! mutual TLS; `rsync -aHAX` then sees nothing to change. A refresh sends
+//! mutual TLS; `rsync -aHAX` then sees nothing to change (the account's
+//! own setgid directory and setuid file keep their bits). A refresh sends
 //! only what changed, and a refresh of an unchanged tree sends nothing.
 
 mod files_common;
@@ -8,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 
 use anyhow::ensure;
 use files_common::*;
-use navette_agent::transfer::files::pull;
+use navette_agent::transfer::files::pull_with;
 use navette_agent::transfer::progress::Progress;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -26,13 +27,30 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
 
     // The first copy.
     let progress = Progress::new("t-fidelity");
-    let first = pull(channel.clone(), "t-fidelity", &target, &state, &progress).await?;
+    let first = pull_with(
+        account_config(),
+        channel.clone(),
+        "t-fidelity",
+        &target,
+        &state,
+        &progress,
+    )
+    .await?;
     eprintln!("first copy: {first:?}");
     let differences = rsync_differences(&source, &target)?;
     ensure!(
         differences.is_empty(),
         "after the copy, rsync sees:\n{differences}"
     );
+    // The account's own set-id entries keep their bits.
+    let mode_of = |path: &str| -> anyhow::Result<u32> {
+        Ok(std::fs::symlink_metadata(target.join(path))?.mode() & 0o7777)
+    };
+    ensure!(
+        mode_of("setgid")? == 0o2775 && mode_of("setuid-tool")? == 0o4755,
+        "the account's setgid directory and setuid file lost their bits"
+    );
+    ensure!(first.set_id_removed == 0, "{first:?}");
     let sparse = std::fs::metadata(target.join("disk.img"))?;
     ensure!(
         sparse.len() == 100 * 1024 * 1024 && sparse.blocks() * 512 <= 1024 * 1024,
@@ -62,7 +80,8 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
     );
 
     // Nothing changed: nothing is sent.
-    let unchanged = pull(
+    let unchanged = pull_with(
+        account_config(),
         channel.clone(),
         "t-fidelity",
         &target,
@@ -101,7 +120,8 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
         source.join("many/0020.txt"),
         std::os::unix::fs::PermissionsExt::from_mode(0o640),
     )?;
-    let refresh = pull(
+    let refresh = pull_with(
+        account_config(),
         channel.clone(),
         "t-fidelity",
         &target,
@@ -143,7 +163,8 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )?;
     std::fs::write(target.join("www/extra.html"), b"not on the source\n")?;
-    let repaired = pull(
+    let repaired = pull_with(
+        account_config(),
         channel.clone(),
         "t-fidelity",
         &target,
@@ -173,7 +194,8 @@ async fn a_home_is_copied_with_full_fidelity_then_refreshed_with_only_its_change
         .arg(target.join("many"))
         .status()?;
     ensure!(touched.success(), "touch failed");
-    let settled = pull(
+    let settled = pull_with(
+        account_config(),
         channel.clone(),
         "t-fidelity",
         &target,
@@ -234,7 +256,8 @@ async fn a_file_written_during_the_copy_is_copied_again_by_the_next_refresh() ->
         })
     };
     let state = scratch.join("state");
-    let during = pull(
+    let during = pull_with(
+        account_config(),
         channel.clone(),
         "t-live",
         &target,
@@ -251,7 +274,8 @@ async fn a_file_written_during_the_copy_is_copied_again_by_the_next_refresh() ->
     ensure!(lines > 0, "the writer wrote nothing");
     ensure!(during.files_sent == 51, "{during:?}");
 
-    let after = pull(
+    let after = pull_with(
+        account_config(),
         channel.clone(),
         "t-live",
         &target,

@@ -6,20 +6,16 @@
 
 mod files_common;
 
-use std::path::Path;
-use std::sync::Arc;
-
 use anyhow::{Context, ensure};
+use files_common::hostile::{PWNED, entry, pull_from_hostile, symlink};
 use files_common::*;
-use navette_agent::transfer::files::{Problem, file_source_client, pull};
+use navette_agent::transfer::files::{Problem, PullConfig, file_source_client, pull};
 use navette_agent::transfer::progress::Progress;
 use navette_proto::v1::file_chunk::Piece;
-use navette_proto::v1::file_source_server::{FileSource, FileSourceServer};
 use navette_proto::v1::{
-    DataBlock, EntryKind, FileChunk, FileEnd, ListTreeRequest, ReadFileRequest, ReadFilesRequest,
-    TreeEntries, TreeEntry, WholeFile, WholeFiles,
+    EntryKind, FileEnd, ListTreeRequest, ReadFileRequest, ReadFilesRequest, TreeEntry,
 };
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 
 fn code_of(error: &navette_agent::transfer::files::FilesError) -> Option<Code> {
     match &error.problem {
@@ -180,118 +176,6 @@ async fn the_source_serves_nothing_outside_the_home() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A hostile source: lists whatever it is given and serves "pwned" for
-/// every file. (A fake: the real source never lists such entries, so a
-/// hostile one has to be made up.)
-#[derive(Clone)]
-struct Hostile {
-    entries: Arc<Vec<TreeEntry>>,
-}
-
-type Stream<T> = tokio_stream::wrappers::ReceiverStream<Result<T, Status>>;
-
-fn stream_of<T: Send + 'static>(items: Vec<T>) -> Stream<T> {
-    let (sender, receiver) = tokio::sync::mpsc::channel(items.len().max(1));
-    for item in items {
-        let _ = sender.try_send(Ok(item));
-    }
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
-}
-
-const PWNED: &[u8] = b"pwned\n";
-
-#[tonic::async_trait]
-impl FileSource for Hostile {
-    type ListTreeStream = Stream<TreeEntries>;
-    type ReadFileStream = Stream<FileChunk>;
-    type ReadFilesStream = Stream<WholeFiles>;
-
-    async fn list_tree(
-        &self,
-        _request: Request<ListTreeRequest>,
-    ) -> Result<Response<Self::ListTreeStream>, Status> {
-        Ok(Response::new(stream_of(vec![TreeEntries {
-            entries: self.entries.to_vec(),
-        }])))
-    }
-
-    async fn read_file(
-        &self,
-        _request: Request<ReadFileRequest>,
-    ) -> Result<Response<Self::ReadFileStream>, Status> {
-        let sha = ring::digest::digest(&ring::digest::SHA256, PWNED)
-            .as_ref()
-            .to_vec();
-        Ok(Response::new(stream_of(vec![FileChunk {
-            piece: Some(Piece::Data(DataBlock {
-                offset: 0,
-                data: PWNED.to_vec(),
-                sha256: sha,
-            })),
-        }])))
-    }
-
-    async fn read_files(
-        &self,
-        request: Request<ReadFilesRequest>,
-    ) -> Result<Response<Self::ReadFilesStream>, Status> {
-        let sha = ring::digest::digest(&ring::digest::SHA256, PWNED)
-            .as_ref()
-            .to_vec();
-        let files = (0..request.get_ref().paths.len())
-            .map(|index| WholeFile {
-                index: index as u32,
-                data: PWNED.to_vec(),
-                sha256: sha.clone(),
-                size: PWNED.len() as u64,
-                ..WholeFile::default()
-            })
-            .collect();
-        Ok(Response::new(stream_of(vec![WholeFiles { files }])))
-    }
-}
-
-fn entry(path: &[u8], kind: EntryKind) -> TreeEntry {
-    TreeEntry {
-        path: path.to_vec(),
-        kind: kind.into(),
-        mode: 0o755,
-        size: if kind == EntryKind::File {
-            PWNED.len() as u64
-        } else {
-            0
-        },
-        ..TreeEntry::default()
-    }
-}
-
-fn symlink(path: &[u8], target: &Path) -> TreeEntry {
-    TreeEntry {
-        symlink_target: target.as_os_str().as_encoded_bytes().to_vec(),
-        ..entry(path, EntryKind::Symlink)
-    }
-}
-
-async fn pull_from_hostile(
-    pki: &Pki,
-    entries: Vec<TreeEntry>,
-    target: &Path,
-    state: &Path,
-) -> anyhow::Result<
-    Result<navette_agent::transfer::files::FilesReport, navette_agent::transfer::files::FilesError>,
-> {
-    let hostile = Hostile {
-        entries: Arc::new(entries),
-    };
-    let server = serve(
-        pki,
-        tonic::service::Routes::new(FileSourceServer::new(hostile)),
-    )
-    .await?;
-    let channel = pki.channel_as(TARGET_HOST, server.address)?;
-    Ok(pull(channel, "t-hostile", target, state, &Progress::new("t")).await)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crafted_manifest_writes_nothing_outside_the_target_home() -> anyhow::Result<()> {
     let scratch = Scratch::new("files-refuse-crafted")?;
@@ -355,7 +239,8 @@ async fn a_crafted_manifest_writes_nothing_outside_the_target_home() -> anyhow::
         ("no root", vec![entry(b"x", EntryKind::File)]),
     ];
     for (what, entries) in crafted {
-        let result = pull_from_hostile(&pki, entries, &target, &state).await?;
+        let result =
+            pull_from_hostile(&pki, PullConfig::default(), entries, &target, &state).await?;
         let Err(error) = result else {
             anyhow::bail!("{what}: accepted");
         };
@@ -381,7 +266,7 @@ async fn a_crafted_manifest_writes_nothing_outside_the_target_home() -> anyhow::
         entry(b"evil/x", EntryKind::File),
         entry(b"y", EntryKind::File),
     ];
-    let report = pull_from_hostile(&pki, entries, &target, &state).await??;
+    let report = pull_from_hostile(&pki, PullConfig::default(), entries, &target, &state).await??;
     ensure!(report.files_sent == 2, "{report:?}");
     ensure!(
         listing(&outside)?.is_empty(),

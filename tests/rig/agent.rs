@@ -55,6 +55,9 @@ pub struct AgentSpec {
     pub listen_port: u16,
     pub heartbeat_interval_secs: u64,
     pub inventory_interval_secs: u64,
+    /// Run the agent under the shipped unit's restrictions, as systemd
+    /// would (it is not PID 1 here): see [`unit_restrictions`].
+    pub under_unit_restrictions: bool,
 }
 
 impl Default for AgentSpec {
@@ -66,8 +69,49 @@ impl Default for AgentSpec {
             listen_port: 7445,
             heartbeat_interval_secs: 1,
             inventory_interval_secs: 2,
+            under_unit_restrictions: false,
         }
     }
+}
+
+/// The command prefix that applies `systemd/navette-agent.service`'s
+/// `UMask=`, `CapabilityBoundingSet=` and `NoNewPrivileges=` to the
+/// program after it (`sh -c 'umask ..; exec ..' setpriv ... --`). Its
+/// other settings (file system and kernel protections, system call
+/// filters) are not applied: `agent/tests/files_unit_restrictions.rs`
+/// says which of them a copy does not depend on.
+pub fn unit_restrictions() -> anyhow::Result<Vec<String>> {
+    let path = crate::install::workspace_dir().join("systemd/navette-agent.service");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let setting = |key: &str| {
+        text.lines()
+            .rev()
+            .find_map(|line| line.trim().strip_prefix(key)?.strip_prefix('='))
+            .map(str::trim)
+    };
+    let capabilities = setting("CapabilityBoundingSet")
+        .with_context(|| format!("{}: no CapabilityBoundingSet=", path.display()))?;
+    let mut bounding = vec!["-all".to_owned()];
+    for name in capabilities.split_whitespace() {
+        let short = name
+            .strip_prefix("CAP_")
+            .with_context(|| format!("{}: {name} in CapabilityBoundingSet=", path.display()))?;
+        bounding.push(format!("+{}", short.to_ascii_lowercase()));
+    }
+    let mut prefix = vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        r#"umask "$0" && exec "$@""#.to_owned(),
+        setting("UMask").unwrap_or("0022").to_owned(),
+        "setpriv".to_owned(),
+        format!("--bounding-set={}", bounding.join(",")),
+    ];
+    if setting("NoNewPrivileges") == Some("yes") {
+        prefix.push("--no-new-privs".to_owned());
+    }
+    prefix.push("--".to_owned());
+    Ok(prefix)
 }
 
 #[derive(Serialize)]
@@ -189,7 +233,27 @@ impl Rig {
             &mut command(&["enrol", "--token", &spec.token]),
             &format!("navette-agent enrol on host {}", host.host),
         )?;
-        let process = self.spawn(host, "agent", move || command(&["run"]))?;
+        let restrictions = if spec.under_unit_restrictions {
+            unit_restrictions()?
+        } else {
+            Vec::new()
+        };
+        let process = {
+            let (netns, binary, config) = (host.clone(), binary.clone(), config.clone());
+            self.spawn(host, "agent", move || {
+                let Some((program, args)) = restrictions.split_first() else {
+                    return command(&["run"]);
+                };
+                let mut wrapped = netns.command(program);
+                wrapped
+                    .args(args)
+                    .arg(&binary)
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("run");
+                wrapped
+            })?
+        };
         let agent = Agent {
             host: host.clone(),
             binary,

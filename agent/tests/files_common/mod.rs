@@ -1,8 +1,10 @@
 //! What the file-transfer tests share: a throwaway CA and certificates, a
 //! real `FileSource` server on 127.0.0.1 behind mutual TLS and the role
 //! gate, a TCP relay whose link can be cut, source trees with every kind of
-//! entry, and the `rsync` comparison.
+//! entry, the `rsync` comparison, and a hostile source ([`hostile`]).
 #![allow(dead_code)]
+
+pub mod hostile;
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -14,7 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, ensure};
-use navette_agent::transfer::files::FileSourceService;
+use navette_agent::transfer::files::setid::AccountUser;
+use navette_agent::transfer::files::{FileSourceService, PullConfig};
 use navette_agent::transfer::grants::{Grant, Grants};
 use navette_proto::gate::{self, RoleGateLayer};
 use navette_proto::identity::Role;
@@ -283,6 +286,22 @@ pub fn ensure_user() -> anyhow::Result<(u32, u32)> {
     Ok((user.uid.as_raw(), group.gid.as_raw()))
 }
 
+/// The primary group of [`USER`] (its own group, made with it).
+pub fn user_primary_gid() -> anyhow::Result<u32> {
+    ensure_user()?;
+    let user = nix::unistd::User::from_name(USER)?.context("test user")?;
+    Ok(user.gid.as_raw())
+}
+
+/// The pull configuration for a copy of [`USER`]'s account: its own
+/// entries may keep set-user-id and set-group-id bits.
+pub fn account_config() -> PullConfig {
+    PullConfig {
+        account_user: AccountUser::Named(USER.to_owned()),
+        ..PullConfig::default()
+    }
+}
+
 /// Deterministic bytes that do not compress or repeat by block.
 pub fn pseudo_random(seed: u64, length: usize) -> Vec<u8> {
     let mut state = seed
@@ -391,7 +410,18 @@ pub fn build_tree(home: &Path) -> anyhow::Result<()> {
             pseudo_random(1000 + i as u64, 100 + (i * 37) % 20_000),
         )?;
     }
-    // Owners.
+    // Owners. The set-id entries are the account's own (its user, its
+    // group), so the target keeps their bits.
+    let own_gid = user_primary_gid()?;
+    for path in ["setgid", "setuid-tool"] {
+        nix::unistd::chown(
+            &home.join(path),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(own_gid)),
+        )?;
+    }
+    chmod(&home.join("setgid"), 0o2775)?;
+    chmod(&home.join("setuid-tool"), 0o4755)?;
     for path in [
         "www",
         "www/index.html",

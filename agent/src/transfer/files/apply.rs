@@ -6,6 +6,10 @@
 //!
 //! Metadata goes on in a fixed order: owner (which clears setuid, setgid
 //! and file capabilities), extended attributes, mode, modification time.
+//! A mode with set-user-id or set-group-id bits (only those the
+//! [`setid`](super::setid) rule kept) is read back: the kernel drops such
+//! a bit silently when the agent lacks `CAP_FSETID`, and that is an error
+//! here, not a quiet loss.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -23,6 +27,7 @@ use super::beneath::{DIR_FLAGS, Root};
 use super::digest::sha256;
 use super::path::RelPath;
 use super::scan::{Entry, Kind, Mtime, XattrCache};
+use super::setid::SET_ID_BITS;
 use super::xattr;
 
 /// Prefix of the temporary names content and links are made under.
@@ -74,6 +79,23 @@ pub fn at<'a, E: Into<io::Error>>(
     }
 }
 
+/// Fails unless the mode `found` holds the set-id bits of `wanted`.
+fn check_set_id(found: u32, wanted: &Entry, path: &RelPath) -> Result<(), ApplyError> {
+    if wanted.mode & SET_ID_BITS == 0 || found & 0o7777 == wanted.mode {
+        return Ok(());
+    }
+    Err(ApplyError {
+        path: path.clone(),
+        op: "keep set-user-id and set-group-id bits",
+        source: io::Error::other(format!(
+            "mode {:o} was set, and the file has mode {:o}: the agent needs CAP_FSETID \
+             (see CapabilityBoundingSet= in its systemd unit)",
+            wanted.mode,
+            found & 0o7777
+        )),
+    })
+}
+
 /// Applies owner, extended attributes, mode and modification time to an
 /// open file or directory.
 pub fn apply_meta(
@@ -90,6 +112,10 @@ pub fn apply_meta(
     .map_err(at(path, "change owner"))?;
     xattr::set_exactly(fd, &wanted.xattrs).map_err(at(path, "set extended attributes"))?;
     fchmod(fd, Mode::from_bits_retain(wanted.mode)).map_err(at(path, "change mode"))?;
+    if wanted.mode & SET_ID_BITS != 0 {
+        let stat = nix::sys::stat::fstat(fd).map_err(at(path, "stat"))?;
+        check_set_id(stat.st_mode, wanted, path)?;
+    }
     futimens(fd, &TimeSpec::UTIME_OMIT, &mtime.timespec())
         .map_err(at(path, "set modification time"))
 }
@@ -118,6 +144,11 @@ fn apply_meta_at(
             FchmodatFlags::NoFollowSymlink,
         )
         .map_err(at(path, "change mode"))?;
+        if wanted.mode & SET_ID_BITS != 0 {
+            let stat =
+                fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(at(path, "stat"))?;
+            check_set_id(stat.st_mode, wanted, path)?;
+        }
     }
     utimensat(
         dir,
@@ -339,6 +370,10 @@ pub fn settle_dir(
     }
     if changed || stat.st_mode & 0o7777 != wanted.mode {
         fchmod(fd.as_fd(), Mode::from_bits_retain(wanted.mode)).map_err(at(path, "change mode"))?;
+        if wanted.mode & SET_ID_BITS != 0 {
+            let stat = nix::sys::stat::fstat(&fd).map_err(at(path, "stat"))?;
+            check_set_id(stat.st_mode, wanted, path)?;
+        }
         changed = true;
     }
     if changed || Mtime::of(&stat) != wanted.mtime {

@@ -4,8 +4,12 @@
 //! order of name, each directory's own entries right after it. So every
 //! entry lies in a directory listed before it (nothing is ever created under
 //! a symbolic link or a file), no path comes twice, and the check needs no
-//! lookup. Hard links must name an earlier non-directory. A manifest that
-//! fails any check is refused whole, before anything is written.
+//! lookup. Hard links must name an earlier non-directory. Every owner,
+//! group and ACL entry must name a user or group the target knows (ids
+//! never travel by number), and set-user-id and set-group-id bits are
+//! removed where the [`setid`](super::setid) rule does not keep them. A
+//! manifest that fails any check is refused whole, before anything is
+//! written.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,14 +22,17 @@ use super::Problem;
 use super::ids::IdMap;
 use super::path::RelPath;
 use super::scan::{Entry, Kind};
+use super::setid::{AccountIds, SetIdRule};
 use super::wire::from_wire;
 
 /// The checked manifest, in the source's order (parents first).
 #[derive(Debug, Default)]
 pub struct Manifest {
     pub entries: Vec<Entry>,
-    /// Owners and groups the target did not know by name.
-    pub unknown_names: Vec<String>,
+    /// Entries whose set-user-id or set-group-id bits were removed.
+    pub set_id_removed: u64,
+    /// The first few of them, with the mode and ids the source asked for.
+    pub set_id_examples: Vec<String>,
 }
 
 /// Checks entries one by one as they arrive.
@@ -114,11 +121,13 @@ impl Checker {
     }
 }
 
-/// Reads and checks the manifest of `transfer_id`.
+/// Reads and checks the manifest of `transfer_id`; `account` is the
+/// account's user on this host, whose own entries may keep set-id bits.
 pub async fn fetch(
     client: &FileSourceClient<Channel>,
     transfer_id: &str,
     stall: Duration,
+    account: Option<AccountIds>,
 ) -> Result<Manifest, Problem> {
     let mut stream = client
         .clone()
@@ -129,6 +138,7 @@ pub async fn fetch(
         .map_err(Problem::Source)?
         .into_inner();
     let mut ids = IdMap::default();
+    let mut set_ids = SetIdRule::new(account);
     let mut checker = Checker::default();
     let mut entries = Vec::new();
     loop {
@@ -144,8 +154,9 @@ pub async fn fetch(
                 path: String::from_utf8_lossy(&raw).into_owned(),
                 reason,
             };
-            let entry = from_wire(wire, &mut ids).map_err(refused)?;
+            let mut entry = from_wire(wire, &mut ids).map_err(refused)?;
             checker.accept(&entry).map_err(refused)?;
+            set_ids.apply(&mut entry);
             entries.push(entry);
         }
     }
@@ -163,7 +174,8 @@ pub async fn fetch(
     }
     Ok(Manifest {
         entries,
-        unknown_names: ids.unknown.into_iter().collect(),
+        set_id_removed: set_ids.removed,
+        set_id_examples: set_ids.examples,
     })
 }
 

@@ -13,7 +13,8 @@
 //!   ever crossing a symbolic link.
 //! - [`scan`]: reading a tree, parents first, without following links.
 //! - [`xattr`]: extended attributes and the ids inside POSIX ACLs;
-//!   [`ids`]: owners by name.
+//!   [`ids`]: owners by name; [`setid`]: which set-user-id and
+//!   set-group-id bits a copy keeps.
 //! - [`digest`]: the block and file checksums; [`wire`]: entries to and
 //!   from `navette.v1.TreeEntry`.
 //!
@@ -40,6 +41,13 @@
 //! - Content is renamed into place only after every block and the whole
 //!   file verified (SHA-256); a torn copy of a file that changed while read
 //!   is dated so that the next refresh sends it again.
+//! - A copy never gains privilege on the target: owners, groups and ACL
+//!   entries are mapped by name, and a name the target does not know is
+//!   refused (never mapped by number); set-user-id and set-group-id bits
+//!   survive only on entries of the account's own user (and groups it is
+//!   in), never on uid 0's or another user's, and each removal is
+//!   reported. Both are decided on the manifest, before anything is
+//!   written.
 //! - Every step can be repeated: a pull after a failed one continues where
 //!   it stopped.
 
@@ -57,6 +65,7 @@ pub mod pull;
 pub mod read;
 pub mod receive;
 pub mod scan;
+pub mod setid;
 pub mod shared;
 pub mod source;
 pub mod wire;

@@ -27,6 +27,7 @@ use super::path::RelPath;
 use super::plan::{self, Plan, Sizes};
 use super::receive::{self, blocking};
 use super::scan::{self, Entry};
+use super::setid::{AccountIds, AccountUser};
 use super::shared::{Shared, Tally, target_cache};
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
 use crate::transfer::progress::Progress;
@@ -54,6 +55,10 @@ pub struct PullConfig {
     /// kernel's writeback, as rsync does: for copies that may be lost with
     /// the host (a test copy), not for a migration's.
     pub durable: bool,
+    /// The account's system user on this host: only its own entries keep
+    /// set-user-id and set-group-id bits (see [`setid`](super::setid)). A
+    /// name this host does not know: no entry keeps them.
+    pub account_user: AccountUser,
 }
 
 impl Default for PullConfig {
@@ -67,6 +72,7 @@ impl Default for PullConfig {
             stall_timeout: Duration::from_secs(60),
             content_tries: 3,
             durable: true,
+            account_user: AccountUser::default(),
         }
     }
 }
@@ -104,8 +110,11 @@ pub struct FilesReport {
     pub resumed_bytes_resent: u64,
     /// Attempts that failed on a transient error and were retried.
     pub retries: u32,
-    /// Owners and groups unknown on the target by name, kept by number.
-    pub unknown_names: Vec<String>,
+    /// Entries whose set-user-id or set-group-id bits were removed, as
+    /// they would have given power the account does not have here.
+    pub set_id_removed: u64,
+    /// The first few of them, with the mode and ids the source asked for.
+    pub set_id_examples: Vec<String>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -167,6 +176,26 @@ pub async fn pull_with(
     };
     let journal = Journal::open(state_dir, transfer_id)
         .map_err(|e| failed(local(&state_dir.join("transfers").join(transfer_id))(e)))?;
+    let account = match config.account_user.name(target_root) {
+        None => None,
+        Some(name) => {
+            let found = {
+                let name = name.clone();
+                blocking(move || AccountIds::lookup(&name))
+                    .await
+                    .map_err(failed)?
+                    .map_err(|reason| failed(Problem::Internal(reason)))?
+            };
+            if found.is_none() {
+                tracing::warn!(
+                    message = "the account's user does not exist on this host; no entry keeps set-user-id or set-group-id bits",
+                    transfer_id,
+                    account_user = name,
+                );
+            }
+            found
+        }
+    };
     let root = {
         let target_root = target_root.to_path_buf();
         blocking(move || {
@@ -184,6 +213,7 @@ pub async fn pull_with(
         journal: Arc::new(journal),
         client: file_source_client(channel),
         config,
+        account,
         progress,
         tally: Tally::default(),
         stop: AtomicBool::new(false),
@@ -259,7 +289,8 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         manifest::fetch(
             &shared.client,
             &shared.transfer_id,
-            shared.config.stall_timeout
+            shared.config.stall_timeout,
+            shared.account.clone(),
         ),
         scanning
     );
@@ -267,7 +298,16 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
     let local = local?.map_err(Problem::Scan)?;
     let entries = Arc::new(manifest.entries);
     report.entries = entries.len() as u64;
-    report.unknown_names = manifest.unknown_names;
+    report.set_id_removed = manifest.set_id_removed;
+    report.set_id_examples = manifest.set_id_examples;
+    if report.set_id_removed > 0 {
+        tracing::warn!(
+            message = "set-user-id or set-group-id bits removed: the entries are not the account's own",
+            transfer_id = shared.transfer_id,
+            entries = report.set_id_removed,
+            examples = ?report.set_id_examples,
+        );
+    }
     let files: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.kind == scan::Kind::File)

@@ -17,6 +17,7 @@ use super::path::RelPath;
 use super::pull::{FilesReport, PullConfig};
 use super::receive::Received;
 use super::scan::{Entry, XattrCache};
+use super::setid::AccountIds;
 use crate::transfer::progress::Progress;
 
 /// Counters of one pull, across its attempts.
@@ -65,6 +66,9 @@ pub struct Shared<'a> {
     pub journal: Arc<Journal>,
     pub client: FileSourceClient<Channel>,
     pub config: PullConfig,
+    /// The account's user on this host (from `config.account_user`): its
+    /// own entries may keep set-id bits.
+    pub account: Option<AccountIds>,
     pub progress: &'a Progress,
     pub tally: Tally,
     /// Set when a stream failed: the others finish their file and stop.

@@ -1,6 +1,6 @@
 //! Entries on the wire: [`Entry`] to `TreeEntry` on the source (owners by
-//! name), and back on the target (names mapped to local ids, the entry's
-//! own fields checked). Whether the entries fit together as a tree is the
+//! name), and back on the target (names mapped to local ids, a name the
+//! target does not know refused, the entry's own fields checked). Whether the entries fit together as a tree is the
 //! target's manifest check (`manifest`).
 
 use navette_proto::v1::{AclId, EntryKind, Extent as WireExtent, TreeEntry, XAttr as WireXAttr};
@@ -121,12 +121,18 @@ pub fn from_wire(wire: TreeEntry, ids: &mut IdMap) -> Result<Entry, String> {
                     .find(|a| a.group == group && a.id == id)
                     .map(|a| a.name.as_str())
                     .unwrap_or_default();
-                if group {
+                let mapped = if group {
                     ids.gid(name, id)
                 } else {
                     ids.uid(name, id)
-                }
-            })
+                };
+                mapped.map_err(|reason| {
+                    format!(
+                        "an entry of its ACL ({}): {reason}",
+                        String::from_utf8_lossy(&attribute.name)
+                    )
+                })
+            })?
         } else {
             attribute.value
         };
@@ -143,8 +149,12 @@ pub fn from_wire(wire: TreeEntry, ids: &mut IdMap) -> Result<Entry, String> {
             .collect()
     });
     Ok(Entry {
-        uid: ids.uid(&wire.owner, wire.uid),
-        gid: ids.gid(&wire.group, wire.gid),
+        uid: ids
+            .uid(&wire.owner, wire.uid)
+            .map_err(|reason| format!("its owner: {reason}"))?,
+        gid: ids
+            .gid(&wire.group, wire.gid)
+            .map_err(|reason| format!("its group: {reason}"))?,
         path,
         kind,
         mode: wire.mode & 0o7777,

@@ -143,11 +143,14 @@ fn acl_entries(value: &[u8]) -> Option<std::slice::ChunksExact<'_, u8>> {
 }
 
 /// The ACL `value` with the id of every named entry replaced by
-/// `map(is_group, id)`. A value that is not an understood ACL is returned
-/// unchanged.
-pub fn remap_acl(value: &[u8], mut map: impl FnMut(bool, u32) -> u32) -> Vec<u8> {
+/// `map(is_group, id)`, or the first error `map` returns. A value that is
+/// not an understood ACL is returned unchanged.
+pub fn remap_acl<E>(
+    value: &[u8],
+    mut map: impl FnMut(bool, u32) -> Result<u32, E>,
+) -> Result<Vec<u8>, E> {
     if acl_entries(value).is_none() {
-        return value.to_vec();
+        return Ok(value.to_vec());
     }
     let mut out = value.to_vec();
     for entry in out[4..].chunks_exact_mut(8) {
@@ -156,10 +159,10 @@ pub fn remap_acl(value: &[u8], mut map: impl FnMut(bool, u32) -> u32) -> Vec<u8>
             ACL_GROUP => true,
             _ => continue,
         };
-        let id = map(group, entry_id(entry));
+        let id = map(group, entry_id(entry))?;
         entry[4..8].copy_from_slice(&id.to_le_bytes());
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -188,9 +191,21 @@ mod tests {
             (0x20, 0, undefined),
         ]);
         assert_eq!(acl_ids(&value), vec![(false, 1001), (true, 2002)]);
-        let remapped = remap_acl(&value, |group, id| if group { id + 1 } else { id + 10 });
-        assert_eq!(acl_ids(&remapped), vec![(false, 1011), (true, 2003)]);
-        assert_eq!(remap_acl(b"junk", |_, id| id + 1), b"junk".to_vec());
+        let remapped = remap_acl(&value, |group, id| {
+            Ok::<_, ()>(if group { id + 1 } else { id + 10 })
+        });
+        assert_eq!(
+            remapped.map(|r| acl_ids(&r)),
+            Ok(vec![(false, 1011), (true, 2003)])
+        );
+        assert_eq!(
+            remap_acl(&value, |group, id| if group { Err(id) } else { Ok(id) }),
+            Err(2002)
+        );
+        assert_eq!(
+            remap_acl(b"junk", |_, id| Ok::<_, ()>(id + 1)),
+            Ok(b"junk".to_vec())
+        );
         assert!(acl_ids(b"junk").is_empty());
     }
 }
