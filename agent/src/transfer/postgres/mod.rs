@@ -88,11 +88,13 @@
 //! - Each database copy can be repeated: the target database is rebuilt
 //!   from scratch, roles are ensured, not created blindly.
 
+pub mod acceptance;
 pub mod checksum;
 pub mod describe;
 pub mod digest;
 pub mod error;
 pub mod large_objects;
+pub mod loader;
 pub mod pull;
 pub mod restore;
 pub mod schema_objects;
