@@ -13,9 +13,12 @@
 //!   event trigger, or a role that exists on the target with CREATEROLE:
 //!   each copy is refused with a finding naming it, and nothing is applied
 //!   on the target.
-//! - The extended query protocol, through which index definitions are
-//!   executed, refuses a second statement (the validator's own cases are
-//!   unit tests of `acceptance::check_index`).
+//! - A compromised source agent (the real service, its description
+//!   changed) sends index definitions with a second statement: refused with
+//!   a finding naming the index, nothing applied. The extended query
+//!   protocol, through which index definitions are executed, refuses a
+//!   second statement too (the validator's own cases are unit tests of
+//!   `acceptance::check_index`).
 
 mod postgres_support;
 
@@ -23,8 +26,14 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, bail, ensure};
 use navette_agent::transfer::postgres::{PostgresCopyError, PostgresSourceService, PullOptions};
+use navette_proto::v1::postgres_source_server::PostgresSource;
+use navette_proto::v1::{
+    ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
+    DumpSchemaRequest, HoldSnapshotRequest, PostgresDatabaseDescription, TableChecksum,
+};
 use navette_tests::{AccountSpec, PgVersion, Postgres, Rig};
 use postgres_support::{Pki, PullSpec, SourceAgent, grants, pull_in, same_name, server_config};
+use tonic::{Request, Response, Status};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
@@ -434,6 +443,147 @@ fn the_extended_protocol_refuses_a_second_statement() -> anyhow::Result<()> {
             "SELECT count(*) FROM pg_class WHERE relname = 't_id'"
         )? == "0",
         "the index was built"
+    );
+    Ok(())
+}
+
+/// A compromised source agent: the real service, whose descriptions are
+/// changed by `tamper` before they are sent.
+struct TamperingSource {
+    inner: PostgresSourceService,
+    tamper: fn(&mut PostgresDatabaseDescription),
+}
+
+#[tonic::async_trait]
+impl PostgresSource for TamperingSource {
+    type HoldSnapshotStream = <PostgresSourceService as PostgresSource>::HoldSnapshotStream;
+    type DumpSchemaStream = <PostgresSourceService as PostgresSource>::DumpSchemaStream;
+    type CopyTableStream = <PostgresSourceService as PostgresSource>::CopyTableStream;
+    type CopyLargeObjectsStream = <PostgresSourceService as PostgresSource>::CopyLargeObjectsStream;
+
+    async fn hold_snapshot(
+        &self,
+        request: Request<HoldSnapshotRequest>,
+    ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
+        self.inner.hold_snapshot(request).await
+    }
+
+    async fn describe_database(
+        &self,
+        request: Request<DescribeDatabaseRequest>,
+    ) -> Result<Response<PostgresDatabaseDescription>, Status> {
+        let mut answer = self.inner.describe_database(request).await?;
+        (self.tamper)(answer.get_mut());
+        Ok(answer)
+    }
+
+    async fn dump_schema(
+        &self,
+        request: Request<DumpSchemaRequest>,
+    ) -> Result<Response<Self::DumpSchemaStream>, Status> {
+        self.inner.dump_schema(request).await
+    }
+
+    async fn copy_table(
+        &self,
+        request: Request<CopyTableRequest>,
+    ) -> Result<Response<Self::CopyTableStream>, Status> {
+        self.inner.copy_table(request).await
+    }
+
+    async fn checksum_table(
+        &self,
+        request: Request<ChecksumTableRequest>,
+    ) -> Result<Response<TableChecksum>, Status> {
+        self.inner.checksum_table(request).await
+    }
+
+    async fn copy_large_objects(
+        &self,
+        request: Request<CopyLargeObjectsRequest>,
+    ) -> Result<Response<Self::CopyLargeObjectsStream>, Status> {
+        self.inner.copy_large_objects(request).await
+    }
+}
+
+/// A source whose description of an index carries a second statement (as
+/// a compromised old host could send): the copy is refused with a finding
+/// naming the index, before the target is changed.
+#[test]
+fn an_index_definition_with_a_second_statement_is_refused() -> anyhow::Result<()> {
+    let rig = Rig::new("postgres_tenant_index")?;
+    let source_host = rig.add_namespace("src", SOURCE)?;
+    let target_host = rig.add_namespace("dst", TARGET)?;
+    let pg15 = source_host.start_postgres(&rig, PgVersion::V15, 5432)?;
+    let pg18 = target_host.start_postgres(&rig, PgVersion::V18, 5432)?;
+    let account = "nvpgi_oscar";
+    rig.add_account(
+        &source_host,
+        AccountSpec {
+            name: account.to_owned(),
+            password: "oscar pw".to_owned(),
+            pg_databases: vec![account.to_owned()],
+            ..AccountSpec::default()
+        },
+    )?;
+    let pki = Pki::new()?;
+    let transfer_id = "t-pg-tenant-3";
+    let inner = PostgresSourceService::new(
+        grants(
+            &rig.dir().join("src-agent-state"),
+            transfer_id,
+            "dst",
+            &[account],
+        )?,
+        vec![server_config(&pg15)],
+    );
+    let tamper: fn(&mut PostgresDatabaseDescription) = |description| {
+        for index in description
+            .tables
+            .iter_mut()
+            .flat_map(|t| t.indexes.iter_mut())
+        {
+            index.definition = format!("{}; ALTER ROLE nvpgi_oscar SUPERUSER", index.definition);
+        }
+    };
+    let source = SourceAgent::start(
+        &source_host,
+        SOURCE,
+        TamperingSource { inner, tamper },
+        &pki,
+    )?;
+    let (result, _) = pull_in(PullSpec {
+        target: &target_host,
+        identity: pki.agent("dst")?,
+        pki: &pki,
+        source: &source,
+        transfer_id,
+        copies: vec![same_name(account)],
+        target_servers: vec![server_config(&pg18)],
+        options: PullOptions {
+            work_dir: rig.dir().to_owned(),
+            ..PullOptions::default()
+        },
+    })?;
+    let findings = match result {
+        Ok(report) => bail!("the copy was allowed: {report:?}"),
+        Err(PostgresCopyError::NotAccepted { findings, .. }) => findings,
+        Err(other) => bail!("unexpected error: {}", navette_agent::error_chain(&other)),
+    };
+    ensure!(
+        findings.iter().any(|f| f.starts_with(
+            "index items_pkey of table public.items: it holds a second statement (;)"
+        )),
+        "{findings:#?}"
+    );
+    let footprint = pg18.psql(
+        "postgres",
+        "SELECT (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'nvpgi%') || ' ' || \
+                (SELECT count(*) FROM pg_database WHERE datname LIKE 'nvpgi%')",
+    )?;
+    ensure!(
+        footprint == "0 0",
+        "roles and databases on the target: {footprint}"
     );
     Ok(())
 }

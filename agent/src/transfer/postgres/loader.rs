@@ -54,6 +54,20 @@ impl std::fmt::Debug for Loader {
     }
 }
 
+/// `what` (e.g. "connecting"), with a hint for the operator when `server`
+/// is reached as a loader: a refused login is most often pg_hba.conf.
+pub fn connecting(server: &PostgresqlServer, what: &str) -> String {
+    if server.user.starts_with(LOADER_PREFIX) {
+        format!(
+            "{what} as the copy's loader role {} (the server's pg_hba.conf must accept \
+             password logins of {LOADER_PREFIX}* roles on {})",
+            server.user, server.host
+        )
+    } else {
+        what.to_owned()
+    }
+}
+
 /// The loader's name for `database` on `server`: short (well under
 /// PostgreSQL's 63 bytes), and the same at every attempt.
 pub fn loader_name(server: &str, database: &str) -> String {

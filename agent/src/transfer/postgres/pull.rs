@@ -5,7 +5,11 @@
 //! Before anything is changed, every database of the transfer is checked
 //! (`preflight`): versions (the target must be the same major or newer),
 //! extensions the target lacks, client programs, and that the target is
-//! not the source itself.
+//! not the source itself. In the snapshot, what the source sends is checked
+//! against the target ([`acceptance`](super::acceptance)) before the first
+//! statement changes it, and everything that can run the customer's code
+//! runs as the copy's loader ([`Loader`]), which is dropped however the
+//! copy ends.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -254,7 +258,11 @@ async fn connect(
 ) -> Result<Client, PostgresCopyError> {
     session::connect(server, database)
         .await
-        .map_err(target_error(server, target_database, "connecting"))
+        .map_err(target_error(
+            server,
+            target_database,
+            &super::loader::connecting(server, "connecting"),
+        ))
 }
 
 /// A file name for work files: the transfer and database, in safe

@@ -259,7 +259,7 @@ impl DataCopy<'_> {
             .map_err(|source| PostgresCopyError::Target {
                 server: self.target_server.name.clone(),
                 database: self.target_database.to_owned(),
-                what: what.to_owned(),
+                what: super::loader::connecting(self.target_server, what),
                 source,
             })
     }
