@@ -10,7 +10,8 @@
 //!   whom), and the role has exactly the attributes it has on the source.
 //! - A source that sends a membership in `pg_read_all_data`, a
 //!   REPLICATION attribute, a `session_preload_libraries` setting, an
-//!   event trigger, or a role that exists on the target with CREATEROLE:
+//!   event trigger, another customer's role (a grantee), or a role that
+//!   exists on the target with CREATEROLE:
 //!   each copy is refused with a finding naming it, and nothing is applied
 //!   on the target.
 //! - A compromised source agent (the real service, its description
@@ -289,6 +290,7 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
             target_servers: vec![server_config(&pg18)],
             options: PullOptions {
                 work_dir: rig.dir().to_owned(),
+                account: Some(account.to_owned()),
                 ..PullOptions::default()
             },
         })?;
@@ -338,6 +340,13 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
             on_target: "",
             undo_on_target: "",
             finding: "the schema's EVENT TRIGGER - grab postgres: event triggers run for every role and need a superuser; not restored",
+        },
+        Refusal {
+            on_source: "CREATE ROLE nvpgr_bob LOGIN PASSWORD 'bob pw'; GRANT SELECT ON items TO nvpgr_bob",
+            undo_on_source: "REVOKE SELECT ON items FROM nvpgr_bob; DROP ROLE nvpgr_bob",
+            on_target: "",
+            undo_on_target: "",
+            finding: "role nvpgr_bob is not one of account nvpgr_eve's roles",
         },
         Refusal {
             on_source: "",
@@ -584,6 +593,105 @@ fn an_index_definition_with_a_second_statement_is_refused() -> anyhow::Result<()
     ensure!(
         footprint == "0 0",
         "roles and databases on the target: {footprint}"
+    );
+    Ok(())
+}
+
+/// The loader is dropped however a copy ends: one left by an earlier
+/// attempt (as a crash would leave it) is dropped before the copy, and a
+/// copy that fails mid-data (here a source that describes a column the
+/// table does not have) leaves none behind; the same copy from an honest
+/// source then succeeds, and leaves none either.
+#[test]
+fn no_loader_outlives_its_copy() -> anyhow::Result<()> {
+    let rig = Rig::new("postgres_tenant_loader")?;
+    let source_host = rig.add_namespace("src", SOURCE)?;
+    let target_host = rig.add_namespace("dst", TARGET)?;
+    let pg15 = source_host.start_postgres(&rig, PgVersion::V15, 5432)?;
+    let pg18 = target_host.start_postgres(&rig, PgVersion::V18, 5432)?;
+    let account = "nvpgl_lena";
+    rig.add_account(
+        &source_host,
+        AccountSpec {
+            name: account.to_owned(),
+            password: "lena pw".to_owned(),
+            pg_databases: vec![account.to_owned()],
+            ..AccountSpec::default()
+        },
+    )?;
+    let stale = navette_agent::transfer::postgres::loader::loader_name("main", account);
+    pg18.psql(
+        "postgres",
+        &format!("CREATE ROLE {stale} LOGIN PASSWORD 'left over'"),
+    )?;
+    let loaders = || {
+        pg18.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'navette\\_load\\_%'",
+        )
+    };
+    ensure!(loaders()? == "1", "the stale loader is there");
+    let pki = Pki::new()?;
+    let transfer_id = "t-pg-tenant-4";
+    let service = || -> anyhow::Result<PostgresSourceService> {
+        Ok(PostgresSourceService::new(
+            grants(
+                &rig.dir().join("src-agent-state"),
+                transfer_id,
+                "dst",
+                &[account],
+            )?,
+            vec![server_config(&pg15)],
+        ))
+    };
+    let copy = |source: &SourceAgent| -> anyhow::Result<_> {
+        let (result, _) = pull_in(PullSpec {
+            target: &target_host,
+            identity: pki.agent("dst")?,
+            pki: &pki,
+            source,
+            transfer_id,
+            copies: vec![same_name(account)],
+            target_servers: vec![server_config(&pg18)],
+            options: PullOptions {
+                work_dir: rig.dir().to_owned(),
+                ..PullOptions::default()
+            },
+        })?;
+        Ok(result)
+    };
+    {
+        let tamper: fn(&mut PostgresDatabaseDescription) = |description| {
+            for table in &mut description.tables {
+                table.columns.push("no_such_column".to_owned());
+            }
+        };
+        let source = SourceAgent::start(
+            &source_host,
+            SOURCE,
+            TamperingSource {
+                inner: service()?,
+                tamper,
+            },
+            &pki,
+        )?;
+        let failed = match copy(&source)? {
+            Ok(report) => bail!("the copy succeeded: {report:?}"),
+            Err(error) => navette_agent::error_chain(&error),
+        };
+        eprintln!("the copy failed: {failed}");
+        ensure!(
+            failed.contains("table public.items") && failed.contains("no_such_column"),
+            "{failed}"
+        );
+        ensure!(loaders()? == "0", "a loader is left after a failed copy");
+    }
+    let source = SourceAgent::start(&source_host, SOURCE, service()?, &pki)?;
+    copy(&source)?.map_err(|e| anyhow::anyhow!(navette_agent::error_chain(&e)))?;
+    ensure!(loaders()? == "0", "a loader is left after the copy");
+    ensure!(
+        pg18.psql(account, "SELECT count(*) FROM items")? == "3",
+        "the copy's items"
     );
     Ok(())
 }

@@ -11,7 +11,8 @@
 //!
 //! - **Roles**: only the account's own, which are the roles the
 //!   description lists (the database's owner, grantees, owners of its
-//!   objects, their groups). Never a predefined `pg_*` role, the target
+//!   objects, their groups), and, when the caller names the account, only
+//!   those named as the account or `<account>_...`. Never a predefined `pg_*` role, the target
 //!   server's own administrator, a name of Navette's loaders
 //!   (`navette_load_*`), nor a role that already exists on the target as a
 //!   superuser, with CREATEROLE, REPLICATION or BYPASSRLS, or as a member
@@ -65,6 +66,11 @@ use super::loader::LOADER_PREFIX;
 pub struct TargetFacts {
     /// The server's configured (super)user: never one of an account's.
     pub own_user: String,
+    /// The account the copy is for, if the caller says: then only roles
+    /// named as the account or beginning with `<account>_` are its own (a
+    /// role of another customer the database merely refers to, such as a
+    /// grantee, is refused).
+    pub account: Option<String>,
     /// Roles of the description that already exist on the target.
     pub existing: HashMap<String, ExistingRole>,
     /// Every setting the target knows, and its `pg_settings.context`.
@@ -83,14 +89,17 @@ pub struct ExistingRole {
 }
 
 impl TargetFacts {
-    /// Reads the facts about `roles` (the names the source describes).
+    /// Reads the facts about `roles` (the names the source describes), for
+    /// a copy of `account` if the caller names it.
     pub async fn read(
         admin: &Client,
         own_user: &str,
+        account: Option<&str>,
         roles: &[String],
     ) -> Result<TargetFacts, tokio_postgres::Error> {
         let mut facts = TargetFacts {
             own_user: own_user.to_owned(),
+            account: account.map(str::to_owned),
             ..TargetFacts::default()
         };
         for row in admin
@@ -245,6 +254,14 @@ fn check_role_name(name: &str, facts: &TargetFacts) -> Option<String> {
     if name.starts_with(LOADER_PREFIX) {
         return Some(format!(
             "role {name}: names beginning with {LOADER_PREFIX} are the copy's own"
+        ));
+    }
+    if let Some(account) = &facts.account
+        && name != account
+        && !name.starts_with(&format!("{account}_"))
+    {
+        return Some(format!(
+            "role {name} is not one of account {account}'s roles (they are named {account} or {account}_...)"
         ));
     }
     let existing = facts.existing.get(name)?;
@@ -749,6 +766,7 @@ mod tests {
     fn facts() -> TargetFacts {
         TargetFacts {
             own_user: "postgres".to_owned(),
+            account: None,
             existing: HashMap::new(),
             settings: [
                 ("search_path", "user"),
@@ -856,6 +874,30 @@ mod tests {
             );
         }
         assert_eq!(findings.len(), expected.len(), "{findings:#?}");
+    }
+
+    #[test]
+    fn roles_outside_the_named_account_are_refused() {
+        let mut target = facts();
+        target.account = Some("alice".to_owned());
+        assert!(check_description(&description(), &target).is_ok());
+        let mut sent = description();
+        sent.roles.push(PostgresRole {
+            name: "bob".to_owned(),
+            ..PostgresRole::default()
+        });
+        sent.roles.push(PostgresRole {
+            name: "alicex".to_owned(),
+            ..PostgresRole::default()
+        });
+        let findings = check_description(&sent, &target).expect_err("refused");
+        assert_eq!(
+            findings,
+            [
+                "role bob is not one of account alice's roles (they are named alice or alice_...)",
+                "role alicex is not one of account alice's roles (they are named alice or alice_...)"
+            ]
+        );
     }
 
     #[test]

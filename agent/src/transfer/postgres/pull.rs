@@ -86,6 +86,11 @@ pub struct PullOptions {
     /// as it is loaded, and the post-data restore's, per job. Default
     /// `256MB`.
     pub maintenance_work_mem: String,
+    /// The account the copy is for: when set, only roles named as the
+    /// account or beginning with `<account>_` are accepted as its own
+    /// (see [`acceptance`]). Default none: every role the database refers
+    /// to is taken for the account's, as long as it has no powers.
+    pub account: Option<String>,
 }
 
 impl Default for PullOptions {
@@ -99,6 +104,7 @@ impl Default for PullOptions {
             check: DataCheck::default(),
             analyze: true,
             maintenance_work_mem: "256MB".to_owned(),
+            account: None,
         }
     }
 }
@@ -364,7 +370,14 @@ async fn copy_database(
     tally.sent(archive.bytes);
 
     // What the target accepts of it, before anything is applied.
-    let (account, accepted) = accept(plan, &admin, &description, &archive.path).await?;
+    let (account, accepted) = accept(
+        plan,
+        options.account.as_deref(),
+        &admin,
+        &description,
+        &archive.path,
+    )
+    .await?;
     let properties = description.properties.clone().unwrap_or_default();
     let roles = target
         .ensure_roles(&description.roles, &description.memberships)
@@ -408,13 +421,14 @@ async fn copy_database(
 /// restore, or every finding.
 async fn accept(
     plan: &Planned<'_>,
+    account: Option<&str>,
     admin: &Client,
     description: &PostgresDatabaseDescription,
     archive: &std::path::Path,
 ) -> Result<(AccountRoles, AcceptedArchive), PostgresCopyError> {
     let (server, database) = (plan.server, plan.copy.target_database.as_str());
     let names: Vec<String> = description.roles.iter().map(|r| r.name.clone()).collect();
-    let facts = TargetFacts::read(admin, &server.user, &names)
+    let facts = TargetFacts::read(admin, &server.user, account, &names)
         .await
         .map_err(target_error(
             server,
