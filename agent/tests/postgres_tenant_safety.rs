@@ -598,7 +598,8 @@ fn an_index_definition_with_a_second_statement_is_refused() -> anyhow::Result<()
 }
 
 /// The loader is dropped however a copy ends: one left by an earlier
-/// attempt (as a crash would leave it) is dropped before the copy, and a
+/// attempt (as a crash would leave it) is dropped before the copy, as is
+/// an expired one of another database, and a
 /// copy that fails mid-data (here a source that describes a column the
 /// table does not have) leaves none behind; the same copy from an honest
 /// source then succeeds, and leaves none either.
@@ -620,9 +621,13 @@ fn no_loader_outlives_its_copy() -> anyhow::Result<()> {
         },
     )?;
     let stale = navette_agent::transfer::postgres::loader::loader_name("main", account);
+    // This database's, and an expired one of another database.
     pg18.psql(
         "postgres",
-        &format!("CREATE ROLE {stale} LOGIN PASSWORD 'left over'"),
+        &format!(
+            "CREATE ROLE {stale} LOGIN PASSWORD 'left over'; \
+             CREATE ROLE navette_load_0123456789abcdef LOGIN VALID UNTIL '2000-01-01'"
+        ),
     )?;
     let loaders = || {
         pg18.psql(
@@ -630,7 +635,7 @@ fn no_loader_outlives_its_copy() -> anyhow::Result<()> {
             "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'navette\\_load\\_%'",
         )
     };
-    ensure!(loaders()? == "1", "the stale loader is there");
+    ensure!(loaders()? == "2", "the stale loaders are there");
     let pki = Pki::new()?;
     let transfer_id = "t-pg-tenant-4";
     let service = || -> anyhow::Result<PostgresSourceService> {

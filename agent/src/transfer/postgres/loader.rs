@@ -10,7 +10,8 @@
 //! - a login role made for one database copy, `navette_load_<hash of
 //!   the server and database>`, with a random password and none of
 //!   SUPERUSER, CREATEDB, CREATEROLE, REPLICATION, BYPASSRLS, valid for a
-//!   day at most;
+//!   week at most (a loader a crash left behind stops working by itself;
+//!   a copy's sessions are opened well within that);
 //! - a member only of the account's own roles (accepted by
 //!   [`super::acceptance`]): it can act as them (`SET ROLE`, ownership),
 //!   never as more. Code that resets its role is the loader, with the
@@ -22,7 +23,7 @@
 //!
 //! [`Loader::create`] first drops one left by an earlier attempt (its name
 //! depends only on the target database, so a retry after a crash finds
-//! it), and [`Loader::drop_role`] ends its sessions, gives anything it
+//! it) and the expired loaders of other databases, and [`Loader::drop_role`] ends its sessions, gives anything it
 //! still owns to the database's owner, and drops it; both are idempotent.
 //! The password is never logged: the statement that sets it runs with
 //! statement logging off.
@@ -115,12 +116,13 @@ impl Loader {
         drop_role(admin, server, &name, None)
             .await
             .map_err(failed("dropping the earlier attempt's"))?;
+        drop_expired(admin, server).await;
         let password = random_password().map_err(|_| PostgresCopyError::Refused {
             database: database.to_owned(),
             reason: "this host gives no random numbers for the loader's password".to_owned(),
         })?;
         let until: String = admin
-            .query_one("SELECT (now() + interval '1 day')::text", &[])
+            .query_one("SELECT (now() + interval '7 days')::text", &[])
             .await
             .and_then(|row| row.try_get(0))
             .map_err(failed("creating"))?;
@@ -206,6 +208,36 @@ pub async fn drop_role(
     admin
         .batch_execute(&format!("DROP ROLE IF EXISTS {quoted}"))
         .await
+}
+
+/// Drops the loaders of other databases whose validity ended (left by a
+/// crash and never retried); one that still owns something somewhere is
+/// left, with a warning (it can no longer log in).
+async fn drop_expired(admin: &Client, server: &PostgresqlServer) {
+    let expired = admin
+        .query(
+            "SELECT rolname::text FROM pg_roles \
+             WHERE starts_with(rolname, $1) AND rolvaliduntil < now()",
+            &[&LOADER_PREFIX],
+        )
+        .await;
+    let names: Vec<String> = match expired {
+        Ok(rows) => rows.iter().filter_map(|row| row.try_get(0).ok()).collect(),
+        Err(error) => {
+            tracing::warn!(message = "cannot list expired loader roles", server = %server.name, %error);
+            return;
+        }
+    };
+    for name in names {
+        if let Err(error) = drop_role(admin, server, &name, None).await {
+            tracing::warn!(
+                message = "an expired loader role could not be dropped",
+                server = %server.name,
+                role = %name,
+                error = %crate::error_chain(&error)
+            );
+        }
+    }
 }
 
 #[cfg(test)]

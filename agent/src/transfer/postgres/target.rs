@@ -293,19 +293,34 @@ pub async fn create_extensions(
     extensions: &[PostgresExtension],
 ) -> Result<(), PostgresCopyError> {
     for extension in extensions {
+        let failed = |source| PostgresCopyError::Target {
+            server: server.name.clone(),
+            database: database.to_owned(),
+            what: format!("creating extension {}", extension.name),
+            source,
+        };
+        // A schema the extension made itself (its control file names it)
+        // is not in the archive: the extension makes it again.
+        let schema_exists = client
+            .query_opt(
+                "SELECT FROM pg_namespace WHERE nspname = $1",
+                &[&extension.schema],
+            )
+            .await
+            .map_err(failed)?
+            .is_some();
+        let schema = if schema_exists {
+            format!(" WITH SCHEMA {}", quote_ident(&extension.schema))
+        } else {
+            String::new()
+        };
         client
             .batch_execute(&format!(
-                "CREATE EXTENSION IF NOT EXISTS {} WITH SCHEMA {} CASCADE",
-                quote_ident(&extension.name),
-                quote_ident(&extension.schema)
+                "CREATE EXTENSION IF NOT EXISTS {}{schema} CASCADE",
+                quote_ident(&extension.name)
             ))
             .await
-            .map_err(|source| PostgresCopyError::Target {
-                server: server.name.clone(),
-                database: database.to_owned(),
-                what: format!("creating extension {}", extension.name),
-                source,
-            })?;
+            .map_err(failed)?;
     }
     Ok(())
 }
