@@ -43,7 +43,7 @@
 //!   text search parsers or templates, security labels or database
 //!   entries. Extensions are left out of the archive: the target's
 //!   superuser creates them ([`super::target`]), from the target's own
-//!   installation.
+//!   installation, if both the archive and the description name them.
 //!
 //! These checks make refusals early and clear; they are not the only
 //! defence: everything of the customer's schema is restored and loaded
@@ -546,6 +546,9 @@ pub struct AcceptedArchive {
     pub header: String,
     /// Entries to restore, in the archive's order (extensions left out).
     pub entries: Vec<TocEntry>,
+    /// The extensions the archive creates: the target's superuser creates
+    /// those the description lists too, and no other.
+    pub extensions: Vec<String>,
 }
 
 impl AcceptedArchive {
@@ -580,6 +583,10 @@ pub fn check_archive(toc: &str, account: &AccountRoles) -> Result<AcceptedArchiv
             }
         };
         if entry.is_extension() {
+            if entry.kind == "EXTENSION" {
+                let name = entry.rest.strip_prefix("- ").unwrap_or(&entry.rest);
+                accepted.extensions.push(name.trim_end().to_owned());
+            }
             continue;
         }
         if let Some((_, why)) = REFUSED_ENTRIES.iter().find(|(kind, _)| *kind == entry.kind) {
@@ -915,6 +922,7 @@ mod tests {
                    3388; 1259 16628 INDEX s odd name alice\n";
         let accepted = check_archive(toc, &account).expect("accepted");
         let kinds: Vec<&str> = accepted.entries.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(accepted.extensions, ["citext"]);
         assert_eq!(kinds, ["SCHEMA", "FUNCTION", "TABLE", "COMMENT", "INDEX"]);
         let schemas = accepted.list(|e| e.kind == "SCHEMA");
         assert!(schemas.starts_with(";\n; Archive created"));

@@ -516,7 +516,14 @@ async fn load(loading: Loading<'_>) -> Result<DatabaseReport, PostgresCopyError>
         )
         .await?;
         let superuser = connect(server, database, database).await?;
-        target::create_extensions(&superuser, server, database, &description.extensions).await?;
+        // Those of the description the archive creates too.
+        let extensions: Vec<_> = description
+            .extensions
+            .iter()
+            .filter(|e| accepted.extensions.contains(&e.name))
+            .cloned()
+            .collect();
+        target::create_extensions(&superuser, server, database, &extensions).await?;
         drop(superuser);
         restore::write_list(&list, &accepted.list(|entry| entry.kind != "SCHEMA")).await?;
         restore::pg_restore(
