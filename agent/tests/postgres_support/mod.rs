@@ -14,12 +14,13 @@ use std::time::Duration;
 use anyhow::Context;
 use navette_agent::config::PostgresqlServer;
 use navette_agent::transfer::grants::{Grant, GrantedDatabase, Grants};
-use navette_agent::transfer::postgres::{PostgresReport, PostgresSourceService, PullOptions, pull};
+use navette_agent::transfer::postgres::{PostgresReport, PullOptions, pull};
 use navette_agent::transfer::progress::Progress;
 use navette_proto::gate::{self, RoleGateLayer};
 use navette_proto::identity::{Role, agent_server_name};
 use navette_proto::tls::{self, ClientAuth, Identity, ReloadableServerConfig};
 use navette_proto::v1::DatabaseCopy;
+use navette_proto::v1::postgres_source_server::{PostgresSource, PostgresSourceServer};
 use navette_tests::{Netns, Postgres};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -170,10 +171,12 @@ pub struct SourceAgent {
 impl SourceAgent {
     /// Serves `service` on `<host address>:PEER_PORT` inside `host`, with
     /// the agent certificate of `host`, requiring client certificates.
-    pub fn start(
+    /// Normally the real `PostgresSourceService`; a test of what a target
+    /// accepts may wrap it to play a compromised source.
+    pub fn start<S: PostgresSource>(
         host: &Netns,
         address: Ipv4Addr,
-        service: PostgresSourceService,
+        service: S,
         pki: &Pki,
     ) -> anyhow::Result<SourceAgent> {
         let identity = pki.agent(host.host())?;
@@ -196,7 +199,7 @@ impl SourceAgent {
                 let incoming = tls::incoming(listener, ReloadableServerConfig::new(config), "peer");
                 tonic::transport::Server::builder()
                     .layer(RoleGateLayer::new(Arc::new(peer_policy)))
-                    .add_service(service.into_server())
+                    .add_service(PostgresSourceServer::new(service))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })

@@ -56,6 +56,17 @@ pub enum PostgresCopyError {
     /// target is the source...); nothing was changed.
     #[error("database {database}: {reason}")]
     Refused { database: String, reason: String },
+    /// The source sent what the target does not accept (roles outside the
+    /// account, powers, settings, archive entries...: see
+    /// `acceptance`); nothing was applied on the target.
+    #[error(
+        "database {database}: the target refuses what the source sent, and applied none of it: {}",
+        findings.join("; ")
+    )]
+    NotAccepted {
+        database: String,
+        findings: Vec<String>,
+    },
     /// The copy differs from the source.
     #[error("database {database}: the copy does not match the source: {}", problems.join("; "))]
     Mismatch {

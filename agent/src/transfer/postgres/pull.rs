@@ -5,7 +5,11 @@
 //! Before anything is changed, every database of the transfer is checked
 //! (`preflight`): versions (the target must be the same major or newer),
 //! extensions the target lacks, client programs, and that the target is
-//! not the source itself.
+//! not the source itself. In the snapshot, what the source sends is checked
+//! against the target ([`acceptance`](super::acceptance)) before the first
+//! statement changes it, and everything that can run the customer's code
+//! runs as the copy's loader ([`Loader`]), which is dropped however the
+//! copy ends.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use navette_proto::v1::postgres_source_client::PostgresSourceClient;
 use navette_proto::v1::{
     CopyLargeObjectsRequest, DatabaseCopy, DescribeDatabaseRequest, DescribeScope,
-    DumpSchemaRequest,
+    DumpSchemaRequest, PostgresDatabaseDescription,
 };
 use tokio_postgres::Client;
 use tonic::transport::Channel;
@@ -28,13 +32,15 @@ use preflight::{Planned, preflight, totals};
 use sequences::{check_sequences, set_sequences};
 use snapshot::HeldSnapshot;
 
+use super::acceptance::{self, AcceptedArchive, AccountRoles, TargetFacts};
 use super::error::PostgresCopyError;
+use super::loader::Loader;
 use super::session;
 use super::tables::{DataCheck, DataCopy};
 use super::tally::Tally;
 use super::target::{RolesOutcome, Target};
 use super::tools::PgTools;
-use super::{large_objects, restore, schema_objects};
+use super::{large_objects, restore, schema_objects, target};
 use crate::config::PostgresqlServer;
 use crate::transfer::progress::Progress;
 
@@ -80,6 +86,11 @@ pub struct PullOptions {
     /// as it is loaded, and the post-data restore's, per job. Default
     /// `256MB`.
     pub maintenance_work_mem: String,
+    /// The account the copy is for: when set, only roles named as the
+    /// account or beginning with `<account>_` are accepted as its own
+    /// (see [`acceptance`]). Default none: every role the database refers
+    /// to is taken for the account's, as long as it has no powers.
+    pub account: Option<String>,
 }
 
 impl Default for PullOptions {
@@ -93,6 +104,7 @@ impl Default for PullOptions {
             check: DataCheck::default(),
             analyze: true,
             maintenance_work_mem: "256MB".to_owned(),
+            account: None,
         }
     }
 }
@@ -252,7 +264,11 @@ async fn connect(
 ) -> Result<Client, PostgresCopyError> {
     session::connect(server, database)
         .await
-        .map_err(target_error(server, target_database, "connecting"))
+        .map_err(target_error(
+            server,
+            target_database,
+            &super::loader::connecting(server, "connecting"),
+        ))
 }
 
 /// A file name for work files: the transfer and database, in safe
@@ -288,25 +304,22 @@ async fn copy_database(
     let started = Instant::now();
     let (copy, server) = (plan.copy, plan.server);
     let database = copy.target_database.as_str();
-    let workers = options.workers.max(1);
     progress.set_phase(format!("postgresql {database}"));
 
-    let mut snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
+    let snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
     tracing::debug!(
         message = "snapshot held",
         database,
         seconds = started.elapsed().as_secs_f64()
     );
-    // The source describes the database and the target prepares its roles
-    // and empty database, while the source dumps the schema: neither waits
-    // for the other.
+    // The source describes the database while it dumps the schema.
     let admin = connect(server, "postgres", database).await?;
     let target = Target {
         client: &admin,
         server,
         database,
     };
-    let describe_and_prepare = async {
+    let describe = async {
         let description = source
             .clone()
             .describe_database(describe_request(
@@ -334,22 +347,7 @@ async fn copy_database(
             &plan.counted_bytes,
             totals(&description),
         );
-        let properties = description.properties.clone().unwrap_or_default();
-        let roles = target
-            .ensure_roles(&description.roles, &description.memberships)
-            .await?;
-        target
-            .recreate_database(&properties, session::major(plan.target_version))
-            .await?;
-        target
-            .set_database_properties(&properties, &description.roles)
-            .await?;
-        tracing::debug!(
-            message = "target prepared",
-            database,
-            seconds = started.elapsed().as_secs_f64()
-        );
-        Ok::<_, PostgresCopyError>((description, roles))
+        Ok::<_, PostgresCopyError>(description)
     };
     let mut schema_source = source.clone();
     let fetch_schema = restore::fetch_schema(
@@ -363,28 +361,185 @@ async fn copy_database(
         work_file(options, transfer_id, copy),
         database,
     );
-    let ((description, roles), archive) = tokio::try_join!(describe_and_prepare, fetch_schema)?;
+    let (description, archive) = tokio::try_join!(describe, fetch_schema)?;
     tracing::debug!(
         message = "schema fetched",
         database,
         seconds = started.elapsed().as_secs_f64()
     );
     tally.sent(archive.bytes);
-    restore::pg_restore(
-        &plan.tools,
-        server,
-        database,
+
+    // What the target accepts of it, before anything is applied.
+    let (account, accepted) = accept(
+        plan,
+        options.account.as_deref(),
+        &admin,
+        &description,
         &archive.path,
-        restore::Section {
-            name: "pre-data",
-            jobs: 1,
-            maintenance_work_mem: None,
-            list: None,
-        },
     )
     .await?;
-    let prepared = started.elapsed();
+    let properties = description.properties.clone().unwrap_or_default();
+    let roles = target
+        .ensure_roles(&description.roles, &description.memberships)
+        .await?;
+    target
+        .recreate_database(&properties, session::major(plan.target_version))
+        .await?;
+    // From here on, everything of the customer's schema runs in sessions
+    // of the loader, which is dropped however the copy ends.
+    let loader = Loader::create(&admin, server, database, &account.names).await?;
+    let loaded = load(Loading {
+        source,
+        transfer_id,
+        plan,
+        options,
+        tally,
+        snapshot,
+        description: &description,
+        archive,
+        accepted: &accepted,
+        loader: &loader,
+        started,
+    })
+    .await;
+    let dropped = loader
+        .drop_role(&admin, server, database)
+        .await
+        .map_err(target_error(server, database, "dropping the loader role"));
+    let mut report = loaded?;
+    dropped?;
+    target
+        .set_database_properties(&properties, &description.roles)
+        .await?;
+    report.roles = roles;
+    report.timings.total = started.elapsed();
+    Ok(report)
+}
 
+/// Checks the description and the archive's table of contents against
+/// the target ([`acceptance`]): the account's roles and the entries to
+/// restore, or every finding.
+async fn accept(
+    plan: &Planned<'_>,
+    account: Option<&str>,
+    admin: &Client,
+    description: &PostgresDatabaseDescription,
+    archive: &std::path::Path,
+) -> Result<(AccountRoles, AcceptedArchive), PostgresCopyError> {
+    let (server, database) = (plan.server, plan.copy.target_database.as_str());
+    let names: Vec<String> = description.roles.iter().map(|r| r.name.clone()).collect();
+    let facts = TargetFacts::read(admin, &server.user, account, &names)
+        .await
+        .map_err(target_error(
+            server,
+            database,
+            "reading the target's roles and settings",
+        ))?;
+    let toc = restore::table_of_contents(&plan.tools, server, database, archive).await?;
+    let mut findings = Vec::new();
+    let account = acceptance::check_description(description, &facts).unwrap_or_else(|refused| {
+        findings.extend(refused);
+        AccountRoles {
+            names: names.iter().cloned().collect(),
+        }
+    });
+    let accepted = acceptance::check_archive(&toc, &account).unwrap_or_else(|refused| {
+        findings.extend(refused);
+        AcceptedArchive::default()
+    });
+    if !findings.is_empty() {
+        tracing::warn!(
+            message = "PostgreSQL copy refused",
+            database,
+            findings = %findings.join("; ")
+        );
+        return Err(PostgresCopyError::NotAccepted {
+            database: database.to_owned(),
+            findings,
+        });
+    }
+    Ok((account, accepted))
+}
+
+/// What [`load`] needs.
+struct Loading<'a> {
+    source: &'a PostgresSourceClient<Channel>,
+    transfer_id: &'a str,
+    plan: &'a Planned<'a>,
+    options: &'a PullOptions,
+    tally: &'a Tally<'a>,
+    snapshot: HeldSnapshot,
+    description: &'a PostgresDatabaseDescription,
+    archive: restore::Archive,
+    accepted: &'a AcceptedArchive,
+    loader: &'a Loader,
+    started: Instant,
+}
+
+/// Everything after the database is created, as the loader (but the
+/// extensions, created by the superuser): pre-data, data, post-data,
+/// statistics and verification.
+async fn load(loading: Loading<'_>) -> Result<DatabaseReport, PostgresCopyError> {
+    let Loading {
+        source,
+        transfer_id,
+        plan,
+        options,
+        tally,
+        mut snapshot,
+        description,
+        archive,
+        accepted,
+        loader,
+        started,
+    } = loading;
+    let (copy, server) = (plan.copy, plan.server);
+    let database = copy.target_database.as_str();
+    let workers = options.workers.max(1);
+    // Pre-data in three steps: the schemas (empty), the extensions in
+    // them, the rest.
+    let list = archive.path.with_extension("list");
+    let pre_data = restore::Section {
+        name: "pre-data",
+        jobs: 1,
+        maintenance_work_mem: None,
+        list: Some(&list),
+    };
+    let restored = async {
+        restore::write_list(&list, &accepted.list(|entry| entry.kind == "SCHEMA")).await?;
+        restore::pg_restore(
+            &plan.tools,
+            &loader.server,
+            database,
+            &archive.path,
+            pre_data,
+        )
+        .await?;
+        let superuser = connect(server, database, database).await?;
+        // Those of the description the archive creates too.
+        let extensions: Vec<_> = description
+            .extensions
+            .iter()
+            .filter(|e| accepted.extensions.contains(&e.name))
+            .cloned()
+            .collect();
+        target::create_extensions(&superuser, server, database, &extensions).await?;
+        drop(superuser);
+        restore::write_list(&list, &accepted.list(|entry| entry.kind != "SCHEMA")).await?;
+        restore::pg_restore(
+            &plan.tools,
+            &loader.server,
+            database,
+            &archive.path,
+            pre_data,
+        )
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_file(&list);
+    restored?;
+    let prepared = started.elapsed();
+    let server = &loader.server;
     // Data: tables (in parallel, each checked) and large objects, then
     // sequences, all in the snapshot.
     let data_started = Instant::now();
@@ -445,29 +600,20 @@ async fn copy_database(
         large_objects_copy,
         source_schema
     )?;
-    set_sequences(&objects, server, database, &description).await?;
+    set_sequences(&objects, server, database, description).await?;
     snapshot.check(database).await?;
     drop(snapshot);
     let data_time = data_started.elapsed();
 
     let post_started = Instant::now();
     // What the data phase built as soon as each table was loaded is left
-    // out of the post-data section.
-    let list = if data.built_early.is_empty() {
-        None
-    } else {
-        let list = archive.path.with_extension("list");
-        restore::list_without(
-            &plan.tools,
-            server,
-            database,
-            &archive.path,
-            &data.built_early.iter().copied().collect(),
-            &list,
-        )
-        .await?;
-        Some(list)
-    };
+    // out of the post-data section, as is what the target did not accept.
+    let list = archive.path.with_extension("list");
+    restore::write_list(
+        &list,
+        &accepted.list(|entry| !data.built_early.contains(&(entry.catalog, entry.oid))),
+    )
+    .await?;
     let restored = restore::pg_restore(
         &plan.tools,
         server,
@@ -477,13 +623,11 @@ async fn copy_database(
             name: "post-data",
             jobs: workers,
             maintenance_work_mem: Some(&options.maintenance_work_mem),
-            list: list.as_deref(),
+            list: Some(&list),
         },
     )
     .await;
-    if let Some(list) = &list {
-        let _ = std::fs::remove_file(list);
-    }
+    let _ = std::fs::remove_file(&list);
     restored?;
     drop(archive);
     let post_data = post_started.elapsed();
@@ -497,7 +641,7 @@ async fn copy_database(
 
     let verify_started = Instant::now();
     let mut problems = data.problems.clone();
-    problems.extend(check_sequences(&objects, server, database, &description).await?);
+    problems.extend(check_sequences(&objects, server, database, description).await?);
     problems.extend(
         large_objects::verify(&objects, &copied_objects)
             .await
@@ -528,7 +672,7 @@ async fn copy_database(
         target_database: copy.target_database.clone(),
         source_version: description.server_version_num,
         target_version: plan.target_version,
-        roles,
+        roles: RolesOutcome::default(),
         tables: description.tables.len(),
         rows: data.rows,
         data_bytes: data.bytes,

@@ -1,5 +1,7 @@
 //! The schema on the target: the source's pg_dump archive fetched into a
-//! work file, restored section by section with the target's `pg_restore`,
+//! work file, its table of contents read (for the entries the target
+//! accepts), restored section by section with the target's `pg_restore`
+//! as the loader,
 //! and the statistics that depend on post-data objects rebuilt
 //! ([`analyze_after_post_data`]; each table is analyzed as soon as it is
 //! loaded, see [`tables`](super::tables)).
@@ -130,13 +132,16 @@ pub struct Section<'a> {
     /// Set in its sessions (e.g. `256MB`): index builds sort in memory
     /// rather than on disk.
     pub maintenance_work_mem: Option<&'a str>,
-    /// Only the entries of this table of contents ([`list_without`]).
+    /// Only the entries of this table of contents (the accepted ones, see
+    /// [`check_archive`](super::acceptance::check_archive)).
     pub list: Option<&'a Path>,
 }
 
 /// `pg_restore --section=<section>` of `archive` into `database`, stopping
-/// at the first error. Tablespaces are not restored (the target's may
-/// differ): objects go to the default one.
+/// at the first error, connected as `server` says: the copy passes the
+/// loader's ([`super::loader`]), so the customer's schema never runs with
+/// more than the account's power. Tablespaces are not restored (the
+/// target's may differ): objects go to the default one.
 pub async fn pg_restore(
     tools: &PgTools,
     server: &PostgresqlServer,
@@ -168,17 +173,15 @@ pub async fn pg_restore(
     run(command, "pg_restore", tools, database).await
 }
 
-/// Writes to `list` the archive's table of contents (`pg_restore --list`)
-/// without the entries of `skip`, (catalog OID, object OID) pairs: objects
-/// already made, for `pg_restore --use-list`.
-pub async fn list_without(
+/// The archive's table of contents (`pg_restore --list`), for
+/// [`check_archive`](super::acceptance::check_archive). Reads the work
+/// file only; no server is involved.
+pub async fn table_of_contents(
     tools: &PgTools,
     server: &PostgresqlServer,
     database: &str,
     archive: &Path,
-    skip: &std::collections::HashSet<(u32, u32)>,
-    list: &Path,
-) -> Result<(), PostgresCopyError> {
+) -> Result<String, PostgresCopyError> {
     let failed = |message: String| PostgresCopyError::Tool {
         database: database.to_owned(),
         program: "pg_restore --list".to_owned(),
@@ -203,36 +206,25 @@ pub async fn list_without(
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let kept = filter_list(&text, skip);
-    tokio::fs::write(list, kept)
-        .await
-        .map_err(|source| PostgresCopyError::Io {
-            path: list.to_path_buf(),
-            source,
-        })
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The lines of a `pg_restore --list` output whose entry is not in `skip`.
-/// An entry reads `<dump id>; <catalog OID> <object OID> <type> ...`;
-/// comment lines start with `;`.
-fn filter_list(text: &str, skip: &std::collections::HashSet<(u32, u32)>) -> String {
-    let mut kept = String::with_capacity(text.len());
-    for line in text.lines() {
-        let ids = line
-            .split_once("; ")
-            .filter(|_| !line.starts_with(';'))
-            .and_then(|(_, rest)| {
-                let mut words = rest.split(' ');
-                Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
-            });
-        if ids.is_some_and(|ids: (u32, u32)| skip.contains(&ids)) {
-            continue;
-        }
-        kept.push_str(line);
-        kept.push('\n');
-    }
-    kept
+/// Writes a table of contents for `pg_restore --use-list`, mode 0600.
+pub async fn write_list(list: &Path, text: &str) -> Result<(), PostgresCopyError> {
+    let io = |source| PostgresCopyError::Io {
+        path: list.to_path_buf(),
+        source,
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(list)
+        .await
+        .map_err(io)?;
+    file.write_all(text.as_bytes()).await.map_err(io)?;
+    file.flush().await.map_err(io)
 }
 
 /// Relations whose statistics need the post-data section: tables with
@@ -245,7 +237,7 @@ const ANALYZED_AFTER_POST_DATA: &str = "\
       JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
        AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' \
-       AND c.relpersistence <> 't' \
+       AND c.relpersistence <> 't' AND pg_has_role(c.relowner, 'USAGE') \
        AND (c.relkind = 'p' \
             OR (c.relkind = 'm' AND c.relispopulated) \
             OR (c.relkind = 'r' AND ( \
@@ -273,23 +265,4 @@ pub async fn analyze_after_post_data(
     client
         .batch_execute(&format!("ANALYZE {}", names.join(", ")))
         .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_table_of_contents_loses_only_what_was_built() {
-        let list = ";\n; Archive created at 2026-12-01\n;\n\
-                    3340; 2606 16405 CONSTRAINT public pgbench_accounts pgbench_accounts_pkey postgres\n\
-                    3333; 1259 16402 INDEX public pgbench_accounts_pkey postgres\n\
-                    3341; 2606 16407 CONSTRAINT public pgbench_branches pgbench_branches_pkey postgres\n\
-                    3400; 2606 16410 FK CONSTRAINT public orders orders_item_fkey postgres\n";
-        let skip = [(2606, 16405), (1259, 16402)].into_iter().collect();
-        let kept = filter_list(list, &skip);
-        assert!(!kept.contains("pgbench_accounts_pkey"));
-        assert!(kept.contains("pgbench_branches_pkey") && kept.contains("orders_item_fkey"));
-        assert!(kept.starts_with(";\n; Archive created"));
-    }
 }

@@ -19,6 +19,12 @@
 //! table's indexes and attaches the keys they back (see
 //! `PostgresTable.indexes`), while the other workers go on copying: big
 //! tables' indexes no longer wait for the last table.
+//!
+//! Every session here is authenticated as the copy's loader role
+//! ([`super::loader`]), and each unit loads, and each index builds, under
+//! the table owner's role (`SET LOCAL ROLE`): the customer's checks,
+//! defaults, generated columns and index expressions run with the
+//! account's power only, even if they reset their role.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -40,6 +46,9 @@ use super::error::PostgresCopyError;
 use super::session::{self, qualified, quote_ident};
 use super::tally::Tally;
 use crate::config::PostgresqlServer;
+
+/// Each table's owner on the target, by (schema, name).
+type Owners = std::collections::HashMap<(String, String), String>;
 
 /// How many times a unit is tried.
 const ATTEMPTS: usize = 3;
@@ -75,6 +84,8 @@ pub struct DataCopy<'a> {
     pub source_server: &'a str,
     pub source_database: &'a str,
     pub snapshot: &'a str,
+    /// The target server as the loader reaches it ([`super::loader`]):
+    /// every session of the data phase is the loader's.
     pub target_server: &'a PostgresqlServer,
     pub target_database: &'a str,
     /// Parallel units.
@@ -213,7 +224,8 @@ impl DataCopy<'_> {
                 .collect(),
             ..DataOutcome::default()
         });
-        let work = (0..workers).map(|_| self.worker(tables, &states, &queue, &outcome));
+        let owners = self.table_owners().await?;
+        let work = (0..workers).map(|_| self.worker(tables, &states, &queue, &outcome, &owners));
         futures_util::future::try_join_all(work).await?;
         Ok(outcome.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
@@ -247,9 +259,45 @@ impl DataCopy<'_> {
             .map_err(|source| PostgresCopyError::Target {
                 server: self.target_server.name.clone(),
                 database: self.target_database.to_owned(),
-                what: what.to_owned(),
+                what: super::loader::connecting(self.target_server, what),
                 source,
             })
+    }
+
+    /// Each table's owner on the target (as pre-data made it): units load
+    /// and indexes build under the owner's role.
+    async fn table_owners(&self) -> Result<Owners, PostgresCopyError> {
+        let target = self
+            .connect_target("connecting (to read table owners)")
+            .await?;
+        let rows = target
+            .query(
+                "SELECT n.nspname::text, c.relname::text, pg_get_userbyid(c.relowner)::text \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p')",
+                &[],
+            )
+            .await
+            .map_err(|source| PostgresCopyError::Target {
+                server: self.target_server.name.clone(),
+                database: self.target_database.to_owned(),
+                what: "reading table owners".to_owned(),
+                source,
+            })?;
+        let mut owners = Owners::new();
+        for row in rows {
+            let read = |index| {
+                row.try_get::<_, String>(index)
+                    .map_err(|source| PostgresCopyError::Target {
+                        server: self.target_server.name.clone(),
+                        database: self.target_database.to_owned(),
+                        what: "reading table owners".to_owned(),
+                        source,
+                    })
+            };
+            owners.insert((read(0)?, read(1)?), read(2)?);
+        }
+        Ok(owners)
     }
 
     async fn worker(
@@ -258,6 +306,7 @@ impl DataCopy<'_> {
         states: &[TableState],
         queue: &Mutex<VecDeque<Unit>>,
         outcome: &Mutex<DataOutcome>,
+        owners: &Owners,
     ) -> Result<(), PostgresCopyError> {
         let target = self.connect_target("connecting").await?;
         // A copy is disposable until verified: no need to wait for each
@@ -282,11 +331,17 @@ impl DataCopy<'_> {
             else {
                 continue;
             };
+            let Some(owner) = owners.get(&(table.schema.clone(), table.name.clone())) else {
+                return Err(self.table_error(
+                    table,
+                    "the schema restored on the target has no such table".to_owned(),
+                ));
+            };
             let mut attempt = 0;
             let unit_started = std::time::Instant::now();
             let (rows, bytes, sent) = loop {
                 attempt += 1;
-                match self.copy_unit(&target, table, state, &unit).await {
+                match self.copy_unit(&target, table, owner, state, &unit).await {
                     Ok(done) => break done,
                     Err(Failure::Retry(what)) if attempt < ATTEMPTS => {
                         tracing::warn!(
@@ -379,7 +434,7 @@ impl DataCopy<'_> {
                 check_seconds = check_started.elapsed().as_secs_f64()
             );
             let built = if problem.is_none() {
-                self.build_indexes(&target, table).await
+                self.build_indexes(&target, table, owner).await
             } else {
                 Vec::new()
             };
@@ -402,6 +457,7 @@ impl DataCopy<'_> {
         &self,
         target: &Client,
         table: &PostgresTable,
+        owner: &str,
         state: &TableState,
         unit: &Unit,
     ) -> Result<(u64, u64, RowDigest), Failure> {
@@ -432,10 +488,13 @@ impl DataCopy<'_> {
         let name = qualified(&table.schema, &table.name);
         let columns = column_list(table);
         let format = if table.binary { "binary" } else { "text" };
+        // As the table's owner: its checks and defaults run with the
+        // owner's power (and the session's, the loader's, is no more).
+        let role = format!("BEGIN; SET LOCAL ROLE {}", quote_ident(owner));
         let (begin, freeze) = if unit.whole() {
-            (format!("BEGIN; TRUNCATE ONLY {name}"), ", FREEZE")
+            (format!("{role}; TRUNCATE ONLY {name}"), ", FREEZE")
         } else {
-            ("BEGIN".to_owned(), "")
+            (role, "")
         };
         let sql_failed = |what: &str| {
             let what = what.to_owned();
@@ -512,33 +571,54 @@ impl DataCopy<'_> {
     /// still copy; what it built, for the post-data section to skip. An
     /// index that fails here is left to the post-data section, which then
     /// reports the error if it fails there too.
-    async fn build_indexes(&self, target: &Client, table: &PostgresTable) -> Vec<(u32, u32)> {
+    ///
+    /// The definition comes from the source: it was checked to be one
+    /// `CREATE INDEX` on this table ([`check_index`](super::acceptance::check_index)),
+    /// and it is sent through the extended query protocol, which refuses a
+    /// second statement, under the table owner's role.
+    async fn build_indexes(
+        &self,
+        target: &Client,
+        table: &PostgresTable,
+        owner: &str,
+    ) -> Vec<(u32, u32)> {
         let mut built = Vec::new();
         let name = qualified(&table.schema, &table.name);
         for index in &table.indexes {
             let started = std::time::Instant::now();
-            let mut statement = format!("{};", index.definition);
+            if let Err(finding) = super::acceptance::check_index(index, table) {
+                tracing::warn!(message = "index definition refused", %finding);
+                continue;
+            }
             let constraint = match index.constraint_type.as_str() {
                 "p" => Some("PRIMARY KEY"),
                 "u" => Some("UNIQUE"),
                 _ => None,
             };
-            if let Some(kind) = constraint {
+            let attach = constraint.map(|kind| {
                 let timing = match (index.deferrable, index.deferred) {
                     (true, true) => " DEFERRABLE INITIALLY DEFERRED",
                     (true, false) => " DEFERRABLE",
                     _ => "",
                 };
                 let index_name = quote_ident(&index.name);
-                statement.push_str(&format!(
-                    " ALTER TABLE ONLY {name} ADD CONSTRAINT {index_name} {kind} USING INDEX {index_name}{timing};"
-                ));
-            }
+                format!(
+                    "ALTER TABLE ONLY {name} ADD CONSTRAINT {index_name} {kind} USING INDEX {index_name}{timing}"
+                )
+            });
             // One transaction: the index and its constraint come together,
             // or neither does.
-            let result = target
-                .batch_execute(&format!("BEGIN; {statement} COMMIT"))
-                .await;
+            let result = async {
+                target
+                    .batch_execute(&format!("BEGIN; SET LOCAL ROLE {}", quote_ident(owner)))
+                    .await?;
+                target.execute(index.definition.as_str(), &[]).await?;
+                if let Some(attach) = &attach {
+                    target.execute(attach.as_str(), &[]).await?;
+                }
+                target.batch_execute("COMMIT").await
+            }
+            .await;
             match result {
                 Ok(()) => {
                     built.push((PG_CLASS, index.oid));

@@ -1,16 +1,22 @@
-//! What the target gets before any schema: the roles (global objects) and
-//! the database itself with its properties.
+//! What the target's superuser session does, and nothing else does: the
+//! roles (global objects), the database itself, its extensions, and at the
+//! end the database's properties. Every statement is built here from
+//! structured fields that [`acceptance`](super::acceptance) has accepted;
+//! no SQL text from the source runs in this session.
 //!
 //! Roles are *ensured*: created when missing, altered when present, never
 //! dropped; a role that is a superuser on the target is refused rather
-//! than given a customer's password. The database is dropped and created
+//! than given a customer's password, and the attributes that give power
+//! over other roles or the server (SUPERUSER, CREATEROLE, REPLICATION,
+//! BYPASSRLS) are always set off. The database is dropped and created
 //! again: a copy is disposable, and a half-made one from an earlier attempt
 //! must not survive. Every name is quoted here; the only values written
 //! raw are settings of list type (`search_path`), after checking that they
 //! are lists of identifiers.
 
 use navette_proto::v1::{
-    PostgresDatabaseProperties, PostgresMembership, PostgresRole, PostgresSetting,
+    PostgresDatabaseProperties, PostgresExtension, PostgresMembership, PostgresRole,
+    PostgresSetting,
 };
 use tokio_postgres::Client;
 
@@ -187,14 +193,24 @@ impl Target<'_> {
         Ok(())
     }
 
-    /// The database's own privileges, comment and settings, and the roles'
-    /// settings in it.
+    /// The database's own privileges, comment, settings and connection
+    /// limit, and the roles' settings in it: set once the copy is loaded,
+    /// so that none of them (a connection limit, `default_transaction_read_only`,
+    /// a revoked CONNECT) stands in the loader's way.
     pub async fn set_database_properties(
         &self,
         properties: &PostgresDatabaseProperties,
         roles: &[PostgresRole],
     ) -> Result<(), PostgresCopyError> {
         let quoted = quote_ident(self.database);
+        self.execute(
+            "setting the database's connection limit",
+            &format!(
+                "ALTER DATABASE {quoted} CONNECTION LIMIT {}",
+                properties.connection_limit
+            ),
+        )
+        .await?;
         if properties.has_comment {
             self.execute(
                 "commenting the database",
@@ -266,6 +282,49 @@ impl Target<'_> {
     }
 }
 
+/// Creates the database's extensions, from the target's own installation,
+/// in the schemas the source names (which the loader has created, empty,
+/// just before): extensions are the operator's code, and most need a
+/// superuser. `client` is a superuser session on the copy's database.
+pub async fn create_extensions(
+    client: &Client,
+    server: &PostgresqlServer,
+    database: &str,
+    extensions: &[PostgresExtension],
+) -> Result<(), PostgresCopyError> {
+    for extension in extensions {
+        let failed = |source| PostgresCopyError::Target {
+            server: server.name.clone(),
+            database: database.to_owned(),
+            what: format!("creating extension {}", extension.name),
+            source,
+        };
+        // A schema the extension made itself (its control file names it)
+        // is not in the archive: the extension makes it again.
+        let schema_exists = client
+            .query_opt(
+                "SELECT FROM pg_namespace WHERE nspname = $1",
+                &[&extension.schema],
+            )
+            .await
+            .map_err(failed)?
+            .is_some();
+        let schema = if schema_exists {
+            format!(" WITH SCHEMA {}", quote_ident(&extension.schema))
+        } else {
+            String::new()
+        };
+        client
+            .batch_execute(&format!(
+                "CREATE EXTENSION IF NOT EXISTS {}{schema} CASCADE",
+                quote_ident(&extension.name)
+            ))
+            .await
+            .map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// `ALTER ROLE` with every attribute the copy carries.
 fn alter_role(role: &PostgresRole) -> Result<String, String> {
     let flag = |on: bool, name: &str| {
@@ -275,15 +334,15 @@ fn alter_role(role: &PostgresRole) -> Result<String, String> {
             format!("NO{name}")
         }
     };
+    // The powers over other roles and over the server are never granted,
+    // whatever the source says (acceptance refuses a source that asks).
     let mut sql = format!(
-        "ALTER ROLE {} WITH {} {} {} {} {} {} CONNECTION LIMIT {}",
+        "ALTER ROLE {} WITH {} {} {} NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS \
+         CONNECTION LIMIT {}",
         quote_ident(&role.name),
         flag(role.login, "LOGIN"),
         flag(role.inherit, "INHERIT"),
         flag(role.create_db, "CREATEDB"),
-        flag(role.create_role, "CREATEROLE"),
-        flag(role.replication, "REPLICATION"),
-        flag(role.bypass_rls, "BYPASSRLS"),
         role.connection_limit
     );
     let valid_until = if role.valid_until.is_empty() {
@@ -416,7 +475,6 @@ fn create_database(name: &str, p: &PostgresDatabaseProperties) -> String {
         "c" => sql.push_str(" LOCALE_PROVIDER libc"),
         _ => {}
     }
-    sql.push_str(&format!(" CONNECTION LIMIT {}", p.connection_limit));
     sql
 }
 
@@ -440,8 +498,8 @@ mod tests {
         assert_eq!(
             alter_role(&role()).as_deref(),
             Ok(
-                "ALTER ROLE \"alice\" WITH LOGIN INHERIT NOCREATEDB NOCREATEROLE NOREPLICATION \
-                 NOBYPASSRLS CONNECTION LIMIT -1 VALID UNTIL 'infinity' \
+                "ALTER ROLE \"alice\" WITH LOGIN INHERIT NOCREATEDB NOSUPERUSER NOCREATEROLE \
+                 NOREPLICATION NOBYPASSRLS CONNECTION LIMIT -1 VALID UNTIL 'infinity' \
                  PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"
             )
         );
@@ -497,7 +555,7 @@ mod tests {
         assert_eq!(
             create_database("shop", &properties),
             "CREATE DATABASE \"shop\" WITH OWNER \"alice\" TEMPLATE template0 ENCODING 'UTF8' \
-             LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' LOCALE_PROVIDER libc CONNECTION LIMIT -1"
+             LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8' LOCALE_PROVIDER libc"
         );
     }
 }
