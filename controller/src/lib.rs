@@ -48,7 +48,6 @@ pub mod tls;
 pub mod workflow;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -58,12 +57,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(message = "catalogue loaded", migrations = catalogue.len(), dir = %config.catalogue.dir.display());
     let ca = ca::CertificateAuthority::load(&config.tls.ca_dir)?;
     let tls = tls::ControllerTls::new(&ca, &config.tls)?;
-    let db = db::connect(
-        &config.database.url,
-        config.database.pool_size,
-        Duration::from_secs(config.database.connect_timeout_secs),
-    )
-    .await?;
+    let db = db::connect(&config.database).await?;
     let applied = db::migrate(&db)
         .await
         .context("migrating the database schema")?;
@@ -71,7 +65,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tracing::info!(message = "database schema up to date", applied = ?applied);
     }
     let (changes, _) = tokio::sync::broadcast::channel(1024);
-    db::listen_changes(config.database.url.clone(), changes.clone());
+    db::listen_changes(&config.database, changes.clone())?;
     let controller = Arc::new(state::Controller {
         config,
         db,
