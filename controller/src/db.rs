@@ -61,6 +61,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0001_foundation.sql"),
     ),
     (2, "tests", include_str!("../migrations/0002_tests.sql")),
+    (
+        3,
+        "identity",
+        include_str!("../migrations/0003_identity.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -18,6 +18,8 @@
 //! - [`catalogue`]: migration definitions from TOML files, checked at start,
 //!   and which migrations apply to an account or host.
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
+//! - [`certificates`]: which agent certificate is each host's current one,
+//!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents.
 //! - [`api`]: the gRPC services. The only modules that know protobuf; errors
 //!   become `tonic::Status` in `api::status` only; `api::policy` decides
@@ -34,6 +36,7 @@ pub mod agents;
 pub mod api;
 pub mod ca;
 pub mod catalogue;
+pub mod certificates;
 pub mod config;
 pub mod db;
 pub mod enrolment;
@@ -65,6 +68,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tracing::info!(message = "database schema up to date", applied = ?applied);
     }
     let (changes, _) = tokio::sync::broadcast::channel(1024);
+    let certificates = Arc::new(certificates::AgentCertificates::default());
+    certificates.clone().spawn_invalidation(changes.subscribe());
     db::listen_changes(&config.database, changes.clone())?;
     let controller = Arc::new(state::Controller {
         config,
@@ -74,6 +79,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tls,
         changes,
         controller_id: controller_id(),
+        certificates,
     });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
