@@ -2,10 +2,13 @@
 //! refuses them on the agent's listener.
 //!
 //! TLS proves only that the Navette CA signed a peer's certificate. The
-//! controller knows more: a certificate superseded by a renewal or a new
+//! controller knows more: a certificate older than its host's latest
 //! enrolment (a reinstalled host, a stolen key) or revoked with the host
 //! (`Hosts/RemoveHost`). It sends, in every heartbeat's answer, the serials
-//! of all such certificates that have not expired yet; this agent keeps
+//! of all such certificates that have not expired yet (not those only
+//! superseded by a renewal: transfers in flight keep using them until they
+//! expire; see the controller's `store::hosts::refused_serials`); this
+//! agent keeps
 //! that list ([`RefusedCertificates`], also on disk, so a restart does not
 //! forget it before the first heartbeat) and refuses any agent presenting
 //! one of them, before any peer service (`FileSource`, `PostgresSource`,

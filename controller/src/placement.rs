@@ -202,7 +202,9 @@ pub fn plan_test(
     let mut largest_free = 0u64;
     for host in hosts.iter().filter(|h| h.kind == Some(HostKind::Test)) {
         let free = usable_free_bytes(host);
-        if host.state != HostState::Online {
+        if host.state == HostState::Removed {
+            refusals.push(format!("{} was removed", host.id));
+        } else if host.state != HostState::Online {
             refusals.push(format!("{} is unreachable", host.id));
         } else if host.draining {
             refusals.push(format!("{} is draining", host.id));

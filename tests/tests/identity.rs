@@ -3,8 +3,8 @@
 //! takes client certificates (the controller's API, certificate renewal,
 //! and the peer port of every other agent); once an operator removes the
 //! host, its current certificate is refused the same way, and who removed
-//! it and why is shown on the host. Real controller and agents, real
-//! grpcurl.
+//! it and why is shown on the host. Renewal accepts only the latest
+//! certificate. Real controller and agents, real grpcurl.
 
 mod support;
 
@@ -272,5 +272,23 @@ fn superseded_and_revoked_certificates_are_refused_on_every_port() -> anyhow::Re
         "PermissionDenied",
         "test-1",
     )?;
+
+    // Renewal accepts only the latest certificate: once a certificate has
+    // renewed, it renews no more and the controller refuses it.
+    ok(
+        &renew(&rig, &third)?,
+        "renewal with the current certificate",
+    )?;
+    expect_refusal(&renew(&rig, &third)?, "PermissionDenied", superseded)?;
+    expect_refusal(
+        &heartbeat(&rig, &third, "test-1")?,
+        "PermissionDenied",
+        superseded,
+    )?;
+    // By design, peers keep accepting a certificate superseded only by a
+    // renewal until it expires (transfers in flight hold connections made
+    // with it): it is the host's own previous key, not a withdrawn one.
+    std::thread::sleep(Duration::from_secs(3));
+    reached_the_handler(&list_tree(&rig, &third, &source)?)?;
     Ok(())
 }

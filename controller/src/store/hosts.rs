@@ -241,15 +241,27 @@ pub async fn current_certificate(client: &impl GenericClient, id: &str) -> Resul
         .and_then(|row| row.get(0)))
 }
 
-/// Serials of every unexpired agent certificate that must be refused:
-/// revoked, superseded, or of a removed host.
+/// Serials of every unexpired agent certificate that agents must refuse on
+/// their peer ports: revoked, of a removed host, or older than the host's
+/// latest enrolment (the key of a previous installation, or one stolen
+/// before the operator enrolled the host again).
+///
+/// A certificate superseded only by a renewal is not listed: it is the
+/// host's own previous key, and the target of a transfer keeps the
+/// connection it opened with it until the transfer ends (a copy spanning a
+/// renewal would otherwise fail). It stays refused by the controller
+/// (API and renewal), and expires within a third of its lifetime. An
+/// operator who suspects a key re-enrols or removes the host: both take
+/// effect on the peer ports at the next heartbeat.
 pub async fn refused_serials(client: &impl GenericClient) -> Result<Vec<String>> {
     Ok(client
         .query(
             "SELECT c.serial FROM agent_certificates c JOIN hosts h ON h.id = c.host_id
              WHERE c.not_after > now()
                AND (c.revoked_at IS NOT NULL OR h.state = 'removed'
-                    OR h.certificate_serial IS DISTINCT FROM c.serial)
+                    OR EXISTS (SELECT 1 FROM agent_certificates later
+                               WHERE later.host_id = c.host_id AND later.reason = 'enrolment'
+                                 AND later.issued_at > c.issued_at))
              ORDER BY c.serial",
             &[],
         )
