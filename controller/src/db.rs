@@ -224,17 +224,34 @@ pub async fn connect(settings: &Database) -> Result<Pool, DbError> {
         match pool.get().await {
             Ok(_) => return Ok(pool),
             Err(error) if started.elapsed() < connect_timeout => {
+                let error = error_chain(&error);
                 tracing::warn!(message = "waiting for the database", %error);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(error) => {
                 return Err(DbError::Unavailable {
                     waited: started.elapsed(),
-                    last: error.to_string(),
+                    last: error_chain(&error),
                 });
             }
         }
     }
+}
+
+/// An error with its causes (a TLS refusal says why the certificate was
+/// refused, not only that the handshake failed).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Applies the migrations this database has not seen yet.
@@ -370,5 +387,50 @@ async fn listen_once(
     match driver.await {
         Ok(result) => result.map_err(DbError::from),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(text: &str) -> Result<Connector, String> {
+        navette_proto::tls::install_crypto_provider();
+        let config = crate::config::Config::parse(
+            &format!("[database]\n{text}\n"),
+            std::path::Path::new("c.toml"),
+        )
+        .map_err(|e| e.to_string())?;
+        Connector::new(&config.database).map_err(|e| e.to_string())
+    }
+
+    fn refusal(text: &str) -> String {
+        connector(text).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn every_statement_is_bounded_unless_told_otherwise() -> Result<(), String> {
+        let bounded = connector("url = \"host=/run/pg options='-c search_path=a'\"")?;
+        let options = bounded.config.get_options().unwrap_or_default();
+        assert!(options.contains("search_path=a"), "{options}");
+        assert!(options.contains("statement_timeout=30s"), "{options}");
+        assert_eq!(
+            bounded.config.get_connect_timeout(),
+            Some(&Duration::from_secs(10))
+        );
+        let unbounded = connector("url = \"host=/run/pg\"\nstatement_timeout_secs = 0")?;
+        assert_eq!(unbounded.config.get_options(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn tls_settings_that_cannot_work_are_refused_by_name() {
+        let error = refusal("url = \"host=db sslmode=require\"");
+        assert!(error.contains("set database.sslmode instead"), "{error}");
+        let error = refusal("url = \"host=db\"\nsslmode = \"require\"");
+        assert!(error.contains("needs database.ca_file"), "{error}");
+        let error =
+            refusal("url = \"host=db\"\nsslmode = \"verify-full\"\nca_file = \"/nonexistent.pem\"");
+        assert!(error.contains("database.ca_file"), "{error}");
     }
 }
