@@ -41,6 +41,8 @@ ALTER TABLE agent_certificates
     ADD COLUMN revoked_by text,
     ADD COLUMN revoked_reason text;
 CREATE INDEX agent_certificates_unexpired ON agent_certificates (not_after);
+-- "Is there a later enrolment of this host?" (the peers' refused list).
+CREATE INDEX agent_certificates_by_host ON agent_certificates (host_id, issued_at);
 
 -- Who changed what a host is or may do, and why.
 CREATE TABLE host_audit (
