@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::gateway::{self, ControllerLink, GatewayError, Heartbeats};
 use crate::identity_store::{IdentityStore, StoreError};
 use crate::inventory::{Collector, LatestInventory};
+use crate::peer_identity::RefusedCertificates;
 use crate::renewal::Renewal;
 use crate::server::{self, AgentService, ServerError};
 use crate::transfer::grants::Grants;
@@ -124,6 +125,7 @@ async fn run_enrolled(
         ),
     }
 
+    let refused = RefusedCertificates::open(&config.state_dir);
     let (trigger, shutdown) = shutdown::channel();
     let mut tasks = tokio::task::JoinSet::new();
     let current = tracing::Span::current();
@@ -134,6 +136,7 @@ async fn run_enrolled(
             agent_endpoint: config.advertise().to_string(),
             latest: latest.clone(),
             interval: Duration::from_secs(config.heartbeat_interval_secs),
+            refused: refused.clone(),
         }
         .run(shutdown.clone())
         .instrument(current.clone()),
@@ -171,6 +174,7 @@ async fn run_enrolled(
         listener,
         server_tls,
         AgentService::new(collector, latest, transfers),
+        refused,
         shutdown.clone().wait_owned(),
     );
     tokio::pin!(serving);

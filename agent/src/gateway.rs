@@ -2,6 +2,10 @@
 //! (mutual TLS with the agent's current certificate), the heartbeat loop
 //! that also reports changed inventories, and the inventory collection loop.
 //!
+//! Each heartbeat's answer also carries the serials of agent certificates
+//! the controller no longer accepts; they go to [`RefusedCertificates`],
+//! which the agent's listener consults for every peer call.
+//!
 //! Owns the reconnection policy: after any failed call the channel is thrown
 //! away and the next call dials again, with capped exponential backoff, so a
 //! controller that was killed and restarted is found again without help.
@@ -18,6 +22,7 @@ use rustls::RootCertStore;
 use tonic::transport::Channel;
 
 use crate::inventory::{Collector, LatestInventory};
+use crate::peer_identity::RefusedCertificates;
 use crate::shutdown::Shutdown;
 
 /// How long one call to the controller may take.
@@ -207,6 +212,8 @@ pub struct Heartbeats {
     pub agent_endpoint: String,
     pub latest: LatestInventory,
     pub interval: Duration,
+    /// Where the controller's list of refused peer certificates goes.
+    pub refused: RefusedCertificates,
 }
 
 impl Heartbeats {
@@ -266,6 +273,19 @@ impl Heartbeats {
                 client.heartbeat(request).await
             })
             .await?;
+        match self.refused.replace(&response.refused_certificate_serials) {
+            Ok(true) => tracing::info!(
+                message = "refused peer certificates updated",
+                host_id = %self.host_id,
+                count = response.refused_certificate_serials.len()
+            ),
+            Ok(false) => {}
+            // Still applied in memory; only the copy on disk is stale.
+            Err(error) => tracing::warn!(
+                message = "cannot keep the refused peer certificates on disk",
+                error = %crate::error_chain(&error)
+            ),
+        }
         let Some(current) = current else {
             return Ok(());
         };

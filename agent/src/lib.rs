@@ -18,6 +18,8 @@
 //!   and the agent's authorisation [`server::policy`].
 //! - [`gateway`]: the link to the controller's `AgentGateway`, the heartbeat
 //!   and inventory loops, and the reconnection backoff.
+//! - [`peer_identity`]: the peer certificates the controller says to refuse
+//!   (superseded or revoked), and the layer refusing them on the listener.
 //! - [`renewal`]: certificate renewal at two thirds of its lifetime (counted
 //!   from when the agent obtained it: controllers backdate `not_before`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
@@ -42,6 +44,7 @@ pub mod gateway;
 pub mod identity_store;
 pub mod inventory;
 pub mod notify;
+pub mod peer_identity;
 pub mod renewal;
 pub mod server;
 pub mod shutdown;

@@ -3,7 +3,9 @@
 //!
 //! Owns the agent's authorisation policy: [`policy`] is the only place that
 //! decides who may call what here, enforced by the shared role gate before
-//! any handler runs. Handlers convert errors to `tonic::Status` here and
+//! any handler runs; then a peer agent presenting a certificate the
+//! controller revoked or superseded is refused
+//! (`peer_identity::RefusedCertificateLayer`). Handlers convert errors to `tonic::Status` here and
 //! nowhere else.
 
 use std::future::Future;
@@ -23,6 +25,7 @@ use tonic::{Request, Response, Status};
 use std::sync::Arc;
 
 use crate::inventory::{Collector, LatestInventory};
+use crate::peer_identity::{RefusedCertificateLayer, RefusedCertificates};
 use crate::transfer::files::FileSourceService;
 use crate::transfer::grants::GrantError;
 use crate::transfer::mariadb::MariadbSourceService;
@@ -241,6 +244,7 @@ pub async fn serve(
     listener: TcpListener,
     tls_config: ReloadableServerConfig,
     service: AgentService,
+    refused: RefusedCertificates,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let address = listener.local_addr().map_err(|source| ServerError::Bind {
@@ -266,6 +270,7 @@ pub async fn serve(
     let postgres_source = PostgresSourceService::new(grants.clone(), config.postgresql.clone());
     tonic::transport::Server::builder()
         .layer(RoleGateLayer::new(policy))
+        .layer(RefusedCertificateLayer::new(refused))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

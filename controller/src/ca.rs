@@ -33,6 +33,10 @@ pub enum CaError {
         "no certificate authority in {dir}: run `navette-controller --config <file> ca init` first"
     )]
     Missing { dir: PathBuf },
+    #[error(
+        "{path} has mode {mode:04o}: the CA key must be readable by its owner only (anyone who can read it can make certificates for any host or operator); run `chmod 600 {path}`, check who could have read it, and start again"
+    )]
+    KeyExposed { path: PathBuf, mode: u32 },
     #[error("certificate authority in {dir} is unusable: {reason}")]
     Unusable { dir: PathBuf, reason: String },
     #[error("the certificate signing request is invalid: {0}")]
@@ -148,6 +152,7 @@ impl CertificateAuthority {
                 dir: dir.to_owned(),
             });
         }
+        check_key_is_private(&key_path)?;
         let certificate_pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
         let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
         let unusable = |reason: String| CaError::Unusable {
@@ -300,6 +305,23 @@ impl CertificateAuthority {
     }
 }
 
+/// Refuses a CA key that group or others may read or write.
+fn check_key_is_private(path: &Path) -> Result<(), CaError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(io(path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(CaError::KeyExposed {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
 fn ca_params(common_name: &str) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut name = DistinguishedName::new();
@@ -418,6 +440,31 @@ mod tests {
                 host_id: "shared-1".into()
             }
         );
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_with_the_fix() -> Result<(), CaError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("exposed");
+        CertificateAuthority::init(&dir)?;
+        let key = dir.join(CA_KEY);
+        for mode in [0o644, 0o640, 0o602] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode))
+                .map_err(io(&key))?;
+            let error = CertificateAuthority::load(&dir)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains(&format!("chmod 600 {}", key.display())),
+                "{error}"
+            );
+            assert!(error.contains(&format!("{mode:04o}")), "{error}");
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).map_err(io(&key))?;
+        CertificateAuthority::load(&dir)?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -83,10 +83,59 @@ pub struct Database {
     /// Default 60 seconds.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// TLS to the database: `disable`, `prefer` (TLS when the server offers
+    /// it), `require` (TLS always, the server's certificate checked against
+    /// `ca_file`) or `verify-full` (also its host name). Default `disable`,
+    /// right for the default Unix socket; use `verify-full` for a database
+    /// reached over a network. An `sslmode` in `url` is refused: set it
+    /// here.
+    #[serde(default)]
+    pub sslmode: SslMode,
+    /// PEM file of the CA(s) that signed the database server's certificate.
+    /// Needed by every `sslmode` but `disable`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// One connection attempt (TCP, TLS and authentication) gives up after
+    /// this. Default 10 seconds.
+    #[serde(default = "default_connect_attempt_timeout")]
+    pub connect_attempt_timeout_secs: u64,
+    /// How long a request waits for a free pooled connection before it is
+    /// answered "unavailable". Default 10 seconds.
+    #[serde(default = "default_pool_wait_timeout")]
+    pub pool_wait_timeout_secs: u64,
+    /// The server cancels any statement running longer than this (the
+    /// session's `statement_timeout`; schema migrations are exempt), so a
+    /// stuck database cannot hold a handler, or a workflow step past its
+    /// lease, for ever. 0 disables it. Default 30 seconds.
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout_secs: u64,
+}
+
+/// How the controller's database connection uses TLS.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    #[default]
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
 }
 
 fn default_pool_size() -> usize {
     8
+}
+
+fn default_connect_attempt_timeout() -> u64 {
+    10
+}
+
+fn default_pool_wait_timeout() -> u64 {
+    10
+}
+
+fn default_statement_timeout() -> u64 {
+    30
 }
 
 fn default_connect_timeout() -> u64 {
@@ -256,6 +305,8 @@ mod tests {
         assert_eq!(config.tls.agent_certificate_ttl_secs, 86_400);
         assert_eq!(config.hosts.heartbeat_timeout_secs, 30);
         assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.database.sslmode, SslMode::Disable);
+        assert_eq!(config.database.statement_timeout_secs, 30);
         Ok(())
     }
 
@@ -270,6 +321,24 @@ mod tests {
         .unwrap_or_default();
         assert!(error.contains("heartbeat_timeout"), "{error}");
         assert!(error.contains("c.toml"), "{error}");
+    }
+
+    #[test]
+    fn sslmode_takes_libpq_names() -> Result<(), ConfigError> {
+        let config = Config::parse(
+            "[database]\nurl = \"x\"\nsslmode = \"verify-full\"\nca_file = \"/etc/ssl/db.pem\"\n",
+            Path::new("c.toml"),
+        )?;
+        assert_eq!(config.database.sslmode, SslMode::VerifyFull);
+        let error = Config::parse(
+            "[database]\nurl = \"x\"\nsslmode = \"verify-ca\"\n",
+            Path::new("c.toml"),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(error.contains("verify-full"), "{error}");
+        Ok(())
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! under a key derived from the CA key; only the id is stored. Enrolment
 //! checks the token, marks it used and signs the agent's CSR for the token's
 //! host, all in one transaction: a token can never enrol two hosts.
+//!
+//! What the host is (kind, pool, class) comes from the token, that is from
+//! the operator; the agent's own report never decides it. Each host has one
+//! current certificate: enrolment replaces it (so a re-enrolled host's old
+//! key stops working), renewal replaces it only when asked with it, and
+//! `Hosts/RemoveHost` revokes them all.
 
 use std::time::Duration;
 
@@ -14,7 +20,7 @@ use ring::rand::SecureRandom;
 
 use crate::ca::{CertificateAuthority, Issued};
 use crate::error::{Error, Result};
-use crate::model::JoinToken;
+use crate::model::{HostKind, JoinToken};
 use crate::store;
 
 /// The secret to hand to the agent for token `id`.
@@ -51,16 +57,33 @@ fn new_token_id() -> String {
     hex(&bytes)
 }
 
+/// What an operator asks a join token for.
+#[derive(Clone, Debug)]
+pub struct TokenRequest<'a> {
+    pub request_id: &'a str,
+    pub host_id: &'a str,
+    pub pool: Option<&'a str>,
+    /// What the host is for; `None`: it receives nothing until an operator
+    /// sets it.
+    pub kind: Option<HostKind>,
+    /// The host's class: its disk size.
+    pub declared_disk_bytes: Option<u64>,
+    pub created_by: &'a str,
+    pub ttl_secs: u64,
+}
+
 /// Creates (or, for a retried request id, returns again) a join token.
 pub async fn create_join_token(
     pool: &Pool,
     ca: &CertificateAuthority,
-    request_id: &str,
-    host_id: &str,
-    host_pool: Option<&str>,
-    created_by: &str,
-    ttl_secs: u64,
+    request: &TokenRequest<'_>,
 ) -> Result<(JoinToken, String)> {
+    let TokenRequest {
+        request_id,
+        host_id,
+        pool: host_pool,
+        ..
+    } = *request;
     if request_id.trim().is_empty() {
         return Err(Error::InvalidArgument(
             "request_id is required: choose a unique id per token so that a retried call does not create two"
@@ -77,17 +100,29 @@ pub async fn create_join_token(
             "host pool {name:?} does not exist; create it first (HostPools/CreateHostPool)"
         )));
     }
+    let id = new_token_id();
     let token = store::tokens::create(
         &*transaction,
-        &new_token_id(),
-        request_id,
-        host_id,
-        host_pool,
-        created_by,
-        ttl_secs,
+        &store::tokens::NewToken {
+            id: &id,
+            request_id,
+            host_id,
+            pool: host_pool,
+            kind: request.kind,
+            declared_disk_bytes: request.declared_disk_bytes,
+            created_by: request.created_by,
+            ttl_secs: request.ttl_secs,
+        },
     )
     .await?;
-    store::hosts::ensure_awaiting_enrolment(&*transaction, host_id, host_pool).await?;
+    store::hosts::ensure_awaiting_enrolment(
+        &*transaction,
+        host_id,
+        host_pool,
+        request.kind,
+        request.declared_disk_bytes,
+    )
+    .await?;
     transaction.commit().await?;
     let secret = token_secret(ca, &token.id);
     Ok((token, secret))
@@ -117,9 +152,13 @@ pub async fn enrol(
     store::hosts::record_enrolment(
         &*transaction,
         &token.host_id,
-        token.pool.as_deref(),
-        &issued.serial,
-        issued.not_after,
+        &store::hosts::EnrolmentRecord {
+            pool: token.pool.as_deref(),
+            kind: token.kind,
+            declared_disk_bytes: token.declared_disk_bytes,
+            serial: &issued.serial,
+            not_after: issued.not_after,
+        },
     )
     .await?;
     transaction.commit().await?;
@@ -127,21 +166,44 @@ pub async fn enrol(
     Ok((token.host_id, issued))
 }
 
-/// Signs a new certificate for an agent that holds a valid one.
+/// Signs a new certificate for an agent that presented its host's current
+/// one (`presented_serial`); any other, superseded or revoked, is refused,
+/// so a stolen key cannot renew itself once the host has moved on.
 pub async fn renew(
     pool: &Pool,
     ca: &CertificateAuthority,
     host_id: &str,
+    presented_serial: &str,
     csr_pem: &str,
     lifetime: Duration,
 ) -> Result<Issued> {
-    let client = pool.get().await?;
-    // The host must still exist: deleting a host stops its renewals.
-    store::hosts::get(&**client, host_id).await?;
+    let mut client = pool.get().await?;
+    let transaction = client.transaction().await?;
+    // Locks the host row: two renewals with one certificate issue one.
+    let current: Option<String> = transaction
+        .query_opt(
+            "SELECT certificate_serial FROM hosts WHERE id = $1 AND state <> 'removed' FOR UPDATE",
+            &[&host_id],
+        )
+        .await?
+        .and_then(|row| row.get(0));
+    if current.as_deref() != Some(presented_serial) {
+        return Err(
+            store::hosts::refused_certificate(&*transaction, host_id, presented_serial).await,
+        );
+    }
     let issued = ca
         .sign_agent_csr(host_id, csr_pem, lifetime)
         .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-    store::hosts::record_renewal(&**client, host_id, &issued.serial, issued.not_after).await?;
+    store::hosts::record_renewal(
+        &*transaction,
+        host_id,
+        presented_serial,
+        &issued.serial,
+        issued.not_after,
+    )
+    .await?;
+    transaction.commit().await?;
     tracing::info!(message = "agent certificate renewed", %host_id, not_after = %issued.not_after);
     Ok(issued)
 }

@@ -18,6 +18,8 @@
 //! - [`catalogue`]: migration definitions from TOML files, checked at start,
 //!   and which migrations apply to an account or host.
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
+//! - [`certificates`]: which agent certificate is each host's current one,
+//!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents.
 //! - [`api`]: the gRPC services. The only modules that know protobuf; errors
 //!   become `tonic::Status` in `api::status` only; `api::policy` decides
@@ -34,6 +36,7 @@ pub mod agents;
 pub mod api;
 pub mod ca;
 pub mod catalogue;
+pub mod certificates;
 pub mod config;
 pub mod db;
 pub mod enrolment;
@@ -48,7 +51,6 @@ pub mod tls;
 pub mod workflow;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -58,12 +60,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(message = "catalogue loaded", migrations = catalogue.len(), dir = %config.catalogue.dir.display());
     let ca = ca::CertificateAuthority::load(&config.tls.ca_dir)?;
     let tls = tls::ControllerTls::new(&ca, &config.tls)?;
-    let db = db::connect(
-        &config.database.url,
-        config.database.pool_size,
-        Duration::from_secs(config.database.connect_timeout_secs),
-    )
-    .await?;
+    let db = db::connect(&config.database).await?;
     let applied = db::migrate(&db)
         .await
         .context("migrating the database schema")?;
@@ -71,7 +68,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tracing::info!(message = "database schema up to date", applied = ?applied);
     }
     let (changes, _) = tokio::sync::broadcast::channel(1024);
-    db::listen_changes(config.database.url.clone(), changes.clone());
+    let certificates = Arc::new(certificates::AgentCertificates::default());
+    certificates.clone().spawn_invalidation(changes.subscribe());
+    db::listen_changes(&config.database, changes.clone())?;
     let controller = Arc::new(state::Controller {
         config,
         db,
@@ -80,6 +79,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         tls,
         changes,
         controller_id: controller_id(),
+        certificates,
     });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -49,6 +49,9 @@ pub enum HostState {
     AwaitingEnrolment,
     Online,
     Unreachable,
+    /// An operator removed the host: its certificates are revoked; a new
+    /// join token brings it back.
+    Removed,
 }
 
 impl HostState {
@@ -57,6 +60,7 @@ impl HostState {
             HostState::AwaitingEnrolment => "awaiting_enrolment",
             HostState::Online => "online",
             HostState::Unreachable => "unreachable",
+            HostState::Removed => "removed",
         }
     }
 
@@ -65,6 +69,7 @@ impl HostState {
             HostState::AwaitingEnrolment,
             HostState::Online,
             HostState::Unreachable,
+            HostState::Removed,
         ]
         .into_iter()
         .find(|state| state.as_str() == text)
@@ -104,7 +109,19 @@ pub struct Database {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Host {
     pub id: String,
+    /// What the host is for, as an operator set it (join token or
+    /// `Hosts/SetHostClass`); `None` until one does. Never the agent's word.
     pub kind: Option<HostKind>,
+    /// What the agent last reported; shown as a warning when it differs.
+    pub reported_kind: Option<HostKind>,
+    /// The host's class: the disk size an operator declared, if any.
+    /// Placement never counts more free space than this.
+    pub declared_disk_bytes: Option<u64>,
+    /// Serial (hex) of the one agent certificate of this host still
+    /// accepted; every other is superseded or revoked.
+    pub certificate_serial: Option<String>,
+    /// Why and by whom the host was removed (state `Removed`).
+    pub removed: Option<Removal>,
     pub state: HostState,
     pub draining: bool,
     pub pool: Option<String>,
@@ -120,6 +137,50 @@ pub struct Host {
     pub last_heartbeat_at: Option<Time>,
     pub inventory_updated_at: Option<Time>,
     pub certificate_expires_at: Option<Time>,
+}
+
+/// An operator's removal of a host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Removal {
+    pub at: Time,
+    pub by: String,
+    pub reason: String,
+}
+
+impl Host {
+    /// Where the agent's report disagrees with what the operator declared,
+    /// or cannot be true, in words an operator can act on. The operator's
+    /// values are the ones used; these only say what looks wrong.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        match (self.kind, self.reported_kind) {
+            (None, _) if self.state != HostState::AwaitingEnrolment => warnings.push(
+                "no operator has set this host's kind, so it receives nothing; set it with Hosts/SetHostClass"
+                    .to_owned(),
+            ),
+            (Some(kind), Some(reported)) if kind != reported => warnings.push(format!(
+                "the agent reports kind {}, but the host was enrolled as {}; the operator's kind is used (check the agent's configuration, or correct the kind with Hosts/SetHostClass)",
+                reported.as_str(),
+                kind.as_str()
+            )),
+            _ => {}
+        }
+        if let Some(declared) = self.declared_disk_bytes
+            && self.disk_total_bytes > declared
+        {
+            warnings.push(format!(
+                "the agent reports a disk of {} bytes, more than the {} bytes declared for this host; placement counts at most the declared size",
+                self.disk_total_bytes, declared
+            ));
+        }
+        if self.disk_free_bytes > self.disk_total_bytes {
+            warnings.push(format!(
+                "the agent reports {} bytes free on a disk of {} bytes; placement counts at most the disk's size",
+                self.disk_free_bytes, self.disk_total_bytes
+            ));
+        }
+        warnings
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -155,6 +216,10 @@ pub struct JoinToken {
     pub id: String,
     pub host_id: String,
     pub pool: Option<String>,
+    /// What the host becomes (the operator's choice, not the agent's).
+    pub kind: Option<HostKind>,
+    /// The host's class: its declared disk size.
+    pub declared_disk_bytes: Option<u64>,
     pub created_by: String,
     pub created_at: Time,
     pub expires_at: Time,
@@ -178,6 +243,13 @@ pub enum HostChange {
     Inventory,
     Draining,
     Undrained,
+    /// A new certificate was issued (renewal): the previous one is
+    /// superseded.
+    Certificate,
+    /// An operator changed the host's kind, pool or class.
+    Reclassified,
+    /// An operator removed the host and revoked its certificates.
+    Removed,
 }
 
 impl HostChange {
@@ -189,6 +261,9 @@ impl HostChange {
             HostChange::Inventory => "inventory",
             HostChange::Draining => "draining",
             HostChange::Undrained => "undrained",
+            HostChange::Certificate => "certificate",
+            HostChange::Reclassified => "reclassified",
+            HostChange::Removed => "removed",
         }
     }
 
@@ -200,6 +275,9 @@ impl HostChange {
             HostChange::Inventory,
             HostChange::Draining,
             HostChange::Undrained,
+            HostChange::Certificate,
+            HostChange::Reclassified,
+            HostChange::Removed,
         ]
         .into_iter()
         .find(|change| change.as_str() == text)

@@ -2,6 +2,11 @@
 //! inventory (account, source host, candidate hosts) and the migration to a
 //! copy plan, or the reason there is none. No I/O, so every refusal is
 //! unit-tested.
+//!
+//! Invariant: a host's kind here is the operator's (`Host::kind`), never
+//! what its agent reports, and its free space counts at most what its disk
+//! could hold ([`usable_free_bytes`]): an agent cannot attract copies, and
+//! the customers' credentials in them, by lying about itself.
 
 use crate::catalogue::{Migration, Software, version_matches};
 use crate::error::Error;
@@ -13,6 +18,17 @@ use crate::model::{
 const MARGIN_NUMERATOR: u64 = 5;
 const MARGIN_DENOMINATOR: u64 = 4;
 const MARGIN_FIXED: u64 = 64 << 20;
+
+/// The free space placement believes: what the agent reports, but never
+/// more than the disk it reports, nor than the disk an operator declared
+/// for the host's class.
+pub fn usable_free_bytes(host: &Host) -> u64 {
+    let mut free = host.disk_free_bytes.min(host.disk_total_bytes);
+    if let Some(declared) = host.declared_disk_bytes {
+        free = free.min(declared);
+    }
+    free
+}
 
 /// Bytes of the account: home and databases.
 pub fn account_bytes(account: &Account) -> (u64, u64) {
@@ -185,24 +201,23 @@ pub fn plan_test(
     let mut fitting: Vec<&Host> = Vec::new();
     let mut largest_free = 0u64;
     for host in hosts.iter().filter(|h| h.kind == Some(HostKind::Test)) {
-        if host.state != HostState::Online {
+        let free = usable_free_bytes(host);
+        if host.state == HostState::Removed {
+            refusals.push(format!("{} was removed", host.id));
+        } else if host.state != HostState::Online {
             refusals.push(format!("{} is unreachable", host.id));
         } else if host.draining {
             refusals.push(format!("{} is draining", host.id));
         } else if let Some(why) = missing_software(migration, account, source_host, host) {
             refusals.push(format!("{} {why}", host.id));
-        } else if host.disk_free_bytes < needed {
-            largest_free = largest_free.max(host.disk_free_bytes);
-            refusals.push(format!(
-                "{} has {} free",
-                host.id,
-                human_bytes(host.disk_free_bytes)
-            ));
+        } else if free < needed {
+            largest_free = largest_free.max(free);
+            refusals.push(format!("{} has {} free", host.id, human_bytes(free)));
         } else {
             fitting.push(host);
         }
     }
-    let Some(chosen) = fitting.into_iter().max_by_key(|h| h.disk_free_bytes) else {
+    let Some(chosen) = fitting.into_iter().max_by_key(|h| usable_free_bytes(h)) else {
         let detail = if refusals.is_empty() {
             "there are no test hosts".to_owned()
         } else {
@@ -319,6 +334,10 @@ mod tests {
         Host {
             id: id.into(),
             kind: Some(kind),
+            reported_kind: Some(kind),
+            declared_disk_bytes: None,
+            certificate_serial: None,
+            removed: None,
             state: HostState::Online,
             draining: false,
             pool: None,
@@ -437,6 +456,57 @@ mod tests {
             matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("MariaDB server \"main\"") && m.contains("is down")),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn the_operators_kind_decides_not_the_agents_report() -> Result<(), Error> {
+        // Enrolled as a shared host; its agent claims to be a test host.
+        let mut liar = test_host(1 << 50);
+        liar.id = "liar".into();
+        liar.kind = Some(HostKind::Shared);
+        liar.reported_kind = Some(HostKind::Test);
+        let error = plan_test(&migration(), &alice(), &source(), &[liar.clone()]).err();
+        assert!(
+            matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("there are no test hosts")),
+            "{error:?}"
+        );
+        assert!(
+            liar.warnings()
+                .iter()
+                .any(|w| w.contains("reports kind test"))
+        );
+        let (chosen, _) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[liar, test_host(10 << 30)],
+        )?;
+        assert_eq!(chosen.id, "test-1");
+        Ok(())
+    }
+
+    #[test]
+    fn reported_free_space_counts_at_most_the_disk() -> Result<(), Error> {
+        // A petabyte free on a 100 GiB disk declared 20 GiB: 20 GiB counts.
+        let mut boaster = test_host(1 << 50);
+        boaster.id = "boaster".into();
+        boaster.disk_total_bytes = 100 << 30;
+        boaster.declared_disk_bytes = Some(20 << 30);
+        assert_eq!(usable_free_bytes(&boaster), 20 << 30);
+        assert_eq!(boaster.warnings().len(), 2, "{:?}", boaster.warnings());
+        let honest = test_host(30 << 30);
+        let (chosen, _) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[boaster.clone(), honest],
+        )?;
+        assert_eq!(chosen.id, "test-1");
+        // Free space above the reported disk counts as the disk.
+        boaster.declared_disk_bytes = None;
+        boaster.disk_total_bytes = 1 << 30;
+        assert_eq!(usable_free_bytes(&boaster), 1 << 30);
+        Ok(())
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The controller's two listeners and its background tasks.
 //!
 //! - the API listener: mutual TLS required, every RPC through the role gate
-//!   (`api::policy`); panel, operator and agent-gateway services, health,
+//!   (`api::policy`) and, for agents, the check that their certificate is
+//!   their host's current one (`api::policy::AgentCertificateLayer`); panel, operator and agent-gateway services, health,
 //!   reflection v1 and v1alpha (grpcurl 1.8 asks for v1alpha);
 //! - the enrolment listener: TLS without client certificates, serving only
 //!   enrolment, health and reflection. Client authentication is never
@@ -30,7 +31,7 @@ use crate::api::enrolment::EnrolmentApi;
 use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
-use crate::api::policy::controller_policy;
+use crate::api::policy::{AgentCertificateLayer, controller_policy};
 use crate::api::tests::TestsApi;
 use crate::state::Controller;
 use crate::store;
@@ -111,6 +112,7 @@ pub async fn bind(
     let c = &controller;
     let api = Server::builder()
         .layer(RoleGateLayer::new(controller_policy()))
+        .layer(AgentCertificateLayer::new(controller.clone()))
         .add_service(health_service.clone())
         .add_service(reflection(&api_names).build_v1()?)
         .add_service(reflection(&api_names).build_v1alpha()?)

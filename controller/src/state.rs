@@ -22,6 +22,8 @@ pub struct Controller {
     pub changes: broadcast::Sender<crate::db::Change>,
     /// This controller's name in leases (`<hostname>-<pid>-<random>`).
     pub controller_id: String,
+    /// Which agent certificate is each host's current one (cached).
+    pub certificates: std::sync::Arc<crate::certificates::AgentCertificates>,
 }
 
 impl std::fmt::Debug for Controller {

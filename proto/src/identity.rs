@@ -126,6 +126,19 @@ pub fn role_from_der(der: &[u8]) -> Result<Role, IdentityError> {
     found.ok_or(IdentityError::NoRole)
 }
 
+/// The serial number of a DER certificate, as lowercase hex: how the
+/// controller records each certificate it issues, and how agents and the
+/// controller recognise a superseded or revoked one.
+pub fn serial_from_der(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(
+        cert.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
+
 /// The subject common name of a DER certificate (who holds it, for logs).
 pub fn common_name_from_der(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;

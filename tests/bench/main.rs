@@ -324,7 +324,7 @@ fn main() -> anyhow::Result<()> {
         (&source, AgentKind::Shared, "2024.1"),
         (&target, AgentKind::Test, "2026.1"),
     ] {
-        let token = rig.create_join_token(host.host())?;
+        let token = rig.create_join_token(host.host(), kind)?;
         rig.start_agent(
             host,
             AgentSpec {

@@ -136,7 +136,7 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     }
     say("Enrolling the agents with one-time join tokens...");
     for (plan, host) in HOSTS.iter().zip(&hosts) {
-        let token = rig.create_join_token(plan.id)?;
+        let token = rig.create_join_token(plan.id, plan.kind)?;
         rig.start_agent(
             host,
             AgentSpec {

@@ -20,7 +20,8 @@ use crate::netns::Netns;
 use crate::process::ChildProcess;
 use crate::rig::Rig;
 
-/// What kind of server a host is (the agent config's `kind`).
+/// What kind of server a host is: on the join token (what the controller
+/// uses) and in the agent config's `kind` (what the agent reports).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AgentKind {
     #[default]
@@ -39,6 +40,17 @@ impl AgentKind {
             AgentKind::Vps => "vps",
             AgentKind::Transit => "transit",
             AgentKind::Test => "test",
+        }
+    }
+
+    /// The `navette.v1.HostKind` value, as grpcurl's JSON names it.
+    pub fn proto_name(self) -> &'static str {
+        match self {
+            AgentKind::Shared => "HOST_KIND_SHARED",
+            AgentKind::Dedicated => "HOST_KIND_DEDICATED",
+            AgentKind::Vps => "HOST_KIND_VPS",
+            AgentKind::Transit => "HOST_KIND_TRANSIT",
+            AgentKind::Test => "HOST_KIND_TEST",
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct ControllerSpec {
     pub catalogue_dir: Option<PathBuf>,
     /// The `[log] level` filter.
     pub log_level: String,
+    /// `[database] statement_timeout_secs` and `pool_wait_timeout_secs`.
+    pub statement_timeout_secs: u64,
+    pub pool_wait_timeout_secs: u64,
 }
 
 impl Default for ControllerSpec {
@@ -50,6 +53,8 @@ impl Default for ControllerSpec {
             join_token_ttl_secs: 3_600,
             catalogue_dir: None,
             log_level: "info,navette_controller=debug".to_owned(),
+            statement_timeout_secs: 30,
+            pool_wait_timeout_secs: 10,
         }
     }
 }
@@ -122,6 +127,8 @@ struct ListenSection {
 #[derive(Serialize)]
 struct DatabaseSection {
     url: String,
+    statement_timeout_secs: u64,
+    pool_wait_timeout_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -200,6 +207,8 @@ impl Rig {
                     state_db.socket_dir().display(),
                     state_db.port()
                 ),
+                statement_timeout_secs: spec.statement_timeout_secs,
+                pool_wait_timeout_secs: spec.pool_wait_timeout_secs,
             },
             tls: TlsSection {
                 ca_dir: ca_dir.clone(),

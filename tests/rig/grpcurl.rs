@@ -4,12 +4,15 @@
 //! name `controller.navette.internal`), running grpcurl inside
 //! `<prefix>-net`, and reading its JSON (proto3 JSON: camelCase field
 //! names, 64-bit integers as strings). Join tokens are created here, the way
-//! an operator would.
+//! an operator would, and carry what the host is (its kind, optionally its
+//! declared disk): the controller takes that from the token, not from the
+//! agent's configuration.
 
 use std::process::Output;
 
 use anyhow::{Context, bail};
 
+use crate::agent::AgentKind;
 use crate::controller::CertPair;
 use crate::install::GRPCURL;
 use crate::rig::Rig;
@@ -81,13 +84,35 @@ impl Rig {
             .with_context(|| format!("grpcurl {method}: reading its output"))
     }
 
-    /// Creates a join token for `host_id` as an operator would and returns
-    /// its secret (for `navette-agent enrol --token`).
-    pub fn create_join_token(&self, host_id: &str) -> anyhow::Result<String> {
-        let request = serde_json::json!({
+    /// Creates a join token for `host_id`, enrolling it as a `kind` host,
+    /// as an operator would, and returns its secret (for
+    /// `navette-agent enrol --token`).
+    pub fn create_join_token(&self, host_id: &str, kind: AgentKind) -> anyhow::Result<String> {
+        self.create_join_token_with(
+            host_id,
+            &JoinTokenSpec {
+                kind: Some(kind),
+                declared_disk_bytes: None,
+            },
+        )
+    }
+
+    /// [`Rig::create_join_token`] with every choice the operator has.
+    pub fn create_join_token_with(
+        &self,
+        host_id: &str,
+        spec: &JoinTokenSpec,
+    ) -> anyhow::Result<String> {
+        let mut request = serde_json::json!({
             "request_id": request_id(),
             "host_id": host_id,
         });
+        if let Some(kind) = spec.kind {
+            request["kind"] = serde_json::Value::from(kind.proto_name());
+        }
+        if let Some(bytes) = spec.declared_disk_bytes {
+            request["declared_disk_bytes"] = serde_json::Value::from(bytes.to_string());
+        }
         let answer = self.grpcurl_json("navette.v1.JoinTokens/CreateJoinToken", &request)?;
         let secret = answer
             .get("secret")
@@ -95,6 +120,15 @@ impl Rig {
             .with_context(|| format!("CreateJoinToken for {host_id}: no secret in {answer}"))?;
         Ok(secret.to_owned())
     }
+}
+
+/// What an operator says about a host when creating its join token.
+#[derive(Clone, Debug, Default)]
+pub struct JoinTokenSpec {
+    /// `None`: the host receives nothing until an operator sets its kind.
+    pub kind: Option<AgentKind>,
+    /// The host's class: its disk size.
+    pub declared_disk_bytes: Option<u64>,
 }
 
 /// A fresh request id shaped like a UUID (`8-4-4-4-12` hex digits).

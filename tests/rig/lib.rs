@@ -58,6 +58,7 @@ use std::time::{Duration, Instant};
 pub use accounts::{Account, AccountSpec, SAMPLE_ROWS};
 pub use agent::{Agent, AgentKind, AgentSpec};
 pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
+pub use grpcurl::JoinTokenSpec;
 pub use mariadb::{MariaDb, MariaDbSpec};
 pub use netns::Netns;
 pub use postgres::{PgSpec, PgVersion, Postgres};

@@ -221,7 +221,7 @@ fn every_refusal_has_the_right_status_and_says_why() -> anyhow::Result<()> {
             ])
             .output()?)
     };
-    let token = rig.create_join_token("host-c")?;
+    let token = rig.create_join_token("host-c", AgentKind::Shared)?;
     let first = enrol_with(&token)?;
     ensure!(
         first.status.success(),

@@ -39,6 +39,7 @@ fn host_state(state: HostState) -> v1::HostState {
         HostState::AwaitingEnrolment => v1::HostState::AwaitingEnrolment,
         HostState::Online => v1::HostState::Online,
         HostState::Unreachable => v1::HostState::Unreachable,
+        HostState::Removed => v1::HostState::Removed,
     }
 }
 
@@ -94,6 +95,25 @@ pub fn host(host: &Host) -> v1::Host {
         inventory_updated_at: host.inventory_updated_at.map(timestamp),
         certificate_expires_at: host.certificate_expires_at.map(timestamp),
         agent_version: host.agent_version.clone(),
+        reported_kind: host
+            .reported_kind
+            .map(host_kind)
+            .unwrap_or(v1::HostKind::Unspecified)
+            .into(),
+        declared_disk_bytes: host.declared_disk_bytes.unwrap_or(0),
+        warnings: host.warnings(),
+        certificate_serial: host.certificate_serial.clone().unwrap_or_default(),
+        removed_at: host.removed.as_ref().map(|r| timestamp(r.at)),
+        removed_by: host
+            .removed
+            .as_ref()
+            .map(|r| r.by.clone())
+            .unwrap_or_default(),
+        removed_reason: host
+            .removed
+            .as_ref()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -167,6 +187,12 @@ pub fn join_token(token: &JoinToken) -> v1::JoinToken {
         used_at: token.used_at.map(timestamp),
         revoked: token.revoked_at.is_some(),
         created_by: token.created_by.clone(),
+        kind: token
+            .kind
+            .map(host_kind)
+            .unwrap_or(v1::HostKind::Unspecified)
+            .into(),
+        declared_disk_bytes: token.declared_disk_bytes.unwrap_or(0),
     }
 }
 

@@ -1,5 +1,8 @@
 //! The agent gateway: heartbeats, inventories and certificate renewal from
-//! agents. An agent speaks only for the host in its certificate.
+//! agents. An agent speaks only for the host in its certificate, and only
+//! with its host's current certificate (checked before any handler, by
+//! `policy::AgentCertificateLayer`). Each heartbeat's answer carries the
+//! serials agents must refuse on their peer ports.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +13,7 @@ use navette_proto::v1;
 use navette_proto::v1::agent_gateway_server::AgentGateway;
 use tonic::{Request, Status};
 
+use super::policy::PresentedCertificate;
 use super::{Reply, convert, reply, status};
 use crate::enrolment;
 use crate::error::Error;
@@ -50,9 +54,11 @@ impl AgentGateway for GatewayApi {
                     &request.inventory_digest,
                 )
                 .await?;
+                let refused = self.0.certificates.refused_serials(&self.0.db).await?;
                 Ok(v1::HeartbeatResponse {
                     send_inventory: outcome.send_inventory,
                     server_time: Some(navette_proto::timestamp(chrono::Utc::now())),
+                    refused_certificate_serials: refused.as_ref().clone(),
                 })
             }
             .await,
@@ -83,6 +89,13 @@ impl AgentGateway for GatewayApi {
         request: Request<v1::RenewCertificateRequest>,
     ) -> Reply<v1::CertificateBundle> {
         let host_id = calling_host(&request, "")?;
+        let presented = request
+            .extensions()
+            .get::<PresentedCertificate>()
+            .map(|certificate| certificate.serial.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated("the agent's certificate was not checked; call again")
+            })?;
         let request = request.into_inner();
         let controller = &self.0;
         reply(
@@ -93,6 +106,7 @@ impl AgentGateway for GatewayApi {
                     &controller.db,
                     &controller.ca,
                     &host_id,
+                    &presented,
                     &request.csr_pem,
                     lifetime,
                 )

@@ -1,4 +1,6 @@
-//! The operator API: hosts, pools, join tokens.
+//! The operator API: hosts, pools, join tokens. What a host is (kind, pool,
+//! class) and whether it may act at all (`RemoveHost`) are decided here, by
+//! operators, with who did it kept in the host's audit trail.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -122,6 +124,62 @@ impl Hosts for OperatorApi {
         let stream = tokio_stream::wrappers::ReceiverStream::new(receiver);
         Ok(Response::new(Box::pin(stream) as HostEvents))
     }
+
+    async fn set_host_class(&self, request: Request<v1::SetHostClassRequest>) -> Reply<v1::Host> {
+        let actor = caller(&request)?.name.clone();
+        let request = request.into_inner();
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let change = store::hosts::ClassChange {
+                    kind: convert::host_kind_from(request.kind)?,
+                    pool: optional(&request.pool),
+                    declared_disk_bytes: (request.declared_disk_bytes > 0)
+                        .then_some(request.declared_disk_bytes),
+                };
+                let mut client = self.0.db.get().await?;
+                let transaction = client.transaction().await?;
+                if let Some(name) = change.pool
+                    && !store::pools::exists(&*transaction, name).await?
+                {
+                    return Err(Error::FailedPrecondition(format!(
+                        "host pool {name:?} does not exist; create it first (HostPools/CreateHostPool)"
+                    )));
+                }
+                let host = store::hosts::set_class(&*transaction, id, &change, &actor).await?;
+                transaction.commit().await?;
+                tracing::info!(message = "host class set", host_id = %id, kind = ?host.kind, pool = ?host.pool, declared_disk_bytes = ?host.declared_disk_bytes, %actor);
+                Ok(convert::host(&host))
+            }
+            .await,
+        )
+    }
+
+    async fn remove_host(&self, request: Request<v1::RemoveHostRequest>) -> Reply<v1::Host> {
+        let actor = caller(&request)?.name.clone();
+        let request = request.into_inner();
+        reply(
+            async {
+                let id = required(&request.id, "id")?;
+                let reason = required(&request.reason, "reason").map_err(|_| {
+                    Error::InvalidArgument(
+                        "reason is required: say why the host is removed (it is kept with the revocation)"
+                            .to_owned(),
+                    )
+                })?;
+                let mut client = self.0.db.get().await?;
+                let transaction = client.transaction().await?;
+                let host = store::hosts::remove(&*transaction, id, &actor, reason).await?;
+                transaction.commit().await?;
+                // This controller refuses the certificates at once, without
+                // waiting for its own notification.
+                self.0.certificates.forget(id);
+                tracing::warn!(message = "host removed; its certificates are revoked", host_id = %id, %actor, %reason);
+                Ok(convert::host(&host))
+            }
+            .await,
+        )
+    }
 }
 
 fn event(kind: EventKind, host: &crate::model::Host) -> v1::HostEvent {
@@ -140,6 +198,9 @@ fn event_kind(change: HostChange) -> EventKind {
         HostChange::Inventory => EventKind::Inventory,
         HostChange::Draining => EventKind::Draining,
         HostChange::Undrained => EventKind::Undrained,
+        HostChange::Certificate => EventKind::Certificate,
+        HostChange::Reclassified => EventKind::Reclassified,
+        HostChange::Removed => EventKind::Removed,
     }
 }
 
@@ -273,11 +334,16 @@ impl JoinTokens for OperatorApi {
             let (token, secret) = enrolment::create_join_token(
                 &controller.db,
                 &controller.ca,
-                &request.request_id,
-                host_id,
-                optional(&request.pool),
-                &created_by,
-                ttl,
+                &enrolment::TokenRequest {
+                    request_id: &request.request_id,
+                    host_id,
+                    pool: optional(&request.pool),
+                    kind: convert::host_kind_from(request.kind)?,
+                    declared_disk_bytes: (request.declared_disk_bytes > 0)
+                        .then_some(request.declared_disk_bytes),
+                    created_by: &created_by,
+                    ttl_secs: ttl,
+                },
             )
             .await?;
             tracing::info!(message = "join token created", token = %token.id, %host_id, expires_at = %token.expires_at);

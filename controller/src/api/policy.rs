@@ -1,10 +1,20 @@
-//! Which role may call which service of the controller. Applied to every
-//! RPC on the mutual-TLS listener by `navette_proto::gate`.
+//! Which role may call which service of the controller, and which agent
+//! certificates are still good. Applied to every RPC on the mutual-TLS
+//! listener: the role by `navette_proto::gate` with [`controller_policy`],
+//! then the agent's certificate by [`AgentCertificateLayer`] (the host's
+//! current certificate only: a superseded or revoked one is refused before
+//! any handler runs).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use navette_proto::gate::{Policy, is_public_infrastructure, service_of};
-use navette_proto::identity::Role;
+use navette_proto::identity::{Role, role_from_der, serial_from_der};
+use tonic::Status;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+
+use crate::state::Controller;
 
 /// The surfaces, and who may use them.
 fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
@@ -38,6 +48,112 @@ pub fn decide(path: &str, role: &Role) -> Result<(), String> {
 
 pub fn controller_policy() -> Policy {
     Arc::new(decide)
+}
+
+/// The certificate an agent called with, for handlers that need more than
+/// its role (renewal: only the current certificate renews).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PresentedCertificate {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+}
+
+/// Refuses calls from an agent whose certificate is not its host's current
+/// one (`certificates::AgentCertificates`), and records the serial of the
+/// ones it lets through as a [`PresentedCertificate`]. Other roles pass.
+#[derive(Clone)]
+pub struct AgentCertificateLayer {
+    controller: Arc<Controller>,
+}
+
+impl AgentCertificateLayer {
+    pub fn new(controller: Arc<Controller>) -> Self {
+        AgentCertificateLayer { controller }
+    }
+}
+
+impl<S> tower::Layer<S> for AgentCertificateLayer {
+    type Service = AgentCertificateCheck<S>;
+
+    fn layer(&self, inner: S) -> AgentCertificateCheck<S> {
+        AgentCertificateCheck {
+            inner,
+            controller: self.controller.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AgentCertificateCheck<S> {
+    inner: S,
+    controller: Arc<Controller>,
+}
+
+/// The agent and certificate serial of the caller, if it is an agent.
+/// Anything else (no certificate, another role) is the role gate's
+/// business.
+fn calling_agent(extensions: &http::Extensions) -> Option<(String, Option<String>)> {
+    let info = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    let leaf = certs.first()?;
+    match role_from_der(leaf) {
+        Ok(Role::Agent { host_id }) => Some((host_id, serial_from_der(leaf))),
+        _ => None,
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for AgentCertificateCheck<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let Some((host_id, serial)) = calling_agent(request.extensions()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let Some(serial) = serial else {
+            return Box::pin(std::future::ready(Ok(Status::unauthenticated(
+                "the client certificate has no readable serial number",
+            )
+            .into_http())));
+        };
+        request.extensions_mut().insert(PresentedCertificate {
+            serial: serial.clone(),
+        });
+        // The clone that was made ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let controller = self.controller.clone();
+        let method = request.uri().path().to_owned();
+        Box::pin(async move {
+            match controller
+                .certificates
+                .check(&controller.db, &host_id, &serial)
+                .await
+            {
+                Ok(()) => inner.call(request).await,
+                Err(error) => {
+                    tracing::warn!(message = "refused agent certificate", %host_id, %serial, %method, %error);
+                    Ok(super::status(error).into_http())
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]

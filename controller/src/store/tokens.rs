@@ -2,16 +2,21 @@
 
 use tokio_postgres::{GenericClient, Row};
 
+use super::{to_i64, to_u64};
 use crate::error::{Error, Result};
-use crate::model::JoinToken;
+use crate::model::{HostKind, JoinToken};
 
-const COLUMNS: &str = "id, host_id, pool, created_by, created_at, expires_at, used_at, revoked_at";
+const COLUMNS: &str = "id, host_id, pool, kind, declared_disk_bytes, created_by, created_at, expires_at, used_at, revoked_at";
 
 fn from_row(row: &Row) -> JoinToken {
+    let kind: Option<String> = row.get("kind");
+    let disk: Option<i64> = row.get("declared_disk_bytes");
     JoinToken {
         id: row.get("id"),
         host_id: row.get("host_id"),
         pool: row.get("pool"),
+        kind: kind.as_deref().and_then(HostKind::parse),
+        declared_disk_bytes: disk.map(to_u64),
         created_by: row.get("created_by"),
         created_at: row.get("created_at"),
         expires_at: row.get("expires_at"),
@@ -20,27 +25,46 @@ fn from_row(row: &Row) -> JoinToken {
     }
 }
 
+/// What a new token makes of the host that enrols with it.
+#[derive(Clone, Debug)]
+pub struct NewToken<'a> {
+    pub id: &'a str,
+    pub request_id: &'a str,
+    pub host_id: &'a str,
+    pub pool: Option<&'a str>,
+    pub kind: Option<HostKind>,
+    pub declared_disk_bytes: Option<u64>,
+    pub created_by: &'a str,
+    pub ttl_secs: u64,
+}
+
 /// A new token row. A retry with the same request id returns the row made
-/// the first time, provided it asked for the same host and pool.
-pub async fn create(
-    client: &impl GenericClient,
-    id: &str,
-    request_id: &str,
-    host_id: &str,
-    pool: Option<&str>,
-    created_by: &str,
-    ttl_secs: u64,
-) -> Result<JoinToken> {
-    let ttl = ttl_secs as f64;
+/// the first time, provided it asked for the same host, pool, kind and
+/// class.
+pub async fn create(client: &impl GenericClient, new: &NewToken<'_>) -> Result<JoinToken> {
+    let ttl = new.ttl_secs as f64;
+    let kind = new.kind.map(HostKind::as_str);
+    let disk = new.declared_disk_bytes.map(to_i64);
+    let (request_id, host_id, pool) = (new.request_id, new.host_id, new.pool);
     let inserted = client
         .query_opt(
             &format!(
-                "INSERT INTO join_tokens (id, request_id, host_id, pool, created_by, expires_at)
-                 VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+                "INSERT INTO join_tokens (id, request_id, host_id, pool, kind, declared_disk_bytes,
+                     created_by, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
                  ON CONFLICT (request_id) DO NOTHING
                  RETURNING {COLUMNS}"
             ),
-            &[&id, &request_id, &host_id, &pool, &created_by, &ttl],
+            &[
+                &new.id,
+                &request_id,
+                &host_id,
+                &pool,
+                &kind,
+                &disk,
+                &new.created_by,
+                &ttl,
+            ],
         )
         .await?;
     if let Some(row) = inserted {
@@ -53,7 +77,11 @@ pub async fn create(
         )
         .await?;
     let existing = from_row(&row);
-    if existing.host_id != host_id || existing.pool.as_deref() != pool {
+    if existing.host_id != host_id
+        || existing.pool.as_deref() != pool
+        || existing.kind != new.kind
+        || existing.declared_disk_bytes != new.declared_disk_bytes
+    {
         return Err(Error::AlreadyExists(format!(
             "request id {request_id:?} was already used to create a join token for host {:?}; use a new request id",
             existing.host_id

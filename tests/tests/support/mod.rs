@@ -26,7 +26,7 @@ pub fn enrol(
     kind: AgentKind,
     stack_version: &str,
 ) -> anyhow::Result<Agent> {
-    let token = rig.create_join_token(host.host())?;
+    let token = rig.create_join_token(host.host(), kind)?;
     rig.start_agent(
         host,
         AgentSpec {
