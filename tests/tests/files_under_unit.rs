@@ -64,7 +64,7 @@ fn a_setgid_directory_copies_with_the_test_agent_under_its_units_restrictions() 
     std::fs::set_permissions(&root_tool, std::fs::Permissions::from_mode(0o4755))?;
 
     enrol(&rig, &shared, AgentKind::Shared, "2024.1")?;
-    let token = rig.create_join_token(test_host.host())?;
+    let token = rig.create_join_token(test_host.host(), AgentKind::Test)?;
     let agent = rig.start_agent(
         &test_host,
         AgentSpec {
