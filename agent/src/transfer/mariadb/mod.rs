@@ -52,13 +52,17 @@
 
 mod catalogue;
 mod client;
+mod definers;
 mod dump;
 pub mod privileges;
 pub mod rows;
 pub mod source;
 pub mod target;
+pub mod users;
 
 pub use catalogue::CatalogueError;
 pub use client::ClientError;
 pub use source::MariadbSourceService;
-pub use target::{DatabaseReport, MariadbCopyError, MariadbReport, TableCheck, pull};
+pub use target::{
+    DatabaseReport, MariadbCopyError, MariadbReport, TableCheck, pull, pull_for_account,
+};
