@@ -24,10 +24,10 @@ mod mariadb_support;
 use anyhow::ensure;
 use mariadb_support::{
     ACCOUNT, PASSWORD, TARGET_ADDR, World, account_users, customer_sql, loaders_left,
+    nothing_applied,
 };
 use navette_agent::transfer::mariadb::MariadbCopyError;
 use navette_agent::transfer::progress::Progress;
-use navette_tests::MariaDb;
 
 /// Pulls the account's database and expects a refusal whose findings
 /// include `expected`; the findings.
@@ -43,45 +43,6 @@ fn expect_refused(world: &World, expected: &str) -> anyhow::Result<Vec<String>> 
         "no finding names {expected:?}: {findings:?}"
     );
     Ok(findings)
-}
-
-/// The target holds nothing of the account's copy: no user, no database,
-/// no grant, no record of a user, no loader.
-fn nothing_applied(target: &MariaDb) -> anyhow::Result<()> {
-    ensure!(
-        account_users(target)?.is_empty(),
-        "users left on the target: {:?}",
-        account_users(target)?
-    );
-    ensure!(
-        target
-            .sql(&format!("SHOW DATABASES LIKE '{ACCOUNT}'"))?
-            .is_empty(),
-        "the account's database is on the target"
-    );
-    let grants = target.sql(&format!(
-        "SELECT (SELECT COUNT(*) FROM mysql.db WHERE User LIKE '{ACCOUNT}%') \
-           + (SELECT COUNT(*) FROM mysql.tables_priv WHERE User LIKE '{ACCOUNT}%') \
-           + (SELECT COUNT(*) FROM mysql.procs_priv WHERE User LIKE '{ACCOUNT}%')"
-    ))?;
-    ensure!(
-        grants == "0",
-        "{grants} grants of the account on the target"
-    );
-    let ledger = target.sql(
-        "SELECT COUNT(*) FROM information_schema.TABLES \
-         WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME = 'navette_copy_users'",
-    )?;
-    if ledger == "1" {
-        let recorded = target.sql("SELECT COUNT(*) FROM mysql.navette_copy_users")?;
-        ensure!(recorded == "0", "{recorded} users recorded as copied");
-    }
-    ensure!(
-        loaders_left(target)?.is_empty(),
-        "loaders left: {:?}",
-        loaders_left(target)?
-    );
-    Ok(())
 }
 
 #[test]

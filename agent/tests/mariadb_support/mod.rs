@@ -24,7 +24,7 @@ use navette_proto::gate::{self, RoleGateLayer};
 use navette_proto::identity::{Role, agent_server_name};
 use navette_proto::tls::{self, ClientAuth, Identity, ReloadableServerConfig};
 use navette_proto::v1::DatabaseCopy;
-use navette_proto::v1::mariadb_source_server::SERVICE_NAME;
+use navette_proto::v1::mariadb_source_server::{MariadbSource, MariadbSourceServer, SERVICE_NAME};
 use navette_tests::{AccountSpec, MariaDb, Netns, Rig};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -241,13 +241,28 @@ impl SourceListener {
         grants: Arc<Grants>,
         servers: Vec<MariadbServer>,
     ) -> anyhow::Result<SourceListener> {
+        Self::serve(
+            host,
+            pki,
+            PEER_PORT,
+            MariadbSourceService::new(grants, servers),
+        )
+    }
+
+    /// Serves `service` as the source host's `MariadbSource` on `port`.
+    pub fn serve<S: MariadbSource>(
+        host: &Netns,
+        pki: &Pki,
+        port: u16,
+        service: S,
+    ) -> anyhow::Result<SourceListener> {
         let roots = tls::ca_roots(&pki.ca_pem, "test CA")?;
         let config = tls::server_config(roots, pki.agent(SOURCE_HOST)?, ClientAuth::Required)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let host = host.clone();
         let thread = std::thread::spawn(move || {
             host.run_in(move || async move {
-                let listener = tokio::net::TcpListener::bind((SOURCE_ADDR, PEER_PORT))
+                let listener = tokio::net::TcpListener::bind((SOURCE_ADDR, port))
                     .await
                     .context("binding the peer listener")?;
                 let incoming = tls::incoming(listener, ReloadableServerConfig::new(config), "peer");
@@ -262,7 +277,7 @@ impl SourceListener {
                     );
                 tonic::transport::Server::builder()
                     .layer(RoleGateLayer::new(policy))
-                    .add_service(MariadbSourceService::new(grants, servers).into_server())
+                    .add_service(MariadbSourceServer::new(service))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -531,4 +546,43 @@ pub fn loaders_left(server: &MariaDb) -> anyhow::Result<Vec<String>> {
         "SELECT CONCAT(User, '@', Host) FROM mysql.user WHERE User LIKE 'navette\\_load\\_%'",
     )?;
     Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// The target holds nothing of the account's copy: no user, no database,
+/// no grant, no record of a user, no loader.
+pub fn nothing_applied(target: &MariaDb) -> anyhow::Result<()> {
+    ensure!(
+        account_users(target)?.is_empty(),
+        "users left on the target: {:?}",
+        account_users(target)?
+    );
+    ensure!(
+        target
+            .sql(&format!("SHOW DATABASES LIKE '{ACCOUNT}'"))?
+            .is_empty(),
+        "the account's database is on the target"
+    );
+    let grants = target.sql(&format!(
+        "SELECT (SELECT COUNT(*) FROM mysql.db WHERE User LIKE '{ACCOUNT}%') \
+           + (SELECT COUNT(*) FROM mysql.tables_priv WHERE User LIKE '{ACCOUNT}%') \
+           + (SELECT COUNT(*) FROM mysql.procs_priv WHERE User LIKE '{ACCOUNT}%')"
+    ))?;
+    ensure!(
+        grants == "0",
+        "{grants} grants of the account on the target"
+    );
+    let ledger = target.sql(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME = 'navette_copy_users'",
+    )?;
+    if ledger == "1" {
+        let recorded = target.sql("SELECT COUNT(*) FROM mysql.navette_copy_users")?;
+        ensure!(recorded == "0", "{recorded} users recorded as copied");
+    }
+    ensure!(
+        loaders_left(target)?.is_empty(),
+        "loaders left: {:?}",
+        loaders_left(target)?
+    );
+    Ok(())
 }
