@@ -17,16 +17,18 @@
 //!   the server refuses it, naming the loader;
 //!
 //! after each refusal the target has no user, database, grant or loader
-//! of the copy; and once the source is back to normal, the copy succeeds.
+//! of the copy; once the source is back to normal, the copy succeeds (and
+//! sweeps a loader an earlier agent left); removing the account's users
+//! afterwards drops exactly the users its copies created.
 
 mod mariadb_support;
 
 use anyhow::ensure;
 use mariadb_support::{
-    ACCOUNT, PASSWORD, TARGET_ADDR, World, account_users, customer_sql, loaders_left,
-    nothing_applied,
+    ACCOUNT, PASSWORD, RO_USER, TARGET_ADDR, World, account_users, customer_sql, loaders_left,
+    nothing_applied, server_config,
 };
-use navette_agent::transfer::mariadb::MariadbCopyError;
+use navette_agent::transfer::mariadb::{MariadbCopyError, remove_account_users};
 use navette_agent::transfer::progress::Progress;
 
 /// Pulls the account's database and expects a refusal whose findings
@@ -140,7 +142,12 @@ fn a_copy_that_would_give_the_account_more_than_its_own_is_refused_and_leaves_no
     );
     source_db.sql("DROP TABLE mdbalice.peek")?;
 
-    // Back to normal: the copy goes through, and its users log in.
+    // Back to normal: the copy goes through, and its users log in. A
+    // loader left by an agent that stopped mid-load is swept.
+    target_db.sql(
+        "CREATE USER 'navette_load_0123456789ab'@'localhost' IDENTIFIED BY 'lost';\n\
+         GRANT SET USER ON *.* TO 'navette_load_0123456789ab'@'localhost';",
+    )?;
     let report = world.pull(ACCOUNT, &Progress::new(mariadb_support::TRANSFER))??;
     ensure!(
         report
@@ -160,5 +167,32 @@ fn a_copy_that_would_give_the_account_more_than_its_own_is_refused_and_leaves_no
     ensure!(loaders_left(target_db)?.is_empty(), "a loader is left");
     let bob = target_db.sql("SELECT note FROM mdbbob_private.ledger")?;
     ensure!(bob == "bob's secret", "the other customer's table: {bob:?}");
+
+    // Removing the account's users drops the ones its copies created, and
+    // nobody else.
+    target_db.sql("CREATE USER 'mdbbob'@'%' IDENTIFIED BY 'bob-pw'")?;
+    let server = server_config(target_db);
+    let removed = world
+        .target
+        .run_in(|| async { Ok(remove_account_users(&server, ACCOUNT).await) })??;
+    ensure!(
+        removed == [format!("{ACCOUNT}@%"), format!("{RO_USER}@%")],
+        "removed {removed:?}"
+    );
+    ensure!(
+        account_users(target_db)?.is_empty(),
+        "left: {:?}",
+        account_users(target_db)?
+    );
+    ensure!(
+        target_db.sql(
+            "SELECT COUNT(*) FROM mysql.user WHERE (User, Host) IN (('mdbbob', '%'), ('root', 'localhost'))"
+        )? == "2",
+        "another user was dropped"
+    );
+    let again = world
+        .target
+        .run_in(|| async { Ok(remove_account_users(&server, ACCOUNT).await) })??;
+    ensure!(again.is_empty(), "removed again: {again:?}");
     Ok(())
 }

@@ -84,4 +84,5 @@ pub use client::ClientError;
 pub use source::MariadbSourceService;
 pub use target::{
     DatabaseReport, MariadbCopyError, MariadbReport, TableCheck, pull, pull_for_account,
+    remove_account_users,
 };

@@ -162,3 +162,47 @@ pub async fn drop_users(
         .await
         .map(drop)
 }
+
+/// Drops every user the server's record says copies of `account` created,
+/// and their rows: what removing the account's last copy from this server
+/// leaves of its logins (nothing). The users, `user@host`.
+pub async fn drop_account_users(
+    server: &MariadbServer,
+    account: &str,
+) -> Result<Vec<String>, ClientError> {
+    let ledger = client::query(
+        server,
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+           WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME = 'navette_copy_users';\n",
+        Some(client::SHORT),
+    )
+    .await?;
+    if ledger
+        .first()
+        .and_then(|row| row.first())
+        .is_none_or(|count| count == "0")
+    {
+        return Ok(Vec::new());
+    }
+    let rows = client::query(
+        server,
+        &format!(
+            "SELECT User, Host FROM {TABLE} WHERE Account = {};\n",
+            literal(account)
+        ),
+        Some(client::SHORT),
+    )
+    .await?;
+    let users: Vec<(String, String)> = rows
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [user, host] => Some((user.clone(), host.clone())),
+            _ => None,
+        })
+        .collect();
+    drop_users(server, &users).await?;
+    Ok(users
+        .into_iter()
+        .map(|(user, host)| format!("{user}@{host}"))
+        .collect())
+}

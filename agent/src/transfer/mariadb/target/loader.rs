@@ -13,14 +13,31 @@
 //! Statements here are built by Navette from the loader's name, which
 //! Navette chose, and the target database's name (quoted); they run as the
 //! server's administrative user. Dropping is idempotent.
+//!
+//! Loaders left by an agent that stopped mid-load (no session can use them:
+//! their password died with the process) are swept when the next loader is
+//! created on the same server: every `navette_load_*` user this process is
+//! not using is dropped. Only this host's agent creates loaders on its
+//! servers, so the process knows which are in use ([`IN_USE`]).
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::config::MariadbServer;
 use crate::transfer::mariadb::client::{self, ClientError, ident, literal};
 use crate::transfer::mariadb::users::LOADER_PREFIX;
+
+/// Loaders this process created and has not dropped: (server socket,
+/// name).
+static IN_USE: Mutex<BTreeSet<(PathBuf, String)>> = Mutex::new(BTreeSet::new());
+
+fn in_use(server: &MariadbServer, name: &str) -> (PathBuf, String) {
+    (server.socket.clone(), name.to_owned())
+}
 
 /// A loader user that exists on the server, and how to log in as it.
 pub struct Loader {
@@ -78,6 +95,10 @@ pub async fn create(
         .fill(&mut bytes)
         .map_err(|_| LoaderError::Random)?;
     let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Ok(mut active) = IN_USE.lock() {
+        active.insert(in_use(server, name));
+    }
+    sweep(server).await?;
     let who = grantee(name);
     let sql = format!(
         "DROP USER IF EXISTS {who};\n\
@@ -95,6 +116,30 @@ pub async fn create(
             ..server.clone()
         },
     })
+}
+
+/// Drops the loaders of `server` that this process does not use.
+async fn sweep(server: &MariadbServer) -> Result<(), ClientError> {
+    let rows = client::query(
+        server,
+        "SELECT User FROM mysql.user WHERE User LIKE 'navette\\_load\\_%' AND Host = 'localhost';\n",
+        Some(client::SHORT),
+    )
+    .await?;
+    for row in rows {
+        let Some(name) = row.first() else {
+            continue;
+        };
+        let used = IN_USE
+            .lock()
+            .map(|active| active.contains(&in_use(server, name)))
+            .unwrap_or(true);
+        if !used {
+            tracing::info!(message = "dropping a stale loader", server = %server.name, loader = %name);
+            drop_loader(server, name).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Drops the loader `name`, ending its sessions first; absent: fine.
@@ -124,8 +169,11 @@ pub async fn drop_loader(server: &MariadbServer, name: &str) -> Result<(), Clien
         &format!("DROP USER IF EXISTS {};\n", grantee(name)),
         Some(client::SHORT),
     )
-    .await
-    .map(drop)
+    .await?;
+    if let Ok(mut active) = IN_USE.lock() {
+        active.remove(&in_use(server, name));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

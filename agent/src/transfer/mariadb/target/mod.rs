@@ -354,6 +354,19 @@ struct Target<'a> {
     plan: &'a Plan,
 }
 
+/// Drops the MariaDB users that copies of `account` created on `server`
+/// (as the server's record, `mysql.navette_copy_users`, says), and only
+/// those: for the removal of the account's last copy from this host. The
+/// users dropped, `user@host`. Idempotent.
+pub async fn remove_account_users(
+    server: &MariadbServer,
+    account: &str,
+) -> Result<Vec<String>, MariadbCopyError> {
+    ledger::drop_account_users(server, account)
+        .await
+        .map_err(MariadbCopyError::target(server))
+}
+
 fn request(transfer_id: &str, copy: &DatabaseCopy) -> MariadbDatabaseRequest {
     MariadbDatabaseRequest {
         transfer_id: transfer_id.to_owned(),
