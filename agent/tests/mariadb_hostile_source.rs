@@ -14,7 +14,12 @@
 //!   fails, and the file's content is nowhere in the server;
 //! - writing into another customer's database, and granting the account
 //!   every privilege on `*.*`: the loader is denied both; the other
-//!   customer's table is unchanged.
+//!   customer's table is unchanged;
+//!
+//! and what the target does accept, it builds from the fields it parsed:
+//! `SHOW CREATE USER` on the target prints exactly what the source
+//! described (authentication choices, TLS, limits, lock, expiry, or no
+//! password), when the users are created and when they are updated.
 
 mod mariadb_support;
 
@@ -280,5 +285,49 @@ fn what_a_compromised_source_sends_gains_it_nothing_on_the_target() -> anyhow::R
     }
     ensure!(bob()? == bob_before, "the other customer's table changed");
     ensure!(root()? == root_before, "root's definition changed");
+
+    // What the target accepts it builds from the fields it parsed: the
+    // server shows the same definitions as the source described, when the
+    // users are created and when they are brought up to date.
+    let definitions = [
+        (ACCOUNT, "%", ALICE.to_owned()),
+        (
+            "mdbalice_x",
+            "localhost",
+            "CREATE USER `mdbalice_x`@`localhost` IDENTIFIED VIA mysql_native_password \
+             USING '*D821809F681A40A6E379B50D0463EFAE20BDD122' OR unix_socket REQUIRE SSL \
+             WITH MAX_USER_CONNECTIONS 3 MAX_STATEMENT_TIME 2.500000 \
+             ACCOUNT LOCK PASSWORD EXPIRE INTERVAL 30 DAY"
+                .to_owned(),
+        ),
+        (
+            "mdbalice_open",
+            "%",
+            "CREATE USER `mdbalice_open`@`%`".to_owned(),
+        ),
+    ];
+    let users = definitions
+        .iter()
+        .map(|(user, host, create_user)| MariadbUser {
+            user: (*user).to_owned(),
+            host: (*host).to_owned(),
+            ..alice(create_user)
+        })
+        .collect();
+    hostile.set(Answers {
+        description: description(users),
+        dump: b"CREATE TABLE IF NOT EXISTS nothing (id INT);\nDROP TABLE nothing;\n".to_vec(),
+    });
+    for round in ["created", "updated"] {
+        let report = pull(&world, peer)??;
+        ensure!(report.databases.len() == 1, "{round}: {report:?}");
+        for (user, host, create_user) in &definitions {
+            let shown = target_db.sql(&format!("SHOW CREATE USER '{user}'@'{host}'"))?;
+            ensure!(
+                &shown == create_user,
+                "{round}: {user}@{host} is {shown:?}, the source said {create_user:?}"
+            );
+        }
+    }
     Ok(())
 }
