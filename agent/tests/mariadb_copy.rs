@@ -10,6 +10,10 @@
 //! - the account's users log in to the TARGET over TCP with their ORIGINAL
 //!   passwords and have exactly their privileges; another account's
 //!   grantee is not copied;
+//! - the target's general log shows that the tables, rows and routines
+//!   were created by the copy's loader user, not by root, and no loader is
+//!   left afterwards; the server's record says the users are the
+//!   account's copies';
 //! - the writer never saw an error, and wrote while the copy ran;
 //! - progress counted every table and byte;
 //! - a second pull once writes stopped starts afresh and matches the
@@ -24,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use mariadb_support::{
     ACCOUNT, BUSY_TABLE, PASSWORD, QUIET_TABLES, RO_PASSWORD, RO_USER, SOURCE_ADDR, TARGET_ADDR,
-    TARGET_HOST, TRANSFER, World, customer_sql, rows_dump, schema_of,
+    TARGET_HOST, TRANSFER, World, customer_sql, loaders_left, rows_dump, schema_of,
 };
 use navette_agent::transfer::mariadb::{MariadbReport, TableCheck};
 use navette_agent::transfer::progress::Progress;
@@ -112,6 +116,9 @@ fn an_account_database_is_copied_with_its_users_objects_and_checksums() -> anyho
             Ok(writer.written() >= 3)
         })?;
     let written_before = writer.written();
+    // Every statement the target's server runs during the copy, with its
+    // session's user.
+    target_db.sql("SET GLOBAL log_output = 'TABLE'; SET GLOBAL general_log = 1")?;
     let progress = Progress::new(TRANSFER);
     let started = std::time::Instant::now();
     let report = world.pull(ACCOUNT, &progress)??;
@@ -124,10 +131,44 @@ fn an_account_database_is_copied_with_its_users_objects_and_checksums() -> anyho
         written_during > 0,
         "the writer wrote nothing while the copy ran; the test proves nothing"
     );
+    target_db.sql("SET GLOBAL general_log = 0")?;
     let database = report
         .databases
         .first()
         .context("no database in the report")?;
+
+    // The customer's tables, rows and routines were created by the copy's
+    // loader, never by root; the loader is gone.
+    let loaders = target_db.sql(
+        "SELECT SUBSTRING_INDEX(user_host, '[', 1), COUNT(*) FROM mysql.general_log \
+         WHERE command_type = 'Query' AND (argument LIKE 'INSERT INTO `big` %' \
+           OR argument LIKE '%CREATE TABLE `customers`%' \
+           OR argument LIKE '%PROCEDURE `place_order`%' \
+           OR argument LIKE '%TRIGGER `orders_audit`%') \
+         GROUP BY 1",
+    )?;
+    eprintln!("the load's statements ran as: {loaders:?}");
+    let sessions: Vec<(&str, u64)> = loaders
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(user, count)| (user, count.parse().unwrap_or(0)))
+        .collect();
+    ensure!(
+        sessions.len() == 1 && sessions[0].0.starts_with("navette_load_") && sessions[0].1 >= 4,
+        "the load ran as {sessions:?}, not as one loader user"
+    );
+    ensure!(
+        loaders_left(target_db)?.is_empty(),
+        "loader users left: {:?}",
+        loaders_left(target_db)?
+    );
+    let recorded = target_db.sql(
+        "SELECT CONCAT(User, '@', Host, ' ', Account) FROM mysql.navette_copy_users ORDER BY 1",
+    )?;
+    ensure!(
+        recorded == format!("{ACCOUNT}@% {ACCOUNT}\n{RO_USER}@% {ACCOUNT}"),
+        "the server's record of copied users: {recorded:?}"
+    );
     eprintln!(
         "copied {} tables, {} bytes of SQL in {took:.2?}; {written_during} rows written meanwhile",
         database.tables.len(),

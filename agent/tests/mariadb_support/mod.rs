@@ -17,14 +17,14 @@ use anyhow::{Context, bail, ensure};
 use navette_agent::config::MariadbServer;
 use navette_agent::transfer::grants::{Grant, GrantedDatabase, Grants};
 use navette_agent::transfer::mariadb::{
-    MariadbCopyError, MariadbReport, MariadbSourceService, pull,
+    MariadbCopyError, MariadbReport, MariadbSourceService, pull_for_account,
 };
 use navette_agent::transfer::progress::Progress;
 use navette_proto::gate::{self, RoleGateLayer};
 use navette_proto::identity::{Role, agent_server_name};
 use navette_proto::tls::{self, ClientAuth, Identity, ReloadableServerConfig};
 use navette_proto::v1::DatabaseCopy;
-use navette_proto::v1::mariadb_source_server::SERVICE_NAME;
+use navette_proto::v1::mariadb_source_server::{MariadbSource, MariadbSourceServer, SERVICE_NAME};
 use navette_tests::{AccountSpec, MariaDb, Netns, Rig};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -55,7 +55,9 @@ pub const QUIET_TABLES: [&str; 7] = [
 /// The table the customer writes to during the copy.
 pub const BUSY_TABLE: &str = "visits";
 
-/// The account's database beyond the rig's `items` table.
+/// The account's database beyond the rig's `items` table. Its views,
+/// routines, trigger and event are the account's (`DEFINER`), as when the
+/// customer creates them: a target refuses any other definer.
 pub const SCHEMA: &str = r#"
 SET NAMES utf8mb4;
 USE mdbalice;
@@ -113,7 +115,7 @@ INSERT INTO visits (page, at) VALUES ('/', NOW(3));
 INSERT INTO legacy_notes VALUES (1, 'written on MyISAM days'), (2, NULL);
 INSERT INTO big SELECT seq, CONCAT('row-', seq), seq / 7 FROM seq_1_to_200000;
 
-CREATE VIEW customer_totals AS
+CREATE DEFINER = 'mdbalice'@'%' VIEW customer_totals AS
   SELECT c.id, c.name, COUNT(o.id) AS orders, COALESCE(SUM(o.amount), 0) AS total
   FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.name;
 CREATE DEFINER = 'mdbalice'@'%' SQL SECURITY DEFINER VIEW big_summary AS
@@ -121,17 +123,17 @@ CREATE DEFINER = 'mdbalice'@'%' SQL SECURITY DEFINER VIEW big_summary AS
 CREATE SEQUENCE invoice_numbers START WITH 1000;
 SELECT NEXTVAL(invoice_numbers);
 DELIMITER ;;
-CREATE PROCEDURE place_order(IN p_customer INT, IN p_amount DECIMAL(10,2))
+CREATE DEFINER = 'mdbalice'@'%' PROCEDURE place_order(IN p_customer INT, IN p_amount DECIMAL(10,2))
 BEGIN
   INSERT INTO orders (id, customer_id, amount, placed)
     SELECT COALESCE(MAX(id), 0) + 1, p_customer, p_amount, '2024-05-01 09:00:00' FROM orders;
 END;;
-CREATE FUNCTION with_vat(amount DECIMAL(10,2)) RETURNS DECIMAL(10,2) DETERMINISTIC
+CREATE DEFINER = 'mdbalice'@'%' FUNCTION with_vat(amount DECIMAL(10,2)) RETURNS DECIMAL(10,2) DETERMINISTIC
   RETURN ROUND(amount * 1.2, 2);;
-CREATE TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW
+CREATE DEFINER = 'mdbalice'@'%' TRIGGER orders_audit AFTER INSERT ON orders FOR EACH ROW
   INSERT INTO audit (order_id, what) VALUES (NEW.id, 'placed');;
 DELIMITER ;
-CREATE EVENT purge_audit ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00'
+CREATE DEFINER = 'mdbalice'@'%' EVENT purge_audit ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00'
   DO DELETE FROM audit WHERE id < 0;
 CALL place_order(1, 9.99);
 CALL place_order(1, 20.00);
@@ -239,13 +241,28 @@ impl SourceListener {
         grants: Arc<Grants>,
         servers: Vec<MariadbServer>,
     ) -> anyhow::Result<SourceListener> {
+        Self::serve(
+            host,
+            pki,
+            PEER_PORT,
+            MariadbSourceService::new(grants, servers),
+        )
+    }
+
+    /// Serves `service` as the source host's `MariadbSource` on `port`.
+    pub fn serve<S: MariadbSource>(
+        host: &Netns,
+        pki: &Pki,
+        port: u16,
+        service: S,
+    ) -> anyhow::Result<SourceListener> {
         let roots = tls::ca_roots(&pki.ca_pem, "test CA")?;
         let config = tls::server_config(roots, pki.agent(SOURCE_HOST)?, ClientAuth::Required)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let host = host.clone();
         let thread = std::thread::spawn(move || {
             host.run_in(move || async move {
-                let listener = tokio::net::TcpListener::bind((SOURCE_ADDR, PEER_PORT))
+                let listener = tokio::net::TcpListener::bind((SOURCE_ADDR, port))
                     .await
                     .context("binding the peer listener")?;
                 let incoming = tls::incoming(listener, ReloadableServerConfig::new(config), "peer");
@@ -260,7 +277,7 @@ impl SourceListener {
                     );
                 tonic::transport::Server::builder()
                     .layer(RoleGateLayer::new(policy))
-                    .add_service(MariadbSourceService::new(grants, servers).into_server())
+                    .add_service(MariadbSourceServer::new(service))
                     .serve_with_incoming_shutdown(incoming, async {
                         let _ = stopped.await;
                     })
@@ -475,8 +492,9 @@ impl World {
         )?)
     }
 
-    /// Runs [`pull`] of `database` (same name on both sides) as the target
-    /// host's agent, from inside `host`, into `servers`.
+    /// Runs [`pull_for_account`] of `database` (same name on both sides)
+    /// for [`ACCOUNT`] as the target host's agent, from inside `host`,
+    /// into `servers`.
     pub fn pull_on(
         &self,
         host: &Netns,
@@ -486,7 +504,15 @@ impl World {
     ) -> anyhow::Result<Result<MariadbReport, MariadbCopyError>> {
         host.run_in(|| async {
             let channel = self.channel(TARGET_HOST)?;
-            Ok(pull(channel, TRANSFER, &[copy_of(database)], servers, progress).await)
+            Ok(pull_for_account(
+                channel,
+                TRANSFER,
+                ACCOUNT,
+                &[copy_of(database)],
+                servers,
+                progress,
+            )
+            .await)
         })
     }
 
@@ -503,4 +529,60 @@ impl World {
             progress,
         )
     }
+}
+
+/// The users of the account on `server` (`user@host`, sorted).
+pub fn account_users(server: &MariaDb) -> anyhow::Result<Vec<String>> {
+    let out = server.sql(&format!(
+        "SELECT CONCAT(User, '@', Host) FROM mysql.user \
+         WHERE User = '{ACCOUNT}' OR User LIKE '{ACCOUNT}\\_%' ORDER BY 1"
+    ))?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// Users of copies' loaders left on `server`.
+pub fn loaders_left(server: &MariaDb) -> anyhow::Result<Vec<String>> {
+    let out = server.sql(
+        "SELECT CONCAT(User, '@', Host) FROM mysql.user WHERE User LIKE 'navette\\_load\\_%'",
+    )?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// The target holds nothing of the account's copy: no user, no database,
+/// no grant, no record of a user, no loader.
+pub fn nothing_applied(target: &MariaDb) -> anyhow::Result<()> {
+    ensure!(
+        account_users(target)?.is_empty(),
+        "users left on the target: {:?}",
+        account_users(target)?
+    );
+    ensure!(
+        target
+            .sql(&format!("SHOW DATABASES LIKE '{ACCOUNT}'"))?
+            .is_empty(),
+        "the account's database is on the target"
+    );
+    let grants = target.sql(&format!(
+        "SELECT (SELECT COUNT(*) FROM mysql.db WHERE User LIKE '{ACCOUNT}%') \
+           + (SELECT COUNT(*) FROM mysql.tables_priv WHERE User LIKE '{ACCOUNT}%') \
+           + (SELECT COUNT(*) FROM mysql.procs_priv WHERE User LIKE '{ACCOUNT}%')"
+    ))?;
+    ensure!(
+        grants == "0",
+        "{grants} grants of the account on the target"
+    );
+    let ledger = target.sql(
+        "SELECT COUNT(*) FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME = 'navette_copy_users'",
+    )?;
+    if ledger == "1" {
+        let recorded = target.sql("SELECT COUNT(*) FROM mysql.navette_copy_users")?;
+        ensure!(recorded == "0", "{recorded} users recorded as copied");
+    }
+    ensure!(
+        loaders_left(target)?.is_empty(),
+        "loaders left: {:?}",
+        loaders_left(target)?
+    );
+    Ok(())
 }

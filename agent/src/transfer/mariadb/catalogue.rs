@@ -7,7 +7,7 @@ use navette_proto::v1::{
 };
 
 use super::client::{self, ClientError, SHORT, account, literal};
-use super::privileges::grants_on;
+use super::privileges::grants_of;
 use super::rows::{checksum_sql, encoding_for, parse_checksum};
 use crate::config::MariadbServer;
 
@@ -134,7 +134,7 @@ pub async fn describe(
         } else {
             description
                 .users
-                .push(describe_user(server, database, &user, &host).await?);
+                .push(describe_user(server, &user, &host).await?);
         }
     }
     Ok(description)
@@ -167,7 +167,6 @@ pub async fn server_instance_id(server: &MariadbServer) -> Result<String, Client
 
 async fn describe_user(
     server: &MariadbServer,
-    database: &str,
     user: &str,
     host: &str,
 ) -> Result<MariadbUser, CatalogueError> {
@@ -192,7 +191,7 @@ async fn describe_user(
         user: user.to_owned(),
         host: host.to_owned(),
         create_user,
-        grants: grants_on(&grants, database),
+        grants: grants_of(&grants),
     })
 }
 

@@ -6,7 +6,9 @@
 //! password in `MYSQL_PWD`, never on the command line; SQL goes in on
 //! standard input (no argument-length limit, nothing in `ps`). Results come
 //! back in batch mode, UTF-8 (`--default-character-set=utf8mb4`), with the
-//! client's escaping undone by [`unescape`].
+//! client's escaping undone by [`unescape`]. The same functions serve the
+//! server's administrative user (the agent's configuration) and a copy's
+//! loader (a `MariadbServer` with the loader's name and password).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -79,8 +81,13 @@ pub(super) fn dump_tool(server: &MariadbServer) -> PathBuf {
 }
 
 /// A command for `program` connected to `server` (socket, user, password).
+/// A copy's loader reads no option file: a `password=` of the host's
+/// `[client]` section would override its own (`MYSQL_PWD` comes last).
 pub(super) fn command(server: &MariadbServer, program: &Path) -> Command {
     let mut command = Command::new(program);
+    if server.user.starts_with(super::users::LOADER_PREFIX) {
+        command.arg("--no-defaults");
+    }
     command
         .arg(format!("--socket={}", server.socket.display()))
         .arg(format!("--user={}", server.user))

@@ -1,11 +1,16 @@
-//! Users and their privileges on one database: reading `SHOW GRANTS` on the
-//! source, writing `CREATE USER` and `GRANT` on the target.
+//! Users' privileges: reading `SHOW GRANTS` on the source, and deciding on
+//! the target what of it to grant.
 //!
-//! Only privileges on the copied database travel: database-level grants
-//! (also those given through a wildcard such as `alice\_%`, which the
-//! target gives on its copy of the database only, never as a wildcard),
-//! and table, column and routine grants in that database. Global
-//! privileges, proxy grants and role grants stay behind.
+//! The source describes every grant with an ON clause (global, database,
+//! table, column, routine) with the database it is on; proxy and role
+//! grants stay behind. The target decides ([`decide_grant`]): USAGE on
+//! `*.*` is no privilege; any other global privilege, and any privilege on
+//! a database that is not the account's (by name, or through a wildcard
+//! that could match another account's), refuses the copy with a finding;
+//! privileges on another of the account's databases are skipped when this
+//! copy does not carry it; the rest is granted on the target's copy of the
+//! database only (never as a wildcard), with privilege names from the
+//! lists below and column names re-quoted, never as the source wrote them.
 
 use navette_proto::v1::{MariadbGrant, MariadbGrantLevel};
 
@@ -14,7 +19,9 @@ use super::client::{ident, literal};
 /// What a `GRANT ... ON <what>` line is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum On {
-    /// `*.*`, `db.*` with `*` as database, proxy grants: never copied.
+    /// `*.*`.
+    Global,
+    /// Anything else with an ON clause that is not understood.
     Other,
     /// `` `pattern`.* `` (a LIKE pattern, `\` escapes).
     Database(String),
@@ -34,28 +41,29 @@ struct GrantLine {
     with_grant_option: bool,
 }
 
-/// The grants among `lines` (SHOW GRANTS output) that concern `database`.
-pub fn grants_on(lines: &[String], database: &str) -> Vec<MariadbGrant> {
+/// The grants among `lines` (SHOW GRANTS output), each with the database
+/// it is on.
+pub fn grants_of(lines: &[String]) -> Vec<MariadbGrant> {
     lines
         .iter()
         .filter_map(|line| parse_grant(line))
         .filter_map(|grant| {
-            let (level, object) = match grant.on {
-                On::Database(pattern) if like(database, &pattern) => {
-                    (MariadbGrantLevel::Database, String::new())
-                }
+            let (level, database, object) = match grant.on {
+                On::Global => (MariadbGrantLevel::Global, String::new(), String::new()),
+                On::Database(pattern) => (MariadbGrantLevel::Database, pattern, String::new()),
                 On::Object {
                     level,
-                    database: db,
+                    database,
                     name,
-                } if db == database => (level, name),
-                _ => return None,
+                } => (level, database, name),
+                On::Other => return None,
             };
             Some(MariadbGrant {
                 privileges: grant.privileges,
                 level: level.into(),
                 object,
                 with_grant_option: grant.with_grant_option,
+                database,
             })
         })
         .collect()
@@ -87,6 +95,7 @@ fn parse_grant(line: &str) -> Option<GrantLine> {
     let grantee = after_object.strip_prefix(" TO ")?;
     let with_grant_option = find_top_level(grantee, " WITH GRANT OPTION").is_some();
     let on = match (database, object) {
+        (None, None) if level == MariadbGrantLevel::Table => On::Global,
         (Some(database), None) if level == MariadbGrantLevel::Table => On::Database(database),
         (Some(database), Some(name)) => On::Object {
             level,
@@ -183,116 +192,262 @@ fn exact_pattern(database: &str) -> String {
     out
 }
 
-/// Why a user or grant from the source is not applied.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PrivilegeError {
-    #[error("SHOW CREATE USER for {user}@{host} does not start with CREATE USER {expected}")]
-    CreateUser {
-        user: String,
-        host: String,
-        expected: String,
-    },
-    #[error("SHOW CREATE USER for {user}@{host} holds more than one statement")]
-    SeveralStatements { user: String, host: String },
-    #[error("privileges {privileges:?} for {user}@{host} are not a privilege list")]
-    Privileges {
-        user: String,
-        host: String,
-        privileges: String,
-    },
-    #[error("grant for {user}@{host} has no level")]
-    Level { user: String, host: String },
+/// Privileges that exist at database level (and so in a grant on one
+/// database); everything else (SUPER, FILE, PROCESS, CREATE USER...) is
+/// global only.
+const DATABASE_PRIVILEGES: [&str; 21] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "REFERENCES",
+    "INDEX",
+    "ALTER",
+    "CREATE TEMPORARY TABLES",
+    "LOCK TABLES",
+    "EXECUTE",
+    "CREATE VIEW",
+    "SHOW VIEW",
+    "CREATE ROUTINE",
+    "ALTER ROUTINE",
+    "EVENT",
+    "TRIGGER",
+    "DELETE HISTORY",
+    "ALL PRIVILEGES",
+    "USAGE",
+];
+
+/// Privileges on one table (columns in parentheses for the first four).
+const TABLE_PRIVILEGES: [&str; 14] = [
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "REFERENCES",
+    "DELETE",
+    "CREATE",
+    "DROP",
+    "INDEX",
+    "ALTER",
+    "CREATE VIEW",
+    "SHOW VIEW",
+    "TRIGGER",
+    "DELETE HISTORY",
+    "ALL PRIVILEGES",
+];
+
+/// Privileges on one routine or package.
+const ROUTINE_PRIVILEGES: [&str; 3] = ["EXECUTE", "ALTER ROUTINE", "ALL PRIVILEGES"];
+
+/// What the target does with one grant the source described.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantDecision {
+    /// The GRANT statement, built by the target, on its copy.
+    Apply(String),
+    /// Not applied, and why (a grant on another of the account's
+    /// databases, which this copy does not carry; USAGE, which is none).
+    Skip(Option<String>),
 }
 
-/// `CREATE USER IF NOT EXISTS` and `ALTER USER` statements that make the
-/// target's user what `SHOW CREATE USER` printed on the source (same
-/// password hash, TLS requirements and limits), whether it exists or not.
-pub fn ensure_user_sql(
-    user: &str,
-    host: &str,
-    create_user: &str,
-) -> Result<String, PrivilegeError> {
-    let grantee = format!("{}@{}", ident(user), ident(host));
-    let expected = format!("CREATE USER {grantee}");
-    let options = create_user
-        .strip_prefix(&expected)
-        .filter(|rest| rest.is_empty() || rest.starts_with(' '))
-        .ok_or_else(|| PrivilegeError::CreateUser {
-            user: user.to_owned(),
-            host: host.to_owned(),
-            expected: expected.clone(),
-        })?;
-    if find_top_level(options, ";").is_some() {
-        return Err(PrivilegeError::SeveralStatements {
-            user: user.to_owned(),
-            host: host.to_owned(),
-        });
-    }
-    Ok(format!(
-        "CREATE USER IF NOT EXISTS {grantee}{options};\nALTER USER {grantee}{options};\n"
-    ))
+/// One copy's databases, as the target sees them.
+pub struct CopyScope<'a> {
+    /// The account the transfer is for (from the controller, not the
+    /// source).
+    pub account: &'a str,
+    pub source_database: &'a str,
+    pub target_database: &'a str,
 }
 
-/// The GRANT statement giving `grant` to `user`@`host` on `database` (the
-/// target's name for the database).
-pub fn grant_sql(
-    grant: &MariadbGrant,
-    database: &str,
-    user: &str,
-    host: &str,
-) -> Result<String, PrivilegeError> {
-    if !is_privilege_list(&grant.privileges) {
-        return Err(PrivilegeError::Privileges {
-            user: user.to_owned(),
-            host: host.to_owned(),
-            privileges: grant.privileges.clone(),
-        });
+impl CopyScope<'_> {
+    /// Whether `database` is one of the account's databases by name.
+    fn owns(&self, database: &str) -> bool {
+        crate::inventory::mariadb::account_of(database, [self.account]).is_some()
     }
-    let on = match grant.level() {
-        MariadbGrantLevel::Unspecified => {
-            return Err(PrivilegeError::Level {
-                user: user.to_owned(),
-                host: host.to_owned(),
-            });
+
+    /// Whether `pattern` (a LIKE pattern) is about the account's databases:
+    /// up to its first `%`, it names one of them, or starts with the
+    /// account's name and `_`. An unescaped `_` is read as itself, as
+    /// people mean it (`alice_shop`), although the server lets it match
+    /// any character; either way the target grants on its own copy only.
+    fn owns_pattern(&self, pattern: &str) -> bool {
+        let mut literal = String::new();
+        let mut chars = pattern.chars();
+        let mut wildcard = false;
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => literal.extend(chars.next()),
+                '%' => {
+                    wildcard = true;
+                    break;
+                }
+                other => literal.push(other),
+            }
         }
-        MariadbGrantLevel::Database => format!("{}.*", ident(&exact_pattern(database))),
-        level => {
-            let keyword = match level {
-                MariadbGrantLevel::Procedure => "PROCEDURE ",
-                MariadbGrantLevel::Function => "FUNCTION ",
-                MariadbGrantLevel::Package => "PACKAGE ",
-                MariadbGrantLevel::PackageBody => "PACKAGE BODY ",
-                _ => "",
+        if !wildcard {
+            return self.owns(&literal);
+        }
+        literal
+            .strip_prefix(self.account)
+            .is_some_and(|rest| rest.starts_with('_'))
+    }
+}
+
+/// Decides what to do with `grant` of `user`@`host`: the GRANT to run on
+/// the target's copy, a skip, or a finding (`Err`) that refuses the copy.
+pub fn decide_grant(
+    grant: &MariadbGrant,
+    scope: &CopyScope<'_>,
+    user: &str,
+    host: &str,
+) -> Result<GrantDecision, String> {
+    let who = format!("{user}@{host}");
+    let level = grant.level();
+    let database = if grant.database.is_empty() {
+        scope.source_database
+    } else {
+        grant.database.as_str()
+    };
+    let (allowed, on): (&[&str], String) = match level {
+        MariadbGrantLevel::Unspecified => return Err(format!("{who}: a grant without a level")),
+        MariadbGrantLevel::Global => {
+            if grant.privileges.eq_ignore_ascii_case("USAGE") && !grant.with_grant_option {
+                return Ok(GrantDecision::Skip(None));
+            }
+            let option = if grant.with_grant_option {
+                " WITH GRANT OPTION"
+            } else {
+                ""
             };
-            format!("{keyword}{}.{}", ident(database), ident(&grant.object))
+            return Err(format!(
+                "{who}: global privilege {}{option} on *.* (only privileges on the account's databases are copied)",
+                grant.privileges
+            ));
+        }
+        MariadbGrantLevel::Database => {
+            if !scope.owns_pattern(database) {
+                return Err(format!(
+                    "{who}: privileges on database {database}, which is not account {}'s",
+                    scope.account
+                ));
+            }
+            if !like(scope.source_database, database) {
+                return Ok(GrantDecision::Skip(Some(format!(
+                    "{who}: privileges on {database} (not in this copy)"
+                ))));
+            }
+            (
+                &DATABASE_PRIVILEGES,
+                format!("{}.*", ident(&exact_pattern(scope.target_database))),
+            )
+        }
+        level => {
+            if database != scope.source_database {
+                if scope.owns(database) {
+                    return Ok(GrantDecision::Skip(Some(format!(
+                        "{who}: privileges on {database}.{} (not in this copy)",
+                        grant.object
+                    ))));
+                }
+                return Err(format!(
+                    "{who}: privileges on {database}.{}, which is not account {}'s",
+                    grant.object, scope.account
+                ));
+            }
+            let (keyword, allowed): (&str, &[&str]) = match level {
+                MariadbGrantLevel::Procedure => ("PROCEDURE ", &ROUTINE_PRIVILEGES),
+                MariadbGrantLevel::Function => ("FUNCTION ", &ROUTINE_PRIVILEGES),
+                MariadbGrantLevel::Package => ("PACKAGE ", &ROUTINE_PRIVILEGES),
+                MariadbGrantLevel::PackageBody => ("PACKAGE BODY ", &ROUTINE_PRIVILEGES),
+                _ => ("", &TABLE_PRIVILEGES),
+            };
+            (
+                allowed,
+                format!(
+                    "{keyword}{}.{}",
+                    ident(scope.target_database),
+                    ident(&grant.object)
+                ),
+            )
         }
     };
+    let privileges = privilege_list(&grant.privileges, allowed, level)
+        .map_err(|privilege| format!("{who}: privilege {privilege} on {database}"))?;
     let option = if grant.with_grant_option {
         " WITH GRANT OPTION"
     } else {
         ""
     };
-    Ok(format!(
-        "GRANT {} ON {on} TO {}@{}{option};\n",
-        grant.privileges,
+    Ok(GrantDecision::Apply(format!(
+        "GRANT {privileges} ON {on} TO {}@{}{option};\n",
         literal(user),
         literal(host)
-    ))
+    )))
 }
 
-/// Privilege names, commas, and column lists of backquoted names: nothing
-/// that could end the statement.
-fn is_privilege_list(text: &str) -> bool {
-    let mut in_name = false;
-    !text.is_empty()
-        && text.chars().all(|c| {
-            if c == '`' {
-                in_name = !in_name;
-                return true;
-            }
-            in_name || c.is_ascii_alphanumeric() || matches!(c, ' ' | ',' | '(' | ')' | '_')
-        })
-        && !in_name
+/// The privilege list rebuilt from known names and re-quoted column
+/// names; `Err` names the first privilege that is not one of `allowed`
+/// (or not a privilege at all).
+fn privilege_list(
+    text: &str,
+    allowed: &[&str],
+    level: MariadbGrantLevel,
+) -> Result<String, String> {
+    let mut items = Vec::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let end = find_top_level(rest, ",").unwrap_or(rest.len());
+        let item = rest[..end].trim();
+        rest = rest[end..]
+            .strip_prefix(',')
+            .unwrap_or_default()
+            .trim_start();
+        let (name, columns) = match item.find('(') {
+            Some(open) => (item[..open].trim(), Some(&item[open..])),
+            None => (item, None),
+        };
+        let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
+        let known = allowed
+            .iter()
+            .find(|privilege| privilege.eq_ignore_ascii_case(&name))
+            .ok_or_else(|| name.clone())?;
+        let mut built = (*known).to_owned();
+        if let Some(columns) = columns {
+            let column_level = level == MariadbGrantLevel::Table
+                && ["SELECT", "INSERT", "UPDATE", "REFERENCES"].contains(known);
+            let names = column_names(columns).filter(|_| column_level);
+            let names = names.ok_or_else(|| item.to_owned())?;
+            built.push_str(" (");
+            built.push_str(
+                &names
+                    .iter()
+                    .map(|column| ident(column))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            built.push(')');
+        }
+        items.push(built);
+    }
+    if items.is_empty() {
+        return Err(format!("{text:?}"));
+    }
+    Ok(items.join(", "))
+}
+
+/// `` (`a`, `b`) `` as names; `None` for anything else.
+fn column_names(text: &str) -> Option<Vec<String>> {
+    let mut inner = text.strip_prefix('(')?.strip_suffix(')')?.trim();
+    let mut names = Vec::new();
+    loop {
+        let (name, after) = name_or_star(inner)?;
+        names.push(name?);
+        let after = after.trim_start();
+        if after.is_empty() {
+            return Some(names);
+        }
+        inner = after.strip_prefix(',')?.trim_start();
+    }
 }
 
 #[cfg(test)]
@@ -303,39 +458,60 @@ mod tests {
         text.lines().map(str::to_owned).collect()
     }
 
+    fn grant(
+        level: MariadbGrantLevel,
+        database: &str,
+        object: &str,
+        privileges: &str,
+    ) -> MariadbGrant {
+        MariadbGrant {
+            privileges: privileges.into(),
+            level: level.into(),
+            object: object.into(),
+            with_grant_option: false,
+            database: database.into(),
+        }
+    }
+
+    const SCOPE: CopyScope<'static> = CopyScope {
+        account: "alice",
+        source_database: "alice_shop",
+        target_database: "alice_shop",
+    };
+
     #[test]
-    fn only_grants_on_the_database_are_kept() {
+    fn every_grant_is_described_with_its_database() {
         let shown = lines(
-            "GRANT USAGE ON *.* TO `alice_ro`@`%` IDENTIFIED BY PASSWORD '*B279'\n\
+            "GRANT RELOAD ON *.* TO `alice_ro`@`%` IDENTIFIED BY PASSWORD '*B279'\n\
              GRANT SELECT ON `alice\\_%`.* TO `alice_ro`@`%`\n\
              GRANT SELECT (`id`, `name`) ON `alice`.`customers` TO `alice_ro`@`%`\n\
              GRANT EXECUTE ON PROCEDURE `alice`.`add_order` TO `alice_ro`@`%` WITH GRANT OPTION\n\
-             GRANT ALL PRIVILEGES ON `bob`.* TO `alice_ro`@`%`\n\
              GRANT `reporting` TO `alice_ro`@`%`\n\
              GRANT PROXY ON ''@'%' TO `alice_ro`@`%`",
         );
-        let on_alice = grants_on(&shown, "alice");
+        let described = grants_of(&shown);
         assert_eq!(
-            on_alice,
+            described,
             vec![
+                grant(MariadbGrantLevel::Global, "", "", "RELOAD"),
+                grant(MariadbGrantLevel::Database, "alice\\_%", "", "SELECT"),
+                grant(
+                    MariadbGrantLevel::Table,
+                    "alice",
+                    "customers",
+                    "SELECT (`id`, `name`)"
+                ),
                 MariadbGrant {
-                    privileges: "SELECT (`id`, `name`)".into(),
-                    level: MariadbGrantLevel::Table.into(),
-                    object: "customers".into(),
-                    with_grant_option: false,
-                },
-                MariadbGrant {
-                    privileges: "EXECUTE".into(),
-                    level: MariadbGrantLevel::Procedure.into(),
-                    object: "add_order".into(),
                     with_grant_option: true,
+                    ..grant(
+                        MariadbGrantLevel::Procedure,
+                        "alice",
+                        "add_order",
+                        "EXECUTE"
+                    )
                 },
             ]
         );
-        let on_shop = grants_on(&shown, "alice_shop");
-        assert_eq!(on_shop.len(), 1);
-        assert_eq!(on_shop[0].level(), MariadbGrantLevel::Database);
-        assert!(grants_on(&shown, "alicexshop").is_empty());
     }
 
     #[test]
@@ -349,52 +525,112 @@ mod tests {
     }
 
     #[test]
-    fn grants_name_the_target_database_exactly() -> Result<(), PrivilegeError> {
-        let database = MariadbGrant {
-            privileges: "ALL PRIVILEGES".into(),
-            level: MariadbGrantLevel::Database.into(),
-            object: String::new(),
-            with_grant_option: false,
+    fn the_copys_own_grants_are_granted_on_the_copy_only() -> Result<(), String> {
+        let scope = CopyScope {
+            target_database: "alice_copy",
+            ..SCOPE
         };
+        let on_wildcard = grant(
+            MariadbGrantLevel::Database,
+            "alice\\_%",
+            "",
+            "ALL PRIVILEGES",
+        );
         assert_eq!(
-            grant_sql(&database, "alice_copy", "alice", "%")?,
-            "GRANT ALL PRIVILEGES ON `alice\\_copy`.* TO 'alice'@'%';\n"
+            decide_grant(&on_wildcard, &scope, "alice", "%")?,
+            GrantDecision::Apply(
+                "GRANT ALL PRIVILEGES ON `alice\\_copy`.* TO 'alice'@'%';\n".into()
+            )
+        );
+        let columns = grant(
+            MariadbGrantLevel::Table,
+            "alice_shop",
+            "t",
+            "select (`id`,`a``b`), INSERT",
+        );
+        assert_eq!(
+            decide_grant(&columns, &scope, "alice_ro", "%")?,
+            GrantDecision::Apply(
+                "GRANT SELECT (`id`, `a``b`), INSERT ON `alice_copy`.`t` TO 'alice_ro'@'%';\n"
+                    .into()
+            )
         );
         let procedure = MariadbGrant {
-            privileges: "EXECUTE".into(),
-            level: MariadbGrantLevel::Procedure.into(),
-            object: "add_order".into(),
             with_grant_option: true,
+            ..grant(MariadbGrantLevel::Procedure, "", "add_order", "EXECUTE")
         };
         assert_eq!(
-            grant_sql(&procedure, "alice", "alice_ro", "%")?,
-            "GRANT EXECUTE ON PROCEDURE `alice`.`add_order` TO 'alice_ro'@'%' WITH GRANT OPTION;\n"
+            decide_grant(&procedure, &scope, "alice_ro", "%")?,
+            GrantDecision::Apply(
+                "GRANT EXECUTE ON PROCEDURE `alice_copy`.`add_order` TO 'alice_ro'@'%' WITH GRANT OPTION;\n".into()
+            )
         );
-        let sneaky = MariadbGrant {
-            privileges: "SELECT ON *.* TO x; DROP DATABASE mysql; GRANT SELECT".into(),
-            ..database
-        };
-        assert!(grant_sql(&sneaky, "alice", "alice", "%").is_err());
+        let usage = grant(MariadbGrantLevel::Global, "", "", "USAGE");
+        assert_eq!(
+            decide_grant(&usage, &scope, "alice", "%")?,
+            GrantDecision::Skip(None)
+        );
+        let other_own = grant(MariadbGrantLevel::Database, "alice_blog", "", "SELECT");
+        assert!(matches!(
+            decide_grant(&other_own, &scope, "alice", "%")?,
+            GrantDecision::Skip(Some(_))
+        ));
         Ok(())
     }
 
     #[test]
-    fn users_are_created_or_updated_with_the_same_hash() -> Result<(), PrivilegeError> {
-        let shown = "CREATE USER `alice`@`%` IDENTIFIED BY PASSWORD '*D821809F681A40A6E379B50D0463EFAE20BDD122'";
-        assert_eq!(
-            ensure_user_sql("alice", "%", shown)?,
-            "CREATE USER IF NOT EXISTS `alice`@`%` IDENTIFIED BY PASSWORD '*D821809F681A40A6E379B50D0463EFAE20BDD122';\n\
-             ALTER USER `alice`@`%` IDENTIFIED BY PASSWORD '*D821809F681A40A6E379B50D0463EFAE20BDD122';\n"
-        );
-        assert!(ensure_user_sql("bob", "%", shown).is_err());
-        assert!(
-            ensure_user_sql(
-                "alice",
-                "%",
-                "CREATE USER `alice`@`%` IDENTIFIED BY PASSWORD 'x'; DROP DATABASE mysql"
-            )
-            .is_err()
-        );
-        Ok(())
+    fn global_privileges_and_other_accounts_databases_are_refused() {
+        for (refused, names) in [
+            (
+                grant(MariadbGrantLevel::Global, "", "", "SUPER, FILE"),
+                "global privilege SUPER, FILE",
+            ),
+            (
+                MariadbGrant {
+                    with_grant_option: true,
+                    ..grant(MariadbGrantLevel::Global, "", "", "USAGE")
+                },
+                "USAGE WITH GRANT OPTION on *.*",
+            ),
+            (
+                grant(MariadbGrantLevel::Database, "bob", "", "SELECT"),
+                "database bob,",
+            ),
+            (
+                grant(MariadbGrantLevel::Database, "%", "", "SELECT"),
+                "database %,",
+            ),
+            (
+                grant(MariadbGrantLevel::Database, "alice%", "", "SELECT"),
+                "database alice%,",
+            ),
+            (
+                grant(MariadbGrantLevel::Table, "bob", "secrets", "SELECT"),
+                "bob.secrets",
+            ),
+            (
+                grant(MariadbGrantLevel::Database, "alice_shop", "", "PROCESS"),
+                "privilege PROCESS",
+            ),
+            (
+                grant(
+                    MariadbGrantLevel::Database,
+                    "alice_shop",
+                    "",
+                    "SELECT ON *.* TO x; DROP DATABASE mysql; GRANT SELECT",
+                ),
+                "privilege",
+            ),
+            (
+                grant(MariadbGrantLevel::Function, "alice_shop", "f", "SELECT"),
+                "privilege SELECT",
+            ),
+        ] {
+            let decided = decide_grant(&refused, &SCOPE, "alice", "%");
+            assert!(
+                decided.as_ref().is_err_and(|finding| finding.contains(names) && finding.starts_with("alice@%")),
+                "{refused:?}: {decided:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,14 @@
-//! Loading: the dump stream fed to this host's `mariadb` client, and the
-//! progress it makes.
+//! Loading: the dump stream fed, through the DEFINER check, to a `mariadb`
+//! client logged in as the copy's loader, and the progress it makes.
+//!
+//! The client runs with `--binary-mode` (no client commands such as `\!`
+//! from the stream), `--local-infile=0` (a `LOAD DATA LOCAL INFILE` in the
+//! stream would otherwise make the client read a file of this host and
+//! send it to the server) and `--comments` (comments reach the server as
+//! they came, so what the server parses is byte for byte what was
+//! checked). When the check refuses, the client is killed before it
+//! receives the refused bytes: closing its input would run the statement
+//! it holds.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -12,6 +21,7 @@ use tonic::transport::Channel;
 use super::{MariadbCopyError, request, source_error};
 use crate::config::MariadbServer;
 use crate::transfer::mariadb::client::{self, ClientError, SESSION_SETUP};
+use crate::transfer::mariadb::definers::DefinerCheck;
 use crate::transfer::progress::Progress;
 
 /// Credits `bytes_done` as a table's rows arrive, in proportion to the
@@ -67,14 +77,21 @@ impl ByteCredit {
     }
 }
 
-/// Streams the dump into this host's `mariadb` client; the checksums the
-/// source sent and the bytes received.
+/// What ends every load: a statement of Navette's, so that comments after
+/// the source's last statement are sent with it, never as a query of
+/// their own.
+const LOAD_END: &[u8] = b"\nDO 0;\n";
+
+/// Streams the dump into a `mariadb` client logged in to `server` (the
+/// loader's session), every DEFINER in it one of `definers`; the checksums
+/// the source sent and the bytes received.
 pub(super) async fn load(
     source: &mut MariadbSourceClient<Channel>,
     transfer_id: &str,
     copy: &DatabaseCopy,
     server: &MariadbServer,
     description: &MariadbDatabaseDescription,
+    definers: Vec<(String, String)>,
     progress: &Progress,
 ) -> Result<(Vec<MariadbTableChecksum>, u64), MariadbCopyError> {
     let database = copy.target_database.as_str();
@@ -90,6 +107,8 @@ pub(super) async fn load(
             "--batch",
             // No client commands (`\!` would run a shell) from the stream.
             "--binary-mode",
+            "--local-infile=0",
+            "--comments",
             "--connect-timeout=10",
             "--max-allowed-packet=1073741824",
         ])
@@ -121,6 +140,11 @@ pub(super) async fn load(
         .stdin
         .take()
         .ok_or_else(|| load_error("the client has no standard input".to_owned()))?;
+    let mut check = DefinerCheck::new(definers);
+    let refused = |finding: String| MariadbCopyError::Refused {
+        database: database.to_owned(),
+        findings: vec![finding],
+    };
     let mut credit = ByteCredit::new(description);
     let mut checksums = Vec::new();
     let mut received = 0u64;
@@ -138,7 +162,14 @@ pub(super) async fn load(
         let size = chunk.sql.len() as u64;
         received += size;
         progress.add(&progress.bytes_sent, size);
-        if let Err(error) = stdin.write_all(&chunk.sql).await {
+        let passed = match check.feed(&chunk.sql) {
+            Ok(passed) => passed,
+            Err(finding) => {
+                let _ = child.kill().await;
+                return Err(refused(finding));
+            }
+        };
+        if let Err(error) = stdin.write_all(&passed).await {
             // The client stopped: its stderr says why.
             write_failed = Some(error);
             break;
@@ -155,6 +186,18 @@ pub(super) async fn load(
             checksums.push(done);
         }
     }
+    if write_failed.is_none() {
+        let rest = match check.finish() {
+            Ok(rest) => rest,
+            Err(finding) => {
+                let _ = child.kill().await;
+                return Err(refused(finding));
+            }
+        };
+        if let Err(error) = stdin.write_all(&[rest.as_slice(), LOAD_END].concat()).await {
+            write_failed = Some(error);
+        }
+    }
     drop(stdin);
     let status = child
         .wait()
@@ -168,7 +211,7 @@ pub(super) async fn load(
             },
         })?;
     let stderr = match stderr {
-        Some(task) => task.await.unwrap_or_default(),
+        Some(task) => shorten(&task.await.unwrap_or_default()),
         None => String::new(),
     };
     if !status.success() {
@@ -183,10 +226,45 @@ pub(super) async fn load(
     Ok((checksums, received))
 }
 
+/// The client's complaint, at most about 3 KiB: it echoes the failed
+/// statement, which may be a 1 MiB INSERT; the error line is at the end.
+fn shorten(stderr: &str) -> String {
+    const HEAD: usize = 1024;
+    const TAIL: usize = 2048;
+    if stderr.len() <= HEAD + TAIL {
+        return stderr.to_owned();
+    }
+    let mut head = HEAD;
+    while !stderr.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = stderr.len() - TAIL;
+    while !stderr.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!(
+        "{} [... {} bytes ...] {}",
+        &stderr[..head],
+        tail - head,
+        &stderr[tail..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use navette_proto::v1::MariadbTable;
+
+    #[test]
+    fn long_complaints_keep_their_start_and_their_error_line() {
+        let long = format!(
+            "--------------\nINSERT {}\nERROR 1142 (42000) at line 9: denied",
+            "é".repeat(4000)
+        );
+        let short = shorten(&long);
+        assert!(short.len() < 3200 && short.ends_with("denied") && short.starts_with("-----"));
+        assert_eq!(shorten("ERROR 1"), "ERROR 1");
+    }
 
     #[test]
     fn bytes_are_credited_as_rows_arrive_and_never_beyond_the_estimate() {
