@@ -47,6 +47,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0001_foundation.sql"),
     ),
     (2, "tests", include_str!("../migrations/0002_tests.sql")),
+    (4, "copies", include_str!("../migrations/0004_copies.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

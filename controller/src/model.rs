@@ -132,6 +132,9 @@ pub struct Account {
     pub home_files: u64,
     pub databases: Vec<Database>,
     pub updated_at: Time,
+    /// Set when this is not the account but a copy of it made by a test
+    /// (the test's id): copies are never taken for accounts.
+    pub copy_of_test: Option<String>,
 }
 
 /// What an agent reports about its host.

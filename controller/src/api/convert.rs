@@ -117,6 +117,7 @@ pub fn account(account: &Account) -> v1::Account {
             })
             .collect(),
         updated_at: Some(timestamp(account.updated_at)),
+        copy_of_test: account.copy_of_test.clone().unwrap_or_default(),
     }
 }
 
@@ -217,6 +218,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 uid: a.uid,
                 home_size_bytes: a.home_size_bytes,
                 home_files: a.home_files,
+                copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
                 databases: a
                     .databases
                     .iter()
@@ -372,6 +374,7 @@ pub fn test(test: &Test) -> v1::Test {
         created_at: Some(timestamp(test.created_at)),
         updated_at: Some(timestamp(test.updated_at)),
         ready_at: test.ready_at.map(timestamp),
-        expires_at: test.expires_at.map(timestamp),
+        // When it is removed by itself, whatever its state.
+        expires_at: crate::workflow::test_flow::expiry(test).map(timestamp),
     }
 }
