@@ -4,7 +4,7 @@
 //! than the bound; a test copy is listed as a copy of its test, not as a
 //! second account; deleting a test leaves none of the customer's logins on
 //! the test host; a home or database the copy did not create is never
-//! written into; the removal of an old failed test, retried while a newer
+//! written into (the test fails, saying so); the removal of an old failed test, retried while a newer
 //! test of the same account copies, leaves the newer copy alone; and a
 //! deletion during a copy wins over the copy's result.
 
@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use navette_tests::install::GRPCURL;
 use navette_tests::{
-    AccountSpec, Agent, AgentKind, ControllerSpec, MariaDb, Netns, PgVersion, Postgres, Rig,
+    AccountSpec, Agent, AgentKind, Controller, ControllerSpec, MariaDb, Netns, PgVersion, Postgres,
+    Rig,
 };
 use serde_json::{Value, json};
 use support::{list, panel, str_of};
@@ -113,6 +114,26 @@ fn wait_state(rig: &Rig, id: &str, state: &str, timeout: Duration) -> anyhow::Re
     })
     .with_context(|| format!("last seen: {last}"))?;
     Ok(last)
+}
+
+/// Waits until failed test `id` has run its removal of the partial copy
+/// (the controller's audit of steps says so).
+fn wait_failed_and_removed(rig: &Rig, controller: &Controller, id: &str) -> anyhow::Result<()> {
+    rig.wait_until(
+        &format!("test {id} failed and removed"),
+        Duration::from_secs(60),
+        || {
+            let test = panel(rig, "GetTest", json!({"id": id}))?;
+            let steps = controller.state_db().psql(
+                "navette",
+                &format!(
+                    "SELECT count(*) FROM step_runs WHERE workflow_id = '{id}'
+                 AND step = 'remove' AND finished_at IS NOT NULL"
+                ),
+            )?;
+            Ok(str_of(&test, "state") == "STATE_FAILED" && steps.trim() == "1")
+        },
+    )
 }
 
 /// The customer's logins on the test host: PostgreSQL roles, MariaDB users.
@@ -340,17 +361,7 @@ fn grants_end_and_copies_are_owned() -> anyhow::Result<()> {
         str_of(&failure, "error").contains("is not a copy made by Navette"),
         "the failure says why: {failure}"
     );
-    rig.wait_until("the failed copy removed", Duration::from_secs(60), || {
-        let test = panel(&rig, "GetTest", json!({"id": failed}))?;
-        let steps = controller.state_db().psql(
-            "navette",
-            &format!(
-                "SELECT count(*) FROM step_runs WHERE workflow_id = '{failed}'
-                     AND step = 'remove' AND finished_at IS NOT NULL"
-            ),
-        )?;
-        Ok(str_of(&test, "state") == "STATE_FAILED" && steps.trim() == "1")
-    })?;
+    wait_failed_and_removed(&rig, &controller, &failed)?;
     ensure!(
         target_maria.sql(&format!("SELECT v FROM {ACCOUNT}_blog.mine"))? == "42",
         "the database the copy did not create is untouched"
@@ -361,6 +372,23 @@ fn grants_end_and_copies_are_owned() -> anyhow::Result<()> {
         "was revoked",
     )?;
     target_maria.sql(&format!("DROP DATABASE {ACCOUNT}_blog"))?;
+
+    // Nor a home the copy did not create.
+    std::fs::create_dir_all(&copy_home)?;
+    std::fs::write(copy_home.join("mine.txt"), "not a copy\n")?;
+    let refused_home = start_test(&rig, "g-2b")?;
+    let failure = wait_state(&rig, &refused_home, "STATE_FAILED", Duration::from_secs(60))?;
+    ensure!(
+        str_of(&failure, "error").contains("is not a copy made by Navette"),
+        "the failure says why: {failure}"
+    );
+    wait_failed_and_removed(&rig, &controller, &refused_home)?;
+    ensure!(
+        std::fs::read_dir(&copy_home)?.count() == 1
+            && std::fs::read_to_string(copy_home.join("mine.txt"))? == "not a copy\n",
+        "the home the copy did not create is as it was"
+    );
+    std::fs::remove_dir_all(&copy_home)?;
 
     // A new test copies; meanwhile the failed test is deleted, so its
     // removal runs again: the new copy is not touched.
