@@ -11,3 +11,8 @@ ALTER TABLE host_accounts ADD COLUMN copy_of_test text NOT NULL DEFAULT '';
 DROP INDEX tests_one_live;
 CREATE UNIQUE INDEX tests_one_live ON tests (account, migration_id)
     WHERE state NOT IN ('failed', 'deleting', 'deleted');
+
+-- The host a test's step cannot reach, and since when (cleared once the
+-- step gets through): shown on WatchTest while the step is retried.
+ALTER TABLE tests ADD COLUMN outage_host text;
+ALTER TABLE tests ADD COLUMN outage_since timestamptz;

@@ -349,6 +349,9 @@ pub struct Test {
     pub ready_at: Option<Time>,
     pub expires_at: Option<Time>,
     pub attempts: u32,
+    /// The host the current step cannot reach, and since when; `None`
+    /// once the step gets through.
+    pub outage: Option<(String, Time)>,
 }
 
 impl Test {

@@ -4,9 +4,10 @@
 //! than the bound; a test copy is listed as a copy of its test, not as a
 //! second account; deleting a test leaves none of the customer's logins on
 //! the test host; a home or database the copy did not create is never
-//! written into (the test fails, saying so); the removal of an old failed test, retried while a newer
-//! test of the same account copies, leaves the newer copy alone; and a
-//! deletion during a copy wins over the copy's result.
+//! written into (the test fails, saying so); the removal of an old failed
+//! test, retried while a newer test of the same account copies, leaves the
+//! newer copy alone; a deletion during a copy wins over the copy's result;
+//! and a test host that goes away mid-copy is shown on WatchTest at once.
 
 mod support;
 
@@ -454,6 +455,65 @@ fn grants_end_and_copies_are_owned() -> anyhow::Result<()> {
     ensure!(
         roles.is_empty() && users == "0",
         "no login left after a deletion mid-copy: roles {roles:?}, users {users}"
+    );
+
+    // The test host's agent dies mid-copy: WatchTest says so at once, with
+    // the host, since when and until when the copy is retried; once the
+    // agent is back the copy completes and the outage is cleared.
+    shape(&shared, "64mbit")?;
+    let cut = start_test(&rig, "g-5")?;
+    rig.wait_until("the copy writing files", Duration::from_secs(60), || {
+        let test = panel(&rig, "GetTest", json!({"id": cut}))?;
+        Ok(support::counter(&test, "bytesDone") > 8 << 20)
+    })?;
+    let access = rig.controller_access()?;
+    let (body, api) = (json!({"id": cut}).to_string(), access.api.to_string());
+    let (watched, killed_at) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let watcher = s.spawn(|| {
+            rig.grpcurl_as(
+                &access.panel,
+                &[
+                    "-max-time",
+                    "15",
+                    "-d",
+                    &body,
+                    &api,
+                    "navette.v1.Tests/WatchTest",
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let killed_at = chrono::Utc::now();
+        test_agent.kill9();
+        let output = join(watcher.join())?;
+        Ok((output, killed_at))
+    })?;
+    let messages = serde_json::Deserializer::from_slice(&watched.stdout)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()?;
+    let outage = messages
+        .iter()
+        .find_map(|m| m.get("outage").filter(|o| str_of(o, "hostId") == "test-1"))
+        .cloned()
+        .with_context(|| format!("WatchTest never said test-1 is out: {messages:?}"))?;
+    let time = |name: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        Ok(chrono::DateTime::parse_from_rfc3339(str_of(&outage, name))
+            .with_context(|| format!("{name} in {outage}"))?
+            .to_utc())
+    };
+    let (since, until) = (time("since")?, time("retriedUntil")?);
+    ensure!(
+        since >= killed_at - chrono::Duration::seconds(1)
+            && since - killed_at < chrono::Duration::seconds(10)
+            && until > since + chrono::Duration::minutes(5),
+        "the outage is shown at once, with how long it is retried: {outage} (agent killed at {killed_at})"
+    );
+    test_agent.restart()?;
+    let ready = support::wait_for_test(&rig, &cut, "STATE_READY", Duration::from_secs(180))?;
+    unshape(&shared)?;
+    ensure!(
+        ready.get("outage").is_none(),
+        "the outage is cleared once the copy got through: {ready}"
     );
     Ok(())
 }

@@ -376,5 +376,11 @@ pub fn test(test: &Test) -> v1::Test {
         ready_at: test.ready_at.map(timestamp),
         // When it is removed by itself, whatever its state.
         expires_at: crate::workflow::test_flow::expiry(test).map(timestamp),
+        outage: test.outage.as_ref().map(|(host, since)| v1::HostOutage {
+            host_id: host.clone(),
+            since: Some(timestamp(*since)),
+            retried_until: crate::workflow::test_flow::retried_until(test, *since).map(timestamp),
+            error: test.error.clone(),
+        }),
     }
 }

@@ -10,7 +10,7 @@ use crate::model::{CopyPlan, CopyProgress, Test, TestState, TestStep};
 
 const COLUMNS: &str = "id, account, migration_id, source_host_id, test_host_id, state, step,
     generation, plan, progress, error, ttl_seconds, created_at, updated_at, ready_at, expires_at,
-    attempts";
+    attempts, outage_host, outage_since";
 
 fn from_row(row: &Row) -> Result<Test> {
     let state: String = row.get("state");
@@ -20,6 +20,8 @@ fn from_row(row: &Row) -> Result<Test> {
     let generation: i32 = row.get("generation");
     let attempts: i32 = row.get("attempts");
     let ttl: i64 = row.get("ttl_seconds");
+    let outage_host: Option<String> = row.get("outage_host");
+    let outage_since: Option<chrono::DateTime<chrono::Utc>> = row.get("outage_since");
     Ok(Test {
         id: row.get("id"),
         account: row.get("account"),
@@ -41,6 +43,7 @@ fn from_row(row: &Row) -> Result<Test> {
         ready_at: row.get("ready_at"),
         expires_at: row.get("expires_at"),
         attempts: u32::try_from(attempts).unwrap_or(0),
+        outage: outage_host.zip(outage_since),
     })
 }
 
@@ -226,6 +229,10 @@ pub struct StepResult {
     pub retry_after: Option<Duration>,
     /// Reset the attempts counter (the step made progress).
     pub reset_attempts: bool,
+    /// The host the step could not reach (retried): recorded with the time
+    /// it was first seen out, kept while it stays out. `None`: the step got
+    /// through, and any outage is cleared.
+    pub outage_host: Option<String>,
 }
 
 /// Records a step's result and frees the lease, only if `owner` still
@@ -250,9 +257,13 @@ pub async fn finish_step(
                  attempts = CASE WHEN $8 THEN 0 WHEN $7::float8 > 0 THEN attempts + 1 ELSE attempts END,
                  next_run_at = now() + make_interval(secs => $7::float8),
                  updated_at = now(),
+                 outage_since = CASE WHEN $9::text IS NULL THEN NULL
+                     WHEN outage_host IS DISTINCT FROM $9::text OR outage_since IS NULL THEN now()
+                     ELSE outage_since END,
+                 outage_host = $9::text,
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &state, &step, &result.error, &result.ready, &retry, &result.reset_attempts],
+            &[&id, &owner, &state, &step, &result.error, &result.ready, &retry, &result.reset_attempts, &result.outage_host],
         )
         .await?;
     if updated == 1 {

@@ -115,6 +115,21 @@ fn failed(error: String) -> StepResult {
     }
 }
 
+/// The host the current step of `test` calls: the source for the grant,
+/// the test host for the copy and the removal.
+pub fn host_of_step(test: &Test) -> &str {
+    match test.step {
+        TestStep::Grant => &test.source_host_id,
+        _ => &test.test_host_id,
+    }
+}
+
+/// How long a step that keeps failing to reach its host is retried before
+/// the test fails: the sum of every backoff.
+pub fn retried_for() -> Duration {
+    (0..MAX_ATTEMPTS).map(backoff).sum()
+}
+
 fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
     if give_up && test.attempts + 1 >= MAX_ATTEMPTS {
         return failed(format!(
@@ -125,8 +140,17 @@ fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
     StepResult {
         error: Some(why),
         retry_after: Some(backoff(test.attempts)),
+        outage_host: Some(host_of_step(test).to_owned()),
         ..StepResult::default()
     }
+}
+
+/// Until when the step of `test`, cut off from a host since `since`, is
+/// retried before the test fails; `None`: for as long as it takes (a
+/// removal is never given up).
+pub fn retried_until(test: &Test, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (test.step != TestStep::Remove)
+        .then(|| since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
 }
 
 /// What to record after `test`'s current step gave `outcome`.
@@ -212,6 +236,7 @@ mod tests {
             ready_at: None,
             expires_at: None,
             attempts,
+            outage: None,
         }
     }
 
@@ -280,6 +305,38 @@ mod tests {
         );
         assert_eq!((retried.state, retried.step), (None, None));
         assert_eq!(retried.retry_after, Some(Duration::from_secs(4)));
+        assert_eq!(
+            retried.outage_host.as_deref(),
+            Some("test-1"),
+            "the copy waits for the test host"
+        );
+        let granting = after(
+            &test(TestState::Placing, TestStep::Grant, 0),
+            StepOutcome::Unreachable("down".into()),
+        );
+        assert_eq!(
+            granting.outage_host.as_deref(),
+            Some("shared-old"),
+            "the grant waits for the source"
+        );
+        let through = after(
+            &test(TestState::Copying, TestStep::Copy, 2),
+            StepOutcome::Copied(CopyProgress::default()),
+        );
+        assert_eq!(
+            through.outage_host, None,
+            "an outage ends when the step gets through"
+        );
+        let since = chrono::Utc::now();
+        let copying = test(TestState::Copying, TestStep::Copy, 2);
+        assert_eq!(
+            retried_until(&copying, since),
+            Some(since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
+        );
+        assert_eq!(
+            retried_until(&test(TestState::Deleting, TestStep::Remove, 2), since),
+            None
+        );
         let given_up = after(
             &test(TestState::Copying, TestStep::Copy, MAX_ATTEMPTS - 1),
             StepOutcome::Unreachable("link down".into()),
