@@ -17,7 +17,8 @@ use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
     GetInventoryRequest, GrantTransferResponse, HostInventory, RemoveCopyRequest,
-    RemoveCopyResponse, TransferProgress, TransferSpec, WatchTransferRequest,
+    RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse, TransferProgress, TransferSpec,
+    WatchTransferRequest,
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -119,7 +120,14 @@ fn transfer_status(error: TransferError) -> Status {
         TransferError::Grant(GrantError::Conflict(id)) => Status::already_exists(format!(
             "transfer {id} was already granted with a different content"
         )),
+        TransferError::Grant(GrantError::Revoked(id)) => Status::failed_precondition(format!(
+            "transfer {id} was revoked on this host; a new copy needs a new transfer id"
+        )),
+        TransferError::Grant(GrantError::Io { .. }) => Status::internal(error.to_string()),
         TransferError::Grant(error) => Status::invalid_argument(error.to_string()),
+        // Another copy holds what this one needs: worth retrying later.
+        TransferError::Busy(message) => Status::aborted(message),
+        TransferError::Copies(_) => Status::internal(error.to_string()),
         TransferError::Unknown(id) => Status::not_found(format!("no transfer {id} on this host")),
         TransferError::Io { .. } => Status::internal(error.to_string()),
     }
@@ -223,11 +231,26 @@ impl Agent for AgentService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        self.transfers
+        let logins = self
+            .transfers
             .remove_copy(&spec)
             .await
             .map_err(transfer_status)?;
-        Ok(Response::new(RemoveCopyResponse {}))
+        Ok(Response::new(RemoveCopyResponse {
+            logins_dropped: logins.dropped,
+            logins_kept: logins.kept,
+        }))
+    }
+
+    async fn revoke_grant(
+        &self,
+        request: Request<RevokeGrantRequest>,
+    ) -> Result<Response<RevokeGrantResponse>, Status> {
+        let revoked = self
+            .transfers
+            .revoke_grant(&request.get_ref().transfer_id)
+            .map_err(transfer_status)?;
+        Ok(Response::new(RevokeGrantResponse { revoked }))
     }
 }
 

@@ -131,18 +131,38 @@ pub async fn watch_transfer(
         .map_err(|status| call_outcome(host, &status))
 }
 
-/// Removes the copy `spec` made on the target host.
+/// Removes the copy `spec` names (its `copy_id`) on the target host; what
+/// the agent says of the copy's logins.
 pub async fn remove_copy(
     controller: &Controller,
     host: &Host,
     spec: v1::TransferSpec,
-) -> Result<(), CallFailure> {
+) -> Result<v1::RemoveCopyResponse, CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
     let mut request = tonic::Request::new(v1::RemoveCopyRequest { spec: Some(spec) });
     request.set_timeout(Duration::from_secs(300));
     client
         .remove_copy(request)
         .await
-        .map(drop)
+        .map(tonic::Response::into_inner)
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// Ends the grant of `transfer_id` on the source host (idempotent);
+/// whether a live grant was revoked.
+pub async fn revoke_grant(
+    controller: &Controller,
+    host: &Host,
+    transfer_id: &str,
+) -> Result<bool, CallFailure> {
+    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+    let mut request = tonic::Request::new(v1::RevokeGrantRequest {
+        transfer_id: transfer_id.to_owned(),
+    });
+    request.set_timeout(CALL_TIMEOUT);
+    client
+        .revoke_grant(request)
+        .await
+        .map(|response| response.into_inner().revoked)
         .map_err(|status| call_outcome(host, &status))
 }

@@ -66,6 +66,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "identity",
         include_str!("../migrations/0003_identity.sql"),
     ),
+    (4, "copies", include_str!("../migrations/0004_copies.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -193,6 +193,9 @@ pub struct Account {
     pub home_files: u64,
     pub databases: Vec<Database>,
     pub updated_at: Time,
+    /// Set when this is not the account but a copy of it made by a test
+    /// (the test's id): copies are never taken for accounts.
+    pub copy_of_test: Option<String>,
 }
 
 /// What an agent reports about its host.
@@ -424,6 +427,9 @@ pub struct Test {
     pub ready_at: Option<Time>,
     pub expires_at: Option<Time>,
     pub attempts: u32,
+    /// The host the current step cannot reach, and since when; `None`
+    /// once the step gets through.
+    pub outage: Option<(String, Time)>,
 }
 
 impl Test {

@@ -364,6 +364,7 @@ mod tests {
             uid: 1000,
             home_size_bytes: 100 << 20,
             home_files: 10,
+            copy_of_test: None,
             databases: vec![
                 Database {
                     engine: Engine::Postgresql,

@@ -6,7 +6,9 @@
 //! and computes the digest the heartbeat carries. Reads only: nothing here
 //! changes the host. A database server that is down is reported unreachable;
 //! only an unreadable accounts directory or disk fails a collection (a
-//! partial account list would look like accounts disappearing).
+//! partial account list would look like accounts disappearing). A home a
+//! copy made by Navette holds (`transfer::copies`) is reported with the
+//! copy's id in `copy_of_test`, so it is never taken for the account.
 
 pub mod accounts;
 pub mod mariadb;
@@ -118,6 +120,8 @@ impl Collector {
         }
 
         let account_dirs = walk.await.map_err(InventoryError::Walk)??;
+        // Homes that are copies made by Navette are reported as such.
+        let copies = crate::transfer::copies::homes(&config.state_dir);
         let mut accounts: Vec<Account> = account_dirs
             .into_iter()
             .map(|(dir, usage)| Account {
@@ -129,6 +133,7 @@ impl Collector {
                 home_files: usage.files,
                 databases: Vec::new(),
                 updated_at: None,
+                copy_of_test: copies.get(&dir.home).cloned().unwrap_or_default(),
             })
             .collect();
         let mut database_servers = Vec::new();

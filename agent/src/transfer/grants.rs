@@ -1,15 +1,48 @@
 //! Grants: which target host may read which of this host's data, for which
-//! transfer. Kept on disk (`<state_dir>/grants/<transfer id>.json`) so that
-//! a restarted source agent still serves a transfer that is resuming.
+//! transfer, and until when. Kept on disk (`<state_dir>/grants/<transfer
+//! id>.json`) so that a restarted source agent still serves a transfer that
+//! is resuming.
+//!
+//! A grant ends three ways: it **expires** (every grant has an expiry,
+//! capped at [`MAX_LIFETIME`] whatever the controller asks), it is
+//! **revoked** (`Agent/RevokeGrant`, when the transfer ended or its test is
+//! ready, failed or removed), or the agent forgets it with its state
+//! directory. An ended grant is refused at once, and its snapshot sessions
+//! end ([`SessionPermit::ended`]). Expired grants are swept from disk when
+//! grants are opened, granted, revoked or checked. A revoked transfer id
+//! leaves a tombstone (`<transfer id>.revoked`, kept [`REVOKED_KEPT`]) so a
+//! late retry of its grant cannot bring it back.
+//!
+//! Snapshot sessions (the source transactions a target holds open, which
+//! keep locks and hold back vacuum) are counted per grant and bounded by
+//! [`MAX_SNAPSHOT_SESSIONS`].
+//!
+//! Invariant: [`Grants::authorise`] is the only way a peer call reaches
+//! data, and it never answers for an ended grant.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use navette_proto::gate::caller_role;
 use navette_proto::identity::Role;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tonic::Status;
+
+/// How long a grant lasts when the controller does not say.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest a grant lasts, whatever the controller asks: a grant is the
+/// right to read a customer's live data.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(48 * 3600);
+/// Snapshot sessions one grant may hold at once: the target copies one
+/// database at a time, and a retry may open the next session before this
+/// host has seen the previous one end.
+pub const MAX_SNAPSHOT_SESSIONS: usize = 4;
+/// How long a revoked transfer id is remembered.
+pub const REVOKED_KEPT: Duration = Duration::from_secs(7 * 86_400);
 
 /// One database a grant lets the target read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +79,17 @@ impl Grant {
     }
 }
 
+/// A grant as kept on disk: the grant and when it ends.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    grant: Grant,
+    /// Unix seconds. Grants written before grants had an expiry have none
+    /// and count as expired.
+    #[serde(default)]
+    expires_at: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GrantError {
     #[error("{path}: {source}")]
@@ -59,13 +103,30 @@ pub enum GrantError {
     Conflict(String),
     #[error("transfer id {0:?} is not valid: use letters, digits, '-' and '_'")]
     BadId(String),
+    #[error(
+        "transfer {0} was revoked on this host; a transfer id is granted once (start a new transfer)"
+    )]
+    Revoked(String),
 }
+
+/// The snapshot sessions of one grant.
+#[derive(Debug)]
+struct Sessions {
+    open: usize,
+    /// Set to `true` when the grant is revoked.
+    ended: watch::Sender<bool>,
+}
+
+type SessionTable = Arc<Mutex<HashMap<String, Sessions>>>;
 
 /// The grants of this host, on disk and cached.
 #[derive(Debug)]
 pub struct Grants {
     dir: PathBuf,
-    cache: Mutex<HashMap<String, Grant>>,
+    cache: Mutex<HashMap<String, Stored>>,
+    /// Revoked transfer ids, with when (unix seconds).
+    revoked: Mutex<HashMap<String, i64>>,
+    sessions: SessionTable,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -76,8 +137,25 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn when(unix: i64) -> String {
+    DateTime::<Utc>::from_timestamp(unix, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 impl Grants {
-    /// Opens (and creates) `<state_dir>/grants`, loading what is there.
+    /// Opens (and creates) `<state_dir>/grants`, loading what is there and
+    /// sweeping what has ended.
     pub fn open(state_dir: &Path) -> Result<Grants, GrantError> {
         let dir = state_dir.join("grants");
         let io = |path: &Path| {
@@ -86,88 +164,294 @@ impl Grants {
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let mut cache = HashMap::new();
+        let mut revoked = HashMap::new();
         for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let path = entry.map_err(io(&dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-            match serde_json::from_str::<Grant>(&text) {
-                Ok(grant) => {
-                    cache.insert(grant.transfer_id.clone(), grant);
+            let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_owned();
+            match extension {
+                "json" => {
+                    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+                    match serde_json::from_str::<Stored>(&text) {
+                        Ok(stored) => {
+                            cache.insert(stored.grant.transfer_id.clone(), stored);
+                        }
+                        Err(error) => {
+                            tracing::warn!(message = "ignoring an unreadable grant", path = %path.display(), %error);
+                        }
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(message = "ignoring an unreadable grant", path = %path.display(), %error);
+                "revoked" if valid_id(&stem) => {
+                    let at = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                        .unwrap_or(0);
+                    revoked.insert(stem, at);
                 }
+                _ => {}
             }
         }
-        Ok(Grants {
+        let grants = Grants {
             dir,
             cache: Mutex::new(cache),
+            revoked: Mutex::new(revoked),
+            sessions: SessionTable::default(),
+        };
+        grants.sweep();
+        Ok(grants)
+    }
+
+    fn grant_path(&self, transfer_id: &str) -> PathBuf {
+        self.dir.join(format!("{transfer_id}.json"))
+    }
+
+    fn tombstone_path(&self, transfer_id: &str) -> PathBuf {
+        self.dir.join(format!("{transfer_id}.revoked"))
+    }
+
+    fn write(path: &Path, bytes: &[u8]) -> Result<(), GrantError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).map_err(|source| GrantError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, path).map_err(|source| GrantError::Io {
+            path: path.to_owned(),
+            source,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Grant>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Records a grant that lasts [`DEFAULT_LIFETIME`]. See
+    /// [`Grants::insert_until`].
+    pub fn insert(&self, grant: Grant) -> Result<(), GrantError> {
+        self.insert_until(grant, None)
     }
 
-    /// Records a grant. Granting the same transfer again with the same
-    /// content is a no-op; with another content, an error.
-    pub fn insert(&self, grant: Grant) -> Result<(), GrantError> {
+    /// Records a grant until `expires_at` (at most [`MAX_LIFETIME`] from
+    /// now; `None`: [`DEFAULT_LIFETIME`]). Granting the same transfer again
+    /// with the same content is a no-op that keeps the first expiry; with
+    /// another content, an error; after a revocation, an error.
+    pub fn insert_until(
+        &self,
+        grant: Grant,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<(), GrantError> {
         if !valid_id(&grant.transfer_id) {
             return Err(GrantError::BadId(grant.transfer_id));
         }
-        if let Some(existing) = self.lock().get(&grant.transfer_id) {
-            return if *existing == grant {
+        self.sweep();
+        if lock(&self.revoked).contains_key(&grant.transfer_id) {
+            return Err(GrantError::Revoked(grant.transfer_id));
+        }
+        if let Some(existing) = lock(&self.cache).get(&grant.transfer_id) {
+            return if existing.grant == grant {
                 Ok(())
             } else {
                 Err(GrantError::Conflict(grant.transfer_id))
             };
         }
-        let path = self.dir.join(format!("{}.json", grant.transfer_id));
-        let tmp = path.with_extension("tmp");
-        let text = serde_json::to_vec_pretty(&grant).unwrap_or_default();
-        std::fs::write(&tmp, text).map_err(|source| GrantError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| GrantError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        self.lock().insert(grant.transfer_id.clone(), grant);
+        let now = Utc::now().timestamp();
+        let latest = now.saturating_add(seconds(MAX_LIFETIME));
+        let expires_at = expires_at
+            .map(|t| t.timestamp())
+            .unwrap_or_else(|| now.saturating_add(seconds(DEFAULT_LIFETIME)))
+            .min(latest);
+        let stored = Stored { grant, expires_at };
+        let text = serde_json::to_vec_pretty(&stored).unwrap_or_default();
+        Self::write(&self.grant_path(&stored.grant.transfer_id), &text)?;
+        lock(&self.cache).insert(stored.grant.transfer_id.clone(), stored);
         Ok(())
     }
 
-    /// Forgets a grant (the transfer is over).
+    /// Forgets a grant without a tombstone (tests and tools; the controller
+    /// revokes, see [`Grants::revoke`]).
     pub fn remove(&self, transfer_id: &str) {
-        self.lock().remove(transfer_id);
+        lock(&self.cache).remove(transfer_id);
         if valid_id(transfer_id) {
-            let _ = std::fs::remove_file(self.dir.join(format!("{transfer_id}.json")));
+            let _ = std::fs::remove_file(self.grant_path(transfer_id));
+        }
+        self.end_sessions(transfer_id);
+    }
+
+    /// Ends `transfer_id`'s grant now: later calls are refused, its open
+    /// snapshot sessions end, and the id cannot be granted again. `true`
+    /// when a live grant was revoked; revoking again, or a transfer never
+    /// granted here, is fine (`false`).
+    pub fn revoke(&self, transfer_id: &str) -> Result<bool, GrantError> {
+        if !valid_id(transfer_id) {
+            return Err(GrantError::BadId(transfer_id.to_owned()));
+        }
+        let now = Utc::now().timestamp();
+        let tombstone = self.tombstone_path(transfer_id);
+        if !lock(&self.revoked).contains_key(transfer_id) {
+            Self::write(&tombstone, now.to_string().as_bytes())?;
+            lock(&self.revoked).insert(transfer_id.to_owned(), now);
+        }
+        let live = lock(&self.cache)
+            .remove(transfer_id)
+            .is_some_and(|stored| stored.expires_at > now);
+        let path = self.grant_path(transfer_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(GrantError::Io { path, source }),
+        }
+        self.end_sessions(transfer_id);
+        self.sweep();
+        Ok(live)
+    }
+
+    fn end_sessions(&self, transfer_id: &str) {
+        if let Some(sessions) = lock(&self.sessions).get(transfer_id) {
+            sessions.ended.send_replace(true);
         }
     }
 
-    /// The grant for `transfer_id`, if the caller of `request` is the agent
-    /// of the host it was granted to. Every peer-service handler starts here.
+    /// Removes expired grants and old tombstones, from memory and disk.
+    pub fn sweep(&self) {
+        let now = Utc::now().timestamp();
+        let expired: Vec<String> = lock(&self.cache)
+            .iter()
+            .filter(|(_, stored)| stored.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(message = "grant expired; removed", transfer_id = %id);
+            lock(&self.cache).remove(&id);
+            let _ = std::fs::remove_file(self.grant_path(&id));
+            self.end_sessions(&id);
+        }
+        let forgotten: Vec<String> = lock(&self.revoked)
+            .iter()
+            .filter(|(_, at)| at.saturating_add(seconds(REVOKED_KEPT)) <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in forgotten {
+            lock(&self.revoked).remove(&id);
+            let _ = std::fs::remove_file(self.tombstone_path(&id));
+        }
+    }
+
+    /// The live grant of `transfer_id`, with its expiry (unix seconds).
+    fn live(&self, transfer_id: &str) -> Result<Stored, Status> {
+        if lock(&self.revoked).contains_key(transfer_id) {
+            return Err(Status::permission_denied(format!(
+                "transfer {transfer_id:?} was revoked on this host (its transfer or test ended); the controller grants a new transfer for a new copy"
+            )));
+        }
+        let stored = lock(&self.cache).get(transfer_id).cloned();
+        match stored {
+            None => Err(Status::permission_denied(format!(
+                "transfer {transfer_id:?} was not granted on this host (the controller grants transfers before they start)"
+            ))),
+            Some(stored) if stored.expires_at <= Utc::now().timestamp() => {
+                self.sweep();
+                Err(Status::permission_denied(format!(
+                    "the grant of transfer {transfer_id} expired at {}; the controller grants a new transfer for a new copy",
+                    when(stored.expires_at)
+                )))
+            }
+            Some(stored) => Ok(stored),
+        }
+    }
+
+    /// The grant for `transfer_id`, if it is live and the caller of
+    /// `request` is the agent of the host it was granted to. Every
+    /// peer-service handler starts here.
     pub fn authorise<T>(
         &self,
         request: &tonic::Request<T>,
         transfer_id: &str,
     ) -> Result<Grant, Status> {
         let role = caller_role(request)?;
-        let grant = self.lock().get(transfer_id).cloned().ok_or_else(|| {
-            Status::permission_denied(format!(
-                "transfer {transfer_id:?} was not granted on this host (the controller grants transfers before they start)"
-            ))
-        })?;
+        let stored = self.live(transfer_id)?;
         match role {
-            Role::Agent { host_id } if *host_id == grant.target_host_id => Ok(grant),
+            Role::Agent { host_id } if *host_id == stored.grant.target_host_id => Ok(stored.grant),
             other => Err(Status::permission_denied(format!(
                 "transfer {transfer_id} was granted to host {}; the caller is {other}",
-                grant.target_host_id
+                stored.grant.target_host_id
             ))),
+        }
+    }
+
+    /// Authorises like [`Grants::authorise`], and counts one more snapshot
+    /// session of the grant, refused beyond [`MAX_SNAPSHOT_SESSIONS`]. The
+    /// session is counted until the permit is dropped; the permit says when
+    /// the grant ends ([`SessionPermit::ended`]).
+    pub fn open_session<T>(
+        &self,
+        request: &tonic::Request<T>,
+        transfer_id: &str,
+    ) -> Result<(Grant, SessionPermit), Status> {
+        let grant = self.authorise(request, transfer_id)?;
+        let expires_at = self.live(transfer_id)?.expires_at;
+        let mut table = lock(&self.sessions);
+        let sessions = table
+            .entry(transfer_id.to_owned())
+            .or_insert_with(|| Sessions {
+                open: 0,
+                ended: watch::Sender::new(false),
+            });
+        if sessions.open >= MAX_SNAPSHOT_SESSIONS {
+            return Err(Status::resource_exhausted(format!(
+                "transfer {transfer_id} already holds {} snapshot sessions on this host, the most one grant may hold at once; close one (end its HoldSnapshot stream) before opening another",
+                sessions.open
+            )));
+        }
+        sessions.open += 1;
+        let permit = SessionPermit {
+            transfer_id: transfer_id.to_owned(),
+            table: self.sessions.clone(),
+            ended: sessions.ended.subscribe(),
+            expires_at,
+        };
+        Ok((grant, permit))
+    }
+
+    /// Snapshot sessions `transfer_id` holds now.
+    pub fn open_sessions(&self, transfer_id: &str) -> usize {
+        lock(&self.sessions)
+            .get(transfer_id)
+            .map_or(0, |sessions| sessions.open)
+    }
+}
+
+/// One snapshot session of a grant: counted while this lives.
+#[derive(Debug)]
+pub struct SessionPermit {
+    transfer_id: String,
+    table: SessionTable,
+    ended: watch::Receiver<bool>,
+    /// The grant's expiry, unix seconds.
+    expires_at: i64,
+}
+
+impl SessionPermit {
+    /// Waits until the grant ends (revoked or expired); says which.
+    pub async fn ended(&mut self) -> &'static str {
+        let left = self.expires_at.saturating_sub(Utc::now().timestamp());
+        let expiry = tokio::time::sleep(Duration::from_secs(u64::try_from(left).unwrap_or(0)));
+        tokio::select! {
+            revoked = self.ended.wait_for(|ended| *ended) => {
+                if revoked.is_ok() { "the grant was revoked" } else { "the grant was forgotten" }
+            }
+            () = expiry => "the grant expired",
+        }
+    }
+}
+
+impl Drop for SessionPermit {
+    fn drop(&mut self) {
+        let mut table = lock(&self.table);
+        if let Some(sessions) = table.get_mut(&self.transfer_id) {
+            sessions.open = sessions.open.saturating_sub(1);
+            if sessions.open == 0 {
+                table.remove(&self.transfer_id);
+            }
         }
     }
 }
@@ -201,10 +485,21 @@ mod tests {
         request
     }
 
+    fn target() -> tonic::Request<()> {
+        request_from(Role::Agent {
+            host_id: "test-1".to_owned(),
+        })
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("navette-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[test]
     fn grants_survive_a_restart_and_name_their_one_reader() -> Result<(), GrantError> {
-        let dir = std::env::temp_dir().join(format!("navette-grants-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch("grants");
         let grants = Grants::open(&dir)?;
         grants.insert(grant("t-1"))?;
         grants.insert(grant("t-1"))?;
@@ -217,11 +512,8 @@ mod tests {
         ));
 
         let reopened = Grants::open(&dir)?;
-        let target = request_from(Role::Agent {
-            host_id: "test-1".to_owned(),
-        });
-        assert!(reopened.authorise(&target, "t-1").is_ok());
-        assert!(reopened.authorise(&target, "t-2").is_err());
+        assert!(reopened.authorise(&target(), "t-1").is_ok());
+        assert!(reopened.authorise(&target(), "t-2").is_err());
         let stranger = request_from(Role::Agent {
             host_id: "shared-9".to_owned(),
         });
@@ -234,7 +526,89 @@ mod tests {
             Some("transfer t-1 was granted to host test-1; the caller is agent of host shared-9")
         );
         reopened.remove("t-1");
-        assert!(Grants::open(&dir)?.authorise(&target, "t-1").is_err());
+        assert!(Grants::open(&dir)?.authorise(&target(), "t-1").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn an_expired_grant_is_refused_and_swept_from_disk() -> Result<(), GrantError> {
+        let dir = scratch("grants-expiry");
+        let grants = Grants::open(&dir)?;
+        let past = Utc::now() - chrono::Duration::seconds(1);
+        grants.insert_until(grant("t-old"), Some(past))?;
+        let refused = grants.authorise(&target(), "t-old").err();
+        assert!(
+            refused
+                .as_ref()
+                .is_some_and(|s| s.message().contains("expired")),
+            "{refused:?}"
+        );
+        assert!(!dir.join("grants/t-old.json").exists(), "swept from disk");
+        // An expiry beyond the cap is cut to it.
+        let far = Utc::now() + chrono::Duration::days(365);
+        grants.insert_until(grant("t-far"), Some(far))?;
+        let text = std::fs::read_to_string(dir.join("grants/t-far.json")).unwrap_or_default();
+        let stored: Option<Stored> = serde_json::from_str(&text).ok();
+        let cap = Utc::now().timestamp() + seconds(MAX_LIFETIME);
+        assert!(stored.is_some_and(|s| s.expires_at <= cap));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_revoked_grant_is_refused_for_good_and_revoking_is_idempotent() -> Result<(), GrantError> {
+        let dir = scratch("grants-revoke");
+        let grants = Grants::open(&dir)?;
+        grants.insert(grant("t-1"))?;
+        assert!(grants.revoke("t-1")?);
+        assert!(!grants.revoke("t-1")?);
+        assert!(!grants.revoke("t-never")?);
+        let refused = grants.authorise(&target(), "t-1").err();
+        assert!(refused.is_some_and(|s| s.message().contains("revoked")));
+        assert!(matches!(
+            grants.insert(grant("t-1")),
+            Err(GrantError::Revoked(_))
+        ));
+        // A restart remembers the revocation.
+        let reopened = Grants::open(&dir)?;
+        assert!(matches!(
+            reopened.insert(grant("t-1")),
+            Err(GrantError::Revoked(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn snapshot_sessions_are_bounded_and_end_with_the_grant() -> Result<(), GrantError> {
+        let dir = scratch("grants-sessions");
+        let grants = Grants::open(&dir)?;
+        grants.insert(grant("t-1"))?;
+        let mut permits = Vec::new();
+        for _ in 0..MAX_SNAPSHOT_SESSIONS {
+            let opened = grants.open_session(&target(), "t-1");
+            assert!(opened.is_ok(), "{opened:?}");
+            if let Ok((_, permit)) = opened {
+                permits.push(permit);
+            }
+        }
+        let refused = grants.open_session(&target(), "t-1").err();
+        assert!(
+            refused
+                .as_ref()
+                .is_some_and(|s| s.code() == tonic::Code::ResourceExhausted
+                    && s.message().contains("snapshot sessions")),
+            "{refused:?}"
+        );
+        permits.pop();
+        assert_eq!(grants.open_sessions("t-1"), MAX_SNAPSHOT_SESSIONS - 1);
+        assert!(grants.open_session(&target(), "t-1").is_ok());
+        grants.revoke("t-1")?;
+        let ended = tokio::time::timeout(Duration::from_secs(5), permits[0].ended()).await;
+        assert_eq!(ended.ok(), Some("the grant was revoked"));
+        drop(permits);
+        assert_eq!(grants.open_sessions("t-1"), 0);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }

@@ -11,13 +11,17 @@
 //! - `mariadb`: MariaDB/MySQL databases and users.
 //!
 //! [`progress`] is what every pull reports to, and what `WatchTransfer`
-//! streams.
+//! streams. [`copies`] records, on a target, what each copy created, and
+//! [`removal`] finds and drops it.
 //!
-//! Invariants: a source serves nothing without a grant naming the caller's
-//! host; a target writes only inside the target home and databases of the
+//! Invariants: a source serves nothing without a live grant naming the
+//! caller's host (grants expire, and are revoked when their transfer or
+//! test ends); a target writes only into a home and databases its copy
+//! created, and only inside the target home and databases of the
 //! transfer's spec; every step can be repeated after a crash (transfer ids
 //! make them idempotent).
 
+pub mod copies;
 pub mod files;
 pub mod grants;
 pub mod mariadb;

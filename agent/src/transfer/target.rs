@@ -4,8 +4,12 @@
 //! On a target, every transfer leaves a record in
 //! `<state_dir>/transfers/<transfer id>/` (its spec, and its final progress
 //! once it ended), so that a repeated `StartTransfer` after an agent restart
-//! returns the result instead of copying again, and so that `RemoveCopy`
-//! only ever removes what a transfer to this host created.
+//! returns the result instead of copying again. Every transfer fills a
+//! *copy* ([`super::copies`]): before anything is written the copy claims
+//! its home and databases (refused when they exist and are not the copy's,
+//! postponed while another copy holds them), and once the pull ends it
+//! records the logins it created. `RemoveCopy` removes exactly one copy,
+//! by its id, and never while a transfer into it runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +20,10 @@ use navette_proto::identity::agent_server_name;
 use navette_proto::v1::{TransferProgress, TransferSpec, TransferState};
 use prost::Message;
 
+use super::copies::{Copies, CopiesError, CopyRecord, OwnedDatabase, OwnedLogin};
 use super::grants::{Grant, GrantError, GrantedDatabase, Grants};
 use super::progress::Progress;
+use super::removal::{self, LoginDrop};
 use crate::config::Config;
 use crate::gateway::ControllerLink;
 
@@ -35,6 +41,36 @@ pub enum TransferError {
     },
     #[error("no transfer {0} on this host")]
     Unknown(String),
+    /// Worth retrying later: another copy holds what this one needs.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Copies(#[from] CopiesError),
+}
+
+/// What a removal did with the logins of a copy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemovedLogins {
+    pub dropped: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+/// The logins of this host's servers a transfer may touch, before it runs.
+#[derive(Debug, Default)]
+struct LoginsBefore {
+    /// server -> roles.
+    postgres: HashMap<String, std::collections::BTreeSet<String>>,
+    /// server -> (user, host).
+    mariadb: HashMap<String, std::collections::BTreeSet<(String, String)>>,
+}
+
+/// The copy a transfer fills: its `copy_id`, else the transfer itself.
+pub fn copy_id_of(spec: &TransferSpec) -> &str {
+    if spec.copy_id.is_empty() {
+        &spec.transfer_id
+    } else {
+        &spec.copy_id
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
@@ -47,7 +83,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TransferError + '_ {
 /// What a transfer to this host left behind.
 #[derive(Debug)]
 struct Record {
-    spec: TransferSpec,
     finished: Option<TransferProgress>,
 }
 
@@ -58,6 +93,7 @@ pub struct Transfers {
     grants: Arc<Grants>,
     link: Arc<ControllerLink>,
     running: Mutex<HashMap<String, Arc<Progress>>>,
+    copies: Copies,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -88,6 +124,7 @@ impl Transfers {
         link: Arc<ControllerLink>,
     ) -> Transfers {
         Transfers {
+            copies: Copies::new(&config.state_dir),
             host_id,
             config,
             grants,
@@ -182,19 +219,259 @@ impl Transfers {
             postgresql: databases(&spec.postgresql, &postgres_servers)?,
             mariadb: databases(&spec.mariadb, &mariadb_servers)?,
         };
-        self.grants.insert(grant)?;
+        let expires_at = spec.grant_expires_at.as_ref().and_then(|t| {
+            chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        });
+        self.grants.insert_until(grant, expires_at)?;
         tracing::info!(message = "transfer granted", transfer_id = %spec.transfer_id, account = %spec.account, target = %spec.target_host_id);
         Ok(())
     }
 
+    /// Source side: ends a transfer's grant (idempotent). `true` when a
+    /// live grant was revoked.
+    pub fn revoke_grant(&self, transfer_id: &str) -> Result<bool, TransferError> {
+        let revoked = self.grants.revoke(transfer_id)?;
+        tracing::info!(message = "grant revoked", %transfer_id, was_live = revoked);
+        Ok(revoked)
+    }
+
+    /// Claims for `spec`'s copy what the transfer will write: its home and
+    /// databases. A home that exists without being the copy's is refused;
+    /// a home or database another copy holds postpones the transfer.
+    fn claim(&self, spec: &TransferSpec) -> Result<CopyRecord, TransferError> {
+        let copy_id = copy_id_of(spec);
+        if !valid_id(copy_id) {
+            return Err(TransferError::Refused(format!(
+                "copy id {copy_id:?} is not valid: use letters, digits, '-' and '_'"
+            )));
+        }
+        let home = (!spec.target_home.is_empty()).then(|| PathBuf::from(&spec.target_home));
+        let databases = |copies: &[navette_proto::v1::DatabaseCopy]| -> Vec<OwnedDatabase> {
+            copies
+                .iter()
+                .map(|c| OwnedDatabase {
+                    server: c.target_server.clone(),
+                    database: c.target_database.clone(),
+                })
+                .collect()
+        };
+        let (postgres, mariadb) = (databases(&spec.postgresql), databases(&spec.mariadb));
+        self.copies.update(copy_id, &spec.account, |record, others| {
+            if record.account != spec.account {
+                return Err(TransferError::Refused(format!(
+                    "copy {copy_id} on this host is a copy of {}, not of {}",
+                    record.account, spec.account
+                )));
+            }
+            if let Some(home) = &home {
+                if let Some(other) = others.iter().find(|o| o.home.as_ref() == Some(home)) {
+                    return Err(TransferError::Busy(format!(
+                        "the home {} on this host holds copy {} of {}, which is not removed yet; this copy starts once it is",
+                        home.display(),
+                        other.copy_id,
+                        other.account
+                    )));
+                }
+                if record.home.as_ref() != Some(home) {
+                    if std::fs::symlink_metadata(home).is_ok() {
+                        return Err(TransferError::Refused(format!(
+                            "{} already exists on this host and is not a copy made by Navette (an account of this host?); nothing is written into it",
+                            home.display()
+                        )));
+                    }
+                    record.home = Some(home.clone());
+                }
+            }
+            for (engine, wanted, taken) in [
+                ("PostgreSQL", &postgres, others.iter().map(|o| &o.postgresql).collect::<Vec<_>>()),
+                ("MariaDB", &mariadb, others.iter().map(|o| &o.mariadb).collect::<Vec<_>>()),
+            ] {
+                for database in wanted {
+                    if let Some(other) = taken
+                        .iter()
+                        .zip(others)
+                        .find(|(held, _)| held.contains(database))
+                        .map(|(_, other)| other)
+                    {
+                        return Err(TransferError::Busy(format!(
+                            "{engine} database {} of server {} on this host holds copy {} of {}, which is not removed yet; this copy starts once it is",
+                            database.database, database.server, other.copy_id, other.account
+                        )));
+                    }
+                }
+            }
+            CopyRecord::add(&mut record.transfers, spec.transfer_id.clone());
+            Ok(())
+        })?
+    }
+
+    /// Records for the copy the databases the transfer will create:
+    /// refused for a database that exists and is not the copy's.
+    async fn claim_databases(&self, spec: &TransferSpec) -> Result<(), String> {
+        let copy_id = copy_id_of(spec);
+        let owned = self.copies.load(copy_id).unwrap_or_default();
+        for copy in &spec.postgresql {
+            let database = OwnedDatabase {
+                server: copy.target_server.clone(),
+                database: copy.target_database.clone(),
+            };
+            if owned.postgresql.contains(&database) {
+                continue;
+            }
+            if removal::postgres_database_exists(&self.config, &database.server, &database.database)
+                .await?
+            {
+                return Err(format!(
+                    "PostgreSQL database {} already exists on server {} of this host and is not a copy made by Navette; nothing was written to it",
+                    database.database, database.server
+                ));
+            }
+            self.record(spec, |record| {
+                CopyRecord::add(&mut record.postgresql, database)
+            })?;
+        }
+        for copy in &spec.mariadb {
+            let database = OwnedDatabase {
+                server: copy.target_server.clone(),
+                database: copy.target_database.clone(),
+            };
+            if owned.mariadb.contains(&database) {
+                continue;
+            }
+            if removal::mariadb_database_exists(&self.config, &database.server, &database.database)
+                .await?
+            {
+                return Err(format!(
+                    "MariaDB database {} already exists on server {} of this host and is not a copy made by Navette; nothing was written to it",
+                    database.database, database.server
+                ));
+            }
+            self.record(spec, |record| {
+                CopyRecord::add(&mut record.mariadb, database)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn record(
+        &self,
+        spec: &TransferSpec,
+        change: impl FnOnce(&mut CopyRecord),
+    ) -> Result<(), String> {
+        self.copies
+            .update(copy_id_of(spec), &spec.account, |record, _| {
+                change(record);
+                Ok::<(), ()>(())
+            })
+            .map(drop)
+            .map_err(|error| crate::error_chain(&error))
+    }
+
+    /// The logins of the servers `spec` copies into, now.
+    async fn logins_now(&self, spec: &TransferSpec) -> Result<LoginsBefore, String> {
+        let mut before = LoginsBefore::default();
+        for copy in &spec.postgresql {
+            if !before.postgres.contains_key(&copy.target_server) {
+                let roles = removal::postgres_roles(&self.config, &copy.target_server).await?;
+                before.postgres.insert(copy.target_server.clone(), roles);
+            }
+        }
+        for copy in &spec.mariadb {
+            if !before.mariadb.contains_key(&copy.target_server) {
+                let users = removal::mariadb_users(&self.config, &copy.target_server).await?;
+                before.mariadb.insert(copy.target_server.clone(), users);
+            }
+        }
+        Ok(before)
+    }
+
+    /// Records the logins the transfer created: those the copy's databases
+    /// need that the server did not have before the transfer.
+    async fn record_logins(
+        &self,
+        spec: &TransferSpec,
+        before: &LoginsBefore,
+    ) -> Result<(), String> {
+        let record = self.copies.load(copy_id_of(spec)).unwrap_or_default();
+        let mut found = Vec::new();
+        for (server, roles_before) in &before.postgres {
+            let databases: Vec<String> = record
+                .postgresql
+                .iter()
+                .filter(|d| &d.server == server)
+                .map(|d| d.database.clone())
+                .collect();
+            for role in removal::postgres_roles_of(&self.config, server, &databases).await? {
+                let login = OwnedLogin {
+                    server: server.clone(),
+                    user: role,
+                    host: String::new(),
+                };
+                if !roles_before.contains(&login.user) || record.postgres_roles.contains(&login) {
+                    found.push((true, login));
+                }
+            }
+        }
+        for (server, users_before) in &before.mariadb {
+            let databases: Vec<String> = record
+                .mariadb
+                .iter()
+                .filter(|d| &d.server == server)
+                .map(|d| d.database.clone())
+                .collect();
+            for (user, host) in removal::mariadb_users_of(&self.config, server, &databases).await? {
+                let login = OwnedLogin {
+                    server: server.clone(),
+                    user,
+                    host,
+                };
+                if !users_before.contains(&(login.user.clone(), login.host.clone()))
+                    || record.mariadb_users.contains(&login)
+                {
+                    found.push((false, login));
+                }
+            }
+        }
+        self.record(spec, |record| {
+            for (postgres, login) in found {
+                if postgres {
+                    CopyRecord::add(&mut record.postgres_roles, login);
+                } else {
+                    CopyRecord::add(&mut record.mariadb_users, login);
+                }
+            }
+        })
+    }
+
+    /// Everything a transfer does once started: claims the databases,
+    /// pulls, and records the logins it created (also after a failure, so
+    /// that removing the partial copy takes them).
+    async fn run(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
+        self.claim_databases(spec).await?;
+        let before = self.logins_now(spec).await?;
+        let pulled = self.pull(spec, progress).await;
+        let recorded = self.record_logins(spec, &before).await;
+        match (pulled, recorded) {
+            (Err(error), Err(also)) => {
+                tracing::warn!(message = "the copy's logins could not be recorded", transfer_id = %spec.transfer_id, error = %also);
+                Err(error)
+            }
+            (Err(error), Ok(())) => Err(error),
+            (Ok(()), Err(error)) => Err(format!(
+                "the copy is complete, but the logins it created could not be recorded (removal would leave them): {error}"
+            )),
+            (Ok(()), Ok(())) => Ok(()),
+        }
+    }
+
     fn load_record(&self, transfer_id: &str) -> Option<Record> {
         let dir = self.record_dir(transfer_id);
-        let spec =
-            TransferSpec::decode(std::fs::read(dir.join("spec.pb")).ok()?.as_slice()).ok()?;
+        // A record is a transfer whose spec was written.
+        TransferSpec::decode(std::fs::read(dir.join("spec.pb")).ok()?.as_slice()).ok()?;
         let finished = std::fs::read(dir.join("final.pb"))
             .ok()
             .and_then(|bytes| TransferProgress::decode(bytes.as_slice()).ok());
-        Some(Record { spec, finished })
+        Some(Record { finished })
     }
 
     fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TransferError> {
@@ -245,6 +522,7 @@ impl Transfers {
         {
             return Ok(done);
         }
+        self.claim(&spec)?;
         let dir = self.record_dir(&spec.transfer_id);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Self::write_atomically(&dir.join("spec.pb"), &spec.encode_to_vec())?;
@@ -256,7 +534,7 @@ impl Transfers {
         let transfers = self.clone();
         let task_progress = progress.clone();
         tokio::spawn(async move {
-            let outcome = transfers.pull(&spec, &task_progress).await;
+            let outcome = transfers.run(&spec, &task_progress).await;
             if let Err(error) = &outcome {
                 tracing::warn!(message = "transfer failed", transfer_id = %spec.transfer_id, %error);
             } else {
@@ -400,11 +678,11 @@ impl Transfers {
         .map_err(|error| crate::error_chain(&error))
     }
 
-    /// Target side: removes what transfers to this host created for the
-    /// spec's account: the home copy and the databases. Refuses unless a
-    /// transfer of this account to this host is on record, so a mistaken
-    /// call to a source host removes nothing.
-    pub async fn remove_copy(&self, spec: &TransferSpec) -> Result<(), TransferError> {
+    /// Target side: removes one copy (by its id), exactly what its record
+    /// says it created: the home, the databases, and the logins no other
+    /// live copy on this host needs. Refused while a transfer into the copy
+    /// runs. A copy this host has no record of is already removed.
+    pub async fn remove_copy(&self, spec: &TransferSpec) -> Result<RemovedLogins, TransferError> {
         if spec.target_host_id != self.host_id
             || !valid_account(&spec.account)
             || !valid_id(&spec.transfer_id)
@@ -414,76 +692,121 @@ impl Transfers {
                 spec.transfer_id, spec.account, spec.target_host_id, self.host_id
             )));
         }
-        let records = self.records_for(&spec.account);
-        if records.is_empty() {
-            tracing::info!(message = "nothing to remove: no transfer of this account to this host", account = %spec.account);
-            return Ok(());
-        }
-        if let Some(progress) = self.lock().get(&spec.transfer_id)
-            && !progress.is_finished()
-        {
+        let copy_id = copy_id_of(spec);
+        let Some(record) = self.copies.load(copy_id) else {
+            tracing::info!(message = "nothing to remove: no such copy on this host", copy_id, account = %spec.account);
+            return Ok(RemovedLogins::default());
+        };
+        if record.account != spec.account {
             return Err(TransferError::Refused(format!(
-                "transfer {} is still running; remove the copy once it ended",
-                spec.transfer_id
+                "copy {copy_id} on this host is a copy of {}, not of {}",
+                record.account, spec.account
             )));
         }
-        let home = self.target_home(&spec.account);
-        if records.iter().any(|r| !r.spec.source_home.is_empty()) && home.exists() {
-            std::fs::remove_dir_all(&home).map_err(io(&home))?;
-        }
-        let mut postgres = Vec::new();
-        let mut mariadb = Vec::new();
-        for record in &records {
-            postgres.extend(
-                record
-                    .spec
-                    .postgresql
-                    .iter()
-                    .map(|c| (c.target_server.clone(), c.target_database.clone())),
-            );
-            mariadb.extend(
-                record
-                    .spec
-                    .mariadb
-                    .iter()
-                    .map(|c| (c.target_server.clone(), c.target_database.clone())),
-            );
-        }
-        postgres.sort();
-        postgres.dedup();
-        mariadb.sort();
-        mariadb.dedup();
-        for (server, database) in postgres {
-            super::removal::drop_postgres_database(&self.config, &server, &database)
-                .await
-                .map_err(TransferError::Refused)?;
-        }
-        for (server, database) in mariadb {
-            super::removal::drop_mariadb_database(&self.config, &server, &database)
-                .await
-                .map_err(TransferError::Refused)?;
-        }
-        for record in records {
-            let dir = self.record_dir(&record.spec.transfer_id);
-            let _ = std::fs::remove_dir_all(&dir);
-            self.lock().remove(&record.spec.transfer_id);
-        }
-        tracing::info!(message = "copy removed", account = %spec.account, home = %home.display());
-        Ok(())
-    }
-
-    /// Every transfer of `account` to this host on record.
-    fn records_for(&self, account: &str) -> Vec<Record> {
-        let dir = self.config.state_dir.join("transfers");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Vec::new();
+        let running: Vec<&String> = {
+            let running = self.lock();
+            record
+                .transfers
+                .iter()
+                .filter(|t| running.get(*t).is_some_and(|p| !p.is_finished()))
+                .collect()
         };
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-            .filter_map(|id| self.load_record(&id))
-            .filter(|r| r.spec.account == account && r.spec.target_host_id == self.host_id)
-            .collect()
+        if let Some(transfer) = running.first() {
+            return Err(TransferError::Refused(format!(
+                "transfer {transfer} into copy {copy_id} is still running; the copy is removed once it ended"
+            )));
+        }
+        if let Some(home) = &record.home {
+            if home.parent() != Some(self.config.accounts_dir.as_path()) {
+                return Err(TransferError::Refused(format!(
+                    "copy {copy_id} records the home {}, outside {}; it is left for an operator to look at",
+                    home.display(),
+                    self.config.accounts_dir.display()
+                )));
+            }
+            if std::fs::symlink_metadata(home).is_ok() {
+                std::fs::remove_dir_all(home).map_err(io(home))?;
+            }
+        }
+        for database in &record.postgresql {
+            removal::drop_postgres_database(&self.config, &database.server, &database.database)
+                .await
+                .map_err(TransferError::Refused)?;
+        }
+        for database in &record.mariadb {
+            removal::drop_mariadb_database(&self.config, &database.server, &database.database)
+                .await
+                .map_err(TransferError::Refused)?;
+        }
+        let others: Vec<CopyRecord> = self
+            .copies
+            .list()
+            .into_iter()
+            .filter(|r| r.copy_id != copy_id)
+            .collect();
+        let mut logins = RemovedLogins::default();
+        for role in &record.postgres_roles {
+            let what = format!("postgresql {} role {}", role.server, role.user);
+            let outcome = match others.iter().find(|o| o.postgres_roles.contains(role)) {
+                Some(other) => {
+                    LoginDrop::Kept(format!("copy {} on this host needs it", other.copy_id))
+                }
+                None => removal::drop_postgres_role(&self.config, &role.server, &role.user)
+                    .await
+                    .map_err(TransferError::Refused)?,
+            };
+            note(&mut logins, what, outcome);
+        }
+        for user in &record.mariadb_users {
+            let what = format!(
+                "mariadb {} user '{}'@'{}'",
+                user.server, user.user, user.host
+            );
+            let own: Vec<String> = record
+                .mariadb
+                .iter()
+                .filter(|d| d.server == user.server)
+                .map(|d| d.database.clone())
+                .collect();
+            let outcome = match others.iter().find(|o| o.mariadb_users.contains(user)) {
+                Some(other) => {
+                    LoginDrop::Kept(format!("copy {} on this host needs it", other.copy_id))
+                }
+                None => removal::drop_mariadb_user(
+                    &self.config,
+                    &user.server,
+                    &user.user,
+                    &user.host,
+                    &own,
+                )
+                .await
+                .map_err(TransferError::Refused)?,
+            };
+            note(&mut logins, what, outcome);
+        }
+        for transfer in &record.transfers {
+            if valid_id(transfer) {
+                let _ = std::fs::remove_dir_all(self.record_dir(transfer));
+            }
+            self.lock().remove(transfer);
+        }
+        self.copies.forget(copy_id)?;
+        tracing::info!(
+            message = "copy removed",
+            copy_id,
+            account = %spec.account,
+            home = ?record.home,
+            logins_dropped = ?logins.dropped,
+            logins_kept = ?logins.kept
+        );
+        Ok(logins)
+    }
+}
+
+fn note(logins: &mut RemovedLogins, what: String, outcome: LoginDrop) {
+    match outcome {
+        LoginDrop::Dropped => logins.dropped.push(what),
+        LoginDrop::Kept(why) => logins.kept.push(format!("{what}: {why}")),
     }
 }
 

@@ -137,6 +137,7 @@ pub fn account(account: &Account) -> v1::Account {
             })
             .collect(),
         updated_at: Some(timestamp(account.updated_at)),
+        copy_of_test: account.copy_of_test.clone().unwrap_or_default(),
     }
 }
 
@@ -243,6 +244,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 uid: a.uid,
                 home_size_bytes: a.home_size_bytes,
                 home_files: a.home_files,
+                copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
                 databases: a
                     .databases
                     .iter()
@@ -398,6 +400,13 @@ pub fn test(test: &Test) -> v1::Test {
         created_at: Some(timestamp(test.created_at)),
         updated_at: Some(timestamp(test.updated_at)),
         ready_at: test.ready_at.map(timestamp),
-        expires_at: test.expires_at.map(timestamp),
+        // When it is removed by itself, whatever its state.
+        expires_at: crate::workflow::test_flow::expiry(test).map(timestamp),
+        outage: test.outage.as_ref().map(|(host, since)| v1::HostOutage {
+            host_id: host.clone(),
+            since: Some(timestamp(*since)),
+            retried_until: crate::workflow::test_flow::retried_until(test, *since).map(timestamp),
+            error: test.error.clone(),
+        }),
     }
 }

@@ -81,9 +81,12 @@ impl Accounts for PanelApi {
         reply(
             async {
                 let client = self.0.db.get().await?;
-                let accounts = store::accounts::list(&**client, optional(&request.host_id)).await?;
+                let host = optional(&request.host_id);
+                let accounts = store::accounts::list(&**client, host).await?;
+                let copies = store::accounts::list_copies(&**client, host).await?;
                 Ok(v1::ListAccountsResponse {
                     accounts: accounts.iter().map(convert::account).collect(),
+                    copies: copies.iter().map(convert::account).collect(),
                 })
             }
             .await,

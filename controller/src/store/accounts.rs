@@ -1,4 +1,6 @@
-//! The `host_accounts` table: customer accounts as each agent reports them.
+//! The `host_accounts` table: customer accounts as each agent reports them,
+//! and the copies of accounts tests made (`copy_of_test` set), which are
+//! never taken for accounts.
 
 use tokio_postgres::{GenericClient, Row};
 
@@ -9,6 +11,7 @@ use crate::model::Account;
 fn from_row(row: &Row) -> Result<Account> {
     let databases: serde_json::Value = row.get("databases");
     let uid: i64 = row.get("uid");
+    let copy_of_test: String = row.get("copy_of_test");
     Ok(Account {
         name: row.get("name"),
         host_id: row.get("host_id"),
@@ -19,15 +22,36 @@ fn from_row(row: &Row) -> Result<Account> {
         databases: serde_json::from_value(databases)
             .map_err(|e| Error::Internal(format!("databases column: {e}")))?,
         updated_at: row.get("updated_at"),
+        copy_of_test: (!copy_of_test.is_empty()).then_some(copy_of_test),
     })
 }
 
 const SELECT: &str = "SELECT host_id, name, home, uid, home_size_bytes, home_files, databases,
-    updated_at FROM host_accounts";
+    updated_at, copy_of_test FROM host_accounts";
 
-/// Accounts, optionally on one host, by name.
+/// Accounts (not copies), optionally on one host, by name.
 pub async fn list(client: &impl GenericClient, host_id: Option<&str>) -> Result<Vec<Account>> {
-    let sql = format!("{SELECT} WHERE ($1::text IS NULL OR host_id = $1) ORDER BY name, host_id");
+    let sql = format!(
+        "{SELECT} WHERE ($1::text IS NULL OR host_id = $1) AND copy_of_test = ''
+         ORDER BY name, host_id"
+    );
+    client
+        .query(&sql, &[&host_id])
+        .await?
+        .iter()
+        .map(from_row)
+        .collect()
+}
+
+/// Copies of accounts made by tests, optionally on one host, by name.
+pub async fn list_copies(
+    client: &impl GenericClient,
+    host_id: Option<&str>,
+) -> Result<Vec<Account>> {
+    let sql = format!(
+        "{SELECT} WHERE ($1::text IS NULL OR host_id = $1) AND copy_of_test <> ''
+         ORDER BY name, host_id"
+    );
     client
         .query(&sql, &[&host_id])
         .await?
@@ -42,7 +66,7 @@ pub async fn list(client: &impl GenericClient, host_id: Option<&str>) -> Result<
 /// so.
 pub async fn get(client: &impl GenericClient, name: &str) -> Result<Account> {
     let sql = format!(
-        "{SELECT} WHERE name = $1
+        "{SELECT} WHERE name = $1 AND copy_of_test = ''
            AND host_id NOT IN (SELECT id FROM hosts WHERE kind = 'test')
          ORDER BY host_id"
     );
@@ -85,11 +109,12 @@ pub async fn replace_for_host(
     let statement = client
         .prepare(
             "INSERT INTO host_accounts (host_id, name, home, uid, home_size_bytes, home_files,
-                 databases, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())
+                 databases, updated_at, copy_of_test)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)
              ON CONFLICT (host_id, name) DO UPDATE SET home = EXCLUDED.home, uid = EXCLUDED.uid,
                  home_size_bytes = EXCLUDED.home_size_bytes, home_files = EXCLUDED.home_files,
-                 databases = EXCLUDED.databases, updated_at = now()",
+                 databases = EXCLUDED.databases, updated_at = now(),
+                 copy_of_test = EXCLUDED.copy_of_test",
         )
         .await?;
     for account in accounts {
@@ -106,6 +131,7 @@ pub async fn replace_for_host(
                     &to_i64(account.home_size_bytes),
                     &to_i64(account.home_files),
                     &databases,
+                    &account.copy_of_test.as_deref().unwrap_or(""),
                 ],
             )
             .await?;

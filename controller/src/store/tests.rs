@@ -10,7 +10,7 @@ use crate::model::{CopyPlan, CopyProgress, Test, TestState, TestStep};
 
 const COLUMNS: &str = "id, account, migration_id, source_host_id, test_host_id, state, step,
     generation, plan, progress, error, ttl_seconds, created_at, updated_at, ready_at, expires_at,
-    attempts";
+    attempts, outage_host, outage_since";
 
 fn from_row(row: &Row) -> Result<Test> {
     let state: String = row.get("state");
@@ -20,6 +20,8 @@ fn from_row(row: &Row) -> Result<Test> {
     let generation: i32 = row.get("generation");
     let attempts: i32 = row.get("attempts");
     let ttl: i64 = row.get("ttl_seconds");
+    let outage_host: Option<String> = row.get("outage_host");
+    let outage_since: Option<chrono::DateTime<chrono::Utc>> = row.get("outage_since");
     Ok(Test {
         id: row.get("id"),
         account: row.get("account"),
@@ -41,6 +43,7 @@ fn from_row(row: &Row) -> Result<Test> {
         ready_at: row.get("ready_at"),
         expires_at: row.get("expires_at"),
         attempts: u32::try_from(attempts).unwrap_or(0),
+        outage: outage_host.zip(outage_since),
     })
 }
 
@@ -175,23 +178,44 @@ pub async fn claim_due(
         .transpose()
 }
 
-/// Extends `owner`'s lease; `false` when it was lost (another controller
-/// took over): the step must stop without recording anything.
+/// Extends `owner`'s lease; the test's state now (a deletion may have been
+/// recorded meanwhile), or `None` when the lease was lost (another
+/// controller took over): the step must stop without recording anything.
 pub async fn renew_lease(
     client: &impl GenericClient,
     id: &str,
     owner: &str,
     lease: Duration,
-) -> Result<bool> {
+) -> Result<Option<TestState>> {
     let seconds = lease.as_secs_f64();
-    Ok(client
-        .execute(
+    let row = client
+        .query_opt(
             "UPDATE tests SET lease_expires_at = now() + make_interval(secs => $3)
-             WHERE id = $1 AND lease_owner = $2",
+             WHERE id = $1 AND lease_owner = $2
+             RETURNING state",
             &[&id, &owner, &seconds],
         )
-        .await?
-        == 1)
+        .await?;
+    Ok(row.and_then(|row| TestState::parse(row.get::<_, &str>(0))))
+}
+
+/// The state of test `id` and who holds its lease, locking the row until
+/// the transaction ends (so that a deletion cannot slip in between reading
+/// the state and recording a step).
+pub async fn lock_state(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<(TestState, Option<String>)> {
+    let row = client
+        .query_one(
+            "SELECT state, lease_owner FROM tests WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    let state: String = row.get(0);
+    let state = TestState::parse(&state)
+        .ok_or_else(|| Error::Internal(format!("unknown test state {state:?}")))?;
+    Ok((state, row.get(1)))
 }
 
 /// The outcome of a step, to record if the lease is still ours.
@@ -205,6 +229,10 @@ pub struct StepResult {
     pub retry_after: Option<Duration>,
     /// Reset the attempts counter (the step made progress).
     pub reset_attempts: bool,
+    /// The host the step could not reach (retried): recorded with the time
+    /// it was first seen out, kept while it stays out. `None`: the step got
+    /// through, and any outage is cleared.
+    pub outage_host: Option<String>,
 }
 
 /// Records a step's result and frees the lease, only if `owner` still
@@ -229,9 +257,13 @@ pub async fn finish_step(
                  attempts = CASE WHEN $8 THEN 0 WHEN $7::float8 > 0 THEN attempts + 1 ELSE attempts END,
                  next_run_at = now() + make_interval(secs => $7::float8),
                  updated_at = now(),
+                 outage_since = CASE WHEN $9::text IS NULL THEN NULL
+                     WHEN outage_host IS DISTINCT FROM $9::text OR outage_since IS NULL THEN now()
+                     ELSE outage_since END,
+                 outage_host = $9::text,
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &state, &step, &result.error, &result.ready, &retry, &result.reset_attempts],
+            &[&id, &owner, &state, &step, &result.error, &result.ready, &retry, &result.reset_attempts, &result.outage_host],
         )
         .await?;
     if updated == 1 {
@@ -299,15 +331,26 @@ pub async fn start_removal(client: &impl GenericClient, id: &str) -> Result<Test
     get(client, id).await
 }
 
-/// Starts the removal of every ready test past its expiry; their ids.
-pub async fn expire_due(client: &impl GenericClient) -> Result<Vec<String>> {
+/// Starts the removal of every test past its expiry, whatever its state
+/// (ready, failed, or stuck placing or copying), but deleting and deleted
+/// ones; their ids. The rule is `test_flow::expiry`, with `copy_grace`
+/// its `COPY_GRACE`. A test whose step is running keeps its lease: the
+/// deletion wins when the step ends (`test_flow::settle`).
+pub async fn expire_due(client: &impl GenericClient, copy_grace: Duration) -> Result<Vec<String>> {
+    let grace = copy_grace.as_secs_f64();
     let rows = client
         .query(
             "UPDATE tests SET state = 'deleting', step = 'remove', attempts = 0,
                  next_run_at = now(), updated_at = now()
-             WHERE state = 'ready' AND expires_at <= now()
+             WHERE state NOT IN ('deleting', 'deleted')
+               AND CASE WHEN state = 'ready'
+                   THEN COALESCE(expires_at,
+                                 created_at + make_interval(secs => ttl_seconds::float8))
+                   ELSE COALESCE(ready_at, created_at)
+                        + make_interval(secs => GREATEST(ttl_seconds::float8, $1::float8))
+                   END <= now()
              RETURNING id",
-            &[],
+            &[&grace],
         )
         .await?;
     let mut ids = Vec::new();

@@ -8,6 +8,15 @@
 //! restarted) runs the step again, which agents make harmless: every call
 //! carries the transfer id.
 //!
+//! A deletion (DeleteTest, expiry) may be recorded while a step runs: the
+//! lease renewal sees it and stops the step, and the step's result is
+//! recorded in the same transaction that reads the test's state again, so
+//! the deletion wins ([`test_flow::settle`]).
+//!
+//! Grants end with their copy: when a copy ends (done or failed), and again
+//! when a copy is removed, the source agent is asked to revoke the grants
+//! of the test's transfers (best effort: a grant also expires by itself).
+//!
 //! The decisions are in pure state machines ([`test_flow`]); this module
 //! only performs the steps.
 
@@ -22,7 +31,7 @@ use tokio::sync::Semaphore;
 use crate::agents::{self, CallFailure};
 use crate::db::Change;
 use crate::error::Result;
-use crate::model::{CopyProgress, Engine, Test, TestStep};
+use crate::model::{CopyProgress, Engine, Test, TestState, TestStep};
 use crate::state::Controller;
 use crate::store;
 use test_flow::StepOutcome;
@@ -35,6 +44,9 @@ const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 const CONCURRENT_STEPS: usize = 8;
 /// How often stored progress is updated while a copy runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long a source lets the test host read for one transfer: time for
+/// the copy and its retries. The grant is revoked when the copy ends.
+const GRANT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The transfer of the current generation of `test`.
 pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
@@ -64,6 +76,12 @@ pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
         mariadb: copies(Engine::Mariadb),
         // A test copy can be made again; it need not be synced to disk.
         disposable: true,
+        // Every generation fills the test's one copy on the test host.
+        copy_id: test.id.clone(),
+        grant_expires_at: Some(navette_proto::timestamp(
+            chrono::Utc::now()
+                + chrono::Duration::from_std(GRANT_LIFETIME).unwrap_or(chrono::Duration::hours(24)),
+        )),
     }
 }
 
@@ -139,7 +157,7 @@ pub fn spawn_runner(controller: Arc<Controller>) {
 
 async fn expire(controller: &Controller) -> Result<()> {
     let client = controller.db.get().await?;
-    for id in store::tests::expire_due(&**client).await? {
+    for id in store::tests::expire_due(&**client, test_flow::COPY_GRACE).await? {
         tracing::info!(message = "test expired; removing its copy", test_id = %id);
     }
     Ok(())
@@ -161,29 +179,42 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
             .ok(),
         Err(_) => None,
     };
-    let (lost_sender, mut lost) = tokio::sync::watch::channel(false);
+    let (stop_sender, mut stop) = tokio::sync::watch::channel(Interruption::None);
     let renewal = {
         let controller = controller.clone();
         let (id, owner) = (test.id.clone(), owner.clone());
+        let removing = test.step == TestStep::Remove;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE_RENEWAL).await;
-                let kept = match controller.db.get().await {
+                let state = match controller.db.get().await {
                     Ok(client) => store::tests::renew_lease(&**client, &id, &owner, LEASE)
                         .await
-                        .unwrap_or(false),
-                    Err(_) => false,
+                        .unwrap_or(None),
+                    Err(_) => None,
                 };
-                if !kept {
-                    let _ = lost_sender.send(true);
-                    return;
+                match state {
+                    None => {
+                        let _ = stop_sender.send(Interruption::LeaseLost);
+                        return;
+                    }
+                    Some(TestState::Deleting) if !removing => {
+                        let _ = stop_sender.send(Interruption::Deleted);
+                        return;
+                    }
+                    Some(_) => {}
                 }
             }
         })
     };
     let outcome = tokio::select! {
         outcome = perform(controller, &test) => Some(outcome),
-        _ = lost.wait_for(|lost| *lost) => None,
+        stopped = stop.wait_for(|stop| *stop != Interruption::None) => match stopped.map(|s| *s) {
+            Ok(Interruption::Deleted) => Some(StepOutcome::Unreachable(
+                "the test is being deleted: the step stopped".to_owned(),
+            )),
+            _ => None,
+        },
     };
     renewal.abort();
     let Some(outcome) = outcome else {
@@ -192,16 +223,10 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
     };
     let outcome_text = format!("{outcome:?}");
     let result = test_flow::after(&test, outcome);
-    let recorded = match controller.db.get().await {
-        Ok(client) => {
-            let recorded = store::tests::finish_step(&**client, &test.id, &owner, &result).await;
-            if let Some(run_id) = run_id {
-                let _ = store::tests::step_finished(&**client, run_id, &outcome_text).await;
-            }
-            recorded
-        }
-        Err(error) => Err(error.into()),
-    };
+    let recorded = record(controller, &test, &owner, result.clone()).await;
+    if let (Some(run_id), Ok(client)) = (run_id, controller.db.get().await) {
+        let _ = store::tests::step_finished(&**client, run_id, &outcome_text).await;
+    }
     match recorded {
         Ok(true) => tracing::info!(
             message = "step done",
@@ -212,6 +237,61 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
         Ok(false) => tracing::warn!(message = "step done, but the lease was lost: not recorded"),
         Err(error) => {
             tracing::warn!(message = "recording a step failed; it will run again", %error)
+        }
+    }
+}
+
+/// Why a running step was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interruption {
+    None,
+    LeaseLost,
+    /// A deletion was recorded while the step ran.
+    Deleted,
+}
+
+/// Records `result` of `test`'s step if `owner` still holds the lease,
+/// after reading the test's state again in the same transaction: a
+/// deletion recorded meanwhile wins ([`test_flow::settle`]).
+async fn record(
+    controller: &Controller,
+    test: &Test,
+    owner: &str,
+    result: store::tests::StepResult,
+) -> Result<bool> {
+    let mut client = controller.db.get().await?;
+    let transaction = client.transaction().await?;
+    let (state, lease_owner) = store::tests::lock_state(&*transaction, &test.id).await?;
+    if lease_owner.as_deref() != Some(owner) {
+        return Ok(false);
+    }
+    let settled = test_flow::settle(test, state, result);
+    let recorded = store::tests::finish_step(&*transaction, &test.id, owner, &settled).await?;
+    transaction.commit().await?;
+    if state == TestState::Deleting && test.state != TestState::Deleting {
+        tracing::info!(message = "the test was deleted while its step ran: the deletion wins");
+    }
+    Ok(recorded)
+}
+
+/// Asks the source agent to revoke the grants of `transfer_ids`. Best
+/// effort: a grant that cannot be revoked now still expires by itself.
+async fn revoke_grants(
+    controller: &Controller,
+    source: &crate::model::Host,
+    transfer_ids: &[String],
+) {
+    for transfer_id in transfer_ids {
+        match agents::revoke_grant(controller, source, transfer_id).await {
+            Ok(revoked) => {
+                tracing::info!(message = "grant revoked", %transfer_id, source = %source.id, was_live = revoked)
+            }
+            Err(error) => tracing::warn!(
+                message = "the grant could not be revoked now; it expires by itself",
+                %transfer_id,
+                source = %source.id,
+                error = ?error
+            ),
         }
     }
 }
@@ -239,9 +319,29 @@ async fn perform(controller: &Arc<Controller>, test: &Test) -> StepOutcome {
             Ok(()) => StepOutcome::Granted,
             Err(error) => failure(error),
         },
-        TestStep::Copy => follow_copy(controller, test, &target, spec).await,
+        TestStep::Copy => {
+            let transfer_id = spec.transfer_id.clone();
+            let outcome = follow_copy(controller, test, &target, spec).await;
+            if matches!(outcome, StepOutcome::Copied(_) | StepOutcome::CopyFailed(_)) {
+                revoke_grants(controller, &source, &[transfer_id]).await;
+            }
+            outcome
+        }
         TestStep::Remove => match agents::remove_copy(controller, &target, spec).await {
-            Ok(()) => StepOutcome::Removed,
+            Ok(removed) => {
+                tracing::info!(
+                    message = "copy removed",
+                    logins_dropped = ?removed.logins_dropped,
+                    logins_kept = ?removed.logins_kept
+                );
+                // Every generation's grant, should an earlier revocation
+                // have failed.
+                let transfers: Vec<String> = (1..=test.generation)
+                    .map(|generation| format!("{}-g{generation}", test.id))
+                    .collect();
+                revoke_grants(controller, &source, &transfers).await;
+                StepOutcome::Removed
+            }
             Err(error) => failure(error),
         },
         TestStep::None => StepOutcome::Refused("nothing to do".to_owned()),

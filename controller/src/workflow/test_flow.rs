@@ -6,9 +6,20 @@
 //!  placing ─grant─▶ copying ─copy─▶ ready ─refresh─▶ refreshing ─grant─▶ ─copy─▶ ready
 //!     │                │                 └─delete/expiry─▶ deleting ─remove─▶ deleted
 //!     └── refusal ─────┴── copy failed ─▶ failed (remove the partial copy) ─remove─▶ failed
+//!
+//!  any state but deleting/deleted ─delete, or expiry─▶ deleting ─remove─▶ deleted
 //! ```
+//!
+//! Rules beyond the diagram: a deletion recorded while a step runs wins
+//! over that step's result ([`settle`]); a removal is never given up,
+//! refusals included (the agent refuses while a transfer into the copy
+//! runs), only retried with backoff; every test that is not deleted has an
+//! expiry ([`expiry`]), failed and stuck ones included, so no copy stays on
+//! a test host for ever.
 
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use crate::model::{CopyProgress, Test, TestState, TestStep};
 use crate::store::tests::StepResult;
@@ -39,6 +50,61 @@ pub fn backoff(attempts: u32) -> Duration {
     Duration::from_secs(1u64 << attempts.min(5)).min(Duration::from_secs(30))
 }
 
+/// Wait before retrying a removal the agent refused (1, 2, 4 ... 300 s):
+/// it may refuse for as long as a transfer runs.
+pub fn removal_backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.min(9)).min(Duration::from_secs(300))
+}
+
+/// The least time a test that is not ready is given before it expires: a
+/// copy may take longer than a short `ttl`, which counts from readiness.
+pub const COPY_GRACE: Duration = Duration::from_secs(86_400);
+
+/// When `test` is removed by itself. A ready test: `ttl` after it was last
+/// ready. Any other test that is not being deleted (failed, or stuck
+/// placing, copying or refreshing): `ttl`, but at least [`COPY_GRACE`],
+/// after it was last ready or else created. Deleting and deleted tests do
+/// not expire: they are ending already. `store::tests::expire_due`
+/// selects with the same rule.
+pub fn expiry(test: &Test) -> Option<DateTime<Utc>> {
+    let seconds = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4));
+    match test.state {
+        TestState::Deleting | TestState::Deleted => None,
+        TestState::Ready => Some(
+            test.expires_at
+                .unwrap_or_else(|| test.created_at + seconds(test.ttl_seconds)),
+        ),
+        _ => Some(
+            test.ready_at.unwrap_or(test.created_at)
+                + seconds(test.ttl_seconds.max(COPY_GRACE.as_secs())),
+        ),
+    }
+}
+
+/// What to record for a step of `claimed` that gave `result`, when the
+/// test is now in `current` (a deletion may have been recorded while the
+/// step ran). The deletion wins: the step's result is dropped, and the
+/// removal runs next, at once. A step that was itself a removal (of a
+/// failed test's copy) keeps its result, but the test then ends deleted.
+pub fn settle(claimed: &Test, current: TestState, result: StepResult) -> StepResult {
+    if current != TestState::Deleting || claimed.state == TestState::Deleting {
+        return result;
+    }
+    if claimed.step == TestStep::Remove {
+        return StepResult {
+            state: result.state.map(|state| match state {
+                TestState::Failed => TestState::Deleted,
+                other => other,
+            }),
+            ..result
+        };
+    }
+    StepResult {
+        reset_attempts: true,
+        ..StepResult::default()
+    }
+}
+
 fn failed(error: String) -> StepResult {
     StepResult {
         state: Some(TestState::Failed),
@@ -47,6 +113,21 @@ fn failed(error: String) -> StepResult {
         reset_attempts: true,
         ..StepResult::default()
     }
+}
+
+/// The host the current step of `test` calls: the source for the grant,
+/// the test host for the copy and the removal.
+pub fn host_of_step(test: &Test) -> &str {
+    match test.step {
+        TestStep::Grant => &test.source_host_id,
+        _ => &test.test_host_id,
+    }
+}
+
+/// How long a step that keeps failing to reach its host is retried before
+/// the test fails: the sum of every backoff.
+pub fn retried_for() -> Duration {
+    (0..MAX_ATTEMPTS).map(backoff).sum()
 }
 
 fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
@@ -59,8 +140,17 @@ fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
     StepResult {
         error: Some(why),
         retry_after: Some(backoff(test.attempts)),
+        outage_host: Some(host_of_step(test).to_owned()),
         ..StepResult::default()
     }
+}
+
+/// Until when the step of `test`, cut off from a host since `since`, is
+/// retried before the test fails; `None`: for as long as it takes (a
+/// removal is never given up).
+pub fn retried_until(test: &Test, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (test.step != TestStep::Remove)
+        .then(|| since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
 }
 
 /// What to record after `test`'s current step gave `outcome`.
@@ -99,8 +189,8 @@ pub fn after(test: &Test, outcome: StepOutcome) -> StepResult {
         // Cleaning up must eventually happen: never give up on it.
         (TestStep::Remove, StepOutcome::Unreachable(why)) => retry(test, why, false),
         (TestStep::Remove, StepOutcome::Refused(why)) => StepResult {
-            step: Some(TestStep::None),
-            error: Some(format!("the copy could not be removed: {why}")),
+            error: Some(format!("the copy is not removed yet (retried): {why}")),
+            retry_after: Some(removal_backoff(test.attempts)),
             ..StepResult::default()
         },
         (_, StepOutcome::Unreachable(why)) => retry(test, why, true),
@@ -146,6 +236,7 @@ mod tests {
             ready_at: None,
             expires_at: None,
             attempts,
+            outage: None,
         }
     }
 
@@ -214,6 +305,38 @@ mod tests {
         );
         assert_eq!((retried.state, retried.step), (None, None));
         assert_eq!(retried.retry_after, Some(Duration::from_secs(4)));
+        assert_eq!(
+            retried.outage_host.as_deref(),
+            Some("test-1"),
+            "the copy waits for the test host"
+        );
+        let granting = after(
+            &test(TestState::Placing, TestStep::Grant, 0),
+            StepOutcome::Unreachable("down".into()),
+        );
+        assert_eq!(
+            granting.outage_host.as_deref(),
+            Some("shared-old"),
+            "the grant waits for the source"
+        );
+        let through = after(
+            &test(TestState::Copying, TestStep::Copy, 2),
+            StepOutcome::Copied(CopyProgress::default()),
+        );
+        assert_eq!(
+            through.outage_host, None,
+            "an outage ends when the step gets through"
+        );
+        let since = chrono::Utc::now();
+        let copying = test(TestState::Copying, TestStep::Copy, 2);
+        assert_eq!(
+            retried_until(&copying, since),
+            Some(since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
+        );
+        assert_eq!(
+            retried_until(&test(TestState::Deleting, TestStep::Remove, 2), since),
+            None
+        );
         let given_up = after(
             &test(TestState::Copying, TestStep::Copy, MAX_ATTEMPTS - 1),
             StepOutcome::Unreachable("link down".into()),
@@ -225,6 +348,106 @@ mod tests {
         );
         assert_eq!(cleanup.state, None, "removal is retried for ever");
         assert_eq!(cleanup.retry_after, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_refused_removal_is_retried_with_backoff_never_given_up() {
+        let refused = after(
+            &test(TestState::Deleting, TestStep::Remove, 3),
+            StepOutcome::Refused("transfer t1-g1 is still running".into()),
+        );
+        assert_eq!((refused.state, refused.step), (None, None));
+        assert_eq!(refused.retry_after, Some(Duration::from_secs(8)));
+        let later = after(
+            &test(TestState::Failed, TestStep::Remove, 500),
+            StepOutcome::Refused("still running".into()),
+        );
+        assert_eq!((later.state, later.step), (None, None), "never given up");
+        assert_eq!(later.retry_after, Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_deletion_during_a_step_wins_over_the_step_result() {
+        // The copy finished while DeleteTest was recorded: not ready.
+        let copying = test(TestState::Copying, TestStep::Copy, 2);
+        let copied = after(&copying, StepOutcome::Copied(CopyProgress::default()));
+        assert_eq!(copied.state, Some(TestState::Ready));
+        let settled = settle(&copying, TestState::Deleting, copied);
+        assert_eq!(
+            (settled.state, settled.step),
+            (None, None),
+            "deleting/remove stay"
+        );
+        assert!(
+            !settled.ready,
+            "no expiry is set from a copy that is being deleted"
+        );
+        assert_eq!(settled.retry_after, None, "the removal runs at once");
+        assert_eq!(settled.error, None);
+        // Nothing was deleted: the result stands.
+        let copied = after(&copying, StepOutcome::Copied(CopyProgress::default()));
+        assert_eq!(
+            settle(&copying, TestState::Copying, copied).state,
+            Some(TestState::Ready)
+        );
+        // A failed test's removal that ran when DeleteTest came: deleted.
+        let failed = test(TestState::Failed, TestStep::Remove, 0);
+        let removed = settle(
+            &failed,
+            TestState::Deleting,
+            after(&failed, StepOutcome::Removed),
+        );
+        assert_eq!(
+            (removed.state, removed.step),
+            (Some(TestState::Deleted), Some(TestStep::None))
+        );
+        // A deleting test's own removal is not changed.
+        let deleting = test(TestState::Deleting, TestStep::Remove, 0);
+        let removed = settle(
+            &deleting,
+            TestState::Deleting,
+            after(&deleting, StepOutcome::Removed),
+        );
+        assert_eq!(removed.state, Some(TestState::Deleted));
+    }
+
+    #[test]
+    fn every_test_that_is_not_deleted_expires() {
+        let failed = test(TestState::Failed, TestStep::None, 0);
+        assert_eq!(
+            expiry(&failed),
+            Some(failed.created_at + chrono::Duration::days(1)),
+            "a failed test that was never ready expires, after the copy's grace (ttl is 60 s)"
+        );
+        let mut stuck = test(TestState::Copying, TestStep::Copy, 7);
+        stuck.ttl_seconds = 30 * 86_400;
+        assert_eq!(
+            expiry(&stuck),
+            Some(stuck.created_at + chrono::Duration::days(30)),
+            "a stuck copy expires, ttl after its creation when longer than the grace"
+        );
+        let mut refreshing = test(TestState::Refreshing, TestStep::Copy, 0);
+        let ready_at = refreshing.created_at + chrono::Duration::days(2);
+        refreshing.ready_at = Some(ready_at);
+        assert_eq!(
+            expiry(&refreshing),
+            Some(ready_at + chrono::Duration::days(1)),
+            "a stuck refresh expires counted from the last copy"
+        );
+        let mut ready = test(TestState::Ready, TestStep::None, 0);
+        let later = ready.created_at + chrono::Duration::days(3);
+        ready.expires_at = Some(later);
+        assert_eq!(
+            expiry(&ready),
+            Some(later),
+            "a ready test expires ttl after it was ready"
+        );
+        for state in [TestState::Placing, TestState::Refreshing] {
+            assert!(expiry(&test(state, TestStep::Grant, 0)).is_some());
+        }
+        for state in [TestState::Deleting, TestState::Deleted] {
+            assert_eq!(expiry(&test(state, TestStep::None, 0)), None);
+        }
     }
 
     #[test]

@@ -229,6 +229,8 @@ impl PostgresSource for PostgresSourceService {
     ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
         let r = request.get_ref();
         let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        // Counted against the grant's bound until the session ends.
+        let (_, permit) = self.grants.open_session(&request, &r.transfer_id)?;
         let r = request.into_inner();
         match SnapshotMethod::try_from(r.method).unwrap_or(SnapshotMethod::Unspecified) {
             SnapshotMethod::Unspecified | SnapshotMethod::Transaction => {}
@@ -255,7 +257,13 @@ impl PostgresSource for PostgresSourceService {
         if sender.send(Ok(first)).await.is_err() {
             return Err(Status::cancelled("the caller left"));
         }
-        tokio::spawn(keep_snapshot(client, sender, r.transfer_id, r.database));
+        tokio::spawn(keep_snapshot(
+            client,
+            sender,
+            permit,
+            r.transfer_id,
+            r.database,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 

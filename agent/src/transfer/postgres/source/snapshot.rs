@@ -1,6 +1,7 @@
 //! The snapshot the copy shares: exported by one session that holds it
 //! (with ACCESS SHARE locks) for as long as the target keeps the
-//! HoldSnapshot stream open, and imported by every other session.
+//! HoldSnapshot stream open (and its grant lives: a revoked or expired
+//! grant ends it), and imported by every other session.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tonic::Status;
 
 use super::SourceError;
 use crate::config::PostgresqlServer;
+use crate::transfer::grants::SessionPermit;
 use crate::transfer::postgres::describe::USER_SCHEMA;
 use crate::transfer::postgres::session::{self, qualified, quote_literal};
 
@@ -154,10 +156,13 @@ pub(super) async fn export_snapshot(
 }
 
 /// Keeps the snapshot's transaction open until the caller leaves, the
-/// session dies, or [`MAX_HOLD`] passes; then ends it.
+/// session dies, the grant ends (revoked or expired: `permit`, which also
+/// counts the session against the grant's bound), or [`MAX_HOLD`] passes;
+/// then ends it.
 pub(super) async fn keep_snapshot(
     client: Client,
     sender: mpsc::Sender<Result<SnapshotStatus, Status>>,
+    mut permit: SessionPermit,
     transfer_id: String,
     database: String,
 ) {
@@ -170,6 +175,14 @@ pub(super) async fn keep_snapshot(
     let reason = loop {
         tokio::select! {
             () = sender.closed() => break "the target closed the stream",
+            why = permit.ended() => {
+                let _ = sender
+                    .send(Err(Status::permission_denied(format!(
+                        "transfer {transfer_id}: {why}; the snapshot is released"
+                    ))))
+                    .await;
+                break why;
+            }
             _ = ticks.tick() => {}
         }
         if client.is_closed() {
