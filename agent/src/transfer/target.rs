@@ -643,6 +643,9 @@ impl Transfers {
             } else {
                 super::postgres::DataCheck::RowDigest
             },
+            // Only roles named after the account are its own; any other
+            // role the source names is refused before the target changes.
+            account: Some(spec.account.clone()),
             ..super::postgres::PullOptions::default()
         };
         let result = super::postgres::pull(
@@ -666,9 +669,10 @@ impl Transfers {
         spec: &TransferSpec,
         progress: &Progress,
     ) -> Result<(), String> {
-        super::mariadb::pull(
+        super::mariadb::pull_for_account(
             channel,
             &spec.transfer_id,
+            &spec.account,
             &spec.mariadb,
             &self.config.mariadb,
             progress,

@@ -149,6 +149,9 @@ impl MariadbSource for MariadbSourceService {
     ) -> Result<Response<Self::DumpStream>, Status> {
         let ask = request.get_ref().clone();
         let (_, server) = self.authorise(&request, &ask.transfer_id, &ask.server, &ask.database)?;
+        // A dump holds a consistent snapshot on the server: it counts
+        // against the grant's bound, and ends when the grant does.
+        let (_, mut permit) = self.grants.open_session(&request, &ask.transfer_id)?;
         let (sender, receiver) = mpsc::channel(DUMP_QUEUE);
         tokio::spawn(async move {
             tracing::info!(
@@ -157,7 +160,26 @@ impl MariadbSource for MariadbSourceService {
                 server = %ask.server,
                 database = %ask.database
             );
-            match dump::dump(&server, &ask.database, &sender).await {
+            let outcome = tokio::select! {
+                outcome = dump::dump(&server, &ask.database, &sender) => outcome,
+                why = permit.ended() => {
+                    tracing::info!(
+                        message = "MariaDB dump stopped: its grant ended",
+                        transfer_id = %ask.transfer_id,
+                        database = %ask.database,
+                        why
+                    );
+                    let _ = sender
+                        .send(Err(Status::permission_denied(format!(
+                            "transfer {}: {why}; ask the controller for a new transfer",
+                            ask.transfer_id
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            drop(permit);
+            match outcome {
                 Ok(()) => tracing::info!(
                     message = "MariaDB dump sent",
                     transfer_id = %ask.transfer_id,
