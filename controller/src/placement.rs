@@ -7,6 +7,13 @@
 //! what its agent reports, and its free space counts at most what its disk
 //! could hold ([`usable_free_bytes`]): an agent cannot attract copies, and
 //! the customers' credentials in them, by lying about itself.
+//!
+//! Invariant: a copy never goes to a host where one of its database names,
+//! or the role owning one, is already held by another account or another
+//! account's copy ([`name_collision`]): two customers' `wordpress` never
+//! meet on one server, and one test can never drop or take over another's
+//! copy. The target agent refuses the same again (what is not its copy's),
+//! for the race of two tests placed at once.
 
 use crate::catalogue::{Migration, Software, version_matches};
 use crate::error::Error;
@@ -114,6 +121,56 @@ fn receiving_server<'a>(
         .max_by(|a, b| numbers(&a.version).cmp(&numbers(&b.version)))
 }
 
+/// Why `host` cannot hold the copy without meeting another account's
+/// names: a database of the same name and engine on the receiving server,
+/// or the role owning one of the account's databases owning a database
+/// there, held by another account or a copy of one (`held`: everything
+/// every host reports). The other account is not named: it is another
+/// customer's.
+fn name_collision(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    host: &Host,
+    held: &[Account],
+) -> Option<String> {
+    let others: Vec<&Account> = held
+        .iter()
+        .filter(|other| other.host_id == host.id && other.name != account.name)
+        .collect();
+    for database in &account.databases {
+        let Some(target) = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)
+            .and_then(|source| receiving_server(migration, host, source))
+        else {
+            continue;
+        };
+        let on_target = others
+            .iter()
+            .flat_map(|other| &other.databases)
+            .filter(|d| d.engine == database.engine && d.server == target.name);
+        for theirs in on_target {
+            if theirs.name == database.name {
+                return Some(format!(
+                    "already holds a {} database named {} for another account",
+                    engine_name(database.engine),
+                    database.name
+                ));
+            }
+            if !database.owner.is_empty() && theirs.owner == database.owner {
+                return Some(format!(
+                    "already has a {} role {} owning another account's database",
+                    engine_name(database.engine),
+                    database.owner
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Why `host` cannot take the copy (software), or `None` if it can.
 fn missing_software(
     migration: &Migration,
@@ -163,6 +220,7 @@ pub fn plan_test(
     account: &Account,
     source_host: &Host,
     hosts: &[Host],
+    held: &[Account],
 ) -> Result<(Host, CopyPlan), Error> {
     if source_host.state != HostState::Online {
         return Err(Error::Unavailable(format!(
@@ -210,6 +268,8 @@ pub fn plan_test(
             refusals.push(format!("{} is draining", host.id));
         } else if let Some(why) = missing_software(migration, account, source_host, host) {
             refusals.push(format!("{} {why}", host.id));
+        } else if let Some(why) = name_collision(migration, account, source_host, host, held) {
+            refusals.push(format!("{} {why} (retry when that test ends)", host.id));
         } else if free < needed {
             largest_free = largest_free.max(free);
             refusals.push(format!("{} has {} free", host.id, human_bytes(free)));
@@ -416,6 +476,7 @@ mod tests {
             &alice(),
             &source(),
             &[source(), test_host(10 << 30)],
+            &[],
         )?;
         assert_eq!(chosen.id, "test-1");
         assert_eq!(plan.databases.len(), 2);
@@ -426,7 +487,14 @@ mod tests {
 
     #[test]
     fn a_full_test_host_is_refused_before_copying() {
-        let error = plan_test(&migration(), &alice(), &source(), &[test_host(50 << 20)]).err();
+        let error = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[test_host(50 << 20)],
+            &[],
+        )
+        .err();
         assert!(
             matches!(&error, Some(Error::NoRoom(m)) if m.contains("needs") && m.contains("test-1 has 50.0 MiB free")),
             "{error:?}"
@@ -441,7 +509,7 @@ mod tests {
             vec![server("main", Engine::Postgresql, "15.18", true)],
             1 << 40,
         );
-        let error = plan_test(&migration(), &alice(), &source(), &[old]).err();
+        let error = plan_test(&migration(), &alice(), &source(), &[old], &[]).err();
         assert!(
             matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("test-old runs no PostgreSQL 18")),
             "{error:?}"
@@ -452,7 +520,7 @@ mod tests {
     fn a_source_database_that_is_down_is_named() {
         let mut down = source();
         down.database_servers[1] = server("main", Engine::Mariadb, "10.11.6", false);
-        let error = plan_test(&migration(), &alice(), &down, &[test_host(10 << 30)]).err();
+        let error = plan_test(&migration(), &alice(), &down, &[test_host(10 << 30)], &[]).err();
         assert!(
             matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("MariaDB server \"main\"") && m.contains("is down")),
             "{error:?}"
@@ -466,7 +534,7 @@ mod tests {
         liar.id = "liar".into();
         liar.kind = Some(HostKind::Shared);
         liar.reported_kind = Some(HostKind::Test);
-        let error = plan_test(&migration(), &alice(), &source(), &[liar.clone()]).err();
+        let error = plan_test(&migration(), &alice(), &source(), &[liar.clone()], &[]).err();
         assert!(
             matches!(&error, Some(Error::FailedPrecondition(m)) if m.contains("there are no test hosts")),
             "{error:?}"
@@ -481,6 +549,7 @@ mod tests {
             &alice(),
             &source(),
             &[liar, test_host(10 << 30)],
+            &[],
         )?;
         assert_eq!(chosen.id, "test-1");
         Ok(())
@@ -501,12 +570,89 @@ mod tests {
             &alice(),
             &source(),
             &[boaster.clone(), honest],
+            &[],
         )?;
         assert_eq!(chosen.id, "test-1");
         // Free space above the reported disk counts as the disk.
         boaster.declared_disk_bytes = None;
         boaster.disk_total_bytes = 1 << 30;
         assert_eq!(usable_free_bytes(&boaster), 1 << 30);
+        Ok(())
+    }
+
+    /// Bob's account, on another old host, with the same database and
+    /// role names as alice's.
+    fn bob_like_alice() -> Account {
+        let mut bob = alice();
+        bob.name = "bob".into();
+        bob.host_id = "shared-other".into();
+        bob
+    }
+
+    #[test]
+    fn another_accounts_names_keep_a_copy_off_a_host() -> Result<(), Error> {
+        // Alice's copy is on test-1 (test-1's PostgreSQL 18 server "main").
+        let mut alice_copy = alice();
+        alice_copy.host_id = "test-1".into();
+        alice_copy.copy_of_test = Some("t-alice".into());
+        let held = vec![alice(), alice_copy];
+        let mut test_2 = test_host(10 << 30);
+        test_2.id = "test-2".into();
+        // Bob's copy goes elsewhere, although test-1 has more room.
+        let (chosen, _) = plan_test(
+            &migration(),
+            &bob_like_alice(),
+            &source(),
+            &[source(), test_host(20 << 30), test_2],
+            &held,
+        )?;
+        assert_eq!(chosen.id, "test-2");
+        // With test-1 alone, bob is refused before anything is copied, with
+        // the name, and without naming alice.
+        let error = plan_test(
+            &migration(),
+            &bob_like_alice(),
+            &source(),
+            &[source(), test_host(20 << 30)],
+            &held,
+        )
+        .err();
+        let text = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains(
+                "test-1 already holds a PostgreSQL database named alice for another account"
+            ),
+            "{text}"
+        );
+        // A shared role alone is a collision too.
+        let mut carol = bob_like_alice();
+        carol.name = "carol".into();
+        for database in &mut carol.databases {
+            database.name = format!("carol_{}", database.name);
+        }
+        let text = plan_test(
+            &migration(),
+            &carol,
+            &source(),
+            &[source(), test_host(20 << 30)],
+            &held,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            text.contains("role alice owning another account's database"),
+            "{text}"
+        );
+        // Alice's own copy is no collision for alice.
+        let (chosen, _) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[source(), test_host(20 << 30)],
+            &held,
+        )?;
+        assert_eq!(chosen.id, "test-1");
         Ok(())
     }
 

@@ -41,7 +41,7 @@ impl TestsApi {
         &self,
         account: &str,
         migration_id: &str,
-    ) -> Result<(Account, Host, Migration, Vec<Host>)> {
+    ) -> Result<(Account, Host, Migration, Vec<Host>, Vec<Account>)> {
         let migration =
             self.0
                 .catalogue
@@ -65,7 +65,11 @@ impl TestsApi {
             )));
         }
         let hosts = store::hosts::list(&**client, None, None).await?;
-        Ok((account, source, migration, hosts))
+        // What every host holds, accounts and copies: placement keeps a
+        // copy off a host where another account's names are.
+        let mut held = store::accounts::list(&**client, None).await?;
+        held.extend(store::accounts::list_copies(&**client, None).await?);
+        Ok((account, source, migration, hosts, held))
     }
 
     async fn create(&self, request: v1::TestMigrationRequest) -> Result<Test> {
@@ -84,8 +88,9 @@ impl TestsApi {
                 return Ok(existing);
             }
         }
-        let (account, source, migration, hosts) = self.context(account_name, migration_id).await?;
-        let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts)?;
+        let (account, source, migration, hosts, held) =
+            self.context(account_name, migration_id).await?;
+        let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts, &held)?;
         let ttl = match request.ttl_seconds {
             0 => DEFAULT_TTL_SECS,
             ttl => u64::from(ttl),
@@ -119,25 +124,25 @@ impl TestsApi {
     }
 
     async fn report(&self, account: &str, migration_id: &str) -> Result<v1::CompatibilityReport> {
-        let (account, source, migration, hosts) = self.context(account, migration_id).await?;
+        let (account, source, migration, hosts, held) = self.context(account, migration_id).await?;
         let (home, databases) = placement::account_bytes(&account);
         let needed = placement::disk_needed(&account);
         let mut items = Vec::new();
         let mut compatible = true;
-        let (test_host_id, free) = match placement::plan_test(&migration, &account, &source, &hosts)
-        {
-            Ok((host, _)) => (host.id.clone(), host.disk_free_bytes),
-            Err(error) => {
-                compatible = false;
-                items.push(convert::report_item(
-                    v1::report_item::Severity::Blocking,
-                    "placement",
-                    &error.to_string(),
-                    "",
-                ));
-                (String::new(), 0)
-            }
-        };
+        let (test_host_id, free) =
+            match placement::plan_test(&migration, &account, &source, &hosts, &held) {
+                Ok((host, _)) => (host.id.clone(), placement::usable_free_bytes(&host)),
+                Err(error) => {
+                    compatible = false;
+                    items.push(convert::report_item(
+                        v1::report_item::Severity::Blocking,
+                        "placement",
+                        &error.to_string(),
+                        "",
+                    ));
+                    (String::new(), 0)
+                }
+            };
         items.push(convert::report_item(
             v1::report_item::Severity::Info,
             "disk",
