@@ -11,7 +11,8 @@
 //! - `mariadb`: MariaDB/MySQL databases and users.
 //!
 //! [`progress`] is what every pull reports to, and what `WatchTransfer`
-//! streams.
+//! streams; [`outage`] is how long a pull waits for a source it cannot
+//! reach, and how it says so.
 //!
 //! Invariants: a source serves nothing without a grant naming the caller's
 //! host; a target writes only inside the target home and databases of the
@@ -21,6 +22,7 @@
 pub mod files;
 pub mod grants;
 pub mod mariadb;
+pub mod outage;
 pub mod postgres;
 pub mod progress;
 pub mod removal;

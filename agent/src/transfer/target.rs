@@ -281,7 +281,7 @@ impl Transfers {
             Some(Record {
                 finished: Some(done),
                 ..
-            }) => Ok(Following::Finished(done)),
+            }) => Ok(Following::Finished(Box::new(done))),
             _ => Err(TransferError::Unknown(transfer_id.to_owned())),
         }
     }
@@ -490,5 +490,5 @@ impl Transfers {
 /// A transfer being followed.
 pub enum Following {
     Running(Arc<Progress>),
-    Finished(TransferProgress),
+    Finished(Box<TransferProgress>),
 }
