@@ -9,12 +9,14 @@
 //! what it was waiting for while the server was down, and the database was
 //! copied again. A server that stays down longer than the bound fails the
 //! copy, saying so; a server that refuses the agent's login fails it at
-//! once.
+//! once; a source that keeps cutting the copy once it is reached again is
+//! given up after five copies.
 
 mod postgres_support;
 
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
@@ -25,11 +27,17 @@ use navette_agent::transfer::postgres::{
 use navette_agent::transfer::progress::Progress;
 use navette_proto::identity::agent_server_name;
 use navette_proto::tls;
-use navette_proto::v1::{TransferProgress, TransferWaiting};
+use navette_proto::v1::postgres_source_server::PostgresSource;
+use navette_proto::v1::{
+    ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
+    DumpSchemaRequest, HoldSnapshotRequest, PostgresDatabaseDescription, TableChecksum,
+    TransferProgress, TransferWaiting,
+};
 use navette_tests::{AccountSpec, PgVersion, Postgres, Rig};
 use postgres_support::{
-    Pki, PullSpec, SourceAgent, grants, run_multi_threaded, same_name, server_config,
+    Pki, PullSpec, SourceAgent, grants, pull_in, run_multi_threaded, same_name, server_config,
 };
+use tonic::{Request, Response, Status};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
@@ -410,5 +418,131 @@ fn a_longer_outage_fails_after_the_bound_and_a_refusal_fails_at_once() -> anyhow
         &format!("SELECT count(*) FROM pg_database WHERE datname = '{database}'"),
     )?;
     ensure!(exists == "0", "the target has the database");
+    Ok(())
+}
+
+/// A source whose link is cut during every table's copy (as a flaky
+/// network between the hosts would), counting the snapshots it is asked
+/// to hold.
+struct CuttingSource {
+    inner: PostgresSourceService,
+    snapshots: std::sync::Arc<AtomicU32>,
+}
+
+#[tonic::async_trait]
+impl PostgresSource for CuttingSource {
+    type HoldSnapshotStream = <PostgresSourceService as PostgresSource>::HoldSnapshotStream;
+    type DumpSchemaStream = <PostgresSourceService as PostgresSource>::DumpSchemaStream;
+    type CopyTableStream = <PostgresSourceService as PostgresSource>::CopyTableStream;
+    type CopyLargeObjectsStream = <PostgresSourceService as PostgresSource>::CopyLargeObjectsStream;
+
+    async fn hold_snapshot(
+        &self,
+        request: Request<HoldSnapshotRequest>,
+    ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.inner.hold_snapshot(request).await
+    }
+
+    async fn describe_database(
+        &self,
+        request: Request<DescribeDatabaseRequest>,
+    ) -> Result<Response<PostgresDatabaseDescription>, Status> {
+        self.inner.describe_database(request).await
+    }
+
+    async fn dump_schema(
+        &self,
+        request: Request<DumpSchemaRequest>,
+    ) -> Result<Response<Self::DumpSchemaStream>, Status> {
+        self.inner.dump_schema(request).await
+    }
+
+    async fn copy_table(
+        &self,
+        _request: Request<CopyTableRequest>,
+    ) -> Result<Response<Self::CopyTableStream>, Status> {
+        Err(Status::unavailable("the link was cut"))
+    }
+
+    async fn checksum_table(
+        &self,
+        request: Request<ChecksumTableRequest>,
+    ) -> Result<Response<TableChecksum>, Status> {
+        self.inner.checksum_table(request).await
+    }
+
+    async fn copy_large_objects(
+        &self,
+        request: Request<CopyLargeObjectsRequest>,
+    ) -> Result<Response<Self::CopyLargeObjectsStream>, Status> {
+        self.inner.copy_large_objects(request).await
+    }
+}
+
+#[test]
+fn a_source_that_keeps_cutting_the_copy_is_given_up_after_five_copies() -> anyhow::Result<()> {
+    let rig = Rig::new("postgres_outage_cut")?;
+    let source_host = rig.add_namespace("src", SOURCE)?;
+    let target_host = rig.add_namespace("dst", TARGET)?;
+    let pg15 = source_host.start_postgres(&rig, PgVersion::V15, 5432)?;
+    let pg18 = target_host.start_postgres(&rig, PgVersion::V18, 5432)?;
+    let database = "nvpgo_fred";
+    rig.add_account(
+        &source_host,
+        AccountSpec {
+            name: database.to_owned(),
+            password: "fred pw".to_owned(),
+            pg_databases: vec![database.to_owned()],
+            ..AccountSpec::default()
+        },
+    )?;
+    let pki = Pki::new()?;
+    let transfer_id = "t-pg-cut";
+    let snapshots = std::sync::Arc::new(AtomicU32::new(0));
+    let service = CuttingSource {
+        inner: PostgresSourceService::new(
+            grants(
+                &rig.dir().join("src-agent-state"),
+                transfer_id,
+                "dst",
+                &[database],
+            )?,
+            vec![server_config(&pg15)],
+        ),
+        snapshots: snapshots.clone(),
+    };
+    let source = SourceAgent::start(&source_host, SOURCE, service, &pki)?;
+    let started = Instant::now();
+    let (result, progress) = pull_in(PullSpec {
+        target: &target_host,
+        identity: pki.agent("dst")?,
+        pki: &pki,
+        source: &source,
+        transfer_id,
+        copies: vec![same_name(database)],
+        target_servers: vec![server_config(&pg18)],
+        options: PullOptions {
+            work_dir: rig.dir().to_owned(),
+            ..PullOptions::default()
+        },
+    })?;
+    let took = started.elapsed();
+    let error = match result {
+        Ok(report) => bail!("a copy whose every table was cut succeeded: {report:?}"),
+        Err(error) => error,
+    };
+    let text = navette_agent::error_chain(&error);
+    eprintln!("gave up after {took:.1?}: {text}");
+    // Each copy reached the source (held a snapshot), so no outage lasted
+    // long; the copy ended after five, well within the outage bound.
+    let held = snapshots.load(Ordering::Relaxed);
+    ensure!(held == 5, "the source held {held} snapshots");
+    ensure!(text.contains("the link was cut"), "the error: {text}");
+    ensure!(took < OUTAGE_BOUND, "gave up after {took:?}");
+    ensure!(
+        progress.waiting.is_none(),
+        "the progress still says the copy waits: {progress:?}"
+    );
     Ok(())
 }

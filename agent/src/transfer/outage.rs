@@ -68,6 +68,8 @@ pub struct Outages<'a> {
     transfer_id: String,
     bound: Duration,
     current: Option<Outage>,
+    /// How many times [`Outages::reached`] was called.
+    reaches: u32,
 }
 
 impl<'a> Outages<'a> {
@@ -79,11 +81,13 @@ impl<'a> Outages<'a> {
             transfer_id: transfer_id.to_owned(),
             bound,
             current: None,
+            reaches: 0,
         }
     }
 
     /// The copy reached its source again: the outage, if any, is over.
     pub fn reached(&mut self) {
+        self.reaches += 1;
         if let Some(outage) = self.current.take() {
             tracing::info!(
                 message = "the copy reaches its source again",
@@ -94,6 +98,12 @@ impl<'a> Outages<'a> {
             );
             self.progress.set_waiting(None);
         }
+    }
+
+    /// How many times the copy reached its source: a caller that starts
+    /// over compares it before and after an attempt.
+    pub fn reaches(&self) -> u32 {
+        self.reaches
     }
 
     /// An attempt failed on a transient `error` reaching `what`: waits
@@ -208,6 +218,7 @@ mod tests {
                 .expect("within the bound");
         }
         outages.reached();
+        assert_eq!(outages.reaches(), 1);
         assert!(progress.snapshot().waiting.is_none());
         // 7 s later, a new outage has its own 10 s and starts with a short
         // pause again.

@@ -16,7 +16,8 @@
 //! [`outage`](crate::transfer::outage) says: preflight is tried again, and
 //! the database is copied again with a new snapshot, until the outage has
 //! lasted [`PullOptions::outage_bound`]; the progress and the log say what
-//! it waits for meanwhile. Refusals fail at once.
+//! it waits for meanwhile. Refusals fail at once, and so does a copy cut
+//! `INTERRUPTIONS` times after it had reached the source again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,6 +55,11 @@ use crate::transfer::progress::Progress;
 
 /// Largest message accepted from the source (chunks are 1 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
+/// How many times a database copy may be interrupted after it reached the
+/// source (held a snapshot): each such interruption ends an outage, so
+/// without this a source that keeps cutting the copy would be copied from
+/// forever.
+const INTERRUPTIONS: u32 = 5;
 
 /// How a pull runs.
 #[derive(Clone, Debug)]
@@ -202,9 +208,10 @@ pub async fn pull(
     }
     let mut report = PostgresReport::default();
     for plan in &planned {
-        let mut attempt = 0;
+        let (mut attempt, mut interrupted) = (0, 0);
         let database = loop {
             attempt += 1;
+            let reaches = outages.reaches();
             let tally = Tally::new(progress);
             let copied = copy_database(
                 &source,
@@ -222,6 +229,19 @@ pub async fn pull(
                 }
                 Err(error) if error.is_transient() => {
                     tally.undo();
+                    if outages.reaches() > reaches {
+                        interrupted += 1;
+                    }
+                    if interrupted >= INTERRUPTIONS {
+                        tracing::warn!(
+                            message = "PostgreSQL copy interrupted too often; giving up",
+                            transfer = %transfer_id,
+                            database = %plan.copy.target_database,
+                            interrupted,
+                            error = %crate::error_chain(&error)
+                        );
+                        return Err(error);
+                    }
                     tracing::info!(
                         message = "PostgreSQL copy interrupted; the database will be copied again",
                         transfer = %transfer_id,
