@@ -191,7 +191,7 @@ impl Agent for AgentService {
         tokio::spawn(async move {
             match following {
                 Following::Finished(done) => {
-                    let _ = sender.send(Ok(done)).await;
+                    let _ = sender.send(Ok(*done)).await;
                 }
                 Following::Running(progress) => {
                     let mut changed = progress.subscribe();

@@ -12,7 +12,8 @@
 //!
 //! [`progress`] is what every pull reports to, and what `WatchTransfer`
 //! streams. [`copies`] records, on a target, what each copy created, and
-//! [`removal`] finds and drops it.
+//! [`removal`] finds and drops it; [`outage`] is how long a pull waits for
+//! a source it cannot reach, and how it says so.
 //!
 //! Invariants: a source serves nothing without a live grant naming the
 //! caller's host (grants expire, and are revoked when their transfer or
@@ -25,6 +26,7 @@ pub mod copies;
 pub mod files;
 pub mod grants;
 pub mod mariadb;
+pub mod outage;
 pub mod postgres;
 pub mod progress;
 pub mod removal;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use navette_proto::v1::{TransferProgress, TransferState};
+use navette_proto::v1::{TransferProgress, TransferState, TransferWaiting};
 
 /// Counters of one transfer. Cheap to update from many tasks.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct Progress {
     /// Where the copy of the home goes (reported to the controller).
     target_home: Mutex<String>,
     outcome: Mutex<Option<Result<(), String>>>,
+    /// What the copy waits for while an outage lasts ([`super::outage`]).
+    waiting: Mutex<Option<TransferWaiting>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -43,6 +45,7 @@ impl Progress {
             phase: Mutex::new(String::new()),
             target_home: Mutex::new(String::new()),
             outcome: Mutex::new(None),
+            waiting: Mutex::new(None),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -60,6 +63,12 @@ impl Progress {
 
     pub fn set_target_home(&self, home: impl Into<String>) {
         *self.target_home.lock().unwrap_or_else(|p| p.into_inner()) = home.into();
+    }
+
+    /// Says what the copy waits for (`None`: it is not waiting).
+    pub fn set_waiting(&self, waiting: Option<TransferWaiting>) {
+        *self.waiting.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
+        self.changed.send_modify(|n| *n += 1);
     }
 
     pub fn finish(&self, outcome: Result<(), String>) {
@@ -113,6 +122,11 @@ impl Progress {
             updated_at: Some(navette_proto::timestamp(chrono::Utc::now())),
             target_home: self
                 .target_home
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            waiting: self
+                .waiting
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),

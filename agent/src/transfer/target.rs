@@ -559,7 +559,7 @@ impl Transfers {
             Some(Record {
                 finished: Some(done),
                 ..
-            }) => Ok(Following::Finished(done)),
+            }) => Ok(Following::Finished(Box::new(done))),
             _ => Err(TransferError::Unknown(transfer_id.to_owned())),
         }
     }
@@ -817,5 +817,5 @@ fn note(logins: &mut RemovedLogins, what: String, outcome: LoginDrop) {
 /// A transfer being followed.
 pub enum Following {
     Running(Arc<Progress>),
-    Finished(TransferProgress),
+    Finished(Box<TransferProgress>),
 }

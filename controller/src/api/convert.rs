@@ -338,6 +338,9 @@ fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
         error: String::new(),
         updated_at: Some(timestamp(test.updated_at)),
         target_home: progress.target_home.clone(),
+        // Not kept: what a copy waits for is shown by the target agent's
+        // WatchTransfer while it waits.
+        waiting: None,
     })
 }
 

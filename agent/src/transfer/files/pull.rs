@@ -30,6 +30,7 @@ use super::scan::{self, Entry};
 use super::setid::{AccountIds, AccountUser};
 use super::shared::{Shared, Tally, target_cache};
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
+use crate::transfer::outage::OUTAGE_BOUND;
 use crate::transfer::progress::Progress;
 
 /// How a pull behaves. The defaults suit a transfer between two hosts.
@@ -43,7 +44,7 @@ pub struct PullConfig {
     pub batch_files: usize,
     pub batch_bytes: u64,
     /// How long the source may stay unreachable (with no progress) before
-    /// the pull gives up.
+    /// the pull gives up. Default [`OUTAGE_BOUND`], as databases.
     pub retry_for: Duration,
     /// How long a stream may stay silent before it counts as broken.
     pub stall_timeout: Duration,
@@ -68,7 +69,7 @@ impl Default for PullConfig {
             small_file_max: 1024 * 1024,
             batch_files: 1024,
             batch_bytes: 8 * 1024 * 1024,
-            retry_for: Duration::from_secs(120),
+            retry_for: OUTAGE_BOUND,
             stall_timeout: Duration::from_secs(60),
             content_tries: 3,
             durable: true,

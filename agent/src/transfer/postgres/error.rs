@@ -78,6 +78,19 @@ pub enum PostgresCopyError {
         "source database {database}: the snapshot was released before the copy ended ({reason}); the copy must start again"
     )]
     SnapshotLost { database: String, reason: String },
+    /// The source stayed unreachable for longer than a copy waits
+    /// ([`crate::transfer::outage`]); `last` is the last failure.
+    #[error(
+        "database {database}: {what} stayed unreachable for {lasted_seconds} s, longer than the {bound_seconds} s a copy waits; check that the source host's agent and PostgreSQL server run, then copy again"
+    )]
+    Unreachable {
+        database: String,
+        what: String,
+        lasted_seconds: u64,
+        bound_seconds: u64,
+        #[source]
+        last: Box<PostgresCopyError>,
+    },
 }
 
 impl PostgresCopyError {
@@ -98,7 +111,10 @@ impl PostgresCopyError {
     }
 
     /// Whether copying the database again, with a new snapshot, may
-    /// succeed: the link broke, or the source lost the snapshot.
+    /// succeed: the link broke, the source's server could not be reached
+    /// or cut the session (it is restarting), or the source lost the
+    /// snapshot. An [`Unreachable`](PostgresCopyError::Unreachable) copy
+    /// already waited as long as it may.
     pub fn is_transient(&self) -> bool {
         match self {
             PostgresCopyError::SnapshotLost { .. } => true,
@@ -109,8 +125,10 @@ impl PostgresCopyError {
     }
 }
 
-/// Codes that say the link broke (UNAVAILABLE, CANCELLED...) or that the
-/// snapshot is gone (FAILED_PRECONDITION), rather than a refusal.
+/// Codes that say the link broke (UNAVAILABLE, CANCELLED...), that the
+/// source's server cannot be reached now (UNAVAILABLE: the source agent
+/// answers so for a server that is down, starting or shutting down), or
+/// that the snapshot is gone (FAILED_PRECONDITION), rather than a refusal.
 pub fn is_transient_code(code: tonic::Code) -> bool {
     use tonic::Code;
     matches!(

@@ -62,9 +62,11 @@
 //!    unit commits; any other copy is also read back as soon as a table is
 //!    loaded, and compared (SQL checksums on both sides, [`checksum`], are
 //!    the slower option).
-//!    Large objects' contents, and sequence values, follow. If the link or
-//!    the snapshot is lost, the database is copied again with a new
-//!    snapshot.
+//!    Large objects' contents, and sequence values, follow. If the link,
+//!    the source's server (a restart) or the snapshot is lost, the database
+//!    is copied again with a new snapshot, for as long as the outage rule
+//!    of [`crate::transfer::outage`] allows (two minutes from the first
+//!    failure); the progress says what the copy waits for meanwhile.
 //!    As soon as a table is loaded and checked, its worker builds the
 //!    table's indexes (`pg_get_indexdef` from the source, checked to be one
 //!    `CREATE INDEX` on that table and sent through the extended query

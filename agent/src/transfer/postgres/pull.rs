@@ -10,6 +10,14 @@
 //! statement changes it, and everything that can run the customer's code
 //! runs as the copy's loader ([`Loader`]), which is dropped however the
 //! copy ends.
+//!
+//! A copy waits out an outage of the source (its agent or its server
+//! cannot be reached, a session was cut: a restart) as the rule of
+//! [`outage`](crate::transfer::outage) says: preflight is tried again, and
+//! the database is copied again with a new snapshot, until the outage has
+//! lasted [`PullOptions::outage_bound`]; the progress and the log say what
+//! it waits for meanwhile. Refusals fail at once, and so does a copy cut
+//! `INTERRUPTIONS` times after it had reached the source again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,15 +50,16 @@ use super::target::{RolesOutcome, Target};
 use super::tools::PgTools;
 use super::{large_objects, restore, schema_objects, target};
 use crate::config::PostgresqlServer;
+use crate::transfer::outage::{OUTAGE_BOUND, Outages};
 use crate::transfer::progress::Progress;
 
 /// Largest message accepted from the source (chunks are 1 MiB).
 const MAX_MESSAGE: usize = 64 << 20;
-/// How many times a database copy is started, when the link or the
-/// snapshot is lost.
-const DATABASE_ATTEMPTS: u32 = 3;
-/// The wait before a new attempt, doubled each time.
-const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+/// How many times a database copy may be interrupted after it reached the
+/// source (held a snapshot): each such interruption ends an outage, so
+/// without this a source that keeps cutting the copy would be copied from
+/// forever.
+const INTERRUPTIONS: u32 = 5;
 
 /// How a pull runs.
 #[derive(Clone, Debug)]
@@ -58,6 +67,9 @@ pub struct PullOptions {
     /// Parallel table copies, and jobs of pg_restore's post-data section.
     /// Default 4.
     pub workers: usize,
+    /// How long the source may stay unreachable, from the first failure,
+    /// before the copy fails. Default [`OUTAGE_BOUND`] (as files).
+    pub outage_bound: Duration,
     /// The target's client programs (pg_restore) per target
     /// server name, overriding the configuration's `bin_dir`; a server with
     /// neither uses [`PgTools::locate`] of its major version.
@@ -97,6 +109,7 @@ impl Default for PullOptions {
     fn default() -> PullOptions {
         PullOptions {
             workers: 4,
+            outage_bound: OUTAGE_BOUND,
             tools: BTreeMap::new(),
             work_dir: std::env::temp_dir(),
             split_bytes: 1 << 30,
@@ -141,8 +154,9 @@ pub struct DatabaseReport {
     pub sequences: usize,
     pub large_objects: u64,
     pub schema_objects: usize,
-    /// How many times the copy started (more than 1: the link or the
-    /// snapshot was lost, and the database was copied again).
+    /// How many times the copy started (more than 1: the link, the
+    /// source's server or the snapshot was lost, and the database was
+    /// copied again).
     pub attempts: u32,
     pub timings: Timings,
 }
@@ -177,9 +191,17 @@ pub async fn pull(
     progress: &Progress,
 ) -> Result<PostgresReport, PostgresCopyError> {
     let source = PostgresSourceClient::new(channel).max_decoding_message_size(MAX_MESSAGE);
+    let mut outages = Outages::new(progress, transfer_id, options.outage_bound);
     let mut planned = Vec::with_capacity(copies.len());
     for copy in copies {
-        let plan = preflight(&source, transfer_id, copy, target_servers, options).await?;
+        let plan = loop {
+            match preflight(&source, transfer_id, copy, target_servers, options).await {
+                Ok(plan) => break plan,
+                Err(error) if error.is_transient() => wait_out(&mut outages, copy, error).await?,
+                Err(error) => return Err(error),
+            }
+        };
+        outages.reached();
         progress.add(
             &progress.tables_total,
             plan.counted_tables.load(Ordering::Relaxed),
@@ -192,27 +214,48 @@ pub async fn pull(
     }
     let mut report = PostgresReport::default();
     for plan in &planned {
-        let mut attempt = 0;
+        let (mut attempt, mut interrupted) = (0, 0);
         let database = loop {
             attempt += 1;
+            let reaches = outages.reaches();
             let tally = Tally::new(progress);
-            match copy_database(&source, transfer_id, plan, options, progress, &tally).await {
+            let copied = copy_database(
+                &source,
+                transfer_id,
+                plan,
+                options,
+                progress,
+                &tally,
+                &mut outages,
+            );
+            match copied.await {
                 Ok(mut database) => {
                     database.attempts = attempt;
                     break database;
                 }
-                Err(error) if error.is_transient() && attempt < DATABASE_ATTEMPTS => {
+                Err(error) if error.is_transient() => {
                     tally.undo();
-                    let wait = FIRST_BACKOFF * 2u32.pow(attempt - 1);
-                    tracing::warn!(
-                        message = "PostgreSQL copy interrupted; copying the database again",
+                    if outages.reaches() > reaches {
+                        interrupted += 1;
+                    }
+                    if interrupted >= INTERRUPTIONS {
+                        tracing::warn!(
+                            message = "PostgreSQL copy interrupted too often; giving up",
+                            transfer = %transfer_id,
+                            database = %plan.copy.target_database,
+                            interrupted,
+                            error = %crate::error_chain(&error)
+                        );
+                        return Err(error);
+                    }
+                    tracing::info!(
+                        message = "PostgreSQL copy interrupted; the database will be copied again",
                         transfer = %transfer_id,
                         database = %plan.copy.target_database,
                         attempt,
-                        wait_seconds = wait.as_secs(),
                         error = %crate::error_chain(&error)
                     );
-                    tokio::time::sleep(wait).await;
+                    wait_out(&mut outages, plan.copy, error).await?;
                 }
                 Err(error) => return Err(error),
             }
@@ -235,6 +278,30 @@ pub async fn pull(
         report.databases.push(database);
     }
     Ok(report)
+}
+
+/// After a transient `error`: waits before the next attempt (saying what
+/// for), or fails with it once the source has been unreachable for longer
+/// than the bound.
+async fn wait_out(
+    outages: &mut Outages<'_>,
+    copy: &DatabaseCopy,
+    error: PostgresCopyError,
+) -> Result<(), PostgresCopyError> {
+    let what = format!(
+        "source PostgreSQL server {}, database {}",
+        copy.source_server, copy.source_database
+    );
+    match outages.wait(&what, &crate::error_chain(&error)).await {
+        Ok(()) => Ok(()),
+        Err(gave_up) => Err(PostgresCopyError::Unreachable {
+            database: copy.target_database.clone(),
+            what: gave_up.what,
+            lasted_seconds: gave_up.lasted.as_secs(),
+            bound_seconds: gave_up.bound.as_secs(),
+            last: Box::new(error),
+        }),
+    }
 }
 
 fn source_error(copy: &DatabaseCopy, what: &str, status: &tonic::Status) -> PostgresCopyError {
@@ -293,6 +360,8 @@ fn work_file(options: &PullOptions, transfer_id: &str, copy: &DatabaseCopy) -> P
     ))
 }
 
+/// One attempt at copying one database; `outages` hears when the source's
+/// snapshot is held (the source is reached again).
 async fn copy_database(
     source: &PostgresSourceClient<Channel>,
     transfer_id: &str,
@@ -300,6 +369,7 @@ async fn copy_database(
     options: &PullOptions,
     progress: &Progress,
     tally: &Tally<'_>,
+    outages: &mut Outages<'_>,
 ) -> Result<DatabaseReport, PostgresCopyError> {
     let started = Instant::now();
     let (copy, server) = (plan.copy, plan.server);
@@ -307,6 +377,7 @@ async fn copy_database(
     progress.set_phase(format!("postgresql {database}"));
 
     let snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
+    outages.reached();
     tracing::debug!(
         message = "snapshot held",
         database,

@@ -102,6 +102,10 @@ pub enum SourceError {
         server: String,
         database: String,
         message: String,
+        /// It failed and the snapshot could no longer be imported: the
+        /// server went away (a restart) or the snapshot's holder ended, so
+        /// a new copy may succeed.
+        interrupted: bool,
     },
     /// Asked for something this agent does not do (yet).
     #[error("{0}")]
@@ -121,33 +125,60 @@ impl SourceError {
 
 /// The status a source error is answered with. A snapshot that no longer
 /// exists (its HoldSnapshot stream ended) is FAILED_PRECONDITION, so the
-/// target copies the database again rather than retrying the call.
+/// target copies the database again rather than retrying the call. A
+/// server that cannot serve now (down, starting, shutting down, the
+/// session cut) is UNAVAILABLE, which the target waits out
+/// ([`crate::transfer::outage`]); a server's refusal of the agent's login
+/// is PERMISSION_DENIED, which it does not.
 pub fn status(error: &SourceError) -> Status {
+    use tokio_postgres::error::SqlState;
     let message = crate::error_chain(error);
+    let by_sqlstate = |code: Option<&str>| match code {
+        // No SQLSTATE: the session was lost.
+        None => Status::unavailable(message.clone()),
+        Some(code) if code == SqlState::LOCK_NOT_AVAILABLE.code() || server_unavailable(code) => {
+            Status::unavailable(message.clone())
+        }
+        Some(_) => Status::internal(message.clone()),
+    };
     match error {
-        SourceError::Connect { .. } => Status::unavailable(message),
+        SourceError::Connect { source, .. } => match source.code().map(SqlState::code) {
+            // Refused by the server's authentication rules (pg_hba, a
+            // password): the agent's configuration must change.
+            Some(code) if code.starts_with("28") => Status::permission_denied(message),
+            Some(code) if code == SqlState::INVALID_CATALOG_NAME.code() => {
+                Status::not_found(message)
+            }
+            _ => Status::unavailable(message),
+        },
         SourceError::SnapshotGone { .. } => Status::failed_precondition(message),
-        SourceError::Query { source, .. } => match source.code() {
-            Some(code) if *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE => {
-                Status::unavailable(message)
-            }
-            // No SQLSTATE: the session was lost.
-            None => Status::unavailable(message),
-            Some(_) => Status::internal(message),
-        },
-        SourceError::Bulk { source, .. } => match source.code() {
-            Some(code) if code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE.code() => {
-                Status::unavailable(message)
-            }
-            // No SQLSTATE: the session was lost.
-            None => Status::unavailable(message),
-            Some(_) => Status::internal(message),
-        },
+        SourceError::Query { source, .. } => by_sqlstate(source.code().map(SqlState::code)),
+        SourceError::Bulk { source, .. } => by_sqlstate(source.code()),
         SourceError::NoSuchTable { .. } => Status::not_found(message),
         SourceError::BadRequest(_) => Status::invalid_argument(message),
+        SourceError::Dump {
+            interrupted: true, ..
+        } => Status::unavailable(message),
         SourceError::Dump { .. } => Status::internal(message),
         SourceError::Unsupported(_) => Status::unimplemented(message),
     }
+}
+
+/// SQLSTATEs of a server that cannot serve now but will again: shutting
+/// down (`57P01 admin_shutdown`, `57P02 crash_shutdown`), starting up or
+/// in recovery (`57P03 cannot_connect_now`), out of connection slots
+/// (`53300 too_many_connections`), or a broken connection (class 08).
+fn server_unavailable(code: &str) -> bool {
+    use tokio_postgres::error::SqlState;
+    code.starts_with("08")
+        || [
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .iter()
+        .any(|state| state.code() == code)
 }
 
 /// The session a table's COPY is read from.

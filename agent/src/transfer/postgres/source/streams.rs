@@ -268,6 +268,7 @@ pub(super) async fn dump(
         server: server.name.clone(),
         database: database.to_owned(),
         message,
+        interrupted: false,
     };
     let mut command = tools.command("pg_dump", server);
     command
@@ -318,7 +319,14 @@ pub(super) async fn dump(
         .map_err(|error| failed(format!("waiting for it: {error}")))?;
     let errors = errors.await.unwrap_or_default();
     if !exit.success() {
-        return Err(failed(format!("{exit}: {}", errors.trim())));
+        // Whether it was cut short (the server restarted, the snapshot's
+        // holder ended) rather than refused: the snapshot is gone.
+        return Err(SourceError::Dump {
+            server: server.name.clone(),
+            database: database.to_owned(),
+            message: format!("{exit}: {}", errors.trim()),
+            interrupted: open_in_snapshot(server, database, snapshot).await.is_err(),
+        });
     }
     Ok(())
 }
