@@ -196,11 +196,13 @@ fn agents_renew_short_lived_certificates_without_a_token() -> anyhow::Result<()>
             Ok(timestamp(&now, "certificateExpiresAt")? > first_expiry)
         },
     )?;
-    let renewed_pem = std::fs::read_to_string(agent.state_dir().join("agent.pem"))?;
-    ensure!(
-        renewed_pem != first_pem,
-        "the agent stored its new certificate"
-    );
+    // The controller records the certificate when it issues it; the agent
+    // writes it to disk once the answer arrives, a moment later.
+    rig.wait_until(
+        "the agent stored its new certificate",
+        Duration::from_secs(10),
+        || Ok(std::fs::read_to_string(agent.state_dir().join("agent.pem"))? != first_pem),
+    )?;
     let wait = (first_expiry - chrono::Utc::now())
         .to_std()
         .unwrap_or_default()
