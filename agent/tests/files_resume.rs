@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use files_common::*;
-use navette_agent::transfer::files::{PullConfig, pull, pull_with};
+use navette_agent::transfer::files::{PullConfig, SOURCE_FILES, pull, pull_with};
+use navette_agent::transfer::outage::OUTAGE_BOUND;
 use navette_agent::transfer::progress::Progress;
+use navette_proto::v1::TransferWaiting;
 
 const BIG: u64 = 64 * 1024 * 1024;
 
@@ -25,22 +27,32 @@ fn build(home: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Cuts the relay once `progress` shows `bytes` received; restores it
-/// after `down` unless `down` is `None`.
+/// after `down` unless `down` is `None`. What the progress said the pull
+/// waited for while the link was down, with when the cut was made.
 fn cut_when(
     relay: Arc<Relay>,
     progress: Arc<Progress>,
     bytes: u64,
     down: Option<Duration>,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<(Option<TransferWaiting>, chrono::DateTime<chrono::Utc>)> {
     tokio::spawn(async move {
         while progress.bytes_sent.load(Ordering::Relaxed) < bytes {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         relay.cut();
+        let cut_at = chrono::Utc::now();
+        let mut seen = None;
         if let Some(down) = down {
-            tokio::time::sleep(down).await;
+            let until = tokio::time::Instant::now() + down;
+            while tokio::time::Instant::now() < until {
+                if seen.is_none() {
+                    seen = progress.snapshot().waiting;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             relay.restore();
         }
+        (seen, cut_at)
     })
 }
 
@@ -66,9 +78,37 @@ async fn a_cut_link_is_resumed_within_the_same_pull() -> anyhow::Result<()> {
         Some(Duration::from_millis(700)),
     );
     let report = pull(channel, "t-cut", &target, &scratch.join("state"), &progress).await?;
-    cutter.await?;
+    let (waiting, cut_at) = cutter.await?;
     eprintln!("{report:?}");
     ensure!(report.retries >= 1, "the link was never cut: {report:?}");
+    // While the link was down, the progress said what the pull waited
+    // for, since when and until when; once through, it no longer does.
+    let Some(waiting) = waiting else {
+        anyhow::bail!("the progress never said the pull was waiting for its source");
+    };
+    eprintln!("waiting while cut: {waiting:?}");
+    ensure!(waiting.what == SOURCE_FILES, "{waiting:?}");
+    ensure!(!waiting.error.is_empty(), "{waiting:?}");
+    let time = |at: &Option<prost_types::Timestamp>| {
+        at.as_ref()
+            .and_then(navette_proto::from_timestamp)
+            .ok_or_else(|| anyhow::anyhow!("a time is missing: {waiting:?}"))
+    };
+    let (since, until) = (time(&waiting.since)?, time(&waiting.until)?);
+    ensure!(
+        since >= cut_at - chrono::Duration::seconds(1)
+            && since <= cut_at + chrono::Duration::seconds(1),
+        "the outage began with the cut at {cut_at}: {waiting:?}"
+    );
+    ensure!(
+        until > since && until <= since + chrono::Duration::from_std(OUTAGE_BOUND)?,
+        "the pull keeps trying at most the outage bound: {waiting:?}"
+    );
+    ensure!(
+        progress.snapshot().waiting.is_none(),
+        "the pull got through but still says it waits: {:?}",
+        progress.snapshot().waiting
+    );
     ensure!(
         report.resumed_bytes_resent < BIG / 8,
         "{} bytes sent twice",

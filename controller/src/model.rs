@@ -406,6 +406,84 @@ pub struct CopyProgress {
     /// Where the copy of the home is on the target.
     #[serde(default)]
     pub target_home: String,
+    /// What the copy waits for while its source is unreachable, as the
+    /// target agent last said; `None` while the copy is not waiting.
+    #[serde(default)]
+    pub waiting: Option<CopyWaiting>,
+}
+
+/// A copy waiting out an outage: the target agent retries reaching `what`
+/// from `since` until `until`, then the copy fails.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyWaiting {
+    /// What it cannot reach, in words ("source PostgreSQL server main,
+    /// database shop").
+    pub what: String,
+    /// The last failure, in words.
+    pub error: String,
+    #[serde(with = "rfc3339")]
+    pub since: Time,
+    #[serde(default, with = "rfc3339::option")]
+    pub until: Option<Time>,
+}
+
+/// A host a test cannot reach, as `WatchTest` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostOutage {
+    pub host_id: String,
+    /// Since when it has not been reached.
+    pub since: Time,
+    /// Until when it is retried before the test fails; `None`: for as long
+    /// as it takes.
+    pub retried_until: Option<Time>,
+    /// The last reason.
+    pub error: String,
+}
+
+/// Times in stored JSON (chrono is built without serde here).
+mod rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Time;
+
+    pub fn serialize<S: Serializer>(at: &Time, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Time, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&chrono::Utc))
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        use super::super::Time;
+
+        pub fn serialize<S: Serializer>(
+            at: &Option<Time>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => serializer.serialize_some(&at.to_rfc3339()),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<Time>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| {
+                    chrono::DateTime::parse_from_rfc3339(&text)
+                        .map(|at| at.with_timezone(&chrono::Utc))
+                        .map_err(serde::de::Error::custom)
+                })
+                .transpose()
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -2,7 +2,10 @@
 //! database is being copied onto the test host when the source host's
 //! PostgreSQL server stops, stays down 10 s, and starts again. The test
 //! still ends ready, its copy holds what the source does, and the test
-//! host's agent said in its log what it was waiting for meanwhile.
+//! host's agent said in its log what it was waiting for meanwhile. While
+//! the source is down, `GetTest` names the source host as out, since when
+//! and until when the copy keeps trying; once the test is ready, it no
+//! longer does.
 
 mod support;
 
@@ -109,18 +112,69 @@ fn a_test_completes_when_the_source_postgresql_restarts_during_its_copy() -> any
         std::thread::sleep(Duration::from_millis(20));
     }
     let stopped = Instant::now();
+    let stopped_at = chrono::Utc::now();
     source_pg.stop();
     let during = panel(&rig, "GetTest", json!({"id": id}))?;
-    std::thread::sleep(DOWN);
+    // While the source is down, the test says which host it cannot reach,
+    // since when and until when it keeps trying.
+    let mut shown = None;
+    while stopped.elapsed() < DOWN {
+        if shown.is_none() {
+            let test = panel(&rig, "GetTest", json!({"id": id}))?;
+            if test.get("outage").is_some() {
+                shown = Some((stopped.elapsed(), test));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     source_pg.start()?;
     let down = stopped.elapsed();
     ensure!(
         str_of(&during, "state") == "STATE_COPYING",
         "the restart did not land in the copy: {during}"
     );
+    let Some((after, waiting)) = shown else {
+        bail!("GetTest never showed an outage while the source was down");
+    };
+    eprintln!("the outage was shown {after:.1?} after the source stopped: {waiting}");
+    let outage = &waiting["outage"];
+    ensure!(
+        str_of(outage, "hostId") == "shared-old",
+        "the outage names the source host: {outage}"
+    );
+    ensure!(
+        str_of(outage, "error").contains(&format!(
+            "source PostgreSQL server main, database {ACCOUNT}"
+        )),
+        "the outage says what cannot be reached: {outage}"
+    );
+    let time = |name: &str| -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+        Ok(chrono::DateTime::parse_from_rfc3339(str_of(outage, name))
+            .with_context(|| format!("{name} in {outage}"))?
+            .with_timezone(&chrono::Utc))
+    };
+    let (since, until) = (time("since")?, time("retriedUntil")?);
+    ensure!(
+        since >= stopped_at - chrono::Duration::seconds(1)
+            && since <= stopped_at + chrono::Duration::from_std(DOWN)?,
+        "the outage began when the source stopped ({stopped_at}): {outage}"
+    );
+    ensure!(
+        until - since == chrono::Duration::seconds(120),
+        "the copy keeps trying for the documented 120 s: {outage}"
+    );
+    ensure!(
+        str_of(&waiting["progress"]["waiting"], "what")
+            == format!("source PostgreSQL server main, database {ACCOUNT}"),
+        "the progress says what the copy waits for: {waiting}"
+    );
 
     let test = support::wait_for_test(&rig, &id, "STATE_READY", Duration::from_secs(300))?;
     eprintln!("source down {down:.1?}; test: {test}");
+    ensure!(
+        test.get("outage").is_none() && test["progress"].get("waiting").is_none(),
+        "the outage is gone once the test is ready: {test}"
+    );
     ensure!(
         contents(&target_pg)? == on_source,
         "the test's copy differs from the source"

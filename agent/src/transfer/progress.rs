@@ -71,6 +71,14 @@ impl Progress {
         self.changed.send_modify(|n| *n += 1);
     }
 
+    /// What the copy waits for now, if anything.
+    pub fn waiting(&self) -> Option<TransferWaiting> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     pub fn finish(&self, outcome: Result<(), String>) {
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         self.changed.send_modify(|n| *n += 1);

@@ -7,8 +7,8 @@ use navette_proto::{from_timestamp, timestamp};
 use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
 use crate::error::{Error, Result};
 use crate::model::{
-    Account, Database, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, Inventory,
-    JoinToken, Test, TestState,
+    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, Host, HostKind, HostPool,
+    HostState, Inventory, JoinToken, Test, TestState,
 };
 
 pub fn host_kind(kind: HostKind) -> v1::HostKind {
@@ -314,6 +314,35 @@ fn test_state(state: TestState) -> v1::test::State {
     }
 }
 
+/// The counters a target agent reported, and what its copy waits for.
+pub fn copy_progress_from(report: &v1::TransferProgress) -> CopyProgress {
+    CopyProgress {
+        phase: report.phase.clone(),
+        bytes_total: report.bytes_total,
+        bytes_done: report.bytes_done,
+        bytes_sent: report.bytes_sent,
+        files_total: report.files_total,
+        files_done: report.files_done,
+        files_unchanged: report.files_unchanged,
+        tables_total: report.tables_total,
+        tables_done: report.tables_done,
+        bytes_per_second: report.bytes_per_second,
+        eta_seconds: report.eta_seconds,
+        target_home: report.target_home.clone(),
+        waiting: report.waiting.as_ref().map(|waiting| CopyWaiting {
+            what: waiting.what.clone(),
+            error: waiting.error.clone(),
+            // An agent that does not say since when: since it said so.
+            since: waiting
+                .since
+                .as_ref()
+                .and_then(from_timestamp)
+                .unwrap_or_else(chrono::Utc::now),
+            until: waiting.until.as_ref().and_then(from_timestamp),
+        }),
+    }
+}
+
 fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
     let progress = test.progress.as_ref()?;
     let state = match test.state {
@@ -338,9 +367,17 @@ fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
         error: String::new(),
         updated_at: Some(timestamp(test.updated_at)),
         target_home: progress.target_home.clone(),
-        // Not kept: what a copy waits for is shown by the target agent's
-        // WatchTransfer while it waits.
-        waiting: None,
+        // What the running copy waits for, as its target agent last said.
+        waiting: progress
+            .waiting
+            .as_ref()
+            .filter(|_| state == v1::TransferState::Running)
+            .map(|waiting| v1::TransferWaiting {
+                what: waiting.what.clone(),
+                error: waiting.error.clone(),
+                since: Some(timestamp(waiting.since)),
+                until: waiting.until.map(timestamp),
+            }),
     })
 }
 
@@ -405,11 +442,63 @@ pub fn test(test: &Test) -> v1::Test {
         ready_at: test.ready_at.map(timestamp),
         // When it is removed by itself, whatever its state.
         expires_at: crate::workflow::test_flow::expiry(test).map(timestamp),
-        outage: test.outage.as_ref().map(|(host, since)| v1::HostOutage {
-            host_id: host.clone(),
-            since: Some(timestamp(*since)),
-            retried_until: crate::workflow::test_flow::retried_until(test, *since).map(timestamp),
-            error: test.error.clone(),
+        outage: crate::workflow::test_flow::outage(test).map(|outage| v1::HostOutage {
+            host_id: outage.host_id,
+            since: Some(timestamp(outage.since)),
+            retried_until: outage.retried_until.map(timestamp),
+            error: outage.error,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_copy_waits_for_is_kept_with_its_progress() {
+        let since = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a time");
+        let until = since + chrono::Duration::seconds(120);
+        let report = v1::TransferProgress {
+            tables_done: 2,
+            waiting: Some(v1::TransferWaiting {
+                what: "source PostgreSQL server main, database shop".into(),
+                error: "connection refused".into(),
+                since: Some(timestamp(since)),
+                until: Some(timestamp(until)),
+            }),
+            ..v1::TransferProgress::default()
+        };
+        let progress = copy_progress_from(&report);
+        assert_eq!(
+            progress.waiting,
+            Some(CopyWaiting {
+                what: "source PostgreSQL server main, database shop".into(),
+                error: "connection refused".into(),
+                since,
+                until: Some(until),
+            })
+        );
+        // Stored as JSON in the test's row, and read back the same.
+        let stored = serde_json::to_value(&progress).expect("progress to JSON");
+        let read: CopyProgress = serde_json::from_value(stored).expect("progress from JSON");
+        assert_eq!(read, progress);
+        // Progress stored before copies said what they wait for reads as
+        // not waiting.
+        let older: CopyProgress =
+            serde_json::from_value(serde_json::json!({"phase": "tables", "bytes_total": 1,
+                "bytes_done": 0, "bytes_sent": 0, "files_total": 0, "files_done": 0,
+                "files_unchanged": 0, "tables_total": 1, "tables_done": 0,
+                "bytes_per_second": 0, "eta_seconds": 0}))
+            .expect("older progress");
+        assert_eq!(older.waiting, None);
+        let through = copy_progress_from(&v1::TransferProgress {
+            tables_done: 3,
+            ..v1::TransferProgress::default()
+        });
+        assert_eq!(
+            through.waiting, None,
+            "a progress without waiting clears it"
+        );
     }
 }

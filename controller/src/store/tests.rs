@@ -272,7 +272,9 @@ pub async fn finish_step(
     Ok(updated == 1)
 }
 
-/// Stores the copy's progress (only while `owner` holds the lease).
+/// Stores the copy's progress (only while `owner` holds the lease). The
+/// progress came from the test host: an outage the step recorded before
+/// (the test host was out) is over.
 pub async fn store_progress(
     client: &impl GenericClient,
     id: &str,
@@ -283,7 +285,9 @@ pub async fn store_progress(
         serde_json::to_value(progress).map_err(|e| Error::Internal(format!("progress: {e}")))?;
     let updated = client
         .execute(
-            "UPDATE tests SET progress = $3, updated_at = now() WHERE id = $1 AND lease_owner = $2",
+            "UPDATE tests SET progress = $3, updated_at = now(),
+                 outage_host = NULL, outage_since = NULL
+             WHERE id = $1 AND lease_owner = $2",
             &[&id, &owner, &value],
         )
         .await?;

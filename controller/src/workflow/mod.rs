@@ -29,6 +29,7 @@ use navette_proto::v1;
 use tokio::sync::Semaphore;
 
 use crate::agents::{self, CallFailure};
+use crate::api::convert;
 use crate::db::Change;
 use crate::error::Result;
 use crate::model::{CopyProgress, Engine, Test, TestState, TestStep};
@@ -82,23 +83,6 @@ pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
             chrono::Utc::now()
                 + chrono::Duration::from_std(GRANT_LIFETIME).unwrap_or(chrono::Duration::hours(24)),
         )),
-    }
-}
-
-fn progress_of(report: &v1::TransferProgress) -> CopyProgress {
-    CopyProgress {
-        phase: report.phase.clone(),
-        bytes_total: report.bytes_total,
-        bytes_done: report.bytes_done,
-        bytes_sent: report.bytes_sent,
-        files_total: report.files_total,
-        files_done: report.files_done,
-        files_unchanged: report.files_unchanged,
-        tables_total: report.tables_total,
-        tables_done: report.tables_done,
-        bytes_per_second: report.bytes_per_second,
-        eta_seconds: report.eta_seconds,
-        target_home: report.target_home.clone(),
     }
 }
 
@@ -364,6 +348,9 @@ async fn follow_copy(
     };
     let mut last = started;
     let mut stored_at = Instant::now() - PROGRESS_EVERY;
+    // What the target agent last said it waits for, as stored: a change
+    // (an outage of the source begins or ends) is stored at once.
+    let mut stored_waiting = None;
     if last.state == i32::from(v1::TransferState::Running) {
         let mut stream = match agents::watch_transfer(controller, target, &transfer_id).await {
             Ok(stream) => stream,
@@ -378,9 +365,11 @@ async fn follow_copy(
                     if !running {
                         break;
                     }
-                    if stored_at.elapsed() >= PROGRESS_EVERY {
+                    let report = convert::copy_progress_from(&last);
+                    if stored_at.elapsed() >= PROGRESS_EVERY || report.waiting != stored_waiting {
                         stored_at = Instant::now();
-                        store_progress(controller, test, &last).await;
+                        stored_waiting = report.waiting.clone();
+                        store_progress(controller, test, &report).await;
                     }
                 }
                 Ok(None) => break,
@@ -394,9 +383,10 @@ async fn follow_copy(
             }
         }
     }
-    store_progress(controller, test, &last).await;
+    let report = convert::copy_progress_from(&last);
+    store_progress(controller, test, &report).await;
     match v1::TransferState::try_from(last.state) {
-        Ok(v1::TransferState::Succeeded) => StepOutcome::Copied(progress_of(&last)),
+        Ok(v1::TransferState::Succeeded) => StepOutcome::Copied(report),
         Ok(v1::TransferState::Failed) => StepOutcome::CopyFailed(last.error),
         _ => StepOutcome::Unreachable(format!(
             "the copy on host {} stopped before its end",
@@ -405,14 +395,10 @@ async fn follow_copy(
     }
 }
 
-async fn store_progress(controller: &Controller, test: &Test, report: &v1::TransferProgress) {
+async fn store_progress(controller: &Controller, test: &Test, progress: &CopyProgress) {
     if let Ok(client) = controller.db.get().await {
-        let _ = store::tests::store_progress(
-            &**client,
-            &test.id,
-            &controller.controller_id,
-            &progress_of(report),
-        )
-        .await;
+        let _ =
+            store::tests::store_progress(&**client, &test.id, &controller.controller_id, progress)
+                .await;
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{CopyProgress, Test, TestState, TestStep};
+use crate::model::{CopyProgress, HostOutage, Test, TestState, TestStep};
 use crate::store::tests::StepResult;
 
 /// What running a step gave.
@@ -151,6 +151,40 @@ fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
 pub fn retried_until(test: &Test, since: DateTime<Utc>) -> Option<DateTime<Utc>> {
     (test.step != TestStep::Remove)
         .then(|| since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
+}
+
+/// The host `test` cannot reach now, as `WatchTest` shows it, if any. A
+/// step that cannot reach its host says so first (since its first failure,
+/// until [`retried_until`]); otherwise a copy whose target agent waits for
+/// the source (the last progress says so) names the source host, with the
+/// agent's own since and until. The agent's word ends with the copy step:
+/// a ready, failed or deleted test shows no outage from its last copy.
+pub fn outage(test: &Test) -> Option<HostOutage> {
+    if let Some((host, since)) = &test.outage {
+        return Some(HostOutage {
+            host_id: host.clone(),
+            since: *since,
+            retried_until: retried_until(test, *since),
+            error: test.error.clone(),
+        });
+    }
+    let copying = matches!(test.state, TestState::Copying | TestState::Refreshing)
+        && test.step == TestStep::Copy;
+    let waiting = test
+        .progress
+        .as_ref()?
+        .waiting
+        .as_ref()
+        .filter(|_| copying)?;
+    Some(HostOutage {
+        host_id: test.source_host_id.clone(),
+        since: waiting.since,
+        retried_until: waiting.until,
+        error: format!(
+            "the test host cannot reach the {}: {}",
+            waiting.what, waiting.error
+        ),
+    })
 }
 
 /// What to record after `test`'s current step gave `outcome`.
@@ -348,6 +382,83 @@ mod tests {
         );
         assert_eq!(cleanup.state, None, "removal is retried for ever");
         assert_eq!(cleanup.retry_after, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_copy_waiting_for_its_source_shows_the_source_host_out() {
+        use crate::model::CopyWaiting;
+        let since = chrono::Utc::now() - chrono::Duration::seconds(4);
+        let until = since + chrono::Duration::seconds(120);
+        let waiting = CopyWaiting {
+            what: "source PostgreSQL server main, database shop".into(),
+            error: "connection refused".into(),
+            since,
+            until: Some(until),
+        };
+        let mut copying = test(TestState::Copying, TestStep::Copy, 0);
+        copying.progress = Some(CopyProgress {
+            tables_done: 2,
+            waiting: Some(waiting.clone()),
+            ..CopyProgress::default()
+        });
+        let shown = outage(&copying).expect("the copy waits for its source");
+        assert_eq!(
+            shown.host_id, "shared-old",
+            "the source host, not the test host"
+        );
+        assert_eq!(
+            (shown.since, shown.retried_until),
+            (since, Some(until)),
+            "the agent's own since and until"
+        );
+        assert!(
+            shown
+                .error
+                .contains("source PostgreSQL server main, database shop")
+                && shown.error.contains("connection refused"),
+            "{}",
+            shown.error
+        );
+        // The copy reaches its source again: the next progress has no
+        // waiting, and the outage is gone.
+        let mut through = copying.clone();
+        through.progress = Some(CopyProgress {
+            tables_done: 3,
+            ..CopyProgress::default()
+        });
+        assert_eq!(outage(&through), None);
+        // A refresh waits the same way.
+        let mut refreshing = copying.clone();
+        refreshing.state = TestState::Refreshing;
+        assert_eq!(
+            outage(&refreshing).map(|o| o.host_id),
+            Some("shared-old".into())
+        );
+        // A test past its copy shows no outage from its last progress.
+        for (state, step) in [
+            (TestState::Ready, TestStep::None),
+            (TestState::Failed, TestStep::Remove),
+            (TestState::Deleting, TestStep::Remove),
+        ] {
+            let mut past = copying.clone();
+            (past.state, past.step) = (state, step);
+            assert_eq!(outage(&past), None, "{state:?}");
+        }
+        // A step that cannot reach the test host says so first, with its
+        // own retry bound.
+        let step_since = chrono::Utc::now();
+        let mut cut_off = copying.clone();
+        cut_off.outage = Some(("test-1".into(), step_since));
+        cut_off.error = "link down".into();
+        assert_eq!(
+            outage(&cut_off),
+            Some(HostOutage {
+                host_id: "test-1".into(),
+                since: step_since,
+                retried_until: retried_until(&cut_off, step_since),
+                error: "link down".into(),
+            })
+        );
     }
 
     #[test]

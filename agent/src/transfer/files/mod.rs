@@ -74,7 +74,7 @@ pub mod xattr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use pull::{FilesReport, PullConfig, file_source_client, pull, pull_with};
+pub use pull::{FilesReport, PullConfig, SOURCE_FILES, file_source_client, pull, pull_with};
 pub use source::FileSourceService;
 
 /// Largest gRPC message either side accepts: a block of the largest size,

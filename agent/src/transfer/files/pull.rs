@@ -1,6 +1,8 @@
 //! The target's pull: one call copies the granted home of the source into
 //! the target home, resuming what an earlier call left, retrying while the
-//! source is unreachable for a bounded time.
+//! source is unreachable for a bounded time. While it waits, the progress
+//! says so (`waiting`: since the first failure, until the bound), until the
+//! manifest is read again.
 //!
 //! One attempt: read the manifest and scan the target at the same time;
 //! compare and fix the structure ([`plan`](super::plan)); receive content
@@ -17,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use navette_proto::v1::TransferWaiting;
 use navette_proto::v1::file_source_client::FileSourceClient;
 use tonic::transport::Channel;
 
@@ -32,6 +35,10 @@ use super::shared::{Shared, Tally, target_cache};
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
 use crate::transfer::outage::OUTAGE_BOUND;
 use crate::transfer::progress::Progress;
+
+/// What a pull waits for while its source does not answer (the
+/// progress's `waiting`).
+pub const SOURCE_FILES: &str = "source host's file service (the account's home)";
 
 /// How a pull behaves. The defaults suit a transfer between two hosts.
 #[derive(Clone, Debug)]
@@ -234,11 +241,31 @@ pub async fn pull_with(
                     last_headway = (headway, Instant::now());
                     backoff = Duration::from_millis(250);
                 }
-                if last_headway.1.elapsed() > shared.config.retry_for {
+                let quiet = last_headway.1.elapsed();
+                if quiet > shared.config.retry_for {
                     let _ = shared.journal.persist();
+                    progress.set_waiting(None);
                     return Err(failed(problem));
                 }
                 report.retries += 1;
+                // Said in the progress until the manifest is read again
+                // ([`attempt`] clears it): since the first failure of this
+                // outage, until the bound counted from the last headway.
+                let now = chrono::Utc::now();
+                let since = progress
+                    .waiting()
+                    .filter(|waiting| waiting.what == SOURCE_FILES)
+                    .and_then(|waiting| waiting.since)
+                    .unwrap_or_else(|| navette_proto::timestamp(now));
+                let left = shared.config.retry_for.saturating_sub(quiet);
+                progress.set_waiting(Some(TransferWaiting {
+                    what: SOURCE_FILES.to_owned(),
+                    error: problem.to_string(),
+                    since: Some(since),
+                    until: Some(navette_proto::timestamp(
+                        now + chrono::Duration::from_std(left).unwrap_or(chrono::Duration::MAX),
+                    )),
+                }));
                 tracing::warn!(
                     message = "file transfer interrupted; resuming",
                     transfer_id,
@@ -250,6 +277,7 @@ pub async fn pull_with(
             }
             Err(problem) => {
                 let _ = shared.journal.persist();
+                progress.set_waiting(None);
                 tracing::warn!(message = "file transfer failed", transfer_id, error = %problem);
                 return Err(failed(problem));
             }
@@ -296,6 +324,14 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         scanning
     );
     let manifest = manifest?;
+    // The source answers again: whatever outage the pull waited out is over.
+    if shared
+        .progress
+        .waiting()
+        .is_some_and(|waiting| waiting.what == SOURCE_FILES)
+    {
+        shared.progress.set_waiting(None);
+    }
     let local = local?.map_err(Problem::Scan)?;
     let entries = Arc::new(manifest.entries);
     report.entries = entries.len() as u64;
