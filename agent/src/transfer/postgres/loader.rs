@@ -132,7 +132,11 @@ impl Loader {
              CREATE ROLE {quoted} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE \
              NOREPLICATION NOBYPASSRLS VALID UNTIL {} PASSWORD {}; ",
             quote_literal(&until),
-            quote_literal(&password)
+            // The server stores the SCRAM verifier as sent: the password
+            // itself never travels, nor reaches a log.
+            quote_literal(&postgres_protocol::password::scram_sha_256(
+                password.as_bytes()
+            ))
         );
         for role in account {
             sql.push_str(&format!("GRANT {} TO {quoted}; ", quote_ident(role)));
