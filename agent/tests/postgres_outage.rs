@@ -16,7 +16,7 @@ mod postgres_support;
 
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail, ensure};
@@ -27,17 +27,12 @@ use navette_agent::transfer::postgres::{
 use navette_agent::transfer::progress::Progress;
 use navette_proto::identity::agent_server_name;
 use navette_proto::tls;
-use navette_proto::v1::postgres_source_server::PostgresSource;
-use navette_proto::v1::{
-    ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
-    DumpSchemaRequest, HoldSnapshotRequest, PostgresDatabaseDescription, TableChecksum,
-    TransferProgress, TransferWaiting,
-};
+use navette_proto::v1::{TransferProgress, TransferWaiting};
 use navette_tests::{AccountSpec, PgVersion, Postgres, Rig};
 use postgres_support::{
-    Pki, PullSpec, SourceAgent, grants, pull_in, run_multi_threaded, same_name, server_config,
+    AlteredSource, Pki, PullSpec, SourceAgent, grants, pull_in, run_multi_threaded, same_name,
+    server_config,
 };
-use tonic::{Request, Response, Status};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
@@ -421,65 +416,6 @@ fn a_longer_outage_fails_after_the_bound_and_a_refusal_fails_at_once() -> anyhow
     Ok(())
 }
 
-/// A source whose link is cut during every table's copy (as a flaky
-/// network between the hosts would), counting the snapshots it is asked
-/// to hold.
-struct CuttingSource {
-    inner: PostgresSourceService,
-    snapshots: std::sync::Arc<AtomicU32>,
-}
-
-#[tonic::async_trait]
-impl PostgresSource for CuttingSource {
-    type HoldSnapshotStream = <PostgresSourceService as PostgresSource>::HoldSnapshotStream;
-    type DumpSchemaStream = <PostgresSourceService as PostgresSource>::DumpSchemaStream;
-    type CopyTableStream = <PostgresSourceService as PostgresSource>::CopyTableStream;
-    type CopyLargeObjectsStream = <PostgresSourceService as PostgresSource>::CopyLargeObjectsStream;
-
-    async fn hold_snapshot(
-        &self,
-        request: Request<HoldSnapshotRequest>,
-    ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
-        self.snapshots.fetch_add(1, Ordering::Relaxed);
-        self.inner.hold_snapshot(request).await
-    }
-
-    async fn describe_database(
-        &self,
-        request: Request<DescribeDatabaseRequest>,
-    ) -> Result<Response<PostgresDatabaseDescription>, Status> {
-        self.inner.describe_database(request).await
-    }
-
-    async fn dump_schema(
-        &self,
-        request: Request<DumpSchemaRequest>,
-    ) -> Result<Response<Self::DumpSchemaStream>, Status> {
-        self.inner.dump_schema(request).await
-    }
-
-    async fn copy_table(
-        &self,
-        _request: Request<CopyTableRequest>,
-    ) -> Result<Response<Self::CopyTableStream>, Status> {
-        Err(Status::unavailable("the link was cut"))
-    }
-
-    async fn checksum_table(
-        &self,
-        request: Request<ChecksumTableRequest>,
-    ) -> Result<Response<TableChecksum>, Status> {
-        self.inner.checksum_table(request).await
-    }
-
-    async fn copy_large_objects(
-        &self,
-        request: Request<CopyLargeObjectsRequest>,
-    ) -> Result<Response<Self::CopyLargeObjectsStream>, Status> {
-        self.inner.copy_large_objects(request).await
-    }
-}
-
 #[test]
 fn a_source_that_keeps_cutting_the_copy_is_given_up_after_five_copies() -> anyhow::Result<()> {
     let rig = Rig::new("postgres_outage_cut")?;
@@ -499,9 +435,11 @@ fn a_source_that_keeps_cutting_the_copy_is_given_up_after_five_copies() -> anyho
     )?;
     let pki = Pki::new()?;
     let transfer_id = "t-pg-cut";
-    let snapshots = std::sync::Arc::new(AtomicU32::new(0));
-    let service = CuttingSource {
-        inner: PostgresSourceService::new(
+    // A link cut during every table's copy, as a flaky network between
+    // the hosts would; the snapshots asked for are counted.
+    let service = AlteredSource {
+        cut_copies: true,
+        ..AlteredSource::new(PostgresSourceService::new(
             grants(
                 &rig.dir().join("src-agent-state"),
                 transfer_id,
@@ -509,9 +447,9 @@ fn a_source_that_keeps_cutting_the_copy_is_given_up_after_five_copies() -> anyho
                 &[database],
             )?,
             vec![server_config(&pg15)],
-        ),
-        snapshots: snapshots.clone(),
+        ))
     };
+    let snapshots = service.snapshots.clone();
     let source = SourceAgent::start(&source_host, SOURCE, service, &pki)?;
     let started = Instant::now();
     let (result, progress) = pull_in(PullSpec {

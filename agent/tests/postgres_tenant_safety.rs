@@ -27,14 +27,11 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, bail, ensure};
 use navette_agent::transfer::postgres::{PostgresCopyError, PostgresSourceService, PullOptions};
-use navette_proto::v1::postgres_source_server::PostgresSource;
-use navette_proto::v1::{
-    ChecksumTableRequest, CopyLargeObjectsRequest, CopyTableRequest, DescribeDatabaseRequest,
-    DumpSchemaRequest, HoldSnapshotRequest, PostgresDatabaseDescription, TableChecksum,
-};
+use navette_proto::v1::PostgresDatabaseDescription;
 use navette_tests::{AccountSpec, PgVersion, Postgres, Rig};
-use postgres_support::{Pki, PullSpec, SourceAgent, grants, pull_in, same_name, server_config};
-use tonic::{Request, Response, Status};
+use postgres_support::{
+    AlteredSource, Pki, PullSpec, SourceAgent, grants, pull_in, same_name, server_config,
+};
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const TARGET: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
@@ -456,65 +453,6 @@ fn the_extended_protocol_refuses_a_second_statement() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A compromised source agent: the real service, whose descriptions are
-/// changed by `tamper` before they are sent.
-struct TamperingSource {
-    inner: PostgresSourceService,
-    tamper: fn(&mut PostgresDatabaseDescription),
-}
-
-#[tonic::async_trait]
-impl PostgresSource for TamperingSource {
-    type HoldSnapshotStream = <PostgresSourceService as PostgresSource>::HoldSnapshotStream;
-    type DumpSchemaStream = <PostgresSourceService as PostgresSource>::DumpSchemaStream;
-    type CopyTableStream = <PostgresSourceService as PostgresSource>::CopyTableStream;
-    type CopyLargeObjectsStream = <PostgresSourceService as PostgresSource>::CopyLargeObjectsStream;
-
-    async fn hold_snapshot(
-        &self,
-        request: Request<HoldSnapshotRequest>,
-    ) -> Result<Response<Self::HoldSnapshotStream>, Status> {
-        self.inner.hold_snapshot(request).await
-    }
-
-    async fn describe_database(
-        &self,
-        request: Request<DescribeDatabaseRequest>,
-    ) -> Result<Response<PostgresDatabaseDescription>, Status> {
-        let mut answer = self.inner.describe_database(request).await?;
-        (self.tamper)(answer.get_mut());
-        Ok(answer)
-    }
-
-    async fn dump_schema(
-        &self,
-        request: Request<DumpSchemaRequest>,
-    ) -> Result<Response<Self::DumpSchemaStream>, Status> {
-        self.inner.dump_schema(request).await
-    }
-
-    async fn copy_table(
-        &self,
-        request: Request<CopyTableRequest>,
-    ) -> Result<Response<Self::CopyTableStream>, Status> {
-        self.inner.copy_table(request).await
-    }
-
-    async fn checksum_table(
-        &self,
-        request: Request<ChecksumTableRequest>,
-    ) -> Result<Response<TableChecksum>, Status> {
-        self.inner.checksum_table(request).await
-    }
-
-    async fn copy_large_objects(
-        &self,
-        request: Request<CopyLargeObjectsRequest>,
-    ) -> Result<Response<Self::CopyLargeObjectsStream>, Status> {
-        self.inner.copy_large_objects(request).await
-    }
-}
-
 /// A source whose description of an index carries a second statement (as
 /// a compromised old host could send): the copy is refused with a finding
 /// naming the index, before the target is changed.
@@ -558,7 +496,10 @@ fn an_index_definition_with_a_second_statement_is_refused() -> anyhow::Result<()
     let source = SourceAgent::start(
         &source_host,
         SOURCE,
-        TamperingSource { inner, tamper },
+        AlteredSource {
+            tamper,
+            ..AlteredSource::new(inner)
+        },
         &pki,
     )?;
     let (result, _) = pull_in(PullSpec {
@@ -674,9 +615,9 @@ fn no_loader_outlives_its_copy() -> anyhow::Result<()> {
         let source = SourceAgent::start(
             &source_host,
             SOURCE,
-            TamperingSource {
-                inner: service()?,
+            AlteredSource {
                 tamper,
+                ..AlteredSource::new(service()?)
             },
             &pki,
         )?;

@@ -278,3 +278,89 @@ pub fn same_name(database: &str) -> DatabaseCopy {
         target_database: database.to_owned(),
     }
 }
+
+/// The real source service, altered as a flaky link or a compromised source
+/// agent would: each snapshot it is asked to hold is counted, each
+/// description is passed through `tamper` before it is sent, and with
+/// `cut_copies` every table's copy fails as a cut link does.
+pub struct AlteredSource {
+    pub inner: navette_agent::transfer::postgres::PostgresSourceService,
+    /// Snapshots asked for.
+    pub snapshots: Arc<std::sync::atomic::AtomicU32>,
+    pub tamper: fn(&mut navette_proto::v1::PostgresDatabaseDescription),
+    pub cut_copies: bool,
+}
+
+impl AlteredSource {
+    /// `inner` as it is: no tampering, no cut.
+    pub fn new(inner: navette_agent::transfer::postgres::PostgresSourceService) -> AlteredSource {
+        AlteredSource {
+            inner,
+            snapshots: Arc::default(),
+            tamper: |_| {},
+            cut_copies: false,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl PostgresSource for AlteredSource {
+    type HoldSnapshotStream =
+        <navette_agent::transfer::postgres::PostgresSourceService as PostgresSource>::HoldSnapshotStream;
+    type DumpSchemaStream =
+        <navette_agent::transfer::postgres::PostgresSourceService as PostgresSource>::DumpSchemaStream;
+    type CopyTableStream =
+        <navette_agent::transfer::postgres::PostgresSourceService as PostgresSource>::CopyTableStream;
+    type CopyLargeObjectsStream =
+        <navette_agent::transfer::postgres::PostgresSourceService as PostgresSource>::CopyLargeObjectsStream;
+
+    async fn hold_snapshot(
+        &self,
+        request: tonic::Request<navette_proto::v1::HoldSnapshotRequest>,
+    ) -> Result<tonic::Response<Self::HoldSnapshotStream>, tonic::Status> {
+        self.snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.hold_snapshot(request).await
+    }
+
+    async fn describe_database(
+        &self,
+        request: tonic::Request<navette_proto::v1::DescribeDatabaseRequest>,
+    ) -> Result<tonic::Response<navette_proto::v1::PostgresDatabaseDescription>, tonic::Status>
+    {
+        let mut answer = self.inner.describe_database(request).await?;
+        (self.tamper)(answer.get_mut());
+        Ok(answer)
+    }
+
+    async fn dump_schema(
+        &self,
+        request: tonic::Request<navette_proto::v1::DumpSchemaRequest>,
+    ) -> Result<tonic::Response<Self::DumpSchemaStream>, tonic::Status> {
+        self.inner.dump_schema(request).await
+    }
+
+    async fn copy_table(
+        &self,
+        request: tonic::Request<navette_proto::v1::CopyTableRequest>,
+    ) -> Result<tonic::Response<Self::CopyTableStream>, tonic::Status> {
+        if self.cut_copies {
+            return Err(tonic::Status::unavailable("the link was cut"));
+        }
+        self.inner.copy_table(request).await
+    }
+
+    async fn checksum_table(
+        &self,
+        request: tonic::Request<navette_proto::v1::ChecksumTableRequest>,
+    ) -> Result<tonic::Response<navette_proto::v1::TableChecksum>, tonic::Status> {
+        self.inner.checksum_table(request).await
+    }
+
+    async fn copy_large_objects(
+        &self,
+        request: tonic::Request<navette_proto::v1::CopyLargeObjectsRequest>,
+    ) -> Result<tonic::Response<Self::CopyLargeObjectsStream>, tonic::Status> {
+        self.inner.copy_large_objects(request).await
+    }
+}
