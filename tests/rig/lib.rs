@@ -59,7 +59,7 @@ pub use accounts::{Account, AccountSpec, SAMPLE_ROWS};
 pub use agent::{Agent, AgentKind, AgentSpec};
 pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
 pub use grpcurl::JoinTokenSpec;
-pub use mariadb::{MariaDb, MariaDbSpec};
+pub use mariadb::{MariaDb, MariaDbRelease, MariaDbSpec};
 pub use netns::Netns;
 pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;

@@ -1,10 +1,17 @@
-//! MariaDB servers in a host (Debian's 10.11).
+//! MariaDB servers in a host: Debian 12's 10.11, or Debian 13's 11.8.
 //!
 //! Owns: `mariadb-install-db` into `<host root>/mysql/<port>`, starting
 //! `mariadbd` inside the host's namespace (socket in
 //! `<host root>/run/mysqld/`, listening on the host's address), readiness,
 //! and an SQL helper for `root` over the socket. Every server starts with
 //! `--no-defaults`: nothing of the machine's `/etc/mysql` leaks in.
+//!
+//! MariaDB 11.8 runs from the Debian 13 tree `tests/setup.sh` bootstraps
+//! ([`TRIXIE_DIR`]), chrooted: each of its commands runs in a mount
+//! namespace of its own (`unshare --mount`) where the host's root
+//! directory is bind-mounted at the same path inside the tree, so data
+//! directory and socket have the same paths inside and out, and the mounts
+//! end with the process. Its `mysql` user has the machine's uid and gid.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -22,9 +29,24 @@ use crate::rig::{Rig, make_dir_owned};
 /// How long a server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How to start a server; `Default` is port 3306 on the host's address.
+/// The Debian 13 tree holding MariaDB 11.8 (`tests/setup.sh`).
+pub const TRIXIE_DIR: &str = "/opt/navette-rig/trixie";
+
+/// Which MariaDB a server runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MariaDbRelease {
+    /// Debian 12's 10.11, the old hosts' version.
+    #[default]
+    V10_11,
+    /// Debian 13's 11.8 LTS, the version migrations go to.
+    V11_8,
+}
+
+/// How to start a server; `Default` is 10.11 on port 3306 of the host's
+/// address.
 #[derive(Clone, Debug)]
 pub struct MariaDbSpec {
+    pub release: MariaDbRelease,
     pub port: u16,
     /// `--bind-address`; `None` means the host's address.
     pub bind_address: Option<String>,
@@ -35,6 +57,7 @@ pub struct MariaDbSpec {
 impl Default for MariaDbSpec {
     fn default() -> Self {
         MariaDbSpec {
+            release: MariaDbRelease::V10_11,
             port: 3306,
             bind_address: None,
             extra_args: Vec::new(),
@@ -58,6 +81,45 @@ impl Netns {
         self.start_mariadb_with(rig, MariaDbSpec::default())
     }
 
+    /// Starts MariaDB 11.8 on port 3306 of this host's address.
+    pub fn start_mariadb_11_8(&self, rig: &Rig) -> anyhow::Result<MariaDb> {
+        self.start_mariadb_with(
+            rig,
+            MariaDbSpec {
+                release: MariaDbRelease::V11_8,
+                ..MariaDbSpec::default()
+            },
+        )
+    }
+
+    /// A command running `program` of `release` inside this host's
+    /// namespace: directly for 10.11; for 11.8 chrooted into
+    /// [`TRIXIE_DIR`] with this host's root directory bind-mounted at its
+    /// own path (see the module's documentation).
+    fn mariadb_command(&self, release: MariaDbRelease, program: &str) -> Command {
+        match release {
+            MariaDbRelease::V10_11 => self.command(program),
+            MariaDbRelease::V11_8 => {
+                let root = self.root.display().to_string();
+                let mut command = self.command("unshare");
+                // `sh` execs `chroot`, which execs the program: the
+                // process the rig watches and kills is the server itself.
+                command.args(["--mount", "--propagation", "private", "sh", "-ec"]);
+                command.arg(
+                    r#"tree=$1 root=$2; shift 2
+case $root in /tmp/*) mount -t tmpfs -o mode=1777 tmpfs "$tree/tmp" ;; esac
+mkdir -p "$tree$root"
+mount --bind "$root" "$tree$root"
+mount --rbind /dev "$tree/dev"
+mount -t proc proc "$tree/proc"
+exec chroot "$tree" "$@""#,
+                );
+                command.args(["sh", TRIXIE_DIR, &root, program]);
+                command
+            }
+        }
+    }
+
     /// Installs the system tables (unless the data directory exists), starts
     /// `mariadbd` and waits until it answers.
     pub fn start_mariadb_with(&self, rig: &Rig, spec: MariaDbSpec) -> anyhow::Result<MariaDb> {
@@ -78,13 +140,17 @@ impl Netns {
         make_dir_owned(&tmp_dir, 0o700, "mysql")?;
         if !data_dir.join("mysql").exists() {
             make_dir_owned(&data_dir, 0o700, "mysql")?;
-            let mut install = Command::new("mariadb-install-db");
+            let mut install = self.mariadb_command(spec.release, "mariadb-install-db");
             install
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data_dir.display()))
                 .arg(format!("--tmpdir={}", tmp_dir.display()))
                 .args(["--user=mysql", "--auth-root-authentication-method=normal"])
                 .args(["--skip-test-db", "--skip-name-resolve"]);
+            if spec.release == MariaDbRelease::V11_8 {
+                // The chroot's host name does not resolve.
+                install.arg("--force");
+            }
             run_checked(&mut install, &format!("{what}: mariadb-install-db"))?;
         }
         let bind = spec
@@ -97,8 +163,9 @@ impl Netns {
             let pid_file = run_dir.join(format!("mysqld-{}.pid", spec.port));
             let port = spec.port;
             let extra = spec.extra_args.clone();
+            let release = spec.release;
             rig.spawn(self, &format!("mariadb-{port}"), move || {
-                let mut command = netns.command("mariadbd");
+                let mut command = netns.mariadb_command(release, "/usr/sbin/mariadbd");
                 command
                     .arg("--no-defaults")
                     .arg(format!("--datadir={}", data_dir.display()))
