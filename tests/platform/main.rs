@@ -11,7 +11,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use navette_tests::{AccountSpec, AgentKind, AgentSpec, ControllerSpec, Netns, PgVersion, Rig};
+use navette_tests::{
+    AccountSpec, AgentKind, AgentSpec, ControllerSpec, MariaDbRelease, MariaDbSpec, Netns,
+    PgVersion, Rig,
+};
 use nix::sys::signal::{SigSet, Signal};
 
 struct HostPlan {
@@ -20,7 +23,7 @@ struct HostPlan {
     kind: AgentKind,
     stack: &'static str,
     postgres: PgVersion,
-    mariadb: bool,
+    mariadb: Option<MariaDbRelease>,
     what: &'static str,
 }
 
@@ -31,8 +34,8 @@ const HOSTS: [HostPlan; 5] = [
         kind: AgentKind::Shared,
         stack: "2024.1",
         postgres: PgVersion::V15,
-        mariadb: true,
-        what: "shared hosting, old stack (PostgreSQL 15, MariaDB)",
+        mariadb: Some(MariaDbRelease::V10_11),
+        what: "shared hosting, old stack (PostgreSQL 15, MariaDB 10.11)",
     },
     HostPlan {
         id: "shared-new",
@@ -40,8 +43,8 @@ const HOSTS: [HostPlan; 5] = [
         kind: AgentKind::Shared,
         stack: "2026.1",
         postgres: PgVersion::V18,
-        mariadb: true,
-        what: "shared hosting, new stack (PostgreSQL 18, MariaDB)",
+        mariadb: Some(MariaDbRelease::V11_8),
+        what: "shared hosting, new stack (PostgreSQL 18, MariaDB 11.8)",
     },
     HostPlan {
         id: "test-1",
@@ -49,8 +52,8 @@ const HOSTS: [HostPlan; 5] = [
         kind: AgentKind::Test,
         stack: "2026.1",
         postgres: PgVersion::V18,
-        mariadb: true,
-        what: "test host for the Test button (PostgreSQL 18)",
+        mariadb: Some(MariaDbRelease::V11_8),
+        what: "test host for the Test button (PostgreSQL 18, MariaDB 11.8)",
     },
     HostPlan {
         id: "transit-1",
@@ -58,7 +61,7 @@ const HOSTS: [HostPlan; 5] = [
         kind: AgentKind::Transit,
         stack: "2026.1",
         postgres: PgVersion::V18,
-        mariadb: false,
+        mariadb: None,
         what: "transit host for dedicated servers and VPS",
     },
     HostPlan {
@@ -67,7 +70,7 @@ const HOSTS: [HostPlan; 5] = [
         kind: AgentKind::Dedicated,
         stack: "2024.1",
         postgres: PgVersion::V15,
-        mariadb: true,
+        mariadb: Some(MariaDbRelease::V10_11),
         what: "a customer's dedicated server, old stack",
     },
 ];
@@ -104,8 +107,12 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
             let rig = &rig;
             starts
                 .push(scope.spawn(move || host.start_postgres(rig, plan.postgres, 5432).map(drop)));
-            if plan.mariadb {
-                starts.push(scope.spawn(move || host.start_mariadb(rig).map(drop)));
+            if let Some(release) = plan.mariadb {
+                let spec = MariaDbSpec {
+                    release,
+                    ..MariaDbSpec::default()
+                };
+                starts.push(scope.spawn(move || host.start_mariadb_with(rig, spec).map(drop)));
             }
         }
         for start in starts {

@@ -231,7 +231,7 @@ fn grants_end_and_copies_are_owned() -> anyhow::Result<()> {
             let a = s.spawn(|| shared.start_postgres(&rig, PgVersion::V15, 5432));
             let b = s.spawn(|| test_host.start_postgres(&rig, PgVersion::V18, 5432));
             let c = s.spawn(|| shared.start_mariadb(&rig));
-            let d = s.spawn(|| test_host.start_mariadb(&rig));
+            let d = s.spawn(|| test_host.start_mariadb_11_8(&rig));
             Ok((
                 join(a.join())?,
                 join(b.join())?,

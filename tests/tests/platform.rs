@@ -187,7 +187,7 @@ fn three_hosts_enrol_and_operators_see_them_with_grpcurl() -> anyhow::Result<()>
     let all = ids(rig.grpcurl_json("navette.v1.Catalogue/ListMigrations", &json!({}))?);
     ensure!(
         all == [
-            "mariadb-10.11-to-11.4",
+            "mariadb-10.11-to-11.8",
             "postgresql-15-to-18",
             "stack-2024.1-to-2026.1"
         ],

@@ -1,6 +1,6 @@
 //! The rig's own smoke test: two hosts and the client on one bridge,
-//! PostgreSQL 15 and MariaDB on one host, PostgreSQL 18 on the other, an
-//! account on each; customers (the client namespace) log in over TCP with
+//! PostgreSQL 15 and MariaDB 10.11 on one host, PostgreSQL 18 and MariaDB
+//! 11.8 (chrooted Debian 13) on the other, an account on each; customers (the client namespace) log in over TCP with
 //! their passwords and read their rows. Then the rig is dropped and nothing
 //! of it is left. Uses no Navette binary, so it runs before they exist.
 
@@ -19,14 +19,16 @@ fn two_hosts_serve_their_accounts_over_the_bridge_and_vanish_at_drop() -> anyhow
     let rig = Rig::new("rig_smoke")?;
     let old = rig.add_namespace("old", OLD_HOST)?;
     let new = rig.add_namespace("new", NEW_HOST)?;
-    let (pg15, pg18, mariadb) = std::thread::scope(|scope| -> anyhow::Result<_> {
+    let (pg15, pg18, mariadb, mariadb_11) = std::thread::scope(|scope| -> anyhow::Result<_> {
         let pg15 = scope.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
         let pg18 = scope.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
         let mariadb = scope.spawn(|| old.start_mariadb(&rig));
+        let mariadb_11 = scope.spawn(|| new.start_mariadb_11_8(&rig));
         Ok((
             join("PostgreSQL 15", pg15.join())?,
             join("PostgreSQL 18", pg18.join())?,
             join("MariaDB", mariadb.join())?,
+            join("MariaDB 11.8", mariadb_11.join())?,
         ))
     })?;
     let alice = rig.add_account(
@@ -45,7 +47,7 @@ fn two_hosts_serve_their_accounts_over_the_bridge_and_vanish_at_drop() -> anyhow
             name: "nvsmoke_bob".into(),
             password: "bob-pw-2".into(),
             pg_databases: vec!["nvsmoke_bob".into()],
-            mariadb_databases: vec![],
+            mariadb_databases: vec!["nvsmoke_bob_blog".into()],
             files: false,
         },
     )?;
@@ -111,30 +113,43 @@ fn two_hosts_serve_their_accounts_over_the_bridge_and_vanish_at_drop() -> anyhow
         Ok(())
     })?;
 
-    let mariadb_rows = rig
-        .client()
-        .command("mariadb")
-        .args([
-            "--no-defaults",
-            "-h",
-            &mariadb.address().to_string(),
-            "-u",
-            &alice.name,
-        ])
-        .arg(format!("-p{}", alice.password))
-        .args(["--batch", "--skip-column-names", "-e"])
-        .arg("SELECT label FROM nvsmoke_alice_blog.items ORDER BY id")
-        .output()?;
     ensure!(
-        mariadb_rows.status.success(),
-        "mariadb login from the client: {}",
-        String::from_utf8_lossy(&mariadb_rows.stderr)
+        mariadb.server_version()?.starts_with("10.11."),
+        "old host runs MariaDB 10.11"
     );
-    let labels: Vec<String> = String::from_utf8_lossy(&mariadb_rows.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    ensure!(labels == expected, "MariaDB rows {labels:?}");
+    ensure!(
+        mariadb_11.server_version()?.starts_with("11.8."),
+        "new host runs MariaDB 11.8"
+    );
+    for (server, account, db) in [
+        (&mariadb, &alice, "nvsmoke_alice_blog"),
+        (&mariadb_11, &bob, "nvsmoke_bob_blog"),
+    ] {
+        let rows = rig
+            .client()
+            .command("mariadb")
+            .args([
+                "--no-defaults",
+                "-h",
+                &server.address().to_string(),
+                "-u",
+                &account.name,
+            ])
+            .arg(format!("-p{}", account.password))
+            .args(["--batch", "--skip-column-names", "-e"])
+            .arg(format!("SELECT label FROM {db}.items ORDER BY id"))
+            .output()?;
+        ensure!(
+            rows.status.success(),
+            "mariadb login to {db} from the client: {}",
+            String::from_utf8_lossy(&rows.stderr)
+        );
+        let labels: Vec<String> = String::from_utf8_lossy(&rows.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        ensure!(labels == expected, "MariaDB rows of {db} {labels:?}");
+    }
 
     // Cutting a host's link makes it unreachable; plugging it back heals.
     let pg_port = std::net::SocketAddr::from((NEW_HOST, 5432));

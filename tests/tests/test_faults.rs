@@ -69,7 +69,7 @@ fn bad_tests_are_refused_before_anything_is_copied() -> anyhow::Result<()> {
     shared.start_postgres(&rig, PgVersion::V15, 5432)?;
     let source_maria = shared.start_mariadb(&rig)?;
     small.start_postgres(&rig, PgVersion::V18, 5432)?;
-    small.start_mariadb(&rig)?;
+    small.start_mariadb_11_8(&rig)?;
     let carol = rig.add_account(
         &shared,
         AccountSpec {
@@ -107,7 +107,7 @@ fn bad_tests_are_refused_before_anything_is_copied() -> anyhow::Result<()> {
 
     // dan has no MariaDB: the MariaDB upgrade does not apply to him.
     support::expect_refusal(
-        &start_test(&rig, "r1", "nvf_dan", "mariadb-10.11-to-11.4")?,
+        &start_test(&rig, "r1", "nvf_dan", "mariadb-10.11-to-11.8")?,
         "FailedPrecondition",
         "does not apply to account nvf_dan",
     )?;

@@ -159,7 +159,7 @@ fn a_test_duplicates_the_account_faithfully_and_can_be_refreshed_and_deleted() -
             let a = s.spawn(|| shared.start_postgres(&rig, PgVersion::V15, 5432));
             let b = s.spawn(|| test_host.start_postgres(&rig, PgVersion::V18, 5432));
             let c = s.spawn(|| shared.start_mariadb(&rig));
-            let d = s.spawn(|| test_host.start_mariadb(&rig));
+            let d = s.spawn(|| test_host.start_mariadb_11_8(&rig));
             Ok((
                 join("pg15", a.join())?,
                 join("pg18", b.join())?,
@@ -413,6 +413,11 @@ fn a_test_duplicates_the_account_faithfully_and_can_be_refreshed_and_deleted() -
         version.starts_with("18."),
         "the copy runs PostgreSQL 18: {version}"
     );
+    let maria_version = target_maria.server_version()?;
+    ensure!(
+        maria_version.starts_with("11.8."),
+        "the MariaDB copy runs MariaDB 11.8: {maria_version}"
+    );
 
     // Refresh: only what changed travels.
     std::fs::write(alice.home.join("www/new-page.html"), "<p>new</p>\n")?;
@@ -498,5 +503,33 @@ fn a_test_duplicates_the_account_faithfully_and_can_be_refreshed_and_deleted() -
     support::wait_for_test(&rig, &short_id, "STATE_READY", Duration::from_secs(120))?;
     support::wait_for_test(&rig, &short_id, "STATE_DELETED", Duration::from_secs(60))?;
     ensure!(!copy_home.exists(), "the expired copy is removed");
+
+    // The MariaDB migration runs on its target version: the blog's rows
+    // are on the test host's MariaDB 11.8, under the customer's own login.
+    let maria = panel(
+        &rig,
+        "TestMigration",
+        json!({"request_id": "r-3", "account": "nvt_alice", "migration_id": "mariadb-10.11-to-11.8"}),
+    )?;
+    let maria_id = str_of(&maria, "id").to_owned();
+    let ready = support::wait_for_test(&rig, &maria_id, "STATE_READY", Duration::from_secs(120))?;
+    let blog = list(&ready["connection"], "databases")
+        .iter()
+        .find(|d| str_of(d, "name") == "nvt_alice_blog")
+        .cloned()
+        .with_context(|| format!("the blog in the MariaDB test's connection: {ready}"))?;
+    ensure!(
+        blog["port"].as_u64() == Some(u64::from(target_maria.port()))
+            && str_of(&blog, "address") == target_maria.address().to_string(),
+        "the blog is on the test host's MariaDB 11.8: {blog}"
+    );
+    let rows = target_maria.sql("SELECT label FROM nvt_alice_blog.items ORDER BY id")?;
+    let source_rows = source_maria.sql("SELECT label FROM nvt_alice_blog.items ORDER BY id")?;
+    ensure!(
+        rows == source_rows && !rows.is_empty(),
+        "the blog's rows on 11.8: {rows:?}, on the source: {source_rows:?}"
+    );
+    panel(&rig, "DeleteTest", json!({"id": maria_id}))?;
+    support::wait_for_test(&rig, &maria_id, "STATE_DELETED", Duration::from_secs(60))?;
     Ok(())
 }

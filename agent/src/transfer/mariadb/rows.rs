@@ -13,7 +13,7 @@
 //!
 //! Why not `CHECKSUM TABLE`: its result depends on the row format, the
 //! engine and the server version (and changed between MariaDB versions for
-//! the same data), so two equal tables on 10.11 and 11.4 may disagree. A sum
+//! the same data), so two equal tables on 10.11 and 11.8 may disagree. A sum
 //! of per-row hashes depends only on the values, not on their order, and is
 //! computed with SHA2(), CONV() and SUM(), which every MariaDB and MySQL
 //! has had for a decade.
