@@ -24,6 +24,8 @@
 //!   from when the agent obtained it: controllers backdate `not_before`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
+//! - [`changes`]: the change journal of a home (inotify): what changed
+//!   since the last catch-up pass, without walking the tree.
 //! - [`notify`]: `READY=1` to systemd.
 //! - [`shutdown`]: one trigger, many waiters.
 //!
@@ -37,6 +39,7 @@
 //!   decides who may call the agent.
 //! - The private key never leaves the host and is written with mode 0600.
 
+pub mod changes;
 pub mod config;
 pub mod daemon;
 pub mod enrol;
