@@ -24,6 +24,8 @@
 //!   from when the agent obtained it: controllers backdate `not_before`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
+//! - [`cgroups`]: each account's processes in a control group of their
+//!   own (cgroup v2, or v1's freezer): freeze with a deadline, thaw, empty.
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree.
 //! - [`notify`]: `READY=1` to systemd.
@@ -39,6 +41,7 @@
 //!   decides who may call the agent.
 //! - The private key never leaves the host and is written with mode 0600.
 
+pub mod cgroups;
 pub mod changes;
 pub mod config;
 pub mod daemon;
