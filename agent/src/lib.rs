@@ -24,6 +24,9 @@
 //!   from when the agent obtained it: controllers backdate `not_before`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
+//! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
+//!   running and ended) and their `/metrics` endpoint, off unless
+//!   configured.
 //! - [`notify`]: `READY=1` to systemd.
 //! - [`shutdown`]: one trigger, many waiters.
 //!
@@ -43,6 +46,7 @@ pub mod enrol;
 pub mod gateway;
 pub mod identity_store;
 pub mod inventory;
+pub mod metrics;
 pub mod notify;
 pub mod peer_identity;
 pub mod renewal;
