@@ -371,7 +371,8 @@ mod tests {
     #[test]
     fn example_file_parses() -> Result<(), ConfigError> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
-        Config::load(&path)?;
+        let config = Config::load(&path)?;
+        assert_eq!(config.metrics.listen, None, "metrics are off by default");
         Ok(())
     }
 }
