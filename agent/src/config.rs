@@ -99,6 +99,20 @@ pub struct Config {
     /// Zero or more MariaDB/MySQL servers on this host (`[[mariadb]]`).
     #[serde(default)]
     pub mariadb: Vec<MariadbServer>,
+    /// Prometheus metrics (`[metrics]`); off by default.
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+/// Prometheus metrics.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Optional, default: not set, no metrics endpoint. Where to serve
+    /// `GET /metrics` (plain HTTP, Prometheus text format, no
+    /// authentication: keep it on loopback or a private network).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 /// The kinds of host, as written in the file.
@@ -427,6 +441,7 @@ listen = "192.0.2.11:7445"
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_level, "info");
         assert!(config.postgresql.is_empty() && config.mariadb.is_empty());
+        assert_eq!(config.metrics.listen, None);
         assert_eq!(config.path, Path::new("/etc/navette/agent.toml"));
     }
 
@@ -456,6 +471,23 @@ listen = "192.0.2.11:7445"
         let config = parse(text).expect("agent.example.toml");
         assert_eq!(config.postgresql.len(), 1);
         assert_eq!(config.mariadb.len(), 1);
+        assert_eq!(config.metrics.listen, None, "metrics are off by default");
+    }
+
+    #[test]
+    fn metrics_take_an_address() {
+        let config = parse(&format!(
+            "{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9465\"\n"
+        ))
+        .expect("configuration with metrics");
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+        );
+        let error = parse(&format!("{MINIMAL}[metrics]\nlisten = \"localhost\"\n"))
+            .expect_err("bad address")
+            .to_string();
+        assert!(error.contains("listen"), "{error}");
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub enum RunError {
     Server(#[from] ServerError),
     #[error("cannot open the transfer grants")]
     Grants(#[source] crate::transfer::grants::GrantError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Runs the agent until `stop` completes.
@@ -107,6 +109,10 @@ async fn run_enrolled(
 
     let listener = server::bind(config.listen).await?;
     let local_address = listener.local_addr().unwrap_or(config.listen);
+    let metrics = match config.metrics.listen {
+        Some(address) => Some(crate::metrics::bind(address).await?),
+        None => None,
+    };
     tracing::info!(
         message = "agent started",
         host_id = %host_id,
@@ -114,7 +120,8 @@ async fn run_enrolled(
         advertise = %config.advertise(),
         controller = %config.controller,
         certificate_expires_at = %stored.validity.not_after.to_rfc3339(),
-        version = env!("CARGO_PKG_VERSION")
+        version = env!("CARGO_PKG_VERSION"),
+        metrics = ?config.metrics.listen
     );
     match notify::notify_ready() {
         Ok(true) => tracing::debug!(message = "told systemd the agent is ready"),
@@ -162,6 +169,13 @@ async fn run_enrolled(
         .run(shutdown.clone())
         .instrument(current.clone()),
     );
+
+    if let Some(listener) = metrics {
+        tasks.spawn(
+            crate::metrics::serve(listener, shutdown.clone().wait_owned())
+                .instrument(current.clone()),
+        );
+    }
 
     let grants = Arc::new(Grants::open(&config.state_dir).map_err(RunError::Grants)?);
     let transfers = Arc::new(Transfers::new(

@@ -28,6 +28,9 @@
 //!   own (cgroup v2, or v1's freezer): freeze with a deadline, thaw, empty.
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree.
+//! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
+//!   running and ended) and their `/metrics` endpoint, off unless
+//!   configured.
 //! - [`notify`]: `READY=1` to systemd.
 //! - [`shutdown`]: one trigger, many waiters.
 //!
@@ -49,6 +52,7 @@ pub mod enrol;
 pub mod gateway;
 pub mod identity_store;
 pub mod inventory;
+pub mod metrics;
 pub mod notify;
 pub mod peer_identity;
 pub mod renewal;

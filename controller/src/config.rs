@@ -35,6 +35,8 @@ pub struct Config {
     pub catalogue: Catalogue,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub metrics: Metrics,
 }
 
 /// Where the controller listens.
@@ -277,6 +279,17 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
+/// Prometheus metrics.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Where to serve `GET /metrics` (plain HTTP, Prometheus text format,
+    /// no authentication: keep it on loopback or a private network).
+    /// Default: not set, no metrics endpoint.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -307,6 +320,7 @@ mod tests {
         assert_eq!(config.log.format, LogFormat::Text);
         assert_eq!(config.database.sslmode, SslMode::Disable);
         assert_eq!(config.database.statement_timeout_secs, 30);
+        assert_eq!(config.metrics.listen, None);
         Ok(())
     }
 
@@ -342,9 +356,23 @@ mod tests {
     }
 
     #[test]
+    fn metrics_take_an_address() -> Result<(), ConfigError> {
+        let config = Config::parse(
+            "[database]\nurl = \"x\"\n[metrics]\nlisten = \"127.0.0.1:9464\"\n",
+            Path::new("c.toml"),
+        )?;
+        assert_eq!(
+            config.metrics.listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        Ok(())
+    }
+
+    #[test]
     fn example_file_parses() -> Result<(), ConfigError> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
-        Config::load(&path)?;
+        let config = Config::load(&path)?;
+        assert_eq!(config.metrics.listen, None, "metrics are off by default");
         Ok(())
     }
 }

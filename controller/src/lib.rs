@@ -25,6 +25,8 @@
 //!   become `tonic::Status` in `api::status` only; `api::policy` decides
 //!   which role may call what.
 //! - [`server`]: listeners and background tasks.
+//! - [`metrics`]: Prometheus metrics (the runner's counters, workflows by
+//!   kind and state) and their `/metrics` endpoint, off unless configured.
 //! - [`notify`]: systemd readiness.
 //!
 //! Invariants: agents never touch this database; every change to a host is
@@ -41,6 +43,7 @@ pub mod config;
 pub mod db;
 pub mod enrolment;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod placement;
@@ -84,6 +87,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let serving = server::bind(controller.clone(), stopped).await?;
+    if let Some(listener) = metrics::bind(&controller).await? {
+        metrics::spawn_serving(controller.clone(), listener, stop.subscribe());
+    }
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     workflow::spawn_runner(controller.clone());

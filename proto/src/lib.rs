@@ -10,7 +10,9 @@
 //! - [`tls`]: rustls configurations for mutual TLS, a listener whose
 //!   certificate can be swapped without a restart, and a client connector;
 //! - [`gate`]: the one tower layer that checks every RPC's caller against a
-//!   policy before any handler runs.
+//!   policy before any handler runs;
+//! - [`metrics_http`]: the plain-HTTP `/metrics` endpoint both daemons
+//!   serve (what the metrics are is theirs).
 //!
 //! Invariant: this crate holds no policy of its own (which role may call
 //! what is decided by the controller and the agent) and does no I/O beyond
@@ -18,6 +20,7 @@
 
 pub mod gate;
 pub mod identity;
+pub mod metrics_http;
 pub mod tls;
 
 /// Generated code for package `navette.v1`.

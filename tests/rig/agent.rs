@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use nix::sys::signal::Signal;
 use serde::Serialize;
 
-use crate::controller::wait_listening;
+use crate::controller::{MetricsSection, wait_listening};
 use crate::install::{navette_binary, run_checked};
 use crate::netns::Netns;
 use crate::process::ChildProcess;
@@ -70,6 +70,8 @@ pub struct AgentSpec {
     /// Run the agent under the shipped unit's restrictions, as systemd
     /// would (it is not PID 1 here): see [`unit_restrictions`].
     pub under_unit_restrictions: bool,
+    /// `[metrics] listen` is the host's address and this port.
+    pub metrics_port: u16,
 }
 
 impl Default for AgentSpec {
@@ -82,6 +84,7 @@ impl Default for AgentSpec {
             heartbeat_interval_secs: 1,
             inventory_interval_secs: 2,
             under_unit_restrictions: false,
+            metrics_port: 9465,
         }
     }
 }
@@ -142,6 +145,7 @@ struct ConfigFile {
     postgresql: Vec<PostgresSection>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mariadb: Vec<MariaDbSection>,
+    metrics: MetricsSection,
 }
 
 #[derive(Serialize)]
@@ -172,6 +176,8 @@ pub struct Agent {
     binary: PathBuf,
     config: PathBuf,
     listen: SocketAddrV4,
+    /// Where it serves `GET /metrics`.
+    metrics: SocketAddrV4,
     process: ChildProcess,
 }
 
@@ -190,6 +196,7 @@ impl Rig {
         let controller = self.controller_access()?;
         let servers = self.servers(host);
         let listen = SocketAddrV4::new(host.addr, spec.listen_port);
+        let metrics = SocketAddrV4::new(host.addr, spec.metrics_port);
         let file = ConfigFile {
             kind: spec.kind.as_str(),
             stack_version: spec.stack_version.clone(),
@@ -228,6 +235,9 @@ impl Rig {
                     port: server.port(),
                 })
                 .collect(),
+            metrics: MetricsSection {
+                listen: metrics.to_string(),
+            },
         };
         let config = host.root.join("etc").join("agent.toml");
         let text = toml::to_string(&file).context("writing the agent config")?;
@@ -271,6 +281,7 @@ impl Rig {
             binary,
             config,
             listen,
+            metrics,
             process,
         };
         agent.wait_ready()?;
@@ -306,6 +317,17 @@ impl Agent {
         self.listen
     }
 
+    /// Where the agent serves `GET /metrics` (plain HTTP).
+    pub fn metrics_addr(&self) -> SocketAddrV4 {
+        self.metrics
+    }
+
+    /// The agent's metrics now, fetched with a plain HTTP GET from inside
+    /// its host's namespace.
+    pub fn scrape_metrics(&self) -> anyhow::Result<crate::Scrape> {
+        crate::scrape::scrape(&self.host, self.metrics)
+    }
+
     pub fn process(&self) -> &ChildProcess {
         &self.process
     }
@@ -335,8 +357,9 @@ impl Agent {
         self.wait_ready()
     }
 
-    /// Waits until the agent's listener accepts TCP.
+    /// Waits until the agent's listeners (Agent service, metrics) accept
+    /// TCP.
     pub fn wait_ready(&self) -> anyhow::Result<()> {
-        wait_listening(&self.host, &self.process, &[self.listen])
+        wait_listening(&self.host, &self.process, &[self.listen, self.metrics])
     }
 }

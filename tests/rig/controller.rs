@@ -41,6 +41,8 @@ pub struct ControllerSpec {
     /// `[database] statement_timeout_secs` and `pool_wait_timeout_secs`.
     pub statement_timeout_secs: u64,
     pub pool_wait_timeout_secs: u64,
+    /// `[metrics] listen` is the controller's address and this port.
+    pub metrics_port: u16,
 }
 
 impl Default for ControllerSpec {
@@ -55,6 +57,7 @@ impl Default for ControllerSpec {
             log_level: "info,navette_controller=debug".to_owned(),
             statement_timeout_secs: 30,
             pool_wait_timeout_secs: 10,
+            metrics_port: 9464,
         }
     }
 }
@@ -116,6 +119,7 @@ struct ConfigFile {
     hosts: HostsSection,
     catalogue: CatalogueSection,
     log: LogSection,
+    metrics: MetricsSection,
 }
 
 #[derive(Serialize)]
@@ -155,6 +159,12 @@ struct LogSection {
     level: String,
 }
 
+/// `[metrics]`, in the controller's config and the agents'.
+#[derive(Serialize)]
+pub(crate) struct MetricsSection {
+    pub(crate) listen: String,
+}
+
 /// The running controller. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Controller {
@@ -163,6 +173,8 @@ pub struct Controller {
     config: PathBuf,
     state_db: Postgres,
     access: ControllerAccess,
+    /// Where it serves `GET /metrics`.
+    metrics: SocketAddrV4,
     process: ChildProcess,
 }
 
@@ -229,6 +241,9 @@ impl Rig {
                 format: "json".to_owned(),
                 level: spec.log_level.clone(),
             },
+            metrics: MetricsSection {
+                listen: SocketAddrV4::new(host.addr, spec.metrics_port).to_string(),
+            },
         };
         let config = host.root.join("etc").join("controller.toml");
         let text = toml::to_string(&file).context("writing the controller config")?;
@@ -271,6 +286,7 @@ impl Rig {
             config,
             state_db,
             access: access.clone(),
+            metrics: SocketAddrV4::new(host.addr, spec.metrics_port),
             process,
         };
         controller.wait_ready()?;
@@ -291,7 +307,8 @@ impl Controller {
     /// Starts a second controller sharing this one's database and CA, in
     /// the same host, listening on other ports: what an operator runs for
     /// availability. Agents keep talking to the first one; both run
-    /// workflow steps.
+    /// workflow steps. Its metrics port is as far from its API port as the
+    /// first's.
     pub fn start_second(
         &self,
         rig: &Rig,
@@ -309,6 +326,12 @@ impl Controller {
                 &format!(":{}\"", self.access.enrolment.port()),
                 &format!(":{enrolment_port}\""),
             );
+        let metrics_port =
+            api_port.wrapping_add(self.metrics.port().wrapping_sub(self.access.api.port()));
+        let text = text.replace(
+            &format!(":{}\"", self.metrics.port()),
+            &format!(":{metrics_port}\""),
+        );
         let config = self
             .config
             .with_file_name(format!("controller-{api_port}.toml"));
@@ -331,6 +354,7 @@ impl Controller {
             config,
             state_db: self.state_db.clone(),
             access,
+            metrics: SocketAddrV4::new(*self.metrics.ip(), metrics_port),
             process,
         };
         second.wait_ready()?;
@@ -343,6 +367,17 @@ impl Controller {
 
     pub fn access(&self) -> &ControllerAccess {
         &self.access
+    }
+
+    /// Where the controller serves `GET /metrics` (plain HTTP).
+    pub fn metrics_addr(&self) -> SocketAddrV4 {
+        self.metrics
+    }
+
+    /// The controller's metrics now, fetched with a plain HTTP GET from
+    /// inside its namespace.
+    pub fn scrape_metrics(&self) -> anyhow::Result<crate::Scrape> {
+        crate::scrape::scrape(&self.host, self.metrics)
     }
 
     /// The controller's config file.
@@ -407,12 +442,13 @@ impl Controller {
         self.wait_ready()
     }
 
-    /// Waits until both listeners accept TCP.
+    /// Waits until its three listeners (API, enrolment, metrics) accept
+    /// TCP.
     pub fn wait_ready(&self) -> anyhow::Result<()> {
         wait_listening(
             &self.host,
             &self.process,
-            &[self.access.api, self.access.enrolment],
+            &[self.access.api, self.access.enrolment, self.metrics],
         )
     }
 }

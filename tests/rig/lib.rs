@@ -32,7 +32,9 @@
 //!   databases) the way agents discover them;
 //! - [`controller`], [`agent`]: Navette's own daemons, their config files,
 //!   certificates and join tokens;
-//! - [`grpcurl`]: the operator's and panel's client.
+//! - [`grpcurl`]: the operator's and panel's client;
+//! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
+//!   them on: the controller's on port 9464, each agent's on 9465).
 //!
 //! Invariants: the rig only uses addresses from 192.0.2.0/24; every name it
 //! creates (namespace, interface, directory) starts with the rig's prefix;
@@ -50,6 +52,7 @@ pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod rig;
+pub mod scrape;
 pub mod sweep;
 
 use std::future::Future;
@@ -64,6 +67,7 @@ pub use netns::Netns;
 pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;
 pub use rig::Rig;
+pub use scrape::{Sample, Scrape};
 
 /// How often [`wait_until`] polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

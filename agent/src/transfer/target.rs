@@ -534,7 +534,9 @@ impl Transfers {
         let transfers = self.clone();
         let task_progress = progress.clone();
         tokio::spawn(async move {
+            let running = crate::metrics::transfer_started();
             let outcome = transfers.run(&spec, &task_progress).await;
+            running.finished(outcome.is_ok());
             if let Err(error) = &outcome {
                 tracing::warn!(message = "transfer failed", transfer_id = %spec.transfer_id, %error);
             } else {

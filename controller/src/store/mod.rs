@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod pools;
 pub mod tests;
 pub mod tokens;
+pub mod workflow_counts;
 
 use tokio_postgres::GenericClient;
 

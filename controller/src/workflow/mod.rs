@@ -156,6 +156,7 @@ async fn run_step(controller: &Arc<Controller>, test: Test) {
 }
 
 async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
+    let started = Instant::now();
     let owner = controller.controller_id.clone();
     let run_id = match controller.db.get().await {
         Ok(client) => store::tests::step_started(&**client, &test, &owner)
@@ -202,10 +203,20 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
     };
     renewal.abort();
     let Some(outcome) = outcome else {
+        crate::metrics::lease_lost("test");
         tracing::warn!(message = "lost the lease on a step; another controller will run it");
         return;
     };
     let outcome_text = format!("{outcome:?}");
+    crate::metrics::step_finished(
+        "test",
+        test.step.as_str(),
+        started.elapsed(),
+        !matches!(
+            outcome,
+            StepOutcome::CopyFailed(_) | StepOutcome::Unreachable(_) | StepOutcome::Refused(_)
+        ),
+    );
     let result = test_flow::after(&test, outcome);
     let recorded = record(controller, &test, &owner, result.clone()).await;
     if let (Some(run_id), Ok(client)) = (run_id, controller.db.get().await) {
@@ -218,7 +229,10 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
             state = result.state.map(|s| s.as_str()).unwrap_or("unchanged"),
             next = result.step.map(|s| s.as_str()).unwrap_or("same step, later")
         ),
-        Ok(false) => tracing::warn!(message = "step done, but the lease was lost: not recorded"),
+        Ok(false) => {
+            crate::metrics::lease_lost("test");
+            tracing::warn!(message = "step done, but the lease was lost: not recorded")
+        }
         Err(error) => {
             tracing::warn!(message = "recording a step failed; it will run again", %error)
         }

@@ -80,6 +80,7 @@ impl Shared<'_> {
     pub fn sent(&self, bytes: u64) {
         self.tally.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         self.progress.add(&self.progress.bytes_sent, bytes);
+        crate::metrics::copied_bytes(crate::metrics::Engine::Files, bytes);
     }
 
     /// The source said the target holds these bytes already.
@@ -117,6 +118,7 @@ impl Shared<'_> {
         match received {
             Received::Done { changed } => {
                 self.tally.files_sent.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::copied_files(1);
                 if *changed {
                     self.tally.changed.fetch_add(1, Ordering::Relaxed);
                 }

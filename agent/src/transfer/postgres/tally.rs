@@ -27,6 +27,7 @@ impl<'a> Tally<'a> {
     /// is taken back: they were sent).
     pub fn sent(&self, bytes: u64) {
         self.progress.add(&self.progress.bytes_sent, bytes);
+        crate::metrics::copied_bytes(crate::metrics::Engine::Postgresql, bytes);
     }
 
     /// Bytes of the database's size now copied.

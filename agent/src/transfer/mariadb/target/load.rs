@@ -162,6 +162,7 @@ pub(super) async fn load(
         let size = chunk.sql.len() as u64;
         received += size;
         progress.add(&progress.bytes_sent, size);
+        crate::metrics::copied_bytes(crate::metrics::Engine::Mariadb, size);
         let passed = match check.feed(&chunk.sql) {
             Ok(passed) => passed,
             Err(finding) => {

@@ -1,0 +1,33 @@
+//! How many workflows of each kind are in each state, for the metrics
+//! ([`crate::metrics::workflows`]). One grouped count per workflow table,
+//! read in one statement; a new table of workflows adds one `UNION ALL`.
+
+use tokio_postgres::GenericClient;
+
+use crate::error::Result;
+
+/// Workflows of one kind in one state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowCount {
+    pub kind: String,
+    pub state: String,
+    pub workflows: i64,
+}
+
+/// Every (kind, state) with at least one workflow, and how many.
+pub async fn by_kind_and_state(client: &impl GenericClient) -> Result<Vec<WorkflowCount>> {
+    let rows = client
+        .query(
+            "SELECT 'test'::text, state, count(*) FROM tests GROUP BY state",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| WorkflowCount {
+            kind: row.get(0),
+            state: row.get(1),
+            workflows: row.get(2),
+        })
+        .collect())
+}
