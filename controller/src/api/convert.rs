@@ -1,14 +1,17 @@
 //! Conversions between `navette.v1` messages and the controller's domain
-//! types. The only place that knows both.
+//! types, for the services in `api`. The agent API's transfer messages
+//! are converted in `agents::wire` (the panel's `Test.progress` too).
 
 use navette_proto::v1;
 use navette_proto::{from_timestamp, timestamp};
 
+use crate::agents::transfer::TransferState;
+use crate::agents::wire;
 use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
 use crate::error::{Error, Result};
 use crate::model::{
-    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, Host, HostKind, HostPool,
-    HostState, Inventory, JoinToken, Test, TestState,
+    Account, Database, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, Inventory,
+    JoinToken, Test, TestState,
 };
 
 pub fn host_kind(kind: HostKind) -> v1::HostKind {
@@ -314,71 +317,20 @@ fn test_state(state: TestState) -> v1::test::State {
     }
 }
 
-/// The counters a target agent reported, and what its copy waits for.
-pub fn copy_progress_from(report: &v1::TransferProgress) -> CopyProgress {
-    CopyProgress {
-        phase: report.phase.clone(),
-        bytes_total: report.bytes_total,
-        bytes_done: report.bytes_done,
-        bytes_sent: report.bytes_sent,
-        files_total: report.files_total,
-        files_done: report.files_done,
-        files_unchanged: report.files_unchanged,
-        tables_total: report.tables_total,
-        tables_done: report.tables_done,
-        bytes_per_second: report.bytes_per_second,
-        eta_seconds: report.eta_seconds,
-        target_home: report.target_home.clone(),
-        waiting: report.waiting.as_ref().map(|waiting| CopyWaiting {
-            what: waiting.what.clone(),
-            error: waiting.error.clone(),
-            // An agent that does not say since when: since it said so.
-            since: waiting
-                .since
-                .as_ref()
-                .and_then(from_timestamp)
-                .unwrap_or_else(chrono::Utc::now),
-            until: waiting.until.as_ref().and_then(from_timestamp),
-        }),
-    }
-}
-
 fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
     let progress = test.progress.as_ref()?;
     let state = match test.state {
-        TestState::Ready | TestState::Deleting | TestState::Deleted => v1::TransferState::Succeeded,
-        TestState::Failed => v1::TransferState::Failed,
-        _ => v1::TransferState::Running,
+        TestState::Ready | TestState::Deleting | TestState::Deleted => TransferState::Succeeded,
+        TestState::Failed => TransferState::Failed,
+        _ => TransferState::Running,
     };
-    Some(v1::TransferProgress {
-        transfer_id: test.transfer_id(),
-        state: state.into(),
-        phase: progress.phase.clone(),
-        bytes_total: progress.bytes_total,
-        bytes_done: progress.bytes_done,
-        files_total: progress.files_total,
-        files_done: progress.files_done,
-        tables_total: progress.tables_total,
-        tables_done: progress.tables_done,
-        bytes_sent: progress.bytes_sent,
-        files_unchanged: progress.files_unchanged,
-        bytes_per_second: progress.bytes_per_second,
-        eta_seconds: progress.eta_seconds,
-        error: String::new(),
-        updated_at: Some(timestamp(test.updated_at)),
-        target_home: progress.target_home.clone(),
-        // What the running copy waits for, as its target agent last said.
-        waiting: progress
-            .waiting
-            .as_ref()
-            .filter(|_| state == v1::TransferState::Running)
-            .map(|waiting| v1::TransferWaiting {
-                what: waiting.what.clone(),
-                error: waiting.error.clone(),
-                since: Some(timestamp(waiting.since)),
-                until: waiting.until.map(timestamp),
-            }),
-    })
+    // The same message the target agent sent: converted in one place.
+    Some(wire::transfer_progress(
+        test.transfer_id(),
+        state,
+        progress,
+        test.updated_at,
+    ))
 }
 
 /// How to reach a ready test's copy, with what to type.
@@ -448,57 +400,5 @@ pub fn test(test: &Test) -> v1::Test {
             retried_until: outage.retried_until.map(timestamp),
             error: outage.error,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_a_copy_waits_for_is_kept_with_its_progress() {
-        let since = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a time");
-        let until = since + chrono::Duration::seconds(120);
-        let report = v1::TransferProgress {
-            tables_done: 2,
-            waiting: Some(v1::TransferWaiting {
-                what: "source PostgreSQL server main, database shop".into(),
-                error: "connection refused".into(),
-                since: Some(timestamp(since)),
-                until: Some(timestamp(until)),
-            }),
-            ..v1::TransferProgress::default()
-        };
-        let progress = copy_progress_from(&report);
-        assert_eq!(
-            progress.waiting,
-            Some(CopyWaiting {
-                what: "source PostgreSQL server main, database shop".into(),
-                error: "connection refused".into(),
-                since,
-                until: Some(until),
-            })
-        );
-        // Stored as JSON in the test's row, and read back the same.
-        let stored = serde_json::to_value(&progress).expect("progress to JSON");
-        let read: CopyProgress = serde_json::from_value(stored).expect("progress from JSON");
-        assert_eq!(read, progress);
-        // Progress stored before copies said what they wait for reads as
-        // not waiting.
-        let older: CopyProgress =
-            serde_json::from_value(serde_json::json!({"phase": "tables", "bytes_total": 1,
-                "bytes_done": 0, "bytes_sent": 0, "files_total": 0, "files_done": 0,
-                "files_unchanged": 0, "tables_total": 1, "tables_done": 0,
-                "bytes_per_second": 0, "eta_seconds": 0}))
-            .expect("older progress");
-        assert_eq!(older.waiting, None);
-        let through = copy_progress_from(&v1::TransferProgress {
-            tables_done: 3,
-            ..v1::TransferProgress::default()
-        });
-        assert_eq!(
-            through.waiting, None,
-            "a progress without waiting clears it"
-        );
     }
 }
