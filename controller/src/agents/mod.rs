@@ -4,9 +4,7 @@
 //!
 //! The transfer calls take and return domain types ([`transfer`]); the
 //! conversions to and from the agent API are in [`wire`], so the workflows
-//! never see protobuf. `get_inventory` returns the agent's report as is:
-//! the gateway receives the same message from agents, and `api::convert`
-//! checks both.
+//! never see protobuf.
 
 pub mod transfer;
 pub mod wire;
@@ -19,7 +17,7 @@ use navette_proto::v1;
 use navette_proto::v1::agent_client::AgentClient;
 
 use crate::error::{Error, Result};
-use crate::model::Host;
+use crate::model::{Host, Inventory};
 use crate::state::Controller;
 use transfer::{CopyRemoval, TransferReport, TransferSpec};
 
@@ -53,8 +51,8 @@ fn unreachable(host: &Host, status: &tonic::Status) -> Error {
     ))
 }
 
-/// Asks a host's agent for its inventory now.
-pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::HostInventory> {
+/// Asks a host's agent for its inventory now, checked.
+pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<Inventory> {
     let mut client = client(controller, host)?;
     let mut request = tonic::Request::new(v1::GetInventoryRequest {});
     request.set_timeout(CALL_TIMEOUT);
@@ -64,7 +62,7 @@ pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::H
         .map_err(|status| unreachable(host, &status))?
         .into_inner();
     report.host_id = host.id.clone();
-    Ok(report)
+    wire::inventory_from(&report)
 }
 
 /// Maps a failed agent call to a step outcome: transport trouble is worth

@@ -1,13 +1,18 @@
-//! Conversions between the agent API (`navette.v1` transfer messages) and
-//! the controller's domain types: the one place outside `api` that knows
-//! protobuf. The panel's `Test.progress` is the same `TransferProgress`
-//! message, so `api::convert` builds it here too.
+//! Conversions between the agent API (`navette.v1` transfer and inventory
+//! messages) and the controller's domain types: the one place outside
+//! `api` that knows protobuf. The panel's `Test.progress` is the same
+//! `TransferProgress` message, and the gateway receives the same
+//! `HostInventory` an inventory call returns, so `api` converts them here
+//! too: each message is converted in one place.
 
 use navette_proto::v1;
 use navette_proto::{from_timestamp, timestamp};
 
 use super::transfer::{CopyRemoval, DatabaseCopy, TransferReport, TransferSpec, TransferState};
-use crate::model::{CopyProgress, CopyWaiting, Engine, Time};
+use crate::error::{Error, Result};
+use crate::model::{
+    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory, Time,
+};
 
 pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
     let copies = |engine: Engine| {
@@ -142,6 +147,104 @@ pub fn copy_removal(response: v1::RemoveCopyResponse) -> CopyRemoval {
         logins_dropped: response.logins_dropped,
         logins_kept: response.logins_kept,
     }
+}
+
+/// `None` for UNSPECIFIED (no filter, or missing).
+pub fn host_kind_from(kind: i32) -> Result<Option<HostKind>> {
+    match v1::HostKind::try_from(kind) {
+        Ok(v1::HostKind::Unspecified) => Ok(None),
+        Ok(v1::HostKind::Shared) => Ok(Some(HostKind::Shared)),
+        Ok(v1::HostKind::Dedicated) => Ok(Some(HostKind::Dedicated)),
+        Ok(v1::HostKind::Vps) => Ok(Some(HostKind::Vps)),
+        Ok(v1::HostKind::Transit) => Ok(Some(HostKind::Transit)),
+        Ok(v1::HostKind::Test) => Ok(Some(HostKind::Test)),
+        Err(_) => Err(Error::InvalidArgument(format!("unknown host kind {kind}"))),
+    }
+}
+
+fn engine_from(value: i32, what: &str) -> Result<Engine> {
+    match v1::DatabaseEngine::try_from(value) {
+        Ok(v1::DatabaseEngine::Postgresql) => Ok(Engine::Postgresql),
+        Ok(v1::DatabaseEngine::Mariadb) => Ok(Engine::Mariadb),
+        _ => Err(Error::InvalidArgument(format!(
+            "{what}: database engine {value} is not known"
+        ))),
+    }
+}
+
+/// An agent's report, checked.
+pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
+    let kind = host_kind_from(report.kind)?.ok_or_else(|| {
+        Error::InvalidArgument(
+            "inventory: host kind is missing; set `kind` in the agent's configuration".to_owned(),
+        )
+    })?;
+    let database_servers = report
+        .database_servers
+        .iter()
+        .map(|s| {
+            Ok(DatabaseServer {
+                name: s.name.clone(),
+                engine: engine_from(s.engine, &format!("database server {:?}", s.name))?,
+                version: s.version.clone(),
+                address: s.address.clone(),
+                port: u16::try_from(s.port).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "database server {:?}: port {} is out of range",
+                        s.name, s.port
+                    ))
+                })?,
+                reachable: s.reachable,
+                error: s.error.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let now = chrono::Utc::now();
+    let accounts = report
+        .accounts
+        .iter()
+        .map(|a| {
+            Ok(Account {
+                name: a.name.clone(),
+                host_id: report.host_id.clone(),
+                home: a.home.clone(),
+                uid: a.uid,
+                home_size_bytes: a.home_size_bytes,
+                home_files: a.home_files,
+                copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
+                databases: a
+                    .databases
+                    .iter()
+                    .map(|d| {
+                        Ok(Database {
+                            engine: engine_from(d.engine, &format!("database {:?}", d.name))?,
+                            server: d.server.clone(),
+                            name: d.name.clone(),
+                            size_bytes: d.size_bytes,
+                            owner: d.owner.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                updated_at: a
+                    .updated_at
+                    .as_ref()
+                    .and_then(from_timestamp)
+                    .unwrap_or(now),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Inventory {
+        kind,
+        stack_version: report.stack_version.clone(),
+        agent_version: report.agent_version.clone(),
+        agent_endpoint: report.agent_endpoint.clone(),
+        addresses: report.addresses.clone(),
+        disk_total_bytes: report.disk_total_bytes,
+        disk_free_bytes: report.disk_free_bytes,
+        database_servers,
+        accounts,
+        digest: navette_proto::inventory_digest(report),
+    })
 }
 
 #[cfg(test)]

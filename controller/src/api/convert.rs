@@ -2,16 +2,17 @@
 //! types, for the services in `api`. The agent API's transfer messages
 //! are converted in `agents::wire` (the panel's `Test.progress` too).
 
+use navette_proto::timestamp;
 use navette_proto::v1;
-use navette_proto::{from_timestamp, timestamp};
 
 use crate::agents::transfer::TransferState;
 use crate::agents::wire;
+// Host kinds and inventories come from agents too: decoded in one place.
+pub use crate::agents::wire::{host_kind_from, inventory_from};
 use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
-use crate::error::{Error, Result};
 use crate::model::{
-    Account, Database, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, Inventory,
-    JoinToken, Test, TestState,
+    Account, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, JoinToken, Test,
+    TestState,
 };
 
 pub fn host_kind(kind: HostKind) -> v1::HostKind {
@@ -21,19 +22,6 @@ pub fn host_kind(kind: HostKind) -> v1::HostKind {
         HostKind::Vps => v1::HostKind::Vps,
         HostKind::Transit => v1::HostKind::Transit,
         HostKind::Test => v1::HostKind::Test,
-    }
-}
-
-/// `None` for UNSPECIFIED (no filter, or missing).
-pub fn host_kind_from(kind: i32) -> Result<Option<HostKind>> {
-    match v1::HostKind::try_from(kind) {
-        Ok(v1::HostKind::Unspecified) => Ok(None),
-        Ok(v1::HostKind::Shared) => Ok(Some(HostKind::Shared)),
-        Ok(v1::HostKind::Dedicated) => Ok(Some(HostKind::Dedicated)),
-        Ok(v1::HostKind::Vps) => Ok(Some(HostKind::Vps)),
-        Ok(v1::HostKind::Transit) => Ok(Some(HostKind::Transit)),
-        Ok(v1::HostKind::Test) => Ok(Some(HostKind::Test)),
-        Err(_) => Err(Error::InvalidArgument(format!("unknown host kind {kind}"))),
     }
 }
 
@@ -50,16 +38,6 @@ fn engine(engine: Engine) -> v1::DatabaseEngine {
     match engine {
         Engine::Postgresql => v1::DatabaseEngine::Postgresql,
         Engine::Mariadb => v1::DatabaseEngine::Mariadb,
-    }
-}
-
-fn engine_from(value: i32, what: &str) -> Result<Engine> {
-    match v1::DatabaseEngine::try_from(value) {
-        Ok(v1::DatabaseEngine::Postgresql) => Ok(Engine::Postgresql),
-        Ok(v1::DatabaseEngine::Mariadb) => Ok(Engine::Mariadb),
-        _ => Err(Error::InvalidArgument(format!(
-            "{what}: database engine {value} is not known"
-        ))),
     }
 }
 
@@ -206,81 +184,6 @@ pub fn host_pool(pool: &HostPool) -> v1::HostPool {
         description: pool.description.clone(),
         created_at: Some(timestamp(pool.created_at)),
     }
-}
-
-/// An agent's report, checked.
-pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
-    let kind = host_kind_from(report.kind)?.ok_or_else(|| {
-        Error::InvalidArgument(
-            "inventory: host kind is missing; set `kind` in the agent's configuration".to_owned(),
-        )
-    })?;
-    let database_servers = report
-        .database_servers
-        .iter()
-        .map(|s| {
-            Ok(DatabaseServer {
-                name: s.name.clone(),
-                engine: engine_from(s.engine, &format!("database server {:?}", s.name))?,
-                version: s.version.clone(),
-                address: s.address.clone(),
-                port: u16::try_from(s.port).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "database server {:?}: port {} is out of range",
-                        s.name, s.port
-                    ))
-                })?,
-                reachable: s.reachable,
-                error: s.error.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let now = chrono::Utc::now();
-    let accounts = report
-        .accounts
-        .iter()
-        .map(|a| {
-            Ok(Account {
-                name: a.name.clone(),
-                host_id: report.host_id.clone(),
-                home: a.home.clone(),
-                uid: a.uid,
-                home_size_bytes: a.home_size_bytes,
-                home_files: a.home_files,
-                copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
-                databases: a
-                    .databases
-                    .iter()
-                    .map(|d| {
-                        Ok(Database {
-                            engine: engine_from(d.engine, &format!("database {:?}", d.name))?,
-                            server: d.server.clone(),
-                            name: d.name.clone(),
-                            size_bytes: d.size_bytes,
-                            owner: d.owner.clone(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-                updated_at: a
-                    .updated_at
-                    .as_ref()
-                    .and_then(from_timestamp)
-                    .unwrap_or(now),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Inventory {
-        kind,
-        stack_version: report.stack_version.clone(),
-        agent_version: report.agent_version.clone(),
-        agent_endpoint: report.agent_endpoint.clone(),
-        addresses: report.addresses.clone(),
-        disk_total_bytes: report.disk_total_bytes,
-        disk_free_bytes: report.disk_free_bytes,
-        database_servers,
-        accounts,
-        digest: navette_proto::inventory_digest(report),
-    })
 }
 
 pub fn engine_name(engine: Engine) -> &'static str {
