@@ -20,10 +20,17 @@
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
-//! - [`agents`]: calls from the controller to agents.
-//! - [`api`]: the gRPC services. The only modules that know protobuf; errors
-//!   become `tonic::Status` in `api::status` only; `api::policy` decides
-//!   which role may call what.
+//! - [`agents`]: calls from the controller to agents, in domain types
+//!   ([`agents::transfer`]); [`agents::wire`] converts them to and from the
+//!   agent API.
+//! - [`workflow`]: durable workflows. [`workflow::test_flow`] is the test's
+//!   pure transition function (commands, timers and step outcomes in, what
+//!   to record out); [`workflow::test_events`] applies commands and timers;
+//!   the runner claims due steps and timers under a lease and performs them.
+//! - [`api`]: the gRPC services. With `agents` (its client calls and
+//!   `agents::wire`), the only modules that know protobuf; errors become
+//!   `tonic::Status` in `api::status` only; `api::policy` decides which role
+//!   may call what.
 //! - [`server`]: listeners and background tasks.
 //! - [`metrics`]: Prometheus metrics (the runner's counters, workflows by
 //!   kind and state) and their `/metrics` endpoint, off unless configured.

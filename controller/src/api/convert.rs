@@ -1,14 +1,18 @@
 //! Conversions between `navette.v1` messages and the controller's domain
-//! types. The only place that knows both.
+//! types, for the services in `api`. The agent API's transfer messages
+//! are converted in `agents::wire` (the panel's `Test.progress` too).
 
+use navette_proto::timestamp;
 use navette_proto::v1;
-use navette_proto::{from_timestamp, timestamp};
 
+use crate::agents::transfer::TransferState;
+use crate::agents::wire;
+// Host kinds and inventories come from agents too: decoded in one place.
+pub use crate::agents::wire::{host_kind_from, inventory_from};
 use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
-use crate::error::{Error, Result};
 use crate::model::{
-    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, Host, HostKind, HostPool,
-    HostState, Inventory, JoinToken, Test, TestState,
+    Account, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, JoinToken, Test,
+    TestState,
 };
 
 pub fn host_kind(kind: HostKind) -> v1::HostKind {
@@ -18,19 +22,6 @@ pub fn host_kind(kind: HostKind) -> v1::HostKind {
         HostKind::Vps => v1::HostKind::Vps,
         HostKind::Transit => v1::HostKind::Transit,
         HostKind::Test => v1::HostKind::Test,
-    }
-}
-
-/// `None` for UNSPECIFIED (no filter, or missing).
-pub fn host_kind_from(kind: i32) -> Result<Option<HostKind>> {
-    match v1::HostKind::try_from(kind) {
-        Ok(v1::HostKind::Unspecified) => Ok(None),
-        Ok(v1::HostKind::Shared) => Ok(Some(HostKind::Shared)),
-        Ok(v1::HostKind::Dedicated) => Ok(Some(HostKind::Dedicated)),
-        Ok(v1::HostKind::Vps) => Ok(Some(HostKind::Vps)),
-        Ok(v1::HostKind::Transit) => Ok(Some(HostKind::Transit)),
-        Ok(v1::HostKind::Test) => Ok(Some(HostKind::Test)),
-        Err(_) => Err(Error::InvalidArgument(format!("unknown host kind {kind}"))),
     }
 }
 
@@ -47,16 +38,6 @@ fn engine(engine: Engine) -> v1::DatabaseEngine {
     match engine {
         Engine::Postgresql => v1::DatabaseEngine::Postgresql,
         Engine::Mariadb => v1::DatabaseEngine::Mariadb,
-    }
-}
-
-fn engine_from(value: i32, what: &str) -> Result<Engine> {
-    match v1::DatabaseEngine::try_from(value) {
-        Ok(v1::DatabaseEngine::Postgresql) => Ok(Engine::Postgresql),
-        Ok(v1::DatabaseEngine::Mariadb) => Ok(Engine::Mariadb),
-        _ => Err(Error::InvalidArgument(format!(
-            "{what}: database engine {value} is not known"
-        ))),
     }
 }
 
@@ -205,81 +186,6 @@ pub fn host_pool(pool: &HostPool) -> v1::HostPool {
     }
 }
 
-/// An agent's report, checked.
-pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
-    let kind = host_kind_from(report.kind)?.ok_or_else(|| {
-        Error::InvalidArgument(
-            "inventory: host kind is missing; set `kind` in the agent's configuration".to_owned(),
-        )
-    })?;
-    let database_servers = report
-        .database_servers
-        .iter()
-        .map(|s| {
-            Ok(DatabaseServer {
-                name: s.name.clone(),
-                engine: engine_from(s.engine, &format!("database server {:?}", s.name))?,
-                version: s.version.clone(),
-                address: s.address.clone(),
-                port: u16::try_from(s.port).map_err(|_| {
-                    Error::InvalidArgument(format!(
-                        "database server {:?}: port {} is out of range",
-                        s.name, s.port
-                    ))
-                })?,
-                reachable: s.reachable,
-                error: s.error.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let now = chrono::Utc::now();
-    let accounts = report
-        .accounts
-        .iter()
-        .map(|a| {
-            Ok(Account {
-                name: a.name.clone(),
-                host_id: report.host_id.clone(),
-                home: a.home.clone(),
-                uid: a.uid,
-                home_size_bytes: a.home_size_bytes,
-                home_files: a.home_files,
-                copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
-                databases: a
-                    .databases
-                    .iter()
-                    .map(|d| {
-                        Ok(Database {
-                            engine: engine_from(d.engine, &format!("database {:?}", d.name))?,
-                            server: d.server.clone(),
-                            name: d.name.clone(),
-                            size_bytes: d.size_bytes,
-                            owner: d.owner.clone(),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-                updated_at: a
-                    .updated_at
-                    .as_ref()
-                    .and_then(from_timestamp)
-                    .unwrap_or(now),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Inventory {
-        kind,
-        stack_version: report.stack_version.clone(),
-        agent_version: report.agent_version.clone(),
-        agent_endpoint: report.agent_endpoint.clone(),
-        addresses: report.addresses.clone(),
-        disk_total_bytes: report.disk_total_bytes,
-        disk_free_bytes: report.disk_free_bytes,
-        database_servers,
-        accounts,
-        digest: navette_proto::inventory_digest(report),
-    })
-}
-
 pub fn engine_name(engine: Engine) -> &'static str {
     match engine {
         Engine::Postgresql => "PostgreSQL",
@@ -314,71 +220,20 @@ fn test_state(state: TestState) -> v1::test::State {
     }
 }
 
-/// The counters a target agent reported, and what its copy waits for.
-pub fn copy_progress_from(report: &v1::TransferProgress) -> CopyProgress {
-    CopyProgress {
-        phase: report.phase.clone(),
-        bytes_total: report.bytes_total,
-        bytes_done: report.bytes_done,
-        bytes_sent: report.bytes_sent,
-        files_total: report.files_total,
-        files_done: report.files_done,
-        files_unchanged: report.files_unchanged,
-        tables_total: report.tables_total,
-        tables_done: report.tables_done,
-        bytes_per_second: report.bytes_per_second,
-        eta_seconds: report.eta_seconds,
-        target_home: report.target_home.clone(),
-        waiting: report.waiting.as_ref().map(|waiting| CopyWaiting {
-            what: waiting.what.clone(),
-            error: waiting.error.clone(),
-            // An agent that does not say since when: since it said so.
-            since: waiting
-                .since
-                .as_ref()
-                .and_then(from_timestamp)
-                .unwrap_or_else(chrono::Utc::now),
-            until: waiting.until.as_ref().and_then(from_timestamp),
-        }),
-    }
-}
-
 fn copy_progress(test: &Test) -> Option<v1::TransferProgress> {
     let progress = test.progress.as_ref()?;
     let state = match test.state {
-        TestState::Ready | TestState::Deleting | TestState::Deleted => v1::TransferState::Succeeded,
-        TestState::Failed => v1::TransferState::Failed,
-        _ => v1::TransferState::Running,
+        TestState::Ready | TestState::Deleting | TestState::Deleted => TransferState::Succeeded,
+        TestState::Failed => TransferState::Failed,
+        _ => TransferState::Running,
     };
-    Some(v1::TransferProgress {
-        transfer_id: test.transfer_id(),
-        state: state.into(),
-        phase: progress.phase.clone(),
-        bytes_total: progress.bytes_total,
-        bytes_done: progress.bytes_done,
-        files_total: progress.files_total,
-        files_done: progress.files_done,
-        tables_total: progress.tables_total,
-        tables_done: progress.tables_done,
-        bytes_sent: progress.bytes_sent,
-        files_unchanged: progress.files_unchanged,
-        bytes_per_second: progress.bytes_per_second,
-        eta_seconds: progress.eta_seconds,
-        error: String::new(),
-        updated_at: Some(timestamp(test.updated_at)),
-        target_home: progress.target_home.clone(),
-        // What the running copy waits for, as its target agent last said.
-        waiting: progress
-            .waiting
-            .as_ref()
-            .filter(|_| state == v1::TransferState::Running)
-            .map(|waiting| v1::TransferWaiting {
-                what: waiting.what.clone(),
-                error: waiting.error.clone(),
-                since: Some(timestamp(waiting.since)),
-                until: waiting.until.map(timestamp),
-            }),
-    })
+    // The same message the target agent sent: converted in one place.
+    Some(wire::transfer_progress(
+        test.transfer_id(),
+        state,
+        progress,
+        test.updated_at,
+    ))
 }
 
 /// How to reach a ready test's copy, with what to type.
@@ -448,57 +303,5 @@ pub fn test(test: &Test) -> v1::Test {
             retried_until: outage.retried_until.map(timestamp),
             error: outage.error,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_a_copy_waits_for_is_kept_with_its_progress() {
-        let since = chrono::DateTime::from_timestamp(1_790_000_000, 0).expect("a time");
-        let until = since + chrono::Duration::seconds(120);
-        let report = v1::TransferProgress {
-            tables_done: 2,
-            waiting: Some(v1::TransferWaiting {
-                what: "source PostgreSQL server main, database shop".into(),
-                error: "connection refused".into(),
-                since: Some(timestamp(since)),
-                until: Some(timestamp(until)),
-            }),
-            ..v1::TransferProgress::default()
-        };
-        let progress = copy_progress_from(&report);
-        assert_eq!(
-            progress.waiting,
-            Some(CopyWaiting {
-                what: "source PostgreSQL server main, database shop".into(),
-                error: "connection refused".into(),
-                since,
-                until: Some(until),
-            })
-        );
-        // Stored as JSON in the test's row, and read back the same.
-        let stored = serde_json::to_value(&progress).expect("progress to JSON");
-        let read: CopyProgress = serde_json::from_value(stored).expect("progress from JSON");
-        assert_eq!(read, progress);
-        // Progress stored before copies said what they wait for reads as
-        // not waiting.
-        let older: CopyProgress =
-            serde_json::from_value(serde_json::json!({"phase": "tables", "bytes_total": 1,
-                "bytes_done": 0, "bytes_sent": 0, "files_total": 0, "files_done": 0,
-                "files_unchanged": 0, "tables_total": 1, "tables_done": 0,
-                "bytes_per_second": 0, "eta_seconds": 0}))
-            .expect("older progress");
-        assert_eq!(older.waiting, None);
-        let through = copy_progress_from(&v1::TransferProgress {
-            tables_done: 3,
-            ..v1::TransferProgress::default()
-        });
-        assert_eq!(
-            through.waiting, None,
-            "a progress without waiting clears it"
-        );
     }
 }

@@ -82,8 +82,7 @@ impl Hosts for OperatorApi {
                     let client = self.0.db.get().await?;
                     store::hosts::get(&**client, id).await?
                 };
-                let report = agents::get_inventory(&self.0, &host).await?;
-                let inventory = convert::inventory_from(&report)?;
+                let inventory = agents::get_inventory(&self.0, &host).await?;
                 let client = self.0.db.get().await?;
                 store::hosts::store_inventory(&**client, id, &inventory).await?;
                 Ok(convert::host(&store::hosts::get(&**client, id).await?))

@@ -78,7 +78,7 @@ impl TestsApi {
         let migration_id = required(&request.migration_id, "migration_id")?;
         {
             let client = self.0.db.get().await?;
-            if let Some(existing) = store::tests::by_request_id(&**client, request_id).await? {
+            if let Some(existing) = store::test_runs::by_request_id(&**client, request_id).await? {
                 if existing.account != account_name || existing.migration_id != migration_id {
                     return Err(Error::AlreadyExists(format!(
                         "request id {request_id:?} already started test {} of {} for {}; use a new request id",
@@ -97,9 +97,9 @@ impl TestsApi {
         };
         let id = new_id();
         let client = self.0.db.get().await?;
-        let created = store::tests::create(
+        let created = crate::workflow::test_events::create(
             &**client,
-            &store::tests::NewTest {
+            &store::test_runs::NewTest {
                 id: &id,
                 request_id,
                 account: &account.name,
@@ -117,7 +117,7 @@ impl TestsApi {
                 Ok(test)
             }
             // Lost a race with a retry of the same request.
-            None => store::tests::by_request_id(&**client, request_id)
+            None => store::test_runs::by_request_id(&**client, request_id)
                 .await?
                 .ok_or_else(|| Error::Internal("test vanished".to_owned())),
         }
@@ -210,7 +210,7 @@ impl Tests for TestsApi {
             async {
                 let id = required(&request.id, "id")?;
                 let client = self.0.db.get().await?;
-                Ok(convert::test(&store::tests::get(&**client, id).await?))
+                Ok(convert::test(&store::test_runs::get(&**client, id).await?))
             }
             .await,
         )
@@ -224,7 +224,7 @@ impl Tests for TestsApi {
         reply(
             async {
                 let client = self.0.db.get().await?;
-                let tests = store::tests::list(&**client, optional(&request.account)).await?;
+                let tests = store::test_runs::list(&**client, optional(&request.account)).await?;
                 Ok(v1::ListTestsResponse {
                     tests: tests.iter().map(convert::test).collect(),
                 })
@@ -238,7 +238,7 @@ impl Tests for TestsApi {
         reply(async {
             let id = required(&request.id, "id")?;
             let client = self.0.db.get().await?;
-            let test = store::tests::start_refresh(&**client, id).await?;
+            let test = crate::workflow::test_events::refresh(&**client, id).await?;
             tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
             Ok(convert::test(&test))
         }
@@ -251,7 +251,7 @@ impl Tests for TestsApi {
             async {
                 let id = required(&request.id, "id")?;
                 let client = self.0.db.get().await?;
-                let test = store::tests::start_removal(&**client, id).await?;
+                let test = crate::workflow::test_events::delete(&**client, id).await?;
                 tracing::info!(message = "test deletion started", test_id = %id);
                 Ok(convert::test(&test))
             }
@@ -269,7 +269,9 @@ impl Tests for TestsApi {
         let controller = self.0.clone();
         let first = {
             let client = controller.db.get().await.map_err(|e| status(e.into()))?;
-            store::tests::get(&**client, &id).await.map_err(status)?
+            store::test_runs::get(&**client, &id)
+                .await
+                .map_err(status)?
         };
         let (sender, receiver) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -300,7 +302,7 @@ impl Tests for TestsApi {
                     }
                 }
                 let next = match controller.db.get().await {
-                    Ok(client) => store::tests::get(&**client, &id).await,
+                    Ok(client) => store::test_runs::get(&**client, &id).await,
                     Err(error) => Err(error.into()),
                 };
                 match next {

@@ -9,7 +9,7 @@
 pub mod accounts;
 pub mod hosts;
 pub mod pools;
-pub mod tests;
+pub mod test_runs;
 pub mod tokens;
 pub mod workflow_counts;
 

@@ -6,36 +6,40 @@
 //! records the step's result only if it still holds the lease (fencing). A
 //! controller killed mid-step loses its lease; another (or the same one,
 //! restarted) runs the step again, which agents make harmless: every call
-//! carries the transfer id.
+//! carries the transfer id. The runner also fires due timers: a test's
+//! `expires_at` is an `Expire` event ([`test_events::expire`]).
 //!
-//! A deletion (DeleteTest, expiry) may be recorded while a step runs: the
-//! lease renewal sees it and stops the step, and the step's result is
-//! recorded in the same transaction that reads the test's state again, so
-//! the deletion wins ([`test_flow::settle`]).
+//! Commands (create, refresh, delete) and timers are events of the test's
+//! pure transition function ([`test_flow::next`]), as are step outcomes;
+//! the store only records what it decided. A deletion (DeleteTest, expiry)
+//! may be recorded while a step runs: the lease renewal sees it and stops
+//! the step, and the step's outcome is decided on the test as it is now,
+//! read again under lock in the transaction that records it, so the
+//! deletion wins.
 //!
 //! Grants end with their copy: when a copy ends (done or failed), and again
 //! when a copy is removed, the source agent is asked to revoke the grants
 //! of the test's transfers (best effort: a grant also expires by itself).
 //!
-//! The decisions are in pure state machines ([`test_flow`]); this module
-//! only performs the steps.
+//! This module only performs the steps, with domain types: the agent API's
+//! messages are `agents::wire`'s.
 
+pub mod test_events;
 pub mod test_flow;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use navette_proto::v1;
 use tokio::sync::Semaphore;
 
+use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
 use crate::agents::{self, CallFailure};
-use crate::api::convert;
 use crate::db::Change;
 use crate::error::Result;
-use crate::model::{CopyProgress, Engine, Test, TestState, TestStep};
+use crate::model::{CopyProgress, Test, TestState, TestStep};
 use crate::state::Controller;
 use crate::store;
-use test_flow::StepOutcome;
+use test_flow::{Decision, Finished, Input, StepOutcome};
 
 /// How long a claimed step is ours without renewal.
 const LEASE: Duration = Duration::from_secs(15);
@@ -45,26 +49,17 @@ const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 const CONCURRENT_STEPS: usize = 8;
 /// How often stored progress is updated while a copy runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often the runner looks for due timers.
+const TIMERS_EVERY: Duration = Duration::from_secs(1);
+/// Timers fired at most per look.
+const TIMERS_AT_ONCE: i64 = 100;
 /// How long a source lets the test host read for one transfer: time for
 /// the copy and its retries. The grant is revoked when the copy ends.
 const GRANT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The transfer of the current generation of `test`.
-pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
-    let copies = |engine: Engine| {
-        test.plan
-            .databases
-            .iter()
-            .filter(|d| d.engine == engine)
-            .map(|d| v1::DatabaseCopy {
-                source_server: d.source_server.clone(),
-                source_database: d.name.clone(),
-                target_server: d.target_server.clone(),
-                target_database: d.name.clone(),
-            })
-            .collect()
-    };
-    v1::TransferSpec {
+pub fn transfer_spec(test: &Test) -> TransferSpec {
+    TransferSpec {
         transfer_id: test.transfer_id(),
         account: test.account.clone(),
         source_host_id: test.source_host_id.clone(),
@@ -73,37 +68,48 @@ pub fn transfer_spec(test: &Test) -> v1::TransferSpec {
         source_home: test.plan.source_home.clone(),
         // The target agent puts the home in its own accounts directory.
         target_home: String::new(),
-        postgresql: copies(Engine::Postgresql),
-        mariadb: copies(Engine::Mariadb),
+        databases: test
+            .plan
+            .databases
+            .iter()
+            .map(|d| DatabaseCopy {
+                engine: d.engine,
+                source_server: d.source_server.clone(),
+                source_database: d.name.clone(),
+                target_server: d.target_server.clone(),
+                target_database: d.name.clone(),
+            })
+            .collect(),
         // A test copy can be made again; it need not be synced to disk.
         disposable: true,
         // Every generation fills the test's one copy on the test host.
         copy_id: test.id.clone(),
-        grant_expires_at: Some(navette_proto::timestamp(
+        grant_expires_at: Some(
             chrono::Utc::now()
                 + chrono::Duration::from_std(GRANT_LIFETIME).unwrap_or(chrono::Duration::hours(24)),
-        )),
+        ),
     }
 }
 
-/// Starts this controller's workflow runner and the expiry sweeper.
+/// Starts this controller's workflow runner: due steps and due timers.
 pub fn spawn_runner(controller: Arc<Controller>) {
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(CONCURRENT_STEPS));
         let mut changes = controller.changes.subscribe();
-        let mut last_sweep = Instant::now() - Duration::from_secs(60);
+        let mut timers_looked_at = Instant::now() - TIMERS_EVERY;
         loop {
-            if last_sweep.elapsed() >= Duration::from_secs(5) {
-                last_sweep = Instant::now();
-                if let Err(error) = expire(&controller).await {
-                    tracing::warn!(message = "expiring tests failed", %error);
+            if timers_looked_at.elapsed() >= TIMERS_EVERY {
+                timers_looked_at = Instant::now();
+                if let Err(error) = fire_timers(&controller).await {
+                    tracing::warn!(message = "firing due timers failed; retried in a moment", %error);
                 }
             }
             // Claim as many due steps as there are free slots.
             while let Ok(permit) = slots.clone().try_acquire_owned() {
                 let claimed = match controller.db.get().await {
                     Ok(client) => {
-                        store::tests::claim_due(&**client, &controller.controller_id, LEASE).await
+                        store::test_runs::claim_due(&**client, &controller.controller_id, LEASE)
+                            .await
                     }
                     Err(error) => Err(error.into()),
                 };
@@ -122,7 +128,8 @@ pub fn spawn_runner(controller: Arc<Controller>) {
                     }
                 }
             }
-            // Wake on any test change, or every second for retries due.
+            // Wake on any test change, or every second for retries and
+            // timers due.
             let _ = tokio::time::timeout(Duration::from_secs(1), async {
                 loop {
                     match changes.recv().await {
@@ -139,10 +146,19 @@ pub fn spawn_runner(controller: Arc<Controller>) {
     });
 }
 
-async fn expire(controller: &Controller) -> Result<()> {
+/// Fires every due timer: an `Expire` event for each test whose
+/// `expires_at` passed. Several controllers may fire the same timer: the
+/// event is recorded once, the others find the test deleting already.
+async fn fire_timers(controller: &Controller) -> Result<()> {
     let client = controller.db.get().await?;
-    for id in store::tests::expire_due(&**client, test_flow::COPY_GRACE).await? {
-        tracing::info!(message = "test expired; removing its copy", test_id = %id);
+    for id in store::test_runs::due_timers(&**client, TIMERS_AT_ONCE).await? {
+        match test_events::expire(&**client, &id).await {
+            Ok(true) => tracing::info!(message = "test expired; removing its copy", test_id = %id),
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(message = "expiring a test failed; retried in a moment", test_id = %id, %error)
+            }
+        }
     }
     Ok(())
 }
@@ -156,13 +172,19 @@ async fn run_step(controller: &Arc<Controller>, test: Test) {
 }
 
 async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
-    let started = Instant::now();
+    let began = Instant::now();
     let owner = controller.controller_id.clone();
-    let run_id = match controller.db.get().await {
-        Ok(client) => store::tests::step_started(&**client, &test, &owner)
-            .await
-            .ok(),
-        Err(_) => None,
+    let started = match controller.db.get().await {
+        Ok(client) => store::test_runs::step_started(&**client, &test, &owner).await,
+        Err(error) => Err(error.into()),
+    };
+    let run_id = match started {
+        Ok(run_id) => Some(run_id),
+        Err(error) => {
+            // The step runs all the same: the audit misses this run.
+            tracing::warn!(message = "the step's run could not be logged in step_runs", test_id = %test.id, %error);
+            None
+        }
     };
     let (stop_sender, mut stop) = tokio::sync::watch::channel(Interruption::None);
     let renewal = {
@@ -172,12 +194,21 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE_RENEWAL).await;
-                let state = match controller.db.get().await {
-                    Ok(client) => store::tests::renew_lease(&**client, &id, &owner, LEASE)
-                        .await
-                        .unwrap_or(None),
-                    Err(_) => None,
+                let renewed = match controller.db.get().await {
+                    Ok(client) => {
+                        store::test_runs::renew_lease(&**client, &id, &owner, LEASE).await
+                    }
+                    Err(error) => Err(error.into()),
                 };
+                let state = match renewed {
+                    Ok(state) => state,
+                    Err(error) => {
+                        tracing::warn!(message = "renewing the lease failed; the step stops", test_id = %id, %error);
+                        None
+                    }
+                };
+                // The receiver is gone only once the step ended: nothing
+                // is left to stop.
                 match state {
                     None => {
                         let _ = stop_sender.send(Interruption::LeaseLost);
@@ -211,25 +242,35 @@ async fn run_step_in_span(controller: &Arc<Controller>, test: Test) {
     crate::metrics::step_finished(
         "test",
         test.step.as_str(),
-        started.elapsed(),
+        began.elapsed(),
         !matches!(
             outcome,
             StepOutcome::CopyFailed(_) | StepOutcome::Unreachable(_) | StepOutcome::Refused(_)
         ),
     );
-    let result = test_flow::after(&test, outcome);
-    let recorded = record(controller, &test, &owner, result.clone()).await;
-    if let (Some(run_id), Ok(client)) = (run_id, controller.db.get().await) {
-        let _ = store::tests::step_finished(&**client, run_id, &outcome_text).await;
+    let finished = Finished {
+        step: test.step,
+        generation: test.generation,
+        outcome,
+    };
+    let recorded = record(controller, &test, &owner, finished).await;
+    if let Some(run_id) = run_id {
+        let logged = match controller.db.get().await {
+            Ok(client) => store::test_runs::step_finished(&**client, run_id, &outcome_text).await,
+            Err(error) => Err(error.into()),
+        };
+        if let Err(error) = logged {
+            tracing::warn!(message = "the step's end could not be logged in step_runs", test_id = %test.id, run_id, %error);
+        }
     }
     match recorded {
-        Ok(true) => tracing::info!(
+        Ok(Some(after)) => tracing::info!(
             message = "step done",
             outcome = %outcome_text,
-            state = result.state.map(|s| s.as_str()).unwrap_or("unchanged"),
-            next = result.step.map(|s| s.as_str()).unwrap_or("same step, later")
+            state = after.state.as_str(),
+            next = after.step.as_str()
         ),
-        Ok(false) => {
+        Ok(None) => {
             crate::metrics::lease_lost("test");
             tracing::warn!(message = "step done, but the lease was lost: not recorded")
         }
@@ -248,28 +289,43 @@ enum Interruption {
     Deleted,
 }
 
-/// Records `result` of `test`'s step if `owner` still holds the lease,
-/// after reading the test's state again in the same transaction: a
-/// deletion recorded meanwhile wins ([`test_flow::settle`]).
+/// Records that the step of `claimed` `finished`, if `owner` still holds
+/// the lease: what `test_flow::next` decides on the test read again, under
+/// lock, in the transaction that records it (a deletion recorded meanwhile
+/// wins). The test as recorded; `None` when the lease was lost.
 async fn record(
     controller: &Controller,
-    test: &Test,
+    claimed: &Test,
     owner: &str,
-    result: store::tests::StepResult,
-) -> Result<bool> {
+    finished: Finished,
+) -> Result<Option<Test>> {
     let mut client = controller.db.get().await?;
     let transaction = client.transaction().await?;
-    let (state, lease_owner) = store::tests::lock_state(&*transaction, &test.id).await?;
+    let (current, lease_owner) = store::test_runs::lock(&*transaction, &claimed.id).await?;
     if lease_owner.as_deref() != Some(owner) {
-        return Ok(false);
+        return Ok(None);
     }
-    let settled = test_flow::settle(test, state, result);
-    let recorded = store::tests::finish_step(&*transaction, &test.id, owner, &settled).await?;
+    let now = chrono::Utc::now();
+    let transition = match test_flow::next(Some(&current), Input::Finished(finished), now) {
+        Decision::Record(transition) => transition,
+        // `next` records every outcome; should it not, the lease is
+        // freed and the step retried later.
+        other => {
+            tracing::warn!(message = "internal: a step outcome was not recorded", decision = ?other);
+            test_flow::Transition {
+                run: test_flow::Run::After(test_flow::backoff(current.attempts)),
+                expires_at: current.expires_at,
+                ..test_flow::Transition::default()
+            }
+        }
+    };
+    let recorded =
+        store::test_runs::finish_step(&*transaction, &claimed.id, owner, &transition).await?;
     transaction.commit().await?;
-    if state == TestState::Deleting && test.state != TestState::Deleting {
+    if current.state == TestState::Deleting && claimed.state != TestState::Deleting {
         tracing::info!(message = "the test was deleted while its step ran: the deletion wins");
     }
-    Ok(recorded)
+    Ok(recorded.then(|| transition.applied(&current, now)))
 }
 
 /// Asks the source agent to revoke the grants of `transfer_ids`. Best
@@ -308,24 +364,19 @@ async fn perform(controller: &Arc<Controller>, test: &Test) -> StepOutcome {
         Err(error) => return StepOutcome::Unreachable(error.to_string()),
     };
     let spec = transfer_spec(test);
-    let failure = |failure: CallFailure| match failure {
-        CallFailure::Retry(why) => StepOutcome::Unreachable(why),
-        CallFailure::Refused(why) => StepOutcome::Refused(why),
-    };
     match test.step {
-        TestStep::Grant => match agents::grant_transfer(controller, &source, spec).await {
+        TestStep::Grant => match agents::grant_transfer(controller, &source, &spec).await {
             Ok(()) => StepOutcome::Granted,
             Err(error) => failure(error),
         },
         TestStep::Copy => {
-            let transfer_id = spec.transfer_id.clone();
-            let outcome = follow_copy(controller, test, &target, spec).await;
+            let outcome = follow_copy(controller, test, &target, &spec).await;
             if matches!(outcome, StepOutcome::Copied(_) | StepOutcome::CopyFailed(_)) {
-                revoke_grants(controller, &source, &[transfer_id]).await;
+                revoke_grants(controller, &source, &[spec.transfer_id]).await;
             }
             outcome
         }
-        TestStep::Remove => match agents::remove_copy(controller, &target, spec).await {
+        TestStep::Remove => match agents::remove_copy(controller, &target, &spec).await {
             Ok(removed) => {
                 tracing::info!(
                     message = "copy removed",
@@ -346,73 +397,83 @@ async fn perform(controller: &Arc<Controller>, test: &Test) -> StepOutcome {
     }
 }
 
+/// A failed agent call as a step outcome: transport trouble is retried, a
+/// refusal is not.
+fn failure(failure: CallFailure) -> StepOutcome {
+    match failure {
+        CallFailure::Retry(why) => StepOutcome::Unreachable(why),
+        CallFailure::Refused(why) => StepOutcome::Refused(why),
+    }
+}
+
 /// Starts (or resumes) the copy on the target and follows it to its end,
 /// storing progress on the way.
 async fn follow_copy(
     controller: &Arc<Controller>,
     test: &Test,
     target: &crate::model::Host,
-    spec: v1::TransferSpec,
+    spec: &TransferSpec,
 ) -> StepOutcome {
-    let transfer_id = spec.transfer_id.clone();
-    let started = match agents::start_transfer(controller, target, spec).await {
-        Ok(progress) => progress,
-        Err(CallFailure::Retry(why)) => return StepOutcome::Unreachable(why),
-        Err(CallFailure::Refused(why)) => return StepOutcome::Refused(why),
+    let mut last = match agents::start_transfer(controller, target, spec).await {
+        Ok(report) => report,
+        Err(error) => return failure(error),
     };
-    let mut last = started;
     let mut stored_at = Instant::now() - PROGRESS_EVERY;
     // What the target agent last said it waits for, as stored: a change
     // (an outage of the source begins or ends) is stored at once.
     let mut stored_waiting = None;
-    if last.state == i32::from(v1::TransferState::Running) {
-        let mut stream = match agents::watch_transfer(controller, target, &transfer_id).await {
-            Ok(stream) => stream,
-            Err(CallFailure::Retry(why)) => return StepOutcome::Unreachable(why),
-            Err(CallFailure::Refused(why)) => return StepOutcome::Refused(why),
+    if last.state == TransferState::Running {
+        let mut watch = match agents::watch_transfer(controller, target, &spec.transfer_id).await {
+            Ok(watch) => watch,
+            Err(error) => return failure(error),
         };
         loop {
-            match stream.message().await {
-                Ok(Some(progress)) => {
-                    let running = progress.state == i32::from(v1::TransferState::Running);
-                    last = progress;
-                    if !running {
+            match watch.next().await {
+                Ok(Some(report)) => {
+                    last = report;
+                    if last.state != TransferState::Running {
                         break;
                     }
-                    let report = convert::copy_progress_from(&last);
-                    if stored_at.elapsed() >= PROGRESS_EVERY || report.waiting != stored_waiting {
+                    if stored_at.elapsed() >= PROGRESS_EVERY
+                        || last.progress.waiting != stored_waiting
+                    {
                         stored_at = Instant::now();
-                        stored_waiting = report.waiting.clone();
-                        store_progress(controller, test, &report).await;
+                        stored_waiting = last.progress.waiting.clone();
+                        store_progress(controller, test, &last.progress).await;
                     }
                 }
                 Ok(None) => break,
-                Err(status) => {
-                    return StepOutcome::Unreachable(format!(
-                        "following the copy on host {}: {}",
-                        target.id,
-                        status.message()
-                    ));
-                }
+                Err(why) => return StepOutcome::Unreachable(why),
             }
         }
     }
-    let report = convert::copy_progress_from(&last);
-    store_progress(controller, test, &report).await;
-    match v1::TransferState::try_from(last.state) {
-        Ok(v1::TransferState::Succeeded) => StepOutcome::Copied(report),
-        Ok(v1::TransferState::Failed) => StepOutcome::CopyFailed(last.error),
-        _ => StepOutcome::Unreachable(format!(
+    store_progress(controller, test, &last.progress).await;
+    match last.state {
+        TransferState::Succeeded => StepOutcome::Copied(last.progress),
+        TransferState::Failed => StepOutcome::CopyFailed(last.error),
+        TransferState::Running | TransferState::Unknown => StepOutcome::Unreachable(format!(
             "the copy on host {} stopped before its end",
             target.id
         )),
     }
 }
 
+/// Stores the copy's progress while the lease is ours. Best effort: the
+/// copy goes on, and the next progress is stored again.
 async fn store_progress(controller: &Controller, test: &Test, progress: &CopyProgress) {
-    if let Ok(client) = controller.db.get().await {
-        let _ =
-            store::tests::store_progress(&**client, &test.id, &controller.controller_id, progress)
-                .await;
+    let stored = match controller.db.get().await {
+        Ok(client) => {
+            store::test_runs::store_progress(
+                &**client,
+                &test.id,
+                &controller.controller_id,
+                progress,
+            )
+            .await
+        }
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = stored {
+        tracing::warn!(message = "storing the copy's progress failed; the copy goes on", test_id = %test.id, %error);
     }
 }

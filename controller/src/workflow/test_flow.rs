@@ -1,28 +1,89 @@
-//! The test workflow as a pure state machine: from a test and the outcome of
-//! its current step to what is recorded next. No I/O here; the runner
-//! performs the steps.
+//! The test workflow as a pure state machine: from a test and what happened
+//! to it to what is recorded next. What happens is an [`Input`]: a command
+//! (create, refresh, delete), the test's timer (expiry), or the outcome of
+//! the step the runner ran. No I/O here: [`next`] decides, the store
+//! records the [`Transition`] it returns, the runner performs the steps.
+//!
+//! Every edge [`next`] implements (`state[step]`; a step in brackets is
+//! what runs next, `none`: nothing):
 //!
 //! ```text
-//!  placing ─grant─▶ copying ─copy─▶ ready ─refresh─▶ refreshing ─grant─▶ ─copy─▶ ready
-//!     │                │                 └─delete/expiry─▶ deleting ─remove─▶ deleted
-//!     └── refusal ─────┴── copy failed ─▶ failed (remove the partial copy) ─remove─▶ failed
+//!  (no test) ─create─▶ placing[grant] ─granted─▶ copying[copy] ─copied─▶ ready[none]
+//!  ready[none] ─refresh: a new generation─▶ refreshing[grant]
+//!  refreshing[grant] ─granted─▶ refreshing[copy] ─copied─▶ ready[none]
 //!
-//!  any state but deleting/deleted ─delete, or expiry─▶ deleting ─remove─▶ deleted
+//!  placing[grant], copying[copy], refreshing[grant], refreshing[copy]
+//!      ─refused, copy failed, or unreachable MAX_ATTEMPTS times─▶ failed[remove]
+//!  failed[remove] ─removed─▶ failed[none]
+//!
+//!  every state but deleting, deleted ─delete, or expiry due─▶ deleting[remove]
+//!  deleting[remove] ─removed─▶ deleted[none]
+//!  deleting[remove] ─outcome of the grant or copy it stopped─▶ deleting[remove], at once
+//!
+//!  [grant], [copy] ─unreachable (fewer than MAX_ATTEMPTS), or an outcome
+//!      the step cannot have─▶ the same step, later (backoff)
+//!  [remove] ─unreachable, refused, or an outcome it cannot have─▶ the same
+//!      removal, later: never given up
 //! ```
 //!
-//! Rules beyond the diagram: a deletion recorded while a step runs wins
-//! over that step's result ([`settle`]); a removal is never given up,
-//! refusals included (the agent refuses while a transfer into the copy
-//! runs), only retried with backoff; every test that is not deleted has an
-//! expiry ([`expiry`]), failed and stuck ones included, so no copy stays on
-//! a test host for ever.
+//! Rules beyond the diagram: a refresh of a test that is not ready is
+//! refused; a create of a test that exists, a delete of a test deleting or
+//! deleted, and an expiry of one, change nothing. A deletion recorded while
+//! a step runs wins over that step: the step's outcome, arriving for a step
+//! that is no longer the test's, is dropped, and the removal runs at once.
+//! Every test that is not deleting or deleted has a timer ([`expiry`],
+//! recorded with every transition as `expires_at`), failed and stuck ones
+//! included, so no copy stays on a test host for ever; a timer that fires
+//! early (or was never recorded) is set again, not obeyed.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
 use crate::model::{CopyProgress, HostOutage, Test, TestState, TestStep};
-use crate::store::tests::StepResult;
+
+/// What happened to a test.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// A command or the test's timer.
+    Event(Event),
+    /// The step the runner claimed ended.
+    Finished(Finished),
+}
+
+/// A command from the panel, or the test's timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `Tests/TestMigration`: a new test, removed by itself `ttl` after it
+    /// is ready.
+    Create { ttl_seconds: u64 },
+    /// `Tests/RefreshTest`: copy again what changed, into the same copy.
+    Refresh,
+    /// `Tests/DeleteTest`.
+    Delete,
+    /// The test's timer (`expires_at`) is due.
+    Expire,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Create { .. } => "create",
+            Event::Refresh => "refresh",
+            Event::Delete => "delete",
+            Event::Expire => "expire",
+        }
+    }
+}
+
+/// A step that ended: which one (the step and generation it was claimed
+/// for) and what it gave.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finished {
+    pub step: TestStep,
+    pub generation: u32,
+    pub outcome: StepOutcome,
+}
 
 /// What running a step gave.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,6 +101,114 @@ pub enum StepOutcome {
     Unreachable(String),
     /// An agent refused the step for good.
     Refused(String),
+}
+
+/// What [`next`] decided.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Nothing to record: the input changes nothing (a repeated command, a
+    /// timer for a test already ending).
+    Unchanged,
+    /// The command is refused, with why; the test stays as it is.
+    Refused(String),
+    /// Record this.
+    Record(Transition),
+}
+
+/// What to record of a test. Every field left at its default keeps the
+/// column as it is, but `expires_at`, the test's timer, which is always
+/// written. [`Transition::applied`] is what the store writes, in memory.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Transition {
+    pub state: Option<TestState>,
+    pub step: Option<TestStep>,
+    pub error: Option<String>,
+    /// Start a new generation: a new transfer into the same copy (refresh).
+    pub new_generation: bool,
+    /// The copy became ready at this time.
+    pub ready_at: Option<DateTime<Utc>>,
+    /// When the test expires ([`expiry`] of the test as recorded); `None`:
+    /// no timer (deleting, deleted).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When the current step runs next.
+    pub run: Run,
+    pub attempts: Attempts,
+    pub outage: Outage,
+}
+
+/// When the test's step runs next.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Run {
+    /// When it was due to run.
+    #[default]
+    Keep,
+    /// At once.
+    Now,
+    /// After this long (a retry).
+    After(Duration),
+}
+
+/// The count of failed attempts at the current step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Attempts {
+    #[default]
+    Keep,
+    /// Back to 0: the step made progress, or a new step begins.
+    Reset,
+    /// One more failed attempt.
+    Count,
+}
+
+/// The host the current step cannot reach, as recorded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Outage {
+    /// As it is (a command does not change what a step saw).
+    #[default]
+    Keep,
+    /// The step got through, or ended: no outage.
+    Clear,
+    /// The step could not reach this host: recorded with the time it was
+    /// first seen out, kept while it stays out.
+    Host(String),
+}
+
+impl Transition {
+    /// `test` as it is once this transition is recorded at `now`: what the
+    /// store writes, column by column.
+    pub fn applied(&self, test: &Test, now: DateTime<Utc>) -> Test {
+        let mut after = test.clone();
+        if let Some(state) = self.state {
+            after.state = state;
+        }
+        if let Some(step) = self.step {
+            after.step = step;
+        }
+        if let Some(error) = &self.error {
+            after.error.clone_from(error);
+        }
+        if self.new_generation {
+            after.generation = test.generation.saturating_add(1);
+        }
+        if let Some(ready_at) = self.ready_at {
+            after.ready_at = Some(ready_at);
+        }
+        after.expires_at = self.expires_at;
+        after.attempts = match self.attempts {
+            Attempts::Keep => test.attempts,
+            Attempts::Reset => 0,
+            Attempts::Count => test.attempts.saturating_add(1),
+        };
+        after.outage = match &self.outage {
+            Outage::Keep => test.outage.clone(),
+            Outage::Clear => None,
+            Outage::Host(host) => match &test.outage {
+                Some((seen, since)) if seen == host => Some((host.clone(), *since)),
+                _ => Some((host.clone(), now)),
+            },
+        };
+        after.updated_at = now;
+        after
+    }
 }
 
 /// How many times an unreachable agent is retried before a copy fails.
@@ -60,58 +229,111 @@ pub fn removal_backoff(attempts: u32) -> Duration {
 /// copy may take longer than a short `ttl`, which counts from readiness.
 pub const COPY_GRACE: Duration = Duration::from_secs(86_400);
 
+/// `at` plus `seconds`, or the last time there is.
+fn later(at: DateTime<Utc>, seconds: u64) -> DateTime<Utc> {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|delta| at.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// When `test` is removed by itself. A ready test: `ttl` after it was last
 /// ready. Any other test that is not being deleted (failed, or stuck
 /// placing, copying or refreshing): `ttl`, but at least [`COPY_GRACE`],
 /// after it was last ready or else created. Deleting and deleted tests do
-/// not expire: they are ending already. `store::tests::expire_due`
-/// selects with the same rule.
+/// not expire: they are ending already. Recorded as the test's timer
+/// (`expires_at`) with every transition.
 pub fn expiry(test: &Test) -> Option<DateTime<Utc>> {
-    let seconds = |s: u64| chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4));
+    let since = test.ready_at.unwrap_or(test.created_at);
     match test.state {
         TestState::Deleting | TestState::Deleted => None,
-        TestState::Ready => Some(
-            test.expires_at
-                .unwrap_or_else(|| test.created_at + seconds(test.ttl_seconds)),
-        ),
-        _ => Some(
-            test.ready_at.unwrap_or(test.created_at)
-                + seconds(test.ttl_seconds.max(COPY_GRACE.as_secs())),
-        ),
+        TestState::Ready => Some(later(since, test.ttl_seconds)),
+        _ => Some(later(since, test.ttl_seconds.max(COPY_GRACE.as_secs()))),
     }
 }
 
-/// What to record for a step of `claimed` that gave `result`, when the
-/// test is now in `current` (a deletion may have been recorded while the
-/// step ran). The deletion wins: the step's result is dropped, and the
-/// removal runs next, at once. A step that was itself a removal (of a
-/// failed test's copy) keeps its result, but the test then ends deleted.
-pub fn settle(claimed: &Test, current: TestState, result: StepResult) -> StepResult {
-    if current != TestState::Deleting || claimed.state == TestState::Deleting {
-        return result;
-    }
-    if claimed.step == TestStep::Remove {
-        return StepResult {
-            state: result.state.map(|state| match state {
-                TestState::Failed => TestState::Deleted,
-                other => other,
+/// What to record when `input` happens to `test` (`None`: there is no
+/// such test yet) at `now`. Pure: the whole test workflow is here.
+pub fn next(test: Option<&Test>, input: Input, now: DateTime<Utc>) -> Decision {
+    let Some(test) = test else {
+        return match input {
+            Input::Event(Event::Create { ttl_seconds }) => Decision::Record(Transition {
+                state: Some(TestState::Placing),
+                step: Some(TestStep::Grant),
+                error: Some(String::new()),
+                // Not ready yet: the copy's grace, from its creation (now).
+                expires_at: Some(later(now, ttl_seconds.max(COPY_GRACE.as_secs()))),
+                run: Run::Now,
+                attempts: Attempts::Reset,
+                outage: Outage::Clear,
+                ..Transition::default()
             }),
-            ..result
+            other => Decision::Refused(format!("there is no such test for {other:?}")),
         };
-    }
-    StepResult {
-        reset_attempts: true,
-        ..StepResult::default()
+    };
+    let transition = match input {
+        // The request was recorded already: a retry of it changes nothing.
+        Input::Event(Event::Create { .. }) => return Decision::Unchanged,
+        Input::Event(Event::Refresh) => match test.state {
+            TestState::Ready => Transition {
+                state: Some(TestState::Refreshing),
+                step: Some(TestStep::Grant),
+                new_generation: true,
+                error: Some(String::new()),
+                run: Run::Now,
+                attempts: Attempts::Reset,
+                ..Transition::default()
+            },
+            state => {
+                return Decision::Refused(format!(
+                    "test {} is {}; only a ready test can be refreshed",
+                    test.id,
+                    state.as_str()
+                ));
+            }
+        },
+        Input::Event(Event::Delete) => match test.state {
+            TestState::Deleting | TestState::Deleted => return Decision::Unchanged,
+            _ => removal(),
+        },
+        Input::Event(Event::Expire) => match expiry(test) {
+            None => return Decision::Unchanged,
+            Some(at) if at <= now => removal(),
+            // Early, or never recorded (a test from before timers): set it.
+            Some(at) if test.expires_at != Some(at) => Transition::default(),
+            Some(_) => return Decision::Unchanged,
+        },
+        Input::Finished(finished) => after(test, finished, now),
+    };
+    let expires_at = expiry(&transition.applied(test, now));
+    Decision::Record(Transition {
+        expires_at,
+        ..transition
+    })
+}
+
+/// Delete, or expiry: the copy is removed, at once. A running step keeps
+/// its lease; its outcome is dropped when it ends ([`after`]).
+fn removal() -> Transition {
+    Transition {
+        state: Some(TestState::Deleting),
+        step: Some(TestStep::Remove),
+        run: Run::Now,
+        attempts: Attempts::Reset,
+        ..Transition::default()
     }
 }
 
-fn failed(error: String) -> StepResult {
-    StepResult {
+fn failed(error: String) -> Transition {
+    Transition {
         state: Some(TestState::Failed),
         step: Some(TestStep::Remove),
         error: Some(error),
-        reset_attempts: true,
-        ..StepResult::default()
+        run: Run::Now,
+        attempts: Attempts::Reset,
+        outage: Outage::Clear,
+        ..Transition::default()
     }
 }
 
@@ -130,18 +352,19 @@ pub fn retried_for() -> Duration {
     (0..MAX_ATTEMPTS).map(backoff).sum()
 }
 
-fn retry(test: &Test, why: String, give_up: bool) -> StepResult {
+fn retry(test: &Test, why: String, give_up: bool) -> Transition {
     if give_up && test.attempts + 1 >= MAX_ATTEMPTS {
         return failed(format!(
             "gave up after {} attempts: {why}",
             test.attempts + 1
         ));
     }
-    StepResult {
+    Transition {
         error: Some(why),
-        retry_after: Some(backoff(test.attempts)),
-        outage_host: Some(host_of_step(test).to_owned()),
-        ..StepResult::default()
+        run: Run::After(backoff(test.attempts)),
+        attempts: Attempts::Count,
+        outage: Outage::Host(host_of_step(test).to_owned()),
+        ..Transition::default()
     }
 }
 
@@ -152,7 +375,6 @@ pub fn retried_until(test: &Test, since: DateTime<Utc>) -> Option<DateTime<Utc>>
     (test.step != TestStep::Remove)
         .then(|| since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
 }
-
 /// The host `test` cannot reach now, as `WatchTest` shows it, if any. A
 /// step that cannot reach its host says so first (since its first failure,
 /// until [`retried_until`]); otherwise a copy whose target agent waits for
@@ -187,386 +409,88 @@ pub fn outage(test: &Test) -> Option<HostOutage> {
     })
 }
 
-/// What to record after `test`'s current step gave `outcome`.
-pub fn after(test: &Test, outcome: StepOutcome) -> StepResult {
+/// What to record when the step `finished` of `test` ended, `test` being
+/// as it is now (read again, under lock, after the step ran).
+fn after(test: &Test, finished: Finished, now: DateTime<Utc>) -> Transition {
+    let Finished {
+        step,
+        generation,
+        outcome,
+    } = finished;
+    if step == TestStep::None || (step, generation) != (test.step, test.generation) {
+        // A deletion (or expiry) was recorded while the step ran: the
+        // deletion wins. The outcome is dropped, no expiry is set from a
+        // copy being deleted, and the removal runs at once. (A test with
+        // no step has nothing to finish: nothing changes.)
+        return Transition {
+            run: Run::Now,
+            attempts: Attempts::Reset,
+            outage: Outage::Clear,
+            ..Transition::default()
+        };
+    }
     match (test.step, outcome) {
-        (TestStep::Grant, StepOutcome::Granted) => StepResult {
+        (TestStep::Grant, StepOutcome::Granted) => Transition {
             state: Some(match test.state {
                 TestState::Refreshing => TestState::Refreshing,
                 _ => TestState::Copying,
             }),
             step: Some(TestStep::Copy),
             error: Some(String::new()),
-            reset_attempts: true,
-            ..StepResult::default()
+            run: Run::Now,
+            attempts: Attempts::Reset,
+            outage: Outage::Clear,
+            ..Transition::default()
         },
-        (TestStep::Copy, StepOutcome::Copied(_)) => StepResult {
+        (TestStep::Copy, StepOutcome::Copied(_)) => Transition {
             state: Some(TestState::Ready),
             step: Some(TestStep::None),
             error: Some(String::new()),
-            ready: true,
-            reset_attempts: true,
-            ..StepResult::default()
+            ready_at: Some(now),
+            run: Run::Now,
+            attempts: Attempts::Reset,
+            outage: Outage::Clear,
+            ..Transition::default()
         },
         (TestStep::Copy, StepOutcome::CopyFailed(error)) => {
             failed(format!("the copy failed: {error}"))
         }
-        (TestStep::Remove, StepOutcome::Removed) => StepResult {
+        // The partial copy of a failed test is gone: it stays failed (with
+        // its reason), unless a deletion came meanwhile.
+        (TestStep::Remove, StepOutcome::Removed) => Transition {
             state: Some(match test.state {
                 TestState::Failed => TestState::Failed,
                 _ => TestState::Deleted,
             }),
             step: Some(TestStep::None),
-            reset_attempts: true,
-            ..StepResult::default()
+            run: Run::Now,
+            attempts: Attempts::Reset,
+            outage: Outage::Clear,
+            ..Transition::default()
         },
         // Cleaning up must eventually happen: never give up on it.
         (TestStep::Remove, StepOutcome::Unreachable(why)) => retry(test, why, false),
-        (TestStep::Remove, StepOutcome::Refused(why)) => StepResult {
+        (TestStep::Remove, StepOutcome::Refused(why)) => Transition {
             error: Some(format!("the copy is not removed yet (retried): {why}")),
-            retry_after: Some(removal_backoff(test.attempts)),
-            ..StepResult::default()
+            run: Run::After(removal_backoff(test.attempts)),
+            attempts: Attempts::Count,
+            outage: Outage::Clear,
+            ..Transition::default()
         },
         (_, StepOutcome::Unreachable(why)) => retry(test, why, true),
         (_, StepOutcome::Refused(why)) => failed(why),
-        (step, outcome) => StepResult {
+        (step, outcome) => Transition {
             error: Some(format!(
                 "internal: step {} cannot end with {outcome:?}",
                 step.as_str()
             )),
-            retry_after: Some(backoff(test.attempts)),
-            ..StepResult::default()
+            run: Run::After(backoff(test.attempts)),
+            attempts: Attempts::Count,
+            outage: Outage::Clear,
+            ..Transition::default()
         },
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::CopyPlan;
-
-    fn test(state: TestState, step: TestStep, attempts: u32) -> Test {
-        Test {
-            id: "t1".into(),
-            account: "alice".into(),
-            migration_id: "postgresql-15-to-18".into(),
-            source_host_id: "shared-old".into(),
-            test_host_id: "test-1".into(),
-            state,
-            step,
-            generation: 1,
-            plan: CopyPlan {
-                source_endpoint: String::new(),
-                target_endpoint: String::new(),
-                source_home: String::new(),
-                databases: vec![],
-                target_address: String::new(),
-            },
-            progress: None,
-            error: String::new(),
-            ttl_seconds: 60,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-            ready_at: None,
-            expires_at: None,
-            attempts,
-            outage: None,
-        }
-    }
-
-    #[test]
-    fn a_test_goes_from_grant_to_copy_to_ready() {
-        let granted = after(
-            &test(TestState::Placing, TestStep::Grant, 0),
-            StepOutcome::Granted,
-        );
-        assert_eq!(
-            (granted.state, granted.step),
-            (Some(TestState::Copying), Some(TestStep::Copy))
-        );
-        let copied = after(
-            &test(TestState::Copying, TestStep::Copy, 3),
-            StepOutcome::Copied(CopyProgress::default()),
-        );
-        assert_eq!(
-            (copied.state, copied.step, copied.ready),
-            (Some(TestState::Ready), Some(TestStep::None), true)
-        );
-        assert!(copied.reset_attempts);
-    }
-
-    #[test]
-    fn a_refresh_stays_refreshing_until_ready() {
-        let granted = after(
-            &test(TestState::Refreshing, TestStep::Grant, 0),
-            StepOutcome::Granted,
-        );
-        assert_eq!(granted.state, Some(TestState::Refreshing));
-    }
-
-    #[test]
-    fn a_failed_copy_removes_the_partial_copy_and_stays_failed() {
-        let failed = after(
-            &test(TestState::Copying, TestStep::Copy, 0),
-            StepOutcome::CopyFailed("disk full".into()),
-        );
-        assert_eq!(
-            (failed.state, failed.step),
-            (Some(TestState::Failed), Some(TestStep::Remove))
-        );
-        assert!(
-            failed
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("disk full"))
-        );
-        let removed = after(
-            &test(TestState::Failed, TestStep::Remove, 0),
-            StepOutcome::Removed,
-        );
-        assert_eq!(
-            (removed.state, removed.step),
-            (Some(TestState::Failed), Some(TestStep::None))
-        );
-        assert_eq!(removed.error, None, "the failure's reason is kept");
-    }
-
-    #[test]
-    fn unreachable_agents_are_retried_with_backoff_then_given_up() {
-        let retried = after(
-            &test(TestState::Copying, TestStep::Copy, 2),
-            StepOutcome::Unreachable("link down".into()),
-        );
-        assert_eq!((retried.state, retried.step), (None, None));
-        assert_eq!(retried.retry_after, Some(Duration::from_secs(4)));
-        assert_eq!(
-            retried.outage_host.as_deref(),
-            Some("test-1"),
-            "the copy waits for the test host"
-        );
-        let granting = after(
-            &test(TestState::Placing, TestStep::Grant, 0),
-            StepOutcome::Unreachable("down".into()),
-        );
-        assert_eq!(
-            granting.outage_host.as_deref(),
-            Some("shared-old"),
-            "the grant waits for the source"
-        );
-        let through = after(
-            &test(TestState::Copying, TestStep::Copy, 2),
-            StepOutcome::Copied(CopyProgress::default()),
-        );
-        assert_eq!(
-            through.outage_host, None,
-            "an outage ends when the step gets through"
-        );
-        let since = chrono::Utc::now();
-        let copying = test(TestState::Copying, TestStep::Copy, 2);
-        assert_eq!(
-            retried_until(&copying, since),
-            Some(since + chrono::Duration::from_std(retried_for()).unwrap_or_default())
-        );
-        assert_eq!(
-            retried_until(&test(TestState::Deleting, TestStep::Remove, 2), since),
-            None
-        );
-        let given_up = after(
-            &test(TestState::Copying, TestStep::Copy, MAX_ATTEMPTS - 1),
-            StepOutcome::Unreachable("link down".into()),
-        );
-        assert_eq!(given_up.state, Some(TestState::Failed));
-        let cleanup = after(
-            &test(TestState::Deleting, TestStep::Remove, 100),
-            StepOutcome::Unreachable("down".into()),
-        );
-        assert_eq!(cleanup.state, None, "removal is retried for ever");
-        assert_eq!(cleanup.retry_after, Some(Duration::from_secs(30)));
-    }
-
-    #[test]
-    fn a_copy_waiting_for_its_source_shows_the_source_host_out() {
-        use crate::model::CopyWaiting;
-        let since = chrono::Utc::now() - chrono::Duration::seconds(4);
-        let until = since + chrono::Duration::seconds(120);
-        let waiting = CopyWaiting {
-            what: "source PostgreSQL server main, database shop".into(),
-            error: "connection refused".into(),
-            since,
-            until: Some(until),
-        };
-        let mut copying = test(TestState::Copying, TestStep::Copy, 0);
-        copying.progress = Some(CopyProgress {
-            tables_done: 2,
-            waiting: Some(waiting.clone()),
-            ..CopyProgress::default()
-        });
-        let shown = outage(&copying).expect("the copy waits for its source");
-        assert_eq!(
-            shown.host_id, "shared-old",
-            "the source host, not the test host"
-        );
-        assert_eq!(
-            (shown.since, shown.retried_until),
-            (since, Some(until)),
-            "the agent's own since and until"
-        );
-        assert!(
-            shown
-                .error
-                .contains("source PostgreSQL server main, database shop")
-                && shown.error.contains("connection refused"),
-            "{}",
-            shown.error
-        );
-        // The copy reaches its source again: the next progress has no
-        // waiting, and the outage is gone.
-        let mut through = copying.clone();
-        through.progress = Some(CopyProgress {
-            tables_done: 3,
-            ..CopyProgress::default()
-        });
-        assert_eq!(outage(&through), None);
-        // A refresh waits the same way.
-        let mut refreshing = copying.clone();
-        refreshing.state = TestState::Refreshing;
-        assert_eq!(
-            outage(&refreshing).map(|o| o.host_id),
-            Some("shared-old".into())
-        );
-        // A test past its copy shows no outage from its last progress.
-        for (state, step) in [
-            (TestState::Ready, TestStep::None),
-            (TestState::Failed, TestStep::Remove),
-            (TestState::Deleting, TestStep::Remove),
-        ] {
-            let mut past = copying.clone();
-            (past.state, past.step) = (state, step);
-            assert_eq!(outage(&past), None, "{state:?}");
-        }
-        // A step that cannot reach the test host says so first, with its
-        // own retry bound.
-        let step_since = chrono::Utc::now();
-        let mut cut_off = copying.clone();
-        cut_off.outage = Some(("test-1".into(), step_since));
-        cut_off.error = "link down".into();
-        assert_eq!(
-            outage(&cut_off),
-            Some(HostOutage {
-                host_id: "test-1".into(),
-                since: step_since,
-                retried_until: retried_until(&cut_off, step_since),
-                error: "link down".into(),
-            })
-        );
-    }
-
-    #[test]
-    fn a_refused_removal_is_retried_with_backoff_never_given_up() {
-        let refused = after(
-            &test(TestState::Deleting, TestStep::Remove, 3),
-            StepOutcome::Refused("transfer t1-g1 is still running".into()),
-        );
-        assert_eq!((refused.state, refused.step), (None, None));
-        assert_eq!(refused.retry_after, Some(Duration::from_secs(8)));
-        let later = after(
-            &test(TestState::Failed, TestStep::Remove, 500),
-            StepOutcome::Refused("still running".into()),
-        );
-        assert_eq!((later.state, later.step), (None, None), "never given up");
-        assert_eq!(later.retry_after, Some(Duration::from_secs(300)));
-    }
-
-    #[test]
-    fn a_deletion_during_a_step_wins_over_the_step_result() {
-        // The copy finished while DeleteTest was recorded: not ready.
-        let copying = test(TestState::Copying, TestStep::Copy, 2);
-        let copied = after(&copying, StepOutcome::Copied(CopyProgress::default()));
-        assert_eq!(copied.state, Some(TestState::Ready));
-        let settled = settle(&copying, TestState::Deleting, copied);
-        assert_eq!(
-            (settled.state, settled.step),
-            (None, None),
-            "deleting/remove stay"
-        );
-        assert!(
-            !settled.ready,
-            "no expiry is set from a copy that is being deleted"
-        );
-        assert_eq!(settled.retry_after, None, "the removal runs at once");
-        assert_eq!(settled.error, None);
-        // Nothing was deleted: the result stands.
-        let copied = after(&copying, StepOutcome::Copied(CopyProgress::default()));
-        assert_eq!(
-            settle(&copying, TestState::Copying, copied).state,
-            Some(TestState::Ready)
-        );
-        // A failed test's removal that ran when DeleteTest came: deleted.
-        let failed = test(TestState::Failed, TestStep::Remove, 0);
-        let removed = settle(
-            &failed,
-            TestState::Deleting,
-            after(&failed, StepOutcome::Removed),
-        );
-        assert_eq!(
-            (removed.state, removed.step),
-            (Some(TestState::Deleted), Some(TestStep::None))
-        );
-        // A deleting test's own removal is not changed.
-        let deleting = test(TestState::Deleting, TestStep::Remove, 0);
-        let removed = settle(
-            &deleting,
-            TestState::Deleting,
-            after(&deleting, StepOutcome::Removed),
-        );
-        assert_eq!(removed.state, Some(TestState::Deleted));
-    }
-
-    #[test]
-    fn every_test_that_is_not_deleted_expires() {
-        let failed = test(TestState::Failed, TestStep::None, 0);
-        assert_eq!(
-            expiry(&failed),
-            Some(failed.created_at + chrono::Duration::days(1)),
-            "a failed test that was never ready expires, after the copy's grace (ttl is 60 s)"
-        );
-        let mut stuck = test(TestState::Copying, TestStep::Copy, 7);
-        stuck.ttl_seconds = 30 * 86_400;
-        assert_eq!(
-            expiry(&stuck),
-            Some(stuck.created_at + chrono::Duration::days(30)),
-            "a stuck copy expires, ttl after its creation when longer than the grace"
-        );
-        let mut refreshing = test(TestState::Refreshing, TestStep::Copy, 0);
-        let ready_at = refreshing.created_at + chrono::Duration::days(2);
-        refreshing.ready_at = Some(ready_at);
-        assert_eq!(
-            expiry(&refreshing),
-            Some(ready_at + chrono::Duration::days(1)),
-            "a stuck refresh expires counted from the last copy"
-        );
-        let mut ready = test(TestState::Ready, TestStep::None, 0);
-        let later = ready.created_at + chrono::Duration::days(3);
-        ready.expires_at = Some(later);
-        assert_eq!(
-            expiry(&ready),
-            Some(later),
-            "a ready test expires ttl after it was ready"
-        );
-        for state in [TestState::Placing, TestState::Refreshing] {
-            assert!(expiry(&test(state, TestStep::Grant, 0)).is_some());
-        }
-        for state in [TestState::Deleting, TestState::Deleted] {
-            assert_eq!(expiry(&test(state, TestStep::None, 0)), None);
-        }
-    }
-
-    #[test]
-    fn deleting_ends_deleted() {
-        let removed = after(
-            &test(TestState::Deleting, TestStep::Remove, 0),
-            StepOutcome::Removed,
-        );
-        assert_eq!(removed.state, Some(TestState::Deleted));
-    }
-}
+mod tests;

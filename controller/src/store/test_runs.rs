@@ -1,12 +1,23 @@
-//! The `tests` table: tests and their durable workflow state, with leases
-//! so that several controllers never run the same step at once.
+//! The `tests` table: test runs and their durable workflow state, with
+//! leases so that several controllers never run the same step at once.
+//!
+//! This module records what `workflow::test_flow::next` decided (a
+//! [`Transition`]); it decides nothing. Two ways to record, both
+//! conditional: a command or timer only if the test is still as it was
+//! read ([`record_event`]: a test that changed meanwhile is decided
+//! again), a step's outcome only by the controller holding its lease
+//! ([`finish_step`]: fencing). A command does not take the lease: a
+//! deletion recorded while a step runs lands at once, and the step's
+//! outcome, recorded after, is dropped by `next`.
 
 use std::time::Duration;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, Result};
 use crate::model::{CopyPlan, CopyProgress, Test, TestState, TestStep};
+use crate::workflow::test_flow::{Attempts, Outage, Run, Transition};
 
 const COLUMNS: &str = "id, account, migration_id, source_host_id, test_host_id, state, step,
     generation, plan, progress, error, ttl_seconds, created_at, updated_at, ready_at, expires_at,
@@ -66,17 +77,30 @@ pub struct NewTest<'a> {
     pub ttl_seconds: u64,
 }
 
-/// Creates a test, ready for its first step. `Ok(None)` when the request id
-/// was used already (the caller returns that test).
-pub async fn create(client: &impl GenericClient, new: &NewTest<'_>) -> Result<Option<Test>> {
+/// Creates a test as `created`, what `test_flow::next` decided for its
+/// creation at `now` (its creation time, from which its timer counts).
+/// `Ok(None)` when the request id was used already (the caller returns
+/// that test).
+pub async fn create(
+    client: &impl GenericClient,
+    new: &NewTest<'_>,
+    created: &Transition,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Test>> {
     let plan = serde_json::to_value(new.plan).map_err(|e| Error::Internal(format!("plan: {e}")))?;
     let ttl = i64::try_from(new.ttl_seconds).unwrap_or(i64::MAX);
+    let (Some(state), Some(step)) = (created.state, created.step) else {
+        return Err(Error::Internal(
+            "a new test needs a state and a step".to_owned(),
+        ));
+    };
     let row = client
         .query_opt(
             &format!(
                 "INSERT INTO tests (id, request_id, account, migration_id, source_host_id,
-                     test_host_id, state, step, plan, ttl_seconds)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'placing', 'grant', $7, $8)
+                     test_host_id, state, step, plan, ttl_seconds, expires_at, created_at,
+                     updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
                  ON CONFLICT (request_id) DO NOTHING
                  RETURNING {COLUMNS}"
             ),
@@ -87,8 +111,12 @@ pub async fn create(client: &impl GenericClient, new: &NewTest<'_>) -> Result<Op
                 &new.migration_id,
                 &new.source_host_id,
                 &new.test_host_id,
+                &state.as_str(),
+                &step.as_str(),
                 &plan,
                 &ttl,
+                &created.expires_at,
+                &now,
             ],
         )
         .await;
@@ -199,71 +227,163 @@ pub async fn renew_lease(
     Ok(row.and_then(|row| TestState::parse(row.get::<_, &str>(0))))
 }
 
-/// The state of test `id` and who holds its lease, locking the row until
-/// the transaction ends (so that a deletion cannot slip in between reading
-/// the state and recording a step).
-pub async fn lock_state(
-    client: &impl GenericClient,
-    id: &str,
-) -> Result<(TestState, Option<String>)> {
+/// Test `id` and who holds its lease, locking the row until the
+/// transaction ends (so that a deletion cannot slip in between reading the
+/// test and recording a step).
+pub async fn lock(client: &impl GenericClient, id: &str) -> Result<(Test, Option<String>)> {
     let row = client
         .query_one(
-            "SELECT state, lease_owner FROM tests WHERE id = $1 FOR UPDATE",
+            &format!("SELECT {COLUMNS}, lease_owner FROM tests WHERE id = $1 FOR UPDATE"),
             &[&id],
         )
         .await?;
-    let state: String = row.get(0);
-    let state = TestState::parse(&state)
-        .ok_or_else(|| Error::Internal(format!("unknown test state {state:?}")))?;
-    Ok((state, row.get(1)))
+    Ok((from_row(&row)?, row.get("lease_owner")))
 }
 
-/// The outcome of a step, to record if the lease is still ours.
-#[derive(Clone, Debug, Default)]
-pub struct StepResult {
-    pub state: Option<TestState>,
-    pub step: Option<TestStep>,
-    pub error: Option<String>,
-    pub ready: bool,
-    /// Run again after this long (retries), keeping the lease free.
-    pub retry_after: Option<Duration>,
-    /// Reset the attempts counter (the step made progress).
-    pub reset_attempts: bool,
-    /// The host the step could not reach (retried): recorded with the time
-    /// it was first seen out, kept while it stays out. `None`: the step got
-    /// through, and any outage is cleared.
-    pub outage_host: Option<String>,
+/// The columns a [`Transition`] writes, as query parameters `$3` onwards
+/// (`$1` is the test's id; `$2` what the write is conditional on).
+struct Written {
+    state: Option<&'static str>,
+    step: Option<&'static str>,
+    error: Option<String>,
+    new_generation: bool,
+    ready_at: Option<chrono::DateTime<chrono::Utc>>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Seconds from now; `None`: when it was due.
+    run_in: Option<f64>,
+    attempts: &'static str,
+    keep_outage: bool,
+    outage_host: Option<String>,
 }
 
-/// Records a step's result and frees the lease, only if `owner` still
-/// holds it (fencing: a controller that lost its lease records nothing).
+/// What `SET` does with [`Written`]: `Transition::applied`, in SQL. Every
+/// expression reads the row as it was before the update.
+const SET: &str = "state = COALESCE($3, state),
+    step = COALESCE($4, step),
+    error = COALESCE($5, error),
+    generation = CASE WHEN $6 THEN generation + 1 ELSE generation END,
+    ready_at = COALESCE($7, ready_at),
+    expires_at = $8,
+    next_run_at = CASE WHEN $9::float8 IS NULL THEN next_run_at
+        ELSE now() + make_interval(secs => $9::float8) END,
+    attempts = CASE $10::text WHEN 'reset' THEN 0 WHEN 'count' THEN attempts + 1 ELSE attempts END,
+    outage_since = CASE WHEN $11 THEN outage_since
+        WHEN $12::text IS NULL THEN NULL
+        WHEN outage_host IS DISTINCT FROM $12::text OR outage_since IS NULL THEN now()
+        ELSE outage_since END,
+    outage_host = CASE WHEN $11 THEN outage_host ELSE $12::text END,
+    updated_at = now()";
+
+impl Written {
+    fn of(transition: &Transition) -> Written {
+        let (keep_outage, outage_host) = match &transition.outage {
+            Outage::Keep => (true, None),
+            Outage::Clear => (false, None),
+            Outage::Host(host) => (false, Some(host.clone())),
+        };
+        Written {
+            state: transition.state.map(TestState::as_str),
+            step: transition.step.map(TestStep::as_str),
+            error: transition.error.clone(),
+            new_generation: transition.new_generation,
+            ready_at: transition.ready_at,
+            expires_at: transition.expires_at,
+            run_in: match transition.run {
+                Run::Keep => None,
+                Run::Now => Some(0.0),
+                Run::After(wait) => Some(wait.as_secs_f64()),
+            },
+            attempts: match transition.attempts {
+                Attempts::Keep => "keep",
+                Attempts::Reset => "reset",
+                Attempts::Count => "count",
+            },
+            keep_outage,
+            outage_host,
+        }
+    }
+
+    /// `$3` onwards, in the order [`SET`] reads them.
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 10] {
+        [
+            &self.state,
+            &self.step,
+            &self.error,
+            &self.new_generation,
+            &self.ready_at,
+            &self.expires_at,
+            &self.run_in,
+            &self.attempts,
+            &self.keep_outage,
+            &self.outage_host,
+        ]
+    }
+}
+
+/// Records `transition` (a command's or the timer's) on test `read`, only
+/// if the test is still in the state, step, generation and timer it was
+/// read with; the test as recorded, or `None` when it changed meanwhile
+/// (the caller reads it again and decides again). The lease is left as it
+/// is: a running step keeps it, and its outcome is dropped.
+pub async fn record_event(
+    client: &impl GenericClient,
+    read: &Test,
+    transition: &Transition,
+) -> Result<Option<Test>> {
+    let written = Written::of(transition);
+    let generation = i32::try_from(read.generation).unwrap_or(i32::MAX);
+    let condition = (
+        read.state.as_str(),
+        read.step.as_str(),
+        generation,
+        read.expires_at,
+    );
+    let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&read.id, &condition.0];
+    parameters.extend(written.parameters());
+    parameters.extend([
+        &condition.1 as &(dyn ToSql + Sync),
+        &condition.2,
+        &condition.3,
+    ]);
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE tests SET {SET}
+                 WHERE id = $1 AND state = $2 AND step = $13 AND generation = $14
+                   AND expires_at IS NOT DISTINCT FROM $15
+                 RETURNING {COLUMNS}"
+            ),
+            &parameters,
+        )
+        .await?;
+    match row {
+        Some(row) => {
+            notify(client, &read.id).await?;
+            from_row(&row).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Records a step's `transition` and frees the lease, only if `owner`
+/// still holds it (fencing: a controller that lost its lease records
+/// nothing).
 pub async fn finish_step(
     client: &impl GenericClient,
     id: &str,
     owner: &str,
-    result: &StepResult,
+    transition: &Transition,
 ) -> Result<bool> {
-    let state = result.state.map(TestState::as_str);
-    let step = result.step.map(TestStep::as_str);
-    let retry = result.retry_after.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let written = Written::of(transition);
+    let mut parameters: Vec<&(dyn ToSql + Sync)> = vec![&id, &owner];
+    parameters.extend(written.parameters());
     let updated = client
         .execute(
-            "UPDATE tests SET
-                 state = COALESCE($3, state),
-                 step = COALESCE($4, step),
-                 error = COALESCE($5, error),
-                 ready_at = CASE WHEN $6 THEN now() ELSE ready_at END,
-                 expires_at = CASE WHEN $6 THEN now() + make_interval(secs => ttl_seconds) ELSE expires_at END,
-                 attempts = CASE WHEN $8 THEN 0 WHEN $7::float8 > 0 THEN attempts + 1 ELSE attempts END,
-                 next_run_at = now() + make_interval(secs => $7::float8),
-                 updated_at = now(),
-                 outage_since = CASE WHEN $9::text IS NULL THEN NULL
-                     WHEN outage_host IS DISTINCT FROM $9::text OR outage_since IS NULL THEN now()
-                     ELSE outage_since END,
-                 outage_host = $9::text,
-                 lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = $1 AND lease_owner = $2",
-            &[&id, &owner, &state, &step, &result.error, &result.ready, &retry, &result.reset_attempts, &result.outage_host],
+            &format!(
+                "UPDATE tests SET {SET}, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = $1 AND lease_owner = $2"
+            ),
+            &parameters,
         )
         .await?;
     if updated == 1 {
@@ -297,73 +417,21 @@ pub async fn store_progress(
     Ok(())
 }
 
-/// Starts a refresh of a ready test: a new generation, copied into the same
-/// target (only what changed travels).
-pub async fn start_refresh(client: &impl GenericClient, id: &str) -> Result<Test> {
-    let updated = client
-        .execute(
-            "UPDATE tests SET state = 'refreshing', step = 'grant', generation = generation + 1,
-                 error = '', attempts = 0, next_run_at = now(), updated_at = now()
-             WHERE id = $1 AND state = 'ready'",
-            &[&id],
-        )
-        .await?;
-    let test = get(client, id).await?;
-    if updated == 0 {
-        return Err(Error::FailedPrecondition(format!(
-            "test {id} is {}; only a ready test can be refreshed",
-            test.state.as_str()
-        )));
-    }
-    notify(client, id).await?;
-    Ok(test)
-}
-
-/// Starts removing a test's copy (delete or expiry). Idempotent.
-pub async fn start_removal(client: &impl GenericClient, id: &str) -> Result<Test> {
-    let updated = client
-        .execute(
-            "UPDATE tests SET state = 'deleting', step = 'remove', attempts = 0,
-                 next_run_at = now(), updated_at = now()
-             WHERE id = $1 AND state NOT IN ('deleting', 'deleted')",
-            &[&id],
-        )
-        .await?;
-    if updated == 1 {
-        notify(client, id).await?;
-    }
-    get(client, id).await
-}
-
-/// Starts the removal of every test past its expiry, whatever its state
-/// (ready, failed, or stuck placing or copying), but deleting and deleted
-/// ones; their ids. The rule is `test_flow::expiry`, with `copy_grace`
-/// its `COPY_GRACE`. A test whose step is running keeps its lease: the
-/// deletion wins when the step ends (`test_flow::settle`).
-pub async fn expire_due(client: &impl GenericClient, copy_grace: Duration) -> Result<Vec<String>> {
-    let grace = copy_grace.as_secs_f64();
+/// Tests whose timer is due (`expires_at` passed), or was never set (a
+/// test recorded before timers), oldest first, at most `limit`: each gets
+/// an `Expire` event. Deleting and deleted tests have no timer.
+pub async fn due_timers(client: &impl GenericClient, limit: i64) -> Result<Vec<String>> {
     let rows = client
         .query(
-            "UPDATE tests SET state = 'deleting', step = 'remove', attempts = 0,
-                 next_run_at = now(), updated_at = now()
+            "SELECT id FROM tests
              WHERE state NOT IN ('deleting', 'deleted')
-               AND CASE WHEN state = 'ready'
-                   THEN COALESCE(expires_at,
-                                 created_at + make_interval(secs => ttl_seconds::float8))
-                   ELSE COALESCE(ready_at, created_at)
-                        + make_interval(secs => GREATEST(ttl_seconds::float8, $1::float8))
-                   END <= now()
-             RETURNING id",
-            &[&grace],
+               AND (expires_at IS NULL OR expires_at <= now())
+             ORDER BY expires_at NULLS FIRST
+             LIMIT $1",
+            &[&limit],
         )
         .await?;
-    let mut ids = Vec::new();
-    for row in rows {
-        let id: String = row.get(0);
-        notify(client, &id).await?;
-        ids.push(id);
-    }
-    Ok(ids)
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// Audit: a step starts.

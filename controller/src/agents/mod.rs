@@ -1,6 +1,13 @@
 //! Calls from the controller to host agents, over mutual TLS. The agent is
 //! verified by its host id (the name in its certificate), whatever address
 //! it has today.
+//!
+//! The transfer calls take and return domain types ([`transfer`]); the
+//! conversions to and from the agent API are in [`wire`], so the workflows
+//! never see protobuf.
+
+pub mod transfer;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,8 +17,9 @@ use navette_proto::v1;
 use navette_proto::v1::agent_client::AgentClient;
 
 use crate::error::{Error, Result};
-use crate::model::Host;
+use crate::model::{Host, Inventory};
 use crate::state::Controller;
+use transfer::{CopyRemoval, TransferReport, TransferSpec};
 
 /// How long a call to an agent may take before the host counts as not
 /// answering.
@@ -43,8 +51,8 @@ fn unreachable(host: &Host, status: &tonic::Status) -> Error {
     ))
 }
 
-/// Asks a host's agent for its inventory now.
-pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::HostInventory> {
+/// Asks a host's agent for its inventory now, checked.
+pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<Inventory> {
     let mut client = client(controller, host)?;
     let mut request = tonic::Request::new(v1::GetInventoryRequest {});
     request.set_timeout(CALL_TIMEOUT);
@@ -54,7 +62,7 @@ pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<v1::H
         .map_err(|status| unreachable(host, &status))?
         .into_inner();
     report.host_id = host.id.clone();
-    Ok(report)
+    wire::inventory_from(&report)
 }
 
 /// Maps a failed agent call to a step outcome: transport trouble is worth
@@ -87,10 +95,10 @@ pub enum CallFailure {
 pub async fn grant_transfer(
     controller: &Controller,
     host: &Host,
-    spec: v1::TransferSpec,
+    spec: &TransferSpec,
 ) -> Result<(), CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
-    let mut request = tonic::Request::new(spec);
+    let mut request = tonic::Request::new(wire::transfer_spec(spec));
     request.set_timeout(CALL_TIMEOUT);
     client
         .grant_transfer(request)
@@ -103,16 +111,37 @@ pub async fn grant_transfer(
 pub async fn start_transfer(
     controller: &Controller,
     host: &Host,
-    spec: v1::TransferSpec,
-) -> Result<v1::TransferProgress, CallFailure> {
+    spec: &TransferSpec,
+) -> Result<TransferReport, CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
-    let mut request = tonic::Request::new(spec);
+    let mut request = tonic::Request::new(wire::transfer_spec(spec));
     request.set_timeout(CALL_TIMEOUT);
     client
         .start_transfer(request)
         .await
-        .map(tonic::Response::into_inner)
+        .map(|response| wire::transfer_report(response.get_ref()))
         .map_err(|status| call_outcome(host, &status))
+}
+
+/// A transfer followed on its target host: its reports, one by one.
+pub struct TransferWatch {
+    host_id: String,
+    stream: tonic::Streaming<v1::TransferProgress>,
+}
+
+impl TransferWatch {
+    /// The next report; `None` once the agent ends the stream; an error
+    /// (in words) when the stream broke.
+    pub async fn next(&mut self) -> Result<Option<TransferReport>, String> {
+        match self.stream.message().await {
+            Ok(report) => Ok(report.as_ref().map(wire::transfer_report)),
+            Err(status) => Err(format!(
+                "following the copy on host {}: {}",
+                self.host_id,
+                status.message()
+            )),
+        }
+    }
 }
 
 /// Follows a transfer on the target host until it ends.
@@ -120,14 +149,17 @@ pub async fn watch_transfer(
     controller: &Controller,
     host: &Host,
     transfer_id: &str,
-) -> Result<tonic::Streaming<v1::TransferProgress>, CallFailure> {
+) -> Result<TransferWatch, CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
     client
         .watch_transfer(v1::WatchTransferRequest {
             transfer_id: transfer_id.to_owned(),
         })
         .await
-        .map(tonic::Response::into_inner)
+        .map(|response| TransferWatch {
+            host_id: host.id.clone(),
+            stream: response.into_inner(),
+        })
         .map_err(|status| call_outcome(host, &status))
 }
 
@@ -136,15 +168,17 @@ pub async fn watch_transfer(
 pub async fn remove_copy(
     controller: &Controller,
     host: &Host,
-    spec: v1::TransferSpec,
-) -> Result<v1::RemoveCopyResponse, CallFailure> {
+    spec: &TransferSpec,
+) -> Result<CopyRemoval, CallFailure> {
     let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
-    let mut request = tonic::Request::new(v1::RemoveCopyRequest { spec: Some(spec) });
+    let mut request = tonic::Request::new(v1::RemoveCopyRequest {
+        spec: Some(wire::transfer_spec(spec)),
+    });
     request.set_timeout(Duration::from_secs(300));
     client
         .remove_copy(request)
         .await
-        .map(tonic::Response::into_inner)
+        .map(|response| wire::copy_removal(response.into_inner()))
         .map_err(|status| call_outcome(host, &status))
 }
 
