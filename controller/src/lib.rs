@@ -21,6 +21,8 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents.
+//! - [`protocol`]: the transfer protocol version a source and a target are
+//!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. The only modules that know protobuf; errors
 //!   become `tonic::Status` in `api::status` only; `api::policy` decides
 //!   which role may call what.
@@ -44,6 +46,7 @@ pub mod error;
 pub mod model;
 pub mod notify;
 pub mod placement;
+pub mod protocol;
 pub mod server;
 pub mod state;
 pub mod store;

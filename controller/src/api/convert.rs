@@ -114,8 +114,24 @@ pub fn host(host: &Host) -> v1::Host {
             .as_ref()
             .map(|r| r.reason.clone())
             .unwrap_or_default(),
+        source_protocols: host.source_protocols.clone(),
+        target_protocols: host.target_protocols.clone(),
     }
 }
+
+/// Protocol versions an agent reported: ascending, once each, at most
+/// [`MAX_PROTOCOLS`] (an agent's report is a claim, and a long list is no
+/// set of versions anyone speaks).
+fn reported_protocols(versions: &[u32]) -> Vec<u32> {
+    let mut versions = versions.to_vec();
+    versions.sort_unstable();
+    versions.dedup();
+    versions.truncate(MAX_PROTOCOLS);
+    versions
+}
+
+/// The most protocol versions kept from one report.
+const MAX_PROTOCOLS: usize = 32;
 
 pub fn account(account: &Account) -> v1::Account {
     v1::Account {
@@ -277,6 +293,8 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
         database_servers,
         accounts,
         digest: navette_proto::inventory_digest(report),
+        source_protocols: reported_protocols(&report.source_protocols),
+        target_protocols: reported_protocols(&report.target_protocols),
     })
 }
 

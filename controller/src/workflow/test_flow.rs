@@ -261,6 +261,7 @@ mod tests {
                 source_home: String::new(),
                 databases: vec![],
                 target_address: String::new(),
+                protocol_version: 2,
             },
             progress: None,
             error: String::new(),
