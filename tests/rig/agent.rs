@@ -70,6 +70,10 @@ pub struct AgentSpec {
     /// Run the agent under the shipped unit's restrictions, as systemd
     /// would (it is not PID 1 here): see [`unit_restrictions`].
     pub under_unit_restrictions: bool,
+    /// Test only: the transfer protocol versions the agent speaks
+    /// (`[testing] transfer_protocols`), to play an agent of an older
+    /// build; `None`: every version its build speaks.
+    pub transfer_protocols: Option<Vec<u32>>,
 }
 
 impl Default for AgentSpec {
@@ -82,6 +86,7 @@ impl Default for AgentSpec {
             heartbeat_interval_secs: 1,
             inventory_interval_secs: 2,
             under_unit_restrictions: false,
+            transfer_protocols: None,
         }
     }
 }
@@ -142,6 +147,14 @@ struct ConfigFile {
     postgresql: Vec<PostgresSection>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mariadb: Vec<MariaDbSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    testing: Option<TestingSection>,
+}
+
+/// `[testing]`: the agent's test-only settings.
+#[derive(Serialize)]
+struct TestingSection {
+    transfer_protocols: Vec<u32>,
 }
 
 #[derive(Serialize)]
@@ -228,6 +241,10 @@ impl Rig {
                     port: server.port(),
                 })
                 .collect(),
+            testing: spec
+                .transfer_protocols
+                .clone()
+                .map(|transfer_protocols| TestingSection { transfer_protocols }),
         };
         let config = host.root.join("etc").join("agent.toml");
         let text = toml::to_string(&file).context("writing the agent config")?;
