@@ -221,7 +221,9 @@ impl Transfers {
             home,
             postgresql: databases(&spec.postgresql, &postgres_servers)?,
             mariadb: databases(&spec.mariadb, &mariadb_servers)?,
-            protocol_version,
+            // As the spec says it (0 stays 0), so that repeating a grant
+            // recorded before versions were named is not a conflict.
+            protocol_version: spec.protocol_version,
         };
         let expires_at = spec.grant_expires_at.as_ref().and_then(|t| {
             chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
