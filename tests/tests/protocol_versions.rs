@@ -6,8 +6,9 @@
 //! the two hosts, their agents' versions and protocol versions. With a
 //! second test host whose agent speaks 1 and 2 (today's build), the test
 //! goes there and completes on version 1: the new agent still serves an old
-//! peer, and both sides' row digests agree. Real controller, agents,
-//! PostgreSQL 15 and 18, real grpcurl.
+//! peer, and both sides' row digests agree. An agent that stops speaking
+//! the version a test was placed on refuses its refresh, saying why. Real
+//! controller, agents, PostgreSQL 15 and 18, real grpcurl.
 
 mod support;
 
@@ -206,6 +207,42 @@ fn hosts_sharing_no_protocol_version_are_never_paired() -> anyhow::Result<()> {
         logged_with_version(&new_agent, "transfer done", 1)?,
         "the new agent's log has no transfer done on version 1:\n{}",
         new_agent.process().log_tail(20)
+    );
+
+    // The old host's agent is replaced by one that no longer speaks 1
+    // (played by its test setting): the test placed on version 1 cannot
+    // refresh, and says which version and host refused, rather than
+    // copying with digests that cannot agree.
+    let config = old_agent.config_path();
+    let text = std::fs::read_to_string(config)?;
+    let replaced: Vec<&str> = text
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("transfer_protocols") {
+                "transfer_protocols = [2]"
+            } else {
+                line
+            }
+        })
+        .collect();
+    ensure!(
+        replaced.join("\n") != text.trim_end(),
+        "no protocol setting in:\n{text}"
+    );
+    std::fs::write(config, replaced.join("\n") + "\n")?;
+    old_agent.restart()?;
+    rig.wait_until(
+        "shared-1 reports speaking 2 only",
+        Duration::from_secs(60),
+        || Ok(numbers(&host(&rig, "shared-1")?, "sourceProtocols") == [2]),
+    )?;
+    panel(&rig, "RefreshTest", json!({"id": id}))?;
+    let failed = wait_for_test(&rig, &id, "STATE_FAILED", Duration::from_secs(120))?;
+    ensure!(
+        str_of(&failed, "error").contains(&format!(
+            "uses transfer protocol version 1, but the agent of host shared-1 (version {AGENT_VERSION}) speaks only 2"
+        )),
+        "{failed}"
     );
     Ok(())
 }
