@@ -102,6 +102,9 @@ pub struct Config {
     /// Prometheus metrics (`[metrics]`); off by default.
     #[serde(default)]
     pub metrics: Metrics,
+    /// Test-only settings (`[testing]`): never set on a real host.
+    #[serde(default)]
+    pub testing: Testing,
 }
 
 /// Prometheus metrics.
@@ -113,6 +116,20 @@ pub struct Metrics {
     /// authentication: keep it on loopback or a private network).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[testing]`: settings that make an agent behave like another build, for
+/// the end-to-end tests only. A real host leaves the section out.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Testing {
+    /// Test only. The transfer protocol versions this agent speaks and
+    /// reports, as a source and as a target (e.g. `[1]`: an agent from
+    /// before protocol 2); each must be one this build speaks. Default:
+    /// every version this build speaks
+    /// ([`SPOKEN`](crate::transfer::protocol::SPOKEN)).
+    #[serde(default)]
+    pub transfer_protocols: Option<Vec<u32>>,
 }
 
 /// The kinds of host, as written in the file.
@@ -284,6 +301,18 @@ impl Config {
         self.advertise.unwrap_or(self.listen)
     }
 
+    /// The transfer protocol versions this agent speaks (ascending):
+    /// `[testing] transfer_protocols`, else every one this build speaks.
+    pub fn transfer_protocols(&self) -> Vec<u32> {
+        let mut versions = match &self.testing.transfer_protocols {
+            Some(versions) => versions.clone(),
+            None => crate::transfer::protocol::SPOKEN.to_vec(),
+        };
+        versions.sort_unstable();
+        versions.dedup();
+        versions
+    }
+
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.clone(),
@@ -337,6 +366,24 @@ impl Config {
             }
             if server.host.trim().is_empty() {
                 return Err(self.invalid(format!("{field}.host"), "must not be empty"));
+            }
+        }
+        if let Some(versions) = &self.testing.transfer_protocols {
+            let spoken = crate::transfer::protocol::SPOKEN;
+            if versions.is_empty() {
+                return Err(self.invalid(
+                    "testing.transfer_protocols",
+                    "must name at least one version (or leave the key out)",
+                ));
+            }
+            if let Some(unknown) = versions.iter().find(|v| !spoken.contains(v)) {
+                return Err(self.invalid(
+                    "testing.transfer_protocols",
+                    format!(
+                        "this agent does not speak transfer protocol version {unknown}; it speaks {}",
+                        crate::transfer::protocol::list(spoken)
+                    ),
+                ));
             }
         }
         let mut names = BTreeSet::new();
@@ -443,6 +490,28 @@ listen = "192.0.2.11:7445"
         assert!(config.postgresql.is_empty() && config.mariadb.is_empty());
         assert_eq!(config.metrics.listen, None);
         assert_eq!(config.path, Path::new("/etc/navette/agent.toml"));
+    }
+
+    #[test]
+    fn an_older_protocol_set_is_a_test_setting_of_known_versions() {
+        let every = parse(MINIMAL).expect("minimal configuration");
+        assert_eq!(
+            every.transfer_protocols(),
+            crate::transfer::protocol::SPOKEN
+        );
+        let old = parse(&format!("{MINIMAL}\n[testing]\ntransfer_protocols = [1]\n"))
+            .expect("an older protocol set");
+        assert_eq!(old.transfer_protocols(), [1]);
+        let unknown = parse(&format!("{MINIMAL}\n[testing]\ntransfer_protocols = [9]\n"))
+            .expect_err("version 9 does not exist");
+        assert!(
+            unknown.to_string().contains("testing.transfer_protocols")
+                && unknown.to_string().contains("version 9"),
+            "{unknown}"
+        );
+        let none = parse(&format!("{MINIMAL}\n[testing]\ntransfer_protocols = []\n"))
+            .expect_err("an empty set speaks to nobody");
+        assert!(none.to_string().contains("at least one"), "{none}");
     }
 
     #[test]

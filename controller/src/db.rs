@@ -67,6 +67,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0003_identity.sql"),
     ),
     (4, "copies", include_str!("../migrations/0004_copies.sql")),
+    (
+        6,
+        "protocols",
+        include_str!("../migrations/0006_protocols.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

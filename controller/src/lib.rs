@@ -27,6 +27,8 @@
 //!   pure transition function (commands, timers and step outcomes in, what
 //!   to record out); [`workflow::test_events`] applies commands and timers;
 //!   the runner claims due steps and timers under a lease and performs them.
+//! - [`protocol`]: the transfer protocol version a source and a target are
+//!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
 //!   `agents::wire`), the only modules that know protobuf; errors become
 //!   `tonic::Status` in `api::status` only; `api::policy` decides which role
@@ -54,6 +56,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod placement;
+pub mod protocol;
 pub mod server;
 pub mod state;
 pub mod store;

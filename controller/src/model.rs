@@ -137,6 +137,11 @@ pub struct Host {
     pub last_heartbeat_at: Option<Time>,
     pub inventory_updated_at: Option<Time>,
     pub certificate_expires_at: Option<Time>,
+    /// Transfer protocol versions the agent reported speaking as a source
+    /// and as a target (ascending); empty: not reported (see
+    /// [`crate::placement::protocol_version`]).
+    pub source_protocols: Vec<u32>,
+    pub target_protocols: Vec<u32>,
 }
 
 /// An operator's removal of a host.
@@ -212,6 +217,10 @@ pub struct Inventory {
     pub accounts: Vec<Account>,
     /// `navette_proto::inventory_digest` of the report.
     pub digest: String,
+    /// Transfer protocol versions the agent speaks as a source and as a
+    /// target.
+    pub source_protocols: Vec<u32>,
+    pub target_protocols: Vec<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -387,6 +396,11 @@ pub struct CopyPlan {
     pub databases: Vec<DatabasePlan>,
     /// Main address of the test host.
     pub target_address: String,
+    /// The transfer protocol version placement chose for the source and
+    /// the test host (the highest both speak); 0 in plans stored before
+    /// versions were chosen (agents take it as 2).
+    #[serde(default)]
+    pub protocol_version: u32,
 }
 
 /// Counters of the last copy, as the target agent reported them.

@@ -8,6 +8,10 @@
 //! could hold ([`usable_free_bytes`]): an agent cannot attract copies, and
 //! the customers' credentials in them, by lying about itself.
 //!
+//! Invariant: a copy goes only between a source and a target whose agents
+//! share a transfer protocol version ([`protocol::protocol_version`]), and its plan
+//! records the highest one, which both agents then use.
+//!
 //! Invariant: a copy never goes to a host where one of its database names,
 //! or the role owning one, is already held by another account or another
 //! account's copy ([`name_collision`]): two customers' `wordpress` never
@@ -20,6 +24,7 @@ use crate::error::Error;
 use crate::model::{
     Account, CopyPlan, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState,
 };
+use crate::protocol;
 
 /// Margin on top of the data's size: indexes rebuilt, WAL, temporary files.
 const MARGIN_NUMERATOR: u64 = 5;
@@ -268,6 +273,8 @@ pub fn plan_test(
             refusals.push(format!("{} is draining", host.id));
         } else if let Some(why) = missing_software(migration, account, source_host, host) {
             refusals.push(format!("{} {why}", host.id));
+        } else if let Err(why) = protocol::protocol_version(source_host, host) {
+            refusals.push(why);
         } else if let Some(why) = name_collision(migration, account, source_host, host, held) {
             refusals.push(format!("{} {why} (retry when that test ends)", host.id));
         } else if free < needed {
@@ -316,7 +323,10 @@ pub fn plan_test(
             target_version: target.version.clone(),
         });
     }
+    let protocol_version =
+        protocol::protocol_version(source_host, chosen).map_err(Error::Internal)?;
     let plan = CopyPlan {
+        protocol_version,
         source_endpoint: source_host.agent_endpoint.clone(),
         target_endpoint: chosen.agent_endpoint.clone(),
         source_home: account.home.clone(),
@@ -413,6 +423,8 @@ mod tests {
             last_heartbeat_at: None,
             inventory_updated_at: None,
             certificate_expires_at: None,
+            source_protocols: vec![1, 2],
+            target_protocols: vec![1, 2],
         }
     }
 
@@ -653,6 +665,46 @@ mod tests {
             &held,
         )?;
         assert_eq!(chosen.id, "test-1");
+        Ok(())
+    }
+
+    #[test]
+    fn a_copy_goes_only_where_a_protocol_version_is_shared() -> Result<(), Error> {
+        let mut old_source = source();
+        old_source.source_protocols = vec![1];
+        let mut newer = test_host(20 << 30);
+        newer.target_protocols = vec![2];
+        let mut today = test_host(10 << 30);
+        today.id = "test-2".into();
+        // test-1 has more room, but speaks nothing the source speaks.
+        let (chosen, plan) = plan_test(
+            &migration(),
+            &alice(),
+            &old_source,
+            &[newer.clone(), today],
+            &[],
+        )?;
+        assert_eq!((chosen.id.as_str(), plan.protocol_version), ("test-2", 1));
+        // Alone, it is refused up front, naming both hosts' versions.
+        let text = plan_test(&migration(), &alice(), &old_source, &[newer], &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            text.contains("test-1 shares no transfer protocol version with shared-old")
+                && text.contains("protocol versions 1 as a source")
+                && text.contains("protocol versions 2 as a target"),
+            "{text}"
+        );
+        // Two hosts of today's build: the newest version.
+        let (_, plan) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[test_host(20 << 30)],
+            &[],
+        )?;
+        assert_eq!(plan.protocol_version, 2);
         Ok(())
     }
 

@@ -72,6 +72,10 @@ pub struct AgentSpec {
     pub under_unit_restrictions: bool,
     /// `[metrics] listen` is the host's address and this port.
     pub metrics_port: u16,
+    /// Test only: the transfer protocol versions the agent speaks
+    /// (`[testing] transfer_protocols`), to play an agent of an older
+    /// build; `None`: every version its build speaks.
+    pub transfer_protocols: Option<Vec<u32>>,
 }
 
 impl Default for AgentSpec {
@@ -85,6 +89,7 @@ impl Default for AgentSpec {
             inventory_interval_secs: 2,
             under_unit_restrictions: false,
             metrics_port: 9465,
+            transfer_protocols: None,
         }
     }
 }
@@ -146,6 +151,14 @@ struct ConfigFile {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mariadb: Vec<MariaDbSection>,
     metrics: MetricsSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    testing: Option<TestingSection>,
+}
+
+/// `[testing]`: the agent's test-only settings.
+#[derive(Serialize)]
+struct TestingSection {
+    transfer_protocols: Vec<u32>,
 }
 
 #[derive(Serialize)]
@@ -238,6 +251,10 @@ impl Rig {
             metrics: MetricsSection {
                 listen: metrics.to_string(),
             },
+            testing: spec
+                .transfer_protocols
+                .clone()
+                .map(|transfer_protocols| TestingSection { transfer_protocols }),
         };
         let config = host.root.join("etc").join("agent.toml");
         let text = toml::to_string(&file).context("writing the agent config")?;

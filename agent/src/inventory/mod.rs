@@ -154,6 +154,9 @@ impl Collector {
             database_servers,
             accounts,
             collected_at: Some(navette_proto::timestamp(chrono::Utc::now())),
+            // The same set both ways: this build serves and pulls alike.
+            source_protocols: config.transfer_protocols(),
+            target_protocols: config.transfer_protocols(),
         };
         let digest = digest(&inventory);
         Ok(Collected { inventory, digest })
@@ -340,6 +343,8 @@ mod tests {
             database_servers: Vec::new(),
             accounts: vec![account("alice")],
             collected_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            source_protocols: vec![1, 2],
+            target_protocols: vec![1, 2],
         }
     }
 

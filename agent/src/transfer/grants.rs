@@ -63,6 +63,11 @@ pub struct Grant {
     pub home: Option<PathBuf>,
     pub postgresql: Vec<GrantedDatabase>,
     pub mariadb: Vec<GrantedDatabase>,
+    /// The transfer protocol version the transfer runs on (its spec's,
+    /// checked when granted): the source digests rows with its hash. 0 (a
+    /// grant written before versions were named): version 2.
+    #[serde(default)]
+    pub protocol_version: u32,
 }
 
 impl Grant {
@@ -471,6 +476,7 @@ mod tests {
                 database: "alice".to_owned(),
             }],
             mariadb: vec![],
+            protocol_version: 2,
         }
     }
 

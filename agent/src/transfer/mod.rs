@@ -13,7 +13,9 @@
 //! [`progress`] is what every pull reports to, and what `WatchTransfer`
 //! streams. [`copies`] records, on a target, what each copy created, and
 //! [`removal`] finds and drops it; [`outage`] is how long a pull waits for
-//! a source it cannot reach, and how it says so.
+//! a source it cannot reach, and how it says so. [`protocol`] holds the
+//! transfer protocol versions this agent speaks and what each fixes (the
+//! row digest), checked on both sides of every transfer.
 //!
 //! Invariants: a source serves nothing without a live grant naming the
 //! caller's host (grants expire, and are revoked when their transfer or
@@ -29,5 +31,6 @@ pub mod mariadb;
 pub mod outage;
 pub mod postgres;
 pub mod progress;
+pub mod protocol;
 pub mod removal;
 pub mod target;

@@ -22,7 +22,9 @@ use prost::Message;
 
 use super::copies::{Copies, CopiesError, CopyRecord, OwnedDatabase, OwnedLogin};
 use super::grants::{Grant, GrantError, GrantedDatabase, Grants};
+use super::postgres::digest::RowHash;
 use super::progress::Progress;
+use super::protocol;
 use super::removal::{self, LoginDrop};
 use crate::config::Config;
 use crate::gateway::ControllerLink;
@@ -168,6 +170,7 @@ impl Transfers {
                 spec.account
             )));
         }
+        let (protocol_version, _) = self.protocol(spec)?;
         let home = if spec.source_home.is_empty() {
             None
         } else {
@@ -218,13 +221,28 @@ impl Transfers {
             home,
             postgresql: databases(&spec.postgresql, &postgres_servers)?,
             mariadb: databases(&spec.mariadb, &mariadb_servers)?,
+            // As the spec says it (0 stays 0), so that repeating a grant
+            // recorded before versions were named is not a conflict.
+            protocol_version: spec.protocol_version,
         };
         let expires_at = spec.grant_expires_at.as_ref().and_then(|t| {
             chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
         });
         self.grants.insert_until(grant, expires_at)?;
-        tracing::info!(message = "transfer granted", transfer_id = %spec.transfer_id, account = %spec.account, target = %spec.target_host_id);
+        tracing::info!(message = "transfer granted", transfer_id = %spec.transfer_id, account = %spec.account, target = %spec.target_host_id, protocol_version);
         Ok(())
+    }
+
+    /// The transfer protocol version `spec` runs on and its row hash, if
+    /// this agent speaks it ([`protocol::check`]); refused otherwise.
+    fn protocol(&self, spec: &TransferSpec) -> Result<(u32, RowHash), TransferError> {
+        protocol::check(
+            &spec.transfer_id,
+            spec.protocol_version,
+            &self.config.transfer_protocols(),
+            &self.host_id,
+        )
+        .map_err(TransferError::Refused)
     }
 
     /// Source side: ends a transfer's grant (idempotent). `true` when a
@@ -497,6 +515,7 @@ impl Transfers {
                 spec.transfer_id, spec.account
             )));
         }
+        let (protocol_version, _) = self.protocol(&spec)?;
         if spec.target_home.is_empty() && !spec.source_home.is_empty() {
             spec.target_home = self.target_home(&spec.account).display().to_string();
         } else if !spec.target_home.is_empty()
@@ -540,7 +559,7 @@ impl Transfers {
             if let Err(error) = &outcome {
                 tracing::warn!(message = "transfer failed", transfer_id = %spec.transfer_id, %error);
             } else {
-                tracing::info!(message = "transfer done", transfer_id = %spec.transfer_id);
+                tracing::info!(message = "transfer done", transfer_id = %spec.transfer_id, protocol_version);
             }
             task_progress.finish(outcome);
             let last = task_progress.snapshot();
@@ -648,6 +667,9 @@ impl Transfers {
             // Only roles named after the account are its own; any other
             // role the source names is refused before the target changes.
             account: Some(spec.account.clone()),
+            // Checked when the transfer started; a record from a build
+            // that spoke a version this one does not fails here.
+            row_hash: self.protocol(spec).map_err(|e| e.to_string())?.1,
             ..super::postgres::PullOptions::default()
         };
         let result = super::postgres::pull(

@@ -174,6 +174,7 @@ pub fn grant(state_dir: &Path, transfer_id: &str, home: &Path) -> anyhow::Result
         home: Some(home.to_path_buf()),
         postgresql: vec![],
         mariadb: vec![],
+        protocol_version: 0,
     })?;
     Ok(Arc::new(grants))
 }

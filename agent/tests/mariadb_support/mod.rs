@@ -484,6 +484,7 @@ impl World {
                 server: "main".to_owned(),
                 database: ACCOUNT.to_owned(),
             }],
+            protocol_version: 0,
         })?;
         let listener =
             SourceListener::start(&source, &pki, grants, vec![server_config(&source_db)])?;

@@ -147,6 +147,7 @@ pub fn grants(
             })
             .collect(),
         mariadb: vec![],
+        protocol_version: 0,
     })?;
     Ok(Arc::new(grants))
 }

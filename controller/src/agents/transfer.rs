@@ -27,6 +27,9 @@ pub struct TransferSpec {
     /// The copy this transfer fills on the target, stable across
     /// generations (a test's id); what `RemoveCopy` removes.
     pub copy_id: String,
+    /// The transfer protocol version both agents speak, chosen at
+    /// placement (`crate::protocol`).
+    pub protocol_version: u32,
     /// Until when the source lets the target read.
     pub grant_expires_at: Option<Time>,
 }

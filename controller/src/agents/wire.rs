@@ -34,6 +34,7 @@ pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
         mariadb: copies(Engine::Mariadb),
         disposable: spec.disposable,
         copy_id: spec.copy_id.clone(),
+        protocol_version: spec.protocol_version,
         grant_expires_at: spec.grant_expires_at.map(timestamp),
     }
 }
@@ -172,6 +173,20 @@ fn engine_from(value: i32, what: &str) -> Result<Engine> {
     }
 }
 
+/// The most protocol versions kept from one report.
+const MAX_PROTOCOLS: usize = 32;
+
+/// Protocol versions an agent reported: ascending, once each, at most
+/// [`MAX_PROTOCOLS`] (an agent's report is a claim, and a long list is no
+/// set of versions anyone speaks).
+fn reported_protocols(versions: &[u32]) -> Vec<u32> {
+    let mut versions = versions.to_vec();
+    versions.sort_unstable();
+    versions.dedup();
+    versions.truncate(MAX_PROTOCOLS);
+    versions
+}
+
 /// An agent's report, checked.
 pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
     let kind = host_kind_from(report.kind)?.ok_or_else(|| {
@@ -244,6 +259,8 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
         database_servers,
         accounts,
         digest: navette_proto::inventory_digest(report),
+        source_protocols: reported_protocols(&report.source_protocols),
+        target_protocols: reported_protocols(&report.target_protocols),
     })
 }
 

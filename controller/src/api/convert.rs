@@ -95,6 +95,8 @@ pub fn host(host: &Host) -> v1::Host {
             .as_ref()
             .map(|r| r.reason.clone())
             .unwrap_or_default(),
+        source_protocols: host.source_protocols.clone(),
+        target_protocols: host.target_protocols.clone(),
     }
 }
 

@@ -20,7 +20,7 @@ const SELECT: &str = "SELECT h.id, h.kind, h.state, h.draining, h.pool, h.stack_
         h.agent_version, h.agent_endpoint, h.addresses, h.disk_total_bytes, h.disk_free_bytes,
         h.database_servers, h.enrolled_at, h.last_heartbeat_at, h.inventory_updated_at,
         h.certificate_expires_at, h.reported_kind, h.declared_disk_bytes, h.certificate_serial,
-        h.removed_at, h.removed_by, h.removed_reason,
+        h.removed_at, h.removed_by, h.removed_reason, h.source_protocols, h.target_protocols,
         (SELECT count(*) FROM host_accounts a WHERE a.host_id = h.id) AS account_count
     FROM hosts h";
 
@@ -62,7 +62,30 @@ fn from_row(row: &Row) -> Result<Host> {
         last_heartbeat_at: row.get("last_heartbeat_at"),
         inventory_updated_at: row.get("inventory_updated_at"),
         certificate_expires_at: row.get("certificate_expires_at"),
+        source_protocols: protocols(row.get("source_protocols")),
+        target_protocols: protocols(row.get("target_protocols")),
     })
+}
+
+/// A protocol version column (`int4[]`; a negative value cannot have been
+/// stored, and is dropped).
+fn protocols(versions: Vec<i32>) -> Vec<u32> {
+    versions
+        .into_iter()
+        .filter_map(|v| u32::try_from(v).ok())
+        .collect()
+}
+
+/// Protocol versions for an `int4[]` column: ascending, once each, and only
+/// those that fit (a report of 2^31 or more is no version anyone speaks).
+fn protocol_column(versions: &[u32]) -> Vec<i32> {
+    let mut column: Vec<i32> = versions
+        .iter()
+        .filter_map(|v| i32::try_from(*v).ok())
+        .collect();
+    column.sort_unstable();
+    column.dedup();
+    column
 }
 
 pub async fn list(
@@ -447,7 +470,8 @@ pub async fn store_inventory(
             "UPDATE hosts SET reported_kind = $2, stack_version = $3, agent_version = $4,
                  agent_endpoint = $5, addresses = $6, disk_total_bytes = $7, disk_free_bytes = $8,
                  database_servers = $9, inventory_digest = $10, inventory_updated_at = now(),
-                 last_heartbeat_at = now(), state = 'online'
+                 last_heartbeat_at = now(), state = 'online', source_protocols = $11,
+                 target_protocols = $12
              WHERE id = $1 AND state <> 'removed'",
             &[
                 &id,
@@ -460,6 +484,8 @@ pub async fn store_inventory(
                 &to_i64(inventory.disk_free_bytes),
                 &servers,
                 &inventory.digest,
+                &protocol_column(&inventory.source_protocols),
+                &protocol_column(&inventory.target_protocols),
             ],
         )
         .await?;

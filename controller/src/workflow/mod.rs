@@ -84,6 +84,7 @@ pub fn transfer_spec(test: &Test) -> TransferSpec {
         disposable: true,
         // Every generation fills the test's one copy on the test host.
         copy_id: test.id.clone(),
+        protocol_version: test.plan.protocol_version,
         grant_expires_at: Some(
             chrono::Utc::now()
                 + chrono::Duration::from_std(GRANT_LIFETIME).unwrap_or(chrono::Duration::hours(24)),

@@ -41,6 +41,7 @@ use sequences::{check_sequences, set_sequences};
 use snapshot::HeldSnapshot;
 
 use super::acceptance::{self, AcceptedArchive, AccountRoles, TargetFacts};
+use super::digest::RowHash;
 use super::error::PostgresCopyError;
 use super::loader::Loader;
 use super::session;
@@ -103,6 +104,10 @@ pub struct PullOptions {
     /// (see [`acceptance`]). Default none: every role the database refers
     /// to is taken for the account's, as long as it has no powers.
     pub account: Option<String>,
+    /// The row hash of the transfer's protocol version
+    /// ([`crate::transfer::protocol`]): the source digests with the same.
+    /// Default: the newest ([`RowHash::Xxh3`]).
+    pub row_hash: RowHash,
 }
 
 impl Default for PullOptions {
@@ -118,6 +123,7 @@ impl Default for PullOptions {
             analyze: true,
             maintenance_work_mem: "256MB".to_owned(),
             account: None,
+            row_hash: RowHash::Xxh3,
         }
     }
 }
@@ -630,6 +636,7 @@ async fn load(loading: Loading<'_>) -> Result<DatabaseReport, PostgresCopyError>
         check: options.check,
         analyze: options.analyze,
         index_memory: &options.maintenance_work_mem,
+        row_hash: options.row_hash,
         tally,
     };
     let large_objects_copy = async {

@@ -9,6 +9,9 @@
 //! SELECT takes): the customer's reads and writes go on; only DDL on the
 //! copied tables waits until the copy ends, as with pg_dump.
 //!
+//! Table rows are digested with the hash of the grant's transfer protocol
+//! version ([`crate::transfer::protocol`]), the one the target checks with.
+//!
 //! This module alone turns its errors into `tonic::Status` ([`status`]).
 
 use std::collections::BTreeMap;
@@ -35,12 +38,14 @@ use streams::{
 };
 
 use super::describe::CatalogError;
+use super::digest::RowHash;
 use super::session;
 use super::tools::PgTools;
 use super::wire::{BulkSession, WireError};
 use super::{checksum, describe, schema_objects};
 use crate::config::PostgresqlServer;
 use crate::transfer::grants::Grants;
+use crate::transfer::protocol;
 
 /// Why a source call failed.
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +234,30 @@ impl PostgresSourceService {
         server: &str,
         database: &str,
     ) -> Result<PostgresqlServer, Status> {
+        self.authorise_grant(request, transfer_id, server, database)
+            .map(|(server, _)| server)
+    }
+
+    /// [`Self::authorise`], with the row hash of the grant's transfer
+    /// protocol version (refused if this build no longer knows it).
+    fn authorise_grant<T>(
+        &self,
+        request: &Request<T>,
+        transfer_id: &str,
+        server: &str,
+        database: &str,
+    ) -> Result<(PostgresqlServer, RowHash), Status> {
         let grant = self.grants.authorise(request, transfer_id)?;
+        let version = match grant.protocol_version {
+            0 => protocol::UNNAMED,
+            version => version,
+        };
+        let hash = protocol::row_hash(version).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "transfer {transfer_id} was granted on transfer protocol version {version}, which this agent (version {}) no longer speaks; start the test again",
+                env!("CARGO_PKG_VERSION")
+            ))
+        })?;
         if !grant.allows_postgresql(server, database) {
             return Err(Status::permission_denied(format!(
                 "transfer {transfer_id} does not grant database {database:?} of PostgreSQL server {server:?}"
@@ -239,6 +267,7 @@ impl PostgresSourceService {
             .iter()
             .find(|s| s.name == server)
             .cloned()
+            .map(|server| (server, hash))
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "no PostgreSQL server {server:?} is configured on this host"
@@ -357,7 +386,8 @@ impl PostgresSource for PostgresSourceService {
         request: Request<CopyTableRequest>,
     ) -> Result<Response<ChunkStream>, Status> {
         let r = request.get_ref();
-        let server = self.authorise(&request, &r.transfer_id, &r.server, &r.database)?;
+        let (server, hash) =
+            self.authorise_grant(&request, &r.transfer_id, &r.server, &r.database)?;
         let r = request.into_inner();
         // Connect and start COPY before answering, so that a bad table or a
         // lost snapshot is the call's status rather than a stream error.
@@ -376,9 +406,11 @@ impl PostgresSource for PostgresSourceService {
         let (sender, receiver) = mpsc::channel(8);
         tokio::spawn(async move {
             let streamed = match copy {
-                CopySession::Bulk(session) => stream_bulk_copy(session, format, &sender).await,
+                CopySession::Bulk(session) => {
+                    stream_bulk_copy(session, format, hash, &sender).await
+                }
                 CopySession::Client(client) => {
-                    stream_copy(&client, &statement, format, &sender).await
+                    stream_copy(&client, &statement, format, hash, &sender).await
                 }
             };
             if let Err(error) = streamed {

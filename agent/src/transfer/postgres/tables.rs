@@ -41,7 +41,7 @@ use tonic::transport::Channel;
 
 mod check;
 
-use super::digest;
+use super::digest::{self, RowHash};
 use super::error::PostgresCopyError;
 use super::session::{self, qualified, quote_ident};
 use super::tally::Tally;
@@ -104,6 +104,8 @@ pub struct DataCopy<'a> {
     /// `maintenance_work_mem` of the index builds that follow each table's
     /// load (a memory size such as `256MB`, checked by the caller).
     pub index_memory: &'a str,
+    /// The transfer's row hash (its protocol version's).
+    pub row_hash: RowHash,
     pub tally: &'a Tally<'a>,
 }
 
@@ -517,7 +519,7 @@ impl DataCopy<'_> {
             let mut bytes = 0u64;
             let mut sent = None;
             let mut received = (self.check == DataCheck::Stream)
-                .then(|| digest::RowSplitter::new(digest::Format::of(table.binary)));
+                .then(|| digest::RowSplitter::new(digest::Format::of(table.binary), self.row_hash));
             while let Some(chunk) = stream.message().await.map_err(Failure::from_status)? {
                 if chunk.digest.is_some() {
                     sent = chunk.digest;

@@ -25,6 +25,7 @@ fn test(state: TestState, step: TestStep, attempts: u32) -> Test {
             source_home: String::new(),
             databases: vec![],
             target_address: String::new(),
+            protocol_version: 2,
         },
         progress: None,
         error: String::new(),

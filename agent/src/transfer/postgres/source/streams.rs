@@ -167,9 +167,10 @@ pub(super) async fn start_bulk_copy(
 pub(super) async fn stream_bulk_copy(
     mut session: BulkSession,
     format: digest::Format,
+    hash: digest::RowHash,
     sender: &mpsc::Sender<Result<PostgresChunk, Status>>,
 ) -> Result<(), CopyFailure> {
-    let mut rows = digest::RowSplitter::new(format);
+    let mut rows = digest::RowSplitter::new(format, hash);
     loop {
         let mut data = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
         let more = session
@@ -208,6 +209,7 @@ pub(super) async fn stream_copy(
     client: &Client,
     statement: &str,
     format: digest::Format,
+    hash: digest::RowHash,
     sender: &mpsc::Sender<Result<PostgresChunk, Status>>,
 ) -> Result<(), CopyFailure> {
     let stream = client
@@ -215,7 +217,7 @@ pub(super) async fn stream_copy(
         .await
         .map_err(CopyFailure::Query)?;
     let mut stream = std::pin::pin!(stream);
-    let mut rows = digest::RowSplitter::new(format);
+    let mut rows = digest::RowSplitter::new(format, hash);
     let mut buffer = Vec::with_capacity(CHUNK_BYTES + 64 * 1024);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(CopyFailure::Query)?;

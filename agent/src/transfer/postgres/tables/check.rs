@@ -10,7 +10,7 @@ use super::{DataCopy, column_list};
 use crate::config::PostgresqlServer;
 use crate::transfer::postgres::CHUNK_BYTES;
 use crate::transfer::postgres::checksum;
-use crate::transfer::postgres::digest::{self, RowSplitter};
+use crate::transfer::postgres::digest::{self, RowHash, RowSplitter};
 use crate::transfer::postgres::error::{self, PostgresCopyError};
 use crate::transfer::postgres::session::{self, SESSION_SETTINGS, qualified, quote_ident};
 use crate::transfer::postgres::wire::BulkSession;
@@ -46,9 +46,16 @@ impl DataCopy<'_> {
         let stored = if parts < 2 {
             let statement = copy_to(table, &name, None);
             if bulk {
-                read_digest_bulk(self.target_server, self.target_database, &statement, format).await
+                read_digest_bulk(
+                    self.target_server,
+                    self.target_database,
+                    &statement,
+                    format,
+                    self.row_hash,
+                )
+                .await
             } else {
-                read_digest(target, &statement, format).await
+                read_digest(target, &statement, format, self.row_hash).await
             }
             .map_err(failed)?
         } else {
@@ -73,16 +80,17 @@ impl DataCopy<'_> {
                             self.target_database,
                             &statement,
                             format,
+                            self.row_hash,
                         )
                         .await;
                     }
                     if part == 0 {
-                        return read_digest(target, &statement, format).await;
+                        return read_digest(target, &statement, format, self.row_hash).await;
                     }
                     let session = session::connect(self.target_server, self.target_database)
                         .await
                         .map_err(|e| crate::error_chain(&e))?;
-                    read_digest(&session, &statement, format).await
+                    read_digest(&session, &statement, format, self.row_hash).await
                 }
             });
             let digests = futures_util::future::try_join_all(ranges)
@@ -190,13 +198,14 @@ async fn read_digest(
     client: &Client,
     statement: &str,
     format: digest::Format,
+    hash: RowHash,
 ) -> Result<RowDigest, String> {
     let stream = client
         .copy_out(statement)
         .await
         .map_err(|e| crate::error_chain(&e))?;
     let mut stream = std::pin::pin!(stream);
-    let mut rows = RowSplitter::new(format);
+    let mut rows = RowSplitter::new(format, hash);
     while let Some(piece) = stream.next().await {
         let piece = piece.map_err(|e| crate::error_chain(&e))?;
         rows.feed(&piece).map_err(|e| e.to_string())?;
@@ -211,6 +220,7 @@ async fn read_digest_bulk(
     database: &str,
     statement: &str,
     format: digest::Format,
+    hash: RowHash,
 ) -> Result<RowDigest, String> {
     let mut session = BulkSession::connect(server, database, SESSION_SETTINGS)
         .await
@@ -219,7 +229,7 @@ async fn read_digest_bulk(
         .copy_out(statement)
         .await
         .map_err(|e| crate::error_chain(&e))?;
-    let mut rows = RowSplitter::new(format);
+    let mut rows = RowSplitter::new(format, hash);
     let mut buffer = Vec::with_capacity(CHUNK_BYTES + (64 << 10));
     loop {
         buffer.clear();
