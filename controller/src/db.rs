@@ -11,7 +11,8 @@
 //! applied in order inside one transaction each, under an advisory lock so
 //! that several controllers starting together apply each once.
 //!
-//! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` in
+//! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` /
+//! `navette_workflows` in
 //! the transaction that makes them; [`listen_changes`] turns those into a
 //! local broadcast, so every controller sharing the database sees every
 //! change, whichever controller made it.
@@ -67,6 +68,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0003_identity.sql"),
     ),
     (4, "copies", include_str!("../migrations/0004_copies.sql")),
+    (
+        5,
+        "workflows",
+        include_str!("../migrations/0005_workflows.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.
@@ -326,7 +332,7 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
 }
 
 /// The notification channels the controller listens to.
-pub const CHANNELS: [&str; 2] = ["navette_hosts", "navette_tests"];
+pub const CHANNELS: [&str; 3] = ["navette_hosts", "navette_tests", "navette_workflows"];
 
 /// A committed change, from any controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,6 +21,10 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents.
+//! - [`engine`]: the durable workflow engine shared by every kind of
+//!   workflow: one table family (state, step, lease and fencing token,
+//!   inbox, audit trail), a pure transition per kind, one runner per
+//!   controller; points of no return, parents and children.
 //! - [`api`]: the gRPC services. The only modules that know protobuf; errors
 //!   become `tonic::Status` in `api::status` only; `api::policy` decides
 //!   which role may call what.
@@ -39,6 +43,7 @@ pub mod catalogue;
 pub mod certificates;
 pub mod config;
 pub mod db;
+pub mod engine;
 pub mod enrolment;
 pub mod error;
 pub mod model;
@@ -87,6 +92,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     workflow::spawn_runner(controller.clone());
+    server::spawn_workflow_engine(&controller);
     notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;
