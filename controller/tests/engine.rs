@@ -509,20 +509,68 @@ fn a_runner_whose_lease_was_taken_over_records_nothing(
             "the slow runner recorded a step"
         );
         ensure!(RunnerStats::get(&fast.steps_recorded) == 1);
-        // The same at the store: a stale token records nothing.
-        let client = pool.get().await?;
-        let claimed = store::claim(
-            &**client,
-            "nobody",
-            &["test-steps".to_owned()],
-            Duration::from_secs(1),
-            10,
-        )
-        .await?;
+        // The same at the store: claims by "a", then (its lease expired)
+        // by "b"; "a"'s token records nothing, "b"'s does.
+        // A kind no runner drives, so that only this test claims it.
+        let other = WorkflowId::parse("fenced-store", "id")?;
+        let kinds = ["nobody-runs-this".to_owned()];
+        let state = serde_json::to_value(StepsState::new(1, 0))?;
+        {
+            let client = pool.get().await?;
+            store::create(
+                &**client,
+                &NewWorkflow {
+                    id: &other,
+                    kind: &kinds[0],
+                    state: &state,
+                    parent: None,
+                    sender: "engine test",
+                },
+            )
+            .await?;
+        }
+        let mut client = pool.get().await?;
+        let a = store::claim(&client, "a", &kinds, Duration::from_millis(200), 1).await?;
+        ensure!(a.len() == 1, "{a:?}");
         ensure!(
-            claimed.is_empty(),
-            "an ended workflow was claimed: {claimed:?}"
+            store::claim(&client, "b", &kinds, Duration::from_secs(10), 1)
+                .await?
+                .is_empty(),
+            "claimed while leased"
         );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = store::claim(&client, "b", &kinds, Duration::from_secs(10), 1).await?;
+        ensure!(b.len() == 1 && b[0].fencing == a[0].fencing + 1, "{b:?}");
+        let record = |owner, fencing| store::Record {
+            id: &other,
+            owner,
+            fencing,
+            state: &state,
+            step: None,
+            attempts: 0,
+            run_in: None,
+            timer: false,
+            end: Some(&End::Completed),
+            keep_lease: None,
+            consumed: &[],
+            requested: None,
+            audit: &[],
+            children: &[],
+        };
+        ensure!(
+            store::record(&mut client, &record("a", a[0].fencing))
+                .await?
+                .is_none(),
+            "a stale token recorded"
+        );
+        ensure!(workflow(&pool, &other).await?.end.is_none());
+        ensure!(
+            store::record(&mut client, &record("b", b[0].fencing))
+                .await?
+                .is_some(),
+            "the current token did not record"
+        );
+        ensure!(workflow(&pool, &other).await?.end == Some(End::Completed));
         Ok(())
     })
 }
@@ -839,6 +887,8 @@ fn a_cancel_is_compensated_before_the_point_of_no_return_and_refused_after(
 fn bench(databases: &Databases) -> anyhow::Result<()> {
     let workflows: usize = env_number("NAVETTE_ENGINE_BENCH_WORKFLOWS", 1000);
     let steps: u32 = env_number("NAVETTE_ENGINE_BENCH_STEPS", 10);
+    // Workflows created per second; 0: all at once.
+    let rate: f64 = env_number("NAVETTE_ENGINE_BENCH_RATE", 0.0);
     let steps_per_claim = std::env::var(STEPS_PER_CLAIM_ENV)
         .unwrap_or_else(|_| RunnerConfig::default().steps_per_claim.to_string());
     let url = databases.database("engine_bench")?;
@@ -850,20 +900,38 @@ fn bench(databases: &Databases) -> anyhow::Result<()> {
         ];
         let first = TestController::start(databases, &url, "first", &extra)?;
         let second = TestController::start(databases, &url, "second", &extra)?;
+        let postmaster = databases.postgres.process().pid().unwrap_or(0);
+        let database_cpu_before = backends_cpu_seconds(postmaster);
         let started = Instant::now();
-        let mut creators = tokio::task::JoinSet::new();
-        for part in 0..4 {
-            let pool = pool.clone();
-            creators.spawn(async move {
-                for n in (part..workflows).step_by(4) {
-                    create::<Steps>(&pool, &format!("bench-{n:05}"), &StepsState::new(steps, 0))
+        if rate > 0.0 {
+            // Paced: one workflow every 1/rate s, below what the runners
+            // can take, so that pickup delays are wake-ups, not a queue.
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            for n in 0..workflows {
+                ticks.tick().await;
+                create::<Steps>(&pool, &format!("bench-{n:05}"), &StepsState::new(steps, 0))
+                    .await?;
+            }
+        } else {
+            // A burst: as fast as four connections can create them.
+            let mut creators = tokio::task::JoinSet::new();
+            for part in 0..4 {
+                let pool = pool.clone();
+                creators.spawn(async move {
+                    for n in (part..workflows).step_by(4) {
+                        create::<Steps>(
+                            &pool,
+                            &format!("bench-{n:05}"),
+                            &StepsState::new(steps, 0),
+                        )
                         .await?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(created) = creators.join_next().await {
-            created??;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(created) = creators.join_next().await {
+                created??;
+            }
         }
         let created_in = started.elapsed();
         wait_for(
@@ -873,6 +941,11 @@ fn bench(databases: &Databases) -> anyhow::Result<()> {
         )
         .await?;
         let took = started.elapsed();
+        let database_cpu = backends_cpu_seconds(postmaster) - database_cpu_before;
+        let controllers_cpu: f64 = [first.process.id(), second.process.id()]
+            .into_iter()
+            .filter_map(|pid| cpu_seconds(pid).map(|(seconds, _)| seconds))
+            .sum();
         let client = pool.get().await?;
         let total = count(
             &pool,
@@ -909,9 +982,14 @@ fn bench(databases: &Databases) -> anyhow::Result<()> {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let pace = if rate > 0.0 {
+            format!("{rate} workflows created per second")
+        } else {
+            "all created at once".to_owned()
+        };
         let rate = total as f64 / took.as_secs_f64();
         println!(
-            "engine benchmark: {workflows} workflows x {steps} no-op steps, 2 controllers, steps per claim {steps_per_claim}"
+            "engine benchmark: {workflows} workflows x {steps} no-op steps, 2 controllers, steps per claim {steps_per_claim}, {pace}"
         );
         println!(
             "  created in {:.2} s; all ended {:.2} s after the first was created",
@@ -928,9 +1006,48 @@ fn bench(databases: &Databases) -> anyhow::Result<()> {
             "  pickup, first step (created -> start): p50 {:6.2}  p99 {:6.2}  max {:7.2}",
             first_steps.0, first_steps.1, first_steps.2
         );
+        println!(
+            "  CPU used: PostgreSQL {database_cpu:.1} s, the two controllers {controllers_cpu:.1} s, in {:.1} s (load average {})",
+            took.as_secs_f64(),
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split(' ')
+                .next()
+                .unwrap_or("?")
+        );
         drop((first, second));
         Ok(())
     })
+}
+
+/// CPU seconds (user + system) used so far by process `pid`, from
+/// `/proc/<pid>/stat` (clock ticks of 1/100 s), and its parent's pid.
+fn cpu_seconds(pid: u32) -> Option<(f64, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    Some(((user + system) / 100.0, parent))
+}
+
+/// CPU seconds used so far by the backends of the PostgreSQL server whose
+/// postmaster is `postmaster`.
+fn backends_cpu_seconds(postmaster: u32) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(cpu_seconds_of_child(postmaster))
+        .sum()
+}
+
+fn cpu_seconds_of_child(parent: u32) -> impl Fn(u32) -> Option<f64> {
+    move |pid| match cpu_seconds(pid) {
+        Some((seconds, of)) if of == parent => Some(seconds),
+        _ => None,
+    }
 }
 
 fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {

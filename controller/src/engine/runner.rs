@@ -9,7 +9,8 @@
 //! that leads to another one due at once runs on the same claim (up to
 //! [`RunnerConfig::steps_per_claim`]), without a round trip through the
 //! queue. It wakes on `NOTIFY navette_workflows` (from any controller), on
-//! a slot freed, at the earliest timer, and at least every
+//! a slot freed, at the earliest timer (read again at least every 250 ms,
+//! so a timer fires at most that late), and at least every
 //! [`RunnerConfig::poll`].
 //!
 //! A runner that loses its lease (its renewal fails, or another controller
@@ -20,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Pool;
@@ -34,6 +35,10 @@ use super::{
 };
 use crate::db::Change;
 use crate::error::Result;
+
+/// How long the runner trusts its reading of the earliest timer: a timer
+/// set meanwhile (by any controller) fires at most this late.
+const NEXT_DUE_REFRESH: Duration = Duration::from_millis(250);
 
 /// How a runner behaves.
 #[derive(Clone, Debug)]
@@ -133,6 +138,7 @@ impl Runner {
         let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         let freed = Arc::new(Notify::new());
         tracing::info!(message = "workflow runner started", owner = %self.owner, kinds = ?kinds);
+        let mut next_due: Option<(Instant, Instant)> = None;
         loop {
             let free = slots
                 .available_permits()
@@ -166,7 +172,19 @@ impl Runner {
             let wait = if slots.available_permits() == 0 {
                 self.config.poll
             } else {
-                self.until_next_due(&kinds).await
+                // The earliest timer or lease expiry, read again at most
+                // every NEXT_DUE_REFRESH: every notification wakes every
+                // runner, and one query per wake-up is enough.
+                if next_due.is_none_or(|(read_at, _)| read_at.elapsed() >= NEXT_DUE_REFRESH) {
+                    next_due = Some((
+                        Instant::now(),
+                        Instant::now() + self.until_next_due(&kinds).await,
+                    ));
+                }
+                next_due
+                    .map(|(_, at)| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(self.config.poll)
+                    .max(Duration::from_millis(5))
             };
             tokio::select! {
                 _ = wait_for_workflow_change(&mut changes) => {}
@@ -179,7 +197,7 @@ impl Runner {
     async fn claim(&self, kinds: &[String], limit: usize) -> Result<Vec<Claimed>> {
         let client = self.pool.get().await?;
         let limit = i64::try_from(limit).unwrap_or(1);
-        let claimed = store::claim(&**client, &self.owner, kinds, self.config.lease, limit).await?;
+        let claimed = store::claim(&client, &self.owner, kinds, self.config.lease, limit).await?;
         self.stats
             .claims
             .fetch_add(claimed.len() as u64, Ordering::Relaxed);

@@ -87,14 +87,14 @@ pub struct Claimed {
 /// `owner`, for `lease`, bumping each one's fencing token. Controllers
 /// claiming at once get different workflows (SKIP LOCKED), or none.
 pub async fn claim(
-    client: &impl GenericClient,
+    client: &deadpool_postgres::Client,
     owner: &str,
     kinds: &[String],
     lease: Duration,
     limit: i64,
 ) -> Result<Vec<Claimed>> {
-    let rows = client
-        .query(
+    let statement = client
+        .prepare_cached(
             "UPDATE workflows w SET lease_owner = $1,
                  lease_expires_at = now() + make_interval(secs => $2),
                  fencing = w.fencing + 1
@@ -109,8 +109,10 @@ pub async fn claim(
                  w.point_of_no_return_at IS NOT NULL AS passed,
                  EXISTS (SELECT 1 FROM workflow_events e
                          WHERE e.workflow_id = w.id AND e.consumed_at IS NULL) AS has_events",
-            &[&owner, &lease.as_secs_f64(), &kinds, &limit],
         )
+        .await?;
+    let rows = client
+        .query(&statement, &[&owner, &lease.as_secs_f64(), &kinds, &limit])
         .await?;
     Ok(rows
         .iter()
@@ -253,12 +255,14 @@ pub async fn record(
 ) -> Result<Option<Recorded>> {
     let parent_to_tell = r.end.is_some();
     if r.children.is_empty() && !parent_to_tell {
-        return Ok(record_statement(&***client, r)
+        let statement = client.prepare_cached(RECORD).await?;
+        return Ok(record_statement(&***client, &statement, r)
             .await?
             .map(|(recorded, _)| recorded));
     }
     let transaction = client.transaction().await?;
-    let Some((recorded, parent)) = record_statement(&*transaction, r).await? else {
+    let statement = transaction.prepare_cached(RECORD).await?;
+    let Some((recorded, parent)) = record_statement(&*transaction, &statement, r).await? else {
         return Ok(None);
     };
     for (child_id, child) in r.children {
@@ -291,27 +295,8 @@ pub async fn record(
     Ok(Some(recorded))
 }
 
-async fn record_statement(
-    client: &impl GenericClient,
-    r: &Record<'_>,
-) -> Result<Option<(Recorded, Option<String>)>> {
-    let run_in = r.run_in.map(|d| d.as_secs_f64());
-    let keep = r.keep_lease.map(|d| d.as_secs_f64());
-    let end = r.end.map(End::as_str);
-    let error = match r.end {
-        Some(End::Failed(why)) => why.clone(),
-        _ => String::new(),
-    };
-    let (sender, requested_at) = r.requested.unzip();
-    let whats: Vec<&str> = r.audit.iter().map(|e| e.what.as_str()).collect();
-    let steps: Vec<Option<Value>> = r.audit.iter().map(|e| e.step.clone()).collect();
-    let whos: Vec<&str> = r.audit.iter().map(|e| e.who.as_str()).collect();
-    let details: Vec<&str> = r.audit.iter().map(|e| e.detail.as_str()).collect();
-    let dues: Vec<Option<DateTime<Utc>>> = r.audit.iter().map(|e| e.due_at).collect();
-    let starts: Vec<Option<DateTime<Utc>>> = r.audit.iter().map(|e| e.started_at).collect();
-    let row = client
-        .query_opt(
-            "WITH w AS (
+/// The statement of [`record`]: see the module's invariants.
+const RECORD: &str = "WITH w AS (
                  UPDATE workflows SET
                      state = $4, step = $5, attempts = $6,
                      next_run_at = CASE
@@ -342,7 +327,30 @@ async fn record_statement(
              SELECT w.parent_id, w.has_events,
                  (SELECT count(*) FROM (SELECT pg_notify('navette_workflows', w.id)
                                         WHERE w.freed AND w.due_now) n)
-             FROM w",
+             FROM w";
+
+async fn record_statement(
+    client: &impl GenericClient,
+    statement: &tokio_postgres::Statement,
+    r: &Record<'_>,
+) -> Result<Option<(Recorded, Option<String>)>> {
+    let run_in = r.run_in.map(|d| d.as_secs_f64());
+    let keep = r.keep_lease.map(|d| d.as_secs_f64());
+    let end = r.end.map(End::as_str);
+    let error = match r.end {
+        Some(End::Failed(why)) => why.clone(),
+        _ => String::new(),
+    };
+    let (sender, requested_at) = r.requested.unzip();
+    let whats: Vec<&str> = r.audit.iter().map(|e| e.what.as_str()).collect();
+    let steps: Vec<Option<Value>> = r.audit.iter().map(|e| e.step.clone()).collect();
+    let whos: Vec<&str> = r.audit.iter().map(|e| e.who.as_str()).collect();
+    let details: Vec<&str> = r.audit.iter().map(|e| e.detail.as_str()).collect();
+    let dues: Vec<Option<DateTime<Utc>>> = r.audit.iter().map(|e| e.due_at).collect();
+    let starts: Vec<Option<DateTime<Utc>>> = r.audit.iter().map(|e| e.started_at).collect();
+    let row = client
+        .query_opt(
+            statement,
             &[
                 &r.id.as_str(),
                 &r.fencing,
