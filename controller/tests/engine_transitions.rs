@@ -4,8 +4,8 @@
 mod engine_kinds;
 
 use engine_kinds::{
-    Child, ChildState, Parent, ParentState, Phase, Ran, Steps, StepsState, Switch, SwitchState,
-    SwitchStep,
+    Alarm, AlarmState, Child, ChildState, Parent, ParentState, Phase, Ran, Steps, StepsState,
+    Switch, SwitchState, SwitchStep,
 };
 use navette_controller::engine::{End, Event, Input, Kind, Next, WorkflowId};
 
@@ -170,4 +170,25 @@ fn a_switch_cancelled_before_its_point_of_no_return_rolls_back() {
             .next,
         Next::Run(SwitchStep::Switch)
     );
+}
+
+#[test]
+fn an_alarm_waits_for_its_timer_and_a_poke_sets_it_again() {
+    let state = AlarmState {
+        wait_ms: 300,
+        ..AlarmState::default()
+    };
+    let wait = Next::WaitFor(std::time::Duration::from_millis(300));
+    let started = Alarm.transition(&state, Input::Event(Event::Start));
+    assert_eq!(started.next, wait);
+    let poke = Input::Event(Event::Command {
+        name: "poke".to_owned(),
+        payload: serde_json::json!({}),
+    });
+    let poked = Alarm.transition(&started.state, poke);
+    assert_eq!(poked.next, wait);
+    assert_eq!(poked.state.pokes, 1);
+    let rang = Alarm.transition(&poked.state, Input::Event(Event::Timer));
+    assert_eq!(rang.next, Next::Done(End::Completed));
+    assert!(rang.state.rang);
 }

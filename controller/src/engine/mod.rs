@@ -286,6 +286,101 @@ pub(crate) fn check_next(
 mod tests {
     use super::*;
 
+    /// A kind of two steps, the second irreversible, the third a rollback.
+    struct TwoSteps;
+
+    impl Kind for TwoSteps {
+        const NAME: &'static str = "two-steps";
+        type State = u32;
+        type Step = String;
+        type Outcome = u32;
+
+        fn transition(&self, state: &u32, input: Input<u32>) -> Transition<u32, String> {
+            match input {
+                Input::Event(Event::Start) => Transition::new(*state, Next::Run("a".to_owned())),
+                Input::Event(Event::Cancel) => {
+                    Transition::new(*state, Next::Run("undo".to_owned()))
+                }
+                Input::Outcome(n) if n < 2 => {
+                    Transition::new(state + n, Next::Run("switch".to_owned()))
+                }
+                _ => Transition::new(*state, Next::Done(End::Completed)),
+            }
+        }
+
+        async fn perform(&self, _state: &u32, _step: &String, context: &StepContext) -> u32 {
+            context.attempt
+        }
+
+        fn point_of_no_return(&self, step: &String) -> bool {
+            step == "switch"
+        }
+
+        fn compensates(&self, step: &String) -> bool {
+            step == "undo"
+        }
+    }
+
+    #[test]
+    fn stored_transitions_carry_what_the_engine_must_know_of_the_next_step() {
+        let erased: &dyn ErasedKind = &TwoSteps;
+        let started = erased.on_event(&serde_json::json!(1), Event::Start);
+        let Ok(StoredTransition {
+            state,
+            next: Next::Run(step),
+            ..
+        }) = started
+        else {
+            panic!("{started:?}");
+        };
+        assert_eq!(state, serde_json::json!(1));
+        assert_eq!(step.value, serde_json::json!("a"));
+        assert!(!step.point_of_no_return && !step.compensates);
+        let switch = erased.step(&serde_json::json!("switch"));
+        assert!(matches!(
+            switch,
+            Ok(StoredStep {
+                point_of_no_return: true,
+                compensates: false,
+                ..
+            })
+        ));
+        let cancelled = erased.on_event(&serde_json::json!(1), Event::Cancel);
+        let Ok(StoredTransition {
+            next: Next::Run(undo),
+            ..
+        }) = cancelled
+        else {
+            panic!("{cancelled:?}");
+        };
+        assert!(undo.compensates);
+        assert!(check_next(true, &Next::Run(undo)).is_err());
+    }
+
+    #[test]
+    fn unreadable_states_and_steps_are_errors_not_panics() {
+        let erased: &dyn ErasedKind = &TwoSteps;
+        let error = erased.on_event(&serde_json::json!("not a number"), Event::Start);
+        assert!(
+            matches!(&error, Err(why) if why.starts_with("unreadable state")),
+            "{error:?}"
+        );
+        let error = erased.step(&serde_json::json!(7));
+        assert!(
+            matches!(&error, Err(why) if why.starts_with("unreadable step")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn registries_know_their_kinds_by_name() {
+        let registry = Registry::new().register(TwoSteps);
+        assert_eq!(registry.names(), ["two-steps"]);
+        assert!(registry.get("two-steps").is_some());
+        assert!(registry.get("other").is_none());
+        assert!(Registry::new().is_empty());
+    }
+
     fn step(compensates: bool) -> StoredStep {
         StoredStep {
             value: serde_json::json!("rollback"),

@@ -398,7 +398,9 @@ impl Runner {
                 }
             }
         }
-        let attempt = u32::try_from(current.attempts).unwrap_or(0) + 1;
+        // This run counts: a retry of the same step records one more.
+        current.attempts = current.attempts.saturating_add(1);
+        let attempt = u32::try_from(current.attempts).unwrap_or(1);
         let (cancel_sender, cancel_requested) = tokio::sync::watch::channel(false);
         let context = StepContext {
             workflow_id: current.id.clone(),
@@ -431,19 +433,11 @@ impl Runner {
             due_at: Some(current.due_at),
             started_at: Some(started_at),
         };
-        let same_step = matches!(
-            &transition,
-            Ok(StoredTransition { next: Next::Run(next) | Next::RunAfter(next, _), .. })
-                if next.value == *step
-        );
         let progress = self
             .apply(current, transition, Vec::new(), vec![entry], None)
             .await;
         if matches!(progress, Progress::Continue | Progress::Released) {
             self.stats.steps_recorded.fetch_add(1, Ordering::Relaxed);
-            if same_step {
-                current.attempts = current.attempts.saturating_add(1);
-            }
         }
         progress
     }

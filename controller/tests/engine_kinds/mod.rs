@@ -276,3 +276,42 @@ impl Kind for Switch {
         *step == SwitchStep::RollBack
     }
 }
+
+/// Waits `wait_ms` (a timer), then ends; a `poke` command meanwhile is
+/// noted and the timer set again.
+#[derive(Debug)]
+pub struct Alarm;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AlarmState {
+    pub wait_ms: u64,
+    pub pokes: u32,
+    pub rang: bool,
+}
+
+impl Kind for Alarm {
+    const NAME: &'static str = "test-alarm";
+    type State = AlarmState;
+    type Step = ();
+    type Outcome = ();
+
+    fn transition(&self, state: &AlarmState, input: Input<()>) -> Transition<AlarmState, ()> {
+        let mut state = state.clone();
+        let wait = Next::WaitFor(Duration::from_millis(state.wait_ms));
+        let next = match input {
+            Input::Event(Event::Timer) => {
+                state.rang = true;
+                Next::Done(End::Completed)
+            }
+            Input::Event(Event::Command { name, .. }) if name == "poke" => {
+                state.pokes += 1;
+                wait
+            }
+            Input::Event(Event::Cancel) => Next::Done(End::Cancelled),
+            Input::Event(_) | Input::Outcome(()) => wait,
+        };
+        Transition::new(state, next)
+    }
+
+    async fn perform(&self, _state: &AlarmState, _step: &(), _context: &StepContext) {}
+}
