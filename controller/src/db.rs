@@ -13,8 +13,8 @@
 //!
 //! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` /
 //! `navette_workflows` in
-//! the transaction that makes them; [`listen_changes`] turns those into a
-//! local broadcast, so every controller sharing the database sees every
+//! the transaction that makes them; [`listen_changes`] (and [`listen`], for
+//! the workflow engine's own channel) turns those into a local broadcast, so every controller sharing the database sees every
 //! change, whichever controller made it.
 
 use std::str::FromStr;
@@ -332,7 +332,7 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
 }
 
 /// The notification channels the controller listens to.
-pub const CHANNELS: [&str; 3] = ["navette_hosts", "navette_tests", "navette_workflows"];
+pub const CHANNELS: [&str; 2] = ["navette_hosts", "navette_tests"];
 
 /// A committed change, from any controller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -349,11 +349,22 @@ pub fn listen_changes(
     settings: &Database,
     changes: broadcast::Sender<Change>,
 ) -> Result<(), DbError> {
+    listen(settings, &CHANNELS, changes)
+}
+
+/// [`listen_changes`] for other `channels`, on a connection of their own:
+/// the workflow engine's (`navette_workflows`, busy while workflows run)
+/// do not crowd the broadcast that host watchers read.
+pub fn listen(
+    settings: &Database,
+    channels: &'static [&'static str],
+    changes: broadcast::Sender<Change>,
+) -> Result<(), DbError> {
     let connector = Connector::new(settings)?;
     tokio::spawn(async move {
         loop {
-            if let Err(error) = listen_once(&connector, &changes).await {
-                tracing::warn!(message = "host change listener lost its connection; reconnecting", %error);
+            if let Err(error) = listen_once(&connector, channels, &changes).await {
+                tracing::warn!(message = "change listener lost its connection; reconnecting", ?channels, %error);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -363,6 +374,7 @@ pub fn listen_changes(
 
 async fn listen_once(
     connector: &Connector,
+    channels: &[&str],
     changes: &broadcast::Sender<Change>,
 ) -> Result<(), DbError> {
     let (client, mut connection) = connector.config.connect(connector.tls.clone()).await?;
@@ -383,7 +395,7 @@ async fn listen_once(
         }
         Ok(())
     });
-    for channel in CHANNELS {
+    for channel in channels {
         client.batch_execute(&format!("LISTEN {channel}")).await?;
     }
     // Whatever changed while we were not listening.

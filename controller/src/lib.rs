@@ -92,7 +92,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     workflow::spawn_runner(controller.clone());
-    server::spawn_workflow_engine(&controller);
+    server::spawn_workflow_engine(&controller)?;
     notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -191,16 +191,28 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
 }
 
 /// Starts the workflow engine's runner over the registered kinds (none
-/// yet: *Test* moves onto the engine next), woken by the change listener.
-pub fn spawn_workflow_engine(controller: &Arc<Controller>) {
+/// yet: *Test* moves onto the engine next), woken by its own listener on
+/// `navette_workflows`.
+pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
     let registry = crate::engine::Registry::new();
+    if registry.is_empty() {
+        tracing::info!(message = "workflow engine: no kinds registered; runner idle");
+        return Ok(());
+    }
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    crate::db::listen(
+        &controller.config.database,
+        &[crate::engine::CHANNEL],
+        changes.clone(),
+    )?;
     crate::engine::Runner::new(
         controller.db.clone(),
         registry,
         controller.controller_id.clone(),
         crate::engine::RunnerConfig::default(),
     )
-    .spawn(&controller.changes);
+    .spawn(&changes);
+    Ok(())
 }
 
 /// Renews the controller's own certificate two thirds into its life.

@@ -179,7 +179,11 @@ async fn connect(url: &str) -> anyhow::Result<(Pool, broadcast::Sender<db::Chang
     let pool = db::connect(&settings).await?;
     db::migrate(&pool).await?;
     let (changes, _) = broadcast::channel(1024);
-    db::listen_changes(&settings, changes.clone())?;
+    db::listen(
+        &settings,
+        &[navette_controller::engine::CHANNEL],
+        changes.clone(),
+    )?;
     Ok((pool, changes))
 }
 

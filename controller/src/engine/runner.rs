@@ -120,8 +120,9 @@ impl Runner {
         self.stats.clone()
     }
 
-    /// Runs until the process ends, woken by `changes` (see
-    /// `db::listen_changes`). A runner with no kinds does nothing.
+    /// Runs until the process ends, woken by `changes` (a broadcast of
+    /// `navette_workflows`: `db::listen`). A runner with no kinds does
+    /// nothing.
     pub fn spawn(self, changes: &broadcast::Sender<Change>) -> Arc<RunnerStats> {
         let stats = self.stats.clone();
         let changes = changes.subscribe();
