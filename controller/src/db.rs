@@ -11,9 +11,10 @@
 //! applied in order inside one transaction each, under an advisory lock so
 //! that several controllers starting together apply each once.
 //!
-//! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` in
-//! the transaction that makes them; [`listen_changes`] turns those into a
-//! local broadcast, so every controller sharing the database sees every
+//! Changes are announced with `NOTIFY navette_hosts` / `navette_tests` /
+//! `navette_workflows` in
+//! the transaction that makes them; [`listen_changes`] (and [`listen`], for
+//! the workflow engine's own channel) turns those into a local broadcast, so every controller sharing the database sees every
 //! change, whichever controller made it.
 
 use std::str::FromStr;
@@ -67,6 +68,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0003_identity.sql"),
     ),
     (4, "copies", include_str!("../migrations/0004_copies.sql")),
+    (
+        5,
+        "workflows",
+        include_str!("../migrations/0005_workflows.sql"),
+    ),
     (
         6,
         "protocols",
@@ -348,11 +354,22 @@ pub fn listen_changes(
     settings: &Database,
     changes: broadcast::Sender<Change>,
 ) -> Result<(), DbError> {
+    listen(settings, &CHANNELS, changes)
+}
+
+/// [`listen_changes`] for other `channels`, on a connection of their own:
+/// the workflow engine's (`navette_workflows`, busy while workflows run)
+/// do not crowd the broadcast that host watchers read.
+pub fn listen(
+    settings: &Database,
+    channels: &'static [&'static str],
+    changes: broadcast::Sender<Change>,
+) -> Result<(), DbError> {
     let connector = Connector::new(settings)?;
     tokio::spawn(async move {
         loop {
-            if let Err(error) = listen_once(&connector, &changes).await {
-                tracing::warn!(message = "host change listener lost its connection; reconnecting", %error);
+            if let Err(error) = listen_once(&connector, channels, &changes).await {
+                tracing::warn!(message = "change listener lost its connection; reconnecting", ?channels, %error);
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -362,6 +379,7 @@ pub fn listen_changes(
 
 async fn listen_once(
     connector: &Connector,
+    channels: &[&str],
     changes: &broadcast::Sender<Change>,
 ) -> Result<(), DbError> {
     let (client, mut connection) = connector.config.connect(connector.tls.clone()).await?;
@@ -382,7 +400,7 @@ async fn listen_once(
         }
         Ok(())
     });
-    for channel in CHANNELS {
+    for channel in channels {
         client.batch_execute(&format!("LISTEN {channel}")).await?;
     }
     // Whatever changed while we were not listening.

@@ -23,6 +23,10 @@
 //! - [`agents`]: calls from the controller to agents, in domain types
 //!   ([`agents::transfer`]); [`agents::wire`] converts them to and from the
 //!   agent API.
+//! - [`engine`]: the durable workflow engine shared by every kind of
+//!   workflow: one table family (state, step, lease and fencing token,
+//!   inbox, audit trail), a pure transition per kind, one runner per
+//!   controller; points of no return, parents and children.
 //! - [`workflow`]: durable workflows. [`workflow::test_flow`] is the test's
 //!   pure transition function (commands, timers and step outcomes in, what
 //!   to record out); [`workflow::test_events`] applies commands and timers;
@@ -50,6 +54,7 @@ pub mod catalogue;
 pub mod certificates;
 pub mod config;
 pub mod db;
+pub mod engine;
 pub mod enrolment;
 pub mod error;
 pub mod metrics;
@@ -103,6 +108,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     workflow::spawn_runner(controller.clone());
+    server::spawn_workflow_engine(&controller)?;
     notify::ready();
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -9,7 +9,8 @@
 //!   optional on the API listener.
 //!
 //! Background tasks: liveness (marks silent hosts unreachable), the host
-//! change listener, and the renewal of the controller's own certificate.
+//! change listener, the renewal of the controller's own certificate, and
+//! the workflow engine's runner.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
 use navette_proto::v1::tests_server::TestsServer;
+use navette_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
@@ -33,6 +35,7 @@ use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
 use crate::api::tests::TestsApi;
+use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
 use crate::store;
 
@@ -95,6 +98,7 @@ pub async fn bind(
     health.set_serving::<HostsServer<OperatorApi>>().await;
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
+    health.set_serving::<WorkflowsServer<WorkflowsApi>>().await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -105,6 +109,7 @@ pub async fn bind(
         HostsServer::<OperatorApi>::NAME,
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
+        WorkflowsServer::<WorkflowsApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -122,6 +127,7 @@ pub async fn bind(
         .add_service(HostsServer::new(OperatorApi(c.clone())))
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
+        .add_service(WorkflowsServer::new(WorkflowsApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),
@@ -182,6 +188,31 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
             }
         }
     });
+}
+
+/// Starts the workflow engine's runner over the registered kinds (none
+/// yet: *Test* moves onto the engine next), woken by its own listener on
+/// `navette_workflows`.
+pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
+    let registry = crate::engine::Registry::new();
+    if registry.is_empty() {
+        tracing::info!(message = "workflow engine: no kinds registered; runner idle");
+        return Ok(());
+    }
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    crate::db::listen(
+        &controller.config.database,
+        &[crate::engine::CHANNEL],
+        changes.clone(),
+    )?;
+    crate::engine::Runner::new(
+        controller.db.clone(),
+        registry,
+        controller.controller_id.clone(),
+        crate::engine::RunnerConfig::default(),
+    )
+    .spawn(&changes);
+    Ok(())
 }
 
 /// Renews the controller's own certificate two thirds into its life.

@@ -22,9 +22,10 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         "navette.v1.Catalogue" | "navette.v1.Accounts" | "navette.v1.Tests" => {
             Some(("panel API", &["panel", "operator"]))
         }
-        "navette.v1.Hosts" | "navette.v1.HostPools" | "navette.v1.JoinTokens" => {
-            Some(("operator API", &["operator"]))
-        }
+        "navette.v1.Hosts"
+        | "navette.v1.HostPools"
+        | "navette.v1.JoinTokens"
+        | "navette.v1.Workflows" => Some(("operator API", &["operator"])),
         "navette.v1.AgentGateway" => Some(("agent gateway", &["agent"])),
         _ => None,
     }
@@ -179,6 +180,9 @@ mod tests {
             Err("navette.v1.Catalogue is part of the panel API, open to panel and operator; the caller is agent of host a".to_owned())
         );
         assert!(decide("/navette.v1.Hosts/ListHosts", &Role::Panel).is_err());
+        assert!(decide("/navette.v1.Workflows/CancelWorkflow", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Workflows/ListWorkflowAudit", &Role::Panel).is_err());
+        assert!(decide("/navette.v1.Workflows/GetWorkflow", &agent("a")).is_err());
         assert!(decide("/navette.v1.AgentGateway/Heartbeat", &Role::Operator).is_err());
         assert!(decide("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());
     }
