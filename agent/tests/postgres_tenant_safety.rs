@@ -10,7 +10,8 @@
 //!   whom), and the role has exactly the attributes it has on the source.
 //! - A source that sends a membership in `pg_read_all_data`, a
 //!   REPLICATION attribute, a `session_preload_libraries` setting, an
-//!   event trigger, another customer's role (a grantee), or a role that
+//!   event trigger, a role the target's role ledger gives another
+//!   customer's copy, a role of the target no copy made, or a role that
 //!   exists on the target with CREATEROLE:
 //!   each copy is refused with a finding naming it, and nothing is applied
 //!   on the target.
@@ -338,12 +339,29 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
             undo_on_target: "",
             finding: "the schema's EVENT TRIGGER - grab postgres: event triggers run for every role and need a superuser; not restored",
         },
+        // Another customer's role on the target, as the role ledger records
+        // it (bob's copy made it there).
         Refusal {
             on_source: "CREATE ROLE nvpgr_bob LOGIN PASSWORD 'bob pw'; GRANT SELECT ON items TO nvpgr_bob",
             undo_on_source: "REVOKE SELECT ON items FROM nvpgr_bob; DROP ROLE nvpgr_bob",
-            on_target: "",
-            undo_on_target: "",
-            finding: "role nvpgr_bob is not one of account nvpgr_eve's roles",
+            on_target: "CREATE ROLE nvpgr_bob LOGIN; \
+                        CREATE SCHEMA IF NOT EXISTS navette; \
+                        CREATE TABLE IF NOT EXISTS navette.copy_roles (role text PRIMARY KEY, \
+                          account text NOT NULL, transfer text NOT NULL, \
+                          created timestamptz NOT NULL DEFAULT now()); \
+                        INSERT INTO navette.copy_roles (role, account, transfer) \
+                          VALUES ('nvpgr_bob', 'nvpgr_bob', 't-bob')",
+            undo_on_target: "DELETE FROM navette.copy_roles WHERE role = 'nvpgr_bob'; DROP ROLE nvpgr_bob",
+            finding: "role nvpgr_bob on the target belongs to another account's copy; a copy of nvpgr_eve does not take it over",
+        },
+        // A role of the target no copy made (the operator's, or a role of
+        // the server).
+        Refusal {
+            on_source: "CREATE ROLE nvpgr_ops NOLOGIN; GRANT SELECT ON items TO nvpgr_ops",
+            undo_on_source: "REVOKE SELECT ON items FROM nvpgr_ops; DROP ROLE nvpgr_ops",
+            on_target: "CREATE ROLE nvpgr_ops NOLOGIN",
+            undo_on_target: "DROP ROLE nvpgr_ops",
+            finding: "role nvpgr_ops already exists on the target and no copy of nvpgr_eve made it",
         },
         Refusal {
             on_source: "",
@@ -401,6 +419,12 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
         "the role on the target: {}",
         attributes(&pg18, account)?
     );
+    // The role ledger gives the role the copy made to its account.
+    let ledger = pg18.psql(
+        "postgres",
+        "SELECT string_agg(role || ':' || account, ',' ORDER BY role) FROM navette.copy_roles",
+    )?;
+    ensure!(ledger == "nvpgr_eve:nvpgr_eve", "the ledger: {ledger}");
     Ok(())
 }
 
