@@ -60,16 +60,18 @@ pub async fn list_copies(
         .collect()
 }
 
-/// The copies live tests (every test not deleted) plan, as accounts on
-/// their test hosts, read from the tests' plans: a test's copy is in its
-/// test host's inventory only once the agent reports it, and placement
-/// must keep the next test off the names of one placed a moment before.
+/// The copies live tests plan, as accounts on their test hosts, read from
+/// the tests' plans: a test's copy is in its test host's inventory only
+/// once the agent reports it, and placement must keep the next test off
+/// the names of one placed a moment before. Every test counts but those
+/// deleted and those failed whose copy is removed already (step `none`).
 /// Only the names count here (no sizes, no home).
 pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>> {
     let rows = client
         .query(
             "SELECT id, account, test_host_id, plan, updated_at FROM tests
-              WHERE state <> 'deleted' ORDER BY id",
+              WHERE state <> 'deleted' AND NOT (state = 'failed' AND step = 'none')
+              ORDER BY id",
             &[],
         )
         .await?;
