@@ -14,7 +14,8 @@
 //!   customer's copy, a role of the target no copy made, or a role that
 //!   exists on the target with CREATEROLE:
 //!   each copy is refused with a finding naming it, and nothing is applied
-//!   on the target.
+//!   on the target; nor is anything when the target's role ledger is not
+//!   owned by its administrator.
 //! - A compromised source agent (the real service, its description
 //!   changed) sends index definitions with a second statement: refused with
 //!   a finding naming the index, nothing applied. The extended query
@@ -411,6 +412,28 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
         "the target before the copy: {}",
         footprint()?
     );
+    // A ledger that is not the administrator's (a customer could write
+    // into it that anyone's role is theirs) stops the copy before any role
+    // is made.
+    pg18.psql(
+        "postgres",
+        "CREATE ROLE nvpgr_mallory NOLOGIN; ALTER TABLE navette.copy_roles OWNER TO nvpgr_mallory",
+    )?;
+    let before = footprint()?;
+    match copy()? {
+        Err(error @ PostgresCopyError::Target { .. })
+            if navette_agent::error_chain(&error).contains("is not owned by a superuser") => {}
+        other => bail!("a copy with a customer's ledger: {other:?}"),
+    }
+    ensure!(
+        footprint()? == before,
+        "the target changed: {}",
+        footprint()?
+    );
+    pg18.psql(
+        "postgres",
+        "ALTER TABLE navette.copy_roles OWNER TO postgres; DROP ROLE nvpgr_mallory",
+    )?;
     // With the source as it was, the same copy is accepted: the refusals
     // came from what was added.
     copy()?.map_err(|e| anyhow::anyhow!(navette_agent::error_chain(&e)))?;

@@ -190,7 +190,8 @@ pub async fn postgres_roles_of(
 
 /// The roles the role ledger of the PostgreSQL server `server`
 /// ([`crate::transfer::postgres::ledger`]) gives `account`, with the
-/// transfer that claimed each. A server without a ledger gives none.
+/// transfer that claimed each. A server without a ledger it can trust
+/// gives none.
 pub async fn postgres_ledger_roles(
     config: &Config,
     server: &str,
@@ -199,7 +200,7 @@ pub async fn postgres_ledger_roles(
     let (client, driver) = postgres_session(config, server).await?;
     let roles = async {
         let exists: bool = client
-            .query_one("SELECT to_regclass('navette.copy_roles') IS NOT NULL", &[])
+            .query_one(crate::transfer::postgres::ledger::TRUSTED, &[])
             .await?
             .try_get(0)?;
         if !exists {

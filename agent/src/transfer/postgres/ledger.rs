@@ -35,6 +35,15 @@ pub const SCHEMA: &str = "navette";
 /// The ledger's table, qualified.
 pub const TABLE: &str = "navette.copy_roles";
 
+/// Whether the ledger exists and is the administrator's: the schema and
+/// the table owned by a superuser. A ledger someone else owns (an operator
+/// granted CREATE on `postgres` to a customer) could give that customer
+/// anyone's role; it is read as no ledger at all, and [`ensure`] refuses it.
+pub const TRUSTED: &str = "SELECT EXISTS (SELECT 1 FROM pg_class c \
+       JOIN pg_namespace n ON n.oid = c.relnamespace \
+       JOIN pg_roles t ON t.oid = c.relowner JOIN pg_roles s ON s.oid = n.nspowner \
+       WHERE c.oid = to_regclass('navette.copy_roles') AND t.rolsuper AND s.rolsuper)";
+
 const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS navette; \
      REVOKE ALL ON SCHEMA navette FROM PUBLIC; \
      CREATE TABLE IF NOT EXISTS navette.copy_roles (\
@@ -43,10 +52,17 @@ const CREATE: &str = "CREATE SCHEMA IF NOT EXISTS navette; \
        transfer text NOT NULL, \
        created timestamptz NOT NULL DEFAULT now()); \
      REVOKE ALL ON navette.copy_roles FROM PUBLIC; \
-     COMMENT ON TABLE navette.copy_roles IS 'roles created or taken by Navette copies, by account'";
+     COMMENT ON TABLE navette.copy_roles IS 'roles created or taken by Navette copies, by account'; \
+     DO $$ BEGIN IF NOT (SELECT EXISTS (SELECT 1 FROM pg_class c \
+       JOIN pg_namespace n ON n.oid = c.relnamespace \
+       JOIN pg_roles t ON t.oid = c.relowner JOIN pg_roles s ON s.oid = n.nspowner \
+       WHERE c.oid = to_regclass('navette.copy_roles') AND t.rolsuper AND s.rolsuper)) THEN \
+       RAISE EXCEPTION 'the role ledger navette.copy_roles (database postgres) is not owned by a superuser; an operator must look at it before copies use this server'; \
+     END IF; END $$";
 
-/// Creates the ledger if it is missing (idempotent). `admin` is a
-/// superuser session on the server's `postgres` database. Two copies
+/// Creates the ledger if it is missing (idempotent), and refuses one that
+/// is not the administrator's ([`TRUSTED`]). `admin` is a superuser
+/// session on the server's `postgres` database. Two copies
 /// creating it at once may collide in the catalogue; the loser tries again
 /// and finds it.
 pub async fn ensure(admin: &Client) -> Result<(), tokio_postgres::Error> {
@@ -67,15 +83,13 @@ pub async fn ensure(admin: &Client) -> Result<(), tokio_postgres::Error> {
 }
 
 /// The account the ledger gives each of `roles`, for those it names. A
-/// server without a ledger has given no role to anyone.
+/// server without a ledger (or with one it cannot trust, [`TRUSTED`]) has
+/// given no role to anyone.
 pub async fn accounts_of(
     admin: &Client,
     roles: &[String],
 ) -> Result<HashMap<String, String>, tokio_postgres::Error> {
-    let exists: bool = admin
-        .query_one("SELECT to_regclass('navette.copy_roles') IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
+    let exists: bool = admin.query_one(TRUSTED, &[]).await?.try_get(0)?;
     if !exists || roles.is_empty() {
         return Ok(HashMap::new());
     }
@@ -125,10 +139,7 @@ pub async fn forget(
     role: &str,
     account: &str,
 ) -> Result<(), tokio_postgres::Error> {
-    let exists: bool = admin
-        .query_one("SELECT to_regclass('navette.copy_roles') IS NOT NULL", &[])
-        .await?
-        .try_get(0)?;
+    let exists: bool = admin.query_one(TRUSTED, &[]).await?.try_get(0)?;
     if exists {
         admin
             .execute(
