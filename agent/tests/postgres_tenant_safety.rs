@@ -10,10 +10,12 @@
 //!   whom), and the role has exactly the attributes it has on the source.
 //! - A source that sends a membership in `pg_read_all_data`, a
 //!   REPLICATION attribute, a `session_preload_libraries` setting, an
-//!   event trigger, another customer's role (a grantee), or a role that
+//!   event trigger, a role the target's role ledger gives another
+//!   customer's copy, a role of the target no copy made, or a role that
 //!   exists on the target with CREATEROLE:
 //!   each copy is refused with a finding naming it, and nothing is applied
-//!   on the target.
+//!   on the target; nor is anything when the target's role ledger is not
+//!   owned by its administrator.
 //! - A compromised source agent (the real service, its description
 //!   changed) sends index definitions with a second statement: refused with
 //!   a finding naming the index, nothing applied. The extended query
@@ -338,12 +340,29 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
             undo_on_target: "",
             finding: "the schema's EVENT TRIGGER - grab postgres: event triggers run for every role and need a superuser; not restored",
         },
+        // Another customer's role on the target, as the role ledger records
+        // it (bob's copy made it there).
         Refusal {
             on_source: "CREATE ROLE nvpgr_bob LOGIN PASSWORD 'bob pw'; GRANT SELECT ON items TO nvpgr_bob",
             undo_on_source: "REVOKE SELECT ON items FROM nvpgr_bob; DROP ROLE nvpgr_bob",
-            on_target: "",
-            undo_on_target: "",
-            finding: "role nvpgr_bob is not one of account nvpgr_eve's roles",
+            on_target: "CREATE ROLE nvpgr_bob LOGIN; \
+                        CREATE SCHEMA IF NOT EXISTS navette; \
+                        CREATE TABLE IF NOT EXISTS navette.copy_roles (role text PRIMARY KEY, \
+                          account text NOT NULL, transfer text NOT NULL, \
+                          created timestamptz NOT NULL DEFAULT now()); \
+                        INSERT INTO navette.copy_roles (role, account, transfer) \
+                          VALUES ('nvpgr_bob', 'nvpgr_bob', 't-bob')",
+            undo_on_target: "DELETE FROM navette.copy_roles WHERE role = 'nvpgr_bob'; DROP ROLE nvpgr_bob",
+            finding: "role nvpgr_bob on the target belongs to another account's copy; a copy of nvpgr_eve does not take it over",
+        },
+        // A role of the target no copy made (the operator's, or a role of
+        // the server).
+        Refusal {
+            on_source: "CREATE ROLE nvpgr_ops NOLOGIN; GRANT SELECT ON items TO nvpgr_ops",
+            undo_on_source: "REVOKE SELECT ON items FROM nvpgr_ops; DROP ROLE nvpgr_ops",
+            on_target: "CREATE ROLE nvpgr_ops NOLOGIN",
+            undo_on_target: "DROP ROLE nvpgr_ops",
+            finding: "role nvpgr_ops already exists on the target and no copy of nvpgr_eve made it",
         },
         Refusal {
             on_source: "",
@@ -393,6 +412,28 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
         "the target before the copy: {}",
         footprint()?
     );
+    // A ledger that is not the administrator's (a customer could write
+    // into it that anyone's role is theirs) stops the copy before any role
+    // is made.
+    pg18.psql(
+        "postgres",
+        "CREATE ROLE nvpgr_mallory NOLOGIN; ALTER TABLE navette.copy_roles OWNER TO nvpgr_mallory",
+    )?;
+    let before = footprint()?;
+    match copy()? {
+        Err(error @ PostgresCopyError::Target { .. })
+            if navette_agent::error_chain(&error).contains("is not owned by a superuser") => {}
+        other => bail!("a copy with a customer's ledger: {other:?}"),
+    }
+    ensure!(
+        footprint()? == before,
+        "the target changed: {}",
+        footprint()?
+    );
+    pg18.psql(
+        "postgres",
+        "ALTER TABLE navette.copy_roles OWNER TO postgres; DROP ROLE nvpgr_mallory",
+    )?;
     // With the source as it was, the same copy is accepted: the refusals
     // came from what was added.
     copy()?.map_err(|e| anyhow::anyhow!(navette_agent::error_chain(&e)))?;
@@ -401,6 +442,12 @@ fn what_a_source_sends_beyond_the_account_is_refused_and_nothing_applied() -> an
         "the role on the target: {}",
         attributes(&pg18, account)?
     );
+    // The role ledger gives the role the copy made to its account.
+    let ledger = pg18.psql(
+        "postgres",
+        "SELECT string_agg(role || ':' || account, ',' ORDER BY role) FROM navette.copy_roles",
+    )?;
+    ensure!(ledger == "nvpgr_eve:nvpgr_eve", "the ledger: {ledger}");
     Ok(())
 }
 

@@ -12,17 +12,23 @@
 //! share a transfer protocol version ([`protocol::protocol_version`]), and its plan
 //! records the highest one, which both agents then use.
 //!
-//! Invariant: a copy never goes to a host where one of its database names,
-//! or the role owning one, is already held by another account or another
-//! account's copy ([`name_collision`]): two customers' `wordpress` never
-//! meet on one server, and one test can never drop or take over another's
-//! copy. The target agent refuses the same again (what is not its copy's),
-//! for the race of two tests placed at once.
+//! Invariant: a copy's database never goes to a server where its name, or
+//! the role owning it, is already held by another account or another
+//! account's copy ([`name_taken`]): two customers' `wordpress` never meet
+//! on one server, and one test can never drop or take over another's copy.
+//! A host may run several servers of one engine and version, and each
+//! keeps its own roles and database names, so placement picks, database by
+//! database, a free one ([`receiving_server`]); a host is refused only when
+//! no server of it is free ([`name_collision`]). `held` counts what live
+//! tests plan as well as what agents report, so two tests placed one after
+//! the other pick different servers before either copy exists. The target
+//! agent refuses the same again (a database that is not its copy's, a role
+//! its ledger gives another account), for what placement cannot see.
 
 use crate::catalogue::{Migration, Software, version_matches};
 use crate::error::Error;
 use crate::model::{
-    Account, CopyPlan, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState,
+    Account, CopyPlan, Database, DatabasePlan, DatabaseServer, Engine, Host, HostKind, HostState,
 };
 use crate::protocol;
 
@@ -100,20 +106,23 @@ fn engine_name(engine: Engine) -> &'static str {
     }
 }
 
-/// The server of `host` that should receive a database now served by
-/// `source` on the source host, for this migration.
-fn receiving_server<'a>(
+/// The servers of `host` that could receive a database now served by
+/// `source` on the source host, for this migration: the engine, reachable,
+/// and the target version (or at least the source's major); newest first,
+/// then in the order the host lists them.
+fn receiving_candidates<'a>(
     migration: &Migration,
     host: &'a Host,
     source: &DatabaseServer,
-) -> Option<&'a DatabaseServer> {
+) -> Vec<&'a DatabaseServer> {
     let target = migration
         .target
         .versions
         .first()
         .map(String::as_str)
         .unwrap_or("");
-    host.database_servers
+    let mut candidates: Vec<&DatabaseServer> = host
+        .database_servers
         .iter()
         .filter(|server| server.engine == source.engine && server.reachable)
         .filter(|server| {
@@ -123,15 +132,81 @@ fn receiving_server<'a>(
                 at_least(&server.version, &major(source.engine, &source.version))
             }
         })
-        .max_by(|a, b| numbers(&a.version).cmp(&numbers(&b.version)))
+        .collect();
+    // Stable: servers of one version keep the host's order.
+    candidates.sort_by_key(|server| std::cmp::Reverse(numbers(&server.version)));
+    candidates
+}
+
+/// Why `server` of `host` cannot hold `database` of `account` without
+/// meeting another account's names, if so: a database of the same name and
+/// engine there, or the role owning `database` owning a database there,
+/// held by another account or a copy of one (`held`: what every host
+/// reports, and what live tests plan). The other account is not named: it
+/// is another customer's.
+fn name_taken(
+    account: &Account,
+    database: &Database,
+    host: &Host,
+    server: &DatabaseServer,
+    held: &[Account],
+) -> Option<String> {
+    let theirs = held
+        .iter()
+        .filter(|other| other.host_id == host.id && other.name != account.name)
+        .flat_map(|other| &other.databases)
+        .filter(|d| d.engine == database.engine && d.server == server.name);
+    for theirs in theirs {
+        if theirs.name == database.name {
+            return Some(format!(
+                "a {} database named {} for another account",
+                engine_name(database.engine),
+                database.name
+            ));
+        }
+        if !database.owner.is_empty() && theirs.owner == database.owner {
+            return Some(format!(
+                "a {} role {} owning another account's database",
+                engine_name(database.engine),
+                database.owner
+            ));
+        }
+    }
+    None
+}
+
+/// The server of `host` that should receive `database` of `account`, now
+/// served by `source` on the source host: the first candidate
+/// ([`receiving_candidates`]) where none of the database's names is held
+/// by another account ([`name_taken`]). A host may run several servers of
+/// one engine and version; each keeps its own roles and database names, so
+/// two customers' `wordpress` go to two servers of one host. `Err` says why
+/// no candidate will do (`None`: there is no candidate at all).
+fn receiving_server<'a>(
+    migration: &Migration,
+    account: &Account,
+    database: &Database,
+    host: &'a Host,
+    source: &DatabaseServer,
+    held: &[Account],
+) -> Result<&'a DatabaseServer, Option<String>> {
+    let candidates = receiving_candidates(migration, host, source);
+    let mut taken = None;
+    for server in candidates {
+        match name_taken(account, database, host, server, held) {
+            None => return Ok(server),
+            Some(why) => {
+                taken.get_or_insert(why);
+            }
+        }
+    }
+    Err(taken)
 }
 
 /// Why `host` cannot hold the copy without meeting another account's
-/// names: a database of the same name and engine on the receiving server,
-/// or the role owning one of the account's databases owning a database
-/// there, held by another account or a copy of one (`held`: everything
-/// every host reports). The other account is not named: it is another
-/// customer's.
+/// names: a database of the account for which every receiving server of
+/// the host holds its name or its owner for another account. Only then is
+/// the host refused; a host with one free server per database will do.
 fn name_collision(
     migration: &Migration,
     account: &Account,
@@ -139,38 +214,19 @@ fn name_collision(
     host: &Host,
     held: &[Account],
 ) -> Option<String> {
-    let others: Vec<&Account> = held
-        .iter()
-        .filter(|other| other.host_id == host.id && other.name != account.name)
-        .collect();
     for database in &account.databases {
-        let Some(target) = source_host
+        let Some(source) = source_host
             .database_servers
             .iter()
             .find(|s| s.name == database.server && s.engine == database.engine)
-            .and_then(|source| receiving_server(migration, host, source))
         else {
             continue;
         };
-        let on_target = others
-            .iter()
-            .flat_map(|other| &other.databases)
-            .filter(|d| d.engine == database.engine && d.server == target.name);
-        for theirs in on_target {
-            if theirs.name == database.name {
-                return Some(format!(
-                    "already holds a {} database named {} for another account",
-                    engine_name(database.engine),
-                    database.name
-                ));
-            }
-            if !database.owner.is_empty() && theirs.owner == database.owner {
-                return Some(format!(
-                    "already has a {} role {} owning another account's database",
-                    engine_name(database.engine),
-                    database.owner
-                ));
-            }
+        if let Err(Some(why)) = receiving_server(migration, account, database, host, source, held) {
+            return Some(format!(
+                "already holds {why} on every {} server that could receive it",
+                engine_name(database.engine)
+            ));
         }
     }
     None
@@ -206,7 +262,7 @@ fn missing_software(
             .database_servers
             .iter()
             .find(|s| s.name == database.server && s.engine == database.engine)?;
-        if receiving_server(migration, host, source).is_none() {
+        if receiving_candidates(migration, host, source).is_empty() {
             return Some(format!(
                 "has no {} server for database {} ({} or later)",
                 engine_name(database.engine),
@@ -310,8 +366,8 @@ pub fn plan_test(
             .iter()
             .find(|s| s.name == database.server && s.engine == database.engine)
             .ok_or_else(|| Error::Internal("database server vanished".to_owned()))?;
-        let target = receiving_server(migration, chosen, source)
-            .ok_or_else(|| Error::Internal("receiving server vanished".to_owned()))?;
+        let target = receiving_server(migration, account, database, chosen, source, held)
+            .map_err(|_| Error::Internal("receiving server vanished".to_owned()))?;
         databases.push(DatabasePlan {
             engine: database.engine,
             name: database.name.clone(),
@@ -356,7 +412,6 @@ pub fn human_bytes(bytes: u64) -> String {
 mod tests {
     use super::*;
     use crate::catalogue::{SoftwareVersions, parse};
-    use crate::model::Database;
     use std::path::Path;
 
     fn migration() -> Migration {
@@ -665,6 +720,73 @@ mod tests {
             &held,
         )?;
         assert_eq!(chosen.id, "test-1");
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_server_of_the_same_version_takes_the_colliding_names() -> Result<(), Error> {
+        // test-1 runs two PostgreSQL 18 and two MariaDB servers; alice's
+        // copy is on the "main" ones.
+        let mut two_servers = test_host(20 << 30);
+        two_servers
+            .database_servers
+            .insert(1, server("pg5433", Engine::Postgresql, "18.6", true));
+        two_servers
+            .database_servers
+            .push(server("mariadb3307", Engine::Mariadb, "10.11.6", true));
+        let mut alice_copy = alice();
+        alice_copy.host_id = "test-1".into();
+        alice_copy.copy_of_test = Some("t-alice".into());
+        let held = vec![alice(), alice_copy.clone()];
+        let (chosen, plan) = plan_test(
+            &migration(),
+            &bob_like_alice(),
+            &source(),
+            &[source(), two_servers.clone()],
+            &held,
+        )?;
+        assert_eq!(chosen.id, "test-1");
+        let servers: Vec<&str> = plan
+            .databases
+            .iter()
+            .map(|d| d.target_server.as_str())
+            .collect();
+        assert_eq!(servers, ["pg5433", "mariadb3307"]);
+        // Alice alone still goes to the first server.
+        let (_, plan) = plan_test(
+            &migration(),
+            &alice(),
+            &source(),
+            &[source(), two_servers.clone()],
+            &[alice()],
+        )?;
+        assert!(plan.databases.iter().all(|d| d.target_server == "main"));
+        // With both servers taken (bob's copy planned on pg5433), carol
+        // with the same names is refused, saying every server is taken.
+        let mut bob_copy = bob_like_alice();
+        bob_copy.host_id = "test-1".into();
+        bob_copy.copy_of_test = Some("t-bob".into());
+        for (database, server) in bob_copy.databases.iter_mut().zip(servers) {
+            database.server = server.into();
+        }
+        let mut carol = bob_like_alice();
+        carol.name = "carol".into();
+        let text = plan_test(
+            &migration(),
+            &carol,
+            &source(),
+            &[source(), two_servers],
+            &[alice(), alice_copy, bob_copy],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            text.contains(
+                "test-1 already holds a PostgreSQL database named alice for another account on every PostgreSQL server that could receive it"
+            ),
+            "{text}"
+        );
         Ok(())
     }
 

@@ -163,6 +163,7 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
     ServerFindings {
         server: report,
         databases,
+        owner_members: Default::default(),
     }
 }
 

@@ -45,6 +45,11 @@ pub enum InventoryError {
 pub struct ServerFindings {
     pub server: DatabaseServer,
     pub databases: Vec<Database>,
+    /// PostgreSQL: the roles that are direct members of each database
+    /// owner role (`GRANT wp TO alice`), so that a database owned by a role
+    /// not named after any account (`wordpress` owned by `wp`) still goes
+    /// to the account whose role can act as its owner. Empty for MariaDB.
+    pub owner_members: HashMap<String, Vec<String>>,
 }
 
 /// An inventory and its digest.
@@ -138,7 +143,12 @@ impl Collector {
             .collect();
         let mut database_servers = Vec::new();
         for (attribution, found) in findings {
-            attribute(&mut accounts, attribution, found.databases);
+            attribute(
+                &mut accounts,
+                attribution,
+                found.databases,
+                &found.owner_members,
+            );
             database_servers.push(found.server);
         }
 
@@ -253,7 +263,9 @@ fn walk_accounts(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Attribution {
     /// PostgreSQL: the database belongs to the account named like its owner
-    /// role.
+    /// role or, failing that, to the one account whose role is a member of
+    /// the owner role (the owner is then kept as it is: the role the copy
+    /// must bring). An owner several accounts are members of is no one's.
     ByOwner,
     /// MariaDB: the database belongs to account `a` when named `a` or `a_*`;
     /// its owner is then set to `a`.
@@ -261,11 +273,31 @@ pub enum Attribution {
 }
 
 /// Gives each database to its account; databases of no account are left
-/// out (they are the platform's own or a stranger's).
-pub fn attribute(accounts: &mut [Account], attribution: Attribution, databases: Vec<Database>) {
+/// out (they are the platform's own or a stranger's). `owner_members`:
+/// see [`ServerFindings::owner_members`].
+pub fn attribute(
+    accounts: &mut [Account],
+    attribution: Attribution,
+    databases: Vec<Database>,
+    owner_members: &HashMap<String, Vec<String>>,
+) {
     for mut database in databases {
         let owner = match attribution {
-            Attribution::ByOwner => Some(database.owner.clone()),
+            Attribution::ByOwner if accounts.iter().any(|a| a.name == database.owner) => {
+                Some(database.owner.clone())
+            }
+            Attribution::ByOwner => {
+                let members: Vec<&String> = owner_members
+                    .get(&database.owner)
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| accounts.iter().any(|a| &a.name == *m))
+                    .collect();
+                match members.as_slice() {
+                    [only] => Some((*only).clone()),
+                    _ => None,
+                }
+            }
             Attribution::ByName => {
                 mariadb::account_of(&database.name, accounts.iter().map(|a| a.name.as_str()))
                     .map(str::to_owned)
@@ -274,7 +306,9 @@ pub fn attribute(accounts: &mut [Account], attribution: Attribution, databases: 
         let account = owner.and_then(|owner| accounts.iter_mut().find(|a| a.name == owner));
         match account {
             Some(account) => {
-                database.owner = account.name.clone();
+                if attribution == Attribution::ByName {
+                    database.owner = account.name.clone();
+                }
                 account.databases.push(database);
             }
             None => tracing::debug!(
@@ -393,10 +427,26 @@ mod tests {
                 database("shop", "alice", DatabaseEngine::Postgresql),
                 database("bob", "bob", DatabaseEngine::Postgresql),
                 database("platform", "postgres", DatabaseEngine::Postgresql),
+                database("wordpress", "wp", DatabaseEngine::Postgresql),
+                database("shared", "team", DatabaseEngine::Postgresql),
             ],
+            &[
+                ("wp".to_owned(), vec!["alice".to_owned()]),
+                (
+                    "team".to_owned(),
+                    vec!["alice".to_owned(), "bob".to_owned()],
+                ),
+            ]
+            .into_iter()
+            .collect(),
         );
-        assert_eq!(accounts[0].databases.len(), 1);
+        assert_eq!(accounts[0].databases.len(), 2);
         assert_eq!(accounts[0].databases[0].name, "shop");
+        // Owned by a role alice's role is a member of: alice's, with its
+        // real owner.
+        assert_eq!(accounts[0].databases[1].name, "wordpress");
+        assert_eq!(accounts[0].databases[1].owner, "wp");
+        assert_eq!(accounts[1].databases.len(), 1);
         assert_eq!(accounts[1].databases[0].owner, "bob");
     }
 
@@ -411,6 +461,7 @@ mod tests {
                 database("bob", "", DatabaseEngine::Mariadb),
                 database("carol_x", "", DatabaseEngine::Mariadb),
             ],
+            &HashMap::new(),
         );
         assert_eq!(accounts[0].databases[0].name, "alice_wp");
         assert_eq!(accounts[0].databases[0].owner, "alice");

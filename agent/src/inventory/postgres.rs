@@ -1,10 +1,12 @@
 //! What a PostgreSQL server on this host holds: its version and its
-//! databases with owner and size.
+//! databases with owner and size, and the roles that are members of each
+//! owner (to attribute a database owned by, say, `wp` to its account).
 //!
 //! Reads only (one connection to the `postgres` database, two queries). A
 //! server that cannot be reached is reported as such, never as an error of
 //! the whole inventory.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer};
@@ -15,7 +17,9 @@ use crate::config::PostgresqlServer;
 /// How long the whole inspection of one server may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-const DATABASES_QUERY: &str = "SELECT d.datname, r.rolname, pg_database_size(d.oid) \
+const DATABASES_QUERY: &str = "SELECT d.datname, r.rolname, pg_database_size(d.oid), \
+            ARRAY(SELECT m.rolname::text FROM pg_auth_members a \
+                  JOIN pg_roles m ON m.oid = a.member WHERE a.roleid = r.oid ORDER BY 1) \
      FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba \
      WHERE NOT d.datistemplate AND d.datname <> 'postgres' \
      ORDER BY d.datname";
@@ -42,19 +46,19 @@ pub async fn inspect(server: &PostgresqlServer, public_address: String) -> Serve
         error: String::new(),
     };
     let result = tokio::time::timeout(TIMEOUT, query(server)).await;
-    let databases = match result {
-        Ok(Ok((version, databases))) => {
+    let (databases, owner_members) = match result {
+        Ok(Ok((version, databases, owner_members))) => {
             report.version = version;
             report.reachable = true;
-            databases
+            (databases, owner_members)
         }
         Ok(Err(error)) => {
             report.error = describe(&error);
-            Vec::new()
+            Default::default()
         }
         Err(_) => {
             report.error = format!("no answer within {} s", TIMEOUT.as_secs());
-            Vec::new()
+            Default::default()
         }
     };
     if !report.reachable {
@@ -69,6 +73,7 @@ pub async fn inspect(server: &PostgresqlServer, public_address: String) -> Serve
     ServerFindings {
         server: report,
         databases,
+        owner_members,
     }
 }
 
@@ -77,9 +82,10 @@ fn describe(error: &tokio_postgres::Error) -> String {
     crate::error_chain(error)
 }
 
-async fn query(
-    server: &PostgresqlServer,
-) -> Result<(String, Vec<Database>), tokio_postgres::Error> {
+/// The server's version, its databases, and the members of their owners.
+type Found = (String, Vec<Database>, HashMap<String, Vec<String>>);
+
+async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error> {
     let config = server.connection_config("postgres", "navette-agent", Duration::from_secs(5));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let server_name = server.name.clone();
@@ -94,10 +100,13 @@ async fn query(
             .await?
             .try_get(0)?;
         let mut databases = Vec::new();
+        let mut owner_members = HashMap::new();
         for row in client.query(DATABASES_QUERY, &[]).await? {
             let name: String = row.try_get(0)?;
             let owner: String = row.try_get(1)?;
             let size: i64 = row.try_get(2)?;
+            let members: Vec<String> = row.try_get(3)?;
+            owner_members.insert(owner.clone(), members);
             databases.push(Database {
                 engine: DatabaseEngine::Postgresql.into(),
                 server: server.name.clone(),
@@ -106,7 +115,7 @@ async fn query(
                 owner,
             });
         }
-        Ok((short_version(&version), databases))
+        Ok((short_version(&version), databases, owner_members))
     }
     .await;
     drop(client);

@@ -1,12 +1,14 @@
 //! What a copy created on a target host's database servers: finding it
-//! (databases that exist, logins the copy's databases depend on) and
-//! dropping it (`RemoveCopy`). Only ever called for what a copy record
+//! (databases that exist, logins the copy's databases depend on, roles the
+//! PostgreSQL role ledger gives the account) and dropping it
+//! (`RemoveCopy`, which also clears the ledger's rows of the roles it
+//! drops). Only ever called for what a copy record
 //! ([`super::copies`]) names, or to check what exists before a copy.
 //!
 //! Statements are built here from names quoted here; nothing the source
 //! sent is executed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::config::{Config, MariadbServer};
@@ -186,6 +188,41 @@ pub async fn postgres_roles_of(
     roles
 }
 
+/// The roles the role ledger of the PostgreSQL server `server`
+/// ([`crate::transfer::postgres::ledger`]) gives `account`, with the
+/// transfer that claimed each. A server without a ledger it can trust
+/// gives none.
+pub async fn postgres_ledger_roles(
+    config: &Config,
+    server: &str,
+    account: &str,
+) -> Result<BTreeMap<String, String>, String> {
+    let (client, driver) = postgres_session(config, server).await?;
+    let roles = async {
+        let exists: bool = client
+            .query_one(crate::transfer::postgres::ledger::TRUSTED, &[])
+            .await?
+            .try_get(0)?;
+        if !exists {
+            return Ok(BTreeMap::new());
+        }
+        client
+            .query(
+                "SELECT role, transfer FROM navette.copy_roles WHERE account = $1",
+                &[&account],
+            )
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<BTreeMap<String, String>, tokio_postgres::Error>>()
+    }
+    .await
+    .map_err(|e| format!("PostgreSQL server {server}: reading the role ledger: {e}"));
+    drop(client);
+    let _ = driver.await;
+    roles
+}
+
 /// What dropping a login did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginDrop {
@@ -196,11 +233,14 @@ pub enum LoginDrop {
 
 /// Drops `role` on the PostgreSQL server `server`, unless objects or
 /// privileges outside the copy still depend on it (PostgreSQL refuses the
-/// drop then, and the role is kept). Absent already: dropped.
+/// drop then, and the role is kept). Absent already: dropped. Once
+/// dropped, the role ledger forgets that `account` had it, so another
+/// account's copy may use the name.
 pub async fn drop_postgres_role(
     config: &Config,
     server: &str,
     role: &str,
+    account: &str,
 ) -> Result<LoginDrop, String> {
     if role.starts_with("pg_") || role == "postgres" {
         return Ok(LoginDrop::Kept(format!(
@@ -208,9 +248,12 @@ pub async fn drop_postgres_role(
         )));
     }
     let (client, driver) = postgres_session(config, server).await?;
-    let result = client
+    let mut result = client
         .batch_execute(&format!("DROP ROLE IF EXISTS {}", quote_identifier(role)))
         .await;
+    if result.is_ok() {
+        result = crate::transfer::postgres::ledger::forget(&client, role, account).await;
+    }
     drop(client);
     let _ = driver.await;
     match result {

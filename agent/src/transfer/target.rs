@@ -419,14 +419,35 @@ impl Transfers {
                 .filter(|d| &d.server == server)
                 .map(|d| d.database.clone())
                 .collect();
+            // The ledger's roles of the account: those this transfer
+            // claimed (also when the copy stopped before its databases
+            // existed), and those of other copies of the account the
+            // copy's databases use.
+            let ledger =
+                removal::postgres_ledger_roles(&self.config, server, &spec.account).await?;
             for role in removal::postgres_roles_of(&self.config, server, &databases).await? {
                 let login = OwnedLogin {
                     server: server.clone(),
                     user: role,
                     host: String::new(),
                 };
-                if !roles_before.contains(&login.user) || record.postgres_roles.contains(&login) {
+                if !roles_before.contains(&login.user)
+                    || record.postgres_roles.contains(&login)
+                    || ledger.contains_key(&login.user)
+                {
                     found.push((true, login));
+                }
+            }
+            for (role, transfer) in ledger {
+                if transfer == spec.transfer_id {
+                    found.push((
+                        true,
+                        OwnedLogin {
+                            server: server.clone(),
+                            user: role,
+                            host: String::new(),
+                        },
+                    ));
                 }
             }
         }
@@ -664,8 +685,9 @@ impl Transfers {
             } else {
                 super::postgres::DataCheck::RowDigest
             },
-            // Only roles named after the account are its own; any other
-            // role the source names is refused before the target changes.
+            // Only roles this account's copies made on the target (its
+            // ledger says so), or new ones, are its own; any other role the
+            // source names is refused before the target changes.
             account: Some(spec.account.clone()),
             // Checked when the transfer started; a record from a build
             // that spoke a version this one does not fails here.
@@ -779,9 +801,14 @@ impl Transfers {
                 Some(other) => {
                     LoginDrop::Kept(format!("copy {} on this host needs it", other.copy_id))
                 }
-                None => removal::drop_postgres_role(&self.config, &role.server, &role.user)
-                    .await
-                    .map_err(TransferError::Refused)?,
+                None => removal::drop_postgres_role(
+                    &self.config,
+                    &role.server,
+                    &role.user,
+                    &record.account,
+                )
+                .await
+                .map_err(TransferError::Refused)?,
             };
             note(&mut logins, what, outcome);
         }

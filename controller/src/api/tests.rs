@@ -65,10 +65,12 @@ impl TestsApi {
             )));
         }
         let hosts = store::hosts::list(&**client, None, None).await?;
-        // What every host holds, accounts and copies: placement keeps a
-        // copy off a host where another account's names are.
+        // What every host holds, accounts and copies (reported, or planned
+        // by live tests): placement keeps a copy off a server where another
+        // account's names are.
         let mut held = store::accounts::list(&**client, None).await?;
         held.extend(store::accounts::list_copies(&**client, None).await?);
+        held.extend(store::accounts::planned_copies(&**client).await?);
         Ok((account, source, migration, hosts, held))
     }
 

@@ -6,7 +6,7 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::{to_i64, to_u64};
 use crate::error::{Error, Result};
-use crate::model::Account;
+use crate::model::{Account, CopyPlan, Database};
 
 fn from_row(row: &Row) -> Result<Account> {
     let databases: serde_json::Value = row.get("databases");
@@ -58,6 +58,51 @@ pub async fn list_copies(
         .iter()
         .map(from_row)
         .collect()
+}
+
+/// The copies live tests plan, as accounts on their test hosts, read from
+/// the tests' plans: a test's copy is in its test host's inventory only
+/// once the agent reports it, and placement must keep the next test off
+/// the names of one placed a moment before. Every test counts but those
+/// deleted and those failed whose copy is removed already (step `none`).
+/// Only the names count here (no sizes, no home).
+pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>> {
+    let rows = client
+        .query(
+            "SELECT id, account, test_host_id, plan, updated_at FROM tests
+              WHERE state <> 'deleted' AND NOT (state = 'failed' AND step = 'none')
+              ORDER BY id",
+            &[],
+        )
+        .await?;
+    let mut copies = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let plan: serde_json::Value = row.get("plan");
+        let plan: CopyPlan =
+            serde_json::from_value(plan).map_err(|e| Error::Internal(format!("test plan: {e}")))?;
+        copies.push(Account {
+            name: row.get("account"),
+            host_id: row.get("test_host_id"),
+            home: String::new(),
+            uid: 0,
+            home_size_bytes: 0,
+            home_files: 0,
+            databases: plan
+                .databases
+                .into_iter()
+                .map(|d| Database {
+                    engine: d.engine,
+                    server: d.target_server,
+                    name: d.name,
+                    size_bytes: 0,
+                    owner: d.owner,
+                })
+                .collect(),
+            updated_at: row.get("updated_at"),
+            copy_of_test: Some(row.get("id")),
+        });
+    }
+    Ok(copies)
 }
 
 /// The account called `name`, where it lives. An account lives on one

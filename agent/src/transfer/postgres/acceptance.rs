@@ -12,11 +12,14 @@
 //! - **Roles**: only the account's own, which are the roles the
 //!   description lists (the database's owner, grantees, owners of its
 //!   objects, their groups), and, when the caller names the account, only
-//!   those named as the account or `<account>_...`. Never a predefined `pg_*` role, the target
-//!   server's own administrator, a name of Navette's loaders
-//!   (`navette_load_*`), nor a role that already exists on the target as a
-//!   superuser, with CREATEROLE, REPLICATION or BYPASSRLS, or as a member
-//!   of a predefined role: a copy does not take such a role over.
+//!   those the target server's role ledger ([`super::ledger`]) gives that
+//!   account or that do not exist there yet: a role of another customer's
+//!   copy, of the operator or of the server is refused, whatever its name.
+//!   Never a predefined `pg_*` role, the target server's own
+//!   administrator, a name of Navette's loaders (`navette_load_*`), nor a
+//!   role that already exists on the target as a superuser, with
+//!   CREATEROLE, REPLICATION or BYPASSRLS, or as a member of a predefined
+//!   role: a copy does not take such a role over.
 //! - **Attributes**: LOGIN, INHERIT, CONNECTION LIMIT, VALID UNTIL, the
 //!   password verifier, and CREATEDB (it lets a role create databases of
 //!   its own, no power over anything else's); REPLICATION, BYPASSRLS and
@@ -71,12 +74,15 @@ pub struct TargetFacts {
     /// The server's configured (super)user: never one of an account's.
     pub own_user: String,
     /// The account the copy is for, if the caller says: then only roles
-    /// named as the account or beginning with `<account>_` are its own (a
-    /// role of another customer the database merely refers to, such as a
-    /// grantee, is refused).
+    /// the target's ledger gives it, or that do not exist on the target,
+    /// are its own (a role of another customer, even one the database
+    /// merely refers to such as a grantee, is refused).
     pub account: Option<String>,
     /// Roles of the description that already exist on the target.
     pub existing: HashMap<String, ExistingRole>,
+    /// The account the target's role ledger gives each role of the
+    /// description it names ([`super::ledger`]).
+    pub ledger: HashMap<String, String>,
     /// Every setting the target knows, and its `pg_settings.context`.
     pub settings: HashMap<String, String>,
 }
@@ -128,6 +134,7 @@ impl TargetFacts {
                 },
             );
         }
+        facts.ledger = super::ledger::accounts_of(admin, roles).await?;
         for row in admin
             .query("SELECT name, context FROM pg_settings", &[])
             .await?
@@ -260,15 +267,22 @@ fn check_role_name(name: &str, facts: &TargetFacts) -> Option<String> {
             "role {name}: names beginning with {LOADER_PREFIX} are the copy's own"
         ));
     }
-    if let Some(account) = &facts.account
-        && name != account
-        && !name.starts_with(&format!("{account}_"))
-    {
-        return Some(format!(
-            "role {name} is not one of account {account}'s roles (they are named {account} or {account}_...)"
-        ));
-    }
-    let existing = facts.existing.get(name)?;
+    // Whose the role is, by the target's ledger: told after the powers
+    // of a role that exists, which say more.
+    let not_the_accounts = facts.account.as_ref().and_then(|account| {
+        match facts.ledger.get(name) {
+            Some(holder) if holder != account => Some(format!(
+                "role {name} on the target belongs to another account's copy; a copy of {account} does not take it over"
+            )),
+            None if facts.existing.contains_key(name) => Some(format!(
+                "role {name} already exists on the target and no copy of {account} made it (the server's own, or another account's); a copy does not take it over"
+            )),
+            _ => None,
+        }
+    });
+    let Some(existing) = facts.existing.get(name) else {
+        return not_the_accounts;
+    };
     let powers: Vec<&str> = [
         (existing.superuser, "SUPERUSER"),
         (existing.create_role, "CREATEROLE"),
@@ -290,7 +304,7 @@ fn check_role_name(name: &str, facts: &TargetFacts) -> Option<String> {
             existing.predefined_groups.join(", ")
         ));
     }
-    None
+    not_the_accounts
 }
 
 /// Why a setting may not be applied on the target, if so.
@@ -517,6 +531,7 @@ mod tests {
             own_user: "postgres".to_owned(),
             account: None,
             existing: HashMap::new(),
+            ledger: HashMap::new(),
             settings: [
                 ("search_path", "user"),
                 ("work_mem", "user"),
@@ -626,25 +641,33 @@ mod tests {
     }
 
     #[test]
-    fn roles_outside_the_named_account_are_refused() {
+    fn roles_the_ledger_gives_another_account_are_refused() {
         let mut target = facts();
         target.account = Some("alice".to_owned());
-        assert!(check_description(&description(), &target).is_ok());
+        // Roles new to the target are the account's, whatever their name.
         let mut sent = description();
         sent.roles.push(PostgresRole {
-            name: "bob".to_owned(),
+            name: "wp".to_owned(),
             ..PostgresRole::default()
         });
-        sent.roles.push(PostgresRole {
-            name: "alicex".to_owned(),
-            ..PostgresRole::default()
-        });
+        assert!(check_description(&sent, &target).is_ok());
+        // A role an earlier copy of alice made is alice's again.
+        target
+            .existing
+            .insert("wp".to_owned(), ExistingRole::default());
+        target.ledger.insert("wp".to_owned(), "alice".to_owned());
+        assert!(check_description(&sent, &target).is_ok());
+        // Bob's copy's role, and a role nobody's copy made, are refused.
+        target.ledger.insert("wp".to_owned(), "bob".to_owned());
+        target
+            .existing
+            .insert("alice_ro".to_owned(), ExistingRole::default());
         let findings = check_description(&sent, &target).expect_err("refused");
         assert_eq!(
             findings,
             [
-                "role bob is not one of account alice's roles (they are named alice or alice_...)",
-                "role alicex is not one of account alice's roles (they are named alice or alice_...)"
+                "role alice_ro already exists on the target and no copy of alice made it (the server's own, or another account's); a copy does not take it over",
+                "role wp on the target belongs to another account's copy; a copy of alice does not take it over"
             ]
         );
     }

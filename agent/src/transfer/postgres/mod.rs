@@ -33,7 +33,10 @@
 //!    copy fails with all of them and the target is left as it was.
 //! 3. **Roles, the database, the loader**, by the target's superuser, on
 //!    statements built here from accepted fields ([`target`]): every role
-//!    the database refers to, with its password verifier copied as-is, so
+//!    the database refers to, claimed first for the account in the target
+//!    server's role ledger ([`ledger`]: a role another account's copy
+//!    holds, or one no copy made, is never touched), with its password
+//!    verifier copied as-is, so
 //!    the same password works (existing roles are altered, never dropped;
 //!    SUPERUSER, CREATEROLE, REPLICATION and BYPASSRLS are always set off);
 //!    the database, with the source's owner, encoding and locale (a copy
@@ -125,6 +128,7 @@ pub mod describe;
 pub mod digest;
 pub mod error;
 pub mod large_objects;
+pub mod ledger;
 pub mod loader;
 pub mod pull;
 pub mod restore;

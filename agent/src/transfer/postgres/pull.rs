@@ -99,10 +99,12 @@ pub struct PullOptions {
     /// as it is loaded, and the post-data restore's, per job. Default
     /// `256MB`.
     pub maintenance_work_mem: String,
-    /// The account the copy is for: when set, only roles named as the
-    /// account or beginning with `<account>_` are accepted as its own
-    /// (see [`acceptance`]). Default none: every role the database refers
-    /// to is taken for the account's, as long as it has no powers.
+    /// The account the copy is for: when set, only roles that do not exist
+    /// on the target, or that the target server's role ledger gives this
+    /// account, are accepted as its own, and the roles the copy creates
+    /// are recorded there for it (see [`acceptance`], [`super::ledger`]).
+    /// Default none: every role the database refers to is taken for the
+    /// account's, as long as it has no powers.
     pub account: Option<String>,
     /// The row hash of the transfer's protocol version
     /// ([`crate::transfer::protocol`]): the source digests with the same.
@@ -395,6 +397,8 @@ async fn copy_database(
         client: &admin,
         server,
         database,
+        account: options.account.as_deref(),
+        transfer_id,
     };
     let describe = async {
         let description = source

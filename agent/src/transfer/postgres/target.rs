@@ -5,7 +5,10 @@
 //! no SQL text from the source runs in this session.
 //!
 //! Roles are *ensured*: created when missing, altered when present, never
-//! dropped; a role that is a superuser on the target is refused rather
+//! dropped; for a copy of a named account, a role is first claimed in the
+//! server's role ledger ([`super::ledger`]) and one the ledger gives
+//! another account, or that exists without being any copy's, is refused;
+//! a role that is a superuser on the target is refused rather
 //! than given a customer's password, and the attributes that give power
 //! over other roles or the server (SUPERUSER, CREATEROLE, REPLICATION,
 //! BYPASSRLS) are always set off. The database is dropped and created
@@ -52,6 +55,11 @@ pub struct Target<'a> {
     pub server: &'a PostgresqlServer,
     /// The database being copied (as named on the target), for messages.
     pub database: &'a str,
+    /// The account the copy is for, if the caller names it: then roles go
+    /// through the server's role ledger ([`super::ledger`]).
+    pub account: Option<&'a str>,
+    /// The transfer, recorded in the ledger beside the roles it claims.
+    pub transfer_id: &'a str,
 }
 
 impl Target<'_> {
@@ -65,6 +73,23 @@ impl Target<'_> {
                 what: what.into(),
                 source,
             })
+    }
+
+    fn failed(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(tokio_postgres::Error) -> PostgresCopyError {
+        let (server, database, what) = (
+            self.server.name.clone(),
+            self.database.to_owned(),
+            what.into(),
+        );
+        move |source| PostgresCopyError::Target {
+            server,
+            database,
+            what,
+            source,
+        }
     }
 
     fn refused(&self, reason: String) -> PostgresCopyError {
@@ -81,6 +106,11 @@ impl Target<'_> {
         memberships: &[PostgresMembership],
     ) -> Result<RolesOutcome, PostgresCopyError> {
         let mut outcome = RolesOutcome::default();
+        if self.account.is_some() {
+            super::ledger::ensure(self.client)
+                .await
+                .map_err(self.failed("creating the role ledger"))?;
+        }
         for role in roles {
             let what = format!("role {}", role.name);
             let existing = self
@@ -104,8 +134,40 @@ impl Target<'_> {
                         role.name
                     )));
                 }
-                Some(false) => outcome.updated.push(role.name.clone()),
+                Some(false) => {
+                    if let Some(account) = self.account {
+                        let holders = super::ledger::accounts_of(
+                            self.client,
+                            std::slice::from_ref(&role.name),
+                        )
+                        .await
+                        .map_err(self.failed(format!("reading the ledger for {what}")))?;
+                        if holders.get(&role.name).map(String::as_str) != Some(account) {
+                            return Err(self.refused(format!(
+                                "role {} already exists on the target and is not one a copy of {account} made; a copy does not take it over",
+                                role.name
+                            )));
+                        }
+                    }
+                    outcome.updated.push(role.name.clone());
+                }
                 None => {
+                    if let Some(account) = self.account {
+                        let holder = super::ledger::claim(
+                            self.client,
+                            &role.name,
+                            account,
+                            self.transfer_id,
+                        )
+                        .await
+                        .map_err(self.failed(format!("claiming {what} in the ledger")))?;
+                        if holder != account {
+                            return Err(self.refused(format!(
+                                "role {} on the target belongs to another account's copy; a copy of {account} does not take it over",
+                                role.name
+                            )));
+                        }
+                    }
                     self.execute(
                         format!("creating {what}"),
                         &format!("CREATE ROLE {}", quote_ident(&role.name)),
