@@ -41,6 +41,7 @@ pub mod config;
 pub mod db;
 pub mod enrolment;
 pub mod error;
+pub mod ids;
 pub mod model;
 pub mod notify;
 pub mod placement;

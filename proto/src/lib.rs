@@ -10,7 +10,10 @@
 //! - [`tls`]: rustls configurations for mutual TLS, a listener whose
 //!   certificate can be swapped without a restart, and a client connector;
 //! - [`gate`]: the one tower layer that checks every RPC's caller against a
-//!   policy before any handler runs.
+//!   policy before any handler runs;
+//! - [`ids`]: the rules of the names both sides check (account names, host
+//!   ids, transfer ids) and [`ids::FieldError`], the refusal of a field
+//!   that breaks its rule.
 //!
 //! Invariant: this crate holds no policy of its own (which role may call
 //! what is decided by the controller and the agent) and does no I/O beyond
@@ -18,6 +21,7 @@
 
 pub mod gate;
 pub mod identity;
+pub mod ids;
 pub mod tls;
 
 /// Generated code for package `navette.v1`.

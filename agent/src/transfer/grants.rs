@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::ids::is_transfer_id;
 use chrono::{DateTime, Utc};
 use navette_proto::gate::caller_role;
 use navette_proto::identity::Role;
@@ -129,14 +130,6 @@ pub struct Grants {
     sessions: SessionTable,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -185,7 +178,7 @@ impl Grants {
                         }
                     }
                 }
-                "revoked" if valid_id(&stem) => {
+                "revoked" if is_transfer_id(&stem) => {
                     let at = std::fs::read_to_string(&path)
                         .ok()
                         .and_then(|t| t.trim().parse::<i64>().ok())
@@ -240,7 +233,7 @@ impl Grants {
         grant: Grant,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(), GrantError> {
-        if !valid_id(&grant.transfer_id) {
+        if !is_transfer_id(&grant.transfer_id) {
             return Err(GrantError::BadId(grant.transfer_id));
         }
         self.sweep();
@@ -271,7 +264,7 @@ impl Grants {
     /// revokes, see [`Grants::revoke`]).
     pub fn remove(&self, transfer_id: &str) {
         lock(&self.cache).remove(transfer_id);
-        if valid_id(transfer_id) {
+        if is_transfer_id(transfer_id) {
             let _ = std::fs::remove_file(self.grant_path(transfer_id));
         }
         self.end_sessions(transfer_id);
@@ -282,7 +275,7 @@ impl Grants {
     /// when a live grant was revoked; revoking again, or a transfer never
     /// granted here, is fine (`false`).
     pub fn revoke(&self, transfer_id: &str) -> Result<bool, GrantError> {
-        if !valid_id(transfer_id) {
+        if !is_transfer_id(transfer_id) {
             return Err(GrantError::BadId(transfer_id.to_owned()));
         }
         let now = Utc::now().timestamp();
