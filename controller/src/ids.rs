@@ -309,7 +309,7 @@ mod tests {
             assert!(RequestId::parse("request_id", good).is_ok(), "{good:?}");
         }
         let huge = "r".repeat(1 << 20);
-        for bad in ["", " r1", "r1\n", "r\01", "r 1", "r/1", huge.as_str()] {
+        for bad in ["", " r1", "r1\n", "r\0x", "r 1", "r/1", huge.as_str()] {
             let error = RequestId::parse("request_id", bad).expect_err(bad);
             let message = error.to_string();
             assert!(message.starts_with("request_id: "), "{message}");
