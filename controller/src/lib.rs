@@ -15,6 +15,10 @@
 //! - [`store`]: queries, one module per table family; domain types in and
 //!   out, never protobuf.
 //! - [`model`]: the domain types.
+//! - [`ids`]: the rule of every request field and the typed identifiers
+//!   (`AccountName`, `HostId`, `RequestId`, `TestId`...) that `api`
+//!   handlers parse once and pass on; a broken rule is `INVALID_ARGUMENT`
+//!   naming the field.
 //! - [`catalogue`]: migration definitions from TOML files, checked at start,
 //!   and which migrations apply to an account or host.
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
@@ -22,8 +26,8 @@
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents.
 //! - [`api`]: the gRPC services. The only modules that know protobuf; errors
-//!   become `tonic::Status` in `api::status` only; `api::policy` decides
-//!   which role may call what.
+//!   become `tonic::Status` in `api::status` only (messages capped at 400
+//!   bytes); `api::policy` decides which role may call what.
 //! - [`server`]: listeners and background tasks.
 //! - [`notify`]: systemd readiness.
 //!
