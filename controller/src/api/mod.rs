@@ -91,3 +91,34 @@ pub(crate) type Reply<T> = Result<tonic::Response<T>, Status>;
 pub(crate) fn reply<T>(result: Result<T, Error>) -> Reply<T> {
     result.map(tonic::Response::new).map_err(status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_message_is_capped() {
+        let huge = format!("account {} not found", "é".repeat(1 << 19));
+        let capped = status(Error::InvalidArgument(huge));
+        assert_eq!(capped.code(), tonic::Code::InvalidArgument);
+        assert!(capped.message().len() <= MAX_STATUS_MESSAGE_BYTES);
+        assert!(capped.message().starts_with("account éé"));
+        assert!(capped.message().ends_with('…'));
+        let short = status(Error::FailedPrecondition("host draining".to_owned()));
+        assert_eq!(short.message(), "host draining");
+    }
+
+    #[test]
+    fn a_refused_field_is_invalid_argument_naming_it() {
+        let error: Error = crate::ids::AccountName::parse("account", "bruno\n")
+            .expect_err("refused")
+            .into();
+        let status = status(error);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("account: "),
+            "{}",
+            status.message()
+        );
+    }
+}
