@@ -361,6 +361,10 @@ impl Grants {
         transfer_id: &str,
     ) -> Result<Grant, Status> {
         let role = caller_role(request)?;
+        // Peers are not trusted to send a short, clean id: it is checked
+        // before it is looked up or quoted back.
+        crate::ids::TransferId::parse("transfer_id", transfer_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let stored = self.live(transfer_id)?;
         match role {
             Role::Agent { host_id } if *host_id == stored.grant.target_host_id => Ok(stored.grant),
@@ -518,6 +522,14 @@ mod tests {
             refused.as_deref(),
             Some("transfer t-1 was granted to host test-1; the caller is agent of host shared-9")
         );
+        // A peer's megabyte of id is refused by its rule, quoted short.
+        let huge = "t".repeat(1 << 20);
+        let refused = reopened.authorise(&target(), &huge).err();
+        assert_eq!(
+            refused.as_ref().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(refused.is_some_and(|s| s.message().len() < 200));
         reopened.remove("t-1");
         assert!(Grants::open(&dir)?.authorise(&target(), "t-1").is_err());
         let _ = std::fs::remove_dir_all(&dir);
