@@ -167,7 +167,7 @@ fn expect_invalid(
     request: &Value,
     name: &str,
     what: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let output = call(rig, caller, method, request)?;
     let (code, message) = outcome(&output);
     ensure!(
@@ -186,7 +186,7 @@ fn expect_invalid(
         message.len(),
         short(&message)
     );
-    Ok(())
+    Ok(message.len())
 }
 
 fn short(message: &str) -> String {
@@ -237,309 +237,76 @@ fn every_field_that_breaks_its_rule_is_invalid_argument_naming_it() -> anyhow::R
         name,
         text: true,
     };
+    let test = json!({"request_id": request_id(), "account": "nobody", "migration_id": migration});
+    let report = json!({"account": "nobody", "migration_id": migration});
+    let enrol = json!({
+        "token": "0000.1111",
+        "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n",
+    });
+    #[rustfmt::skip]
     let fields = vec![
         // The panel.
-        field(
-            panel,
-            "navette.v1.Tests/TestMigration",
-            json!({"request_id": request_id(), "account": "nobody", "migration_id": migration}),
-            &["request_id"],
-            "request_id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/TestMigration",
-            json!({"request_id": request_id(), "account": "nobody", "migration_id": migration}),
-            &["account"],
-            "account",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/TestMigration",
-            json!({"request_id": request_id(), "account": "nobody", "migration_id": migration}),
-            &["migration_id"],
-            "migration_id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/GetTest",
-            json!({"id": test_id}),
-            &["id"],
-            "id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/RefreshTest",
-            json!({"id": test_id}),
-            &["id"],
-            "id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/DeleteTest",
-            json!({"id": test_id}),
-            &["id"],
-            "id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/WatchTest",
-            json!({"id": test_id}),
-            &["id"],
-            "id",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/ListTests",
-            json!({"account": "nobody"}),
-            &["account"],
-            "account",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/GetCompatibilityReport",
-            json!({"account": "nobody", "migration_id": migration}),
-            &["account"],
-            "account",
-        ),
-        field(
-            panel,
-            "navette.v1.Tests/GetCompatibilityReport",
-            json!({"account": "nobody", "migration_id": migration}),
-            &["migration_id"],
-            "migration_id",
-        ),
-        field(
-            panel,
-            "navette.v1.Accounts/GetAccount",
-            json!({"name": "nobody"}),
-            &["name"],
-            "name",
-        ),
-        field(
-            panel,
-            "navette.v1.Accounts/ListAccounts",
-            json!({"host_id": "host-a"}),
-            &["host_id"],
-            "host_id",
-        ),
-        field(
-            panel,
-            "navette.v1.Catalogue/GetMigration",
-            json!({"id": migration}),
-            &["id"],
-            "id",
-        ),
-        field(
-            panel,
-            "navette.v1.Catalogue/ListMigrations",
-            json!({"account": "nobody"}),
-            &["account"],
-            "account",
-        ),
-        field(
-            panel,
-            "navette.v1.Catalogue/ListMigrations",
-            json!({"host_id": "host-a"}),
-            &["host_id"],
-            "host_id",
-        ),
+        field(panel, "navette.v1.Tests/TestMigration", test.clone(), &["request_id"], "request_id"),
+        field(panel, "navette.v1.Tests/TestMigration", test.clone(), &["account"], "account"),
+        field(panel, "navette.v1.Tests/TestMigration", test.clone(), &["migration_id"], "migration_id"),
+        field(panel, "navette.v1.Tests/GetTest", json!({"id": test_id}), &["id"], "id"),
+        field(panel, "navette.v1.Tests/RefreshTest", json!({"id": test_id}), &["id"], "id"),
+        field(panel, "navette.v1.Tests/DeleteTest", json!({"id": test_id}), &["id"], "id"),
+        field(panel, "navette.v1.Tests/WatchTest", json!({"id": test_id}), &["id"], "id"),
+        field(panel, "navette.v1.Tests/ListTests", json!({"account": "nobody"}), &["account"], "account"),
+        field(panel, "navette.v1.Tests/GetCompatibilityReport", report.clone(), &["account"], "account"),
+        field(panel, "navette.v1.Tests/GetCompatibilityReport", report.clone(), &["migration_id"], "migration_id"),
+        field(panel, "navette.v1.Accounts/GetAccount", json!({"name": "nobody"}), &["name"], "name"),
+        field(panel, "navette.v1.Accounts/ListAccounts", json!({"host_id": "host-a"}), &["host_id"], "host_id"),
+        field(panel, "navette.v1.Catalogue/GetMigration", json!({"id": migration}), &["id"], "id"),
+        field(panel, "navette.v1.Catalogue/ListMigrations", json!({"account": "nobody"}), &["account"], "account"),
+        field(panel, "navette.v1.Catalogue/ListMigrations", json!({"host_id": "host-a"}), &["host_id"], "host_id"),
         // The operator.
-        field(
-            operator,
-            "navette.v1.Hosts/GetHost",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/DrainHost",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/UndrainHost",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/RefreshHostInventory",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/WatchHosts",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/ListHosts",
-            json!({"pool": "paris"}),
-            &["pool"],
-            "pool",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/SetHostClass",
-            json!({"id": "host-z"}),
-            &["id"],
-            "id",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/SetHostClass",
-            json!({"id": "host-z", "pool": "paris"}),
-            &["pool"],
-            "pool",
-        ),
-        field(
-            operator,
-            "navette.v1.Hosts/RemoveHost",
-            json!({"id": "host-z", "reason": "gone"}),
-            &["id"],
-            "id",
-        ),
-        text(
-            operator,
-            "navette.v1.Hosts/RemoveHost",
-            json!({"id": "host-z", "reason": "gone"}),
-            &["reason"],
-            "reason",
-        ),
-        field(
-            operator,
-            "navette.v1.HostPools/CreateHostPool",
-            json!({"request_id": request_id(), "name": "paris"}),
-            &["request_id"],
-            "request_id",
-        ),
-        field(
-            operator,
-            "navette.v1.HostPools/CreateHostPool",
-            json!({"request_id": request_id(), "name": "lyon"}),
-            &["name"],
-            "name",
-        ),
-        text(
-            operator,
-            "navette.v1.HostPools/CreateHostPool",
+        field(operator, "navette.v1.Hosts/GetHost", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/DrainHost", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/UndrainHost", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/RefreshHostInventory", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/WatchHosts", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/ListHosts", json!({"pool": "paris"}), &["pool"], "pool"),
+        field(operator, "navette.v1.Hosts/SetHostClass", json!({"id": "host-z"}), &["id"], "id"),
+        field(operator, "navette.v1.Hosts/SetHostClass", json!({"id": "host-z", "pool": "paris"}), &["pool"], "pool"),
+        field(operator, "navette.v1.Hosts/RemoveHost", json!({"id": "host-z", "reason": "gone"}), &["id"], "id"),
+        text(operator, "navette.v1.Hosts/RemoveHost", json!({"id": "host-z", "reason": "gone"}), &["reason"], "reason"),
+        field(operator, "navette.v1.HostPools/CreateHostPool",
+            json!({"request_id": request_id(), "name": "paris"}), &["request_id"], "request_id"),
+        field(operator, "navette.v1.HostPools/CreateHostPool",
+            json!({"request_id": request_id(), "name": "lyon"}), &["name"], "name"),
+        text(operator, "navette.v1.HostPools/CreateHostPool",
             json!({"request_id": request_id(), "name": "nice", "description": "Nice DC"}),
-            &["description"],
-            "description",
-        ),
-        field(
-            operator,
-            "navette.v1.JoinTokens/CreateJoinToken",
-            json!({"request_id": request_id(), "host_id": "host-y"}),
-            &["request_id"],
-            "request_id",
-        ),
-        field(
-            operator,
-            "navette.v1.JoinTokens/CreateJoinToken",
-            json!({"request_id": request_id(), "host_id": "host-x"}),
-            &["host_id"],
-            "host_id",
-        ),
-        field(
-            operator,
-            "navette.v1.JoinTokens/CreateJoinToken",
-            json!({"request_id": request_id(), "host_id": "host-w", "pool": "paris"}),
-            &["pool"],
-            "pool",
-        ),
-        field(
-            operator,
-            "navette.v1.JoinTokens/RevokeJoinToken",
-            json!({"id": "00ff12ab34cd56ef"}),
-            &["id"],
-            "id",
-        ),
+            &["description"], "description"),
+        field(operator, "navette.v1.JoinTokens/CreateJoinToken",
+            json!({"request_id": request_id(), "host_id": "host-y"}), &["request_id"], "request_id"),
+        field(operator, "navette.v1.JoinTokens/CreateJoinToken",
+            json!({"request_id": request_id(), "host_id": "host-x"}), &["host_id"], "host_id"),
+        field(operator, "navette.v1.JoinTokens/CreateJoinToken",
+            json!({"request_id": request_id(), "host_id": "host-w", "pool": "paris"}), &["pool"], "pool"),
+        field(operator, "navette.v1.JoinTokens/RevokeJoinToken", json!({"id": "00ff12ab34cd56ef"}), &["id"], "id"),
         // Enrolment, without a certificate.
-        field(
-            Caller::Enrolment,
-            "navette.v1.Enrolment/Enrol",
-            json!({"token": "0000.1111", "csr_pem": "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"}),
-            &["token"],
-            "token",
-        ),
+        field(Caller::Enrolment, "navette.v1.Enrolment/Enrol", enrol, &["token"], "token"),
         // The agent gateway, as the enrolled agent.
-        field(
-            gateway,
-            "navette.v1.AgentGateway/Heartbeat",
-            json!({"host_id": "host-a"}),
-            &["host_id"],
-            "host_id",
-        ),
-        field(
-            gateway,
-            "navette.v1.AgentGateway/Heartbeat",
-            json!({"agent_endpoint": endpoint}),
-            &["agent_endpoint"],
-            "agent_endpoint",
-        ),
+        field(gateway, "navette.v1.AgentGateway/Heartbeat", json!({"host_id": "host-a"}), &["host_id"], "host_id"),
+        field(gateway, "navette.v1.AgentGateway/Heartbeat",
+            json!({"agent_endpoint": endpoint}), &["agent_endpoint"], "agent_endpoint"),
         // The agent's service, as the controller.
-        field(
-            on_agent,
-            "navette.v1.Agent/StartTransfer",
-            spec.clone(),
-            &["transfer_id"],
-            "transfer_id",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/StartTransfer",
-            spec.clone(),
-            &["account"],
-            "account",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/StartTransfer",
-            spec.clone(),
-            &["target_host_id"],
-            "target_host_id",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/GrantTransfer",
-            spec.clone(),
-            &["account"],
-            "account",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/RemoveCopy",
-            json!({"spec": spec.clone()}),
-            &["spec", "transfer_id"],
-            "spec.transfer_id",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/WatchTransfer",
-            json!({"transfer_id": "t0123456789abcdef-g1"}),
-            &["transfer_id"],
-            "transfer_id",
-        ),
-        field(
-            on_agent,
-            "navette.v1.Agent/RevokeGrant",
-            json!({"transfer_id": "t0123456789abcdef-g1"}),
-            &["transfer_id"],
-            "transfer_id",
-        ),
+        field(on_agent, "navette.v1.Agent/StartTransfer", spec.clone(), &["transfer_id"], "transfer_id"),
+        field(on_agent, "navette.v1.Agent/StartTransfer", spec.clone(), &["account"], "account"),
+        field(on_agent, "navette.v1.Agent/StartTransfer", spec.clone(), &["target_host_id"], "target_host_id"),
+        field(on_agent, "navette.v1.Agent/GrantTransfer", spec.clone(), &["account"], "account"),
+        field(on_agent, "navette.v1.Agent/RemoveCopy", json!({"spec": spec.clone()}),
+            &["spec", "transfer_id"], "spec.transfer_id"),
+        field(on_agent, "navette.v1.Agent/WatchTransfer",
+            json!({"transfer_id": "t0123456789abcdef-g1"}), &["transfer_id"], "transfer_id"),
+        field(on_agent, "navette.v1.Agent/RevokeGrant",
+            json!({"transfer_id": "t0123456789abcdef-g1"}), &["transfer_id"], "transfer_id"),
     ];
 
     let megabyte = "a".repeat(1 << 20);
+    let (mut longest, mut refusals) = (0, 0);
     for field in &fields {
         // The well-formed request is not refused by any rule.
         let (code, message) = outcome(&call(&rig, field.caller, field.method, &field.base)?);
@@ -575,7 +342,10 @@ fn every_field_that_breaks_its_rule_is_invalid_argument_naming_it() -> anyhow::R
         }
         for (what, value) in bad {
             let request = with(&field.base, field.path, Value::from(value));
-            expect_invalid(&rig, field.caller, field.method, &request, field.name, what)?;
+            let length =
+                expect_invalid(&rig, field.caller, field.method, &request, field.name, what)?;
+            longest = longest.max(length);
+            refusals += 1;
         }
     }
 
@@ -619,7 +389,7 @@ fn every_field_that_breaks_its_rule_is_invalid_argument_naming_it() -> anyhow::R
         ),
     ];
     for (caller, method, request, name) in &numbers {
-        expect_invalid(
+        let length = expect_invalid(
             &rig,
             *caller,
             method,
@@ -627,7 +397,14 @@ fn every_field_that_breaks_its_rule_is_invalid_argument_naming_it() -> anyhow::R
             name,
             "a number out of range",
         )?;
+        longest = longest.max(length);
+        refusals += 1;
     }
+    eprintln!(
+        "{refusals} refusals over {} fields and {} numbers; the longest message is {longest} bytes",
+        fields.len(),
+        numbers.len()
+    );
     // At their maxima (documented in the .proto files) they are taken.
     let (code, message) = outcome(&call(
         &rig,
