@@ -22,6 +22,11 @@
 //!   (superseded or revoked), and the layer refusing them on the listener.
 //! - [`renewal`]: certificate renewal at two thirds of its lifetime (counted
 //!   from when the agent obtained it: controllers backdate `not_before`).
+//! - [`ids`]: the identifiers calls carry (transfer and copy ids, account
+//!   names, host ids), checked where a call arrives, with the rules shared
+//!   with the controller (`navette_proto::ids`).
+//! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
+//!   MariaDB source services) and as a target (pulls, copies, removal).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`cgroups`]: each account's processes in a control group of their
@@ -51,6 +56,7 @@ pub mod daemon;
 pub mod enrol;
 pub mod gateway;
 pub mod identity_store;
+pub mod ids;
 pub mod inventory;
 pub mod metrics;
 pub mod notify;

@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+use crate::ids::{self, FieldError, TransferId};
 use crate::inventory::{Collector, LatestInventory};
 use crate::peer_identity::{RefusedCertificateLayer, RefusedCertificates};
 use crate::transfer::files::FileSourceService;
@@ -113,6 +114,11 @@ impl AgentService {
     }
 }
 
+/// A field of the call that breaks its rule (see [`crate::ids`]).
+fn field_status(error: FieldError) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
 /// The one place transfer errors become statuses.
 fn transfer_status(error: TransferError) -> Status {
     match error {
@@ -159,6 +165,7 @@ impl Agent for AgentService {
         &self,
         request: Request<TransferSpec>,
     ) -> Result<Response<GrantTransferResponse>, Status> {
+        ids::check_spec("", request.get_ref()).map_err(field_status)?;
         self.transfers
             .grant(request.get_ref())
             .map_err(transfer_status)?;
@@ -169,6 +176,7 @@ impl Agent for AgentService {
         &self,
         request: Request<TransferSpec>,
     ) -> Result<Response<TransferProgress>, Status> {
+        ids::check_spec("", request.get_ref()).map_err(field_status)?;
         self.transfers
             .start(request.into_inner())
             .map(Response::new)
@@ -183,6 +191,7 @@ impl Agent for AgentService {
         &self,
         request: Request<WatchTransferRequest>,
     ) -> Result<Response<Self::WatchTransferStream>, Status> {
+        TransferId::parse("transfer_id", &request.get_ref().transfer_id).map_err(field_status)?;
         let following = self
             .transfers
             .follow(&request.get_ref().transfer_id)
@@ -231,6 +240,7 @@ impl Agent for AgentService {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        ids::check_spec("spec.", &spec).map_err(field_status)?;
         let logins = self
             .transfers
             .remove_copy(&spec)
@@ -246,6 +256,7 @@ impl Agent for AgentService {
         &self,
         request: Request<RevokeGrantRequest>,
     ) -> Result<Response<RevokeGrantResponse>, Status> {
+        TransferId::parse("transfer_id", &request.get_ref().transfer_id).map_err(field_status)?;
         let revoked = self
             .transfers
             .revoke_grant(&request.get_ref().transfer_id)

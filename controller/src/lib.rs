@@ -15,6 +15,10 @@
 //! - [`store`]: queries, one module per table family; domain types in and
 //!   out, never protobuf.
 //! - [`model`]: the domain types.
+//! - [`ids`]: the rule of every request field and the typed identifiers
+//!   (`AccountName`, `HostId`, `RequestId`, `TestId`...) that `api`
+//!   handlers parse once and pass on; a broken rule is `INVALID_ARGUMENT`
+//!   naming the field.
 //! - [`catalogue`]: migration definitions from TOML files, checked at start,
 //!   and which migrations apply to an account or host.
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
@@ -35,7 +39,8 @@
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
 //!   `agents::wire`), the only modules that know protobuf; errors become
-//!   `tonic::Status` in `api::status` only; `api::policy` decides which role
+//!   `tonic::Status` in `api::status` only (messages capped at 400 bytes);
+//!   `api::policy` decides which role
 //!   may call what.
 //! - [`server`]: listeners and background tasks.
 //! - [`metrics`]: Prometheus metrics (the runner's counters, workflows by
@@ -57,6 +62,7 @@ pub mod db;
 pub mod engine;
 pub mod enrolment;
 pub mod error;
+pub mod ids;
 pub mod metrics;
 pub mod model;
 pub mod notify;

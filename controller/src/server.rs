@@ -34,7 +34,7 @@ use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
-use crate::api::tests::TestsApi;
+use crate::api::test_runs::TestsApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
 use crate::store;

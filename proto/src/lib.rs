@@ -11,6 +11,9 @@
 //!   certificate can be swapped without a restart, and a client connector;
 //! - [`gate`]: the one tower layer that checks every RPC's caller against a
 //!   policy before any handler runs;
+//! - [`ids`]: the rules of the names both sides check (account names, host
+//!   ids, transfer ids) and [`ids::FieldError`], the refusal of a field
+//!   that breaks its rule.
 //! - [`metrics_http`]: the plain-HTTP `/metrics` endpoint both daemons
 //!   serve (what the metrics are is theirs).
 //!
@@ -20,6 +23,7 @@
 
 pub mod gate;
 pub mod identity;
+pub mod ids;
 pub mod metrics_http;
 pub mod tls;
 

@@ -13,15 +13,7 @@ use std::path::{Path, PathBuf};
 /// Whether `name` can be an account (and so a system user and database
 /// role): `[a-z_][a-z0-9_-]{0,31}`.
 pub fn is_valid_account_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    let Some((&first, rest)) = bytes.split_first() else {
-        return false;
-    };
-    (first.is_ascii_lowercase() || first == b'_')
-        && rest.len() <= 31
-        && rest
-            .iter()
-            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    crate::ids::AccountName::is_valid(name)
 }
 
 /// An account's home directory.

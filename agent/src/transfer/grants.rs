@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::ids::is_transfer_id;
 use chrono::{DateTime, Utc};
 use navette_proto::gate::caller_role;
 use navette_proto::identity::Role;
@@ -134,14 +135,6 @@ pub struct Grants {
     sessions: SessionTable,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -190,7 +183,7 @@ impl Grants {
                         }
                     }
                 }
-                "revoked" if valid_id(&stem) => {
+                "revoked" if is_transfer_id(&stem) => {
                     let at = std::fs::read_to_string(&path)
                         .ok()
                         .and_then(|t| t.trim().parse::<i64>().ok())
@@ -245,7 +238,7 @@ impl Grants {
         grant: Grant,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<(), GrantError> {
-        if !valid_id(&grant.transfer_id) {
+        if !is_transfer_id(&grant.transfer_id) {
             return Err(GrantError::BadId(grant.transfer_id));
         }
         self.sweep();
@@ -276,7 +269,7 @@ impl Grants {
     /// revokes, see [`Grants::revoke`]).
     pub fn remove(&self, transfer_id: &str) {
         lock(&self.cache).remove(transfer_id);
-        if valid_id(transfer_id) {
+        if is_transfer_id(transfer_id) {
             let _ = std::fs::remove_file(self.grant_path(transfer_id));
         }
         self.end_sessions(transfer_id);
@@ -287,7 +280,7 @@ impl Grants {
     /// when a live grant was revoked; revoking again, or a transfer never
     /// granted here, is fine (`false`).
     pub fn revoke(&self, transfer_id: &str) -> Result<bool, GrantError> {
-        if !valid_id(transfer_id) {
+        if !is_transfer_id(transfer_id) {
             return Err(GrantError::BadId(transfer_id.to_owned()));
         }
         let now = Utc::now().timestamp();
@@ -373,6 +366,10 @@ impl Grants {
         transfer_id: &str,
     ) -> Result<Grant, Status> {
         let role = caller_role(request)?;
+        // Peers are not trusted to send a short, clean id: it is checked
+        // before it is looked up or quoted back.
+        crate::ids::TransferId::parse("transfer_id", transfer_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let stored = self.live(transfer_id)?;
         match role {
             Role::Agent { host_id } if *host_id == stored.grant.target_host_id => Ok(stored.grant),
@@ -531,6 +528,14 @@ mod tests {
             refused.as_deref(),
             Some("transfer t-1 was granted to host test-1; the caller is agent of host shared-9")
         );
+        // A peer's megabyte of id is refused by its rule, quoted short.
+        let huge = "t".repeat(1 << 20);
+        let refused = reopened.authorise(&target(), &huge).err();
+        assert_eq!(
+            refused.as_ref().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(refused.is_some_and(|s| s.message().len() < 200));
         reopened.remove("t-1");
         assert!(Grants::open(&dir)?.authorise(&target(), "t-1").is_err());
         let _ = std::fs::remove_dir_all(&dir);

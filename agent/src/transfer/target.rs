@@ -28,6 +28,7 @@ use super::protocol;
 use super::removal::{self, LoginDrop};
 use crate::config::Config;
 use crate::gateway::ControllerLink;
+use crate::ids::is_transfer_id;
 
 /// Why a transfer call was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,16 +107,8 @@ impl std::fmt::Debug for Transfers {
     }
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn valid_account(name: &str) -> bool {
-    crate::inventory::accounts::is_valid_account_name(name)
+    crate::ids::AccountName::is_valid(name)
 }
 
 impl Transfers {
@@ -258,7 +251,7 @@ impl Transfers {
     /// a home or database another copy holds postpones the transfer.
     fn claim(&self, spec: &TransferSpec) -> Result<CopyRecord, TransferError> {
         let copy_id = copy_id_of(spec);
-        if !valid_id(copy_id) {
+        if !is_transfer_id(copy_id) {
             return Err(TransferError::Refused(format!(
                 "copy id {copy_id:?} is not valid: use letters, digits, '-' and '_'"
             )));
@@ -530,7 +523,7 @@ impl Transfers {
                 spec.transfer_id, spec.target_host_id, self.host_id
             )));
         }
-        if !valid_id(&spec.transfer_id) || !valid_account(&spec.account) {
+        if !is_transfer_id(&spec.transfer_id) || !valid_account(&spec.account) {
             return Err(TransferError::Refused(format!(
                 "transfer id {:?} or account {:?} is not valid",
                 spec.transfer_id, spec.account
@@ -735,7 +728,7 @@ impl Transfers {
     pub async fn remove_copy(&self, spec: &TransferSpec) -> Result<RemovedLogins, TransferError> {
         if spec.target_host_id != self.host_id
             || !valid_account(&spec.account)
-            || !valid_id(&spec.transfer_id)
+            || !is_transfer_id(&spec.transfer_id)
         {
             return Err(TransferError::Refused(format!(
                 "RemoveCopy for transfer {} of {} names host {}, and this is host {}",
@@ -840,7 +833,7 @@ impl Transfers {
             note(&mut logins, what, outcome);
         }
         for transfer in &record.transfers {
-            if valid_id(transfer) {
+            if is_transfer_id(transfer) {
                 let _ = std::fs::remove_dir_all(self.record_dir(transfer));
             }
             self.lock().remove(transfer);

@@ -10,6 +10,7 @@ use navette_proto::{from_timestamp, timestamp};
 
 use super::transfer::{CopyRemoval, DatabaseCopy, TransferReport, TransferSpec, TransferState};
 use crate::error::{Error, Result};
+use crate::ids;
 use crate::model::{
     Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory, Time,
 };
@@ -159,7 +160,9 @@ pub fn host_kind_from(kind: i32) -> Result<Option<HostKind>> {
         Ok(v1::HostKind::Vps) => Ok(Some(HostKind::Vps)),
         Ok(v1::HostKind::Transit) => Ok(Some(HostKind::Transit)),
         Ok(v1::HostKind::Test) => Ok(Some(HostKind::Test)),
-        Err(_) => Err(Error::InvalidArgument(format!("unknown host kind {kind}"))),
+        Err(_) => Err(Error::InvalidArgument(format!(
+            "kind: {kind} is not a host kind (HOST_KIND_SHARED, HOST_KIND_DEDICATED, HOST_KIND_VPS, HOST_KIND_TRANSIT or HOST_KIND_TEST)"
+        ))),
     }
 }
 
@@ -187,8 +190,43 @@ fn reported_protocols(versions: &[u32]) -> Vec<u32> {
     versions
 }
 
+/// The most bytes of one string of an agent's inventory (a version, a
+/// home, a database's name, an error it met).
+const MAX_REPORTED_BYTES: usize = 4096;
+
+/// Every string of an agent's report keeps its rule: account names are
+/// account names, the rest is short text without control characters.
+/// Agents, and old hosts above all, are not trusted to send clean text.
+fn check_inventory(report: &v1::HostInventory) -> Result<()> {
+    let text = |field: &str, value: &str| ids::reported(field, value, MAX_REPORTED_BYTES);
+    text("stack_version", &report.stack_version)?;
+    text("agent_version", &report.agent_version)?;
+    ids::agent_endpoint("agent_endpoint", &report.agent_endpoint)?;
+    for address in &report.addresses {
+        text("addresses", address)?;
+    }
+    for server in &report.database_servers {
+        text("database_servers.name", &server.name)?;
+        text("database_servers.version", &server.version)?;
+        text("database_servers.address", &server.address)?;
+        text("database_servers.error", &server.error)?;
+    }
+    for account in &report.accounts {
+        ids::AccountName::parse("accounts.name", &account.name)?;
+        text("accounts.home", &account.home)?;
+        text("accounts.copy_of_test", &account.copy_of_test)?;
+        for database in &account.databases {
+            text("accounts.databases.server", &database.server)?;
+            text("accounts.databases.name", &database.name)?;
+            text("accounts.databases.owner", &database.owner)?;
+        }
+    }
+    Ok(())
+}
+
 /// An agent's report, checked.
 pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
+    check_inventory(report)?;
     let kind = host_kind_from(report.kind)?.ok_or_else(|| {
         Error::InvalidArgument(
             "inventory: host kind is missing; set `kind` in the agent's configuration".to_owned(),
@@ -350,6 +388,7 @@ mod tests {
             ],
             disposable: true,
             copy_id: "t1".into(),
+            protocol_version: 1,
             grant_expires_at: Some(at),
         };
         let message = transfer_spec(&spec);
@@ -363,6 +402,7 @@ mod tests {
             (1, 1, "shop", "blog")
         );
         assert_eq!(message.grant_expires_at, Some(timestamp(at)));
+        assert_eq!(message.protocol_version, 1);
         assert_eq!((message.copy_id.as_str(), message.disposable), ("t1", true));
     }
 }

@@ -8,8 +8,9 @@ use navette_proto::v1;
 use navette_proto::v1::enrolment_server::Enrolment;
 use tonic::Request;
 
-use super::{Reply, reply, required};
+use super::{Reply, reply};
 use crate::enrolment;
+use crate::ids;
 use crate::state::Controller;
 
 pub struct EnrolmentApi(pub Arc<Controller>);
@@ -21,8 +22,8 @@ impl Enrolment for EnrolmentApi {
         let request = request.into_inner();
         let controller = &self.0;
         let result = async {
-            let token = required(&request.token, "token")?;
-            let csr = required(&request.csr_pem, "csr_pem")?;
+            let token = ids::join_token_secret("token", &request.token)?;
+            let csr = ids::csr_pem("csr_pem", &request.csr_pem)?;
             let lifetime = Duration::from_secs(controller.config.tls.agent_certificate_ttl_secs);
             let (host_id, issued) =
                 enrolment::enrol(&controller.db, &controller.ca, token, csr, lifetime).await?;

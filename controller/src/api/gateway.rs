@@ -17,6 +17,7 @@ use super::policy::PresentedCertificate;
 use super::{Reply, convert, reply, status};
 use crate::enrolment;
 use crate::error::Error;
+use crate::ids::{self, HostId};
 use crate::state::Controller;
 use crate::store;
 
@@ -25,6 +26,9 @@ pub struct GatewayApi(pub Arc<Controller>);
 /// The host id of the calling agent, which must be the one the request
 /// speaks for (an empty `claimed` means "mine").
 fn calling_host<T>(request: &Request<T>, claimed: &str) -> Result<String, Status> {
+    if !claimed.is_empty() {
+        HostId::parse("host_id", claimed).map_err(|e| status(e.into()))?;
+    }
     match caller_role(request)? {
         Role::Agent { host_id } if claimed.is_empty() || claimed == host_id => Ok(host_id.clone()),
         Role::Agent { host_id } => Err(status(Error::PermissionDenied(format!(
@@ -46,14 +50,11 @@ impl AgentGateway for GatewayApi {
         let request = request.into_inner();
         reply(
             async {
+                let endpoint = ids::agent_endpoint("agent_endpoint", &request.agent_endpoint)?;
+                let digest = ids::digest("inventory_digest", &request.inventory_digest)?;
                 let client = self.0.db.get().await?;
-                let outcome = store::hosts::record_heartbeat(
-                    &**client,
-                    &host_id,
-                    &request.agent_endpoint,
-                    &request.inventory_digest,
-                )
-                .await?;
+                let outcome =
+                    store::hosts::record_heartbeat(&**client, &host_id, endpoint, digest).await?;
                 let refused = self.0.certificates.refused_serials(&self.0.db).await?;
                 Ok(v1::HeartbeatResponse {
                     send_inventory: outcome.send_inventory,
@@ -100,6 +101,7 @@ impl AgentGateway for GatewayApi {
         let controller = &self.0;
         reply(
             async {
+                let csr = ids::csr_pem("csr_pem", &request.csr_pem)?;
                 let lifetime =
                     Duration::from_secs(controller.config.tls.agent_certificate_ttl_secs);
                 let issued = enrolment::renew(
@@ -107,7 +109,7 @@ impl AgentGateway for GatewayApi {
                     &controller.ca,
                     &host_id,
                     &presented,
-                    &request.csr_pem,
+                    csr,
                     lifetime,
                 )
                 .await?;

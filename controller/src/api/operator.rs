@@ -15,11 +15,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Reply, convert, optional, reply, required, status};
+use super::{Reply, convert, reply, status};
 use crate::agents;
 use crate::db::Change;
 use crate::enrolment;
 use crate::error::Error;
+use crate::ids::{self, HostId, JoinTokenId, PoolName, RequestId};
 use crate::model::HostChange;
 use crate::state::Controller;
 use crate::store;
@@ -38,8 +39,9 @@ impl Hosts for OperatorApi {
         reply(
             async {
                 let kind = convert::host_kind_from(request.kind)?;
+                let pool = ids::optional("pool", &request.pool, PoolName::parse)?;
                 let client = self.0.db.get().await?;
-                let hosts = store::hosts::list(&**client, kind, optional(&request.pool)).await?;
+                let hosts = store::hosts::list(&**client, kind, pool.as_deref()).await?;
                 Ok(v1::ListHostsResponse {
                     hosts: hosts.iter().map(convert::host).collect(),
                 })
@@ -52,9 +54,9 @@ impl Hosts for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = HostId::parse("id", &request.id)?;
                 let client = self.0.db.get().await?;
-                Ok(convert::host(&store::hosts::get(&**client, id).await?))
+                Ok(convert::host(&store::hosts::get(&**client, &id).await?))
             }
             .await,
         )
@@ -77,15 +79,15 @@ impl Hosts for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = HostId::parse("id", &request.id)?;
                 let host = {
                     let client = self.0.db.get().await?;
-                    store::hosts::get(&**client, id).await?
+                    store::hosts::get(&**client, &id).await?
                 };
                 let inventory = agents::get_inventory(&self.0, &host).await?;
                 let client = self.0.db.get().await?;
-                store::hosts::store_inventory(&**client, id, &inventory).await?;
-                Ok(convert::host(&store::hosts::get(&**client, id).await?))
+                store::hosts::store_inventory(&**client, &id, &inventory).await?;
+                Ok(convert::host(&store::hosts::get(&**client, &id).await?))
             }
             .await,
         )
@@ -94,7 +96,9 @@ impl Hosts for OperatorApi {
     type WatchHostsStream = HostEvents;
 
     async fn watch_hosts(&self, request: Request<v1::WatchHostsRequest>) -> Reply<HostEvents> {
-        let filter = optional(&request.get_ref().id).map(str::to_owned);
+        let filter = ids::optional("id", &request.get_ref().id, HostId::parse)
+            .map_err(|e| status(e.into()))?
+            .map(HostId::into_string);
         let changes = self.0.changes.subscribe();
         let (sender, receiver) = mpsc::channel(64);
         let controller = self.0.clone();
@@ -129,12 +133,15 @@ impl Hosts for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = HostId::parse("id", &request.id)?;
+                let pool = ids::optional("pool", &request.pool, PoolName::parse)?;
                 let change = store::hosts::ClassChange {
                     kind: convert::host_kind_from(request.kind)?,
-                    pool: optional(&request.pool),
-                    declared_disk_bytes: (request.declared_disk_bytes > 0)
-                        .then_some(request.declared_disk_bytes),
+                    pool: pool.as_deref(),
+                    declared_disk_bytes: ids::declared_disk_bytes(
+                        "declared_disk_bytes",
+                        request.declared_disk_bytes,
+                    )?,
                 };
                 let mut client = self.0.db.get().await?;
                 let transaction = client.transaction().await?;
@@ -145,7 +152,7 @@ impl Hosts for OperatorApi {
                         "host pool {name:?} does not exist; create it first (HostPools/CreateHostPool)"
                     )));
                 }
-                let host = store::hosts::set_class(&*transaction, id, &change, &actor).await?;
+                let host = store::hosts::set_class(&*transaction, &id, &change, &actor).await?;
                 transaction.commit().await?;
                 tracing::info!(message = "host class set", host_id = %id, kind = ?host.kind, pool = ?host.pool, declared_disk_bytes = ?host.declared_disk_bytes, %actor);
                 Ok(convert::host(&host))
@@ -159,20 +166,21 @@ impl Hosts for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
-                let reason = required(&request.reason, "reason").map_err(|_| {
-                    Error::InvalidArgument(
+                let id = HostId::parse("id", &request.id)?;
+                let reason = ids::text("reason", &request.reason)?;
+                if reason.is_empty() {
+                    return Err(Error::InvalidArgument(
                         "reason is required: say why the host is removed (it is kept with the revocation)"
                             .to_owned(),
-                    )
-                })?;
+                    ));
+                }
                 let mut client = self.0.db.get().await?;
                 let transaction = client.transaction().await?;
-                let host = store::hosts::remove(&*transaction, id, &actor, reason).await?;
+                let host = store::hosts::remove(&*transaction, &id, &actor, reason).await?;
                 transaction.commit().await?;
                 // This controller refuses the certificates at once, without
                 // waiting for its own notification.
-                self.0.certificates.forget(id);
+                self.0.certificates.forget(&id);
                 tracing::warn!(message = "host removed; its certificates are revoked", host_id = %id, %actor, %reason);
                 Ok(convert::host(&host))
             }
@@ -269,9 +277,9 @@ async fn forward_host_events(
 
 impl OperatorApi {
     async fn set_draining(&self, id: &str, draining: bool) -> Result<v1::Host, Error> {
-        let id = required(id, "id")?;
+        let id = HostId::parse("id", id)?;
         let client = self.0.db.get().await?;
-        let host = store::hosts::set_draining(&**client, id, draining).await?;
+        let host = store::hosts::set_draining(&**client, &id, draining).await?;
         tracing::info!(message = if draining { "host draining" } else { "host undrained" }, host_id = %id);
         Ok(convert::host(&host))
     }
@@ -286,12 +294,11 @@ impl HostPools for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let request_id = required(&request.request_id, "request_id")?;
-                let name = required(&request.name, "name")?;
+                let request_id = RequestId::parse("request_id", &request.request_id)?;
+                let name = PoolName::parse("name", &request.name)?;
+                let description = ids::text("description", &request.description)?;
                 let client = self.0.db.get().await?;
-                let pool =
-                    store::pools::create(&**client, request_id, name, request.description.trim())
-                        .await?;
+                let pool = store::pools::create(&**client, &request_id, &name, description).await?;
                 Ok(convert::host_pool(&pool))
             }
             .await,
@@ -325,21 +332,33 @@ impl JoinTokens for OperatorApi {
         let request = request.into_inner();
         let controller = &self.0;
         reply(async {
-            let host_id = required(&request.host_id, "host_id")?;
-            let ttl = match request.ttl_seconds {
-                0 => controller.config.hosts.join_token_ttl_secs,
-                ttl => u64::from(ttl),
-            };
+            if request.request_id.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "request_id is required: choose a unique id per token so that a retried call does not create two"
+                        .to_owned(),
+                ));
+            }
+            let request_id = RequestId::parse("request_id", &request.request_id)?;
+            let host_id = HostId::parse("host_id", &request.host_id)?;
+            let pool = ids::optional("pool", &request.pool, PoolName::parse)?;
+            let ttl = ids::ttl_seconds(
+                "ttl_seconds",
+                request.ttl_seconds,
+                controller.config.hosts.join_token_ttl_secs,
+                ids::MAX_JOIN_TOKEN_TTL_SECS,
+            )?;
             let (token, secret) = enrolment::create_join_token(
                 &controller.db,
                 &controller.ca,
                 &enrolment::TokenRequest {
-                    request_id: &request.request_id,
-                    host_id,
-                    pool: optional(&request.pool),
+                    request_id: &request_id,
+                    host_id: &host_id,
+                    pool: pool.as_deref(),
                     kind: convert::host_kind_from(request.kind)?,
-                    declared_disk_bytes: (request.declared_disk_bytes > 0)
-                        .then_some(request.declared_disk_bytes),
+                    declared_disk_bytes: ids::declared_disk_bytes(
+                        "declared_disk_bytes",
+                        request.declared_disk_bytes,
+                    )?,
                     created_by: &created_by,
                     ttl_secs: ttl,
                 },
@@ -377,10 +396,10 @@ impl JoinTokens for OperatorApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = JoinTokenId::parse("id", &request.id)?;
                 let client = self.0.db.get().await?;
                 Ok(convert::join_token(
-                    &store::tokens::revoke(&**client, id).await?,
+                    &store::tokens::revoke(&**client, &id).await?,
                 ))
             }
             .await,

@@ -7,8 +7,9 @@ use navette_proto::v1::accounts_server::Accounts;
 use navette_proto::v1::catalogue_server::Catalogue;
 use tonic::Request;
 
-use super::{Reply, convert, optional, reply, required};
+use super::{Reply, convert, reply};
 use crate::error::Error;
+use crate::ids::{self, AccountName, HostId, MigrationId};
 use crate::state::Controller;
 use crate::store;
 
@@ -25,7 +26,9 @@ impl Catalogue for PanelApi {
         reply(
             async {
                 let catalogue = &controller.catalogue;
-                let migrations = match (optional(&request.account), optional(&request.host_id)) {
+                let account = ids::optional("account", &request.account, AccountName::parse)?;
+                let host_id = ids::optional("host_id", &request.host_id, HostId::parse)?;
+                let migrations = match (account, host_id) {
                     (Some(_), Some(_)) => {
                         return Err(Error::InvalidArgument(
                             "give an account or a host_id, not both".to_owned(),
@@ -33,7 +36,7 @@ impl Catalogue for PanelApi {
                     }
                     (Some(name), None) => {
                         let client = controller.db.get().await?;
-                        let account = store::accounts::get(&**client, name).await?;
+                        let account = store::accounts::get(&**client, &name).await?;
                         let host = store::hosts::get(&**client, &account.host_id).await?;
                         catalogue
                             .for_account(&account, &host)
@@ -42,7 +45,7 @@ impl Catalogue for PanelApi {
                     }
                     (None, Some(host_id)) => {
                         let client = controller.db.get().await?;
-                        let host = store::hosts::get(&**client, host_id).await?;
+                        let host = store::hosts::get(&**client, &host_id).await?;
                         catalogue.for_host(&host).map(convert::migration).collect()
                     }
                     (None, None) => catalogue.all().map(convert::migration).collect(),
@@ -58,16 +61,20 @@ impl Catalogue for PanelApi {
         request: Request<v1::GetMigrationRequest>,
     ) -> Reply<v1::Migration> {
         let request = request.into_inner();
-        reply(required(&request.id, "id").and_then(|id| {
-            self.0
-                .catalogue
-                .get(id)
-                .map(convert::migration)
-                .ok_or_else(|| Error::NotFound {
-                    what: "migration",
-                    id: id.to_owned(),
-                })
-        }))
+        reply(
+            MigrationId::parse("id", &request.id)
+                .map_err(Error::from)
+                .and_then(|id| {
+                    self.0
+                        .catalogue
+                        .get(&id)
+                        .map(convert::migration)
+                        .ok_or_else(|| Error::NotFound {
+                            what: "migration",
+                            id: id.to_string(),
+                        })
+                }),
+        )
     }
 }
 
@@ -80,8 +87,9 @@ impl Accounts for PanelApi {
         let request = request.into_inner();
         reply(
             async {
+                let host = ids::optional("host_id", &request.host_id, HostId::parse)?;
+                let host = host.as_deref();
                 let client = self.0.db.get().await?;
-                let host = optional(&request.host_id);
                 let accounts = store::accounts::list(&**client, host).await?;
                 let copies = store::accounts::list_copies(&**client, host).await?;
                 Ok(v1::ListAccountsResponse {
@@ -97,10 +105,10 @@ impl Accounts for PanelApi {
         let request = request.into_inner();
         reply(
             async {
-                let name = required(&request.name, "name")?;
+                let name = AccountName::parse("name", &request.name)?;
                 let client = self.0.db.get().await?;
                 Ok(convert::account(
-                    &store::accounts::get(&**client, name).await?,
+                    &store::accounts::get(&**client, &name).await?,
                 ))
             }
             .await,

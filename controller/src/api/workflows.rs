@@ -11,12 +11,17 @@ use navette_proto::v1;
 use navette_proto::v1::workflows_server::Workflows;
 use tonic::Request;
 
-use super::{Reply, optional, reply};
+use super::{Reply, reply};
 use crate::engine::WorkflowId;
 use crate::engine::audit::{self, Entry};
 use crate::engine::store::{self, Filter, Workflow};
 use crate::error::Error;
 use crate::state::Controller;
+
+/// An optional field: empty is absent.
+fn optional(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
 
 pub struct WorkflowsApi(pub Arc<Controller>);
 

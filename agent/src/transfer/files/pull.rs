@@ -33,6 +33,7 @@ use super::scan::{self, Entry};
 use super::setid::{AccountIds, AccountUser};
 use super::shared::{Shared, Tally, target_cache};
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, manifest};
+use crate::ids::is_transfer_id;
 use crate::transfer::outage::OUTAGE_BOUND;
 use crate::transfer::progress::Progress;
 
@@ -125,14 +126,6 @@ pub struct FilesReport {
     pub set_id_examples: Vec<String>,
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 /// The file-source client for a channel, with message limits that fit the
 /// blocks received.
 pub fn file_source_client(channel: Channel) -> FileSourceClient<Channel> {
@@ -174,7 +167,7 @@ pub async fn pull_with(
         transfer_id: transfer_id.to_owned(),
         problem,
     };
-    if !valid_id(transfer_id) {
+    if !is_transfer_id(transfer_id) {
         return Err(failed(Problem::BadId));
     }
     progress.set_phase("files");

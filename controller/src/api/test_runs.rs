@@ -1,4 +1,6 @@
-//! The panel's Tests service (R3) and the compatibility report (R2).
+//! The panel's Tests service (R3) and the compatibility report (R2): test
+//! runs of a migration, started, followed, refreshed and deleted. Every
+//! field is parsed by `crate::ids` before anything else happens.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,10 +12,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{Reply, convert, optional, reply, required, status};
+use super::{Reply, convert, reply, status};
 use crate::catalogue::Migration;
 use crate::db::Change;
 use crate::error::{Error, Result};
+use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
 use crate::model::{Account, Host, Test, TestState};
 use crate::placement;
 use crate::state::Controller;
@@ -21,6 +24,9 @@ use crate::store;
 
 /// How long a test copy lives unless the request says otherwise.
 pub const DEFAULT_TTL_SECS: u64 = 7 * 86_400;
+/// The longest a request may ask a test copy to live
+/// (`TestMigrationRequest.ttl_seconds`).
+pub const MAX_TTL_SECS: u32 = ids::MAX_TEST_TTL_SECS;
 
 pub struct TestsApi(pub Arc<Controller>);
 
@@ -39,8 +45,8 @@ impl TestsApi {
     /// The account, its host, the migration, and every host, checked.
     async fn context(
         &self,
-        account: &str,
-        migration_id: &str,
+        account: &AccountName,
+        migration_id: &MigrationId,
     ) -> Result<(Account, Host, Migration, Vec<Host>, Vec<Account>)> {
         let migration =
             self.0
@@ -49,7 +55,7 @@ impl TestsApi {
                 .cloned()
                 .ok_or_else(|| Error::NotFound {
                     what: "migration",
-                    id: migration_id.to_owned(),
+                    id: migration_id.to_string(),
                 })?;
         let client = self.0.db.get().await?;
         let account = store::accounts::get(&**client, account).await?;
@@ -75,13 +81,19 @@ impl TestsApi {
     }
 
     async fn create(&self, request: v1::TestMigrationRequest) -> Result<Test> {
-        let request_id = required(&request.request_id, "request_id")?;
-        let account_name = required(&request.account, "account")?;
-        let migration_id = required(&request.migration_id, "migration_id")?;
+        let request_id = RequestId::parse("request_id", &request.request_id)?;
+        let account_name = AccountName::parse("account", &request.account)?;
+        let migration_id = MigrationId::parse("migration_id", &request.migration_id)?;
+        let ttl = ids::ttl_seconds(
+            "ttl_seconds",
+            request.ttl_seconds,
+            DEFAULT_TTL_SECS,
+            MAX_TTL_SECS,
+        )?;
         {
             let client = self.0.db.get().await?;
-            if let Some(existing) = store::test_runs::by_request_id(&**client, request_id).await? {
-                if existing.account != account_name || existing.migration_id != migration_id {
+            if let Some(existing) = store::test_runs::by_request_id(&**client, &request_id).await? {
+                if existing.account != *account_name || existing.migration_id != *migration_id {
                     return Err(Error::AlreadyExists(format!(
                         "request id {request_id:?} already started test {} of {} for {}; use a new request id",
                         existing.id, existing.migration_id, existing.account
@@ -91,19 +103,15 @@ impl TestsApi {
             }
         }
         let (account, source, migration, hosts, held) =
-            self.context(account_name, migration_id).await?;
+            self.context(&account_name, &migration_id).await?;
         let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts, &held)?;
-        let ttl = match request.ttl_seconds {
-            0 => DEFAULT_TTL_SECS,
-            ttl => u64::from(ttl),
-        };
         let id = new_id();
         let client = self.0.db.get().await?;
         let created = crate::workflow::test_events::create(
             &**client,
             &store::test_runs::NewTest {
                 id: &id,
-                request_id,
+                request_id: &request_id,
                 account: &account.name,
                 migration_id: &migration.id,
                 source_host_id: &source.id,
@@ -119,13 +127,17 @@ impl TestsApi {
                 Ok(test)
             }
             // Lost a race with a retry of the same request.
-            None => store::test_runs::by_request_id(&**client, request_id)
+            None => store::test_runs::by_request_id(&**client, &request_id)
                 .await?
                 .ok_or_else(|| Error::Internal("test vanished".to_owned())),
         }
     }
 
-    async fn report(&self, account: &str, migration_id: &str) -> Result<v1::CompatibilityReport> {
+    async fn report(
+        &self,
+        account: &AccountName,
+        migration_id: &MigrationId,
+    ) -> Result<v1::CompatibilityReport> {
         let (account, source, migration, hosts, held) = self.context(account, migration_id).await?;
         let (home, databases) = placement::account_bytes(&account);
         let needed = placement::disk_needed(&account);
@@ -210,9 +222,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = TestId::parse("id", &request.id)?;
                 let client = self.0.db.get().await?;
-                Ok(convert::test(&store::test_runs::get(&**client, id).await?))
+                Ok(convert::test(&store::test_runs::get(&**client, &id).await?))
             }
             .await,
         )
@@ -225,8 +237,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(
             async {
+                let account = ids::optional("account", &request.account, AccountName::parse)?;
                 let client = self.0.db.get().await?;
-                let tests = store::test_runs::list(&**client, optional(&request.account)).await?;
+                let tests = store::test_runs::list(&**client, account.as_deref()).await?;
                 Ok(v1::ListTestsResponse {
                     tests: tests.iter().map(convert::test).collect(),
                 })
@@ -238,9 +251,9 @@ impl Tests for TestsApi {
     async fn refresh_test(&self, request: Request<v1::RefreshTestRequest>) -> Reply<v1::Test> {
         let request = request.into_inner();
         reply(async {
-            let id = required(&request.id, "id")?;
+            let id = TestId::parse("id", &request.id)?;
             let client = self.0.db.get().await?;
-            let test = crate::workflow::test_events::refresh(&**client, id).await?;
+            let test = crate::workflow::test_events::refresh(&**client, &id).await?;
             tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
             Ok(convert::test(&test))
         }
@@ -251,9 +264,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(
             async {
-                let id = required(&request.id, "id")?;
+                let id = TestId::parse("id", &request.id)?;
                 let client = self.0.db.get().await?;
-                let test = crate::workflow::test_events::delete(&**client, id).await?;
+                let test = crate::workflow::test_events::delete(&**client, &id).await?;
                 tracing::info!(message = "test deletion started", test_id = %id);
                 Ok(convert::test(&test))
             }
@@ -264,9 +277,9 @@ impl Tests for TestsApi {
     type WatchTestStream = TestStream;
 
     async fn watch_test(&self, request: Request<v1::WatchTestRequest>) -> Reply<TestStream> {
-        let id = required(&request.get_ref().id, "id")
-            .map_err(status)?
-            .to_owned();
+        let id = TestId::parse("id", &request.get_ref().id)
+            .map_err(|e| status(e.into()))?
+            .to_string();
         let mut changes = self.0.changes.subscribe();
         let controller = self.0.clone();
         let first = {
@@ -328,9 +341,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(
             async {
-                let account = required(&request.account, "account")?;
-                let migration = required(&request.migration_id, "migration_id")?;
-                self.report(account, migration).await
+                let account = AccountName::parse("account", &request.account)?;
+                let migration = MigrationId::parse("migration_id", &request.migration_id)?;
+                self.report(&account, &migration).await
             }
             .await,
         )
