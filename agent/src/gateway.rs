@@ -273,7 +273,10 @@ impl Heartbeats {
                 client.heartbeat(request).await
             })
             .await?;
-        match self.refused.replace(&response.refused_certificate_serials) {
+        match self.refused.replace(
+            &response.refused_certificate_serials,
+            &response.renewed_certificate_serials,
+        ) {
             Ok(true) => tracing::info!(
                 message = "refused peer certificates updated",
                 host_id = %self.host_id,

@@ -2,22 +2,31 @@
 //! refuses them on the agent's listener.
 //!
 //! TLS proves only that the Navette CA signed a peer's certificate. The
-//! controller knows more: a certificate older than its host's latest
-//! enrolment (a reinstalled host, a stolen key) or revoked with the host
-//! (`Hosts/RemoveHost`). It sends, in every heartbeat's answer, the serials
-//! of all such certificates that have not expired yet (not those only
-//! superseded by a renewal: transfers in flight keep using them until they
-//! expire; see the controller's `store::hosts::refused_serials`); this
-//! agent keeps
-//! that list ([`RefusedCertificates`], also on disk, so a restart does not
-//! forget it before the first heartbeat) and refuses any agent presenting
-//! one of them, before any peer service (`FileSource`, `PostgresSource`,
-//! `MariadbSource`) runs.
+//! controller knows more, and sends two lists in every heartbeat's answer
+//! (unexpired certificates only; see the controller's
+//! `store::hosts::peer_lists`):
+//! - *refused*: older than its host's latest enrolment (a reinstalled
+//!   host, a stolen key) or revoked with the host (`Hosts/RemoveHost`):
+//!   refused on every call;
+//! - *renewed*: superseded by a routine renewal, the host's own previous
+//!   key: refused on every connection made after this agent learned it, so
+//!   the key cannot be used to open anything new, while a connection the
+//!   host opened with it before (a transfer in flight) finishes its work.
+//!   Agents dial new connections with their current certificate.
 //!
-//! Invariant: the list is replaced whole by each answer, never merged, so
-//! it only holds what the controller refuses now.
+//! This agent keeps both lists ([`RefusedCertificates`], also on disk, so
+//! a restart does not forget them before the first heartbeat; after a
+//! restart no connection predates anything) and refuses any agent
+//! presenting a listed certificate, before any peer service (`FileSource`,
+//! `PostgresSource`, `MariadbSource`) runs. A connection is told apart by
+//! its peer's address and port, which HTTP/2 keeps for the connection's
+//! life.
+//!
+//! Invariant: the lists are replaced whole by each answer, never merged,
+//! so they only hold what the controller refuses now.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -32,58 +41,142 @@ use crate::identity_store::{StoreError, write_atomic};
 /// The file, in the state directory, that keeps the list across restarts.
 const FILE: &str = "refused-certificates";
 
+/// How many connections are remembered with the certificate they
+/// presented; beyond, the oldest memories go (a connection forgotten this
+/// way is refused only if its certificate is then renewed: its transfer
+/// then dials again, with the current certificate).
+const MAX_REMEMBERED_CONNECTIONS: usize = 65_536;
+
 /// Serials (lowercase hex) of agent certificates to refuse. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct RefusedCertificates {
-    serials: Arc<RwLock<HashSet<String>>>,
-    /// Where the list is kept; `None` keeps it in memory only.
+    lists: Arc<RwLock<Lists>>,
+    /// Where the lists are kept; `None` keeps them in memory only.
     path: Option<PathBuf>,
 }
 
+#[derive(Debug, Default)]
+struct Lists {
+    refused: HashSet<String>,
+    renewed: HashSet<String>,
+    /// Connections (peer address) seen presenting a certificate accepted
+    /// at the time, and which.
+    seen: HashMap<SocketAddr, String>,
+    /// Connections opened with a now renewed certificate before it was:
+    /// they may go on.
+    grandfathered: HashSet<(SocketAddr, String)>,
+}
+
+/// What the lists say of a certificate presented on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Accepted,
+    Refused,
+    /// Renewed since; this connection is newer than the renewal.
+    Renewed,
+}
+
 impl RefusedCertificates {
-    /// The list kept in `state_dir`, empty if there is none yet.
+    /// The lists kept in `state_dir`, empty if there are none yet. The file
+    /// holds one serial a line, `renewed <serial>` for a renewed one.
     pub fn open(state_dir: &Path) -> RefusedCertificates {
         let path = state_dir.join(FILE);
-        let serials = std::fs::read_to_string(&path)
-            .map(|text| {
-                text.lines()
-                    .map(str::trim)
-                    .filter(|line| !line.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut lists = Lists::default();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                match line.strip_prefix("renewed ") {
+                    Some(serial) => lists.renewed.insert(serial.trim().to_owned()),
+                    None => lists.refused.insert(line.to_owned()),
+                };
+            }
+        }
         RefusedCertificates {
-            serials: Arc::new(RwLock::new(serials)),
+            lists: Arc::new(RwLock::new(lists)),
             path: Some(path),
         }
     }
 
-    pub fn is_refused(&self, serial: &str) -> bool {
-        self.serials
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Lists> {
+        self.lists
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(serial)
     }
 
-    /// Replaces the list with the controller's latest, and keeps it on disk
-    /// when it changed. Returns whether it changed.
-    pub fn replace(&self, serials: &[String]) -> Result<bool, StoreError> {
-        let new: HashSet<String> = serials.iter().map(|s| s.trim().to_lowercase()).collect();
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Lists> {
+        self.lists
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn is_refused(&self, serial: &str) -> bool {
+        self.read().refused.contains(serial)
+    }
+
+    /// Whether `serial`, presented on the connection from `peer`, may call;
+    /// an accepted one is remembered with its connection.
+    pub fn verdict(&self, serial: &str, peer: Option<SocketAddr>) -> Verdict {
         {
-            let mut current = self
-                .serials
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if *current == new {
+            let lists = self.read();
+            if lists.refused.contains(serial) {
+                return Verdict::Refused;
+            }
+            if lists.renewed.contains(serial) {
+                let old_connection = peer
+                    .is_some_and(|peer| lists.grandfathered.contains(&(peer, serial.to_owned())));
+                return if old_connection {
+                    Verdict::Accepted
+                } else {
+                    Verdict::Renewed
+                };
+            }
+            if peer.is_none_or(|peer| lists.seen.get(&peer).is_some_and(|s| s == serial)) {
+                return Verdict::Accepted;
+            }
+        }
+        if let Some(peer) = peer {
+            let mut lists = self.write();
+            if lists.seen.len() >= MAX_REMEMBERED_CONNECTIONS {
+                lists.seen.clear();
+            }
+            lists.seen.insert(peer, serial.to_owned());
+        }
+        Verdict::Accepted
+    }
+
+    /// Replaces the lists with the controller's latest, and keeps them on
+    /// disk when they changed. Connections seen with a certificate newly
+    /// renewed may go on. Returns whether anything changed.
+    pub fn replace(&self, refused: &[String], renewed: &[String]) -> Result<bool, StoreError> {
+        let normal = |list: &[String]| -> HashSet<String> {
+            list.iter().map(|s| s.trim().to_lowercase()).collect()
+        };
+        let (refused, renewed) = (normal(refused), normal(renewed));
+        let text = {
+            let mut lists = self.write();
+            if lists.refused == refused && lists.renewed == renewed {
                 return Ok(false);
             }
-            current.clone_from(&new);
-        }
+            let newly: Vec<(SocketAddr, String)> = lists
+                .seen
+                .iter()
+                .filter(|(_, serial)| renewed.contains(*serial) && !lists.renewed.contains(*serial))
+                .map(|(peer, serial)| (*peer, serial.clone()))
+                .collect();
+            for (peer, serial) in newly {
+                lists.seen.remove(&peer);
+                lists.grandfathered.insert((peer, serial));
+            }
+            lists
+                .grandfathered
+                .retain(|(_, serial)| renewed.contains(serial) && !refused.contains(serial));
+            lists.refused.clone_from(&refused);
+            lists.renewed.clone_from(&renewed);
+            let mut lines: Vec<String> = refused.iter().cloned().collect();
+            lines.extend(renewed.iter().map(|s| format!("renewed {s}")));
+            lines.sort();
+            lines.iter().map(|l| format!("{l}\n")).collect::<String>()
+        };
         if let Some(path) = &self.path {
-            let mut sorted: Vec<&String> = new.iter().collect();
-            sorted.sort();
-            let text: String = sorted.iter().map(|s| format!("{s}\n")).collect();
             write_atomic(path, text.as_bytes(), 0o644)?;
         }
         Ok(true)
@@ -127,14 +220,19 @@ fn refusal(extensions: &http::Extensions, refused: &RefusedCertificates) -> Opti
     let Ok(Role::Agent { host_id }) = role_from_der(&leaf) else {
         return None;
     };
-    match serial_from_der(&leaf) {
-        None => Some(format!(
+    let Some(serial) = serial_from_der(&leaf) else {
+        return Some(format!(
             "the certificate of host {host_id} has no readable serial number"
-        )),
-        Some(serial) if refused.is_refused(&serial) => Some(format!(
+        ));
+    };
+    match refused.verdict(&serial, info.get_ref().remote_addr()) {
+        Verdict::Accepted => None,
+        Verdict::Refused => Some(format!(
             "certificate {serial} of host {host_id} is revoked or superseded (the controller says so); that host must use its current certificate, or be enrolled again"
         )),
-        Some(_) => None,
+        Verdict::Renewed => Some(format!(
+            "certificate {serial} of host {host_id} was superseded by a renewal: new connections must present the host's current certificate"
+        )),
     }
 }
 
@@ -178,15 +276,45 @@ mod tests {
         })?;
         let refused = RefusedCertificates::open(&dir);
         assert!(!refused.is_refused("01aa"));
-        assert!(refused.replace(&["01AA".into(), "02bb".into()])?);
+        assert!(refused.replace(&["01AA".into(), "02bb".into()], &["03cc".into()])?);
         assert!(refused.is_refused("01aa"));
-        assert!(!refused.replace(&["02bb".into(), "01aa".into()])?);
+        assert!(!refused.replace(&["02bb".into(), "01aa".into()], &["03cc".into()])?);
         let reopened = RefusedCertificates::open(&dir);
         assert!(reopened.is_refused("02bb"));
-        assert!(reopened.replace(&["02bb".into()])?);
+        assert_eq!(reopened.verdict("03cc", None), Verdict::Renewed);
+        assert!(reopened.replace(&["02bb".into()], &[])?);
         assert!(!reopened.is_refused("01aa"));
         assert!(!RefusedCertificates::open(&dir).is_refused("01aa"));
+        assert_eq!(
+            RefusedCertificates::open(&dir).verdict("03cc", None),
+            Verdict::Accepted
+        );
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn a_renewed_certificate_keeps_only_the_connections_it_opened_before()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let lists = RefusedCertificates::default();
+        let transfer: SocketAddr = "192.0.2.11:40001".parse()?;
+        let later: SocketAddr = "192.0.2.11:40002".parse()?;
+        let other: SocketAddr = "192.0.2.12:40003".parse()?;
+        // A transfer's connection made with the host's first key.
+        assert_eq!(lists.verdict("0a01", Some(transfer)), Verdict::Accepted);
+        assert_eq!(lists.verdict("0b01", Some(other)), Verdict::Accepted);
+        // The host renews: its first key is listed as renewed.
+        assert!(lists.replace(&[], &["0a01".into()])?);
+        assert_eq!(lists.verdict("0a01", Some(transfer)), Verdict::Accepted);
+        assert_eq!(lists.verdict("0a01", Some(later)), Verdict::Renewed);
+        assert_eq!(lists.verdict("0a01", None), Verdict::Renewed);
+        assert_eq!(lists.verdict("0b01", Some(other)), Verdict::Accepted);
+        // The same answer again changes nothing; the transfer goes on.
+        assert!(!lists.replace(&[], &["0a01".into()])?);
+        assert_eq!(lists.verdict("0a01", Some(transfer)), Verdict::Accepted);
+        // Re-enrolled (refused outright): even the old connection stops.
+        assert!(lists.replace(&["0a01".into()], &[])?);
+        assert_eq!(lists.verdict("0a01", Some(transfer)), Verdict::Refused);
         Ok(())
     }
 }

@@ -48,7 +48,7 @@ struct Cache {
     /// Serials known not to be current, with why they were refused.
     refused: HashMap<String, String>,
     /// The list given to agents, and when it was read.
-    refused_list: Option<(Instant, Arc<Vec<String>>)>,
+    refused_list: Option<(Instant, Arc<store::hosts::PeerLists>)>,
 }
 
 /// The controller's view of which agent certificate is each host's current
@@ -108,9 +108,9 @@ impl AgentCertificates {
         Err(refusal)
     }
 
-    /// Serials of unexpired agent certificates that must be refused, for
-    /// agents' peer ports.
-    pub async fn refused_serials(&self, db: &Pool) -> Result<Arc<Vec<String>>> {
+    /// Serials of unexpired agent certificates that agents' peer ports
+    /// refuse (outright, or on new connections once renewed).
+    pub async fn peer_lists(&self, db: &Pool) -> Result<Arc<store::hosts::PeerLists>> {
         if let Some((read_at, list)) = &self.cache().refused_list
             && read_at.elapsed() < REFUSED_LIST_MAX_AGE
         {
@@ -118,7 +118,7 @@ impl AgentCertificates {
         }
         let epoch = self.epoch.load(Ordering::SeqCst);
         let client = db.get().await?;
-        let list = Arc::new(store::hosts::refused_serials(&**client).await?);
+        let list = Arc::new(store::hosts::peer_lists(&**client).await?);
         let mut cache = self.cache();
         if self.epoch.load(Ordering::SeqCst) == epoch {
             cache.refused_list = Some((Instant::now(), list.clone()));

@@ -294,9 +294,19 @@ pub fn channel(
     server_name: &str,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<Channel, TlsError> {
+    channel_with(address, server_name, move || config.clone())
+}
+
+/// [`channel`], asking `config` for the client configuration at each
+/// connection it opens: after a certificate renewal, a channel that
+/// reconnects presents the new certificate.
+pub fn channel_with(
+    address: SocketAddr,
+    server_name: &str,
+    config: impl Fn() -> Arc<rustls::ClientConfig> + Clone + Send + Sync + 'static,
+) -> Result<Channel, TlsError> {
     let server_name = ServerName::try_from(server_name.to_owned())
         .map_err(|_| TlsError::ServerName(server_name.to_owned()))?;
-    let connector = tokio_rustls::TlsConnector::from(config);
     // The URI only names the peer for HTTP/2; the connector below dials.
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|_| TlsError::ServerName(address.to_string()))?
@@ -313,7 +323,7 @@ pub fn channel(
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     let service = tower::service_fn(move |_uri: http::Uri| {
-        let connector = connector.clone();
+        let connector = tokio_rustls::TlsConnector::from(config());
         let server_name = server_name.clone();
         async move {
             let tcp = TcpStream::connect(address).await?;

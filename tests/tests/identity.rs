@@ -4,7 +4,8 @@
 //! and the peer port of every other agent); once an operator removes the
 //! host, its current certificate is refused the same way, and who removed
 //! it and why is shown on the host. Renewal accepts only the latest
-//! certificate. Real controller and agents, real grpcurl.
+//! certificate, and a certificate superseded by a renewal is refused on
+//! peers' new connections too. Real controller and agents, real grpcurl.
 
 mod support;
 
@@ -285,10 +286,9 @@ fn superseded_and_revoked_certificates_are_refused_on_every_port() -> anyhow::Re
         "PermissionDenied",
         superseded,
     )?;
-    // By design, peers keep accepting a certificate superseded only by a
-    // renewal until it expires (transfers in flight hold connections made
-    // with it): it is the host's own previous key, not a withdrawn one.
-    std::thread::sleep(Duration::from_secs(3));
-    reached_the_handler(&list_tree(&rig, &third, &source)?)?;
+    // Peers refuse it on every new connection (grpcurl dials anew each
+    // call) once they hear of the renewal; only a connection opened with it
+    // before (a transfer in flight) may finish.
+    wait_peer_refuses(&rig, &third, &source)?;
     Ok(())
 }

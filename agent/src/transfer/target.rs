@@ -607,10 +607,13 @@ impl Transfers {
                 spec.source_endpoint
             )
         })?;
-        let channel = navette_proto::tls::channel(
+        // Each connection presents the agent's current certificate: one
+        // renewed since the copy began is refused on new connections.
+        let link = self.link.clone();
+        let channel = navette_proto::tls::channel_with(
             endpoint,
             &agent_server_name(&spec.source_host_id),
-            self.link.client_config(),
+            move || link.client_config(),
         )
         .map_err(|e| e.to_string())?;
         if !spec.source_home.is_empty() {

@@ -55,11 +55,12 @@ impl AgentGateway for GatewayApi {
                 let client = self.0.db.get().await?;
                 let outcome =
                     store::hosts::record_heartbeat(&**client, &host_id, endpoint, digest).await?;
-                let refused = self.0.certificates.refused_serials(&self.0.db).await?;
+                let lists = self.0.certificates.peer_lists(&self.0.db).await?;
                 Ok(v1::HeartbeatResponse {
                     send_inventory: outcome.send_inventory,
                     server_time: Some(navette_proto::timestamp(chrono::Utc::now())),
-                    refused_certificate_serials: refused.as_ref().clone(),
+                    refused_certificate_serials: lists.refused.clone(),
+                    renewed_certificate_serials: lists.renewed.clone(),
                 })
             }
             .await,

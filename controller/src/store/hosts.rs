@@ -264,34 +264,50 @@ pub async fn current_certificate(client: &impl GenericClient, id: &str) -> Resul
         .and_then(|row| row.get(0)))
 }
 
+/// What agents refuse on their peer ports ([`peer_lists`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerLists {
+    /// Refused on every call: revoked, of a removed host, or older than
+    /// the host's latest enrolment (the key of a previous installation, or
+    /// one stolen before the operator enrolled the host again).
+    pub refused: Vec<String>,
+    /// Superseded by a renewal only: the host's own previous key. Refused
+    /// on every connection opened after the agent learned it; a connection
+    /// the host opened with it before (a transfer in flight) finishes.
+    pub renewed: Vec<String>,
+}
+
 /// Serials of every unexpired agent certificate that agents must refuse on
-/// their peer ports: revoked, of a removed host, or older than the host's
-/// latest enrolment (the key of a previous installation, or one stolen
-/// before the operator enrolled the host again).
-///
-/// A certificate superseded only by a renewal is not listed: it is the
-/// host's own previous key, and the target of a transfer keeps the
-/// connection it opened with it until the transfer ends (a copy spanning a
-/// renewal would otherwise fail). It stays refused by the controller
-/// (API and renewal), and expires within a third of its lifetime. An
-/// operator who suspects a key re-enrols or removes the host: both take
-/// effect on the peer ports at the next heartbeat.
-pub async fn refused_serials(client: &impl GenericClient) -> Result<Vec<String>> {
-    Ok(client
+/// their peer ports, in two lists ([`PeerLists`]). An operator who suspects
+/// a key re-enrols or removes the host: both take effect on every call at
+/// the next heartbeat.
+pub async fn peer_lists(client: &impl GenericClient) -> Result<PeerLists> {
+    let rows = client
         .query(
-            "SELECT c.serial FROM agent_certificates c JOIN hosts h ON h.id = c.host_id
+            "SELECT c.serial,
+                    (c.revoked_at IS NOT NULL OR h.state = 'removed'
+                     OR EXISTS (SELECT 1 FROM agent_certificates later
+                                WHERE later.host_id = c.host_id AND later.reason = 'enrolment'
+                                  AND later.issued_at > c.issued_at)) AS refused
+             FROM agent_certificates c JOIN hosts h ON h.id = c.host_id
              WHERE c.not_after > now()
                AND (c.revoked_at IS NOT NULL OR h.state = 'removed'
                     OR EXISTS (SELECT 1 FROM agent_certificates later
-                               WHERE later.host_id = c.host_id AND later.reason = 'enrolment'
-                                 AND later.issued_at > c.issued_at))
+                               WHERE later.host_id = c.host_id AND later.issued_at > c.issued_at))
              ORDER BY c.serial",
             &[],
         )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect())
+        .await?;
+    let mut lists = PeerLists::default();
+    for row in rows {
+        let serial: String = row.get(0);
+        if row.get::<_, bool>(1) {
+            lists.refused.push(serial);
+        } else {
+            lists.renewed.push(serial);
+        }
+    }
+    Ok(lists)
 }
 
 /// What an operator changes about a host; `None` leaves a field as it is.
