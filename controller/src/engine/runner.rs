@@ -260,6 +260,7 @@ impl Runner {
                 Progress::Released => return,
                 Progress::LeaseLost => {
                     self.stats.fenced_out.fetch_add(1, Ordering::Relaxed);
+                    crate::metrics::lease_lost(&current.kind);
                     tracing::warn!(
                         message = "the lease was taken over (expired, claimed by another controller): nothing recorded; the new holder runs the step"
                     );
@@ -410,6 +411,7 @@ impl Runner {
             cancel_requested,
         };
         let started_at = Utc::now();
+        let began = std::time::Instant::now();
         let passed = current.point_of_no_return_passed;
         let outcome = tokio::select! {
             outcome = kind.perform(&current.state, step, &context) => Some(outcome),
@@ -422,6 +424,12 @@ impl Runner {
             Ok((text, transition)) => (text, Ok(transition)),
             Err(error) => (error.clone(), Err(error)),
         };
+        crate::metrics::step_finished(
+            &current.kind,
+            step_label(step),
+            began.elapsed(),
+            transition.is_ok(),
+        );
         let entry = NewEntry {
             what: if flags.compensates {
                 What::Compensation
@@ -567,8 +575,23 @@ fn failed(state: &serde_json::Value, why: String) -> StoredTransition {
 }
 
 /// What a claim knows of its workflow as it goes.
+/// A step's name for the metrics: the variant of a kind's step enum
+/// (`"copy"`, or the one key of `{"copy": {...}}`), never its data, so that
+/// labels stay few.
+fn step_label(step: &serde_json::Value) -> &str {
+    match step {
+        serde_json::Value::String(name) => name,
+        serde_json::Value::Object(fields) if fields.len() == 1 => {
+            fields.keys().next().map_or("step", String::as_str)
+        }
+        _ => "step",
+    }
+}
+
 struct Current {
     id: WorkflowId,
+    /// The kind's name, for the metrics.
+    kind: String,
     fencing: i64,
     state: serde_json::Value,
     step: Option<serde_json::Value>,
@@ -583,6 +606,7 @@ impl From<Claimed> for Current {
     fn from(claimed: Claimed) -> Current {
         Current {
             id: claimed.id,
+            kind: claimed.kind,
             fencing: claimed.fencing,
             state: claimed.state,
             step: claimed.step,

@@ -1,6 +1,9 @@
 //! How many workflows of each kind are in each state, for the metrics
 //! ([`crate::metrics::workflows`]). One grouped count per workflow table,
-//! read in one statement; a new table of workflows adds one `UNION ALL`.
+//! read in one statement: the tests, and the engine's workflows of every
+//! kind (`workflows`), whose state for the metrics is where the engine
+//! has them: `running` (leased), `due`, `waiting` (an event or a timer),
+//! or their outcome once done (`completed`, `failed`, `cancelled`).
 
 use tokio_postgres::GenericClient;
 
@@ -18,7 +21,15 @@ pub struct WorkflowCount {
 pub async fn by_kind_and_state(client: &impl GenericClient) -> Result<Vec<WorkflowCount>> {
     let rows = client
         .query(
-            "SELECT 'test'::text, state, count(*) FROM tests GROUP BY state",
+            "SELECT 'test'::text, state, count(*) FROM tests GROUP BY state
+             UNION ALL
+             SELECT kind,
+                    CASE WHEN done THEN outcome
+                         WHEN lease_expires_at > now() THEN 'running'
+                         WHEN next_run_at <= now() THEN 'due'
+                         ELSE 'waiting' END,
+                    count(*)
+             FROM workflows GROUP BY 1, 2",
             &[],
         )
         .await?;
