@@ -104,9 +104,14 @@ fn reached_the_handler(output: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `source`'s peer port refuses `pair` (the agent learns the
-/// refused serials from its next heartbeat).
-fn wait_peer_refuses(rig: &Rig, pair: &CertPair, source: &Agent) -> anyhow::Result<()> {
+/// Waits until `source`'s peer port refuses `pair` for `reason` (the agent
+/// learns the refused serials from its next heartbeat).
+fn wait_peer_refuses(
+    rig: &Rig,
+    pair: &CertPair,
+    source: &Agent,
+    reason: &str,
+) -> anyhow::Result<()> {
     let mut last = String::new();
     rig.wait_until(
         "the peer port refuses the certificate",
@@ -114,7 +119,7 @@ fn wait_peer_refuses(rig: &Rig, pair: &CertPair, source: &Agent) -> anyhow::Resu
         || {
             let output = list_tree(rig, pair, source)?;
             last = String::from_utf8_lossy(&output.stderr).into_owned();
-            Ok(expect_refusal(&output, "PermissionDenied", "revoked or superseded").is_ok())
+            Ok(expect_refusal(&output, "PermissionDenied", reason).is_ok())
         },
     )
     .with_context(|| format!("last answer: {last}"))
@@ -186,7 +191,7 @@ fn superseded_and_revoked_certificates_are_refused_on_every_port() -> anyhow::Re
         superseded,
     )?;
     expect_refusal(&renew(&rig, &first)?, "PermissionDenied", superseded)?;
-    wait_peer_refuses(&rig, &first, &source)?;
+    wait_peer_refuses(&rig, &first, &source, "revoked or superseded")?;
     // The new one works.
     ok(
         &heartbeat(&rig, &second, "test-1")?,
@@ -217,7 +222,7 @@ fn superseded_and_revoked_certificates_are_refused_on_every_port() -> anyhow::Re
         "PermissionDenied",
         "test-1",
     )?;
-    wait_peer_refuses(&rig, &second, &source)?;
+    wait_peer_refuses(&rig, &second, &source, "revoked or superseded")?;
     // The running agent keeps trying; its heartbeats do not bring the host
     // back.
     std::thread::sleep(Duration::from_secs(3));
@@ -289,6 +294,6 @@ fn superseded_and_revoked_certificates_are_refused_on_every_port() -> anyhow::Re
     // Peers refuse it on every new connection (grpcurl dials anew each
     // call) once they hear of the renewal; only a connection opened with it
     // before (a transfer in flight) may finish.
-    wait_peer_refuses(&rig, &third, &source)?;
+    wait_peer_refuses(&rig, &third, &source, "superseded by a renewal")?;
     Ok(())
 }
