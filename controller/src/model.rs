@@ -94,6 +94,9 @@ pub struct DatabaseServer {
     pub reachable: bool,
     #[serde(default)]
     pub error: String,
+    /// PostgreSQL: the extensions the server can create, sorted.
+    #[serde(default)]
+    pub available_extensions: Vec<String>,
 }
 
 /// One database of an account.
@@ -104,6 +107,9 @@ pub struct Database {
     pub name: String,
     pub size_bytes: u64,
     pub owner: String,
+    /// PostgreSQL: the extensions created in it, sorted.
+    #[serde(default)]
+    pub extensions: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -182,6 +182,21 @@ fn name_taken(
 /// one engine and version; each keeps its own roles and database names, so
 /// two customers' `wordpress` go to two servers of one host. `Err` says why
 /// no candidate will do (`None`: there is no candidate at all).
+/// The extensions `database` uses that `server` cannot create. A server
+/// that reports none (an agent older than the report) is taken to have
+/// them: the copy's preflight checks again.
+fn lacking_extensions<'a>(server: &DatabaseServer, database: &'a Database) -> Vec<&'a str> {
+    if server.available_extensions.is_empty() {
+        return Vec::new();
+    }
+    database
+        .extensions
+        .iter()
+        .filter(|e| !server.available_extensions.contains(e))
+        .map(String::as_str)
+        .collect()
+}
+
 fn receiving_server<'a>(
     migration: &Migration,
     account: &Account,
@@ -192,7 +207,10 @@ fn receiving_server<'a>(
 ) -> Result<&'a DatabaseServer, Option<String>> {
     let candidates = receiving_candidates(migration, host, source);
     let mut taken = None;
-    for server in candidates {
+    for server in candidates
+        .into_iter()
+        .filter(|server| lacking_extensions(server, database).is_empty())
+    {
         match name_taken(account, database, host, server, held) {
             None => return Ok(server),
             Some(why) => {
@@ -262,12 +280,26 @@ fn missing_software(
             .database_servers
             .iter()
             .find(|s| s.name == database.server && s.engine == database.engine)?;
-        if receiving_candidates(migration, host, source).is_empty() {
+        let candidates = receiving_candidates(migration, host, source);
+        if candidates.is_empty() {
             return Some(format!(
                 "has no {} server for database {} ({} or later)",
                 engine_name(database.engine),
                 database.name,
                 major(source.engine, &source.version)
+            ));
+        }
+        if let Some(lacking) = candidates
+            .iter()
+            .map(|server| lacking_extensions(server, database))
+            .min_by_key(Vec::len)
+            .filter(|lacking| !lacking.is_empty())
+        {
+            return Some(format!(
+                "has no {} server with the extensions database {} uses: {} cannot be created there",
+                engine_name(database.engine),
+                database.name,
+                lacking.join(", ")
             ));
         }
     }
@@ -452,6 +484,7 @@ mod tests {
             } else {
                 "connection refused".into()
             },
+            available_extensions: Vec::new(),
         }
     }
 
@@ -499,6 +532,7 @@ mod tests {
                     name: "alice".into(),
                     size_bytes: 10 << 20,
                     owner: "alice".into(),
+                    extensions: vec!["plpgsql".into()],
                 },
                 Database {
                     engine: Engine::Mariadb,
@@ -506,6 +540,7 @@ mod tests {
                     name: "alice_blog".into(),
                     size_bytes: 1 << 20,
                     owner: "alice".into(),
+                    extensions: Vec::new(),
                 },
             ],
             updated_at: chrono::Utc::now(),
@@ -534,6 +569,47 @@ mod tests {
             ],
             free,
         )
+    }
+
+    #[test]
+    fn a_copy_goes_only_where_its_extensions_can_be_created() -> Result<(), Error> {
+        let mut account = alice();
+        account.databases[0].extensions = vec!["pgcrypto".into(), "plpgsql".into()];
+        let with = |available: &[&str]| {
+            let mut host = test_host(20 << 30);
+            host.database_servers[0].available_extensions =
+                available.iter().map(|e| (*e).to_owned()).collect();
+            host
+        };
+        // The PostgreSQL 18 server cannot create pgcrypto: refused up
+        // front, naming the extension and the database.
+        let text = plan_test(
+            &migration(),
+            &account,
+            &source(),
+            &[with(&["plpgsql"])],
+            &[],
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            text.contains("test-1 has no PostgreSQL server with the extensions database alice uses: pgcrypto cannot be created there"),
+            "{text}"
+        );
+        // Where it can, the copy goes.
+        let (chosen, _) = plan_test(
+            &migration(),
+            &account,
+            &source(),
+            &[with(&["pgcrypto", "plpgsql"])],
+            &[],
+        )?;
+        assert_eq!(chosen.id, "test-1");
+        // A server that reports no extensions (an older agent) is not
+        // refused on this ground: the copy's preflight checks again.
+        plan_test(&migration(), &account, &source(), &[with(&[])], &[])?;
+        Ok(())
     }
 
     #[test]

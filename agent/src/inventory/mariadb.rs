@@ -129,6 +129,7 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
         port: u32::from(server.port),
         reachable: false,
         error: String::new(),
+        available_extensions: Vec::new(),
     };
     let mut databases = Vec::new();
     match run_client(server)
@@ -147,6 +148,7 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
                     name,
                     size_bytes,
                     owner: String::new(),
+                    extensions: Vec::new(),
                 })
                 .collect();
         }

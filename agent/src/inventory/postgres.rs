@@ -1,10 +1,13 @@
-//! What a PostgreSQL server on this host holds: its version and its
-//! databases with owner and size, and the roles that are members of each
+//! What a PostgreSQL server on this host holds: its version, the
+//! extensions it can create, and its databases with owner, size and the
+//! extensions created in each, and the roles that are members of each
 //! owner (to attribute a database owned by, say, `wp` to its account).
 //!
-//! Reads only (one connection to the `postgres` database, two queries). A
-//! server that cannot be reached is reported as such, never as an error of
-//! the whole inventory.
+//! Reads only: one connection to the `postgres` database, then one short
+//! one to each database for its extensions (`pg_extension` is per
+//! database). A server that cannot be reached is reported as such, never as
+//! an error of the whole inventory; a database that cannot be read reports
+//! no extensions, and the copy's own preflight checks them again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,13 +47,15 @@ pub async fn inspect(server: &PostgresqlServer, public_address: String) -> Serve
         port: u32::from(server.port),
         reachable: false,
         error: String::new(),
+        available_extensions: Vec::new(),
     };
     let result = tokio::time::timeout(TIMEOUT, query(server)).await;
     let (databases, owner_members) = match result {
-        Ok(Ok((version, databases, owner_members))) => {
-            report.version = version;
+        Ok(Ok(found)) => {
+            report.version = found.version;
+            report.available_extensions = found.available_extensions;
             report.reachable = true;
-            (databases, owner_members)
+            (found.databases, found.owner_members)
         }
         Ok(Err(error)) => {
             report.error = describe(&error);
@@ -82,8 +87,40 @@ fn describe(error: &tokio_postgres::Error) -> String {
     crate::error_chain(error)
 }
 
-/// The server's version, its databases, and the members of their owners.
-type Found = (String, Vec<Database>, HashMap<String, Vec<String>>);
+/// What one inspection found.
+struct Found {
+    version: String,
+    available_extensions: Vec<String>,
+    databases: Vec<Database>,
+    /// The members of each database owner.
+    owner_members: HashMap<String, Vec<String>>,
+}
+
+/// The extensions created in `database` (plpgsql included), sorted; empty
+/// if the database cannot be read (it may refuse connections).
+async fn extensions_of(server: &PostgresqlServer, database: &str) -> Vec<String> {
+    let config = server.connection_config(database, "navette-agent", Duration::from_secs(2));
+    let read = async {
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(connection);
+        let rows = client
+            .query("SELECT extname::text FROM pg_extension ORDER BY 1", &[])
+            .await;
+        drop(client);
+        connection.abort();
+        rows?
+            .iter()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match read.await {
+        Ok(extensions) => extensions,
+        Err(error) => {
+            tracing::debug!(message = "cannot read a database's extensions", server = %server.name, database, error = %describe(&error));
+            Vec::new()
+        }
+    }
+}
 
 async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error> {
     let config = server.connection_config("postgres", "navette-agent", Duration::from_secs(5));
@@ -99,6 +136,15 @@ async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error
             .query_one("SHOW server_version", &[])
             .await?
             .try_get(0)?;
+        let available_extensions = client
+            .query(
+                "SELECT name::text FROM pg_available_extensions ORDER BY 1",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get::<_, String>(0))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut databases = Vec::new();
         let mut owner_members = HashMap::new();
         for row in client.query(DATABASES_QUERY, &[]).await? {
@@ -107,15 +153,22 @@ async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error
             let size: i64 = row.try_get(2)?;
             let members: Vec<String> = row.try_get(3)?;
             owner_members.insert(owner.clone(), members);
+            let extensions = extensions_of(server, &name).await;
             databases.push(Database {
                 engine: DatabaseEngine::Postgresql.into(),
                 server: server.name.clone(),
                 name,
                 size_bytes: u64::try_from(size).unwrap_or(0),
                 owner,
+                extensions,
             });
         }
-        Ok((short_version(&version), databases, owner_members))
+        Ok(Found {
+            version: short_version(&version),
+            available_extensions,
+            databases,
+            owner_members,
+        })
     }
     .await;
     drop(client);

@@ -210,6 +210,9 @@ fn check_inventory(report: &v1::HostInventory) -> Result<()> {
         text("database_servers.version", &server.version)?;
         text("database_servers.address", &server.address)?;
         text("database_servers.error", &server.error)?;
+        for extension in &server.available_extensions {
+            text("database_servers.available_extensions", extension)?;
+        }
     }
     for account in &report.accounts {
         ids::AccountName::parse("accounts.name", &account.name)?;
@@ -219,6 +222,9 @@ fn check_inventory(report: &v1::HostInventory) -> Result<()> {
             text("accounts.databases.server", &database.server)?;
             text("accounts.databases.name", &database.name)?;
             text("accounts.databases.owner", &database.owner)?;
+            for extension in &database.extensions {
+                text("accounts.databases.extensions", extension)?;
+            }
         }
     }
     Ok(())
@@ -249,6 +255,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 })?,
                 reachable: s.reachable,
                 error: s.error.clone(),
+                available_extensions: s.available_extensions.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -275,6 +282,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                             name: d.name.clone(),
                             size_bytes: d.size_bytes,
                             owner: d.owner.clone(),
+                            extensions: d.extensions.clone(),
                         })
                     })
                     .collect::<Result<Vec<_>>>()?,

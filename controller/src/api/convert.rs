@@ -50,6 +50,7 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         port: u32::from(server.port),
         reachable: server.reachable,
         error: server.error.clone(),
+        available_extensions: server.available_extensions.clone(),
     }
 }
 
@@ -117,6 +118,7 @@ pub fn account(account: &Account) -> v1::Account {
                 name: d.name.clone(),
                 size_bytes: d.size_bytes,
                 owner: d.owner.clone(),
+                extensions: d.extensions.clone(),
             })
             .collect(),
         updated_at: Some(timestamp(account.updated_at)),

@@ -173,10 +173,18 @@ impl TestsApi {
                 v1::report_item::Severity::Info,
                 "database",
                 &format!(
-                    "{} database {} ({}) is copied with the same name, owner and password",
+                    "{} database {} ({}) is copied with the same name, owner and password{}",
                     convert::engine_name(database.engine),
                     database.name,
-                    placement::human_bytes(database.size_bytes)
+                    placement::human_bytes(database.size_bytes),
+                    if database.extensions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; it uses extensions {}, each needed on the receiving server",
+                            database.extensions.join(", ")
+                        )
+                    }
                 ),
                 "",
             ));

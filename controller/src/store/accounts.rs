@@ -96,6 +96,7 @@ pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>>
                     name: d.name,
                     size_bytes: 0,
                     owner: d.owner,
+                    extensions: Vec::new(),
                 })
                 .collect(),
             updated_at: row.get("updated_at"),

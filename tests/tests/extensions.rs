@@ -1,0 +1,142 @@
+//! An account whose database uses an extension the test host's PostgreSQL
+//! cannot create (`pgcrypto`: Debian's PostgreSQL 15 has it, the rig's
+//! PostgreSQL 18 does not) is told so before anything is copied: the
+//! compatibility report is not compatible and names the extension and the
+//! database, and `TestMigration` is refused with the same reason. An
+//! account without such an extension is compatible, and its report lists
+//! what its database uses. Real controller, agents, servers and grpcurl.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::ensure;
+use navette_tests::{AccountSpec, AgentKind, ControllerSpec, PgVersion, Rig};
+use serde_json::json;
+use support::{enrol, list, panel, str_of};
+
+const MIGRATION: &str = "postgresql-15-to-18";
+
+#[test]
+fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> anyhow::Result<()> {
+    let rig = Rig::new("extensions")?;
+    let _controller = support::controller(&rig, ControllerSpec::default())?;
+    let shared = rig.add_namespace("shared-old", Ipv4Addr::new(192, 0, 2, 10))?;
+    let test_host = rig.add_namespace("test-1", Ipv4Addr::new(192, 0, 2, 12))?;
+    let (source_pg, target_pg) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let a = s.spawn(|| shared.start_postgres(&rig, PgVersion::V15, 5432));
+        let b = s.spawn(|| test_host.start_postgres(&rig, PgVersion::V18, 5432));
+        let join = |what: &str, r: std::thread::Result<anyhow::Result<_>>| {
+            r.map_err(|_| anyhow::anyhow!("starting {what} panicked"))?
+        };
+        Ok((join("pg15", a.join())?, join("pg18", b.join())?))
+    })?;
+    let (carol, dave) = ("nvx_carol", "nvx_dave");
+    for name in [carol, dave] {
+        rig.add_account(
+            &shared,
+            AccountSpec {
+                name: name.into(),
+                password: format!("{name} pw"),
+                pg_databases: vec![name.into()],
+                ..AccountSpec::default()
+            },
+        )?;
+    }
+    source_pg.psql(carol, "CREATE EXTENSION pgcrypto")?;
+    ensure!(
+        target_pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pgcrypto'"
+        )? == "0",
+        "the rig's PostgreSQL 18 is expected to lack pgcrypto"
+    );
+
+    enrol(&rig, &shared, AgentKind::Shared, "2024.1")?;
+    enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
+    support::wait_online_with_inventory(&rig, &["shared-old", "test-1"])?;
+    rig.wait_until(
+        "carol's extension in the inventory",
+        Duration::from_secs(30),
+        || {
+            let account =
+                rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": carol}))?;
+            Ok(list(&account, "databases")
+                .iter()
+                .any(|d| d.to_string().contains("pgcrypto")))
+        },
+    )?;
+
+    // The report says the test cannot succeed, and why.
+    let report = panel(
+        &rig,
+        "GetCompatibilityReport",
+        json!({"account": carol, "migration_id": MIGRATION}),
+    )?;
+    let text = report.to_string();
+    ensure!(
+        report.get("compatible").and_then(|c| c.as_bool()) != Some(true)
+            && text.contains(&format!(
+                "has no PostgreSQL server with the extensions database {carol} uses: pgcrypto cannot be created there"
+            )),
+        "carol's report: {report}"
+    );
+    ensure!(
+        list(&report, "items").iter().any(|item| {
+            str_of(item, "severity") == "SEVERITY_BLOCKING" && item.to_string().contains("pgcrypto")
+        }),
+        "a blocking item names pgcrypto: {report}"
+    );
+
+    // TestMigration is refused with that reason, and nothing is copied.
+    let access = rig.controller_access()?;
+    let body =
+        json!({"request_id": "r-carol", "account": carol, "migration_id": MIGRATION}).to_string();
+    let refused = rig.grpcurl_as(
+        &access.panel,
+        &[
+            "-d",
+            &body,
+            &access.api.to_string(),
+            "navette.v1.Tests/TestMigration",
+        ],
+    )?;
+    support::expect_refusal(
+        &refused,
+        "FailedPrecondition",
+        "pgcrypto cannot be created there",
+    )?;
+    let tests = panel(&rig, "ListTests", json!({"account": carol}))?;
+    ensure!(
+        list(&tests, "tests").is_empty(),
+        "no test was made: {tests}"
+    );
+    ensure!(
+        target_pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{carol}'")
+        )? == "0",
+        "nothing of carol's reached the test host"
+    );
+
+    // Dave uses only plpgsql, which every server has: compatible, and the
+    // report lists what his database uses.
+    let report = panel(
+        &rig,
+        "GetCompatibilityReport",
+        json!({"account": dave, "migration_id": MIGRATION}),
+    )?;
+    ensure!(
+        report.get("compatible").and_then(|c| c.as_bool()) == Some(true),
+        "dave's report: {report}"
+    );
+    ensure!(
+        list(&report, "items").iter().any(|item| {
+            str_of(item, "topic") == "database"
+                && item.to_string().contains("uses extensions plpgsql")
+        }),
+        "dave's database item lists its extensions: {report}"
+    );
+    Ok(())
+}
