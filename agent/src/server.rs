@@ -143,9 +143,19 @@ fn transfer_status(error: TransferError) -> Status {
 impl Agent for AgentService {
     async fn get_inventory(
         &self,
-        _request: Request<GetInventoryRequest>,
+        request: Request<GetInventoryRequest>,
     ) -> Result<Response<HostInventory>, Status> {
-        match self.collector.collect().await {
+        let mut measure = std::collections::HashSet::new();
+        for account in &request.get_ref().measure_homes {
+            if !crate::inventory::accounts::is_valid_account_name(account) {
+                return Err(Status::invalid_argument(format!(
+                    "measure_homes: {} is not an account name",
+                    navette_proto::ids::quote(account)
+                )));
+            }
+            measure.insert(account.clone());
+        }
+        match self.collector.collect_measuring(measure).await {
             Ok(collected) => {
                 let inventory = collected.inventory.clone();
                 self.latest.publish(collected);

@@ -4,7 +4,9 @@
 //! compatibility report is not compatible and names the extension and the
 //! database, and `TestMigration` is refused with the same reason. An
 //! account without such an extension is compatible, and its report lists
-//! what its database uses. Real controller, agents, servers and grpcurl.
+//! what its database uses. The report counts the home as it is when the
+//! report is asked: a file added just before is in its size. Real
+//! controller, agents, servers and grpcurl.
 
 mod support;
 
@@ -33,8 +35,9 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
         Ok((join("pg15", a.join())?, join("pg18", b.join())?))
     })?;
     let (carol, dave) = ("nvx_carol", "nvx_dave");
+    let mut homes = Vec::new();
     for name in [carol, dave] {
-        rig.add_account(
+        let account = rig.add_account(
             &shared,
             AccountSpec {
                 name: name.into(),
@@ -43,6 +46,7 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
                 ..AccountSpec::default()
             },
         )?;
+        homes.push(account.home);
     }
     source_pg.psql(carol, "CREATE EXTENSION pgcrypto")?;
     ensure!(
@@ -137,6 +141,28 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
                 && item.to_string().contains("uses extensions plpgsql")
         }),
         "dave's database item lists its extensions: {report}"
+    );
+
+    // A file added to dave's home just before the report is asked counts
+    // (the agents' periodic walk of a home is every 15 minutes).
+    let before = report["homeSizeBytes"]
+        .as_str()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let added: u64 = 5 << 20;
+    std::fs::write(homes[1].join("big-upload.bin"), vec![7u8; added as usize])?;
+    let report = panel(
+        &rig,
+        "GetCompatibilityReport",
+        json!({"account": dave, "migration_id": MIGRATION}),
+    )?;
+    let after = report["homeSizeBytes"]
+        .as_str()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    ensure!(
+        after >= before + added,
+        "the report's home size follows the new file: {before} then {after} bytes"
     );
     Ok(())
 }

@@ -15,7 +15,7 @@ pub mod mariadb;
 pub mod postgres;
 pub mod system;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,12 +89,22 @@ impl Collector {
     /// Collects everything now. The account walk runs on a blocking thread
     /// while the database servers are queried.
     pub async fn collect(&self) -> Result<Collected, InventoryError> {
+        self.collect_measuring(HashSet::new()).await
+    }
+
+    /// [`Collector::collect`], measuring the homes of `accounts` now
+    /// whatever the age of their last measurement.
+    pub async fn collect_measuring(
+        &self,
+        accounts: HashSet<String>,
+    ) -> Result<Collected, InventoryError> {
         let config = &self.config;
         let accounts_dir = config.accounts_dir.clone();
         let measured = self.usage.clone();
         let max_age = Duration::from_secs(config.home_usage_interval_secs);
-        let walk =
-            tokio::task::spawn_blocking(move || walk_accounts(accounts_dir, &measured, max_age));
+        let walk = tokio::task::spawn_blocking(move || {
+            walk_accounts(accounts_dir, &measured, max_age, &accounts)
+        });
         let addresses = system::host_addresses()?;
         let disk = system::disk_usage(&config.accounts_dir)?;
         let fallback_address = addresses.first().cloned().unwrap_or_default();
@@ -212,11 +222,13 @@ impl LatestInventory {
 type AccountUsage = (accounts::AccountDir, accounts::TreeUsage);
 
 /// The account directories, each with its home's usage: measured again
-/// when older than `max_age` (or never measured), else as last measured.
+/// when older than `max_age` (or never measured, or the account is in
+/// `now`), else as last measured.
 fn walk_accounts(
     accounts_dir: PathBuf,
     measured: &Mutex<HashMap<PathBuf, Measured>>,
     max_age: Duration,
+    now: &HashSet<String>,
 ) -> Result<Vec<AccountUsage>, InventoryError> {
     let dirs = accounts::list_account_dirs(&accounts_dir).map_err(|source| {
         InventoryError::AccountsDir {
@@ -231,7 +243,7 @@ fn walk_accounts(
         .map(|dir| {
             let fresh = previous
                 .remove(&dir.home)
-                .filter(|m| m.at.elapsed() < max_age);
+                .filter(|m| m.at.elapsed() < max_age && !now.contains(&dir.name));
             let known = match fresh {
                 Some(known) => known,
                 None => {
@@ -343,19 +355,29 @@ mod tests {
             listed.into_iter().map(|(d, u)| (d.name, u.files)).collect()
         };
         let hour = Duration::from_secs(3600);
-        let first = walk_accounts(dir.clone(), &measured, hour)?;
+        let none = HashSet::new();
+        let first = walk_accounts(dir.clone(), &measured, hour, &none)?;
         assert_eq!(files(first), [("alice".to_owned(), 1)]);
         // A new file: the size stays as measured while it is young; a new
         // account is measured at once.
         std::fs::write(dir.join("alice/about.html"), b"more")?;
         std::fs::create_dir_all(dir.join("bruno"))?;
-        let second = walk_accounts(dir.clone(), &measured, hour)?;
+        let second = walk_accounts(dir.clone(), &measured, hour, &none)?;
         assert_eq!(
             files(second),
             [("alice".to_owned(), 1), ("bruno".to_owned(), 0)]
         );
+        // Asked for, alice's home is walked now, young or not.
+        let asked = HashSet::from(["alice".to_owned()]);
+        std::fs::write(dir.join("alice/contact.html"), b"more")?;
+        let asked_for = walk_accounts(dir.clone(), &measured, hour, &asked)?;
+        assert_eq!(
+            files(asked_for),
+            [("alice".to_owned(), 3), ("bruno".to_owned(), 0)]
+        );
+        std::fs::remove_file(dir.join("alice/contact.html"))?;
         // Old enough: walked again.
-        let third = walk_accounts(dir.clone(), &measured, Duration::ZERO)?;
+        let third = walk_accounts(dir.clone(), &measured, Duration::ZERO, &none)?;
         assert_eq!(
             files(third),
             [("alice".to_owned(), 2), ("bruno".to_owned(), 0)]

@@ -53,8 +53,19 @@ fn unreachable(host: &Host, status: &tonic::Status) -> Error {
 
 /// Asks a host's agent for its inventory now, checked.
 pub async fn get_inventory(controller: &Controller, host: &Host) -> Result<Inventory> {
+    get_inventory_measuring(controller, host, &[]).await
+}
+
+/// [`get_inventory`], the homes of `accounts` measured now.
+pub async fn get_inventory_measuring(
+    controller: &Controller,
+    host: &Host,
+    accounts: &[&str],
+) -> Result<Inventory> {
     let mut client = client(controller, host)?;
-    let mut request = tonic::Request::new(v1::GetInventoryRequest {});
+    let mut request = tonic::Request::new(v1::GetInventoryRequest {
+        measure_homes: accounts.iter().map(|a| (*a).to_owned()).collect(),
+    });
     request.set_timeout(CALL_TIMEOUT);
     let mut report = client
         .get_inventory(request)

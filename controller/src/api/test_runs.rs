@@ -13,14 +13,19 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{Reply, convert, reply, status};
+use crate::agents;
 use crate::catalogue::Migration;
 use crate::db::Change;
 use crate::error::{Error, Result};
 use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
-use crate::model::{Account, Host, Test, TestState};
+use crate::model::{Account, Host, HostState, Test, TestState};
 use crate::placement;
 use crate::state::Controller;
 use crate::store;
+
+/// How long a report or a test waits for the account's host to measure
+/// the home now before it uses the last measurement.
+const MEASURE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a test copy lives unless the request says otherwise.
 pub const DEFAULT_TTL_SECS: u64 = 7 * 86_400;
@@ -43,6 +48,39 @@ fn new_id() -> String {
 
 impl TestsApi {
     /// The account, its host, the migration, and every host, checked.
+    /// Asks the account's host for its inventory with the account's home
+    /// measured now, and stores it: a report, and the room a copy needs,
+    /// count what the home holds today, not at the last periodic walk. A
+    /// host that does not answer within [`MEASURE_TIMEOUT`] leaves the
+    /// stored inventory as it is.
+    async fn measure_now(&self, account: &Account, source: &Host) {
+        if source.state != HostState::Online {
+            return;
+        }
+        let asked = tokio::time::timeout(
+            MEASURE_TIMEOUT,
+            agents::get_inventory_measuring(&self.0, source, &[&account.name]),
+        )
+        .await;
+        let stored = match asked {
+            Ok(Ok(inventory)) => match self.0.db.get().await {
+                Ok(client) => store::hosts::store_inventory(&**client, &source.id, &inventory)
+                    .await
+                    .map(drop),
+                Err(error) => Err(error.into()),
+            },
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(Error::Unavailable(format!(
+                "host {} did not measure the home within {} s",
+                source.id,
+                MEASURE_TIMEOUT.as_secs()
+            ))),
+        };
+        if let Err(error) = stored {
+            tracing::warn!(message = "the account's home was not measured now; its last measurement is used", account = %account.name, host = %source.id, %error);
+        }
+    }
+
     async fn context(
         &self,
         account: &AccountName,
@@ -57,6 +95,11 @@ impl TestsApi {
                     what: "migration",
                     id: migration_id.to_string(),
                 })?;
+        let client = self.0.db.get().await?;
+        let stored = store::accounts::get(&**client, account).await?;
+        let source = store::hosts::get(&**client, &stored.host_id).await?;
+        drop(client);
+        self.measure_now(&stored, &source).await;
         let client = self.0.db.get().await?;
         let account = store::accounts::get(&**client, account).await?;
         let source = store::hosts::get(&**client, &account.host_id).await?;
