@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use prometheus_client::encoding::prometheus_text;
+use navette_proto::metrics_http;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -55,15 +55,9 @@ pub struct Metrics {
 impl Metrics {
     /// A registry with every family of the agent, all at zero.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("navette");
-        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
-        build_info
-            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
-            .set(1);
-        registry.register(
-            "build_info",
+        let mut registry = metrics_http::registry(
             "The running agent's version (always 1)",
-            build_info,
+            env!("CARGO_PKG_VERSION"),
         );
         let copied_bytes = Family::<EngineLabel, Counter>::default();
         for engine in [Engine::Files, Engine::Postgresql, Engine::Mariadb] {
@@ -130,10 +124,7 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_text::encode(&mut text, &self.registry);
-        text
+        metrics_http::render(&self.registry)
     }
 }
 
@@ -188,27 +179,11 @@ pub fn transfer_started() -> RunningTransfer {
     global().transfer_started()
 }
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot listen for metrics on {address} ([metrics] listen): {source}; choose a free address, or remove the setting to turn metrics off"
-)]
-pub struct MetricsError {
-    address: std::net::SocketAddr,
-    #[source]
-    source: std::io::Error,
-}
-
-/// Listens on `address`.
-pub async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, MetricsError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError { address, source })
-}
+pub use metrics_http::{BindError as MetricsError, bind};
 
 /// Serves the metrics on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
-    navette_proto::metrics_http::serve(listener, || async { global().render() }, shutdown).await;
+    metrics_http::serve(listener, || async { global().render() }, shutdown).await;
 }
 
 #[cfg(test)]

@@ -6,7 +6,9 @@
 //! text the caller's `render` gives, in the Prometheus text exposition
 //! format (version 0.0.4); any other path is 404, any other method 405.
 //! What the metrics are is each daemon's business (their `metrics`
-//! modules).
+//! modules); what they share is here: the registry they start from (the
+//! `navette_` prefix and `navette_build_info`), its rendering, and binding
+//! the listener ([`bind`], with the error an operator can act on).
 //!
 //! Invariants: the endpoint has no authentication and no TLS, so it must
 //! carry nothing secret (no account names, no ids): the daemons' example
@@ -24,8 +26,48 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+/// A registry of `navette_` metrics holding `navette_build_info` with the
+/// running build's `version` (always 1), described by `help`.
+pub fn registry(help: &str, version: &'static str) -> Registry {
+    let mut registry = Registry::with_prefix("navette");
+    let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+    build_info.get_or_create(&[("version", version)]).set(1);
+    registry.register("build_info", help, build_info);
+    registry
+}
+
+/// `registry` in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_text::encode(&mut text, registry);
+    text
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen for metrics on {address} ([metrics] listen): {source}; choose a free address, or remove the setting to turn metrics off"
+)]
+pub struct BindError {
+    address: std::net::SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Listens on `address` (`[metrics] listen`).
+pub async fn bind(address: std::net::SocketAddr) -> Result<TcpListener, BindError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| BindError { address, source })
+}
 
 /// The `Content-Type` of the Prometheus text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

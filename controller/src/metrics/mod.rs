@@ -19,10 +19,9 @@ pub mod workflows;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::encoding::prometheus_text;
+use navette_proto::metrics_http;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -52,15 +51,9 @@ fn step_histogram() -> Histogram {
 impl Metrics {
     /// A registry with every family of the controller, all at zero.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("navette");
-        let build_info = Family::<[(&'static str, &'static str); 1], Gauge>::default();
-        build_info
-            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
-            .set(1);
-        registry.register(
-            "build_info",
+        let mut registry = metrics_http::registry(
             "The running controller's version (always 1)",
-            build_info,
+            env!("CARGO_PKG_VERSION"),
         );
         let step_runs = Family::default();
         registry.register(
@@ -120,10 +113,7 @@ impl Metrics {
 
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_text::encode(&mut text, &self.registry);
-        text
+        metrics_http::render(&self.registry)
     }
 }
 
@@ -149,27 +139,15 @@ pub fn lease_lost(kind: &str) {
     global().lease_lost(kind);
 }
 
-/// Errors starting the endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error(
-        "cannot listen for metrics on {address} ([metrics] listen): {source}; choose a free address, or remove the setting to turn metrics off"
-    )]
-    Bind {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
+pub use metrics_http::BindError as MetricsError;
 
 /// Listens on `[metrics] listen`, if set.
 pub async fn bind(controller: &Controller) -> Result<Option<TcpListener>, MetricsError> {
     let Some(address) = controller.config.metrics.listen else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError::Bind { address, source })?;
-    tracing::info!(message = "serving metrics", address = %listener.local_addr().unwrap_or(address), path = navette_proto::metrics_http::PATH);
+    let listener = metrics_http::bind(address).await?;
+    tracing::info!(message = "serving metrics", address = %listener.local_addr().unwrap_or(address), path = metrics_http::PATH);
     Ok(Some(listener))
 }
 
@@ -183,13 +161,9 @@ pub fn spawn_serving(
         let controller = controller.clone();
         async move { scrape(&controller).await }
     };
-    tokio::spawn(navette_proto::metrics_http::serve(
-        listener,
-        render,
-        async move {
-            let _ = stopped.wait_for(|stopped| *stopped).await;
-        },
-    ));
+    tokio::spawn(metrics_http::serve(listener, render, async move {
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }));
 }
 
 /// One scrape: the counters, then the workflows as the database counts
