@@ -108,10 +108,6 @@ impl RefusedCertificates {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn is_refused(&self, serial: &str) -> bool {
-        self.read().refused.contains(serial)
-    }
-
     /// Whether `serial`, presented on the connection from `peer`, may call;
     /// an accepted one is remembered with its connection.
     pub fn verdict(&self, serial: &str, peer: Option<SocketAddr>) -> Verdict {
@@ -275,16 +271,19 @@ mod tests {
             source,
         })?;
         let refused = RefusedCertificates::open(&dir);
-        assert!(!refused.is_refused("01aa"));
+        assert_eq!(refused.verdict("01aa", None), Verdict::Accepted);
         assert!(refused.replace(&["01AA".into(), "02bb".into()], &["03cc".into()])?);
-        assert!(refused.is_refused("01aa"));
+        assert_eq!(refused.verdict("01aa", None), Verdict::Refused);
         assert!(!refused.replace(&["02bb".into(), "01aa".into()], &["03cc".into()])?);
         let reopened = RefusedCertificates::open(&dir);
-        assert!(reopened.is_refused("02bb"));
+        assert_eq!(reopened.verdict("02bb", None), Verdict::Refused);
         assert_eq!(reopened.verdict("03cc", None), Verdict::Renewed);
         assert!(reopened.replace(&["02bb".into()], &[])?);
-        assert!(!reopened.is_refused("01aa"));
-        assert!(!RefusedCertificates::open(&dir).is_refused("01aa"));
+        assert_eq!(reopened.verdict("01aa", None), Verdict::Accepted);
+        assert_eq!(
+            RefusedCertificates::open(&dir).verdict("01aa", None),
+            Verdict::Accepted
+        );
         assert_eq!(
             RefusedCertificates::open(&dir).verdict("03cc", None),
             Verdict::Accepted
