@@ -69,6 +69,9 @@ pub struct Collector {
     /// `home_usage_interval_secs`, so that homes are not walked at every
     /// collection.
     usage: Arc<Mutex<HashMap<PathBuf, Measured>>>,
+    /// Each PostgreSQL database's extensions as last read, reused like
+    /// home sizes.
+    extensions: postgres::ExtensionCache,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +86,7 @@ impl Collector {
             config,
             host_id,
             usage: Arc::default(),
+            extensions: postgres::ExtensionCache::default(),
         }
     }
 
@@ -93,7 +97,8 @@ impl Collector {
     }
 
     /// [`Collector::collect`], measuring the homes of `accounts` now
-    /// whatever the age of their last measurement.
+    /// whatever the age of their last measurement; when `accounts` is not
+    /// empty, databases' extensions are read now too.
     pub async fn collect_measuring(
         &self,
         accounts: HashSet<String>,
@@ -102,6 +107,14 @@ impl Collector {
         let accounts_dir = config.accounts_dir.clone();
         let measured = self.usage.clone();
         let max_age = Duration::from_secs(config.home_usage_interval_secs);
+        // An inventory asked for with homes to measure now (a report, a
+        // test) reads every database's extensions now too; a periodic one
+        // reuses them while they are as young as home sizes.
+        let facts_age = if accounts.is_empty() {
+            max_age
+        } else {
+            Duration::ZERO
+        };
         let walk = tokio::task::spawn_blocking(move || {
             walk_accounts(accounts_dir, &measured, max_age, &accounts)
         });
@@ -120,7 +133,7 @@ impl Collector {
             });
             findings.push((
                 Attribution::ByOwner,
-                postgres::inspect(server, public_address).await,
+                postgres::inspect(server, public_address, &self.extensions, facts_age).await,
             ));
         }
         for server in &config.mariadb {

@@ -4,13 +4,15 @@
 //! owner (to attribute a database owned by, say, `wp` to its account).
 //!
 //! Reads only: one connection to the `postgres` database, then one short
-//! one to each database for its extensions (`pg_extension` is per
-//! database). A server that cannot be reached is reported as such, never as
+//! one to each database whose extensions (`pg_extension` is per database)
+//! were not read within the collection's `max_age` ([`ExtensionCache`]:
+//! a periodic inventory does not open a connection to every database). A server that cannot be reached is reported as such, never as
 //! an error of the whole inventory; a database that cannot be read reports
 //! no extensions, and the copy's own preflight checks them again.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer};
 
@@ -37,8 +39,53 @@ pub fn short_version(server_version: &str) -> String {
         .to_owned()
 }
 
-/// Inspects `server`. `public_address` is what customers connect to.
-pub async fn inspect(server: &PostgresqlServer, public_address: String) -> ServerFindings {
+/// The extensions of each database (by server and name) as last read, and
+/// when. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ExtensionCache(Arc<Mutex<ExtensionsRead>>);
+
+/// (server, database) to when its extensions were read, and what they were.
+type ExtensionsRead = HashMap<(String, String), (Instant, Vec<String>)>;
+
+impl ExtensionCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExtensionsRead> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// What was read of `database` less than `max_age` ago.
+    fn fresh(&self, server: &str, database: &str, max_age: Duration) -> Option<Vec<String>> {
+        self.lock()
+            .get(&(server.to_owned(), database.to_owned()))
+            .filter(|(at, _)| at.elapsed() < max_age)
+            .map(|(_, extensions)| extensions.clone())
+    }
+
+    /// Keeps what was just read of `database`.
+    fn put(&self, server: &str, database: &str, extensions: &[String]) {
+        self.lock().insert(
+            (server.to_owned(), database.to_owned()),
+            (Instant::now(), extensions.to_vec()),
+        );
+    }
+
+    /// Forgets `server`'s databases that are not in `databases` (gone).
+    fn forget_gone(&self, server: &str, databases: &[Database]) {
+        self.lock()
+            .retain(|(s, d), _| s != server || databases.iter().any(|db| &db.name == d));
+    }
+}
+
+/// Inspects `server`. `public_address` is what customers connect to; the
+/// extensions of a database are read again when `extensions` has none
+/// younger than `max_age`.
+pub async fn inspect(
+    server: &PostgresqlServer,
+    public_address: String,
+    extensions: &ExtensionCache,
+    max_age: Duration,
+) -> ServerFindings {
     let mut report = DatabaseServer {
         name: server.name.clone(),
         engine: DatabaseEngine::Postgresql.into(),
@@ -49,7 +96,7 @@ pub async fn inspect(server: &PostgresqlServer, public_address: String) -> Serve
         error: String::new(),
         available_extensions: Vec::new(),
     };
-    let result = tokio::time::timeout(TIMEOUT, query(server)).await;
+    let result = tokio::time::timeout(TIMEOUT, query(server, extensions, max_age)).await;
     let (databases, owner_members) = match result {
         Ok(Ok(found)) => {
             report.version = found.version;
@@ -122,7 +169,11 @@ async fn extensions_of(server: &PostgresqlServer, database: &str) -> Vec<String>
     }
 }
 
-async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error> {
+async fn query(
+    server: &PostgresqlServer,
+    cache: &ExtensionCache,
+    max_age: Duration,
+) -> Result<Found, tokio_postgres::Error> {
     let config = server.connection_config("postgres", "navette-agent", Duration::from_secs(5));
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let server_name = server.name.clone();
@@ -153,7 +204,14 @@ async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error
             let size: i64 = row.try_get(2)?;
             let members: Vec<String> = row.try_get(3)?;
             owner_members.insert(owner.clone(), members);
-            let extensions = extensions_of(server, &name).await;
+            let extensions = match cache.fresh(&server.name, &name, max_age) {
+                Some(extensions) => extensions,
+                None => {
+                    let read = extensions_of(server, &name).await;
+                    cache.put(&server.name, &name, &read);
+                    read
+                }
+            };
             databases.push(Database {
                 engine: DatabaseEngine::Postgresql.into(),
                 server: server.name.clone(),
@@ -163,6 +221,7 @@ async fn query(server: &PostgresqlServer) -> Result<Found, tokio_postgres::Error
                 extensions,
             });
         }
+        cache.forget_gone(&server.name, &databases);
         Ok(Found {
             version: short_version(&version),
             available_extensions,
@@ -187,6 +246,24 @@ mod tests {
         assert_eq!(short_version(""), "");
     }
 
+    #[test]
+    fn extensions_are_reused_while_young_and_forgotten_with_their_database() {
+        let cache = ExtensionCache::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(cache.fresh("main", "shop", hour), None);
+        cache.put("main", "shop", &["pgcrypto".to_owned()]);
+        assert_eq!(
+            cache.fresh("main", "shop", hour),
+            Some(vec!["pgcrypto".to_owned()])
+        );
+        assert_eq!(cache.fresh("main", "shop", Duration::ZERO), None);
+        assert_eq!(cache.fresh("pg5433", "shop", hour), None);
+        cache.put("pg5433", "shop", &[]);
+        cache.forget_gone("main", &[]);
+        assert_eq!(cache.fresh("main", "shop", hour), None);
+        assert_eq!(cache.fresh("pg5433", "shop", hour), Some(vec![]));
+    }
+
     #[tokio::test]
     async fn a_missing_server_is_reported_unreachable() {
         let server = PostgresqlServer {
@@ -199,7 +276,13 @@ mod tests {
             bin_dir: None,
             library_path: None,
         };
-        let findings = inspect(&server, "192.0.2.11".into()).await;
+        let findings = inspect(
+            &server,
+            "192.0.2.11".into(),
+            &ExtensionCache::default(),
+            Duration::ZERO,
+        )
+        .await;
         assert!(!findings.server.reachable);
         assert!(!findings.server.error.is_empty());
         assert_eq!(findings.server.address, "192.0.2.11");
