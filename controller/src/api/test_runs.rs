@@ -52,10 +52,10 @@ impl TestsApi {
     /// measured now, and stores it: a report, and the room a copy needs,
     /// count what the home holds today, not at the last periodic walk. A
     /// host that does not answer within [`MEASURE_TIMEOUT`] leaves the
-    /// stored inventory as it is.
-    async fn measure_now(&self, account: &Account, source: &Host) {
+    /// stored inventory as it is. Whether a new inventory was stored.
+    async fn measure_now(&self, account: &Account, source: &Host) -> bool {
         if source.state != HostState::Online {
-            return;
+            return false;
         }
         let asked = tokio::time::timeout(
             MEASURE_TIMEOUT,
@@ -76,8 +76,12 @@ impl TestsApi {
                 MEASURE_TIMEOUT.as_secs()
             ))),
         };
-        if let Err(error) = stored {
-            tracing::warn!(message = "the account's home was not measured now; its last measurement is used", account = %account.name, host = %source.id, %error);
+        match stored {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(message = "the account's home was not measured now; its last measurement is used", account = %account.name, host = %source.id, %error);
+                false
+            }
         }
     }
 
@@ -98,11 +102,17 @@ impl TestsApi {
         let client = self.0.db.get().await?;
         let stored = store::accounts::get(&**client, account).await?;
         let source = store::hosts::get(&**client, &stored.host_id).await?;
+        // No connection is held while the host measures (up to 10 s).
         drop(client);
-        self.measure_now(&stored, &source).await;
+        let measured = self.measure_now(&stored, &source).await;
         let client = self.0.db.get().await?;
-        let account = store::accounts::get(&**client, account).await?;
-        let source = store::hosts::get(&**client, &account.host_id).await?;
+        let (account, source) = if measured {
+            let account = store::accounts::get(&**client, account).await?;
+            let source = store::hosts::get(&**client, &account.host_id).await?;
+            (account, source)
+        } else {
+            (stored, source)
+        };
         if !migration.applies_to_account(&account, &source) {
             return Err(Error::FailedPrecondition(format!(
                 "migration {} does not apply to account {}: it moves {} {} to {}, and the account uses none (see Catalogue/ListMigrations for the account)",
