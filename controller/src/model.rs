@@ -97,6 +97,21 @@ pub struct DatabaseServer {
     /// PostgreSQL: the extensions the server can create, sorted.
     #[serde(default)]
     pub available_extensions: Vec<String>,
+    /// Free bytes of the filesystem of the server's data directory, where
+    /// a copy's databases land; `None` when the agent did not measure it
+    /// (an older agent, or a directory it cannot see).
+    #[serde(default)]
+    pub data_directory_free_bytes: Option<u64>,
+    /// MariaDB: the storage engines the server can create tables with.
+    #[serde(default)]
+    pub available_engines: Vec<String>,
+}
+
+/// A MariaDB table and its storage engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableEngine {
+    pub table: String,
+    pub engine: String,
 }
 
 /// One database of an account.
@@ -110,6 +125,20 @@ pub struct Database {
     /// PostgreSQL: the extensions created in it, sorted.
     #[serde(default)]
     pub extensions: Vec<String>,
+    /// PostgreSQL: the owner's roles (the owner and its direct members)
+    /// whose stored password is an MD5 hash.
+    #[serde(default)]
+    pub md5_password_roles: Vec<String>,
+    /// PostgreSQL: unlogged partitioned tables (`schema.table`).
+    #[serde(default)]
+    pub unlogged_partitioned_tables: Vec<String>,
+    /// MariaDB: the base tables whose engine is not InnoDB.
+    #[serde(default)]
+    pub tables_not_innodb: Vec<TableEngine>,
+    /// Whether the agent read the three fields above; when false they say
+    /// nothing (an older agent, or a database it could not read).
+    #[serde(default)]
+    pub inspected: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

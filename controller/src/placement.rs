@@ -8,6 +8,14 @@
 //! could hold ([`usable_free_bytes`]): an agent cannot attract copies, and
 //! the customers' credentials in them, by lying about itself.
 //!
+//! Invariant: free space is checked where each part of the copy lands:
+//! the home on the host's homes filesystem ([`usable_free_bytes`], which
+//! must hold the whole copy, as when both share one filesystem), and each
+//! receiving database server's databases on that server's data directory
+//! ([`server_room`]), which may be another filesystem. The data directory's
+//! figure only ever refuses a host, so an agent overstating it attracts
+//! nothing the homes' check would not give it.
+//!
 //! Invariant: a copy goes only between a source and a target whose agents
 //! share a transfer protocol version ([`protocol::protocol_version`]), and its plan
 //! records the highest one, which both agents then use.
@@ -57,7 +65,93 @@ pub fn account_bytes(account: &Account) -> (u64, u64) {
 /// Disk a copy of the account needs on the target.
 pub fn disk_needed(account: &Account) -> u64 {
     let (home, databases) = account_bytes(account);
-    (home + databases) * MARGIN_NUMERATOR / MARGIN_DENOMINATOR + MARGIN_FIXED
+    with_margin(home + databases)
+}
+
+/// Disk `bytes` of data need once copied, with the margin.
+fn with_margin(bytes: u64) -> u64 {
+    bytes.saturating_mul(MARGIN_NUMERATOR) / MARGIN_DENOMINATOR + MARGIN_FIXED
+}
+
+/// What one receiving database server of a host would take of a copy, and
+/// the room its data directory has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerRoom {
+    pub engine: Engine,
+    pub server: String,
+    /// Its databases' size with the margin ([`disk_needed`]'s).
+    pub needed_bytes: u64,
+    /// Free bytes of its data directory's filesystem; `None`: not
+    /// reported (an older agent), and only the homes' check applies.
+    pub free_bytes: Option<u64>,
+}
+
+impl ServerRoom {
+    /// Whether the data directory is known to lack room.
+    pub fn short(&self) -> bool {
+        self.free_bytes.is_some_and(|free| free < self.needed_bytes)
+    }
+
+    /// "PostgreSQL server main has 3.0 MiB free on its data directory;
+    /// the databases it would receive need 70.0 MiB".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} server {} has {} on its data directory; the databases it would receive need {}",
+            engine_name(self.engine),
+            self.server,
+            match self.free_bytes {
+                Some(free) => format!("{} free", human_bytes(free)),
+                None => "an unmeasured amount free".to_owned(),
+            },
+            human_bytes(self.needed_bytes)
+        )
+    }
+}
+
+/// For each server of `host` that would receive databases of `account`
+/// (as [`plan_test`] picks them), what they need and what its data
+/// directory has free; in the order the host lists its servers.
+pub fn server_room(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    host: &Host,
+    held: &[Account],
+) -> Vec<ServerRoom> {
+    let mut rooms: Vec<ServerRoom> = Vec::new();
+    for database in &account.databases {
+        let Some(source) = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)
+        else {
+            continue;
+        };
+        let Ok(server) = receiving_server(migration, account, database, host, source, held) else {
+            continue;
+        };
+        match rooms
+            .iter_mut()
+            .find(|r| r.engine == server.engine && r.server == server.name)
+        {
+            Some(room) => room.needed_bytes += database.size_bytes,
+            None => rooms.push(ServerRoom {
+                engine: server.engine,
+                server: server.name.clone(),
+                needed_bytes: database.size_bytes,
+                free_bytes: server.data_directory_free_bytes,
+            }),
+        }
+    }
+    for room in &mut rooms {
+        room.needed_bytes = with_margin(room.needed_bytes);
+    }
+    rooms.sort_by_key(|room| {
+        host.database_servers
+            .iter()
+            .position(|s| s.engine == room.engine && s.name == room.server)
+    });
+    rooms
 }
 
 fn numbers(version: &str) -> Vec<u64> {
@@ -351,6 +445,7 @@ pub fn plan_test(
     let mut refusals = Vec::new();
     let mut fitting: Vec<&Host> = Vec::new();
     let mut largest_free = 0u64;
+    let mut short_of_room = false;
     for host in hosts.iter().filter(|h| h.kind == Some(HostKind::Test)) {
         let free = usable_free_bytes(host);
         if host.state == HostState::Removed {
@@ -368,6 +463,12 @@ pub fn plan_test(
         } else if free < needed {
             largest_free = largest_free.max(free);
             refusals.push(format!("{} has {} free", host.id, human_bytes(free)));
+        } else if let Some(short) = server_room(migration, account, source_host, host, held)
+            .into_iter()
+            .find(ServerRoom::short)
+        {
+            short_of_room = true;
+            refusals.push(format!("{}: {}", host.id, short.describe()));
         } else {
             fitting.push(host);
         }
@@ -378,7 +479,7 @@ pub fn plan_test(
         } else {
             refusals.join("; ")
         };
-        return Err(if largest_free > 0 {
+        return Err(if largest_free > 0 || short_of_room {
             Error::NoRoom(format!(
                 "no test host has room for a copy of {}: it needs {} ({detail}); retry when a test host is freed",
                 account.name,
@@ -485,6 +586,8 @@ mod tests {
                 "connection refused".into()
             },
             available_extensions: Vec::new(),
+            data_directory_free_bytes: None,
+            available_engines: Vec::new(),
         }
     }
 
@@ -533,6 +636,10 @@ mod tests {
                     size_bytes: 10 << 20,
                     owner: "alice".into(),
                     extensions: vec!["plpgsql".into()],
+                    md5_password_roles: Vec::new(),
+                    unlogged_partitioned_tables: Vec::new(),
+                    tables_not_innodb: Vec::new(),
+                    inspected: true,
                 },
                 Database {
                     engine: Engine::Mariadb,
@@ -541,6 +648,10 @@ mod tests {
                     size_bytes: 1 << 20,
                     owner: "alice".into(),
                     extensions: Vec::new(),
+                    md5_password_roles: Vec::new(),
+                    unlogged_partitioned_tables: Vec::new(),
+                    tables_not_innodb: Vec::new(),
+                    inspected: true,
                 },
             ],
             updated_at: chrono::Utc::now(),
@@ -903,6 +1014,41 @@ mod tests {
             &[],
         )?;
         assert_eq!(plan.protocol_version, 2);
+        Ok(())
+    }
+
+    #[test]
+    fn a_data_directory_without_room_refuses_its_host_naming_server_need_and_free()
+    -> Result<(), Error> {
+        // The homes' filesystem has room; the PostgreSQL 18 server's data
+        // directory, on a filesystem of its own, has 3 MiB.
+        let mut account = alice();
+        account.databases[0].size_bytes = 40 << 20;
+        let mut small = test_host(20 << 30);
+        small.database_servers[0].data_directory_free_bytes = Some(3 << 20);
+        let error = plan_test(&migration(), &account, &source(), &[small.clone()], &[]).err();
+        assert!(
+            matches!(&error, Some(Error::NoRoom(m)) if m.contains(
+                "test-1: PostgreSQL server main has 3.0 MiB free on its data directory; the databases it would receive need 114.0 MiB"
+            )),
+            "{error:?}"
+        );
+        // What the report shows for it.
+        let rooms = server_room(&migration(), &account, &source(), &small, &[]);
+        assert_eq!(
+            rooms
+                .iter()
+                .map(|r| (r.server.as_str(), r.needed_bytes, r.free_bytes, r.short()))
+                .collect::<Vec<_>>(),
+            [
+                ("main", (40 << 20) * 5 / 4 + (64 << 20), Some(3 << 20), true),
+                ("main", (1 << 20) * 5 / 4 + (64 << 20), None, false),
+            ]
+        );
+        // With room there (or unmeasured, from an older agent), it goes.
+        small.database_servers[0].data_directory_free_bytes = Some(1 << 30);
+        let (chosen, _) = plan_test(&migration(), &account, &source(), &[small], &[])?;
+        assert_eq!(chosen.id, "test-1");
         Ok(())
     }
 

@@ -1,17 +1,21 @@
-//! What a MariaDB/MySQL server on this host holds: its version and its
-//! databases with their sizes, read through the server's own command-line
-//! client (`mariadb --batch`), so the agent needs no MySQL driver and uses
-//! the host's usual client configuration (e.g. `/root/.my.cnf`).
+//! What a MariaDB/MySQL server on this host holds: its version, the
+//! storage engines it offers, the free space of its data directory, and
+//! its databases with their sizes and the tables not on InnoDB, read
+//! through the server's own command-line client (`mariadb --batch`), so the
+//! agent needs no MySQL driver and uses the host's usual client
+//! configuration (e.g. `/root/.my.cnf`).
 //!
-//! Reads only. A server that cannot be reached is reported as such, never as
-//! an error of the whole inventory. Databases belong to accounts by name:
-//! `a` or `a_*` belong to account `a`.
+//! Reads only, and only `information_schema` and server variables. A server
+//! that cannot be reached is reported as such, never as an error of the
+//! whole inventory; when the second run (engines, tables, data directory)
+//! fails, the databases are reported with `inspected` false. Databases
+//! belong to accounts by name: `a` or `a_*` belong to account `a`.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer};
+use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer, TableEngine};
 
 use super::ServerFindings;
 use crate::config::MariadbServer;
@@ -25,6 +29,54 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENTS: &str = "SELECT VERSION(); SHOW DATABASES; \
      SELECT table_schema, COALESCE(SUM(data_length+index_length),0) \
      FROM information_schema.tables GROUP BY table_schema";
+
+/// The second run: tagged rows, one tag per kind (`datadir`, `engine`,
+/// `table` schema, table, engine), so one parse reads them all.
+const DETAILS_STATEMENTS: &str = "SELECT 'datadir', @@datadir; \
+     SELECT 'engine', ENGINE FROM information_schema.ENGINES \
+     WHERE SUPPORT IN ('YES', 'DEFAULT') ORDER BY 2; \
+     SELECT 'table', TABLE_SCHEMA, TABLE_NAME, ENGINE FROM information_schema.TABLES \
+     WHERE TABLE_TYPE = 'BASE TABLE' AND ENGINE IS NOT NULL AND ENGINE <> 'InnoDB' \
+     AND TABLE_SCHEMA NOT IN ('information_schema', 'performance_schema', 'mysql', 'sys') \
+     ORDER BY 2, 3";
+
+/// The most tables not on InnoDB reported for one database.
+const MAX_TABLES: usize = 1000;
+
+/// What the second run printed, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Details {
+    pub datadir: Option<String>,
+    /// Engines tables can be created with, as the server names them.
+    pub engines: Vec<String>,
+    /// Per database, its base tables not on InnoDB and their engine,
+    /// at most [`MAX_TABLES`] each.
+    pub tables: BTreeMap<String, Vec<TableEngine>>,
+}
+
+/// Parses the `--batch --skip-column-names` output of
+/// [`DETAILS_STATEMENTS`].
+pub fn parse_details(output: &str) -> Result<Details, String> {
+    let mut details = Details::default();
+    for line in output.lines().filter(|line| !line.is_empty()) {
+        let fields: Vec<String> = line.split('\t').map(unescape).collect();
+        match fields.as_slice() {
+            [tag, datadir] if tag == "datadir" => details.datadir = Some(datadir.clone()),
+            [tag, engine] if tag == "engine" => details.engines.push(engine.clone()),
+            [tag, schema, table, engine] if tag == "table" => {
+                let tables = details.tables.entry(schema.clone()).or_default();
+                if tables.len() < MAX_TABLES {
+                    tables.push(TableEngine {
+                        table: table.clone(),
+                        engine: engine.clone(),
+                    });
+                }
+            }
+            _ => return Err(format!("unexpected line {line:?}")),
+        }
+    }
+    Ok(details)
+}
 
 /// Schemas of the server itself, never an account's.
 const SYSTEM_SCHEMAS: [&str; 4] = ["information_schema", "performance_schema", "mysql", "sys"];
@@ -130,25 +182,53 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
         reachable: false,
         error: String::new(),
         available_extensions: Vec::new(),
+        data_directory_free_bytes: None,
+        available_engines: Vec::new(),
     };
     let mut databases = Vec::new();
-    match run_client(server)
+    match run_client(server, STATEMENTS)
         .await
         .and_then(|out| parse_batch_output(&out))
     {
         Ok(listing) => {
             report.version = short_version(&listing.version);
             report.reachable = true;
+            let details = match run_client(server, DETAILS_STATEMENTS)
+                .await
+                .and_then(|out| parse_details(&out))
+            {
+                Ok(details) => Some(details),
+                Err(error) => {
+                    tracing::warn!(message = "cannot read a MariaDB server's engines and tables", server = %server.name, %error);
+                    None
+                }
+            };
+            if let Some(details) = &details {
+                report.available_engines = details.engines.clone();
+                report.data_directory_free_bytes = details.datadir.as_deref().and_then(|dir| {
+                    super::system::disk_usage(std::path::Path::new(dir))
+                        .map_err(|error| tracing::debug!(message = "cannot measure the data directory", server = %server.name, directory = dir, %error))
+                        .ok()
+                        .map(|usage| usage.free_bytes)
+                });
+            }
             databases = listing
                 .databases
                 .into_iter()
                 .map(|(name, size_bytes)| Database {
                     engine: DatabaseEngine::Mariadb.into(),
                     server: server.name.clone(),
+                    tables_not_innodb: details
+                        .as_ref()
+                        .and_then(|d| d.tables.get(&name).cloned())
+                        .unwrap_or_default(),
+                    inspected: details.is_some(),
                     name,
                     size_bytes,
                     owner: String::new(),
                     extensions: Vec::new(),
+                    md5_password_roles: Vec::new(),
+                    unlogged_partitioned_tables: Vec::new(),
                 })
                 .collect();
         }
@@ -169,8 +249,9 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
     }
 }
 
-/// Runs the client; its standard output, or why it failed.
-async fn run_client(server: &MariadbServer) -> Result<String, String> {
+/// Runs the client on `statements`; its standard output, or why it
+/// failed.
+async fn run_client(server: &MariadbServer, statements: &str) -> Result<String, String> {
     let mut command = tokio::process::Command::new(&server.client);
     command
         .arg(format!("--socket={}", server.socket.display()))
@@ -181,7 +262,7 @@ async fn run_client(server: &MariadbServer) -> Result<String, String> {
             "--connect-timeout=5",
             "-e",
         ])
-        .arg(STATEMENTS)
+        .arg(statements)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,6 +324,24 @@ mod tests {
     fn garbage_is_refused() {
         assert!(parse_batch_output("").is_err());
         assert!(parse_batch_output("10.11.6\nalice\tlots\n").is_err());
+    }
+
+    #[test]
+    fn details_give_datadir_engines_and_tables_by_database() {
+        let output = "datadir\t/var/lib/mysql/\n\
+                      engine\tAria\nengine\tInnoDB\nengine\tMyISAM\n\
+                      table\talice_blog\tlogs\tCONNECT\ntable\talice_blog\tcache\tAria\n\
+                      table\tbob\todd\\tname\tMyISAM\n";
+        let details = parse_details(output).expect("valid output");
+        assert_eq!(details.datadir.as_deref(), Some("/var/lib/mysql/"));
+        assert_eq!(details.engines, ["Aria", "InnoDB", "MyISAM"]);
+        let blog: Vec<(&str, &str)> = details.tables["alice_blog"]
+            .iter()
+            .map(|t| (t.table.as_str(), t.engine.as_str()))
+            .collect();
+        assert_eq!(blog, [("logs", "CONNECT"), ("cache", "Aria")]);
+        assert_eq!(details.tables["bob"][0].table, "odd\tname");
+        assert!(parse_details("table\tonly-two\n").is_err());
     }
 
     #[test]

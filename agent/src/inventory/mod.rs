@@ -434,7 +434,7 @@ mod tests {
             name: name.into(),
             size_bytes: 8192,
             owner: owner.into(),
-            extensions: Vec::new(),
+            ..Database::default()
         }
     }
 

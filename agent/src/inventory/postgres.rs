@@ -1,14 +1,20 @@
 //! What a PostgreSQL server on this host holds: its version, the
-//! extensions it can create, and its databases with owner, size and the
-//! extensions created in each, and the roles that are members of each
-//! owner (to attribute a database owned by, say, `wp` to its account).
+//! extensions it can create, the free space of its data directory, and its
+//! databases with owner, size, the extensions created in each, its
+//! unlogged partitioned tables, the roles of its owner that still have an
+//! MD5 password, and the roles that are members of each owner (to
+//! attribute a database owned by, say, `wp` to its account).
 //!
-//! Reads only: one connection to the `postgres` database, then one short
-//! one to each database whose extensions (`pg_extension` is per database)
-//! were not read within the collection's `max_age` ([`ExtensionCache`]:
-//! a periodic inventory does not open a connection to every database). A server that cannot be reached is reported as such, never as
-//! an error of the whole inventory; a database that cannot be read reports
-//! no extensions, and the copy's own preflight checks them again.
+//! Reads only, and only the system catalogues: one connection to the
+//! `postgres` database, then one short one to each database whose details
+//! (`pg_extension` and `pg_class` are per database) were not read within
+//! the collection's `max_age` ([`ExtensionCache`]: a periodic inventory
+//! does not open a connection to every database). A server that cannot be
+//! reached is reported as such, never as an error of the whole inventory;
+//! a database that cannot be read (or a role that may not read
+//! `pg_authid`) is reported with `inspected` false, and the compatibility
+//! report says what was not checked; the copy's own preflight checks the
+//! extensions again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,13 +45,36 @@ pub fn short_version(server_version: &str) -> String {
         .to_owned()
 }
 
-/// The extensions of each database (by server and name) as last read, and
+/// The unlogged partitioned tables of a database (PostgreSQL 18 refuses
+/// them), as `schema.table`.
+const UNLOGGED_PARTITIONED_QUERY: &str = "SELECT n.nspname::text || '.' || c.relname::text \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'p' AND c.relpersistence = 'u' ORDER BY 1 LIMIT 1000";
+
+/// The roles whose stored password is an MD5 hash. Needs a role that may
+/// read `pg_authid` (a superuser, as the agent's usually is).
+const MD5_ROLES_QUERY: &str =
+    "SELECT rolname::text FROM pg_authid WHERE rolpassword LIKE 'md5%' ORDER BY 1";
+
+/// What is read of one database in its own connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseDetails {
+    /// Created in it (plpgsql included), sorted.
+    pub extensions: Vec<String>,
+    /// `schema.table`, sorted, at most 1000.
+    pub unlogged_partitioned_tables: Vec<String>,
+    /// Whether the database could be read; when false, the rest is empty
+    /// and says nothing.
+    pub read: bool,
+}
+
+/// The details of each database (by server and name) as last read, and
 /// when. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct ExtensionCache(Arc<Mutex<ExtensionsRead>>);
 
-/// (server, database) to when its extensions were read, and what they were.
-type ExtensionsRead = HashMap<(String, String), (Instant, Vec<String>)>;
+/// (server, database) to when its details were read, and what they were.
+type ExtensionsRead = HashMap<(String, String), (Instant, DatabaseDetails)>;
 
 impl ExtensionCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, ExtensionsRead> {
@@ -55,18 +84,18 @@ impl ExtensionCache {
     }
 
     /// What was read of `database` less than `max_age` ago.
-    fn fresh(&self, server: &str, database: &str, max_age: Duration) -> Option<Vec<String>> {
+    fn fresh(&self, server: &str, database: &str, max_age: Duration) -> Option<DatabaseDetails> {
         self.lock()
             .get(&(server.to_owned(), database.to_owned()))
             .filter(|(at, _)| at.elapsed() < max_age)
-            .map(|(_, extensions)| extensions.clone())
+            .map(|(_, details)| details.clone())
     }
 
     /// Keeps what was just read of `database`.
-    fn put(&self, server: &str, database: &str, extensions: &[String]) {
+    fn put(&self, server: &str, database: &str, details: &DatabaseDetails) {
         self.lock().insert(
             (server.to_owned(), database.to_owned()),
-            (Instant::now(), extensions.to_vec()),
+            (Instant::now(), details.clone()),
         );
     }
 
@@ -95,12 +124,15 @@ pub async fn inspect(
         reachable: false,
         error: String::new(),
         available_extensions: Vec::new(),
+        data_directory_free_bytes: None,
+        available_engines: Vec::new(),
     };
     let result = tokio::time::timeout(TIMEOUT, query(server, extensions, max_age)).await;
     let (databases, owner_members) = match result {
         Ok(Ok(found)) => {
             report.version = found.version;
             report.available_extensions = found.available_extensions;
+            report.data_directory_free_bytes = found.data_directory_free_bytes;
             report.reachable = true;
             (found.databases, found.owner_members)
         }
@@ -138,33 +170,78 @@ fn describe(error: &tokio_postgres::Error) -> String {
 struct Found {
     version: String,
     available_extensions: Vec<String>,
+    data_directory_free_bytes: Option<u64>,
     databases: Vec<Database>,
     /// The members of each database owner.
     owner_members: HashMap<String, Vec<String>>,
 }
 
-/// The extensions created in `database` (plpgsql included), sorted; empty
-/// if the database cannot be read (it may refuse connections).
-async fn extensions_of(server: &PostgresqlServer, database: &str) -> Vec<String> {
+/// The first column of every row, as text.
+fn texts(rows: &[tokio_postgres::Row]) -> Result<Vec<String>, tokio_postgres::Error> {
+    rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
+}
+
+/// What is read of `database` in its own connection; not `read` if it
+/// cannot be (it may refuse connections).
+async fn details_of(server: &PostgresqlServer, database: &str) -> DatabaseDetails {
     let config = server.connection_config(database, "navette-agent", Duration::from_secs(2));
     let read = async {
         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let connection = tokio::spawn(connection);
-        let rows = client
-            .query("SELECT extname::text FROM pg_extension ORDER BY 1", &[])
-            .await;
+        let read = async {
+            let extensions = client
+                .query("SELECT extname::text FROM pg_extension ORDER BY 1", &[])
+                .await?;
+            let unlogged = client.query(UNLOGGED_PARTITIONED_QUERY, &[]).await?;
+            Ok::<_, tokio_postgres::Error>(DatabaseDetails {
+                extensions: texts(&extensions)?,
+                unlogged_partitioned_tables: texts(&unlogged)?,
+                read: true,
+            })
+        }
+        .await;
         drop(client);
         connection.abort();
-        rows?
-            .iter()
-            .map(|row| row.try_get::<_, String>(0))
-            .collect::<Result<Vec<_>, _>>()
+        read
     };
     match read.await {
-        Ok(extensions) => extensions,
+        Ok(details) => details,
         Err(error) => {
-            tracing::debug!(message = "cannot read a database's extensions", server = %server.name, database, error = %describe(&error));
-            Vec::new()
+            tracing::debug!(message = "cannot read a database's details", server = %server.name, database, error = %describe(&error));
+            DatabaseDetails::default()
+        }
+    }
+}
+
+/// Free bytes of the filesystem holding the server's data directory, if
+/// the agent can see it: the server is reached over a Unix socket or a
+/// loopback address (so the path is one of this host), and
+/// `data_directory` is readable (a superuser or `pg_read_all_settings`).
+async fn data_directory_free_bytes(
+    client: &tokio_postgres::Client,
+    server: &PostgresqlServer,
+) -> Option<u64> {
+    let local = server.uses_socket()
+        || server.host == "localhost"
+        || server
+            .host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    if !local {
+        return None;
+    }
+    let directory: String = match client.query_one("SHOW data_directory", &[]).await {
+        Ok(row) => row.try_get(0).ok()?,
+        Err(error) => {
+            tracing::debug!(message = "cannot read the data directory", server = %server.name, error = %describe(&error));
+            return None;
+        }
+    };
+    match super::system::disk_usage(std::path::Path::new(&directory)) {
+        Ok(usage) => Some(usage.free_bytes),
+        Err(error) => {
+            tracing::debug!(message = "cannot measure the data directory", server = %server.name, directory, %error);
+            None
         }
     }
 }
@@ -196,6 +273,16 @@ async fn query(
             .iter()
             .map(|row| row.try_get::<_, String>(0))
             .collect::<Result<Vec<_>, _>>()?;
+        let data_directory_free_bytes = data_directory_free_bytes(&client, server).await;
+        // A role that may not read pg_authid reports no MD5 roles, and
+        // its databases as not inspected.
+        let md5_roles = match client.query(MD5_ROLES_QUERY, &[]).await {
+            Ok(rows) => Some(texts(&rows)?),
+            Err(error) => {
+                tracing::debug!(message = "cannot read which roles have MD5 passwords", server = %server.name, error = %describe(&error));
+                None
+            }
+        };
         let mut databases = Vec::new();
         let mut owner_members = HashMap::new();
         for row in client.query(DATABASES_QUERY, &[]).await? {
@@ -203,28 +290,37 @@ async fn query(
             let owner: String = row.try_get(1)?;
             let size: i64 = row.try_get(2)?;
             let members: Vec<String> = row.try_get(3)?;
-            owner_members.insert(owner.clone(), members);
-            let extensions = match cache.fresh(&server.name, &name, max_age) {
-                Some(extensions) => extensions,
+            let details = match cache.fresh(&server.name, &name, max_age) {
+                Some(details) => details,
                 None => {
-                    let read = extensions_of(server, &name).await;
+                    let read = details_of(server, &name).await;
                     cache.put(&server.name, &name, &read);
                     read
                 }
             };
+            let md5_password_roles = md5_roles
+                .as_deref()
+                .map(|md5| owner_roles_with_md5(&owner, &members, md5))
+                .unwrap_or_default();
+            owner_members.insert(owner.clone(), members);
             databases.push(Database {
                 engine: DatabaseEngine::Postgresql.into(),
                 server: server.name.clone(),
                 name,
                 size_bytes: u64::try_from(size).unwrap_or(0),
                 owner,
-                extensions,
+                extensions: details.extensions,
+                md5_password_roles,
+                unlogged_partitioned_tables: details.unlogged_partitioned_tables,
+                tables_not_innodb: Vec::new(),
+                inspected: details.read && md5_roles.is_some(),
             });
         }
         cache.forget_gone(&server.name, &databases);
         Ok(Found {
             version: short_version(&version),
             available_extensions,
+            data_directory_free_bytes,
             databases,
             owner_members,
         })
@@ -233,6 +329,19 @@ async fn query(
     drop(client);
     connection.abort();
     result
+}
+
+/// The roles of a database's owner (the owner and its direct `members`)
+/// that are in `md5` (the server's roles with an MD5 password), sorted.
+fn owner_roles_with_md5(owner: &str, members: &[String], md5: &[String]) -> Vec<String> {
+    let mut roles: Vec<String> = std::iter::once(owner)
+        .chain(members.iter().map(String::as_str))
+        .filter(|role| md5.iter().any(|m| m == role))
+        .map(str::to_owned)
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
 }
 
 #[cfg(test)]
@@ -251,17 +360,33 @@ mod tests {
         let cache = ExtensionCache::default();
         let hour = Duration::from_secs(3600);
         assert_eq!(cache.fresh("main", "shop", hour), None);
-        cache.put("main", "shop", &["pgcrypto".to_owned()]);
-        assert_eq!(
-            cache.fresh("main", "shop", hour),
-            Some(vec!["pgcrypto".to_owned()])
-        );
+        let read = DatabaseDetails {
+            extensions: vec!["pgcrypto".to_owned()],
+            unlogged_partitioned_tables: vec!["public.events".to_owned()],
+            read: true,
+        };
+        cache.put("main", "shop", &read);
+        assert_eq!(cache.fresh("main", "shop", hour), Some(read));
         assert_eq!(cache.fresh("main", "shop", Duration::ZERO), None);
         assert_eq!(cache.fresh("pg5433", "shop", hour), None);
-        cache.put("pg5433", "shop", &[]);
+        cache.put("pg5433", "shop", &DatabaseDetails::default());
         cache.forget_gone("main", &[]);
         assert_eq!(cache.fresh("main", "shop", hour), None);
-        assert_eq!(cache.fresh("pg5433", "shop", hour), Some(vec![]));
+        assert_eq!(
+            cache.fresh("pg5433", "shop", hour),
+            Some(DatabaseDetails::default())
+        );
+    }
+
+    #[test]
+    fn md5_roles_are_the_owners_and_its_members_only() {
+        let md5 = ["alice".to_owned(), "bob".to_owned(), "wp_ro".to_owned()];
+        assert_eq!(
+            owner_roles_with_md5("wp", &["wp_ro".into(), "carol".into()], &md5),
+            ["wp_ro"]
+        );
+        assert_eq!(owner_roles_with_md5("alice", &[], &md5), ["alice"]);
+        assert!(owner_roles_with_md5("carol", &[], &md5).is_empty());
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@ use super::transfer::{CopyRemoval, DatabaseCopy, TransferReport, TransferSpec, T
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory, Time,
+    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory,
+    TableEngine, Time,
 };
 
 pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
@@ -194,6 +195,16 @@ fn reported_protocols(versions: &[u32]) -> Vec<u32> {
 /// home, a database's name, an error it met).
 const MAX_REPORTED_BYTES: usize = 4096;
 
+/// The most items of one list of an agent's report on a database or a
+/// server (roles, tables, engines): the agent reports at most 1000.
+const MAX_REPORTED_ITEMS: usize = 1000;
+
+fn too_many(field: &str) -> Error {
+    Error::InvalidArgument(format!(
+        "inventory: {field} lists more than {MAX_REPORTED_ITEMS} items"
+    ))
+}
+
 /// Every string of an agent's report keeps its rule: account names are
 /// account names, the rest is short text without control characters.
 /// Agents, and old hosts above all, are not trusted to send clean text.
@@ -213,6 +224,12 @@ fn check_inventory(report: &v1::HostInventory) -> Result<()> {
         for extension in &server.available_extensions {
             text("database_servers.available_extensions", extension)?;
         }
+        if server.available_engines.len() > MAX_REPORTED_ITEMS {
+            return Err(too_many("database_servers.available_engines"));
+        }
+        for engine in &server.available_engines {
+            text("database_servers.available_engines", engine)?;
+        }
     }
     for account in &report.accounts {
         ids::AccountName::parse("accounts.name", &account.name)?;
@@ -224,6 +241,27 @@ fn check_inventory(report: &v1::HostInventory) -> Result<()> {
             text("accounts.databases.owner", &database.owner)?;
             for extension in &database.extensions {
                 text("accounts.databases.extensions", extension)?;
+            }
+            for (field, items) in [
+                ("md5_password_roles", &database.md5_password_roles),
+                (
+                    "unlogged_partitioned_tables",
+                    &database.unlogged_partitioned_tables,
+                ),
+            ] {
+                if items.len() > MAX_REPORTED_ITEMS {
+                    return Err(too_many(&format!("accounts.databases.{field}")));
+                }
+                for item in items {
+                    text(&format!("accounts.databases.{field}"), item)?;
+                }
+            }
+            if database.tables_not_innodb.len() > MAX_REPORTED_ITEMS {
+                return Err(too_many("accounts.databases.tables_not_innodb"));
+            }
+            for table in &database.tables_not_innodb {
+                text("accounts.databases.tables_not_innodb.table", &table.table)?;
+                text("accounts.databases.tables_not_innodb.engine", &table.engine)?;
             }
         }
     }
@@ -256,6 +294,8 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 reachable: s.reachable,
                 error: s.error.clone(),
                 available_extensions: s.available_extensions.clone(),
+                data_directory_free_bytes: s.data_directory_free_bytes,
+                available_engines: s.available_engines.clone(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -283,6 +323,17 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                             size_bytes: d.size_bytes,
                             owner: d.owner.clone(),
                             extensions: d.extensions.clone(),
+                            md5_password_roles: d.md5_password_roles.clone(),
+                            unlogged_partitioned_tables: d.unlogged_partitioned_tables.clone(),
+                            tables_not_innodb: d
+                                .tables_not_innodb
+                                .iter()
+                                .map(|t| TableEngine {
+                                    table: t.table.clone(),
+                                    engine: t.engine.clone(),
+                                })
+                                .collect(),
+                            inspected: d.inspected,
                         })
                     })
                     .collect::<Result<Vec<_>>>()?,

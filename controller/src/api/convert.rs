@@ -51,6 +51,8 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         reachable: server.reachable,
         error: server.error.clone(),
         available_extensions: server.available_extensions.clone(),
+        data_directory_free_bytes: server.data_directory_free_bytes,
+        available_engines: server.available_engines.clone(),
     }
 }
 
@@ -119,6 +121,17 @@ pub fn account(account: &Account) -> v1::Account {
                 size_bytes: d.size_bytes,
                 owner: d.owner.clone(),
                 extensions: d.extensions.clone(),
+                md5_password_roles: d.md5_password_roles.clone(),
+                unlogged_partitioned_tables: d.unlogged_partitioned_tables.clone(),
+                tables_not_innodb: d
+                    .tables_not_innodb
+                    .iter()
+                    .map(|t| v1::TableEngine {
+                        table: t.table.clone(),
+                        engine: t.engine.clone(),
+                    })
+                    .collect(),
+                inspected: d.inspected,
             })
             .collect(),
         updated_at: Some(timestamp(account.updated_at)),

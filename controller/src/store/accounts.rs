@@ -97,6 +97,10 @@ pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>>
                     size_bytes: 0,
                     owner: d.owner,
                     extensions: Vec::new(),
+                    md5_password_roles: Vec::new(),
+                    unlogged_partitioned_tables: Vec::new(),
+                    tables_not_innodb: Vec::new(),
+                    inspected: false,
                 })
                 .collect(),
             updated_at: row.get("updated_at"),
