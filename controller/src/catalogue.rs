@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::{Account, Engine, Host, HostKind};
+use crate::model::{Account, Database, Engine, Host, HostKind};
 
 /// A migration definition.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +60,70 @@ pub struct Incompatibility {
     pub title: String,
     pub description: String,
     pub important: bool,
+    /// The test or the migration cannot succeed where it applies.
+    pub blocking: bool,
+    /// How the compatibility report tells whether it applies to an
+    /// account.
+    pub detect: Detector,
+}
+
+/// How an incompatibility is found in an account (`detect` in the file).
+/// Each automated one reads what the agents report
+/// ([`crate::compatibility`] matches them); [`Detector::Manual`] says what
+/// a person must check, and the report says it was not checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detector {
+    /// `extensions`: extensions the account's databases use that no
+    /// server of the target version offers (PostgreSQL).
+    Extensions,
+    /// `md5-passwords`: the roles of the account's databases whose stored
+    /// password is an MD5 hash (PostgreSQL).
+    Md5Passwords,
+    /// `unlogged-partitioned-tables` (PostgreSQL).
+    UnloggedPartitionedTables,
+    /// `mariadb-engines`: tables whose storage engine no server of the
+    /// target version offers (MariaDB).
+    MariadbEngines,
+    /// `every-database`: applies to every database the migration moves;
+    /// nothing in the data tells more.
+    EveryDatabase,
+    /// `manual`: cannot be told from what agents report; `check` says what
+    /// to look at by hand.
+    Manual { check: String },
+}
+
+impl Detector {
+    /// Every name `detect` accepts.
+    pub const NAMES: [&'static str; 6] = [
+        "extensions",
+        "md5-passwords",
+        "unlogged-partitioned-tables",
+        "mariadb-engines",
+        "every-database",
+        "manual",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Detector::Extensions => "extensions",
+            Detector::Md5Passwords => "md5-passwords",
+            Detector::UnloggedPartitionedTables => "unlogged-partitioned-tables",
+            Detector::MariadbEngines => "mariadb-engines",
+            Detector::EveryDatabase => "every-database",
+            Detector::Manual { .. } => "manual",
+        }
+    }
+
+    /// The software whose migrations this detector can read, if only one.
+    fn software(&self) -> Option<Software> {
+        match self {
+            Detector::Extensions | Detector::Md5Passwords | Detector::UnloggedPartitionedTables => {
+                Some(Software::Postgresql)
+            }
+            Detector::MariadbEngines => Some(Software::Mariadb),
+            Detector::EveryDatabase | Detector::Manual { .. } => None,
+        }
+    }
 }
 
 /// A catalogue file that cannot be used.
@@ -109,6 +173,13 @@ struct IncompatibilityFile {
     description: String,
     #[serde(default)]
     important: bool,
+    #[serde(default)]
+    blocking: bool,
+    /// One of [`Detector::NAMES`].
+    detect: String,
+    /// `detect = "manual"` only: what to check by hand.
+    #[serde(default)]
+    check: String,
 }
 
 /// The loaded catalogue, by id.
@@ -214,7 +285,9 @@ impl Migration {
             .any(|wanted| version_matches(wanted, version))
     }
 
-    fn engine(&self) -> Option<Engine> {
+    /// The database engine the migration upgrades; `None` for a stack
+    /// migration.
+    pub fn engine(&self) -> Option<Engine> {
         match self.source.software {
             Software::Postgresql => Some(Engine::Postgresql),
             Software::Mariadb => Some(Engine::Mariadb),
@@ -233,6 +306,19 @@ impl Migration {
         }
     }
 
+    /// Whether the migration upgrades `database` of an account on `host`:
+    /// of the migration's engine, on a server at a source version.
+    pub fn moves_database(&self, database: &Database, host: &Host) -> bool {
+        self.engine().is_some_and(|engine| {
+            database.engine == engine
+                && host.database_servers.iter().any(|server| {
+                    server.name == database.server
+                        && server.engine == engine
+                        && self.source_matches(&server.version)
+                })
+        })
+    }
+
     /// Whether the account uses what the migration changes: for a database
     /// migration, a database on a server at a source version; for a stack
     /// migration, a host at a source version.
@@ -249,6 +335,49 @@ impl Migration {
             }),
         }
     }
+}
+
+/// The detector `name` names, with `check` for a manual one, if it can
+/// read migrations of `software`; else why not.
+fn detector(name: &str, check: &str, software: Software) -> Result<Detector, String> {
+    let detect = match name {
+        "extensions" => Detector::Extensions,
+        "md5-passwords" => Detector::Md5Passwords,
+        "unlogged-partitioned-tables" => Detector::UnloggedPartitionedTables,
+        "mariadb-engines" => Detector::MariadbEngines,
+        "every-database" => Detector::EveryDatabase,
+        "manual" if check.trim().is_empty() => {
+            return Err(
+                "detect = \"manual\" needs `check`: what to check by hand, shown as not checked"
+                    .to_owned(),
+            );
+        }
+        "manual" => Detector::Manual {
+            check: check.trim().to_owned(),
+        },
+        other => {
+            return Err(format!(
+                "unknown detector {other:?} (one of {})",
+                Detector::NAMES.join(", ")
+            ));
+        }
+    };
+    if let Some(wanted) = detect.software()
+        && wanted != software
+    {
+        return Err(format!(
+            "detector {name:?} reads {} databases, and this migration moves {}",
+            wanted.as_str(),
+            software.as_str()
+        ));
+    }
+    if detect == Detector::EveryDatabase && software == Software::Stack {
+        return Err(
+            "detector \"every-database\" is for database migrations; a stack migration moves no database by itself"
+                .to_owned(),
+        );
+    }
+    Ok(detect)
 }
 
 /// Parses and checks one definition; `file` names it in errors.
@@ -363,11 +492,39 @@ pub fn parse(text: &str, file: &Path) -> Result<Migration, CatalogueError> {
                 "title and description must not be empty".to_owned(),
             ));
         }
+        let detect =
+            detector(&item.detect, &item.check, raw.source.software).map_err(|reason| {
+                error(
+                    &field("detect"),
+                    format!("incompatibility {:?}: {reason}", item.id),
+                )
+            })?;
+        if !item.check.trim().is_empty() && !matches!(detect, Detector::Manual { .. }) {
+            return Err(error(
+                &field("check"),
+                format!(
+                    "incompatibility {:?}: `check` is for detect = \"manual\" only; {} is detected from the inventory",
+                    item.id, item.detect
+                ),
+            ));
+        }
+        if item.blocking && matches!(detect, Detector::Manual { .. } | Detector::EveryDatabase) {
+            return Err(error(
+                &field("blocking"),
+                format!(
+                    "incompatibility {:?}: only an automated detector can block (detect = {:?} would block every account)",
+                    item.id, item.detect
+                ),
+            ));
+        }
         incompatibilities.push(Incompatibility {
             id: item.id,
             title: item.title,
             description: item.description,
-            important: item.important,
+            // What blocks is important.
+            important: item.important || item.blocking,
+            blocking: item.blocking,
+            detect,
         });
     }
     // Important ones first; stable, so file order within each group.
@@ -410,11 +567,20 @@ version = "18"
 id = "minor"
 title = "t"
 description = "d"
+detect = "manual"
+check = "your scripts"
 [[incompatibilities]]
 id = "major"
 title = "t"
 description = "d"
 important = true
+detect = "md5-passwords"
+[[incompatibilities]]
+id = "fatal"
+title = "t"
+description = "d"
+blocking = true
+detect = "extensions"
 "#;
 
     fn parse_pg(text: &str) -> Result<Migration, CatalogueError> {
@@ -424,7 +590,22 @@ important = true
     #[test]
     fn a_good_file_loads_with_important_incompatibilities_first() -> Result<(), CatalogueError> {
         let migration = parse_pg(GOOD)?;
-        assert_eq!(migration.incompatibilities[0].id, "major");
+        let ids: Vec<&str> = migration
+            .incompatibilities
+            .iter()
+            .map(|i| i.id.as_str())
+            .collect();
+        assert_eq!(ids, ["major", "fatal", "minor"]);
+        assert_eq!(migration.incompatibilities[1].detect, Detector::Extensions);
+        assert!(
+            migration.incompatibilities[1].blocking && migration.incompatibilities[1].important
+        );
+        assert_eq!(
+            migration.incompatibilities[2].detect,
+            Detector::Manual {
+                check: "your scripts".into()
+            }
+        );
         assert_eq!(migration.target.versions, vec!["18".to_owned()]);
         Ok(())
     }
@@ -464,6 +645,50 @@ important = true
     }
 
     #[test]
+    fn each_incompatibility_says_how_it_is_detected() {
+        // Missing: named with the file.
+        let message = refusal(&GOOD.replace("detect = \"md5-passwords\"\n", ""));
+        assert!(
+            message.contains("catalogue/pg.toml") && message.contains("missing field `detect`"),
+            "{message}"
+        );
+        // Unknown: the file, the item and the id, and what is known.
+        let message = refusal(&GOOD.replace("\"md5-passwords\"", "\"md5-paswords\""));
+        assert!(
+            message.contains("catalogue/pg.toml: incompatibilities[1].detect: incompatibility \"major\": unknown detector \"md5-paswords\"")
+                && message.contains("unlogged-partitioned-tables"),
+            "{message}"
+        );
+        // Manual without saying what to check by hand.
+        let message = refusal(&GOOD.replace("check = \"your scripts\"\n", ""));
+        assert!(
+            message.contains("incompatibility \"minor\": detect = \"manual\" needs `check`"),
+            "{message}"
+        );
+        // `check` on an automated detector.
+        let message = refusal(&GOOD.replace(
+            "detect = \"extensions\"",
+            "detect = \"extensions\"\ncheck = \"x\"",
+        ));
+        assert!(message.contains("incompatibilities[2].check"), "{message}");
+        // A detector of another engine's databases.
+        let message = refusal(&GOOD.replace("\"extensions\"", "\"mariadb-engines\""));
+        assert!(
+            message.contains("detector \"mariadb-engines\" reads mariadb databases, and this migration moves postgresql"),
+            "{message}"
+        );
+        // Blocking what nothing detects would block every account.
+        let message = refusal(&GOOD.replace(
+            "detect = \"manual\"",
+            "detect = \"manual\"\nblocking = true",
+        ));
+        assert!(
+            message.contains("incompatibilities[0].blocking: incompatibility \"minor\": only an automated detector can block"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn the_id_must_match_the_file_name() {
         let message = refusal(&GOOD.replace("id = \"pg\"", "id = \"other\""));
         assert!(message.contains("must match the file name"), "{message}");
@@ -484,6 +709,20 @@ important = true
         let catalogue = Catalogue::load(&dir)?;
         assert!(catalogue.get("postgresql-15-to-18").is_some());
         assert!(catalogue.len() >= 3);
+        // The blocking findings of the shipped migrations are automated.
+        let blocking: Vec<(&str, &str)> = catalogue
+            .all()
+            .flat_map(|m| &m.incompatibilities)
+            .filter(|i| i.blocking)
+            .map(|i| (i.id.as_str(), i.detect.name()))
+            .collect();
+        assert!(
+            blocking.contains(&("extensions-not-offered", "extensions"))
+                && blocking
+                    .contains(&("unlogged-partitioned-tables", "unlogged-partitioned-tables"))
+                && blocking.contains(&("engines-not-offered", "mariadb-engines")),
+            "{blocking:?}"
+        );
         Ok(())
     }
 }

@@ -19,8 +19,13 @@
 //!   (`AccountName`, `HostId`, `RequestId`, `TestId`...) that `api`
 //!   handlers parse once and pass on; a broken rule is `INVALID_ARGUMENT`
 //!   naming the field.
-//! - [`catalogue`]: migration definitions from TOML files, checked at start,
-//!   and which migrations apply to an account or host.
+//! - [`catalogue`]: migration definitions from TOML files, checked at start
+//!   (each incompatibility names its detector), and which migrations apply
+//!   to an account or host.
+//! - [`compatibility`]: the compatibility report, pure: each
+//!   incompatibility of a migration matched to what the account holds
+//!   (applies, does not apply, not checked, and why), blocking findings,
+//!   and the room each part of a copy needs where it lands.
 //! - [`enrolment`]: join tokens, enrolment and renewal of agent certificates.
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
@@ -57,6 +62,7 @@ pub mod api;
 pub mod ca;
 pub mod catalogue;
 pub mod certificates;
+pub mod compatibility;
 pub mod config;
 pub mod db;
 pub mod engine;

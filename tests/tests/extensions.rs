@@ -4,9 +4,10 @@
 //! compatibility report is not compatible and names the extension and the
 //! database, and `TestMigration` is refused with the same reason. An
 //! account without such an extension is compatible, and its report lists
-//! what its database uses. The report counts the home as it is when the
-//! report is asked: a file added just before is in its size. Real
-//! controller, agents, servers and grpcurl.
+//! what its database uses, and every incompatibility of the migration item
+//! by item, each not applying or not checked, with why. The report counts
+//! the home as it is when the report is asked: a file added just before is
+//! in its size. Real controller, agents, servers and grpcurl.
 
 mod support;
 
@@ -86,11 +87,16 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
             )),
         "carol's report: {report}"
     );
+    let finding = format!(
+        "the test cannot succeed until it is settled: database {carol} uses pgcrypto, which no PostgreSQL 18 test host offers"
+    );
     ensure!(
         list(&report, "items").iter().any(|item| {
-            str_of(item, "severity") == "SEVERITY_BLOCKING" && item.to_string().contains("pgcrypto")
+            str_of(item, "severity") == "SEVERITY_BLOCKING"
+                && str_of(item, "incompatibilityId") == "extensions-not-offered"
+                && str_of(item, "message").contains(&finding)
         }),
-        "a blocking item names pgcrypto: {report}"
+        "a blocking finding says why the test cannot succeed: {report}"
     );
 
     // TestMigration is refused with that reason, and nothing is copied.
@@ -109,7 +115,7 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
     support::expect_refusal(
         &refused,
         "FailedPrecondition",
-        "pgcrypto cannot be created there",
+        &format!("database {carol} uses pgcrypto, which no PostgreSQL 18 test host offers"),
     )?;
     let tests = panel(&rig, "ListTests", json!({"account": carol}))?;
     ensure!(
@@ -141,6 +147,41 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
                 && item.to_string().contains("uses extensions plpgsql")
         }),
         "dave's database item lists its extensions: {report}"
+    );
+    // Every incompatibility of the migration, item by item: none applies
+    // to dave, and each says why, or what to check by hand.
+    let catalogue = rig.grpcurl_json(
+        "navette.v1.Catalogue/GetMigration",
+        &json!({"id": MIGRATION}),
+    )?;
+    let incompatibilities = list(&catalogue, "incompatibilities");
+    ensure!(
+        incompatibilities.len() >= 8,
+        "the migration lists its incompatibilities: {catalogue}"
+    );
+    let items = list(&report, "items");
+    for incompatibility in &incompatibilities {
+        let id = str_of(incompatibility, "id");
+        let item = items
+            .iter()
+            .find(|item| str_of(item, "incompatibilityId") == id)
+            .ok_or_else(|| anyhow::anyhow!("no item for {id} in dave's report: {report}"))?;
+        let message = str_of(item, "message");
+        ensure!(
+            str_of(item, "severity") != "SEVERITY_BLOCKING"
+                && (message.contains(": does not apply to this account: ")
+                    || message.contains(": not checked: check by hand ")),
+            "{id} for dave: {item}"
+        );
+    }
+    let extensions = items
+        .iter()
+        .find(|item| str_of(item, "incompatibilityId") == "extensions-not-offered")
+        .map(|item| str_of(item, "message"))
+        .unwrap_or_default();
+    ensure!(
+        extensions.contains("every extension its databases use (plpgsql) is offered"),
+        "dave's extensions were compared with the target's: {extensions}"
     );
 
     // A file added to dave's home just before the report is asked counts

@@ -10,6 +10,7 @@ use crate::agents::wire;
 // Host kinds and inventories come from agents too: decoded in one place.
 pub use crate::agents::wire::{host_kind_from, inventory_from};
 use crate::catalogue::{Incompatibility, Migration, SoftwareVersions};
+use crate::compatibility;
 use crate::model::{
     Account, DatabaseServer, Engine, Host, HostKind, HostPool, HostState, JoinToken, Test,
     TestState,
@@ -203,24 +204,39 @@ pub fn host_pool(pool: &HostPool) -> v1::HostPool {
     }
 }
 
-pub fn engine_name(engine: Engine) -> &'static str {
-    match engine {
-        Engine::Postgresql => "PostgreSQL",
-        Engine::Mariadb => "MariaDB",
+fn report_severity(severity: compatibility::Severity) -> v1::report_item::Severity {
+    match severity {
+        compatibility::Severity::Info => v1::report_item::Severity::Info,
+        compatibility::Severity::Warning => v1::report_item::Severity::Warning,
+        compatibility::Severity::Blocking => v1::report_item::Severity::Blocking,
     }
 }
 
-pub fn report_item(
-    severity: v1::report_item::Severity,
-    topic: &str,
-    message: &str,
-    incompatibility_id: &str,
-) -> v1::ReportItem {
-    v1::ReportItem {
-        severity: severity.into(),
-        topic: topic.to_owned(),
-        message: message.to_owned(),
-        incompatibility_id: incompatibility_id.to_owned(),
+/// The report's notes, then one `incompatibility` item per finding.
+pub fn compatibility_report(report: &compatibility::Report) -> v1::CompatibilityReport {
+    let notes = report.notes.iter().map(|note| v1::ReportItem {
+        severity: report_severity(note.severity).into(),
+        topic: note.topic.to_owned(),
+        message: note.message.clone(),
+        incompatibility_id: String::new(),
+    });
+    let findings = report.findings.iter().map(|finding| v1::ReportItem {
+        severity: report_severity(finding.severity).into(),
+        topic: "incompatibility".to_owned(),
+        message: finding.message.clone(),
+        incompatibility_id: finding.incompatibility_id.clone(),
+    });
+    let (test_host_id, test_host_free_bytes) = report.test_host.clone().unwrap_or_default();
+    v1::CompatibilityReport {
+        account: report.account.clone(),
+        migration_id: report.migration_id.clone(),
+        compatible: report.compatible,
+        home_size_bytes: report.home_size_bytes,
+        database_size_bytes: report.database_size_bytes,
+        disk_needed_bytes: report.disk_needed_bytes,
+        test_host_id,
+        test_host_free_bytes,
+        items: notes.chain(findings).collect(),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The panel's Tests service (R3) and the compatibility report (R2): test
-//! runs of a migration, started, followed, refreshed and deleted. Every
-//! field is parsed by `crate::ids` before anything else happens.
+//! The panel's Tests service (R3) and the compatibility report (R2, made
+//! by `crate::compatibility`): test runs of a migration, started,
+//! followed, refreshed and deleted. Every field is parsed by `crate::ids`
+//! before anything else happens.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tonic::{Request, Response, Status};
 use super::{Reply, convert, reply, status};
 use crate::agents;
 use crate::catalogue::Migration;
+use crate::compatibility;
 use crate::db::Change;
 use crate::error::{Error, Result};
 use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
@@ -157,6 +159,16 @@ impl TestsApi {
         }
         let (account, source, migration, hosts, held) =
             self.context(&account_name, &migration_id).await?;
+        let blocking = compatibility::blocking_findings(&migration, &account, &source, &hosts);
+        if !blocking.is_empty() {
+            let reasons: Vec<&str> = blocking.iter().map(|f| f.message.as_str()).collect();
+            return Err(Error::FailedPrecondition(format!(
+                "a test of {} for {} cannot succeed: {} (see Tests/GetCompatibilityReport)",
+                migration.id,
+                account.name,
+                reasons.join("; ")
+            )));
+        }
         let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts, &held)?;
         let id = new_id();
         let client = self.0.db.get().await?;
@@ -192,80 +204,9 @@ impl TestsApi {
         migration_id: &MigrationId,
     ) -> Result<v1::CompatibilityReport> {
         let (account, source, migration, hosts, held) = self.context(account, migration_id).await?;
-        let (home, databases) = placement::account_bytes(&account);
-        let needed = placement::disk_needed(&account);
-        let mut items = Vec::new();
-        let mut compatible = true;
-        let (test_host_id, free) =
-            match placement::plan_test(&migration, &account, &source, &hosts, &held) {
-                Ok((host, _)) => (host.id.clone(), placement::usable_free_bytes(&host)),
-                Err(error) => {
-                    compatible = false;
-                    items.push(convert::report_item(
-                        v1::report_item::Severity::Blocking,
-                        "placement",
-                        &error.to_string(),
-                        "",
-                    ));
-                    (String::new(), 0)
-                }
-            };
-        items.push(convert::report_item(
-            v1::report_item::Severity::Info,
-            "disk",
-            &format!(
-                "the copy needs {} on the target ({} of files, {} of databases, with a margin)",
-                placement::human_bytes(needed),
-                placement::human_bytes(home),
-                placement::human_bytes(databases)
-            ),
-            "",
-        ));
-        for database in &account.databases {
-            items.push(convert::report_item(
-                v1::report_item::Severity::Info,
-                "database",
-                &format!(
-                    "{} database {} ({}) is copied with the same name, owner and password{}",
-                    convert::engine_name(database.engine),
-                    database.name,
-                    placement::human_bytes(database.size_bytes),
-                    if database.extensions.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "; it uses extensions {}, each needed on the receiving server",
-                            database.extensions.join(", ")
-                        )
-                    }
-                ),
-                "",
-            ));
-        }
-        for incompatibility in &migration.incompatibilities {
-            let severity = if incompatibility.important {
-                v1::report_item::Severity::Warning
-            } else {
-                v1::report_item::Severity::Info
-            };
-            items.push(convert::report_item(
-                severity,
-                "incompatibility",
-                &incompatibility.title,
-                &incompatibility.id,
-            ));
-        }
-        Ok(v1::CompatibilityReport {
-            account: account.name.clone(),
-            migration_id: migration.id.clone(),
-            compatible,
-            home_size_bytes: home,
-            database_size_bytes: databases,
-            disk_needed_bytes: needed,
-            test_host_id,
-            test_host_free_bytes: free,
-            items,
-        })
+        Ok(convert::compatibility_report(&compatibility::report(
+            &migration, &account, &source, &hosts, &held,
+        )))
     }
 }
 
