@@ -4,7 +4,10 @@
 //! table; the table blocks the test (PostgreSQL 18 refuses it), so the
 //! report is not compatible and `TestMigration` is refused with the
 //! finding's text before anything is copied; once the table is made again
-//! as a normal one, the next report says so. And a test host whose
+//! as a normal one, the next report says so. A MariaDB 10.11 account with
+//! a table on the ARCHIVE engine, which the MariaDB 11.8 test server does
+//! not load, is refused the same way, naming the table and the engine. And
+//! a test host whose
 //! PostgreSQL 18 data directory is on a small filesystem of its own (a
 //! 96 MiB tmpfs), while its homes' filesystem has room, is refused naming
 //! the host, the server, the need and the free space. Real controller,
@@ -289,5 +292,102 @@ fn a_data_directory_without_room_is_refused_naming_host_server_need_and_free() -
         "test-1: PostgreSQL server main has ",
     )?;
     no_test_and_nothing_copied(&rig, &target_pg, gina)?;
+    Ok(())
+}
+
+#[test]
+fn a_mariadb_table_on_an_engine_the_target_lacks_blocks_the_test() -> anyhow::Result<()> {
+    const MARIADB: &str = "mariadb-10.11-to-11.8";
+    let rig = Rig::new("compat_engine")?;
+    let _controller = support::controller(&rig, ControllerSpec::default())?;
+    let shared = rig.add_namespace("shared-old", Ipv4Addr::new(192, 0, 2, 10))?;
+    let test_host = rig.add_namespace("test-1", Ipv4Addr::new(192, 0, 2, 12))?;
+    let (source_db, target_db) = std::thread::scope(|s| -> anyhow::Result<_> {
+        let a = s.spawn(|| shared.start_mariadb(&rig));
+        let b = s.spawn(|| test_host.start_mariadb_11_8(&rig));
+        let join = |what: &str, r: std::thread::Result<anyhow::Result<_>>| {
+            r.map_err(|_| anyhow::anyhow!("starting {what} panicked"))?
+        };
+        Ok((join("10.11", a.join())?, join("11.8", b.join())?))
+    })?;
+    let hal = "nvcr_hal";
+    let blog = format!("{hal}_blog");
+    rig.add_account(
+        &shared,
+        AccountSpec {
+            name: hal.into(),
+            password: "hal pw".into(),
+            mariadb_databases: vec![blog.clone()],
+            ..AccountSpec::default()
+        },
+    )?;
+    source_db.sql(&format!(
+        "INSTALL SONAME 'ha_archive'; \
+         CREATE TABLE {blog}.posts (id int PRIMARY KEY) ENGINE=InnoDB; \
+         CREATE TABLE {blog}.cache (id int) ENGINE=Aria; \
+         CREATE TABLE {blog}.logs (id int, line text) ENGINE=ARCHIVE"
+    ))?;
+    ensure!(
+        target_db.sql(
+            "SELECT count(*) FROM information_schema.ENGINES \
+             WHERE ENGINE = 'ARCHIVE' AND SUPPORT IN ('YES', 'DEFAULT')"
+        )? == "0",
+        "the rig's MariaDB 11.8 is expected not to load ARCHIVE"
+    );
+    enrol(&rig, &shared, AgentKind::Shared, "2024.1")?;
+    enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
+    support::wait_online_with_inventory(&rig, &["shared-old", "test-1"])?;
+
+    let report = panel(
+        &rig,
+        "GetCompatibilityReport",
+        json!({"account": hal, "migration_id": MARIADB}),
+    )?;
+    let (severity, message) = finding(&report, "engines-not-offered")?;
+    ensure!(
+        severity == "SEVERITY_BLOCKING"
+            && message.contains(&format!(
+                "table {blog}.logs uses engine ARCHIVE, which no MariaDB 11.8 test host offers"
+            ))
+            && !message.contains("cache")
+            && !message.contains("posts"),
+        "the engine finding names the ARCHIVE table only: {severity} {message}"
+    );
+    let (_, optimizer) = finding(&report, "optimizer-cost-model")?;
+    ensure!(
+        optimizer.contains(&format!("every database moved to MariaDB 11.8: {blog}")),
+        "the optimizer item names the database: {optimizer}"
+    );
+    ensure!(
+        report.get("compatible").and_then(Value::as_bool) != Some(true),
+        "not compatible: {report}"
+    );
+    let access = rig.controller_access()?;
+    let body = json!({"request_id": "r-hal", "account": hal, "migration_id": MARIADB}).to_string();
+    let refused = rig.grpcurl_as(
+        &access.panel,
+        &[
+            "-d",
+            &body,
+            &access.api.to_string(),
+            "navette.v1.Tests/TestMigration",
+        ],
+    )?;
+    support::expect_refusal(
+        &refused,
+        "FailedPrecondition",
+        &format!("table {blog}.logs uses engine ARCHIVE"),
+    )?;
+    let tests = panel(&rig, "ListTests", json!({"account": hal}))?;
+    ensure!(
+        list(&tests, "tests").is_empty(),
+        "no test was made: {tests}"
+    );
+    ensure!(
+        target_db.sql(&format!(
+            "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{blog}'"
+        ))? == "0",
+        "nothing of hal's reached the test host"
+    );
     Ok(())
 }

@@ -159,6 +159,12 @@ fn an_extension_the_target_lacks_is_reported_and_refused_before_any_copy() -> an
         incompatibilities.len() >= 8,
         "the migration lists its incompatibilities: {catalogue}"
     );
+    ensure!(
+        incompatibilities
+            .iter()
+            .all(|i| !str_of(i, "detect").is_empty()),
+        "each incompatibility says how it is detected: {catalogue}"
+    );
     let items = list(&report, "items");
     for incompatibility in &incompatibilities {
         let id = str_of(incompatibility, "id");

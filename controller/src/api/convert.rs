@@ -153,6 +153,12 @@ fn incompatibility(item: &Incompatibility) -> v1::Incompatibility {
         title: item.title.clone(),
         description: item.description.clone(),
         important: item.important,
+        blocking: item.blocking,
+        detect: item.detect.name().to_owned(),
+        check: match &item.detect {
+            crate::catalogue::Detector::Manual { check } => check.clone(),
+            _ => String::new(),
+        },
     }
 }
 
