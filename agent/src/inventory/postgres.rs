@@ -331,8 +331,13 @@ async fn query(
     result
 }
 
+/// The most roles reported for one database (the controller refuses a
+/// longer list).
+const MAX_MD5_ROLES: usize = 1000;
+
 /// The roles of a database's owner (the owner and its direct `members`)
-/// that are in `md5` (the server's roles with an MD5 password), sorted.
+/// that are in `md5` (the server's roles with an MD5 password), sorted; at
+/// most [`MAX_MD5_ROLES`].
 fn owner_roles_with_md5(owner: &str, members: &[String], md5: &[String]) -> Vec<String> {
     let mut roles: Vec<String> = std::iter::once(owner)
         .chain(members.iter().map(String::as_str))
@@ -341,6 +346,7 @@ fn owner_roles_with_md5(owner: &str, members: &[String], md5: &[String]) -> Vec<
         .collect();
     roles.sort();
     roles.dedup();
+    roles.truncate(MAX_MD5_ROLES);
     roles
 }
 
