@@ -40,6 +40,10 @@
 //!   pure transition function (commands, timers and step outcomes in, what
 //!   to record out); [`workflow::test_events`] applies commands and timers;
 //!   the runner claims due steps and timers under a lease and performs them.
+//! - [`placement`]: where a test copy goes and what it is made of, pure:
+//!   the test host, each database's receiving server, and room where each
+//!   part lands (the homes' filesystem, each receiving server's data
+//!   directory).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
