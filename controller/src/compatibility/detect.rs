@@ -114,14 +114,30 @@ fn extensions(moved: &[&Database], targets: &Targets<'_>) -> (Applies, String) {
     let mut lacking = Vec::new();
     let mut used = BTreeSet::new();
     for database in moved {
-        for extension in &database.extensions {
-            used.insert(extension.as_str());
-            if !offered_anywhere(&offered, extension, false) {
-                lacking.push(format!(
-                    "database {} uses {extension}, which no {} test host offers",
-                    database.name, targets.target
-                ));
-            }
+        used.extend(database.extensions.iter().map(String::as_str));
+        let nowhere: Vec<&str> = database
+            .extensions
+            .iter()
+            .map(String::as_str)
+            .filter(|e| !offered_anywhere(&offered, e, false))
+            .collect();
+        for extension in &nowhere {
+            lacking.push(format!(
+                "database {} uses {extension}, which no {} test host offers",
+                database.name, targets.target
+            ));
+        }
+        // A copy needs them all on one server, as placement does.
+        let together = offered
+            .iter()
+            .any(|list| database.extensions.iter().all(|e| list.contains(e)));
+        if nowhere.is_empty() && !together {
+            lacking.push(format!(
+                "database {} uses {}, which no single {} test server offers together",
+                database.name,
+                database.extensions.join(", "),
+                targets.target
+            ));
         }
     }
     if !lacking.is_empty() {

@@ -187,6 +187,33 @@ fn an_extension_no_target_server_offers_blocks_naming_database_and_extension() {
 }
 
 #[test]
+fn extensions_offered_only_on_different_servers_block_too() {
+    // test-1 has pgcrypto, test-2 postgis; the shop needs both on one.
+    let mut with_pgcrypto = test_host();
+    with_pgcrypto.database_servers[0].available_extensions = vec!["pgcrypto".into()];
+    let mut with_postgis = test_host();
+    with_postgis.id = "test-2".into();
+    with_postgis.database_servers[0].available_extensions = vec!["postgis".into()];
+    let mut shop = database(Engine::Postgresql, "shop");
+    shop.extensions = vec!["pgcrypto".into(), "postgis".into()];
+    let findings = super::findings(
+        &migration("postgresql-15-to-18"),
+        &alice(vec![shop]),
+        &source(),
+        &[with_pgcrypto, with_postgis],
+    );
+    let found = &findings[0];
+    assert_eq!(found.severity, Severity::Blocking, "{found:?}");
+    assert!(
+        found.message.contains(
+            "database shop uses pgcrypto, postgis, which no single PostgreSQL 18 test server offers together"
+        ),
+        "{}",
+        found.message
+    );
+}
+
+#[test]
 fn extensions_are_not_checked_without_a_target_that_reports_them() {
     let mut old_agent = test_host();
     old_agent.database_servers[0].available_extensions.clear();
