@@ -159,9 +159,9 @@ impl TestsApi {
             self.context(&account_name, &migration_id).await?;
         let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts, &held)?;
         let id = new_id();
-        let client = self.0.db.get().await?;
+        let mut client = self.0.db.get().await?;
         let created = crate::workflow::test_events::create(
-            &**client,
+            &mut client,
             &store::test_runs::NewTest {
                 id: &id,
                 request_id: &request_id,
@@ -313,8 +313,8 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(async {
             let id = TestId::parse("id", &request.id)?;
-            let client = self.0.db.get().await?;
-            let test = crate::workflow::test_events::refresh(&**client, &id).await?;
+            let mut client = self.0.db.get().await?;
+            let test = crate::workflow::test_events::refresh(&mut client, &id).await?;
             tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
             Ok(convert::test(&test))
         }
@@ -326,8 +326,8 @@ impl Tests for TestsApi {
         reply(
             async {
                 let id = TestId::parse("id", &request.id)?;
-                let client = self.0.db.get().await?;
-                let test = crate::workflow::test_events::delete(&**client, &id).await?;
+                let mut client = self.0.db.get().await?;
+                let test = crate::workflow::test_events::delete(&mut client, &id).await?;
                 tracing::info!(message = "test deletion started", test_id = %id);
                 Ok(convert::test(&test))
             }
