@@ -18,7 +18,7 @@ use crate::catalogue::Migration;
 use crate::db::Change;
 use crate::error::{Error, Result};
 use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
-use crate::model::{Account, Host, HostState, Test, TestState};
+use crate::model::{Account, CopyPlan, Host, HostState, Test, TestState};
 use crate::placement;
 use crate::state::Controller;
 use crate::store;
@@ -131,6 +131,32 @@ impl TestsApi {
         held.extend(store::accounts::list_copies(&**client, None).await?);
         held.extend(store::accounts::planned_copies(&**client).await?);
         Ok((account, source, migration, hosts, held))
+    }
+
+    /// What a refresh of test `id` copies: the account's databases as its
+    /// host reports them now (measured now, like a new test), placed on
+    /// the test host by `placement::replan_test`. `None` for a test that
+    /// is not ready: the refresh is refused by the test's own rules.
+    async fn refresh_plan(&self, id: &TestId) -> Result<Option<CopyPlan>> {
+        let test = {
+            let client = self.0.db.get().await?;
+            store::test_runs::get(&**client, id).await?
+        };
+        if test.state != TestState::Ready {
+            return Ok(None);
+        }
+        let account = AccountName::parse("account", &test.account)?;
+        let migration = MigrationId::parse("migration_id", &test.migration_id)?;
+        let (account, source, migration, hosts, held) = self.context(&account, &migration).await?;
+        let test_host = hosts
+            .iter()
+            .find(|host| host.id == test.test_host_id)
+            .ok_or_else(|| Error::NotFound {
+                what: "host",
+                id: test.test_host_id.clone(),
+            })?;
+        placement::replan_test(&migration, &account, &source, test_host, &held, &test.plan)
+            .map(Some)
     }
 
     async fn create(&self, request: v1::TestMigrationRequest) -> Result<Test> {
@@ -313,8 +339,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(async {
             let id = TestId::parse("id", &request.id)?;
+            let plan = self.refresh_plan(&id).await?;
             let mut client = self.0.db.get().await?;
-            let test = crate::workflow::test_events::refresh(&mut client, &id).await?;
+            let test = crate::workflow::test_events::refresh(&mut client, &id, plan).await?;
             tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
             Ok(convert::test(&test))
         }

@@ -18,7 +18,7 @@ use super::test_flow::{self, Decision, Event as Flow, Input as FlowInput};
 use super::test_kind::{self, Asked, REFRESH, TestKind};
 use crate::engine::{self, Event, Input, Kind, WorkflowId};
 use crate::error::{Error, Result};
-use crate::model::Test;
+use crate::model::{CopyPlan, Test};
 use crate::store;
 use crate::store::test_runs::NewTest;
 
@@ -63,17 +63,24 @@ pub async fn create(
 }
 
 /// Starts a refresh of a ready test: a new generation, copied into the
-/// same copy (only what changed travels). The test as it is now.
-pub async fn refresh(client: &mut deadpool_postgres::Client, id: &str) -> Result<Test> {
+/// same copy (only what changed travels), of `plan` (the account as it is
+/// now; `None`: as planned before). The test as it is now.
+pub async fn refresh(
+    client: &mut deadpool_postgres::Client,
+    id: &str,
+    plan: Option<CopyPlan>,
+) -> Result<Test> {
     let asked = Asked {
         at: chrono::Utc::now(),
+        plan,
     };
-    let payload = serde_json::to_value(asked).map_err(|e| Error::Internal(e.to_string()))?;
+    let at = asked.at;
+    let payload = serde_json::to_value(&asked).map_err(|e| Error::Internal(e.to_string()))?;
     let event = Event::Command {
         name: REFRESH.to_owned(),
-        payload: payload.clone(),
+        payload,
     };
-    send(client, id, event, FlowInput::Event(Flow::Refresh), asked.at).await
+    send(client, id, event, FlowInput::Event(Flow::Refresh), at).await
 }
 
 /// Starts removing a test's copy. Idempotent.

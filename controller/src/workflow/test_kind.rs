@@ -9,7 +9,9 @@
 //!   ([`super::test_events::create`]); [`Event::Start`] runs the first
 //!   step the creation decided.
 //! - *RefreshTest* is [`Event::Command`] [`REFRESH`], its payload the time
-//!   it was asked at (the transition reads no clock).
+//!   it was asked at (the transition reads no clock) and the plan of the
+//!   account as it is now: the new generation copies the databases the
+//!   account has now (the test host drops the copies of those it dropped).
 //! - *DeleteTest* is [`Event::Cancel`]: the one event the engine passes
 //!   into a running step ([`StepContext::cancel_requested`], seen at the
 //!   next lease renewal), so a copy stops and the deletion wins. A test has
@@ -39,7 +41,7 @@ use super::test_flow::{self, Decision, Finished, Run, StepOutcome};
 use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
 use crate::agents::{self, CallFailure};
 use crate::engine::{End, Event, Input, Kind, Next, StepContext, Transition, WorkflowId};
-use crate::model::{CopyProgress, Host, Test, TestState, TestStep};
+use crate::model::{CopyPlan, CopyProgress, Host, Test, TestState, TestStep};
 use crate::state::Controller;
 use crate::store;
 
@@ -52,11 +54,16 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// the copy and its retries. The grant is revoked when the copy ends.
 const GRANT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
-/// When a command was asked for: its payload.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// A command's payload: when it was asked for, and (a refresh) the plan
+/// of the account as it is now.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Asked {
     #[serde(with = "crate::model::rfc3339")]
     pub at: DateTime<Utc>,
+    /// What the new generation copies (`placement::replan_test`); `None`:
+    /// the test's plan as it was.
+    #[serde(default)]
+    pub plan: Option<CopyPlan>,
 }
 
 /// What performing a test step came to.
@@ -129,7 +136,15 @@ pub fn decide(test: &Test, input: Input<TestOutcome>) -> Transition<Test, TestSt
         Input::Event(Event::Cancel) => apply(test, FlowInput::Event(Flow::Delete), test.updated_at),
         Input::Event(Event::Command { name, payload }) if name == REFRESH => {
             match serde_json::from_value::<Asked>(payload) {
-                Ok(asked) => apply(test, FlowInput::Event(Flow::Refresh), asked.at),
+                Ok(asked) => {
+                    let mut refreshed = apply(test, FlowInput::Event(Flow::Refresh), asked.at);
+                    if let Some(plan) = asked.plan
+                        && refreshed.state.generation != test.generation
+                    {
+                        refreshed.state.plan = plan;
+                    }
+                    refreshed
+                }
                 Err(_) => unchanged(test),
             }
         }

@@ -63,7 +63,7 @@ const EVERY_STAGE: [(TestState, TestStep); 9] = [
 fn refresh_at(at: DateTime<Utc>) -> Input<TestOutcome> {
     Input::Event(Event::Command {
         name: REFRESH.to_owned(),
-        payload: serde_json::to_value(Asked { at }).expect("a payload"),
+        payload: serde_json::to_value(Asked { at, plan: None }).expect("a payload"),
     })
 }
 
@@ -363,4 +363,36 @@ fn the_state_round_trips_through_its_stored_form() {
     upgraded["outage"] = serde_json::json!(["test-1", "2026-09-21T14:13:20+00:00"]);
     let read: Test = serde_json::from_value(upgraded).expect("an upgraded state");
     assert_eq!(read.created_at.timestamp(), 1_790_000_000);
+}
+
+#[test]
+fn a_refresh_copies_the_plan_it_carries_and_a_refused_one_keeps_the_old() {
+    let mut plan = test(S::Ready, P::None).plan;
+    plan.databases.push(crate::model::DatabasePlan {
+        engine: crate::model::Engine::Postgresql,
+        name: "notes".into(),
+        owner: "alice".into(),
+        source_server: "main".into(),
+        target_server: "main".into(),
+        target_address: "192.0.2.12".into(),
+        target_port: 5432,
+        target_version: "18.6".into(),
+    });
+    let refresh = || {
+        Input::Event(Event::Command {
+            name: REFRESH.to_owned(),
+            payload: serde_json::to_value(Asked {
+                at: now(),
+                plan: Some(plan.clone()),
+            })
+            .expect("a payload"),
+        })
+    };
+    let refreshed = decide(&test(S::Ready, P::None), refresh()).state;
+    assert_eq!(
+        refreshed.plan, plan,
+        "the new generation copies the account as it is now"
+    );
+    let copying = test(S::Copying, P::Copy);
+    assert_eq!(decide(&copying, refresh()).state, copying);
 }
