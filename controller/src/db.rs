@@ -78,6 +78,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "protocols",
         include_str!("../migrations/0006_protocols.sql"),
     ),
+    (
+        7,
+        "test_workflows",
+        include_str!("../migrations/0007_test_workflows.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -36,10 +36,13 @@
 //!   workflow: one table family (state, step, lease and fencing token,
 //!   inbox, audit trail), a pure transition per kind, one runner per
 //!   controller; points of no return, parents and children.
-//! - [`workflow`]: durable workflows. [`workflow::test_flow`] is the test's
-//!   pure transition function (commands, timers and step outcomes in, what
-//!   to record out); [`workflow::test_events`] applies commands and timers;
-//!   the runner claims due steps and timers under a lease and performs them.
+//! - [`workflow`]: the kinds of workflow run on the engine.
+//!   [`workflow::test_flow`] is the test's pure transition function
+//!   (commands, its timer and step outcomes in, what to record out);
+//!   [`workflow::test_kind`] is the test as an engine kind (its steps
+//!   through `agents`, its `tests` row written with every transition);
+//!   [`workflow::test_events`] turns the panel's commands into inbox
+//!   events.
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
 //!   the test host, each database's receiving server, and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
@@ -123,7 +126,6 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     server::spawn_liveness(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
-    workflow::spawn_runner(controller.clone());
     server::spawn_workflow_engine(&controller)?;
     notify::ready();
     tokio::spawn(async move {

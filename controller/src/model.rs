@@ -372,8 +372,9 @@ impl TestState {
     }
 }
 
-/// What a test's workflow runs next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a test's workflow runs next (serialised as [`TestStep::as_str`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TestStep {
     /// Grant the source's data to the test host for this generation.
     Grant,
@@ -490,7 +491,7 @@ pub struct HostOutage {
 }
 
 /// Times in stored JSON (chrono is built without serde here).
-mod rfc3339 {
+pub(crate) mod rfc3339 {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::Time;
@@ -533,9 +534,40 @@ mod rfc3339 {
                 .transpose()
         }
     }
+
+    /// A host and a time (`Test::outage`), as `[host, time]`.
+    pub mod host_since {
+        use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+        use super::super::Time;
+
+        pub fn serialize<S: Serializer>(
+            outage: &Option<(String, Time)>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            outage
+                .as_ref()
+                .map(|(host, since)| (host, since.to_rfc3339()))
+                .serialize(serializer)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<(String, Time)>, D::Error> {
+            Option::<(String, String)>::deserialize(deserializer)?
+                .map(|(host, text)| {
+                    chrono::DateTime::parse_from_rfc3339(&text)
+                        .map(|at| (host, at.with_timezone(&chrono::Utc)))
+                        .map_err(serde::de::Error::custom)
+                })
+                .transpose()
+        }
+    }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// A test run, as the panel sees it (the `tests` row) and as its
+/// workflow remembers it (`workflows.state`, serialised).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Test {
     pub id: String,
     pub account: String,
@@ -549,13 +581,18 @@ pub struct Test {
     pub progress: Option<CopyProgress>,
     pub error: String,
     pub ttl_seconds: u64,
+    #[serde(with = "rfc3339")]
     pub created_at: Time,
+    #[serde(with = "rfc3339")]
     pub updated_at: Time,
+    #[serde(default, with = "rfc3339::option")]
     pub ready_at: Option<Time>,
+    #[serde(default, with = "rfc3339::option")]
     pub expires_at: Option<Time>,
     pub attempts: u32,
     /// The host the current step cannot reach, and since when; `None`
     /// once the step gets through.
+    #[serde(default, with = "rfc3339::host_since")]
     pub outage: Option<(String, Time)>,
 }
 

@@ -525,6 +525,92 @@ pub fn plan_test(
     Ok((chosen.clone(), plan))
 }
 
+/// The plan of a refresh of a test of `migration` on `account` (living on
+/// `source_host`), copied before with `previous` onto `test_host`: the
+/// account's databases as they are now. A database copied before keeps its
+/// receiving server; one created since goes where a first placement would
+/// put it ([`receiving_server`]: a server of the right version with its
+/// extensions, where no other account holds its names); one dropped since
+/// is left out (the test host drops its copy). Refused, naming the
+/// database, when one created since cannot be received, or is on a server
+/// that is down.
+pub fn replan_test(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    test_host: &Host,
+    held: &[Account],
+    previous: &CopyPlan,
+) -> Result<CopyPlan, Error> {
+    let mut databases = Vec::new();
+    for database in &account.databases {
+        if let Some(copied) = previous.databases.iter().find(|d| {
+            d.engine == database.engine
+                && d.name == database.name
+                && d.source_server == database.server
+        }) {
+            databases.push(DatabasePlan {
+                owner: database.owner.clone(),
+                ..copied.clone()
+            });
+            continue;
+        }
+        let source = source_host
+            .database_servers
+            .iter()
+            .find(|s| s.name == database.server && s.engine == database.engine)
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "database {} is on server {:?}, which host {} does not report",
+                    database.name, database.server, source_host.id
+                ))
+            })?;
+        if !source.reachable {
+            return Err(Error::FailedPrecondition(format!(
+                "the {} server {:?} of database {} on host {} is down; start it, then refresh again",
+                engine_name(source.engine),
+                source.name,
+                database.name,
+                source_host.id
+            )));
+        }
+        let target = receiving_server(migration, account, database, test_host, source, held)
+            .map_err(|why| {
+                let why = why.unwrap_or_else(|| {
+                    let lacking: Vec<&str> = receiving_candidates(migration, test_host, source)
+                        .iter()
+                        .flat_map(|server| lacking_extensions(server, database))
+                        .collect();
+                    if lacking.is_empty() {
+                        "no server that can receive it".to_owned()
+                    } else {
+                        format!("no server with the extensions it uses ({})", lacking.join(", "))
+                    }
+                });
+                Error::FailedPrecondition(format!(
+                    "{} database {} was created since the test; test host {} holds {why}; delete the test and test again",
+                    engine_name(database.engine),
+                    database.name,
+                    test_host.id
+                ))
+            })?;
+        databases.push(DatabasePlan {
+            engine: database.engine,
+            name: database.name.clone(),
+            owner: database.owner.clone(),
+            source_server: source.name.clone(),
+            target_server: target.name.clone(),
+            target_address: target.address.clone(),
+            target_port: target.port,
+            target_version: target.version.clone(),
+        });
+    }
+    Ok(CopyPlan {
+        databases,
+        ..previous.clone()
+    })
+}
+
 /// 1.5 GiB, 12.0 MiB...
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -1058,5 +1144,68 @@ mod tests {
         assert!(at_least("10.11.6", "10.11"));
         assert!(!at_least("10.6.1", "10.11"));
         assert!(!at_least("15.2", "18"));
+    }
+
+    #[test]
+    fn a_refresh_plans_the_databases_the_account_has_now() -> Result<(), Error> {
+        // Bob's copy holds "shop" on test-1's server "main"; a second
+        // PostgreSQL 18 server "second" is free.
+        let mut test_1 = test_host(20 << 30);
+        test_1
+            .database_servers
+            .push(server("second", Engine::Postgresql, "18.6", true));
+        let (_, before) = plan_test(&migration(), &alice(), &source(), &[test_1.clone()], &[])?;
+        let mut carol = alice();
+        carol.name = "carol".into();
+        carol.host_id = "test-1".into();
+        carol.databases[0].name = "shop".into();
+        carol.databases[0].owner = "carol".into();
+        // Since the test, alice dropped her MariaDB database and created
+        // "shop" (whose name carol holds on "main") and "notes".
+        let mut now = alice();
+        now.databases.truncate(1);
+        for name in ["shop", "notes"] {
+            let mut created = now.databases[0].clone();
+            created.name = name.into();
+            now.databases.push(created);
+        }
+        let after = replan_test(&migration(), &now, &source(), &test_1, &[carol], &before)?;
+        let placed: Vec<(&str, &str)> = after
+            .databases
+            .iter()
+            .map(|d| (d.name.as_str(), d.target_server.as_str()))
+            .collect();
+        assert_eq!(
+            placed,
+            [("alice", "main"), ("shop", "second"), ("notes", "main")],
+            "the copied one stays, new ones placed as at creation, the dropped one gone"
+        );
+        assert_eq!(
+            (after.protocol_version, &after.source_home),
+            (before.protocol_version, &before.source_home)
+        );
+        // A new database the test host cannot create: refused, naming it.
+        let mut needs_postgis = now.clone();
+        needs_postgis.databases[2].extensions = vec!["postgis".into()];
+        let mut plain = test_1.clone();
+        for server in &mut plain.database_servers {
+            server.available_extensions = vec!["plpgsql".into()];
+        }
+        let text = replan_test(
+            &migration(),
+            &needs_postgis,
+            &source(),
+            &plain,
+            &[],
+            &before,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            text.contains("database notes was created since the test") && text.contains("postgis"),
+            "{text}"
+        );
+        Ok(())
     }
 }

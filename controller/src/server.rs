@@ -190,15 +190,13 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
     });
 }
 
-/// Starts the workflow engine's runner over the registered kinds (none
-/// yet: *Test* moves onto the engine next), woken by its own listener on
-/// `navette_workflows`.
+/// Starts the workflow engine's runner over the kinds the controller
+/// runs (the test, [`crate::workflow::test_kind`]), woken by its own
+/// listener on `navette_workflows`.
 pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
-    let registry = crate::engine::Registry::new();
-    if registry.is_empty() {
-        tracing::info!(message = "workflow engine: no kinds registered; runner idle");
-        return Ok(());
-    }
+    let registry = crate::engine::Registry::new().register(
+        crate::workflow::test_kind::TestKind::new(controller.clone()),
+    );
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     crate::db::listen(
         &controller.config.database,

@@ -560,6 +560,7 @@ fn a_runner_whose_lease_was_taken_over_records_nothing(
             step: None,
             attempts: 0,
             run_in: None,
+            run_at: None,
             timer: false,
             end: Some(&End::Completed),
             keep_lease: None,

@@ -13,7 +13,8 @@
 //! never the copy's); one thing belongs to at most one copy; records are
 //! written before the thing is created (home, databases) or as soon as it is
 //! found (logins), so a crash mid-copy never leaves something unrecorded
-//! that removal should take.
+//! that removal should take; a database is forgotten only once dropped (a
+//! later generation whose spec no longer lists it drops it first).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -5,8 +5,10 @@
 //! `<state_dir>/transfers/<transfer id>/` (its spec, and its final progress
 //! once it ended), so that a repeated `StartTransfer` after an agent restart
 //! returns the result instead of copying again. Every transfer fills a
-//! *copy* ([`super::copies`]): before anything is written the copy claims
-//! its home and databases (refused when they exist and are not the copy's,
+//! *copy* ([`super::copies`]): before anything is written the copy drops
+//! the databases it created that the spec no longer lists (a spec lists
+//! everything the copy is to hold: the account as it is now), claims its
+//! home and databases (refused when they exist and are not the copy's,
 //! postponed while another copy holds them), and once the pull ends it
 //! records the logins it created. `RemoveCopy` removes exactly one copy,
 //! by its id, and never while a transfer into it runs.
@@ -475,10 +477,46 @@ impl Transfers {
         })
     }
 
-    /// Everything a transfer does once started: claims the databases,
-    /// pulls, and records the logins it created (also after a failure, so
-    /// that removing the partial copy takes them).
+    /// Drops the databases the copy created that `spec` no longer lists
+    /// (the account dropped them on its host since the last generation),
+    /// and forgets them. Only what the copy's own record names is ever
+    /// dropped: another copy's database, or one this host had before, is
+    /// never the copy's. Idempotent: one dropped already is forgotten.
+    async fn prune_databases(&self, spec: &TransferSpec) -> Result<(), String> {
+        let Some(owned) = self.copies.load(copy_id_of(spec)) else {
+            return Ok(());
+        };
+        let listed = |copies: &[navette_proto::v1::DatabaseCopy]| -> Vec<OwnedDatabase> {
+            copies
+                .iter()
+                .map(|c| OwnedDatabase {
+                    server: c.target_server.clone(),
+                    database: c.target_database.clone(),
+                })
+                .collect()
+        };
+        let (postgres, mariadb) = (listed(&spec.postgresql), listed(&spec.mariadb));
+        for database in owned.postgresql.iter().filter(|d| !postgres.contains(d)) {
+            removal::drop_postgres_database(&self.config, &database.server, &database.database)
+                .await?;
+            self.record(spec, |record| record.postgresql.retain(|d| d != database))?;
+            tracing::info!(message = "database no longer in the copy dropped", engine = "postgresql", server = %database.server, database = %database.database, transfer_id = %spec.transfer_id);
+        }
+        for database in owned.mariadb.iter().filter(|d| !mariadb.contains(d)) {
+            removal::drop_mariadb_database(&self.config, &database.server, &database.database)
+                .await?;
+            self.record(spec, |record| record.mariadb.retain(|d| d != database))?;
+            tracing::info!(message = "database no longer in the copy dropped", engine = "mariadb", server = %database.server, database = %database.database, transfer_id = %spec.transfer_id);
+        }
+        Ok(())
+    }
+
+    /// Everything a transfer does once started: drops the copy's databases
+    /// the spec no longer lists, claims the ones it lists, pulls, and
+    /// records the logins it created (also after a failure, so that
+    /// removing the partial copy takes them).
     async fn run(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
+        self.prune_databases(spec).await?;
         self.claim_databases(spec).await?;
         let before = self.logins_now(spec).await?;
         let pulled = self.pull(spec, progress).await;

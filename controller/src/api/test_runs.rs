@@ -20,7 +20,7 @@ use crate::compatibility;
 use crate::db::Change;
 use crate::error::{Error, Result};
 use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
-use crate::model::{Account, Host, HostState, Test, TestState};
+use crate::model::{Account, CopyPlan, Host, HostState, Test, TestState};
 use crate::placement;
 use crate::state::Controller;
 use crate::store;
@@ -135,6 +135,32 @@ impl TestsApi {
         Ok((account, source, migration, hosts, held))
     }
 
+    /// What a refresh of test `id` copies: the account's databases as its
+    /// host reports them now (measured now, like a new test), placed on
+    /// the test host by `placement::replan_test`. `None` for a test that
+    /// is not ready: the refresh is refused by the test's own rules.
+    async fn refresh_plan(&self, id: &TestId) -> Result<Option<CopyPlan>> {
+        let test = {
+            let client = self.0.db.get().await?;
+            store::test_runs::get(&**client, id).await?
+        };
+        if test.state != TestState::Ready {
+            return Ok(None);
+        }
+        let account = AccountName::parse("account", &test.account)?;
+        let migration = MigrationId::parse("migration_id", &test.migration_id)?;
+        let (account, source, migration, hosts, held) = self.context(&account, &migration).await?;
+        let test_host = hosts
+            .iter()
+            .find(|host| host.id == test.test_host_id)
+            .ok_or_else(|| Error::NotFound {
+                what: "host",
+                id: test.test_host_id.clone(),
+            })?;
+        placement::replan_test(&migration, &account, &source, test_host, &held, &test.plan)
+            .map(Some)
+    }
+
     async fn create(&self, request: v1::TestMigrationRequest) -> Result<Test> {
         let request_id = RequestId::parse("request_id", &request.request_id)?;
         let account_name = AccountName::parse("account", &request.account)?;
@@ -171,9 +197,9 @@ impl TestsApi {
         }
         let (test_host, plan) = placement::plan_test(&migration, &account, &source, &hosts, &held)?;
         let id = new_id();
-        let client = self.0.db.get().await?;
+        let mut client = self.0.db.get().await?;
         let created = crate::workflow::test_events::create(
-            &**client,
+            &mut client,
             &store::test_runs::NewTest {
                 id: &id,
                 request_id: &request_id,
@@ -254,8 +280,9 @@ impl Tests for TestsApi {
         let request = request.into_inner();
         reply(async {
             let id = TestId::parse("id", &request.id)?;
-            let client = self.0.db.get().await?;
-            let test = crate::workflow::test_events::refresh(&**client, &id).await?;
+            let plan = self.refresh_plan(&id).await?;
+            let mut client = self.0.db.get().await?;
+            let test = crate::workflow::test_events::refresh(&mut client, &id, plan).await?;
             tracing::info!(message = "test refresh started", test_id = %id, generation = test.generation);
             Ok(convert::test(&test))
         }
@@ -267,8 +294,8 @@ impl Tests for TestsApi {
         reply(
             async {
                 let id = TestId::parse("id", &request.id)?;
-                let client = self.0.db.get().await?;
-                let test = crate::workflow::test_events::delete(&**client, &id).await?;
+                let mut client = self.0.db.get().await?;
+                let test = crate::workflow::test_events::delete(&mut client, &id).await?;
                 tracing::info!(message = "test deletion started", test_id = %id);
                 Ok(convert::test(&test))
             }

@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -54,6 +56,27 @@ pub trait Kind: Send + Sync + 'static {
     /// after the point of no return.
     fn compensates(&self, _step: &Self::Step) -> bool {
         false
+    }
+
+    /// Whether the kind keeps a view of its state outside the engine's
+    /// tables ([`Kind::project`]).
+    fn projects(&self) -> bool {
+        false
+    }
+
+    /// Writes the kind's own view of `state` (a row an API reads), in the
+    /// transaction that records the transition leading to it, under the
+    /// fencing token: the view never shows a state the engine did not
+    /// record. Skipped while commands wait in the inbox: their sender
+    /// wrote their effect already, and the runner writes it again when it
+    /// delivers them. Only called when [`Kind::projects`].
+    fn project<'a>(
+        &'a self,
+        _client: &'a tokio_postgres::Transaction<'_>,
+        _id: &'a WorkflowId,
+        _state: &'a Self::State,
+    ) -> impl Future<Output = Result<(), crate::error::Error>> + Send + 'a {
+        async { Ok(()) }
     }
 }
 
@@ -141,6 +164,11 @@ pub enum Next<St> {
     Wait,
     /// Wait for an event, or deliver [`Event::Timer`] after this long.
     WaitFor(Duration),
+    /// Wait for an event, or deliver [`Event::Timer`] at this time (read
+    /// on the database's clock, shared by every controller): a deadline
+    /// the state holds, such as a test's expiry, without the kind reading
+    /// a clock.
+    WaitUntil(DateTime<Utc>),
     /// The workflow is over.
     Done(End),
 }

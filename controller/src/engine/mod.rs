@@ -182,6 +182,17 @@ pub(crate) trait ErasedKind: Send + Sync {
         step: &'a serde_json::Value,
         context: &'a StepContext,
     ) -> BoxFuture<'a, Result<(String, StoredTransition), String>>;
+
+    /// [`Kind::projects`].
+    fn projects(&self) -> bool;
+
+    /// [`Kind::project`] of a stored state.
+    fn project<'a>(
+        &'a self,
+        client: &'a tokio_postgres::Transaction<'_>,
+        id: &'a WorkflowId,
+        state: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 fn read<T: serde::de::DeserializeOwned>(
@@ -210,6 +221,7 @@ fn stored<K: Kind>(
         Next::RunAfter(s, delay) => Next::RunAfter(step(s)?, delay),
         Next::Wait => Next::Wait,
         Next::WaitFor(delay) => Next::WaitFor(delay),
+        Next::WaitUntil(at) => Next::WaitUntil(at),
         Next::Done(end) => Next::Done(end),
     };
     Ok(StoredTransition {
@@ -251,6 +263,22 @@ impl<K: Kind> ErasedKind for K {
             let text = audit::outcome_text(&outcome);
             let transition = self.transition(&state, Input::Outcome(outcome));
             Ok((text, stored(self, transition)?))
+        })
+    }
+
+    fn projects(&self) -> bool {
+        Kind::projects(self)
+    }
+
+    fn project<'a>(
+        &'a self,
+        client: &'a tokio_postgres::Transaction<'_>,
+        id: &'a WorkflowId,
+        state: &'a serde_json::Value,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let state: K::State = read(state, "state").map_err(Error::Internal)?;
+            Kind::project(self, client, id, &state).await
         })
     }
 }

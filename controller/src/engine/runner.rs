@@ -505,7 +505,12 @@ impl Runner {
             Next::RunAfter(step, delay) => (Some(step), Some(*delay), false, None, false),
             Next::Wait => (None, None, false, None, false),
             Next::WaitFor(delay) => (None, Some(*delay), true, None, false),
+            Next::WaitUntil(_) => (None, None, true, None, false),
             Next::Done(end) => (None, None, false, Some(end), false),
+        };
+        let run_at = match &transition.next {
+            Next::WaitUntil(at) => Some(*at),
+            _ => None,
         };
         if let Some(end) = end {
             audit_entries.push(NewEntry::new(What::Done, &self.owner, audit::end_text(end)));
@@ -528,6 +533,7 @@ impl Runner {
             step: step_value.as_ref(),
             attempts,
             run_in,
+            run_at,
             timer,
             end,
             keep_lease: keep.then_some(self.config.lease),
@@ -536,9 +542,13 @@ impl Runner {
             audit: &audit_entries,
             children: &children,
         };
+        let projection = self
+            .registry
+            .get(&current.kind)
+            .filter(|kind| kind.projects());
         let recorded = async {
             let mut client = self.pool.get().await?;
-            store::record(&mut client, &record).await
+            store::record_projected(&mut client, &record, projection.as_deref()).await
         }
         .await;
         match recorded {
@@ -547,6 +557,9 @@ impl Runner {
                 current.step = step_value;
                 current.attempts = attempts;
                 current.has_events = recorded.has_events;
+                // The record armed the timer again (or cleared it): a timer
+                // due at the claim is this transition's to decide now.
+                current.timer_due = false;
                 current.due_at = Utc::now();
                 if keep {
                     Progress::Continue

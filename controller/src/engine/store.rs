@@ -223,8 +223,11 @@ pub struct Record<'a> {
     /// The step to run next; `None` while waiting or done.
     pub step: Option<&'a Value>,
     pub attempts: i32,
-    /// Due again after this long; `None`: only when an event arrives.
+    /// Due again after this long; `None`: only when an event arrives (or
+    /// at `run_at`).
     pub run_in: Option<Duration>,
+    /// Due again at this time (a timer at a deadline); wins over `run_in`.
+    pub run_at: Option<DateTime<Utc>>,
     /// `run_in` is a timer ([`Event::Timer`] when it fires).
     pub timer: bool,
     pub end: Option<&'a End>,
@@ -253,8 +256,19 @@ pub async fn record(
     client: &mut deadpool_postgres::Client,
     r: &Record<'_>,
 ) -> Result<Option<Recorded>> {
+    record_projected(client, r, None).await
+}
+
+/// [`record`], also writing the kind's view of the new state
+/// (`projection`: [`super::Kind::project`]) in the same transaction,
+/// unless unconsumed events wait.
+pub(crate) async fn record_projected(
+    client: &mut deadpool_postgres::Client,
+    r: &Record<'_>,
+    projection: Option<&dyn super::ErasedKind>,
+) -> Result<Option<Recorded>> {
     let parent_to_tell = r.end.is_some();
-    if r.children.is_empty() && !parent_to_tell {
+    if r.children.is_empty() && !parent_to_tell && projection.is_none() {
         let statement = client.prepare_cached(RECORD).await?;
         return Ok(record_statement(&***client, &statement, r)
             .await?
@@ -265,6 +279,9 @@ pub async fn record(
     let Some((recorded, parent)) = record_statement(&*transaction, &statement, r).await? else {
         return Ok(None);
     };
+    if let Some(kind) = projection.filter(|_| !recorded.has_events) {
+        kind.project(&transaction, r.id, r.state).await?;
+    }
     for (child_id, child) in r.children {
         create(
             &*transaction,
@@ -303,9 +320,11 @@ const RECORD: &str = "WITH w AS (
                          WHEN EXISTS (SELECT 1 FROM workflow_events e WHERE e.workflow_id = $1
                                       AND e.consumed_at IS NULL AND e.id <> ALL($7))
                              THEN now()
+                         WHEN $21::timestamptz IS NOT NULL THEN $21::timestamptz
                          WHEN $8::float8 IS NULL THEN 'infinity'
                          ELSE now() + make_interval(secs => $8::float8) END,
-                     timer_at = CASE WHEN $9 THEN now() + make_interval(secs => $8::float8) END,
+                     timer_at = CASE WHEN $9 THEN COALESCE($21::timestamptz,
+                         now() + make_interval(secs => $8::float8)) END,
                      done = $10::text IS NOT NULL, outcome = $10::text, error = $11,
                      lease_owner = CASE WHEN $12::float8 IS NULL THEN NULL ELSE lease_owner END,
                      lease_expires_at = CASE WHEN $12::float8 IS NULL THEN NULL
@@ -372,6 +391,7 @@ async fn record_statement(
                 &details,
                 &dues,
                 &starts,
+                &r.run_at,
             ],
         )
         .await?;
@@ -589,7 +609,9 @@ pub async fn command(
     send_event(client, id, "command", &body, sender, &detail).await
 }
 
-async fn send_event(
+/// Puts event `kind` with `payload` from `sender` in `id`'s inbox, with
+/// its audit entry (`detail`), and makes the workflow due.
+pub(crate) async fn send_event(
     client: &impl GenericClient,
     id: &WorkflowId,
     kind: &str,

@@ -1,8 +1,9 @@
 //! How many workflows of each kind are in each state, for the metrics
 //! ([`crate::metrics::workflows`]). One grouped count per workflow table,
-//! read in one statement: the tests, and the engine's workflows of every
-//! kind (`workflows`), whose state for the metrics is where the engine
-//! has them: `running` (leased), `due`, `waiting` (an event or a timer),
+//! read in one statement: the tests, by their test state (`tests`, the
+//! view of their workflows, counted once), and the engine's workflows of
+//! every other kind (`workflows`), whose state for the metrics is where
+//! the engine has them: `running` (leased), `due`, `waiting` (an event or a timer),
 //! or their outcome once done (`completed`, `failed`, `cancelled`).
 
 use tokio_postgres::GenericClient;
@@ -29,7 +30,7 @@ pub async fn by_kind_and_state(client: &impl GenericClient) -> Result<Vec<Workfl
                          WHEN next_run_at <= now() THEN 'due'
                          ELSE 'waiting' END,
                     count(*)
-             FROM workflows GROUP BY 1, 2",
+             FROM workflows WHERE kind <> 'test' GROUP BY 1, 2",
             &[],
         )
         .await?;

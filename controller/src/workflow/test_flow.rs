@@ -1,8 +1,9 @@
 //! The test workflow as a pure state machine: from a test and what happened
 //! to it to what is recorded next. What happens is an [`Input`]: a command
 //! (create, refresh, delete), the test's timer (expiry), or the outcome of
-//! the step the runner ran. No I/O here: [`next`] decides, the store
-//! records the [`Transition`] it returns, the runner performs the steps.
+//! the step the runner ran. No I/O here: [`next`] decides; the test kind
+//! (`super::test_kind`) turns the [`Transition`] it returns into the
+//! engine's, which records it and performs the steps.
 //!
 //! Every edge [`next`] implements (`state[step]`; a step in brackets is
 //! what runs next, `none`: nothing):
@@ -28,9 +29,11 @@
 //!
 //! Rules beyond the diagram: a refresh of a test that is not ready is
 //! refused; a create of a test that exists, a delete of a test deleting or
-//! deleted, and an expiry of one, change nothing. A deletion recorded while
-//! a step runs wins over that step: the step's outcome, arriving for a step
-//! that is no longer the test's, is dropped, and the removal runs at once.
+//! deleted, and an expiry of one, change nothing. A deletion wins over the
+//! step running when it comes: delivered after the step's outcome, it
+//! leads to the removal whatever that outcome was; an outcome arriving for
+//! a step that is no longer the test's is dropped, and the removal runs at
+//! once.
 //! Every test that is not deleting or deleted has a timer ([`expiry`],
 //! recorded with every transition as `expires_at`), failed and stuck ones
 //! included, so no copy stays on a test host for ever; a timer that fires
@@ -86,7 +89,7 @@ pub struct Finished {
 }
 
 /// What running a step gave.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub enum StepOutcome {
     /// The source agent granted the transfer.
     Granted,
