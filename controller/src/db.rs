@@ -78,6 +78,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "protocols",
         include_str!("../migrations/0006_protocols.sql"),
     ),
+    (7, "sites", include_str!("../migrations/0007_sites.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -12,7 +12,8 @@ use super::transfer::{CopyRemoval, DatabaseCopy, TransferReport, TransferSpec, T
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory, Time,
+    Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory,
+    Site, Time,
 };
 
 pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
@@ -272,6 +273,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 home_size_bytes: a.home_size_bytes,
                 home_files: a.home_files,
                 copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
+                sites: a.sites.iter().map(site_from).collect(),
                 databases: a
                     .databases
                     .iter()
@@ -308,6 +310,25 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
         source_protocols: reported_protocols(&report.source_protocols),
         target_protocols: reported_protocols(&report.target_protocols),
     })
+}
+
+/// A site as the agent API carries it. The agent checked it against its
+/// host's rules; the agent that runs it checks it again.
+pub fn site_from(site: &v1::Site) -> Site {
+    Site {
+        domains: site.domains.clone(),
+        document_root: site.document_root.clone(),
+        runtime: site.runtime.clone(),
+    }
+}
+
+/// A site for the agent API.
+pub fn site_to(site: &Site) -> v1::Site {
+    v1::Site {
+        domains: site.domains.clone(),
+        document_root: site.document_root.clone(),
+        runtime: site.runtime.clone(),
+    }
 }
 
 #[cfg(test)]
