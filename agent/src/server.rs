@@ -356,8 +356,17 @@ impl Agent for AgentService {
             .iter()
             .map(|site| Site::from_proto(&request.account, site))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| sites_status(error.into()))?;
-        let endpoints = request.databases.as_ref().map(endpoints_of).transpose()?;
+            .map_err(|error| {
+                crate::metrics::sites_operation("start", "refused");
+                tracing::warn!(message = "sites refused", account = %request.account, %error);
+                sites_status(error.into())
+            })?;
+        let endpoints = request
+            .databases
+            .as_ref()
+            .map(endpoints_of)
+            .transpose()
+            .inspect_err(|_| crate::metrics::sites_operation("start", "refused"))?;
         let start = StartRequest {
             account: request.account,
             copy_id,

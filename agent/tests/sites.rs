@@ -396,8 +396,10 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
     }
     // A definition file the panel got wrong is refused the same way.
     let definitions = world.host.site_definitions_dir();
+    let bob_definition = definitions.join(format!("{}.toml", bob.name));
+    let bob_sites = std::fs::read_to_string(&bob_definition)?;
     std::fs::write(
-        definitions.join(format!("{}.toml", bob.name)),
+        &bob_definition,
         "[[site]]\ndomains = [\"bob.example\\\"; include /etc/shadow; #\"]\n",
     )?;
     let status = world
@@ -410,11 +412,40 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         status.message().contains("is not a host name"),
         "{status:?}"
     );
+    std::fs::write(&bob_definition, bob_sites)?;
     ensure!(
         world.written()? == before,
         "a refused start wrote something: {:?} then {:?}",
         before,
         world.written()?
+    );
+    // A copy this host does not hold.
+    let status = world
+        .start(StartSitesRequest {
+            account: bob.name.clone(),
+            copy_id: "t-unknown".into(),
+            ..StartSitesRequest::default()
+        })?
+        .expect_err("a start from a copy that is not here was accepted");
+    ensure!(status.code() == tonic::Code::NotFound, "{status:?}");
+    ensure!(status.message().contains("no copy t-unknown"), "{status:?}");
+    // Every refusal is counted; none was a failure.
+    let metrics = world.agent.scrape_metrics()?;
+    let count = |outcome: &str| {
+        metrics.value(
+            "navette_agent_sites_operations_total",
+            &[("operation", "start"), ("outcome", outcome)],
+        )
+    };
+    ensure!(
+        count("refused") == Some(5.0),
+        "refused starts: {:?}",
+        count("refused")
+    );
+    ensure!(
+        count("failed") == Some(0.0),
+        "failed starts: {:?}",
+        count("failed")
     );
     // Alice's own domain is still hers.
     check_page(&world.wait_answering(alice_domain)?, &alice.name, "8.2.")?;

@@ -27,35 +27,70 @@ use crate::netns::Netns;
 use crate::process::ChildProcess;
 use crate::rig::{Rig, make_dir, set_mode};
 
-/// Where the cgroup v1 freezer hierarchy is mounted on the machine.
-const FREEZER: &str = "/sys/fs/cgroup/freezer";
+/// Where a host's account groups are on the machine: under cgroup2's
+/// root, or v1's freezer.
+fn host_group_base(namespace: &str) -> PathBuf {
+    let system = PathBuf::from("/sys/fs/cgroup");
+    let hierarchy = match system.join("cgroup.controllers").exists() {
+        true => system,
+        false => system.join("freezer"),
+    };
+    hierarchy.join(format!("navette-{namespace}"))
+}
 
 /// Where the rig mounts the freezer hierarchy again for agents: `ip netns
 /// exec` mounts a fresh `/sys` for the namespace, without the machine's
 /// cgroup mounts, so agents get them from here (`[sites] cgroup_mount`).
 pub const AGENT_CGROUP_MOUNT: &str = "/run/navette-rig/cgroup";
 
-/// Mounts the machine's cgroup v1 freezer hierarchy at
-/// [`AGENT_CGROUP_MOUNT`]`/freezer` unless it is there (the same
-/// hierarchy: groups made there are the ones under `/sys/fs/cgroup`).
+/// Mounts the machine's freezer hierarchy again at [`AGENT_CGROUP_MOUNT`]
+/// unless it is there: cgroup v1's freezer at `<mount>/freezer`, or the
+/// cgroup2 hierarchy at `<mount>` (the same hierarchy: groups made there
+/// are the ones under `/sys/fs/cgroup`). On a machine with neither, or
+/// where mounting fails, agents keep `/sys/fs/cgroup` and only their
+/// `StartSites` fails, saying why; every other test runs as before.
 pub(crate) fn ensure_agent_cgroup_mount() -> anyhow::Result<PathBuf> {
+    let system = PathBuf::from("/sys/fs/cgroup");
     let mount = PathBuf::from(AGENT_CGROUP_MOUNT);
-    let freezer = mount.join("freezer");
-    if freezer.join("cgroup.procs").exists() {
+    let (kind, options, target, probe) = if system.join("cgroup.controllers").exists() {
+        (
+            "cgroup2",
+            None,
+            mount.clone(),
+            mount.join("cgroup.controllers"),
+        )
+    } else if system.join("freezer").join("cgroup.procs").exists() {
+        let freezer = mount.join("freezer");
+        (
+            "cgroup",
+            Some("freezer"),
+            freezer.clone(),
+            freezer.join("cgroup.procs"),
+        )
+    } else {
+        return Ok(system);
+    };
+    if probe.exists() {
         return Ok(mount);
     }
     let _lock = crate::install::machine_lock()?;
-    if freezer.join("cgroup.procs").exists() {
+    if probe.exists() {
         return Ok(mount);
     }
-    std::fs::create_dir_all(&freezer).with_context(|| format!("creating {}", freezer.display()))?;
-    crate::install::run_checked(
-        Command::new("mount")
-            .args(["-t", "cgroup", "-o", "freezer", "navette-freezer"])
-            .arg(&freezer),
-        "mounting the freezer hierarchy for agents",
-    )?;
-    Ok(mount)
+    std::fs::create_dir_all(&target).with_context(|| format!("creating {}", target.display()))?;
+    let mut command = Command::new("mount");
+    command.args(["-t", kind]);
+    if let Some(options) = options {
+        command.args(["-o", options]);
+    }
+    command.arg("navette-cgroup").arg(&target);
+    match crate::install::run_checked(&mut command, "mounting the cgroup hierarchy for agents") {
+        Ok(_) => Ok(mount),
+        Err(error) => {
+            eprintln!("navette rig: {error:#}; agents keep /sys/fs/cgroup");
+            Ok(system)
+        }
+    }
 }
 
 /// The host's web server. Cheap to clone.
@@ -247,21 +282,25 @@ pub(crate) fn write_site_definition(
 /// Thaws every account group of the host (a frozen process cannot die),
 /// for teardown before the kills.
 pub(crate) fn thaw_host_groups(namespace: &str) {
-    let base = PathBuf::from(FREEZER).join(format!("navette-{namespace}"));
-    let Ok(entries) = std::fs::read_dir(&base) else {
+    let Ok(entries) = std::fs::read_dir(host_group_base(namespace)) else {
         return;
     };
     for entry in entries.flatten() {
-        let state = entry.path().join("freezer.state");
-        if state.exists() {
-            let _ = std::fs::write(&state, "THAWED");
+        let (v1, v2) = (
+            entry.path().join("freezer.state"),
+            entry.path().join("cgroup.freeze"),
+        );
+        if v1.exists() {
+            let _ = std::fs::write(&v1, "THAWED");
+        } else if v2.exists() {
+            let _ = std::fs::write(&v2, "0");
         }
     }
 }
 
 /// Removes the host's (now empty) account groups and their base.
 pub(crate) fn remove_host_groups(namespace: &str) {
-    let base = PathBuf::from(FREEZER).join(format!("navette-{namespace}"));
+    let base = host_group_base(namespace);
     let Ok(entries) = std::fs::read_dir(&base) else {
         return;
     };

@@ -102,6 +102,45 @@ pub enum SitesError {
     },
 }
 
+impl SitesError {
+    /// Whether the request was refused before anything changed (bad input,
+    /// a precondition), as opposed to failing on the way.
+    pub fn is_refusal(&self) -> bool {
+        !matches!(
+            self,
+            SitesError::Fpm(_)
+                | SitesError::WebServer(_)
+                | SitesError::Cgroup { .. }
+                | SitesError::Io { .. }
+        )
+    }
+}
+
+/// Counts `result` of a sites `operation` in the metrics, and logs a
+/// failure with the account.
+fn counted<T>(
+    operation: &'static str,
+    account: &str,
+    result: Result<T, SitesError>,
+) -> Result<T, SitesError> {
+    let outcome = match &result {
+        Ok(_) => "done",
+        Err(error) if error.is_refusal() => "refused",
+        Err(_) => "failed",
+    };
+    crate::metrics::sites_operation(operation, outcome);
+    if let Err(error) = &result {
+        tracing::warn!(
+            message = "sites operation not done",
+            operation,
+            outcome,
+            %account,
+            error = %crate::error_chain(error)
+        );
+    }
+    result
+}
+
 fn io_error<'a>(
     what: &'static str,
     path: &'a Path,
@@ -241,6 +280,11 @@ impl SiteHost {
 
     /// Runs `request.account`'s sites; see the module documentation.
     pub fn start(&self, request: StartRequest) -> Result<Started, SitesError> {
+        let account = request.account.clone();
+        counted("start", &account, self.start_counted(request))
+    }
+
+    fn start_counted(&self, request: StartRequest) -> Result<Started, SitesError> {
         let account = request.account.as_str();
         let sites = match request.sites.is_empty() {
             true => self.defined(account)?,
@@ -363,6 +407,10 @@ impl SiteHost {
     /// sending requests), then the pool, then the record. Returns whether
     /// anything was running.
     pub fn stop(&self, account: &str) -> Result<bool, SitesError> {
+        counted("stop", account, self.stop_counted(account))
+    }
+
+    fn stop_counted(&self, account: &str) -> Result<bool, SitesError> {
         let config = &self.config.sites;
         let _changing = lock(&self.changing);
         if let Some(frozen) = lock(&self.frozen).remove(account) {
@@ -429,6 +477,20 @@ impl SiteHost {
     /// Freezes `account`'s processes for at most `longest` (bounded by
     /// [`LONGEST_FREEZE`]), or thaws them. Returns how long it took.
     pub fn set_frozen(
+        &self,
+        account: &str,
+        frozen: bool,
+        longest: Duration,
+    ) -> Result<Duration, SitesError> {
+        let operation = if frozen { "freeze" } else { "thaw" };
+        counted(
+            operation,
+            account,
+            self.set_frozen_counted(account, frozen, longest),
+        )
+    }
+
+    fn set_frozen_counted(
         &self,
         account: &str,
         frozen: bool,
