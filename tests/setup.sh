@@ -13,6 +13,12 @@
 #     into /opt/navette-rig/trixie with `mariadb-server` installed in it, its
 #     `mysql` user given the host's uid and gid so that data directories
 #     are owned alike. The rig runs it chrooted (tests/rig/mariadb.rs).
+#   - The web stacks the rig's hosts serve sites with: Debian 12's nginx
+#     and PHP 8.2 FPM (the old stack, 2024.1), and PHP 8.4 FPM from
+#     Debian 13 inside the same tree (the new stack, 2026.1), each with
+#     the PostgreSQL and MySQL extensions. Nothing starts on the machine:
+#     policy-rc.d forbids it here and in the tree; the rig runs them in
+#     hosts' namespaces (tests/rig/web.rs).
 set -euo pipefail
 
 PG18_DIR=${NAVETTE_PG18_DIR:-/opt/navette-rig/pg18}
@@ -33,6 +39,10 @@ command -v setfacl >/dev/null 2>&1 || need_apt+=(acl)
 command -v setfattr >/dev/null 2>&1 || need_apt+=(attr)
 command -v pgbench >/dev/null 2>&1 || need_apt+=(postgresql-contrib-15)
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+[ -x /usr/sbin/php-fpm8.2 ] || need_apt+=(php8.2-fpm)
+[ -e /usr/lib/php/20220829/pgsql.so ] || need_apt+=(php8.2-pgsql)
+[ -e /usr/lib/php/20220829/mysqli.so ] || need_apt+=(php8.2-mysql)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
@@ -120,4 +130,21 @@ if [ ! -x "$TRIXIE_DIR/usr/sbin/mariadbd" ]; then
   mv "$tmp" "$TRIXIE_DIR"
 fi
 
-log "ok: postgres 15 $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), postgres 18 $(LD_LIBRARY_PATH=$PG18_DIR/lib:$PG18_DIR/libs $PG18_DIR/bin/postgres --version | awk '{print $3}'), $(mariadbd --version 2>/dev/null | awk '{print $3}' || /usr/sbin/mariadbd --version | awk '{print $3}'), mariadb $(chroot "$TRIXIE_DIR" /usr/sbin/mariadbd --version | awk '{print $3}') (trixie), grpcurl $(grpcurl -version 2>&1 | awk '{print $2}')"
+if [ ! -x "$TRIXIE_DIR/usr/sbin/php-fpm8.4" ] \
+  || ! ls "$TRIXIE_DIR"/usr/lib/php/*/pgsql.so >/dev/null 2>&1 \
+  || ! ls "$TRIXIE_DIR"/usr/lib/php/*/mysqli.so >/dev/null 2>&1; then
+  log "installing PHP 8.4 FPM from Debian 13 into $TRIXIE_DIR"
+  [ -e "$TRIXIE_DIR/usr/sbin/policy-rc.d" ] || {
+    printf '#!/bin/sh\nexit 101\n' >"$TRIXIE_DIR/usr/sbin/policy-rc.d"
+    chmod +x "$TRIXIE_DIR/usr/sbin/policy-rc.d"
+  }
+  unshare --mount sh -ec "
+    mount --rbind /dev '$TRIXIE_DIR/dev'
+    mount -t proc proc '$TRIXIE_DIR/proc'
+    chroot '$TRIXIE_DIR' apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive chroot '$TRIXIE_DIR' apt-get install -y -qq --no-install-recommends php8.4-fpm php8.4-pgsql php8.4-mysql >/dev/null
+  "
+  rm -f "$TRIXIE_DIR/var/cache/apt/archives"/*.deb
+fi
+
+log "ok: postgres 15 $(/usr/lib/postgresql/15/bin/postgres --version | awk '{print $3}'), postgres 18 $(LD_LIBRARY_PATH=$PG18_DIR/lib:$PG18_DIR/libs $PG18_DIR/bin/postgres --version | awk '{print $3}'), $(mariadbd --version 2>/dev/null | awk '{print $3}' || /usr/sbin/mariadbd --version | awk '{print $3}'), mariadb $(chroot "$TRIXIE_DIR" /usr/sbin/mariadbd --version | awk '{print $3}') (trixie), grpcurl $(grpcurl -version 2>&1 | awk '{print $2}'), $(/usr/sbin/nginx -v 2>&1 | awk '{print $3}'), php $(/usr/sbin/php-fpm8.2 -v | awk 'NR==1{print $2}'), php $(chroot "$TRIXIE_DIR" /usr/sbin/php-fpm8.4 -v | awk 'NR==1{print $2}') (trixie)"

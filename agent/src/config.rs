@@ -102,6 +102,10 @@ pub struct Config {
     /// Prometheus metrics (`[metrics]`); off by default.
     #[serde(default)]
     pub metrics: Metrics,
+    /// The accounts' sites (`[sites]`): where their definitions are, and
+    /// how this host runs them.
+    #[serde(default)]
+    pub sites: Sites,
     /// Test-only settings (`[testing]`): never set on a real host.
     #[serde(default)]
     pub testing: Testing,
@@ -116,6 +120,104 @@ pub struct Metrics {
     /// authentication: keep it on loopback or a private network).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+}
+
+/// `[sites]`: the accounts' sites. The hosting panel (or the operator)
+/// writes one definition file per account into `definitions_dir`; the
+/// agent reports them and runs them on request (`StartSites`): one PHP-FPM
+/// master per account, in the account's control group, with a pool
+/// running as the account's user, and one server block per site in the
+/// host's web server (nginx).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sites {
+    /// Default `/etc/navette/sites`. One `<account>.toml` per account with
+    /// sites: `[[site]]` tables of `domains` (list of host names),
+    /// `document_root` (relative to the home, default `www`) and `runtime`
+    /// (`php` or `static`, default `php`). A missing directory means no
+    /// account has sites.
+    #[serde(default = "default_sites_definitions_dir")]
+    pub definitions_dir: PathBuf,
+    /// Default `/run/navette-agent/sites`. Per account: the pool's
+    /// configuration, pid file, socket, private temporary directory and
+    /// the record of the domains it serves. Kept across agent restarts
+    /// (the pools keep running), lost at a reboot (as the pools are).
+    #[serde(default = "default_sites_run_dir")]
+    pub run_dir: PathBuf,
+    /// Default `/etc/nginx/navette-sites`. Where the agent writes one
+    /// server block per site (`<account>.<n>.conf`); the web server's
+    /// configuration must `include` `*.conf` from it inside `http`.
+    #[serde(default = "default_sites_server_blocks_dir")]
+    pub server_blocks_dir: PathBuf,
+    /// Default `/run/nginx.pid`. The web server's pid file: after
+    /// changing server blocks the agent sends it SIGHUP (nginx reloads its
+    /// configuration without dropping a connection).
+    #[serde(default = "default_sites_web_server_pid_file")]
+    pub web_server_pid_file: PathBuf,
+    /// Optional. A command run instead of the SIGHUP (`["systemctl",
+    /// "reload", "nginx"]`); it must exit 0.
+    #[serde(default)]
+    pub reload_command: Option<Vec<String>>,
+    /// Default `www-data`. The web server's worker user: the only user
+    /// (with root) that may connect to the pools' sockets.
+    #[serde(default = "default_sites_web_server_user")]
+    pub web_server_user: String,
+    /// Default `["/usr/sbin/php-fpm8.2"]`. The FPM program and any
+    /// arguments before the agent's (`--fpm-config <file>`); for PHP from
+    /// another tree, a wrapper that enters it with the host's paths
+    /// unchanged. It must daemonise (the agent's pool configuration says
+    /// so) and exit once the pool listens.
+    #[serde(default = "default_sites_fpm_command")]
+    pub fpm_command: Vec<String>,
+    /// Default `/sys/fs/cgroup`. Where the cgroup hierarchies are mounted
+    /// (cgroup v2, or v1 with its `freezer` controller).
+    #[serde(default = "default_sites_cgroup_mount")]
+    pub cgroup_mount: PathBuf,
+    /// Default `navette`. The directory under the hierarchy holding one
+    /// group per account (on a systemd host, a slice the unit delegates).
+    #[serde(default = "default_sites_cgroup_base")]
+    pub cgroup_base: String,
+}
+
+impl Default for Sites {
+    fn default() -> Self {
+        Sites {
+            definitions_dir: default_sites_definitions_dir(),
+            run_dir: default_sites_run_dir(),
+            server_blocks_dir: default_sites_server_blocks_dir(),
+            web_server_pid_file: default_sites_web_server_pid_file(),
+            reload_command: None,
+            web_server_user: default_sites_web_server_user(),
+            fpm_command: default_sites_fpm_command(),
+            cgroup_mount: default_sites_cgroup_mount(),
+            cgroup_base: default_sites_cgroup_base(),
+        }
+    }
+}
+
+fn default_sites_definitions_dir() -> PathBuf {
+    PathBuf::from("/etc/navette/sites")
+}
+fn default_sites_run_dir() -> PathBuf {
+    PathBuf::from("/run/navette-agent/sites")
+}
+fn default_sites_server_blocks_dir() -> PathBuf {
+    PathBuf::from("/etc/nginx/navette-sites")
+}
+fn default_sites_web_server_pid_file() -> PathBuf {
+    PathBuf::from("/run/nginx.pid")
+}
+fn default_sites_web_server_user() -> String {
+    "www-data".to_owned()
+}
+fn default_sites_fpm_command() -> Vec<String> {
+    vec!["/usr/sbin/php-fpm8.2".to_owned()]
+}
+fn default_sites_cgroup_mount() -> PathBuf {
+    PathBuf::from("/sys/fs/cgroup")
+}
+fn default_sites_cgroup_base() -> String {
+    "navette".to_owned()
 }
 
 /// `[testing]`: settings that make an agent behave like another build, for
@@ -386,6 +488,27 @@ impl Config {
                 ));
             }
         }
+        if self.sites.fpm_command.is_empty() || self.sites.fpm_command[0].trim().is_empty() {
+            return Err(self.invalid("sites.fpm_command", "must name a program"));
+        }
+        if matches!(&self.sites.reload_command, Some(command) if command.is_empty()) {
+            return Err(self.invalid(
+                "sites.reload_command",
+                "must name a program (or leave the key out to send SIGHUP)",
+            ));
+        }
+        let base = &self.sites.cgroup_base;
+        if base.is_empty()
+            || base == "."
+            || base == ".."
+            || base.contains('/')
+            || base.contains(char::is_whitespace)
+        {
+            return Err(self.invalid(
+                "sites.cgroup_base",
+                "must be one directory name (no '/', not '.' or '..')",
+            ));
+        }
         let mut names = BTreeSet::new();
         for (index, server) in self.mariadb.iter().enumerate() {
             let field = format!("mariadb[{index}]");
@@ -489,6 +612,12 @@ listen = "192.0.2.11:7445"
         assert_eq!(config.log_level, "info");
         assert!(config.postgresql.is_empty() && config.mariadb.is_empty());
         assert_eq!(config.metrics.listen, None);
+        assert_eq!(
+            config.sites.definitions_dir,
+            Path::new("/etc/navette/sites")
+        );
+        assert_eq!(config.sites.fpm_command, ["/usr/sbin/php-fpm8.2"]);
+        assert_eq!(config.sites.cgroup_base, "navette");
         assert_eq!(config.path, Path::new("/etc/navette/agent.toml"));
     }
 

@@ -184,10 +184,16 @@ async fn run_enrolled(
         grants,
         link.clone(),
     ));
+    // Sites already running stay running; a freeze a crash left is thawed.
+    let sites = crate::sites::SiteHost::new(config.clone());
+    {
+        let sites = sites.clone();
+        let _adopted = tokio::task::spawn_blocking(move || sites.adopt()).await;
+    }
     let serving = server::serve(
         listener,
         server_tls,
-        AgentService::new(collector, latest, transfers),
+        AgentService::new(collector, latest, transfers, sites),
         refused,
         shutdown.clone().wait_owned(),
     );

@@ -31,6 +31,9 @@
 //!   servers and databases), one small module per part.
 //! - [`cgroups`]: each account's processes in a control group of their
 //!   own (cgroup v2, or v1's freezer): freeze with a deadline, thaw, empty.
+//! - [`sites`]: each account's sites: their definitions (the host's
+//!   configuration), their FPM pool in the account's control group, their
+//!   server blocks in the host's web server; start, stop, freeze, thaw.
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree.
 //! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
@@ -64,6 +67,7 @@ pub mod peer_identity;
 pub mod renewal;
 pub mod server;
 pub mod shutdown;
+pub mod sites;
 pub mod transfer;
 
 pub use daemon::{RunError, run};

@@ -41,6 +41,13 @@ impl Engine {
 }
 
 type EngineLabel = [(&'static str, &'static str); 1];
+type SitesLabels = [(&'static str, &'static str); 2];
+
+/// The sites operations (`operation` label).
+pub const SITES_OPERATIONS: [&str; 4] = ["start", "stop", "freeze", "thaw"];
+/// How a sites operation ended (`outcome` label): done, refused (bad input
+/// or a precondition: nothing was changed), or failed.
+pub const SITES_OUTCOMES: [&str; 3] = ["done", "refused", "failed"];
 
 /// The counters of this process, registered once.
 pub struct Metrics {
@@ -50,6 +57,7 @@ pub struct Metrics {
     transfers_running: Gauge,
     transfers_finished: Counter,
     transfers_failed: Counter,
+    sites_operations: Family<SitesLabels, Counter>,
 }
 
 impl Metrics {
@@ -94,7 +102,21 @@ impl Metrics {
             "Transfers into this host that ended in failure",
             transfers_failed.clone(),
         );
+        let sites_operations = Family::<SitesLabels, Counter>::default();
+        for operation in SITES_OPERATIONS {
+            for outcome in SITES_OUTCOMES {
+                sites_operations
+                    .get_or_create(&[("operation", operation), ("outcome", outcome)])
+                    .inc_by(0);
+            }
+        }
+        registry.register(
+            "agent_sites_operations",
+            "Calls to start, stop, freeze or thaw an account's sites on this host, by operation and outcome",
+            sites_operations.clone(),
+        );
         Metrics {
+            sites_operations,
             registry,
             copied_bytes,
             copied_files,
@@ -120,6 +142,13 @@ impl Metrics {
     pub fn transfer_started(&'static self) -> RunningTransfer {
         self.transfers_running.inc();
         RunningTransfer { metrics: self }
+    }
+
+    /// A sites `operation` ended with `outcome` (see [`SITES_OUTCOMES`]).
+    pub fn sites_operation(&self, operation: &'static str, outcome: &'static str) {
+        self.sites_operations
+            .get_or_create(&[("operation", operation), ("outcome", outcome)])
+            .inc();
     }
 
     /// The registry in the Prometheus text format.
@@ -177,6 +206,11 @@ pub fn copied_files(files: u64) {
 /// Counts a transfer as running (see [`Metrics::transfer_started`]).
 pub fn transfer_started() -> RunningTransfer {
     global().transfer_started()
+}
+
+/// Counts a sites operation (see [`Metrics::sites_operation`]).
+pub fn sites_operation(operation: &'static str, outcome: &'static str) {
+    global().sites_operation(operation, outcome);
 }
 
 pub use metrics_http::{BindError as MetricsError, bind};

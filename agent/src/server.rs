@@ -17,8 +17,9 @@ use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
     GetInventoryRequest, GrantTransferResponse, HostInventory, RemoveCopyRequest,
-    RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse, TransferProgress, TransferSpec,
-    WatchTransferRequest,
+    RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse, SetSitesFrozenRequest,
+    SetSitesFrozenResponse, StartSitesRequest, StartSitesResponse, StopSitesRequest,
+    StopSitesResponse, TransferProgress, TransferSpec, WatchTransferRequest,
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -28,6 +29,9 @@ use std::sync::Arc;
 use crate::ids::{self, FieldError, TransferId};
 use crate::inventory::{Collector, LatestInventory};
 use crate::peer_identity::{RefusedCertificateLayer, RefusedCertificates};
+use crate::sites::definitions::Site;
+use crate::sites::fpm::Endpoints;
+use crate::sites::{SiteHost, SitesError, StartRequest};
 use crate::transfer::files::FileSourceService;
 use crate::transfer::grants::GrantError;
 use crate::transfer::mariadb::MariadbSourceService;
@@ -98,6 +102,7 @@ pub struct AgentService {
     /// Where a fresh inventory is published, so the heartbeat loop reports it.
     latest: LatestInventory,
     transfers: Arc<Transfers>,
+    sites: SiteHost,
 }
 
 impl AgentService {
@@ -105,13 +110,72 @@ impl AgentService {
         collector: Collector,
         latest: LatestInventory,
         transfers: Arc<Transfers>,
+        sites: SiteHost,
     ) -> AgentService {
         AgentService {
             collector,
             latest,
             transfers,
+            sites,
         }
     }
+}
+
+/// The one place sites errors become statuses.
+fn sites_status(error: SitesError) -> Status {
+    let message = crate::error_chain(&error);
+    match error {
+        SitesError::Site(_) | SitesError::BadEndpoint { .. } => Status::invalid_argument(message),
+        SitesError::DomainTaken { .. } => Status::already_exists(message),
+        SitesError::UnknownCopy { .. } => Status::not_found(message),
+        SitesError::NoSites { .. }
+        | SitesError::NoHome { .. }
+        | SitesError::Owner { .. }
+        | SitesError::DocumentRoot { .. }
+        | SitesError::NotRunning { .. } => Status::failed_precondition(message),
+        SitesError::WebServer(_) => Status::unavailable(message),
+        SitesError::Fpm(_) | SitesError::Cgroup { .. } | SitesError::Io { .. } => {
+            Status::internal(message)
+        }
+    }
+}
+
+/// Runs a blocking sites operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, SitesError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(result) => result.map_err(sites_status),
+        Err(error) => Err(Status::internal(format!(
+            "the sites operation stopped unexpectedly: {error}"
+        ))),
+    }
+}
+
+/// The endpoints of a `StartSites` call, in the pool's terms.
+fn endpoints_of(databases: &navette_proto::v1::SiteDatabaseEndpoints) -> Result<Endpoints, Status> {
+    let port = |field: &str, value: u32| {
+        u16::try_from(value)
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| Status::invalid_argument(format!("{field}: {value} is not a port")))
+    };
+    let postgres = match databases.postgres_host.is_empty() {
+        true => None,
+        false => Some((
+            databases.postgres_host.clone(),
+            port("databases.postgres_port", databases.postgres_port)?,
+        )),
+    };
+    let mariadb = match databases.mariadb_host.is_empty() {
+        true => None,
+        false => Some((
+            databases.mariadb_host.clone(),
+            port("databases.mariadb_port", databases.mariadb_port)?,
+            databases.mariadb_socket.clone(),
+        )),
+    };
+    Ok(Endpoints { postgres, mariadb })
 }
 
 /// A field of the call that breaks its rule (see [`crate::ids`]).
@@ -272,6 +336,75 @@ impl Agent for AgentService {
             .revoke_grant(&request.get_ref().transfer_id)
             .map_err(transfer_status)?;
         Ok(Response::new(RevokeGrantResponse { revoked }))
+    }
+
+    async fn start_sites(
+        &self,
+        request: Request<StartSitesRequest>,
+    ) -> Result<Response<StartSitesResponse>, Status> {
+        let request = request.into_inner();
+        ids::AccountName::parse("account", &request.account).map_err(field_status)?;
+        let copy_id = match request.copy_id.is_empty() {
+            true => None,
+            false => {
+                TransferId::parse("copy_id", &request.copy_id).map_err(field_status)?;
+                Some(request.copy_id.clone())
+            }
+        };
+        let sites = request
+            .sites
+            .iter()
+            .map(|site| Site::from_proto(&request.account, site))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| {
+                crate::metrics::sites_operation("start", "refused");
+                tracing::warn!(message = "sites refused", account = %request.account, %error);
+                sites_status(error.into())
+            })?;
+        let endpoints = request
+            .databases
+            .as_ref()
+            .map(endpoints_of)
+            .transpose()
+            .inspect_err(|_| crate::metrics::sites_operation("start", "refused"))?;
+        let start = StartRequest {
+            account: request.account,
+            copy_id,
+            sites,
+            endpoints,
+        };
+        let sites = self.sites.clone();
+        let started = blocking(move || sites.start(start)).await?;
+        Ok(Response::new(StartSitesResponse {
+            sites: started.sites.iter().map(Site::to_proto).collect(),
+            already_running: started.already_running,
+        }))
+    }
+
+    async fn stop_sites(
+        &self,
+        request: Request<StopSitesRequest>,
+    ) -> Result<Response<StopSitesResponse>, Status> {
+        let account = request.into_inner().account;
+        ids::AccountName::parse("account", &account).map_err(field_status)?;
+        let sites = self.sites.clone();
+        let stopped = blocking(move || sites.stop(&account)).await?;
+        Ok(Response::new(StopSitesResponse { stopped }))
+    }
+
+    async fn set_sites_frozen(
+        &self,
+        request: Request<SetSitesFrozenRequest>,
+    ) -> Result<Response<SetSitesFrozenResponse>, Status> {
+        let request = request.into_inner();
+        ids::AccountName::parse("account", &request.account).map_err(field_status)?;
+        let sites = self.sites.clone();
+        let longest = std::time::Duration::from_millis(u64::from(request.max_frozen_ms));
+        let took =
+            blocking(move || sites.set_frozen(&request.account, request.frozen, longest)).await?;
+        Ok(Response::new(SetSitesFrozenResponse {
+            took_ms: u32::try_from(took.as_millis()).unwrap_or(u32::MAX),
+        }))
     }
 }
 

@@ -83,6 +83,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "test_workflows",
         include_str!("../migrations/0007_test_workflows.sql"),
     ),
+    (8, "sites", include_str!("../migrations/0008_sites.sql")),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -236,6 +236,21 @@ pub struct Account {
     /// Set when this is not the account but a copy of it made by a test
     /// (the test's id): copies are never taken for accounts.
     pub copy_of_test: Option<String>,
+    /// The account's sites, as its host's site definitions list them
+    /// (checked by the agent that reported them).
+    pub sites: Vec<Site>,
+}
+
+/// A site of an account: what a test starts on the test host
+/// (`agents::sites`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    /// Host names, the main one first.
+    pub domains: Vec<String>,
+    /// Relative to the account's home.
+    pub document_root: String,
+    /// `php` or `static`.
+    pub runtime: String,
 }
 
 /// What an agent reports about its host.

@@ -714,6 +714,7 @@ mod tests {
             home_size_bytes: 100 << 20,
             home_files: 10,
             copy_of_test: None,
+            sites: Vec::new(),
             databases: vec![
                 Database {
                     engine: Engine::Postgresql,

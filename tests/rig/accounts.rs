@@ -5,7 +5,8 @@
 //! PostgreSQL databases owned by the role `<name>`; the MariaDB databases
 //! named `<name>` or `<name>_*`, granted to `'<name>'@'%'`. Each database
 //! holds a table `items (id, label, created_at)` with [`SAMPLE_ROWS`]; the
-//! home holds a small PHP site ([`sample_site`]).
+//! home holds a small PHP site ([`sample_site`]) reading them, which the
+//! host's site definitions list under [`sample_domains`].
 //!
 //! Owns: creating all of that, idempotently. Must not delete system users:
 //! they are machine-wide and shared by rigs running in parallel, so a user
@@ -59,11 +60,46 @@ pub struct Account {
 
 /// The sample site an account with `files` gets: (path relative to the
 /// home, contents). Contents name the account, so a mix-up shows.
-pub fn sample_site(account: &str) -> Vec<(String, String)> {
+///
+/// `www/index.php` prints the account's name, PHP's version, and the
+/// `items` labels of the account's first PostgreSQL and first MariaDB
+/// database (`postgresql: apple,banana,cherry`). It names no database
+/// host: the pool the site runs in says where the databases are (libpq's
+/// `PGHOST`/`PGPORT`, mysqli's defaults), so the same files work on any
+/// host. Credentials and database names are in `private/config.php`,
+/// outside the document root.
+pub fn sample_site(spec: &AccountSpec) -> Vec<(String, String)> {
+    let account = spec.name.as_str();
+    let php_string =
+        |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+    let first = |list: &[String]| php_string(list.first().map_or("", String::as_str));
     vec![
         (
             "www/index.php".into(),
-            format!("<?php\n// {account}'s home page\necho \"Hello from {account}\";\n"),
+            format!(
+                r#"<?php
+// {account}'s home page: its items, from each of its databases.
+require __DIR__ . '/../private/config.php';
+header('Content-Type: text/plain');
+echo "Hello from {account}\n";
+echo "account: " . $db_user . "\n";
+echo "php: " . PHP_VERSION . "\n";
+if ($pg_database !== '') {{
+    $pg = pg_connect("dbname=$pg_database user=$db_user password=$db_password");
+    if ($pg === false) {{
+        http_response_code(500);
+        exit("postgresql: cannot connect\n");
+    }}
+    $labels = pg_fetch_all_columns(pg_query($pg, 'SELECT label FROM items ORDER BY id'), 0);
+    echo "postgresql: " . implode(',', $labels) . "\n";
+}}
+if ($mariadb_database !== '') {{
+    $my = new mysqli(null, $db_user, $db_password, $mariadb_database);
+    $rows = $my->query('SELECT label FROM items ORDER BY id')->fetch_all();
+    echo "mariadb: " . implode(',', array_column($rows, 0)) . "\n";
+}}
+"#
+            ),
         ),
         (
             "www/about.html".into(),
@@ -79,9 +115,22 @@ pub fn sample_site(account: &str) -> Vec<(String, String)> {
         ),
         (
             "private/config.php".into(),
-            format!("<?php\n$db_user = '{account}';\n"),
+            format!(
+                "<?php\n$db_user = {user};\n$db_password = {password};\n$pg_database = {pg};\n$mariadb_database = {mariadb};\n",
+                user = php_string(account),
+                password = php_string(&spec.password),
+                pg = first(&spec.pg_databases),
+                mariadb = first(&spec.mariadb_databases),
+            ),
         ),
     ]
+}
+
+/// The domains of an account's sample site: `<name>.example` and
+/// `www.<name>.example` (names are `a-z0-9_`; '_' becomes '-').
+pub fn sample_domains(account: &str) -> Vec<String> {
+    let label = account.replace('_', "-");
+    vec![format!("{label}.example"), format!("www.{label}.example")]
 }
 
 fn valid_identifier(name: &str, max: usize) -> bool {
@@ -135,7 +184,7 @@ impl Rig {
         let (uid, gid) = ensure_system_user(name, &home).with_context(|| what.clone())?;
         make_dir(&home, 0o750)?;
         if spec.files {
-            for (path, contents) in sample_site(name) {
+            for (path, contents) in sample_site(&spec) {
                 let path = home.join(path);
                 if let Some(parent) = path.parent() {
                     make_dir(parent, 0o755)?;
@@ -148,6 +197,7 @@ impl Rig {
                 std::os::unix::fs::symlink("uploads/2024/notes.txt", &link)
                     .with_context(|| format!("linking {}", link.display()))?;
             }
+            crate::web::write_site_definition(host, name, &sample_domains(name), "www")?;
         }
         chown_tree(&home, uid, gid)?;
         if let Some(postgres) = postgres {

@@ -151,8 +151,21 @@ struct ConfigFile {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     mariadb: Vec<MariaDbSection>,
     metrics: MetricsSection,
+    sites: SitesSection,
     #[serde(skip_serializing_if = "Option::is_none")]
     testing: Option<TestingSection>,
+}
+
+/// `[sites]`: everything under the host's root (see `web.rs`).
+#[derive(Serialize)]
+struct SitesSection {
+    definitions_dir: PathBuf,
+    run_dir: PathBuf,
+    server_blocks_dir: PathBuf,
+    web_server_pid_file: PathBuf,
+    fpm_command: Vec<String>,
+    cgroup_mount: PathBuf,
+    cgroup_base: String,
 }
 
 /// `[testing]`: the agent's test-only settings.
@@ -250,6 +263,15 @@ impl Rig {
                 .collect(),
             metrics: MetricsSection {
                 listen: metrics.to_string(),
+            },
+            sites: SitesSection {
+                definitions_dir: host.site_definitions_dir(),
+                run_dir: host.sites_run_dir(),
+                server_blocks_dir: host.server_blocks_dir(),
+                web_server_pid_file: host.web_server_pid_file(),
+                fpm_command: host.fpm_command(&spec.stack_version)?,
+                cgroup_mount: crate::web::ensure_agent_cgroup_mount()?,
+                cgroup_base: host.cgroup_base(),
             },
             testing: spec
                 .transfer_protocols
@@ -372,6 +394,44 @@ impl Agent {
     pub fn restart(&self) -> anyhow::Result<()> {
         self.process.restart()?;
         self.wait_ready()
+    }
+
+    /// A lazily connecting channel to this agent's `navette.v1.Agent`,
+    /// presenting a controller certificate signed by `controller`'s CA
+    /// (as the controller's own is: the agent cannot tell them apart).
+    /// Call it inside [`Netns::run_in`] of a host that reaches the agent.
+    pub fn controller_channel(
+        &self,
+        controller: &crate::Controller,
+    ) -> anyhow::Result<tonic::transport::Channel> {
+        use navette_proto::identity::{Role, agent_server_name};
+        use navette_proto::tls;
+        tls::install_crypto_provider();
+        let ca_dir = controller.host().root().join("ca");
+        let read = |name: &str| {
+            let path = ca_dir.join(name);
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+        };
+        let (ca_pem, ca_key) = (read("ca.pem")?, read("ca.key")?);
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, rcgen::KeyPair::from_pem(&ca_key)?)?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = rcgen::CertificateParams::new(vec!["controller.navette.internal".into()])?;
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(Role::Controller.uri().try_into()?));
+        let cert = params.signed_by(&key, &issuer)?;
+        let identity = tls::Identity::from_pem(&cert.pem(), &key.serialize_pem(), "controller")?;
+        let roots = tls::ca_roots(&ca_pem, "controller CA")?;
+        let config = tls::client_config(roots, Some(identity))?;
+        Ok(tls::channel(
+            std::net::SocketAddr::V4(self.listen),
+            &agent_server_name(&self.host.host),
+            config,
+        )?)
     }
 
     /// Waits until the agent's listeners (Agent service, metrics) accept

@@ -32,6 +32,9 @@
 //!   databases) the way agents discover them;
 //! - [`controller`], [`agent`]: Navette's own daemons, their config files,
 //!   certificates and join tokens;
+//! - [`web`]: a host's web stack: its nginx, the site definitions the
+//!   agent reads, the PHP (8.2, or 8.4 chrooted) its pools run, and HTTP
+//!   requests by domain name from the client namespace;
 //! - [`grpcurl`]: the operator's and panel's client;
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
@@ -54,11 +57,12 @@ pub mod process;
 pub mod rig;
 pub mod scrape;
 pub mod sweep;
+pub mod web;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use accounts::{Account, AccountSpec, SAMPLE_ROWS};
+pub use accounts::{Account, AccountSpec, SAMPLE_ROWS, sample_domains};
 pub use agent::{Agent, AgentKind, AgentSpec};
 pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
 pub use grpcurl::JoinTokenSpec;
@@ -68,6 +72,7 @@ pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;
 pub use rig::Rig;
 pub use scrape::{Sample, Scrape};
+pub use web::WebServer;
 
 /// How often [`wait_until`] polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);

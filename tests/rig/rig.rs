@@ -301,15 +301,20 @@ impl Drop for Rig {
                 self.log_tails(20)
             );
         }
+        // A frozen process cannot die: thaw the hosts' account groups first.
+        let namespaces = std::mem::take(&mut *lock(&self.namespaces));
+        for namespace in &namespaces {
+            crate::web::thaw_host_groups(namespace);
+        }
         for process in std::mem::take(&mut *lock(&self.processes)) {
             process.kill9();
         }
-        let namespaces = std::mem::take(&mut *lock(&self.namespaces));
         for namespace in &namespaces {
             sweep::kill_namespace_processes(namespace);
         }
         for namespace in &namespaces {
             sweep::wait_namespace_empty(namespace, Duration::from_secs(3));
+            crate::web::remove_host_groups(namespace);
             sweep::delete_namespace(namespace);
         }
         if std::env::var("NAVETTE_RIG_KEEP").is_ok_and(|keep| keep == "1") {

@@ -153,6 +153,7 @@ impl Collector {
         let mut accounts: Vec<Account> = account_dirs
             .into_iter()
             .map(|(dir, usage)| Account {
+                sites: sites_of(&config.sites.definitions_dir, &dir.name),
                 name: dir.name,
                 host_id: self.host_id.clone(),
                 home: dir.home.display().to_string(),
@@ -193,6 +194,19 @@ impl Collector {
         };
         let digest = digest(&inventory);
         Ok(Collected { inventory, digest })
+    }
+}
+
+/// An account's sites as the host's definitions list them; none (and a
+/// warning) when its definition file is refused: a site that would not
+/// start is not reported as one.
+fn sites_of(definitions_dir: &std::path::Path, account: &str) -> Vec<navette_proto::v1::Site> {
+    match crate::sites::definitions::read_account(definitions_dir, account) {
+        Ok(sites) => sites.iter().map(|site| site.to_proto()).collect(),
+        Err(error) => {
+            tracing::warn!(message = "site definitions refused", %account, error = %error);
+            Vec::new()
+        }
     }
 }
 

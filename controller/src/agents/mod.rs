@@ -2,10 +2,11 @@
 //! verified by its host id (the name in its certificate), whatever address
 //! it has today.
 //!
-//! The transfer calls take and return domain types ([`transfer`]); the
-//! conversions to and from the agent API are in [`wire`], so the workflows
+//! The transfer calls take and return domain types ([`transfer`]), and so
+//! do the sites calls ([`sites`]); the conversions to and from the agent API are in [`wire`], so the workflows
 //! never see protobuf.
 
+pub mod sites;
 pub mod transfer;
 pub mod wire;
 

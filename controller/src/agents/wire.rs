@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
     Account, CopyProgress, CopyWaiting, Database, DatabaseServer, Engine, HostKind, Inventory,
-    TableEngine, Time,
+    Site, TableEngine, Time,
 };
 
 pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
@@ -312,6 +312,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 home_size_bytes: a.home_size_bytes,
                 home_files: a.home_files,
                 copy_of_test: (!a.copy_of_test.is_empty()).then(|| a.copy_of_test.clone()),
+                sites: a.sites.iter().map(site_from).collect(),
                 databases: a
                     .databases
                     .iter()
@@ -361,9 +362,97 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
     })
 }
 
+/// A site as the agent API carries it. The agent checked it against its
+/// host's rules; the agent that runs it checks it again.
+pub fn site_from(site: &v1::Site) -> Site {
+    Site {
+        domains: site.domains.clone(),
+        document_root: site.document_root.clone(),
+        runtime: site.runtime.clone(),
+    }
+}
+
+/// A site for the agent API.
+pub fn site_to(site: &Site) -> v1::Site {
+    v1::Site {
+        domains: site.domains.clone(),
+        document_root: site.document_root.clone(),
+        runtime: site.runtime.clone(),
+    }
+}
+
+/// `StartSites` for `spec`.
+pub fn start_sites_request(spec: &super::sites::SitesSpec) -> v1::StartSitesRequest {
+    v1::StartSitesRequest {
+        account: spec.account.clone(),
+        copy_id: spec.copy_id.clone().unwrap_or_default(),
+        sites: spec.sites.iter().map(site_to).collect(),
+        databases: spec.databases.as_ref().map(|databases| {
+            let (postgres_host, postgres_port) = databases.postgres.clone().unwrap_or_default();
+            let (mariadb_host, mariadb_port, mariadb_socket) =
+                databases.mariadb.clone().unwrap_or_default();
+            v1::SiteDatabaseEndpoints {
+                postgres_host,
+                postgres_port: u32::from(postgres_port),
+                mariadb_host,
+                mariadb_port: u32::from(mariadb_port),
+                mariadb_socket,
+            }
+        }),
+    }
+}
+
+/// What `StartSites` answered.
+pub fn started_sites(response: &v1::StartSitesResponse) -> super::sites::StartedSites {
+    super::sites::StartedSites {
+        sites: response.sites.iter().map(site_from).collect(),
+        already_running: response.already_running,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inventorys_sites_reach_the_account_and_go_back_to_an_agent_unchanged() {
+        let site = v1::Site {
+            domains: vec!["alice.example".into(), "www.alice.example".into()],
+            document_root: "www".into(),
+            runtime: "php".into(),
+        };
+        let report = v1::HostInventory {
+            host_id: "shared-1".into(),
+            kind: v1::HostKind::Shared.into(),
+            accounts: vec![v1::Account {
+                name: "alice".into(),
+                sites: vec![site.clone()],
+                ..v1::Account::default()
+            }],
+            ..v1::HostInventory::default()
+        };
+        let inventory = inventory_from(&report).expect("a valid inventory");
+        let sites = &inventory.accounts[0].sites;
+        assert_eq!(sites[0].domains, site.domains);
+        let spec = super::super::sites::SitesSpec {
+            account: "alice".into(),
+            copy_id: Some("t-1".into()),
+            sites: sites.clone(),
+            databases: Some(super::super::sites::SiteDatabases {
+                postgres: Some(("192.0.2.30".into(), 5432)),
+                mariadb: Some(("192.0.2.30".into(), 3306, String::new())),
+            }),
+        };
+        let request = start_sites_request(&spec);
+        assert_eq!(request.sites, [site]);
+        assert_eq!(request.copy_id, "t-1");
+        let databases = request.databases.expect("endpoints");
+        assert_eq!(
+            (databases.postgres_host.as_str(), databases.postgres_port),
+            ("192.0.2.30", 5432)
+        );
+        assert_eq!(databases.mariadb_port, 3306);
+    }
 
     #[test]
     fn what_a_copy_waits_for_is_kept_with_its_progress() {

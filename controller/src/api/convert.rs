@@ -137,6 +137,11 @@ pub fn account(account: &Account) -> v1::Account {
             .collect(),
         updated_at: Some(timestamp(account.updated_at)),
         copy_of_test: account.copy_of_test.clone().unwrap_or_default(),
+        sites: account
+            .sites
+            .iter()
+            .map(crate::agents::wire::site_to)
+            .collect(),
     }
 }
 

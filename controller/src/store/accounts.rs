@@ -12,6 +12,7 @@ fn from_row(row: &Row) -> Result<Account> {
     let databases: serde_json::Value = row.get("databases");
     let uid: i64 = row.get("uid");
     let copy_of_test: String = row.get("copy_of_test");
+    let sites: serde_json::Value = row.get("sites");
     Ok(Account {
         name: row.get("name"),
         host_id: row.get("host_id"),
@@ -23,11 +24,13 @@ fn from_row(row: &Row) -> Result<Account> {
             .map_err(|e| Error::Internal(format!("databases column: {e}")))?,
         updated_at: row.get("updated_at"),
         copy_of_test: (!copy_of_test.is_empty()).then_some(copy_of_test),
+        sites: serde_json::from_value(sites)
+            .map_err(|e| Error::Internal(format!("sites column: {e}")))?,
     })
 }
 
 const SELECT: &str = "SELECT host_id, name, home, uid, home_size_bytes, home_files, databases,
-    updated_at, copy_of_test FROM host_accounts";
+    updated_at, copy_of_test, sites FROM host_accounts";
 
 /// Accounts (not copies), optionally on one host, by name.
 pub async fn list(client: &impl GenericClient, host_id: Option<&str>) -> Result<Vec<Account>> {
@@ -105,6 +108,7 @@ pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>>
                 .collect(),
             updated_at: row.get("updated_at"),
             copy_of_test: Some(row.get("id")),
+            sites: Vec::new(),
         });
     }
     Ok(copies)
@@ -159,17 +163,19 @@ pub async fn replace_for_host(
     let statement = client
         .prepare(
             "INSERT INTO host_accounts (host_id, name, home, uid, home_size_bytes, home_files,
-                 databases, updated_at, copy_of_test)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)
+                 databases, updated_at, copy_of_test, sites)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8, $9)
              ON CONFLICT (host_id, name) DO UPDATE SET home = EXCLUDED.home, uid = EXCLUDED.uid,
                  home_size_bytes = EXCLUDED.home_size_bytes, home_files = EXCLUDED.home_files,
                  databases = EXCLUDED.databases, updated_at = now(),
-                 copy_of_test = EXCLUDED.copy_of_test",
+                 copy_of_test = EXCLUDED.copy_of_test, sites = EXCLUDED.sites",
         )
         .await?;
     for account in accounts {
         let databases = serde_json::to_value(&account.databases)
             .map_err(|e| Error::Internal(format!("encoding databases: {e}")))?;
+        let sites = serde_json::to_value(&account.sites)
+            .map_err(|e| Error::Internal(format!("encoding sites: {e}")))?;
         client
             .execute(
                 &statement,
@@ -182,6 +188,7 @@ pub async fn replace_for_host(
                     &to_i64(account.home_files),
                     &databases,
                     &account.copy_of_test.as_deref().unwrap_or(""),
+                    &sites,
                 ],
             )
             .await?;

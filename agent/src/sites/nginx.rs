@@ -1,0 +1,288 @@
+//! The host's web server (nginx): one server block per site in
+//! `[sites] server_blocks_dir`, and the reload after they change.
+//!
+//! Only checked sites ([`Site`]) are written: every value that reaches a
+//! block is a checked host name, a path of checked parts, or a path the
+//! agent made, and [`render`] refuses any path with a character nginx
+//! would read as syntax. Each block serves its document root with
+//! `disable_symlinks if_not_owner` (a customer's symlink to a file it does
+//! not own is not followed), hides dot files, and passes PHP to the
+//! account's own pool socket only. Files are named `<account>.<n>.conf`
+//! (account names hold no '.'), written to a temporary name and renamed,
+//! so the web server never reads half a block.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::definitions::{Runtime, Site};
+
+/// Why the server blocks or the reload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebServerError {
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "path {} holds a character a server block cannot carry safely (whitespace, quotes, ';', braces, '$', '#' or '\\')",
+        .0.display()
+    )]
+    UnsafePath(PathBuf),
+    #[error(
+        "the web server is not running: no pid in {} ({reason}); start it, or set `[sites] reload_command`",
+        pid_file.display()
+    )]
+    NotRunning { pid_file: PathBuf, reason: String },
+    #[error("reloading the web server: {0}")]
+    Reload(String),
+}
+
+/// A path as a quoted nginx string, refused if it could break out.
+fn quoted(path: &Path) -> Result<String, WebServerError> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| WebServerError::UnsafePath(path.to_owned()))?;
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || c.is_whitespace()
+            || matches!(c, ';' | '{' | '}' | '"' | '\'' | '\\' | '$' | '#')
+    };
+    if text.is_empty() || text.chars().any(unsafe_char) {
+        return Err(WebServerError::UnsafePath(path.to_owned()));
+    }
+    Ok(format!("\"{text}\""))
+}
+
+/// The FastCGI parameters a PHP request gets (those of Debian's
+/// `fastcgi_params`, written out so that the block does not depend on
+/// where the web server keeps its files).
+const FASTCGI_PARAMS: &str = "\
+        fastcgi_param QUERY_STRING $query_string;
+        fastcgi_param REQUEST_METHOD $request_method;
+        fastcgi_param CONTENT_TYPE $content_type;
+        fastcgi_param CONTENT_LENGTH $content_length;
+        fastcgi_param SCRIPT_NAME $fastcgi_script_name;
+        fastcgi_param REQUEST_URI $request_uri;
+        fastcgi_param DOCUMENT_URI $document_uri;
+        fastcgi_param DOCUMENT_ROOT $document_root;
+        fastcgi_param SERVER_PROTOCOL $server_protocol;
+        fastcgi_param REQUEST_SCHEME $scheme;
+        fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+        fastcgi_param SERVER_SOFTWARE nginx;
+        fastcgi_param REMOTE_ADDR $remote_addr;
+        fastcgi_param REMOTE_PORT $remote_port;
+        fastcgi_param SERVER_ADDR $server_addr;
+        fastcgi_param SERVER_PORT $server_port;
+        fastcgi_param SERVER_NAME $server_name;
+        fastcgi_param REDIRECT_STATUS 200;
+";
+
+/// The server block of `site` of `account`, whose home is `home`; PHP goes
+/// to `socket`.
+pub fn render(
+    account: &str,
+    home: &Path,
+    site: &Site,
+    socket: &Path,
+) -> Result<String, WebServerError> {
+    let root = quoted(&home.join(&site.document_root))?;
+    let mut block = format!(
+        "# Site of account {account}, written by navette-agent (StartSites); \
+         StopSites removes it. Do not edit.\n\
+         server {{\n    listen 80;\n    server_name {names};\n    root {root};\n    \
+         disable_symlinks if_not_owner from=$document_root;\n    \
+         location ~ /\\. {{ deny all; }}\n",
+        names = site.domains.join(" "),
+    );
+    match site.runtime {
+        Runtime::Static => block.push_str("    index index.html;\n"),
+        Runtime::Php => {
+            // The quotes go around the whole `unix:` token.
+            let socket = quoted(socket)?.replacen('"', "\"unix:", 1);
+            let pass = |script: &str| {
+                format!(
+                    "        fastcgi_pass {socket};\n        \
+                     fastcgi_param SCRIPT_FILENAME {script};\n{FASTCGI_PARAMS}"
+                )
+            };
+            block.push_str("    index index.php index.html;\n");
+            // "/" is the site's index.php: the web server needs no access
+            // to the home to find it (the pool, as the account, opens it).
+            block.push_str(&format!(
+                "    location = / {{\n{}    }}\n",
+                pass("$document_root/index.php")
+            ));
+            block.push_str(&format!(
+                "    location ~ \\.php$ {{\n{}    }}\n",
+                pass("$document_root$fastcgi_script_name")
+            ));
+        }
+    }
+    block.push_str("}\n");
+    Ok(block)
+}
+
+/// The server blocks of `account` in `dir`.
+fn account_files(dir: &Path, account: &str) -> Result<Vec<PathBuf>, WebServerError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(WebServerError::Io {
+                what: "listing",
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let prefix = format!("{account}.");
+    Ok(entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(".conf"))
+        })
+        .map(|entry| entry.path())
+        .collect())
+}
+
+/// Makes `dir` hold exactly `blocks` for `account` (rendered blocks, in
+/// site order); returns whether anything changed.
+pub fn write_blocks(dir: &Path, account: &str, blocks: &[String]) -> Result<bool, WebServerError> {
+    std::fs::create_dir_all(dir).map_err(|source| WebServerError::Io {
+        what: "creating",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut changed = false;
+    let mut wanted = Vec::new();
+    for (index, block) in blocks.iter().enumerate() {
+        let path = dir.join(format!("{account}.{index}.conf"));
+        wanted.push(path.clone());
+        if std::fs::read_to_string(&path).is_ok_and(|old| old == *block) {
+            continue;
+        }
+        let temporary = dir.join(format!(".{account}.{index}.conf.new"));
+        std::fs::write(&temporary, block).map_err(|source| WebServerError::Io {
+            what: "writing",
+            path: temporary.clone(),
+            source,
+        })?;
+        std::fs::rename(&temporary, &path).map_err(|source| WebServerError::Io {
+            what: "renaming into place",
+            path: path.clone(),
+            source,
+        })?;
+        changed = true;
+    }
+    for old in account_files(dir, account)? {
+        if !wanted.contains(&old) {
+            remove(&old)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// Removes every server block of `account`; returns whether there was one.
+pub fn remove_blocks(dir: &Path, account: &str) -> Result<bool, WebServerError> {
+    let files = account_files(dir, account)?;
+    for file in &files {
+        remove(file)?;
+    }
+    Ok(!files.is_empty())
+}
+
+fn remove(path: &Path) -> Result<(), WebServerError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(WebServerError::Io {
+            what: "removing",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Has the web server read its configuration again: `reload_command`, or
+/// SIGHUP to the pid in `pid_file`.
+pub fn reload(pid_file: &Path, reload_command: Option<&[String]>) -> Result<(), WebServerError> {
+    if let Some([program, args @ ..]) = reload_command {
+        let output = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|error| WebServerError::Reload(format!("cannot run {program}: {error}")))?;
+        if !output.status.success() {
+            return Err(WebServerError::Reload(format!(
+                "{program} exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        return Ok(());
+    }
+    let pid = super::fpm::read_pid(pid_file).map_err(|reason| WebServerError::NotRunning {
+        pid_file: pid_file.to_owned(),
+        reason,
+    })?;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(|errno| {
+        WebServerError::NotRunning {
+            pid_file: pid_file.to_owned(),
+            reason: format!("SIGHUP to pid {pid}: {errno}"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_serves_the_site_from_its_own_pool() -> Result<(), WebServerError> {
+        let site = Site {
+            domains: vec!["alice.example".into(), "www.alice.example".into()],
+            document_root: PathBuf::from("www"),
+            runtime: Runtime::Php,
+        };
+        let block = render(
+            "alice",
+            Path::new("/home/alice"),
+            &site,
+            Path::new("/run/sites/alice/php-fpm.sock"),
+        )?;
+        assert!(block.contains("server_name alice.example www.alice.example;"));
+        assert!(block.contains("root \"/home/alice/www\";"));
+        assert!(block.contains("disable_symlinks if_not_owner"));
+        assert!(block.contains("fastcgi_pass \"unix:/run/sites/alice/php-fpm.sock\";"));
+        assert_eq!(block.matches('{').count(), block.matches('}').count());
+        Ok(())
+    }
+
+    #[test]
+    fn a_path_that_could_break_out_is_refused() {
+        let site = Site {
+            domains: vec!["alice.example".into()],
+            document_root: PathBuf::from("www"),
+            runtime: Runtime::Php,
+        };
+        for home in [
+            "/home/a;b",
+            "/home/a b",
+            "/home/a\"b",
+            "/home/$x",
+            "/home/a}",
+        ] {
+            let error = render("alice", Path::new(home), &site, Path::new("/run/s.sock"));
+            assert!(
+                matches!(error, Err(WebServerError::UnsafePath(_))),
+                "{home}"
+            );
+        }
+    }
+}
