@@ -121,6 +121,7 @@ fn alice(databases: Vec<Database>) -> Account {
         home_size_bytes: 1 << 20,
         home_files: 3,
         databases,
+        sites: Vec::new(),
         updated_at: chrono::Utc::now(),
         copy_of_test: None,
     }
