@@ -354,6 +354,8 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
 
     // Hostile input: refused, nothing written.
     let before = world.written()?;
+    // A customer's link to another account's files, given as its root.
+    std::os::unix::fs::symlink("../sitealice/www", bob.home.join("www-alice"))?;
     let hostile = |domains: Vec<String>, document_root: &str| StartSitesRequest {
         account: bob.name.clone(),
         sites: vec![Site {
@@ -373,6 +375,11 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
             hostile(vec!["bob-two.example".into()], "../sitealice/www"),
             "leaves the home",
             tonic::Code::InvalidArgument,
+        ),
+        (
+            hostile(vec!["bob-three.example".into()], "www-alice"),
+            "outside the home",
+            tonic::Code::FailedPrecondition,
         ),
         (
             hostile(vec![alice_domain.clone()], "www"),
@@ -438,7 +445,7 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         )
     };
     ensure!(
-        count("refused") == Some(5.0),
+        count("refused") == Some(6.0),
         "refused starts: {:?}",
         count("refused")
     );
