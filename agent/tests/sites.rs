@@ -5,7 +5,10 @@
 //!
 //! What a customer and an operator would check:
 //! - the sample site answers by its domain with its rows from both of its
-//!   databases; starting it again changes nothing;
+//!   databases, from a pool running as the account in the account's own
+//!   group, behind a socket only the web server's user may open, and a
+//!   customer's script cannot read outside its home; starting it again
+//!   changes nothing;
 //! - frozen, a request waits instead of failing, and completes once
 //!   thawed;
 //! - the agent restarted, the site never stopped answering;
@@ -17,6 +20,7 @@
 //! - on a new-stack host, the same files run on PHP 8.4.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -240,6 +244,42 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         workers >= 1,
         "no worker of the group runs as uid {}: {pids:?}",
         alice.uid
+    );
+
+    // Only the web server's user may connect to the pool.
+    let socket = world
+        .host
+        .sites_run_dir()
+        .join(&alice.name)
+        .join("php-fpm.sock");
+    let meta = std::fs::metadata(&socket).with_context(|| format!("{}", socket.display()))?;
+    let www_data = nix::unistd::User::from_name("www-data")?.context("no www-data")?;
+    ensure!(
+        meta.mode() & 0o777 == 0o600 && meta.uid() == www_data.uid.as_raw(),
+        "socket {} has mode {:o}, owner {}",
+        socket.display(),
+        meta.mode() & 0o777,
+        meta.uid()
+    );
+    // A customer's script reads nothing outside its home and private tmp.
+    let peek = alice.home.join("www/peek.php");
+    std::fs::write(
+        &peek,
+        "<?php\nvar_dump(@file_get_contents('/etc/hostname'));\necho ini_get('open_basedir');\n",
+    )?;
+    std::os::unix::fs::chown(&peek, Some(alice.uid), Some(alice.gid))?;
+    let (status, body) =
+        world
+            .host
+            .http_get(&world.rig, alice_domain, "/peek.php", REQUEST_TIMEOUT)?;
+    ensure!(status == 200, "peek.php: {status} {body}");
+    ensure!(
+        body.starts_with("bool(false)"),
+        "a script read /etc/hostname: {body}"
+    );
+    ensure!(
+        body.contains(&format!("{}/", alice.home.display())),
+        "open_basedir: {body}"
     );
 
     // Again: harmless.
