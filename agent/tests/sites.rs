@@ -345,7 +345,14 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         waiting.2
     );
 
-    // The agent restarted: the site never stopped answering.
+    // The agent restarted: the site never stopped answering, and its
+    // pool is the same process.
+    let pid_file = world
+        .host
+        .sites_run_dir()
+        .join(&alice.name)
+        .join("php-fpm.pid");
+    let master_before = std::fs::read_to_string(&pid_file)?;
     let stop = AtomicBool::new(false);
     let (ok, failed) = (
         AtomicU32::new(0),
@@ -367,7 +374,13 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
             }
         });
         let restarted = world.agent.restart();
-        std::thread::sleep(Duration::from_millis(300));
+        // Requests go on for a while after the restart too.
+        let after = (ok.load(Ordering::Relaxed), Instant::now());
+        while ok.load(Ordering::Relaxed) < after.0 + 10
+            && after.1.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         stop.store(true, Ordering::Release);
         restarted
     })?;
@@ -381,7 +394,12 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         failed.is_empty(),
         "the site failed during the agent restart: {failed:?}"
     );
-    ensure!(ok.load(Ordering::Relaxed) > 3, "too few requests to tell");
+    ensure!(ok.load(Ordering::Relaxed) >= 10, "too few requests to tell");
+    let master_after = std::fs::read_to_string(&pid_file)?;
+    ensure!(
+        master_before == master_after,
+        "the pool was restarted: {master_before} then {master_after}"
+    );
     let adopted = world.start_defined(&alice.name)?;
     ensure!(
         adopted.already_running,

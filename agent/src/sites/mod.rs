@@ -81,6 +81,10 @@ pub enum SitesError {
         domain: String,
         other: String,
     },
+    #[error(
+        "the web server user {0:?} (`[sites] web_server_user`) does not exist on this host: correct the agent's configuration"
+    )]
+    NoWebServerUser(String),
     #[error("account {account} has no sites running on this host")]
     NotRunning { account: String },
     #[error(transparent)]
@@ -710,10 +714,7 @@ fn check_document_root(
 
 fn web_server_identity(user: &str) -> Result<(u32, u32), SitesError> {
     let found = nix::unistd::User::from_name(user).ok().flatten();
-    let user_record = found.ok_or_else(|| SitesError::Owner {
-        account: String::from("-"),
-        reason: format!("the web server user {user:?} (`[sites] web_server_user`) does not exist"),
-    })?;
+    let user_record = found.ok_or_else(|| SitesError::NoWebServerUser(user.to_owned()))?;
     Ok((user_record.uid.as_raw(), user_record.gid.as_raw()))
 }
 
