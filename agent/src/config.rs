@@ -747,6 +747,27 @@ listen = "192.0.2.11:7445"
     }
 
     #[test]
+    fn sites_settings_are_checked() {
+        let config = parse(&format!(
+            "{MINIMAL}[sites]\nfpm_command = [\"/usr/local/bin/php84-fpm\", \"--php-ini\", \"/etc/php.ini\"]\nreload_command = [\"systemctl\", \"reload\", \"nginx\"]\n"
+        ))
+        .expect("sites settings");
+        assert_eq!(config.sites.fpm_command.len(), 3);
+        assert_eq!(config.sites.run_dir, Path::new("/run/navette-agent/sites"));
+        for (text, field) in [
+            ("fpm_command = []", "sites.fpm_command"),
+            ("reload_command = []", "sites.reload_command"),
+            ("cgroup_base = \"../escape\"", "sites.cgroup_base"),
+            ("cgroup_base = \"..\"", "sites.cgroup_base"),
+        ] {
+            let error = parse(&format!("{MINIMAL}[sites]\n{text}\n"))
+                .expect_err(text)
+                .to_string();
+            assert!(error.contains(field), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn zero_intervals_and_duplicate_servers_are_refused() {
         let error = parse(&format!("{MINIMAL}heartbeat_interval_secs = 0\n"))
             .expect_err("zero interval")

@@ -132,7 +132,8 @@ fn sites_status(error: SitesError) -> Status {
         | SitesError::NoHome { .. }
         | SitesError::Owner { .. }
         | SitesError::DocumentRoot { .. }
-        | SitesError::NotRunning { .. } => Status::failed_precondition(message),
+        | SitesError::NotRunning { .. }
+        | SitesError::NoWebServerUser(_) => Status::failed_precondition(message),
         SitesError::WebServer(_) => Status::unavailable(message),
         SitesError::Fpm(_) | SitesError::Cgroup { .. } | SitesError::Io { .. } => {
             Status::internal(message)

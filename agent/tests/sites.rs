@@ -5,7 +5,10 @@
 //!
 //! What a customer and an operator would check:
 //! - the sample site answers by its domain with its rows from both of its
-//!   databases; starting it again changes nothing;
+//!   databases, from a pool running as the account in the account's own
+//!   group, behind a socket only the web server's user may open, and a
+//!   customer's script cannot read outside its home; starting it again
+//!   changes nothing;
 //! - frozen, a request waits instead of failing, and completes once
 //!   thawed;
 //! - the agent restarted, the site never stopped answering;
@@ -17,6 +20,7 @@
 //! - on a new-stack host, the same files run on PHP 8.4.
 
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -242,6 +246,42 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         alice.uid
     );
 
+    // Only the web server's user may connect to the pool.
+    let socket = world
+        .host
+        .sites_run_dir()
+        .join(&alice.name)
+        .join("php-fpm.sock");
+    let meta = std::fs::metadata(&socket).with_context(|| format!("{}", socket.display()))?;
+    let www_data = nix::unistd::User::from_name("www-data")?.context("no www-data")?;
+    ensure!(
+        meta.mode() & 0o777 == 0o600 && meta.uid() == www_data.uid.as_raw(),
+        "socket {} has mode {:o}, owner {}",
+        socket.display(),
+        meta.mode() & 0o777,
+        meta.uid()
+    );
+    // A customer's script reads nothing outside its home and private tmp.
+    let peek = alice.home.join("www/peek.php");
+    std::fs::write(
+        &peek,
+        "<?php\nvar_dump(@file_get_contents('/etc/hostname'));\necho ini_get('open_basedir');\n",
+    )?;
+    std::os::unix::fs::chown(&peek, Some(alice.uid), Some(alice.gid))?;
+    let (status, body) =
+        world
+            .host
+            .http_get(&world.rig, alice_domain, "/peek.php", REQUEST_TIMEOUT)?;
+    ensure!(status == 200, "peek.php: {status} {body}");
+    ensure!(
+        body.starts_with("bool(false)"),
+        "a script read /etc/hostname: {body}"
+    );
+    ensure!(
+        body.contains(&format!("{}/", alice.home.display())),
+        "open_basedir: {body}"
+    );
+
     // Again: harmless.
     let again = world.start_defined(&alice.name)?;
     ensure!(
@@ -305,7 +345,14 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         waiting.2
     );
 
-    // The agent restarted: the site never stopped answering.
+    // The agent restarted: the site never stopped answering, and its
+    // pool is the same process.
+    let pid_file = world
+        .host
+        .sites_run_dir()
+        .join(&alice.name)
+        .join("php-fpm.pid");
+    let master_before = std::fs::read_to_string(&pid_file)?;
     let stop = AtomicBool::new(false);
     let (ok, failed) = (
         AtomicU32::new(0),
@@ -327,7 +374,13 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
             }
         });
         let restarted = world.agent.restart();
-        std::thread::sleep(Duration::from_millis(300));
+        // Requests go on for a while after the restart too.
+        let after = (ok.load(Ordering::Relaxed), Instant::now());
+        while ok.load(Ordering::Relaxed) < after.0 + 10
+            && after.1.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         stop.store(true, Ordering::Release);
         restarted
     })?;
@@ -341,7 +394,12 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         failed.is_empty(),
         "the site failed during the agent restart: {failed:?}"
     );
-    ensure!(ok.load(Ordering::Relaxed) > 3, "too few requests to tell");
+    ensure!(ok.load(Ordering::Relaxed) >= 10, "too few requests to tell");
+    let master_after = std::fs::read_to_string(&pid_file)?;
+    ensure!(
+        master_before == master_after,
+        "the pool was restarted: {master_before} then {master_after}"
+    );
     let adopted = world.start_defined(&alice.name)?;
     ensure!(
         adopted.already_running,
@@ -354,6 +412,8 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
 
     // Hostile input: refused, nothing written.
     let before = world.written()?;
+    // A customer's link to another account's files, given as its root.
+    std::os::unix::fs::symlink("../sitealice/www", bob.home.join("www-alice"))?;
     let hostile = |domains: Vec<String>, document_root: &str| StartSitesRequest {
         account: bob.name.clone(),
         sites: vec![Site {
@@ -373,6 +433,11 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
             hostile(vec!["bob-two.example".into()], "../sitealice/www"),
             "leaves the home",
             tonic::Code::InvalidArgument,
+        ),
+        (
+            hostile(vec!["bob-three.example".into()], "www-alice"),
+            "outside the home",
+            tonic::Code::FailedPrecondition,
         ),
         (
             hostile(vec![alice_domain.clone()], "www"),
@@ -438,7 +503,7 @@ fn an_accounts_site_runs_freezes_survives_an_agent_restart_and_stops() -> anyhow
         )
     };
     ensure!(
-        count("refused") == Some(5.0),
+        count("refused") == Some(6.0),
         "refused starts: {:?}",
         count("refused")
     );

@@ -81,6 +81,10 @@ pub enum SitesError {
         domain: String,
         other: String,
     },
+    #[error(
+        "the web server user {0:?} (`[sites] web_server_user`) does not exist on this host: correct the agent's configuration"
+    )]
+    NoWebServerUser(String),
     #[error("account {account} has no sites running on this host")]
     NotRunning { account: String },
     #[error(transparent)]
@@ -687,7 +691,9 @@ fn check_document_root(
             real_root.display()
         )));
     }
-    if real_root != root {
+    // The home itself may sit behind a link the operator made (`/home` on
+    // another disk); below it, no link.
+    if real_root != real_home.join(&site.document_root) {
         return Err(refuse(format!(
             "is reached through a symbolic link (resolves to {}): give the real directory",
             real_root.display()
@@ -708,10 +714,7 @@ fn check_document_root(
 
 fn web_server_identity(user: &str) -> Result<(u32, u32), SitesError> {
     let found = nix::unistd::User::from_name(user).ok().flatten();
-    let user_record = found.ok_or_else(|| SitesError::Owner {
-        account: String::from("-"),
-        reason: format!("the web server user {user:?} (`[sites] web_server_user`) does not exist"),
-    })?;
+    let user_record = found.ok_or_else(|| SitesError::NoWebServerUser(user.to_owned()))?;
     Ok((user_record.uid.as_raw(), user_record.gid.as_raw()))
 }
 
@@ -731,4 +734,49 @@ fn write_record(path: &Path, record: &Record) -> Result<(), SitesError> {
     let temporary = path.with_extension("json.new");
     std::fs::write(&temporary, text).map_err(io_error("writing", &temporary))?;
     std::fs::rename(&temporary, path).map_err(io_error("renaming into place", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(root: &str) -> Site {
+        Site::check("alice", &["alice.example".to_owned()], root, "php").expect("a valid site")
+    }
+
+    #[test]
+    fn a_document_root_reached_through_a_link_is_refused_but_a_linked_home_is_not()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("navette-sites-root-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let disk = dir.join("disk/alice");
+        std::fs::create_dir_all(disk.join("www"))?;
+        std::fs::create_dir_all(dir.join("elsewhere"))?;
+        std::fs::create_dir_all(dir.join("home"))?;
+        // The operator's link: /home/alice on another disk.
+        let home = dir.join("home/alice");
+        std::os::unix::fs::symlink(&disk, &home)?;
+        std::os::unix::fs::symlink("www", disk.join("inside"))?;
+        std::os::unix::fs::symlink("../../elsewhere", disk.join("outside"))?;
+        let uid = std::fs::metadata(&disk)?.uid();
+        check_document_root("alice", &home, &site("www"), uid)?;
+        let inside = check_document_root("alice", &home, &site("inside"), uid)
+            .expect_err("a link to a directory of the home")
+            .to_string();
+        assert!(inside.contains("symbolic link"), "{inside}");
+        let outside = check_document_root("alice", &home, &site("outside"), uid)
+            .expect_err("a link out of the home")
+            .to_string();
+        assert!(outside.contains("outside the home"), "{outside}");
+        let missing = check_document_root("alice", &home, &site("public"), uid)
+            .expect_err("no such directory")
+            .to_string();
+        assert!(missing.contains("public"), "{missing}");
+        let stranger = check_document_root("alice", &home, &site("www"), uid + 1)
+            .expect_err("owned by someone else")
+            .to_string();
+        assert!(stranger.contains("not by the account"), "{stranger}");
+        std::fs::remove_dir_all(&dir)?;
+        Ok(())
+    }
 }
