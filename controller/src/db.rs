@@ -84,6 +84,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0007_test_workflows.sql"),
     ),
     (8, "sites", include_str!("../migrations/0008_sites.sql")),
+    (
+        9,
+        "test_sites",
+        include_str!("../migrations/0009_test_sites.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -177,6 +177,10 @@ pub struct Host {
     /// [`crate::placement::protocol_version`]).
     pub source_protocols: Vec<u32>,
     pub target_protocols: Vec<u32>,
+    /// The host's web server runs, as its agent last reported: sites
+    /// started there answer. A test host that serves none gets copies
+    /// without their sites.
+    pub serves_sites: bool,
 }
 
 /// An operator's removal of a host.
@@ -271,6 +275,8 @@ pub struct Inventory {
     /// target.
     pub source_protocols: Vec<u32>,
     pub target_protocols: Vec<u32>,
+    /// The host's web server runs.
+    pub web_server_running: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -395,6 +401,9 @@ pub enum TestStep {
     Grant,
     /// Have the test host pull it, and follow the copy to its end.
     Copy,
+    /// Run the account's sites on the test host from the copy, with the
+    /// copy's databases: those of the plan started, any others stopped.
+    Sites,
     /// Remove the copy from the test host.
     Remove,
     /// Nothing: the test is ready, failed or deleted.
@@ -406,6 +415,7 @@ impl TestStep {
         match self {
             TestStep::Grant => "grant",
             TestStep::Copy => "copy",
+            TestStep::Sites => "sites",
             TestStep::Remove => "remove",
             TestStep::None => "none",
         }
@@ -415,6 +425,7 @@ impl TestStep {
         [
             TestStep::Grant,
             TestStep::Copy,
+            TestStep::Sites,
             TestStep::Remove,
             TestStep::None,
         ]
@@ -452,6 +463,17 @@ pub struct CopyPlan {
     /// versions were chosen (agents take it as 2).
     #[serde(default)]
     pub protocol_version: u32,
+    /// The test host runs sites (its web server is up, as its agent
+    /// reported when the test was placed): the test's `sites` step makes
+    /// it run exactly [`CopyPlan::sites`]. False in plans from before
+    /// sites: such a test has no sites step.
+    #[serde(default)]
+    pub runs_sites: bool,
+    /// The account's sites, as its source's inventory listed them when
+    /// planned (a refresh plans them again): what the test runs from the
+    /// copy when [`CopyPlan::runs_sites`].
+    #[serde(default)]
+    pub sites: Vec<Site>,
 }
 
 /// Counters of the last copy, as the target agent reported them.

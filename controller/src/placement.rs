@@ -521,6 +521,8 @@ pub fn plan_test(
         source_home: account.home.clone(),
         databases,
         target_address: chosen.addresses.first().cloned().unwrap_or_default(),
+        runs_sites: chosen.serves_sites,
+        sites: account.sites.clone(),
     };
     Ok((chosen.clone(), plan))
 }
@@ -531,7 +533,9 @@ pub fn plan_test(
 /// receiving server; one created since goes where a first placement would
 /// put it ([`receiving_server`]: a server of the right version with its
 /// extensions, where no other account holds its names); one dropped since
-/// is left out (the test host drops its copy). Refused, naming the
+/// is left out (the test host drops its copy). The same for sites: those
+/// the account has now run there (ones added since started, ones dropped
+/// since stopped). Refused, naming the
 /// database, when one created since cannot be received, or is on a server
 /// that is down.
 pub fn replan_test(
@@ -607,6 +611,7 @@ pub fn replan_test(
     }
     Ok(CopyPlan {
         databases,
+        sites: account.sites.clone(),
         ..previous.clone()
     })
 }
@@ -702,6 +707,7 @@ mod tests {
             certificate_expires_at: None,
             source_protocols: vec![1, 2],
             target_protocols: vec![1, 2],
+            serves_sites: false,
         }
     }
 

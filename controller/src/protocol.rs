@@ -101,6 +101,7 @@ mod tests {
             certificate_expires_at: None,
             source_protocols: source.to_vec(),
             target_protocols: target.to_vec(),
+            serves_sites: false,
         }
     }
 

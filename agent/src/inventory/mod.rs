@@ -191,10 +191,19 @@ impl Collector {
             // The same set both ways: this build serves and pulls alike.
             source_protocols: config.transfer_protocols(),
             target_protocols: config.transfer_protocols(),
+            web_server_running: web_server_running(&config.sites),
         };
         let digest = digest(&inventory);
         Ok(Collected { inventory, digest })
     }
+}
+
+/// Whether the host's web server runs, so that sites started here answer:
+/// its pid file names a live process, or the operator gave a reload
+/// command (the web server is then theirs to keep running).
+fn web_server_running(sites: &crate::config::Sites) -> bool {
+    sites.reload_command.is_some()
+        || crate::sites::fpm::read_pid(&sites.web_server_pid_file).is_ok()
 }
 
 /// An account's sites as the host's definitions list them; none (and a
@@ -428,6 +437,7 @@ mod tests {
             collected_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
             source_protocols: vec![1, 2],
             target_protocols: vec![1, 2],
+            web_server_running: false,
         }
     }
 

@@ -359,6 +359,7 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
         digest: navette_proto::inventory_digest(report),
         source_protocols: reported_protocols(&report.source_protocols),
         target_protocols: reported_protocols(&report.target_protocols),
+        web_server_running: report.web_server_running,
     })
 }
 

@@ -323,8 +323,40 @@ fn connection(test: &Test) -> v1::TestConnection {
     }
 }
 
+/// The account's sites as they answer on the test host: each domain
+/// pointed at the test host's address (the site sees its real domain).
+fn previews(test: &Test) -> Vec<v1::SitePreview> {
+    let address = &test.plan.target_address;
+    test.plan
+        .sites
+        .iter()
+        .filter_map(|site| {
+            let domain = site.domains.first()?;
+            Some(v1::SitePreview {
+                domains: site.domains.clone(),
+                address: address.clone(),
+                command: format!("curl --resolve {domain}:80:{address} http://{domain}/"),
+            })
+        })
+        .collect()
+}
+
+/// Why an account with sites has no previews: its test host serves none.
+fn previews_note(test: &Test) -> String {
+    match test.plan.runs_sites || test.plan.sites.is_empty() {
+        true => String::new(),
+        false => format!(
+            "test host {} runs no web server, so the account's sites are not started there; the files and databases are copied",
+            test.test_host_id
+        ),
+    }
+}
+
 pub fn test(test: &Test) -> v1::Test {
     let usable = matches!(test.state, TestState::Ready | TestState::Refreshing);
+    // Running once the sites step ended: ready, and while a refresh copies
+    // (the previous generation's sites keep running).
+    let previewed = usable && test.plan.runs_sites;
     v1::Test {
         id: test.id.clone(),
         account: test.account.clone(),
@@ -347,5 +379,10 @@ pub fn test(test: &Test) -> v1::Test {
             retried_until: outage.retried_until.map(timestamp),
             error: outage.error,
         }),
+        previews: match previewed {
+            true => previews(test),
+            false => Vec::new(),
+        },
+        previews_note: previews_note(test),
     }
 }

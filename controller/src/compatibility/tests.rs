@@ -68,6 +68,7 @@ fn host(id: &str, kind: HostKind, servers: Vec<DatabaseServer>) -> Host {
         certificate_expires_at: None,
         source_protocols: vec![1, 2],
         target_protocols: vec![1, 2],
+        serves_sites: false,
     }
 }
 

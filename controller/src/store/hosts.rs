@@ -21,6 +21,7 @@ const SELECT: &str = "SELECT h.id, h.kind, h.state, h.draining, h.pool, h.stack_
         h.database_servers, h.enrolled_at, h.last_heartbeat_at, h.inventory_updated_at,
         h.certificate_expires_at, h.reported_kind, h.declared_disk_bytes, h.certificate_serial,
         h.removed_at, h.removed_by, h.removed_reason, h.source_protocols, h.target_protocols,
+        h.serves_sites,
         (SELECT count(*) FROM host_accounts a WHERE a.host_id = h.id) AS account_count
     FROM hosts h";
 
@@ -64,6 +65,7 @@ fn from_row(row: &Row) -> Result<Host> {
         certificate_expires_at: row.get("certificate_expires_at"),
         source_protocols: protocols(row.get("source_protocols")),
         target_protocols: protocols(row.get("target_protocols")),
+        serves_sites: row.get("serves_sites"),
     })
 }
 
@@ -487,7 +489,7 @@ pub async fn store_inventory(
                  agent_endpoint = $5, addresses = $6, disk_total_bytes = $7, disk_free_bytes = $8,
                  database_servers = $9, inventory_digest = $10, inventory_updated_at = now(),
                  last_heartbeat_at = now(), state = 'online', source_protocols = $11,
-                 target_protocols = $12
+                 target_protocols = $12, serves_sites = $13
              WHERE id = $1 AND state <> 'removed'",
             &[
                 &id,
@@ -502,6 +504,7 @@ pub async fn store_inventory(
                 &inventory.digest,
                 &protocol_column(&inventory.source_protocols),
                 &protocol_column(&inventory.target_protocols),
+                &inventory.web_server_running,
             ],
         )
         .await?;

@@ -13,7 +13,12 @@
 //!  ready[none] ─refresh: a new generation─▶ refreshing[grant]
 //!  refreshing[grant] ─granted─▶ refreshing[copy] ─copied─▶ ready[none]
 //!
-//!  placing[grant], copying[copy], refreshing[grant], refreshing[copy]
+//!  when the plan runs sites (the test host serves them):
+//!  copying[copy] ─copied─▶ copying[sites] ─sites running─▶ ready[none]
+//!  refreshing[copy] ─copied─▶ refreshing[sites] ─sites running─▶ ready[none]
+//!
+//!  placing[grant], copying[copy], copying[sites], refreshing[grant],
+//!  refreshing[copy], refreshing[sites]
 //!      ─refused, copy failed, or unreachable MAX_ATTEMPTS times─▶ failed[remove]
 //!  failed[remove] ─removed─▶ failed[none]
 //!
@@ -21,11 +26,16 @@
 //!  deleting[remove] ─removed─▶ deleted[none]
 //!  deleting[remove] ─outcome of the grant or copy it stopped─▶ deleting[remove], at once
 //!
-//!  [grant], [copy] ─unreachable (fewer than MAX_ATTEMPTS), or an outcome
+//!  [grant], [copy], [sites] ─unreachable (fewer than MAX_ATTEMPTS), or an outcome
 //!      the step cannot have─▶ the same step, later (backoff)
 //!  [remove] ─unreachable, refused, or an outcome it cannot have─▶ the same
 //!      removal, later: never given up
 //! ```
+//!
+//! The sites step makes the test host run exactly the plan's sites, from
+//! the copy, with the copy's databases: after a refresh, sites added since
+//! are started and sites dropped since stopped. The removal stops them
+//! before it removes the copy.
 //!
 //! Rules beyond the diagram: a refresh of a test that is not ready is
 //! refused; a create of a test that exists, a delete of a test deleting or
@@ -98,6 +108,9 @@ pub enum StepOutcome {
     /// The target agent reports the copy failed: nothing more will come of
     /// this transfer.
     CopyFailed(String),
+    /// The test host runs the plan's sites (this many), and no others of
+    /// the account.
+    SitesRunning(usize),
     /// The target agent removed the copy.
     Removed,
     /// An agent could not be reached, or the call broke: try again.
@@ -445,7 +458,18 @@ fn after(test: &Test, finished: Finished, now: DateTime<Utc>) -> Transition {
             outage: Outage::Clear,
             ..Transition::default()
         },
-        (TestStep::Copy, StepOutcome::Copied(_)) => Transition {
+        // The copy is there: its sites are started from it before the
+        // test is ready.
+        (TestStep::Copy, StepOutcome::Copied(_)) if test.plan.runs_sites => Transition {
+            step: Some(TestStep::Sites),
+            error: Some(String::new()),
+            run: Run::Now,
+            attempts: Attempts::Reset,
+            outage: Outage::Clear,
+            ..Transition::default()
+        },
+        (TestStep::Copy, StepOutcome::Copied(_))
+        | (TestStep::Sites, StepOutcome::SitesRunning(_)) => Transition {
             state: Some(TestState::Ready),
             step: Some(TestStep::None),
             error: Some(String::new()),
@@ -455,6 +479,10 @@ fn after(test: &Test, finished: Finished, now: DateTime<Utc>) -> Transition {
             outage: Outage::Clear,
             ..Transition::default()
         },
+        (TestStep::Sites, StepOutcome::Refused(why)) => failed(format!(
+            "the account's sites could not be started on test host {}: {why}",
+            test.test_host_id
+        )),
         (TestStep::Copy, StepOutcome::CopyFailed(error)) => {
             failed(format!("the copy failed: {error}"))
         }

@@ -1,6 +1,6 @@
 //! The test as a kind of the workflow engine ([`TestKind`], `"test"`): its
 //! state is the [`Test`] itself (`workflows.state`), its steps are the
-//! test's steps (grant, copy, remove), and its transition is
+//! test's steps (grant, copy, sites, remove), and its transition is
 //! [`test_flow::next`] driven by the engine's inputs ([`decide`]).
 //!
 //! How the panel's commands and the test's timer arrive:
@@ -38,10 +38,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 
 use super::test_flow::{self, Decision, Finished, Run, StepOutcome};
+use crate::agents::sites::{SiteDatabases, SitesSpec};
 use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
 use crate::agents::{self, CallFailure};
 use crate::engine::{End, Event, Input, Kind, Next, StepContext, Transition, WorkflowId};
-use crate::model::{CopyPlan, CopyProgress, Host, Test, TestState, TestStep};
+use crate::model::{CopyPlan, CopyProgress, Engine, Host, Test, TestState, TestStep};
 use crate::state::Controller;
 use crate::store;
 
@@ -340,7 +341,11 @@ async fn perform(
             }
             finished(outcome, reached_target)
         }
-        TestStep::Remove => match agents::remove_copy(controller, &target, &spec).await {
+        TestStep::Sites => match run_sites(controller, test, &target).await {
+            Ok(running) => finished(StepOutcome::SitesRunning(running), true),
+            Err(error) => finished(failure(error), false),
+        },
+        TestStep::Remove => match remove(controller, test, &target, &spec).await {
             Ok(removed) => {
                 tracing::info!(
                     message = "copy removed",
@@ -359,6 +364,76 @@ async fn perform(
         },
         TestStep::None => finished(StepOutcome::Refused("nothing to do".to_owned()), false),
     }
+}
+
+/// Makes the test host run exactly the plan's sites, from the copy's home,
+/// with the copy's databases: started (or changed, after a refresh), or
+/// stopped when the account has none now. Returns how many run.
+async fn run_sites(
+    controller: &Controller,
+    test: &Test,
+    target: &Host,
+) -> Result<usize, CallFailure> {
+    if test.plan.sites.is_empty() {
+        let stopped = agents::sites::stop_sites(controller, target, &test.account).await?;
+        tracing::info!(message = "the account has no sites now; none run on the test host", test_id = %test.id, was_running = stopped);
+        return Ok(0);
+    }
+    let spec = sites_spec(test, target);
+    let started = agents::sites::start_sites(controller, target, &spec).await?;
+    tracing::info!(
+        message = "sites running on the test host",
+        test_id = %test.id,
+        sites = started.sites.len(),
+        already_running = started.already_running
+    );
+    Ok(started.sites.len())
+}
+
+/// The sites of `test` as the test host runs them: the plan's, from the
+/// copy (`copy_id` is the test's id), their databases defaulting to the
+/// servers the copy's databases landed on (the first of each engine, as a
+/// site's code names no host); an engine the account has no database of
+/// defaults to the test host's first server of it.
+pub fn sites_spec(test: &Test, target: &Host) -> SitesSpec {
+    let planned = |engine: Engine| {
+        test.plan
+            .databases
+            .iter()
+            .find(|d| d.engine == engine)
+            .map(|d| (d.target_address.clone(), d.target_port))
+            .or_else(|| {
+                target
+                    .database_servers
+                    .iter()
+                    .find(|s| s.engine == engine)
+                    .map(|s| (s.address.clone(), s.port))
+            })
+    };
+    SitesSpec {
+        account: test.account.clone(),
+        copy_id: Some(test.id.clone()),
+        sites: test.plan.sites.clone(),
+        databases: Some(SiteDatabases {
+            postgres: planned(Engine::Postgresql),
+            mariadb: planned(Engine::Mariadb).map(|(host, port)| (host, port, String::new())),
+        }),
+    }
+}
+
+/// Removes the copy of `test` from the test host: its sites stopped first
+/// (when the plan runs sites), so that no pool serves a home being removed.
+async fn remove(
+    controller: &Controller,
+    test: &Test,
+    target: &Host,
+    spec: &TransferSpec,
+) -> Result<agents::transfer::CopyRemoval, CallFailure> {
+    if test.plan.runs_sites {
+        let stopped = agents::sites::stop_sites(controller, target, &test.account).await?;
+        tracing::info!(message = "the test's sites are stopped", test_id = %test.id, were_running = stopped);
+    }
+    agents::remove_copy(controller, target, spec).await
 }
 
 /// A failed agent call as a step outcome: transport trouble is retried, a

@@ -26,6 +26,8 @@ fn test(state: TestState, step: TestStep, attempts: u32) -> Test {
             databases: vec![],
             target_address: String::new(),
             protocol_version: 2,
+            runs_sites: false,
+            sites: vec![],
         },
         progress: None,
         error: String::new(),
@@ -731,4 +733,170 @@ fn a_copy_waiting_for_its_source_shows_the_source_host_out() {
             error: "link down".into(),
         })
     );
+}
+
+/// A test whose plan runs sites (its test host serves them).
+fn with_sites(state: TestState, step: TestStep, attempts: u32) -> Test {
+    let mut test = test(state, step, attempts);
+    test.plan.runs_sites = true;
+    test.plan.sites = vec![crate::model::Site {
+        domains: vec!["alice.example".into()],
+        document_root: "www".into(),
+        runtime: "php".into(),
+    }];
+    test
+}
+
+#[test]
+fn every_outcome_of_the_sites_step() {
+    use StepOutcome as O;
+    use TestState as S;
+    use TestStep as P;
+    let table: Vec<((S, P), Leads)> = vec![
+        // The copy is there: the sites are started from it, in the same state.
+        ((S::Copying, P::Copy), |o| match o {
+            O::Copied(_) => Some((S::Copying, P::Sites)),
+            O::CopyFailed(_) | O::Refused(_) => Some((S::Failed, P::Remove)),
+            _ => None,
+        }),
+        ((S::Refreshing, P::Copy), |o| match o {
+            O::Copied(_) => Some((S::Refreshing, P::Sites)),
+            O::CopyFailed(_) | O::Refused(_) => Some((S::Failed, P::Remove)),
+            _ => None,
+        }),
+        ((S::Copying, P::Sites), |o| match o {
+            O::SitesRunning(_) => Some((S::Ready, P::None)),
+            O::Refused(_) => Some((S::Failed, P::Remove)),
+            _ => None, // unreachable: retried; others: internal, retried
+        }),
+        ((S::Refreshing, P::Sites), |o| match o {
+            O::SitesRunning(_) => Some((S::Ready, P::None)),
+            O::Refused(_) => Some((S::Failed, P::Remove)),
+            _ => None,
+        }),
+    ];
+    let mut outcomes = every_outcome();
+    outcomes.push(O::SitesRunning(1));
+    for ((state, stage), expected) in table {
+        for outcome in &outcomes {
+            let before = with_sites(state, stage, 2);
+            let transition = step(&before, outcome.clone());
+            let after = transition.applied(&before, now());
+            match expected(outcome) {
+                Some((to_state, to_step)) => {
+                    assert_eq!(
+                        (after.state, after.step, after.attempts),
+                        (to_state, to_step, 0),
+                        "{state:?}[{stage:?}] {outcome:?}"
+                    );
+                    assert_eq!(transition.run, Run::Now, "{state:?} {outcome:?}");
+                }
+                None => {
+                    assert_eq!(
+                        (after.state, after.step),
+                        (state, stage),
+                        "{state:?}[{stage:?}] {outcome:?} stays"
+                    );
+                    assert!(
+                        matches!(transition.run, Run::After(_)),
+                        "{state:?}[{stage:?}] {outcome:?} is retried later"
+                    );
+                    assert_eq!(after.attempts, 3, "one more attempt");
+                }
+            }
+            assert_eq!(after.expires_at, expiry(&after), "the timer is recorded");
+        }
+    }
+    // A plan that runs no sites: the sites step never comes.
+    let copied = step(
+        &test(TestState::Copying, TestStep::Copy, 0),
+        O::SitesRunning(1),
+    );
+    assert_eq!(copied.state, None, "an outcome the copy cannot have");
+}
+
+#[test]
+fn a_test_with_sites_is_ready_once_they_run() {
+    let mut live = with_sites(TestState::Placing, TestStep::Grant, 0);
+    for outcome in [
+        StepOutcome::Granted,
+        StepOutcome::Copied(CopyProgress::default()),
+    ] {
+        live = after_input(&live, finished(&live, outcome), now());
+    }
+    assert_eq!(
+        (live.state, live.step),
+        (TestState::Copying, TestStep::Sites)
+    );
+    assert_eq!(live.ready_at, None, "not ready while the sites start");
+    assert_eq!(
+        host_of_step(&live),
+        "test-1",
+        "the sites run on the test host"
+    );
+    live = after_input(&live, finished(&live, StepOutcome::SitesRunning(1)), now());
+    assert_eq!((live.state, live.step), (TestState::Ready, TestStep::None));
+    assert_eq!(live.ready_at, Some(now()));
+    // A refresh starts what the account has now, then is ready again.
+    live = after_input(&live, event(Event::Refresh), now());
+    for outcome in [
+        StepOutcome::Granted,
+        StepOutcome::Copied(CopyProgress::default()),
+    ] {
+        live = after_input(&live, finished(&live, outcome), now());
+    }
+    assert_eq!(
+        (live.state, live.step, live.generation),
+        (TestState::Refreshing, TestStep::Sites, 2)
+    );
+    live = after_input(&live, finished(&live, StepOutcome::SitesRunning(0)), now());
+    assert_eq!((live.state, live.generation), (TestState::Ready, 2));
+}
+
+#[test]
+fn sites_that_cannot_start_fail_the_test_with_the_reason() {
+    let refused = step(
+        &with_sites(TestState::Copying, TestStep::Sites, 0),
+        StepOutcome::Refused("domain alice.example is already served".into()),
+    );
+    assert_eq!(
+        (refused.state, refused.step),
+        (Some(TestState::Failed), Some(TestStep::Remove))
+    );
+    let error = refused.error.unwrap_or_default();
+    assert!(
+        error.contains("sites could not be started on test host test-1")
+            && error.contains("already served"),
+        "{error}"
+    );
+    // Unreachable: retried, with the test host out, then given up.
+    let retried = step(
+        &with_sites(TestState::Copying, TestStep::Sites, 0),
+        StepOutcome::Unreachable("down".into()),
+    );
+    assert_eq!((retried.state, retried.step), (None, None));
+    assert_eq!(retried.outage, Outage::Host("test-1".into()));
+    let given_up = step(
+        &with_sites(TestState::Refreshing, TestStep::Sites, MAX_ATTEMPTS - 1),
+        StepOutcome::Unreachable("down".into()),
+    );
+    assert_eq!(given_up.state, Some(TestState::Failed));
+}
+
+#[test]
+fn a_deletion_during_the_sites_step_wins() {
+    let starting = with_sites(TestState::Copying, TestStep::Sites, 0);
+    let deleting = after_input(&starting, event(Event::Delete), now());
+    assert_eq!(
+        (deleting.state, deleting.step),
+        (TestState::Deleting, TestStep::Remove)
+    );
+    // The sites step's outcome arrives after: dropped, the removal runs.
+    let late = Input::Finished(Finished {
+        step: TestStep::Sites,
+        generation: starting.generation,
+        outcome: StepOutcome::SitesRunning(1),
+    });
+    let after = recorded(&deleting, late, now());
+    assert_eq!((after.state, after.step, after.run), (None, None, Run::Now));
 }

@@ -29,6 +29,8 @@ fn test(state: TestState, step: TestStep) -> Test {
             databases: vec![],
             target_address: String::new(),
             protocol_version: 2,
+            runs_sites: false,
+            sites: vec![],
         },
         progress: None,
         error: String::new(),

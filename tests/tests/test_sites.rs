@@ -1,0 +1,344 @@
+//! *Test* runs the account's sites on the test host, as if migrated: real
+//! nginx and PHP-FPM on both hosts, real PostgreSQL and MariaDB, requests
+//! from the client namespace by domain name.
+//!
+//! What a customer would check:
+//! - after `TestMigration`, the site answers on the test host through the
+//!   preview the answer gives (its exact command, run as given), with the
+//!   rows of the copied databases: a row changed on the source after the
+//!   copy is not shown there, a row changed in the copy is;
+//! - after `DeleteTest`, it no longer answers there;
+//! - the site on the source never stopped answering during the whole test
+//!   (an HTTP client in a loop saw no error);
+//! - for the stack migration, the same files answer on the test host's
+//!   PHP 8.4, while the source's still run PHP 8.2.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use navette_proto::v1::StartSitesRequest;
+use navette_proto::v1::agent_client::AgentClient;
+use navette_tests::{
+    Account, AccountSpec, Agent, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Rig,
+    sample_domains,
+};
+use serde_json::{Value, json};
+use support::{list, panel, str_of, wait_for_test};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The result of a server start on another thread.
+fn join<T>(started: std::thread::Result<anyhow::Result<T>>) -> anyhow::Result<T> {
+    started.map_err(|_| anyhow::anyhow!("a server start panicked"))?
+}
+
+/// Starts `account`'s sites on its own host as the host's init would
+/// (`StartSites` with the host's definitions), and waits until its main
+/// domain answers.
+fn start_source_sites(
+    rig: &Rig,
+    controller: &Controller,
+    agent: &Agent,
+    account: &Account,
+) -> anyhow::Result<()> {
+    let request = StartSitesRequest {
+        account: account.name.clone(),
+        ..StartSitesRequest::default()
+    };
+    rig.client()
+        .run_in(|| async {
+            let channel = agent.controller_channel(controller)?;
+            AgentClient::new(channel)
+                .start_sites(request)
+                .await
+                .map_err(|status| anyhow::anyhow!("StartSites on the source: {status:?}"))
+        })
+        .context("starting the source's sites")?;
+    let domain = &sample_domains(&account.name)[0];
+    rig.wait_until(
+        &format!("{domain} answering on the source"),
+        Duration::from_secs(15),
+        || Ok(account.host.http_get(rig, domain, "/", REQUEST_TIMEOUT)?.0 == 200),
+    )
+}
+
+/// Runs a preview's command exactly as given, from the client namespace,
+/// with a status line appended: (status, body). A failed connection is 0.
+fn try_preview(rig: &Rig, command: &str) -> anyhow::Result<(u16, String)> {
+    ensure!(
+        command.starts_with("curl ") && !command.contains(['\'', '"', ';', '|', '&', '`', '$']),
+        "the preview's command is a plain curl: {command:?}"
+    );
+    let output = rig
+        .client()
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "{command} --silent --max-time 10 --write-out '\\n%{{http_code}}'"
+        ))
+        .output()
+        .context("running the preview's command")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_ref()));
+    Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
+}
+
+/// The one preview of the test's answer, checked against what the account
+/// and the test host are: (command, body of the site through it).
+fn the_preview(test: &Value, domains: &[String], address: Ipv4Addr) -> anyhow::Result<String> {
+    let previews = list(test, "previews");
+    ensure!(previews.len() == 1, "one site, one preview: {test}");
+    let preview = &previews[0];
+    let shown: Vec<String> = list(preview, "domains")
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    ensure!(shown == domains, "the site's domains: {preview}");
+    ensure!(
+        str_of(preview, "address") == address.to_string(),
+        "the test host's address: {preview}"
+    );
+    let command = str_of(preview, "command").to_owned();
+    let domain = &domains[0];
+    ensure!(
+        command == format!("curl --resolve {domain}:80:{address} http://{domain}/"),
+        "the command points the real domain at the test host: {command}"
+    );
+    Ok(command)
+}
+
+/// Asks the source's main domain in a loop until `stop`: (answers, errors).
+fn keep_asking(rig: &Rig, account: &Account, stop: &AtomicBool) -> (u64, Vec<String>) {
+    let domain = &sample_domains(&account.name)[0];
+    let (mut answers, mut errors) = (0u64, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        match account.host.http_get(rig, domain, "/", REQUEST_TIMEOUT) {
+            Ok((200, body)) if body.contains(&format!("Hello from {}", account.name)) => {
+                answers += 1
+            }
+            Ok((status, body)) => errors.push(format!("status {status}: {body}")),
+            Err(error) => errors.push(format!("{error:#}")),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (answers, errors)
+}
+
+/// The source host (old stack, PostgreSQL 15, MariaDB 10.11) and the test
+/// host (new stack, PostgreSQL 18, MariaDB 11.8), both with nginx and an
+/// agent, and `account` on the source with its sites running.
+struct World {
+    rig: Rig,
+    _controller: Controller,
+    source: Netns,
+    test_host: Netns,
+    account: Account,
+    source_pg: navette_tests::Postgres,
+    source_maria: navette_tests::MariaDb,
+    target_maria: navette_tests::MariaDb,
+}
+
+fn world(name: &str, spec: AccountSpec) -> anyhow::Result<World> {
+    let rig = Rig::new(name)?;
+    let controller = support::controller(&rig, ControllerSpec::default())?;
+    let source = rig.add_namespace("shared-1", Ipv4Addr::new(192, 0, 2, 10))?;
+    let test_host = rig.add_namespace("test-1", Ipv4Addr::new(192, 0, 2, 12))?;
+    let (source_pg, _target_pg, source_maria, target_maria) = std::thread::scope(|s| {
+        let a = s.spawn(|| source.start_postgres(&rig, PgVersion::V15, 5432));
+        let b = s.spawn(|| test_host.start_postgres(&rig, PgVersion::V18, 5432));
+        let c = s.spawn(|| source.start_mariadb(&rig));
+        let d = s.spawn(|| test_host.start_mariadb_11_8(&rig));
+        anyhow::Ok((
+            join(a.join())?,
+            join(b.join())?,
+            join(c.join())?,
+            join(d.join())?,
+        ))
+    })?;
+    source.start_web_server(&rig)?;
+    test_host.start_web_server(&rig)?;
+    let account = rig.add_account(&source, spec)?;
+    let agent = support::enrol(&rig, &source, AgentKind::Shared, "2024.1")?;
+    support::enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
+    support::wait_online_with_inventory(&rig, &["shared-1", "test-1"])?;
+    start_source_sites(&rig, &controller, &agent, &account)?;
+    Ok(World {
+        rig,
+        _controller: controller,
+        source,
+        test_host,
+        account,
+        source_pg,
+        source_maria,
+        target_maria,
+    })
+}
+
+/// Waits until the inventory lists the account's site (the controller
+/// plans the sites it knows).
+fn wait_site_known(rig: &Rig, account: &str) -> anyhow::Result<()> {
+    rig.wait_until(
+        &format!("the sites of {account} in the inventory"),
+        Duration::from_secs(60),
+        || {
+            let access = rig.controller_access()?;
+            let answer = rig.grpcurl_json_as(
+                &access.panel,
+                "navette.v1.Accounts/ListAccounts",
+                &json!({"host_id": "shared-1"}),
+            )?;
+            Ok(list(&answer, "accounts")
+                .iter()
+                .any(|a| str_of(a, "name") == account && !list(a, "sites").is_empty()))
+        },
+    )
+}
+
+#[test]
+fn the_test_runs_the_site_on_the_copy_and_the_source_never_stops() -> anyhow::Result<()> {
+    const ACCOUNT: &str = "nvs_sara";
+    let w = world(
+        "test_sites",
+        AccountSpec {
+            name: ACCOUNT.into(),
+            password: "sara-pw".into(),
+            pg_databases: vec!["nvs_sara".into()],
+            mariadb_databases: vec!["nvs_sara_shop".into()],
+            files: true,
+        },
+    )?;
+    let rig = &w.rig;
+    let domains = sample_domains(ACCOUNT);
+    wait_site_known(rig, ACCOUNT)?;
+
+    let stop = AtomicBool::new(false);
+    let (answers, errors, result) = std::thread::scope(|s| {
+        let asking = s.spawn(|| keep_asking(rig, &w.account, &stop));
+        let result = (|| -> anyhow::Result<()> {
+            let started = panel(
+                rig,
+                "TestMigration",
+                json!({"request_id": "r-sites", "account": ACCOUNT,
+                       "migration_id": "postgresql-15-to-18"}),
+            )?;
+            let id = str_of(&started, "id").to_owned();
+            let ready = wait_for_test(rig, &id, "STATE_READY", Duration::from_secs(180))?;
+            let command = the_preview(&ready, &domains, w.test_host.addr())?;
+
+            // After the copy: a row changed on the source is not in the
+            // copy; a row changed in the copy is what the preview shows.
+            w.source_pg.psql(
+                ACCOUNT,
+                "SET ROLE nvs_sara; UPDATE items SET label = 'source-after-copy' WHERE id = 1",
+            )?;
+            w.target_maria
+                .sql("UPDATE nvs_sara_shop.items SET label = 'changed-in-copy' WHERE id = 2")?;
+            let (status, body) = try_preview(rig, &command)?;
+            ensure!(status == 200, "the preview answers: {status} {body}");
+            ensure!(
+                body.contains(&format!("Hello from {ACCOUNT}"))
+                    && body.contains("postgresql: apple,banana,cherry")
+                    && body.contains("mariadb: apple,changed-in-copy,cherry"),
+                "the preview shows the copy's rows: {body}"
+            );
+            ensure!(
+                body.contains("php: 8.4."),
+                "the test host runs the new stack: {body}"
+            );
+            let (_, source_body) = w.source.http_get(rig, &domains[0], "/", REQUEST_TIMEOUT)?;
+            ensure!(
+                source_body.contains("postgresql: source-after-copy,banana,cherry")
+                    && source_body.contains("mariadb: apple,banana,cherry"),
+                "the source shows its own rows: {source_body}"
+            );
+            // Every domain of the site answers there.
+            let (status, body) = w
+                .test_host
+                .http_get(rig, &domains[1], "/", REQUEST_TIMEOUT)?;
+            ensure!(
+                status == 200 && body.contains("changed-in-copy"),
+                "{}: {status} {body}",
+                domains[1]
+            );
+
+            panel(rig, "DeleteTest", json!({"id": id}))?;
+            wait_for_test(rig, &id, "STATE_DELETED", Duration::from_secs(60))?;
+            let (status, body) = try_preview(rig, &command)?;
+            ensure!(
+                status != 200 && !body.contains("Hello from"),
+                "after DeleteTest the site no longer answers on the test host: {status} {body}"
+            );
+            let pools = std::fs::read_dir(w.test_host.sites_run_dir())
+                .map(|entries| entries.count())
+                .unwrap_or(0);
+            ensure!(pools == 0, "no pool is left on the test host ({pools})");
+            Ok(())
+        })();
+        stop.store(true, Ordering::Relaxed);
+        let (answers, errors) = asking
+            .join()
+            .unwrap_or_else(|_| (0, vec!["the client loop panicked".into()]));
+        (answers, errors, result)
+    });
+    result?;
+    if !errors.is_empty() {
+        bail!(
+            "the source's site failed {} times during the test (of {answers} answers): {:?}",
+            errors.len(),
+            errors
+        );
+    }
+    ensure!(answers > 0, "the client loop saw answers from the source");
+    let _ = &w.source_maria;
+    Ok(())
+}
+
+#[test]
+fn a_stack_test_shows_the_site_on_the_new_stack() -> anyhow::Result<()> {
+    const ACCOUNT: &str = "nvs_tomi";
+    let w = world(
+        "test_sites_stack",
+        AccountSpec {
+            name: ACCOUNT.into(),
+            password: "tomi-pw".into(),
+            pg_databases: vec![],
+            mariadb_databases: vec![],
+            files: true,
+        },
+    )?;
+    let rig = &w.rig;
+    let domains = sample_domains(ACCOUNT);
+    wait_site_known(rig, ACCOUNT)?;
+    let started = panel(
+        rig,
+        "TestMigration",
+        json!({"request_id": "r-stack", "account": ACCOUNT,
+               "migration_id": "stack-2024.1-to-2026.1"}),
+    )?;
+    let id = str_of(&started, "id").to_owned();
+    let ready = wait_for_test(rig, &id, "STATE_READY", Duration::from_secs(180))?;
+    let command = the_preview(&ready, &domains, w.test_host.addr())?;
+    let (status, body) = try_preview(rig, &command)?;
+    ensure!(
+        status == 200 && body.contains(&format!("Hello from {ACCOUNT}")),
+        "the preview answers: {status} {body}"
+    );
+    ensure!(
+        body.contains("php: 8.4."),
+        "PHP 8.4 on the test host: {body}"
+    );
+    let (_, source_body) = w.source.http_get(rig, &domains[0], "/", REQUEST_TIMEOUT)?;
+    ensure!(
+        source_body.contains("php: 8.2."),
+        "the source still runs PHP 8.2: {source_body}"
+    );
+    panel(rig, "DeleteTest", json!({"id": id}))?;
+    wait_for_test(rig, &id, "STATE_DELETED", Duration::from_secs(60))?;
+    let (status, _) = try_preview(rig, &command)?;
+    ensure!(status != 200, "stopped with the test: {status}");
+    Ok(())
+}
