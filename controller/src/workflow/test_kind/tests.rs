@@ -398,3 +398,80 @@ fn a_refresh_copies_the_plan_it_carries_and_a_refused_one_keeps_the_old() {
     let copying = test(S::Copying, P::Copy);
     assert_eq!(decide(&copying, refresh()).state, copying);
 }
+
+#[test]
+fn the_sites_run_from_the_copy_with_the_servers_the_copy_landed_on() {
+    use crate::model::{DatabasePlan, DatabaseServer, Engine, Host, HostState, Site};
+    let mut copying = test(S::Copying, P::Sites);
+    copying.plan.runs_sites = true;
+    copying.plan.sites = vec![Site {
+        domains: vec!["alice.example".into()],
+        document_root: "www".into(),
+        runtime: "php".into(),
+    }];
+    copying.plan.databases = vec![DatabasePlan {
+        engine: Engine::Postgresql,
+        name: "alice".into(),
+        owner: "alice".into(),
+        source_server: "pg15".into(),
+        target_server: "pg18-second".into(),
+        target_address: "192.0.2.12".into(),
+        target_port: 5433,
+        target_version: "18".into(),
+    }];
+    let server = |name: &str, engine, port| DatabaseServer {
+        name: name.into(),
+        engine,
+        version: String::new(),
+        address: "192.0.2.12".into(),
+        port,
+        reachable: true,
+        error: String::new(),
+        available_extensions: vec![],
+        data_directory_free_bytes: None,
+        available_engines: vec![],
+    };
+    let host = Host {
+        id: "test-1".into(),
+        kind: None,
+        reported_kind: None,
+        declared_disk_bytes: None,
+        certificate_serial: None,
+        removed: None,
+        state: HostState::Online,
+        draining: false,
+        pool: None,
+        stack_version: "2026.1".into(),
+        agent_version: String::new(),
+        agent_endpoint: String::new(),
+        addresses: vec!["192.0.2.12".into()],
+        disk_total_bytes: 0,
+        disk_free_bytes: 0,
+        database_servers: vec![
+            server("pg18", Engine::Postgresql, 5432),
+            server("mariadb", Engine::Mariadb, 3306),
+        ],
+        account_count: 0,
+        enrolled_at: None,
+        last_heartbeat_at: None,
+        inventory_updated_at: None,
+        certificate_expires_at: None,
+        source_protocols: vec![],
+        target_protocols: vec![],
+        serves_sites: true,
+    };
+    let spec = sites_spec(&copying, &host);
+    assert_eq!(spec.copy_id.as_deref(), Some("t1"), "from the copy's home");
+    assert_eq!(spec.sites, copying.plan.sites);
+    let databases = spec.databases.expect("the copy's endpoints");
+    assert_eq!(
+        databases.postgres,
+        Some(("192.0.2.12".into(), 5433)),
+        "the server the copy's database landed on, not the host's first"
+    );
+    assert_eq!(
+        databases.mariadb,
+        Some(("192.0.2.12".into(), 3306, String::new())),
+        "no MariaDB database: the test host's first server"
+    );
+}
