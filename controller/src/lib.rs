@@ -30,8 +30,8 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents, in domain types
-//!   ([`agents::transfer`]); [`agents::wire`] converts them to and from the
-//!   agent API.
+//!   ([`agents::transfer`], [`agents::sites`]); [`agents::wire`] converts
+//!   them to and from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
 //!   inbox, audit trail), a pure transition per kind, one runner per
@@ -40,11 +40,13 @@
 //!   [`workflow::test_flow`] is the test's pure transition function
 //!   (commands, its timer and step outcomes in, what to record out);
 //!   [`workflow::test_kind`] is the test as an engine kind (its steps
-//!   through `agents`, its `tests` row written with every transition);
+//!   through `agents`: grant, copy, sites, remove; its `tests` row written
+//!   with every transition);
 //!   [`workflow::test_events`] turns the panel's commands into inbox
 //!   events.
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
-//!   the test host, each database's receiving server, and room where each
+//!   the test host, each database's receiving server, the account's sites
+//!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
 //!   directory).
 //! - [`protocol`]: the transfer protocol version a source and a target are

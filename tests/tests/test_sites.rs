@@ -342,3 +342,127 @@ fn a_stack_test_shows_the_site_on_the_new_stack() -> anyhow::Result<()> {
     ensure!(status != 200, "stopped with the test: {status}");
     Ok(())
 }
+
+/// Writes the account's site definitions as the hosting panel would: the
+/// sample site, and a blog on `blog` domains when `with_blog`.
+fn write_definitions(host: &Netns, account: &str, with_blog: bool) -> anyhow::Result<()> {
+    let quoted = |domains: &[String]| {
+        domains
+            .iter()
+            .map(|d| format!("{d:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut text = format!(
+        "[[site]]\ndomains = [{}]\ndocument_root = \"www\"\nruntime = \"php\"\n",
+        quoted(&sample_domains(account))
+    );
+    if with_blog {
+        text.push_str(&format!(
+            "\n[[site]]\ndomains = [{}]\ndocument_root = \"www\"\nruntime = \"php\"\n",
+            quoted(&blog_domains(account))
+        ));
+    }
+    let path = host.site_definitions_dir().join(format!("{account}.toml"));
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn blog_domains(account: &str) -> Vec<String> {
+    vec![format!("blog-{}.example", account.replace('_', "-"))]
+}
+
+/// Has the source's agent report again, and waits until the controller
+/// lists `count` sites for `account`.
+fn wait_sites_listed(rig: &Rig, account: &str, count: usize) -> anyhow::Result<()> {
+    rig.grpcurl_json(
+        "navette.v1.Hosts/RefreshHostInventory",
+        &json!({"id": "shared-1"}),
+    )?;
+    rig.wait_until(
+        &format!("{count} sites of {account} listed"),
+        Duration::from_secs(60),
+        || {
+            let access = rig.controller_access()?;
+            let answer = rig.grpcurl_json_as(
+                &access.panel,
+                "navette.v1.Accounts/ListAccounts",
+                &json!({"host_id": "shared-1"}),
+            )?;
+            Ok(list(&answer, "accounts")
+                .iter()
+                .any(|a| str_of(a, "name") == account && list(a, "sites").len() == count))
+        },
+    )
+}
+
+#[test]
+fn a_refresh_runs_the_sites_the_account_has_now() -> anyhow::Result<()> {
+    const ACCOUNT: &str = "nvs_umay";
+    let w = world(
+        "test_sites_refresh",
+        AccountSpec {
+            name: ACCOUNT.into(),
+            password: "umay-pw".into(),
+            pg_databases: vec!["nvs_umay".into()],
+            mariadb_databases: vec![],
+            files: true,
+        },
+    )?;
+    let rig = &w.rig;
+    wait_site_known(rig, ACCOUNT)?;
+    let started = panel(
+        rig,
+        "TestMigration",
+        json!({"request_id": "r-sites-refresh", "account": ACCOUNT,
+               "migration_id": "postgresql-15-to-18"}),
+    )?;
+    let id = str_of(&started, "id").to_owned();
+    wait_for_test(rig, &id, "STATE_READY", Duration::from_secs(180))?;
+    let blog = &blog_domains(ACCOUNT)[0];
+    let (status, _) = w.test_host.http_get(rig, blog, "/", REQUEST_TIMEOUT)?;
+    ensure!(status != 200, "no blog yet on the test host: {status}");
+
+    // The customer adds a blog; a refresh starts it on the test host.
+    write_definitions(&w.source, ACCOUNT, true)?;
+    wait_sites_listed(rig, ACCOUNT, 2)?;
+    panel(rig, "RefreshTest", json!({"id": id}))?;
+    let mut refreshed = Value::Null;
+    rig.wait_until("the refresh ready", Duration::from_secs(180), || {
+        refreshed = panel(rig, "GetTest", json!({"id": id}))?;
+        Ok(str_of(&refreshed, "state") == "STATE_READY"
+            && refreshed.get("generation").and_then(Value::as_u64) == Some(2))
+    })?;
+    ensure!(
+        list(&refreshed, "previews").len() == 2,
+        "two previews after the refresh: {refreshed}"
+    );
+    let (status, body) = w.test_host.http_get(rig, blog, "/", REQUEST_TIMEOUT)?;
+    ensure!(
+        status == 200 && body.contains(&format!("Hello from {ACCOUNT}")),
+        "the blog added since answers on the test host: {status} {body}"
+    );
+
+    // The customer drops it; the next refresh stops it there.
+    write_definitions(&w.source, ACCOUNT, false)?;
+    wait_sites_listed(rig, ACCOUNT, 1)?;
+    panel(rig, "RefreshTest", json!({"id": id}))?;
+    rig.wait_until("the second refresh ready", Duration::from_secs(180), || {
+        let test = panel(rig, "GetTest", json!({"id": id}))?;
+        Ok(str_of(&test, "state") == "STATE_READY"
+            && test.get("generation").and_then(Value::as_u64) == Some(3))
+    })?;
+    let (status, body) = w.test_host.http_get(rig, blog, "/", REQUEST_TIMEOUT)?;
+    ensure!(
+        status != 200 && !body.contains("Hello from"),
+        "the blog dropped since no longer answers on the test host: {status} {body}"
+    );
+    let main = &sample_domains(ACCOUNT)[0];
+    let (status, body) = w.test_host.http_get(rig, main, "/", REQUEST_TIMEOUT)?;
+    ensure!(
+        status == 200 && body.contains("postgresql: apple,banana,cherry"),
+        "the site kept answers on the test host: {status} {body}"
+    );
+    panel(rig, "DeleteTest", json!({"id": id}))?;
+    wait_for_test(rig, &id, "STATE_DELETED", Duration::from_secs(60))?;
+    Ok(())
+}
