@@ -422,6 +422,29 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn the_web_server_runs_when_its_pid_file_names_a_live_process() {
+        let pid_file = std::env::temp_dir().join(format!("navette-web-pid-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pid_file);
+        let mut sites = crate::config::Sites {
+            web_server_pid_file: pid_file,
+            reload_command: None,
+            ..crate::config::Sites::default()
+        };
+        assert!(!web_server_running(&sites), "no pid file");
+        std::fs::write(&sites.web_server_pid_file, "999999999\n").expect("writing");
+        assert!(!web_server_running(&sites), "a process that is gone");
+        std::fs::write(
+            &sites.web_server_pid_file,
+            format!("{}\n", std::process::id()),
+        )
+        .expect("writing");
+        assert!(web_server_running(&sites), "a live process");
+        std::fs::remove_file(&sites.web_server_pid_file).expect("removing");
+        sites.reload_command = Some(vec!["systemctl".into(), "reload".into(), "nginx".into()]);
+        assert!(web_server_running(&sites), "the operator's reload command");
+    }
+
     fn inventory(seconds: i64) -> HostInventory {
         HostInventory {
             host_id: "shared-1".into(),

@@ -354,9 +354,10 @@ fn previews_note(test: &Test) -> String {
 
 pub fn test(test: &Test) -> v1::Test {
     let usable = matches!(test.state, TestState::Ready | TestState::Refreshing);
-    // Running once the sites step ended: ready, and while a refresh copies
-    // (the previous generation's sites keep running).
-    let previewed = usable && test.plan.runs_sites;
+    // Running as listed once the sites step ended: ready. (While a refresh
+    // copies, the previous generation's sites keep running, but the plan
+    // already lists those the account has now.)
+    let previewed = test.state == TestState::Ready && test.plan.runs_sites;
     v1::Test {
         id: test.id.clone(),
         account: test.account.clone(),
