@@ -27,6 +27,13 @@
 //! the transaction that records each transition, and by the copy step's
 //! progress while it holds the lease.
 //!
+//! The sites step ([`sites_spec`]) has the test host run exactly the
+//! plan's sites from the copy's home, with the copy's database servers
+//! (none left: `StopSites`); the removal stops them before it removes the
+//! copy. The test host's agent checks every site it is given (domains,
+//! document root) before anything is written, so a preview the answer
+//! gives names only sites it accepted.
+//!
 //! Invariants: [`decide`] is pure (time comes in with the inputs); the
 //! steps speak domain types only (`agents::wire` converts them); every
 //! host-touching step carries the transfer id, so a step run again after a
