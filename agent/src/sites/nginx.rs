@@ -231,17 +231,96 @@ pub fn reload(pid_file: &Path, reload_command: Option<&[String]>) -> Result<(), 
         pid_file: pid_file.to_owned(),
         reason,
     })?;
+    let before = children(pid.as_raw());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).map_err(|errno| {
         WebServerError::NotRunning {
             pid_file: pid_file.to_owned(),
             reason: format!("SIGHUP to pid {pid}: {errno}"),
         }
-    })
+    })?;
+    wait_reloaded(pid.as_raw(), &before)
+}
+
+/// How long nginx may take to start its workers on the new configuration.
+const RELOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the web server `master` serves the configuration it was
+/// told to read: a SIGHUP only asks, and nginx answers asynchronously (it
+/// starts new workers, then tells the old ones, `before`, to finish).
+/// Done once a new worker runs and every old one is gone or shutting down
+/// (its listening sockets closed), so that a site started here answers as
+/// soon as `StartSites` returns, and a stopped one no longer does. A
+/// master with no workers to compare (`before` empty) is not waited for.
+fn wait_reloaded(master: i32, before: &[i32]) -> Result<(), WebServerError> {
+    if before.is_empty() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + RELOAD_TIMEOUT;
+    loop {
+        let now = children(master);
+        let started = now.iter().any(|pid| !before.contains(pid));
+        let old_serving = now
+            .iter()
+            .filter(|pid| before.contains(pid))
+            .any(|pid| !shutting_down(*pid));
+        if started && !old_serving {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(WebServerError::Reload(format!(
+                "the web server (pid {master}) did not switch to the new configuration within {} s of SIGHUP: it may be invalid; see the web server's error log",
+                RELOAD_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The processes whose parent is `parent` (from `/proc/<pid>/stat`).
+fn children(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| parent_of(&stat))
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// The parent pid in a `/proc/<pid>/stat` line: the second field after
+/// the command name, which is in parentheses and may hold anything.
+fn parent_of(stat: &str) -> Option<i32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether nginx's process `pid` is an old worker finishing its requests
+/// (nginx titles it `nginx: worker process is shutting down`), or gone.
+fn shutting_down(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|title| String::from_utf8_lossy(&title).contains("shutting down"))
+        .unwrap_or(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_is_read_after_the_command_name() {
+        assert_eq!(parent_of("42 (nginx) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parent_of("43 (a) b) c) R 9 43"), Some(9));
+        assert_eq!(parent_of("garbage"), None);
+        // This test's own process is a child of its parent.
+        let parent = std::os::unix::process::parent_id() as i32;
+        assert!(children(parent).contains(&(std::process::id() as i32)));
+    }
 
     #[test]
     fn a_block_serves_the_site_from_its_own_pool() -> Result<(), WebServerError> {
