@@ -11,7 +11,11 @@
 //! - the site on the source never stopped answering during the whole test
 //!   (an HTTP client in a loop saw no error);
 //! - for the stack migration, the same files answer on the test host's
-//!   PHP 8.4, while the source's still run PHP 8.2.
+//!   PHP 8.4, while the source's still run PHP 8.2;
+//! - a refresh starts a site added since and stops one dropped since;
+//! - sites the test host cannot start (their domain served there by
+//!   another account) fail the test, saying which domain and why; the
+//!   other account's site and the source's keep answering.
 
 mod support;
 
@@ -36,17 +40,16 @@ fn join<T>(started: std::thread::Result<anyhow::Result<T>>) -> anyhow::Result<T>
     started.map_err(|_| anyhow::anyhow!("a server start panicked"))?
 }
 
-/// Starts `account`'s sites on its own host as the host's init would
-/// (`StartSites` with the host's definitions), and waits until its main
-/// domain answers.
-fn start_source_sites(
+/// `StartSites` of `account` with the host's definitions, as the host's
+/// init would.
+fn start_defined_sites(
     rig: &Rig,
     controller: &Controller,
     agent: &Agent,
-    account: &Account,
+    account: &str,
 ) -> anyhow::Result<()> {
     let request = StartSitesRequest {
-        account: account.name.clone(),
+        account: account.to_owned(),
         ..StartSitesRequest::default()
     };
     rig.client()
@@ -55,9 +58,21 @@ fn start_source_sites(
             AgentClient::new(channel)
                 .start_sites(request)
                 .await
-                .map_err(|status| anyhow::anyhow!("StartSites on the source: {status:?}"))
+                .map_err(|status| anyhow::anyhow!("StartSites of {account}: {status:?}"))
         })
-        .context("starting the source's sites")?;
+        .with_context(|| format!("starting the sites of {account}"))?;
+    Ok(())
+}
+
+/// Starts `account`'s sites on its own host, and waits until its main
+/// domain answers.
+fn start_source_sites(
+    rig: &Rig,
+    controller: &Controller,
+    agent: &Agent,
+    account: &Account,
+) -> anyhow::Result<()> {
+    start_defined_sites(rig, controller, agent, &account.name)?;
     let domain = &sample_domains(&account.name)[0];
     rig.wait_until(
         &format!("{domain} answering on the source"),
@@ -133,9 +148,10 @@ fn keep_asking(rig: &Rig, account: &Account, stop: &AtomicBool) -> (u64, Vec<Str
 /// agent, and `account` on the source with its sites running.
 struct World {
     rig: Rig,
-    _controller: Controller,
+    controller: Controller,
     source: Netns,
     test_host: Netns,
+    test_agent: Agent,
     account: Account,
     source_pg: navette_tests::Postgres,
     source_maria: navette_tests::MariaDb,
@@ -163,14 +179,15 @@ fn world(name: &str, spec: AccountSpec) -> anyhow::Result<World> {
     test_host.start_web_server(&rig)?;
     let account = rig.add_account(&source, spec)?;
     let agent = support::enrol(&rig, &source, AgentKind::Shared, "2024.1")?;
-    support::enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
+    let test_agent = support::enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
     support::wait_online_with_inventory(&rig, &["shared-1", "test-1"])?;
     start_source_sites(&rig, &controller, &agent, &account)?;
     Ok(World {
         rig,
-        _controller: controller,
+        controller,
         source,
         test_host,
+        test_agent,
         account,
         source_pg,
         source_maria,
@@ -464,5 +481,84 @@ fn a_refresh_runs_the_sites_the_account_has_now() -> anyhow::Result<()> {
     );
     panel(rig, "DeleteTest", json!({"id": id}))?;
     wait_for_test(rig, &id, "STATE_DELETED", Duration::from_secs(60))?;
+    Ok(())
+}
+
+#[test]
+fn sites_that_cannot_start_on_the_test_host_fail_the_test_saying_why() -> anyhow::Result<()> {
+    const ACCOUNT: &str = "nvs_vera";
+    let w = world(
+        "test_sites_refused",
+        AccountSpec {
+            name: ACCOUNT.into(),
+            password: "vera-pw".into(),
+            pg_databases: vec![],
+            mariadb_databases: vec![],
+            files: true,
+        },
+    )?;
+    let rig = &w.rig;
+    wait_site_known(rig, ACCOUNT)?;
+    // Another account of the test host already serves the account's
+    // domain there (as a panel's mistake could make it).
+    let other = rig.add_account(
+        &w.test_host,
+        AccountSpec {
+            name: "nvs_wren".into(),
+            password: "wren-pw".into(),
+            pg_databases: vec![],
+            mariadb_databases: vec![],
+            files: true,
+        },
+    )?;
+    write_definitions(&w.test_host, &other.name, false)?;
+    let path = w
+        .test_host
+        .site_definitions_dir()
+        .join(format!("{}.toml", other.name));
+    let text = std::fs::read_to_string(&path)?
+        .replace(&sample_domains(&other.name)[0], &sample_domains(ACCOUNT)[0]);
+    std::fs::write(&path, text)?;
+    start_defined_sites(rig, &w.controller, &w.test_agent, &other.name)?;
+    let domain = &sample_domains(ACCOUNT)[0];
+    let mut served = String::new();
+    rig.wait_until(
+        "the other account serving the domain on the test host",
+        Duration::from_secs(15),
+        || {
+            let (status, body) = w.test_host.http_get(rig, domain, "/", REQUEST_TIMEOUT)?;
+            served = format!("{status} {body}");
+            Ok(status == 200 && body.contains("Hello from nvs_wren"))
+        },
+    )
+    .with_context(|| format!("last answer: {served}"))?;
+
+    let started = panel(
+        rig,
+        "TestMigration",
+        json!({"request_id": "r-sites-refused", "account": ACCOUNT,
+               "migration_id": "stack-2024.1-to-2026.1"}),
+    )?;
+    let id = str_of(&started, "id").to_owned();
+    let failed = wait_for_test(rig, &id, "STATE_FAILED", Duration::from_secs(180))?;
+    let error = str_of(&failed, "error");
+    ensure!(
+        error.contains("sites could not be started on test host test-1")
+            && error.contains(domain.as_str())
+            && error.contains("nvs_wren"),
+        "the test says which domain and why: {error}"
+    );
+    ensure!(
+        list(&failed, "previews").is_empty(),
+        "no preview for a failed test: {failed}"
+    );
+    // The other account's site is untouched; the source's still answers.
+    let (status, body) = w.test_host.http_get(rig, domain, "/", REQUEST_TIMEOUT)?;
+    ensure!(
+        status == 200 && body.contains("Hello from nvs_wren"),
+        "{status} {body}"
+    );
+    let (status, _) = w.source.http_get(rig, domain, "/", REQUEST_TIMEOUT)?;
+    ensure!(status == 200, "the source's site: {status}");
     Ok(())
 }
