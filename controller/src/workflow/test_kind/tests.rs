@@ -475,3 +475,29 @@ fn the_sites_run_from_the_copy_with_the_servers_the_copy_landed_on() {
         "no MariaDB database: the test host's first server"
     );
 }
+
+#[test]
+fn the_sites_step_runs_between_the_copy_and_readiness() {
+    let mut copying = test(S::Copying, P::Copy);
+    copying.plan.runs_sites = true;
+    let copied = decide(
+        &copying,
+        finished(StepOutcome::Copied(CopyProgress::default())),
+    );
+    assert_eq!(
+        (copied.state.state, copied.state.step),
+        (S::Copying, P::Sites)
+    );
+    assert_eq!(copied.next, Next::Run(P::Sites), "the sites start at once");
+    let running = decide(&copied.state, finished(StepOutcome::SitesRunning(1)));
+    assert_eq!(running.state.state, S::Ready);
+    assert_eq!(
+        running.next,
+        Next::WaitUntil(running.state.expires_at.expect("a ready test expires")),
+        "ready: waits for a command until its expiry"
+    );
+    // A delete while the sites start: the removal (which stops them) next.
+    let deleted = decide(&copied.state, Input::Event(Event::Cancel));
+    assert_eq!(deleted.state.state, S::Deleting);
+    assert_eq!(deleted.next, Next::Run(P::Remove));
+}
