@@ -11,7 +11,8 @@
 //!
 //! - [`kind`]: the [`Kind`] trait, its inputs (events, step outcomes) and
 //!   outputs ([`Transition`], [`Next`]);
-//! - [`store`]: the SQL of the workflow tables: create, claim, record
+//! - [`store`]: the SQL of the workflow tables (create here; leases,
+//!   recording, the inbox and reading in its own files): create, claim, record
 //!   (fenced), renew, cancel, commands, reading;
 //! - [`runner`]: the loop every controller runs: claims due workflows in
 //!   batches, performs steps under a renewed lease, feeds the inbox and
