@@ -58,6 +58,13 @@ pub trait Kind: Send + Sync + 'static {
         false
     }
 
+    /// Whether `outcome` is a failure of its step (an agent refused, a copy
+    /// failed, a host could not be reached), for the metrics' step
+    /// failures; the transition decides what comes of it.
+    fn failed(&self, _outcome: &Self::Outcome) -> bool {
+        false
+    }
+
     /// Whether the kind keeps a view of its state outside the engine's
     /// tables ([`Kind::project`]).
     fn projects(&self) -> bool {

@@ -11,7 +11,8 @@
 //!
 //! - [`kind`]: the [`Kind`] trait, its inputs (events, step outcomes) and
 //!   outputs ([`Transition`], [`Next`]);
-//! - [`store`]: the SQL of the workflow tables: create, claim, record
+//! - [`store`]: the SQL of the workflow tables (create here; leases,
+//!   recording, the inbox and reading in its own files): create, claim, record
 //!   (fenced), renew, cancel, commands, reading;
 //! - [`runner`]: the loop every controller runs: claims due workflows in
 //!   batches, performs steps under a renewed lease, feeds the inbox and
@@ -165,6 +166,14 @@ pub(crate) struct StoredStep {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A step performed: its outcome as the audit trail shows it, whether it
+/// is a failure ([`Kind::failed`]), and the transition it leads to.
+pub(crate) struct Performed {
+    pub outcome: String,
+    pub failed: bool,
+    pub transition: StoredTransition,
+}
+
 /// [`Kind`] over serialised values, so one registry holds every kind.
 /// Errors are a state or step the kind cannot read (a bug, or a stored
 /// value from an incompatible version): the runner fails the workflow.
@@ -181,7 +190,7 @@ pub(crate) trait ErasedKind: Send + Sync {
         state: &'a serde_json::Value,
         step: &'a serde_json::Value,
         context: &'a StepContext,
-    ) -> BoxFuture<'a, Result<(String, StoredTransition), String>>;
+    ) -> BoxFuture<'a, Result<Performed, String>>;
 
     /// [`Kind::projects`].
     fn projects(&self) -> bool;
@@ -255,14 +264,19 @@ impl<K: Kind> ErasedKind for K {
         state: &'a serde_json::Value,
         step: &'a serde_json::Value,
         context: &'a StepContext,
-    ) -> BoxFuture<'a, Result<(String, StoredTransition), String>> {
+    ) -> BoxFuture<'a, Result<Performed, String>> {
         Box::pin(async move {
             let state: K::State = read(state, "state")?;
             let step: K::Step = read(step, "step")?;
             let outcome = Kind::perform(self, &state, &step, context).await;
             let text = audit::outcome_text(&outcome);
+            let failed = Kind::failed(self, &outcome);
             let transition = self.transition(&state, Input::Outcome(outcome));
-            Ok((text, stored(self, transition)?))
+            Ok(Performed {
+                outcome: text,
+                failed,
+                transition: stored(self, transition)?,
+            })
         })
     }
 

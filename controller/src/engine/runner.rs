@@ -420,16 +420,15 @@ impl Runner {
         let Some(outcome) = outcome else {
             return Progress::LeaseLost;
         };
-        let (outcome_text, transition) = match outcome {
-            Ok((text, transition)) => (text, Ok(transition)),
-            Err(error) => (error.clone(), Err(error)),
+        let (outcome_text, failed, transition) = match outcome {
+            Ok(performed) => (
+                performed.outcome,
+                performed.failed,
+                Ok(performed.transition),
+            ),
+            Err(error) => (error.clone(), true, Err(error)),
         };
-        crate::metrics::step_finished(
-            &current.kind,
-            step_label(step),
-            began.elapsed(),
-            transition.is_ok(),
-        );
+        crate::metrics::step_finished(&current.kind, step_label(step), began.elapsed(), !failed);
         let entry = NewEntry {
             what: if flags.compensates {
                 What::Compensation

@@ -118,7 +118,11 @@ async fn send(
         let test = store::test_runs::get(&*transaction, id).await?;
         return match test_flow::next(Some(&test), as_flow, at) {
             Decision::Refused(why) => Err(Error::FailedPrecondition(why)),
-            _ => Ok(test),
+            Decision::Unchanged => Ok(test),
+            Decision::Record(_) => Err(Error::Internal(format!(
+                "test {id} is {} but has no workflow to take the command (was the database migrated?); an operator should look at it",
+                test.state.as_str()
+            ))),
         };
     };
     let workflow_id = WorkflowId::parse(id, "id")?;

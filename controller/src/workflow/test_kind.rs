@@ -118,6 +118,18 @@ impl Kind for TestKind {
         run_step(&self.controller, test, *step, context).await
     }
 
+    fn failed(&self, outcome: &TestOutcome) -> bool {
+        matches!(
+            outcome,
+            TestOutcome::Finished {
+                outcome: StepOutcome::CopyFailed(_)
+                    | StepOutcome::Unreachable(_)
+                    | StepOutcome::Refused(_),
+                ..
+            }
+        )
+    }
+
     fn projects(&self) -> bool {
         true
     }
