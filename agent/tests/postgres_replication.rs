@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure};
+use anyhow::{Context, bail, ensure};
 use navette_agent::replication::postgres::{Names, source, target};
 use navette_agent::transfer::postgres::{PostgresSourceService, PullOptions};
 use navette_tests::{AccountSpec, Netns, PgVersion, Postgres, Rig};
@@ -396,6 +396,159 @@ fn a_copy_from_the_slot_snapshot_converges_with_a_live_source() -> anyhow::Resul
     ensure!(
         table_contents(&pg18, "shop.items")? == table_contents(&pg15, "shop.items")?,
         "teardown changed the copied rows"
+    );
+    Ok(())
+}
+
+/// The replication calls through the real agent's `Agent` API, as the
+/// controller makes them (over mutual TLS, with the controller's
+/// certificate): preparing is idempotent and reports the table without a
+/// key; bad input and calls out of order are refused with what to do; the
+/// role admitted logs in for replication with its one-time password and
+/// nothing else; teardown twice leaves nothing.
+#[test]
+fn the_agent_api_prepares_refuses_and_tears_down() -> anyhow::Result<()> {
+    use navette_proto::v1::agent_client::AgentClient;
+    use navette_proto::v1::{
+        PostgresReplicationRequest, ReplicationSide, TeardownPostgresReplicationRequest,
+    };
+    use navette_tests::{AgentKind, AgentSpec, ControllerSpec};
+
+    let rig = Rig::new("postgres_replication_api")?;
+    let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
+    let controller = rig.start_controller(&ctl, ControllerSpec::default())?;
+    let host = rig.add_namespace("src", SOURCE)?;
+    let pg15 = host.start_postgres(&rig, PgVersion::V15, 5432)?;
+    rig.add_account(
+        &host,
+        AccountSpec {
+            name: ACCOUNT.to_owned(),
+            password: "carol's secret".to_owned(),
+            pg_databases: vec![SHOP.to_owned()],
+            ..AccountSpec::default()
+        },
+    )?;
+    pg15.psql(SHOP, &schema())?;
+    let token = rig.create_join_token("src", AgentKind::Shared)?;
+    let agent = rig.start_agent(
+        &host,
+        AgentSpec {
+            token,
+            ..AgentSpec::default()
+        },
+    )?;
+    let request = |migration: &str, server: &str| PostgresReplicationRequest {
+        migration_id: migration.to_owned(),
+        server: server.to_owned(),
+        database: SHOP.to_owned(),
+    };
+    let teardown = TeardownPostgresReplicationRequest {
+        migration_id: MIGRATION.to_owned(),
+        server: "main".to_owned(),
+        side: ReplicationSide::Source.into(),
+        source_database: SHOP.to_owned(),
+        target_database: String::new(),
+    };
+    let (first, again, no_slot, bad_id, no_server, admitted) = rig.client().run_in(|| async {
+        let channel = agent.controller_channel(&controller)?;
+        let mut client = AgentClient::new(channel);
+        let first = client
+            .prepare_postgres_replication(request(MIGRATION, "main"))
+            .await?
+            .into_inner();
+        let again = client
+            .prepare_postgres_replication(request(MIGRATION, "main"))
+            .await?
+            .into_inner();
+        let no_slot = client
+            .get_postgres_replication_lag(request(MIGRATION, "main"))
+            .await;
+        let bad_id = client
+            .prepare_postgres_replication(request("../etc", "main"))
+            .await;
+        let no_server = client
+            .prepare_postgres_replication(request(MIGRATION, "elsewhere"))
+            .await;
+        let admitted = client
+            .admit_postgres_subscriber(request(MIGRATION, "main"))
+            .await?
+            .into_inner();
+        Ok((first, again, no_slot, bad_id, no_server, admitted))
+    })?;
+    let names = Names::new(MIGRATION, SHOP);
+    ensure!(
+        first.publication == names.publication && first.slot_name == names.slot,
+        "{first:?}"
+    );
+    ensure!(
+        first.full_identity_tables == ["shop.nokey"] && again.full_identity_tables.is_empty(),
+        "REPLICA IDENTITY FULL given: first {first:?}, again {again:?}"
+    );
+    let status = no_slot.err().context("lag without a slot was answered")?;
+    ensure!(
+        status.code() == tonic::Code::NotFound
+            && status.message().contains("start the replication"),
+        "{status:?}"
+    );
+    let status = bad_id.err().context("a bad migration id was accepted")?;
+    ensure!(status.code() == tonic::Code::InvalidArgument, "{status:?}");
+    let status = no_server.err().context("an unknown server was accepted")?;
+    ensure!(
+        status.code() == tonic::Code::NotFound && status.message().contains("elsewhere"),
+        "{status:?}"
+    );
+    // The admitted role: replication connections with its password only.
+    let attributes = pg15.psql(
+        SHOP,
+        &format!(
+            "SELECT rolreplication, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls \
+             FROM pg_roles WHERE rolname = '{}'",
+            admitted.role
+        ),
+    )?;
+    ensure!(attributes == "t|f|f|f|f", "role attributes: {attributes}");
+    let tables = pg15.psql(
+        SHOP,
+        &format!(
+            "SELECT count(*) FROM information_schema.role_table_grants WHERE grantee = '{}'",
+            admitted.role
+        ),
+    )?;
+    ensure!(
+        tables == "0",
+        "the replication role holds table privileges: {tables}"
+    );
+    let login = |password: &str| -> anyhow::Result<bool> {
+        let connection = pg15.tcp_config(&admitted.role, password, SHOP);
+        rig.client().run_in(|| async move {
+            Ok(tokio_postgres::connect(&connection, tokio_postgres::NoTls)
+                .await
+                .is_ok())
+        })
+    };
+    ensure!(
+        login(&admitted.password)?,
+        "the admitted role cannot log in"
+    );
+    ensure!(
+        !login("guessed")?,
+        "the admitted role logs in with any password"
+    );
+
+    rig.client().run_in(|| async {
+        let channel = agent.controller_channel(&controller)?;
+        let mut client = AgentClient::new(channel);
+        for _ in 0..2 {
+            client
+                .teardown_postgres_replication(teardown.clone())
+                .await?;
+        }
+        Ok(())
+    })?;
+    let left = leftovers(&pg15)?;
+    ensure!(
+        left == "0 slots, 0 publications, 0 subscriptions, 0 roles",
+        "after teardown: {left}"
     );
     Ok(())
 }
