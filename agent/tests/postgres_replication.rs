@@ -552,3 +552,66 @@ fn the_agent_api_prepares_refuses_and_tears_down() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A source server without `wal_level = logical` (as a server not set up
+/// for migrations runs): the inventory says it is not ready and why, and
+/// preparing a replication is refused with what the operator changes,
+/// before anything is created.
+#[test]
+fn a_server_without_logical_wal_is_reported_and_refused() -> anyhow::Result<()> {
+    use navette_agent::inventory::postgres::{ExtensionCache, inspect};
+    use navette_tests::PgSpec;
+
+    let rig = Rig::new("postgres_replication_wal")?;
+    let host = rig.add_namespace("src", SOURCE)?;
+    let mut spec = PgSpec::new(PgVersion::V15, 5432);
+    // The rig's servers are logical; a later line wins.
+    spec.extra_conf.push("wal_level = replica".to_owned());
+    let pg15 = host.start_postgres_with(&rig, spec)?;
+    rig.add_account(
+        &host,
+        AccountSpec {
+            name: ACCOUNT.to_owned(),
+            password: "carol's secret".to_owned(),
+            pg_databases: vec![SHOP.to_owned()],
+            ..AccountSpec::default()
+        },
+    )?;
+    let server = server_config(&pg15);
+    let (report, refused) = run_multi_threaded(&host, || async {
+        let found = inspect(
+            &server,
+            SOURCE.to_string(),
+            &ExtensionCache::default(),
+            Duration::from_secs(60),
+        )
+        .await;
+        let refused = source::prepare(&server, MIGRATION, SHOP).await;
+        Ok((found.server, refused))
+    })?;
+    ensure!(report.reachable, "{report:?}");
+    ensure!(
+        !report.logical_replication_ready
+            && report
+                .logical_replication_reason
+                .starts_with("wal_level is replica, not logical")
+            && report
+                .logical_replication_reason
+                .contains("sets wal_level = logical"),
+        "inventory: {report:?}"
+    );
+    let error = match refused {
+        Ok(prepared) => bail!("prepared anyway: {prepared:?}"),
+        Err(error) => navette_agent::error_chain(&error),
+    };
+    ensure!(
+        error.contains("wal_level is replica, not logical")
+            && error.contains("sets wal_level = logical"),
+        "{error}"
+    );
+    ensure!(
+        pg15.psql(SHOP, "SELECT count(*) FROM pg_publication")? == "0",
+        "a publication was created on a server that cannot replicate"
+    );
+    Ok(())
+}
