@@ -6,7 +6,8 @@
 //! any handler runs; then a peer agent presenting a certificate the
 //! controller revoked or superseded is refused
 //! (`peer_identity::RefusedCertificateLayer`). Handlers convert errors to `tonic::Status` here and
-//! nowhere else.
+//! nowhere else (the replication calls in `server/replication.rs`, through
+//! `replication::postgres::status`).
 
 use std::future::Future;
 use std::net::SocketAddr;
