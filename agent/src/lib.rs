@@ -27,6 +27,10 @@
 //!   with the controller (`navette_proto::ids`).
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
 //!   MariaDB source services) and as a target (pulls, copies, removal).
+//! - [`replication`]: a target copy of an account's databases kept
+//!   converging with the source while it runs (PostgreSQL logical
+//!   replication from the copy's own snapshot: publication, slot,
+//!   subscription, lag, drain, sequences, teardown).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`cgroups`]: each account's processes in a control group of their
@@ -65,6 +69,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peer_identity;
 pub mod renewal;
+pub mod replication;
 pub mod server;
 pub mod shutdown;
 pub mod sites;

@@ -6,7 +6,8 @@
 //! any handler runs; then a peer agent presenting a certificate the
 //! controller revoked or superseded is refused
 //! (`peer_identity::RefusedCertificateLayer`). Handlers convert errors to `tonic::Status` here and
-//! nowhere else.
+//! nowhere else (the replication calls in `server/replication.rs`, through
+//! `replication::postgres::status`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,15 +17,22 @@ use navette_proto::identity::Role;
 use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
-    GetInventoryRequest, GrantTransferResponse, HostInventory, RemoveCopyRequest,
-    RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse, SetSitesFrozenRequest,
-    SetSitesFrozenResponse, StartSitesRequest, StartSitesResponse, StopSitesRequest,
-    StopSitesResponse, TransferProgress, TransferSpec, WatchTransferRequest,
+    AdmitPostgresSubscriberResponse, DrainPostgresReplicationRequest,
+    DrainPostgresReplicationResponse, GetInventoryRequest, GrantTransferResponse, HostInventory,
+    PostgresReplicationLag, PostgresReplicationRequest, PostgresSequences,
+    PreparePostgresReplicationResponse, RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest,
+    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse, StartSitesRequest,
+    StartSitesResponse, StopSitesRequest, StopSitesResponse, SubscribePostgresRequest,
+    SubscribePostgresResponse, TeardownPostgresReplicationRequest,
+    TeardownPostgresReplicationResponse, TransferProgress, TransferSpec, WatchTransferRequest,
+    WritePostgresSequencesRequest, WritePostgresSequencesResponse,
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
+
+mod replication;
 
 use crate::ids::{self, FieldError, TransferId};
 use crate::inventory::{Collector, LatestInventory};
@@ -406,6 +414,86 @@ impl Agent for AgentService {
         Ok(Response::new(SetSitesFrozenResponse {
             took_ms: u32::try_from(took.as_millis()).unwrap_or(u32::MAX),
         }))
+    }
+
+    async fn prepare_postgres_replication(
+        &self,
+        request: Request<PostgresReplicationRequest>,
+    ) -> Result<Response<PreparePostgresReplicationResponse>, Status> {
+        let config = self.transfers.config();
+        replication::prepare(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn admit_postgres_subscriber(
+        &self,
+        request: Request<PostgresReplicationRequest>,
+    ) -> Result<Response<AdmitPostgresSubscriberResponse>, Status> {
+        let config = self.transfers.config();
+        replication::admit(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn subscribe_postgres(
+        &self,
+        request: Request<SubscribePostgresRequest>,
+    ) -> Result<Response<SubscribePostgresResponse>, Status> {
+        let config = self.transfers.config();
+        replication::subscribe(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_postgres_replication_lag(
+        &self,
+        request: Request<PostgresReplicationRequest>,
+    ) -> Result<Response<PostgresReplicationLag>, Status> {
+        let config = self.transfers.config();
+        replication::lag(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn drain_postgres_replication(
+        &self,
+        request: Request<DrainPostgresReplicationRequest>,
+    ) -> Result<Response<DrainPostgresReplicationResponse>, Status> {
+        let config = self.transfers.config();
+        replication::drain(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn read_postgres_sequences(
+        &self,
+        request: Request<PostgresReplicationRequest>,
+    ) -> Result<Response<PostgresSequences>, Status> {
+        let config = self.transfers.config();
+        replication::read_sequences(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn write_postgres_sequences(
+        &self,
+        request: Request<WritePostgresSequencesRequest>,
+    ) -> Result<Response<WritePostgresSequencesResponse>, Status> {
+        let config = self.transfers.config();
+        replication::write_sequences(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn teardown_postgres_replication(
+        &self,
+        request: Request<TeardownPostgresReplicationRequest>,
+    ) -> Result<Response<TeardownPostgresReplicationResponse>, Status> {
+        let config = self.transfers.config();
+        replication::teardown(&config, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -184,6 +184,8 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
         available_extensions: Vec::new(),
         data_directory_free_bytes: None,
         available_engines: Vec::new(),
+        logical_replication_ready: false,
+        logical_replication_reason: String::new(),
     };
     let mut databases = Vec::new();
     match run_client(server, STATEMENTS)

@@ -126,6 +126,8 @@ pub async fn inspect(
         available_extensions: Vec::new(),
         data_directory_free_bytes: None,
         available_engines: Vec::new(),
+        logical_replication_ready: false,
+        logical_replication_reason: "the server could not be asked".to_owned(),
     };
     let result = tokio::time::timeout(TIMEOUT, query(server, extensions, max_age)).await;
     let (databases, owner_members) = match result {
@@ -134,6 +136,13 @@ pub async fn inspect(
             report.available_extensions = found.available_extensions;
             report.data_directory_free_bytes = found.data_directory_free_bytes;
             report.reachable = true;
+            match found.logical_replication {
+                Ok(()) => {
+                    report.logical_replication_ready = true;
+                    report.logical_replication_reason = String::new();
+                }
+                Err(reason) => report.logical_replication_reason = reason,
+            }
             (found.databases, found.owner_members)
         }
         Ok(Err(error)) => {
@@ -166,11 +175,41 @@ fn describe(error: &tokio_postgres::Error) -> String {
     crate::error_chain(error)
 }
 
+/// Whether a server with these settings can be the source of a
+/// migration's logical replication (see `crate::replication::postgres`),
+/// or why not and what to change.
+pub fn logical_replication_readiness(
+    wal_level: &str,
+    max_replication_slots: i32,
+    max_wal_senders: i32,
+) -> Result<(), String> {
+    let mut missing = Vec::new();
+    if wal_level != "logical" {
+        missing.push(format!("wal_level is {wal_level}, not logical"));
+    }
+    if max_replication_slots < 1 {
+        missing.push("max_replication_slots is 0".to_owned());
+    }
+    if max_wal_senders < 1 {
+        missing.push("max_wal_senders is 0".to_owned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: an operator sets wal_level = logical (and at least one replication slot and WAL sender) in postgresql.conf and restarts the server",
+            missing.join(", ")
+        ))
+    }
+}
+
 /// What one inspection found.
 struct Found {
     version: String,
     available_extensions: Vec<String>,
     data_directory_free_bytes: Option<u64>,
+    /// Whether a migration can replicate from the server, or why not.
+    logical_replication: Result<(), String>,
     databases: Vec<Database>,
     /// The members of each database owner.
     owner_members: HashMap<String, Vec<String>>,
@@ -274,6 +313,19 @@ async fn query(
             .map(|row| row.try_get::<_, String>(0))
             .collect::<Result<Vec<_>, _>>()?;
         let data_directory_free_bytes = data_directory_free_bytes(&client, server).await;
+        let settings = client
+            .query_one(
+                "SELECT current_setting('wal_level'), \
+                        current_setting('max_replication_slots')::int, \
+                        current_setting('max_wal_senders')::int",
+                &[],
+            )
+            .await?;
+        let logical_replication = logical_replication_readiness(
+            &settings.try_get::<_, String>(0)?,
+            settings.try_get(1)?,
+            settings.try_get(2)?,
+        );
         // A role that may not read pg_authid reports no MD5 roles, and
         // its databases as not inspected.
         let md5_roles = match client.query(MD5_ROLES_QUERY, &[]).await {
@@ -321,6 +373,7 @@ async fn query(
             version: short_version(&version),
             available_extensions,
             data_directory_free_bytes,
+            logical_replication,
             databases,
             owner_members,
         })
@@ -357,6 +410,11 @@ mod tests {
     #[test]
     fn the_version_is_its_first_word() {
         assert_eq!(short_version("15.18 (Debian 15.18-1.pgdg120+1)"), "15.18");
+        assert_eq!(logical_replication_readiness("logical", 10, 10), Ok(()));
+        let reason = logical_replication_readiness("replica", 10, 0)
+            .err()
+            .unwrap_or_default();
+        assert!(reason.starts_with("wal_level is replica, not logical, max_wal_senders is 0:"));
         assert_eq!(short_version("18.1"), "18.1");
         assert_eq!(short_version(""), "");
     }

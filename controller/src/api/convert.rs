@@ -54,6 +54,10 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         available_extensions: server.available_extensions.clone(),
         data_directory_free_bytes: server.data_directory_free_bytes,
         available_engines: server.available_engines.clone(),
+        // Not recorded by the controller yet (read from the agents'
+        // inventory when the migration's preflight needs it).
+        logical_replication_ready: false,
+        logical_replication_reason: String::new(),
     }
 }
 

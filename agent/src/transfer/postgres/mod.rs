@@ -15,8 +15,9 @@
 //!    so schema, tables, large objects and checksums all see the database at
 //!    one instant. A logical replication slot created with
 //!    `(SNAPSHOT 'export')` would give the same kind of snapshot plus the
-//!    LSN to replicate from: `SnapshotMethod::REPLICATION_SLOT` is where a
-//!    migration will plug in.
+//!    LSN to replicate from: with `SnapshotMethod::REPLICATION_SLOT`
+//!    (`PullOptions::replication_slots`), a migration's copy reads in the
+//!    snapshot its slot exported ([`crate::replication::postgres`]).
 //!    Before it, a short description of each database (versions,
 //!    extensions, sizes) is checked, so a copy that cannot succeed is
 //!    refused before the target is changed. In the snapshot, the source

@@ -110,6 +110,13 @@ pub struct PullOptions {
     /// ([`crate::transfer::protocol`]): the source digests with the same.
     /// Default: the newest ([`RowHash::Xxh3`]).
     pub row_hash: RowHash,
+    /// Source databases (by name) to copy from a logical replication
+    /// slot's snapshot, and the slot to create for each (see
+    /// [`crate::replication::postgres`]): the copy then holds exactly what
+    /// committed before the slot's consistent point, and a subscription
+    /// from the slot brings the rest. Default none: a snapshot of a plain
+    /// transaction.
+    pub replication_slots: BTreeMap<String, String>,
 }
 
 impl Default for PullOptions {
@@ -126,6 +133,7 @@ impl Default for PullOptions {
             maintenance_work_mem: "256MB".to_owned(),
             account: None,
             row_hash: RowHash::Xxh3,
+            replication_slots: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +175,10 @@ pub struct DatabaseReport {
     /// copied again).
     pub attempts: u32,
     pub timings: Timings,
+    /// Copied from a replication slot's snapshot: the slot and its
+    /// consistent point (empty otherwise).
+    pub slot_name: String,
+    pub consistent_lsn: String,
 }
 
 /// Where the time went, per step.
@@ -384,7 +396,8 @@ async fn copy_database(
     let database = copy.target_database.as_str();
     progress.set_phase(format!("postgresql {database}"));
 
-    let snapshot = HeldSnapshot::open(source, transfer_id, copy).await?;
+    let slot = options.replication_slots.get(&copy.source_database);
+    let snapshot = HeldSnapshot::open(source, transfer_id, copy, slot).await?;
     outages.reached();
     tracing::debug!(
         message = "snapshot held",
@@ -684,6 +697,7 @@ async fn load(loading: Loading<'_>) -> Result<DatabaseReport, PostgresCopyError>
     )?;
     set_sequences(&objects, server, database, description).await?;
     snapshot.check(database).await?;
+    let (slot_name, consistent_lsn) = (snapshot.slot_name.clone(), snapshot.consistent_lsn.clone());
     drop(snapshot);
     let data_time = data_started.elapsed();
 
@@ -777,6 +791,8 @@ async fn load(loading: Loading<'_>) -> Result<DatabaseReport, PostgresCopyError>
             verify,
             total: started.elapsed(),
         },
+        slot_name,
+        consistent_lsn,
     })
 }
 

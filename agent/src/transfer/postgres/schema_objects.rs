@@ -346,10 +346,11 @@ pub fn query() -> String {
              FROM pg_cast c WHERE c.oid >= 16384 AND {own}",
             own = own("pg_cast", "c.oid"),
         ),
-        // Publications (subscriptions are never copied).
+        // Publications (subscriptions are never copied), but those a
+        // migration's replication makes on the source (never restored).
         "SELECT 'publication ' || p.pubname, \
            format('owner=%s; all tables=%s', pg_get_userbyid(p.pubowner), p.puballtables) \
-         FROM pg_publication p"
+         FROM pg_publication p WHERE p.pubname NOT LIKE 'navette\\_m\\_%'"
             .to_owned(),
     ];
     format!(

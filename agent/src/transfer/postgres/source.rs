@@ -44,6 +44,7 @@ use super::tools::PgTools;
 use super::wire::{BulkSession, WireError};
 use super::{checksum, describe, schema_objects};
 use crate::config::PostgresqlServer;
+use crate::replication::postgres::slot;
 use crate::transfer::grants::Grants;
 use crate::transfer::protocol;
 
@@ -292,15 +293,21 @@ impl PostgresSource for PostgresSourceService {
         // Counted against the grant's bound until the session ends.
         let (_, permit) = self.grants.open_session(&request, &r.transfer_id)?;
         let r = request.into_inner();
-        match SnapshotMethod::try_from(r.method).unwrap_or(SnapshotMethod::Unspecified) {
-            SnapshotMethod::Unspecified | SnapshotMethod::Transaction => {}
+        let slot = match SnapshotMethod::try_from(r.method).unwrap_or(SnapshotMethod::Unspecified) {
+            SnapshotMethod::Unspecified | SnapshotMethod::Transaction => None,
             SnapshotMethod::ReplicationSlot => {
-                return Err(status(&SourceError::Unsupported(
-                    "snapshots from a replication slot are not served yet".to_owned(),
-                )));
+                let tools = self.tools_for(&server, &r.database).await?;
+                let admin = snapshot::connect(&server, &r.database)
+                    .await
+                    .map_err(|e| status(&e))?;
+                let created =
+                    slot::create_exported(&server, &admin, &tools, &r.database, &r.slot_name)
+                        .await
+                        .map_err(|e| crate::replication::postgres::status(&e))?;
+                Some(created)
             }
-        }
-        let (client, held) = export_snapshot(&server, &r.database)
+        };
+        let (client, held) = export_snapshot(&server, &r.database, slot.as_ref())
             .await
             .map_err(|e| status(&e))?;
         tracing::info!(
@@ -319,6 +326,7 @@ impl PostgresSource for PostgresSourceService {
         }
         tokio::spawn(keep_snapshot(
             client,
+            slot,
             sender,
             permit,
             r.transfer_id,

@@ -130,6 +130,20 @@ impl TocEntry {
         self.kind == "EXTENSION"
             || (self.kind == "COMMENT" && self.rest.starts_with("- EXTENSION "))
     }
+
+    /// Whether this entry is the publication a migration's replication
+    /// made on the source (`navette_m_<hash>`, see
+    /// [`crate::replication::postgres::Names`]), or one of its tables: the
+    /// platform's, not the account's, and never restored (a source naming
+    /// its own publication so only loses it on the copy).
+    pub fn is_migration_publication(&self) -> bool {
+        self.kind.starts_with("PUBLICATION")
+            && self
+                .rest
+                .split(' ')
+                .nth(1)
+                .is_some_and(|name| name.starts_with("navette_m_"))
+    }
 }
 
 /// The archive's entries the target restores, once checked.
@@ -180,6 +194,9 @@ pub fn check_archive(toc: &str, account: &AccountRoles) -> Result<AcceptedArchiv
                 let name = entry.rest.strip_prefix("- ").unwrap_or(&entry.rest);
                 accepted.extensions.push(name.trim_end().to_owned());
             }
+            continue;
+        }
+        if entry.is_migration_publication() {
             continue;
         }
         if let Some((_, why)) = REFUSED_ENTRIES.iter().find(|(kind, _)| *kind == entry.kind) {
@@ -272,6 +289,22 @@ fn check_owner(entry: &TocEntry, account: &AccountRoles) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_migration_s_publication_is_left_out_and_others_are_checked() {
+        let account = AccountRoles {
+            names: ["alice".to_owned()].into(),
+        };
+        let toc = "9; 6104 16800 PUBLICATION - navette_m_0123456789abcdef postgres\n\
+                   10; 6106 16801 PUBLICATION TABLE s navette_m_0123456789abcdef t postgres\n\
+                   11; 6104 16802 PUBLICATION - alice_pub alice\n";
+        let accepted = check_archive(toc, &account).expect("accepted");
+        let kinds: Vec<&str> = accepted.entries.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["PUBLICATION"]);
+        assert!(accepted.entries[0].rest.contains("alice_pub"));
+        let foreign = "12; 6104 16803 PUBLICATION - other_pub postgres\n";
+        assert!(check_archive(foreign, &account).is_err());
+    }
 
     #[test]
     fn archive_entries_are_the_account_s_objects() {

@@ -14,6 +14,9 @@ use crate::transfer::postgres::error::PostgresCopyError;
 pub(super) struct HeldSnapshot {
     pub(super) name: String,
     pub(super) server_version_num: u32,
+    /// From a replication slot: its name and consistent point.
+    pub(super) slot_name: String,
+    pub(super) consistent_lsn: String,
     /// Reads keep-alives; ends (with why) when the stream does.
     pub(super) watcher: JoinHandle<String>,
 }
@@ -23,6 +26,7 @@ impl HeldSnapshot {
         source: &PostgresSourceClient<Channel>,
         transfer_id: &str,
         copy: &DatabaseCopy,
+        slot: Option<&String>,
     ) -> Result<HeldSnapshot, PostgresCopyError> {
         let what = "opening the snapshot";
         let mut stream = source
@@ -31,8 +35,11 @@ impl HeldSnapshot {
                 transfer_id: transfer_id.to_owned(),
                 server: copy.source_server.clone(),
                 database: copy.source_database.clone(),
-                method: SnapshotMethod::Transaction.into(),
-                slot_name: String::new(),
+                method: match slot {
+                    Some(_) => SnapshotMethod::ReplicationSlot.into(),
+                    None => SnapshotMethod::Transaction.into(),
+                },
+                slot_name: slot.cloned().unwrap_or_default(),
             })
             .await
             .map_err(|status| source_error(copy, what, &status))?
@@ -59,6 +66,8 @@ impl HeldSnapshot {
         Ok(HeldSnapshot {
             name: held.snapshot_name,
             server_version_num: held.server_version_num,
+            slot_name: held.slot_name,
+            consistent_lsn: held.consistent_lsn,
             watcher,
         })
     }

@@ -12,6 +12,7 @@ use tonic::Status;
 
 use super::SourceError;
 use crate::config::PostgresqlServer;
+use crate::replication::postgres::slot::ExportedSlot;
 use crate::transfer::grants::SessionPermit;
 use crate::transfer::postgres::describe::USER_SCHEMA;
 use crate::transfer::postgres::session::{self, qualified, quote_literal};
@@ -88,12 +89,15 @@ pub(super) async fn open_in_snapshot(
     Ok(client)
 }
 
-/// Opens the transaction whose snapshot the copy shares, exports it, and
-/// takes ACCESS SHARE locks on every table to copy (so no DDL changes them
-/// under the copy, as pg_dump does).
+/// Opens the transaction whose snapshot the copy shares, exports it (or,
+/// given `slot`, imports the snapshot the slot exported, so the copy reads
+/// the database at the slot's consistent point), and takes ACCESS SHARE
+/// locks on every table to copy (so no DDL changes them under the copy, as
+/// pg_dump does).
 pub(super) async fn export_snapshot(
     server: &PostgresqlServer,
     database: &str,
+    slot: Option<&ExportedSlot>,
 ) -> Result<(Client, SnapshotHeld), SourceError> {
     let client = connect(server, database).await?;
     let query = |what: &str| {
@@ -109,11 +113,24 @@ pub(super) async fn export_snapshot(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(query("opening the snapshot's transaction"))?;
-    let snapshot_name: String = client
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(query("exporting the snapshot"))?;
+    let snapshot_name: String = match slot {
+        None => client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(query("exporting the snapshot"))?,
+        Some(slot) => {
+            check_snapshot_name(&slot.snapshot_name)?;
+            client
+                .batch_execute(&format!(
+                    "SET TRANSACTION SNAPSHOT {}",
+                    quote_literal(&slot.snapshot_name)
+                ))
+                .await
+                .map_err(query("importing the replication slot's snapshot"))?;
+            slot.snapshot_name.clone()
+        }
+    };
     let server_version_num = session::server_version_num(&client)
         .await
         .map_err(query("reading the server version"))?;
@@ -149,8 +166,8 @@ pub(super) async fn export_snapshot(
         SnapshotHeld {
             snapshot_name,
             server_version_num,
-            slot_name: String::new(),
-            consistent_lsn: String::new(),
+            slot_name: slot.map(|s| s.slot_name.clone()).unwrap_or_default(),
+            consistent_lsn: slot.map(|s| s.consistent_lsn.clone()).unwrap_or_default(),
         },
     ))
 }
@@ -158,9 +175,12 @@ pub(super) async fn export_snapshot(
 /// Keeps the snapshot's transaction open until the caller leaves, the
 /// session dies, the grant ends (revoked or expired: `permit`, which also
 /// counts the session against the grant's bound), or [`MAX_HOLD`] passes;
-/// then ends it.
+/// then ends it. `slot`, when the snapshot came from a replication slot,
+/// is the walsender session that exported it, kept as long (the slot
+/// itself stays).
 pub(super) async fn keep_snapshot(
     client: Client,
+    mut slot: Option<ExportedSlot>,
     sender: mpsc::Sender<Result<SnapshotStatus, Status>>,
     mut permit: SessionPermit,
     transfer_id: String,
@@ -185,7 +205,7 @@ pub(super) async fn keep_snapshot(
             }
             _ = ticks.tick() => {}
         }
-        if client.is_closed() {
+        if client.is_closed() || slot.as_mut().is_some_and(|slot| !slot.is_alive()) {
             let _ = sender
                 .send(Err(Status::unavailable(
                     "the source server closed the session holding the snapshot",
@@ -216,6 +236,7 @@ pub(super) async fn keep_snapshot(
         }
     };
     let _ = client.batch_execute("ROLLBACK").await;
+    drop(slot);
     tracing::info!(
         message = "released a snapshot",
         transfer = %transfer_id,
