@@ -27,6 +27,11 @@
 //!   with the controller (`navette_proto::ids`).
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
 //!   MariaDB source services) and as a target (pulls, copies, removal).
+//! - [`replication`]: a copy kept converging with its source while the
+//!   account runs (*Migrate*): [`replication::mariadb`], a named
+//!   replication connection per migration from the copy's snapshot
+//!   position, filtered to the account's databases; backlog, drain,
+//!   teardown, and the source's replication user.
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`cgroups`]: each account's processes in a control group of their
@@ -65,6 +70,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peer_identity;
 pub mod renewal;
+pub mod replication;
 pub mod server;
 pub mod shutdown;
 pub mod sites;
