@@ -419,3 +419,209 @@ fn a_copy_converges_by_replication_from_its_snapshot_and_tears_down() -> anyhow:
     ensure!(rows == expected, "teardown changed the copy's data");
     Ok(())
 }
+
+/// A database of the same schema on both servers, for the API test.
+const API_DATABASE: &str = "apiacct";
+
+/// The replication rpcs through the real agents' `Agent` API over mutual
+/// TLS, called as the controller: the source's readiness and position, the
+/// user, the connection started at the source's position, rows arriving,
+/// the drain and the backlog, bad input refused with a status saying what
+/// is wrong, and teardown twice harmless.
+#[test]
+fn the_agents_api_runs_replication_idempotently() -> anyhow::Result<()> {
+    use navette_proto::v1::agent_client::AgentClient;
+    use navette_proto::v1::{
+        DrainMariadbReplicationRequest, MariadbReplicationStatusRequest,
+        MariadbReplicationUserRequest, MariadbSourcePositionRequest,
+        StartMariadbReplicationRequest, StopMariadbReplicationRequest,
+    };
+    use navette_tests::{AgentKind, AgentSpec, ControllerSpec, Rig};
+    use std::net::Ipv4Addr;
+
+    let rig = Rig::new("mariadb_replication_api")?;
+    let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
+    let controller = rig.start_controller(&ctl, ControllerSpec::default())?;
+    let source_addr = Ipv4Addr::new(192, 0, 2, 61);
+    let target_addr = Ipv4Addr::new(192, 0, 2, 62);
+    let source = rig.add_namespace("repl-src", source_addr)?;
+    let target = rig.add_namespace("repl-dst", target_addr)?;
+    let source_db = source.start_mariadb_with(
+        &rig,
+        MariaDbSpec {
+            row_binlog: Some(1),
+            ..MariaDbSpec::default()
+        },
+    )?;
+    let target_db = target.start_mariadb_with(
+        &rig,
+        MariaDbSpec {
+            release: MariaDbRelease::V11_8,
+            extra_args: vec!["--server-id=2".to_owned()],
+            ..MariaDbSpec::default()
+        },
+    )?;
+    let schema = format!(
+        "CREATE DATABASE {API_DATABASE}; CREATE TABLE {API_DATABASE}.t (n INT PRIMARY KEY) ENGINE=InnoDB"
+    );
+    source_db.sql(&schema)?;
+    target_db.sql(&schema)?;
+    let mut agents = Vec::new();
+    for host in [&source, &target] {
+        let token = rig.create_join_token(host.host(), AgentKind::Shared)?;
+        agents.push(rig.start_agent(
+            host,
+            AgentSpec {
+                token,
+                ..AgentSpec::default()
+            },
+        )?);
+    }
+    let (source_agent, target_agent) = (&agents[0], &agents[1]);
+    let call = |agent: &navette_tests::Agent| -> anyhow::Result<AgentClient<_>> {
+        Ok(AgentClient::new(agent.controller_channel(&controller)?))
+    };
+
+    rig.client().run_in(|| async {
+        let mut src = call(source_agent)?;
+        let mut dst = call(target_agent)?;
+        let position = src
+            .get_mariadb_source_position(MariadbSourcePositionRequest {
+                server: "main".to_owned(),
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            position.row_binlog_ready && position.row_binlog_reason.is_empty(),
+            "the source is not reported ready: {position:?}"
+        );
+        let user_request = MariadbReplicationUserRequest {
+            migration_id: MIGRATION.to_owned(),
+            server: "main".to_owned(),
+            target_address: target_addr.to_string(),
+        };
+        // A wildcard host would let any host read the binlog.
+        let wildcard = src
+            .ensure_mariadb_replication_user(MariadbReplicationUserRequest {
+                target_address: "%".to_owned(),
+                ..user_request.clone()
+            })
+            .await;
+        ensure!(
+            matches!(&wildcard, Err(s) if s.code() == tonic::Code::InvalidArgument
+                && s.message().contains("target_address")),
+            "a wildcard host was not refused: {wildcard:?}"
+        );
+        let user = src
+            .ensure_mariadb_replication_user(user_request.clone())
+            .await?
+            .into_inner();
+        let start = StartMariadbReplicationRequest {
+            migration_id: MIGRATION.to_owned(),
+            server: "main".to_owned(),
+            source_host: source_addr.to_string(),
+            source_port: 3306,
+            user: user.user.clone(),
+            password: user.password.clone(),
+            snapshot_gtid_positions: vec![position.gtid_position.clone()],
+            databases: vec![API_DATABASE.to_owned()],
+            source_ca_path: String::new(),
+        };
+        let bad = dst
+            .start_mariadb_replication(StartMariadbReplicationRequest {
+                migration_id: "Not An Id".to_owned(),
+                ..start.clone()
+            })
+            .await;
+        ensure!(
+            matches!(&bad, Err(s) if s.code() == tonic::Code::InvalidArgument
+                && s.message().contains("migration id")),
+            "a bad migration id was not refused: {bad:?}"
+        );
+        for _ in 0..2 {
+            dst.start_mariadb_replication(start.clone()).await?;
+        }
+
+        source_db.sql(&format!(
+            "USE {API_DATABASE}; INSERT INTO t SELECT seq FROM seq_1_to_10"
+        ))?;
+        let fence = src
+            .get_mariadb_source_position(MariadbSourcePositionRequest {
+                server: "main".to_owned(),
+            })
+            .await?
+            .into_inner()
+            .gtid_position;
+        dst.drain_mariadb_replication(DrainMariadbReplicationRequest {
+            migration_id: MIGRATION.to_owned(),
+            server: "main".to_owned(),
+            source_gtid_position: fence.clone(),
+            timeout_ms: 30_000,
+        })
+        .await?;
+        let status = dst
+            .get_mariadb_replication_status(MariadbReplicationStatusRequest {
+                migration_id: MIGRATION.to_owned(),
+                server: "main".to_owned(),
+                source_gtid_position: fence.clone(),
+            })
+            .await?
+            .into_inner();
+        ensure!(
+            status.running && status.backlog_transactions == 0 && status.last_error.is_empty(),
+            "after the drain: {status:?}"
+        );
+        let rows = target_db.sql(&format!("SELECT COUNT(*) FROM {API_DATABASE}.t"))?;
+        ensure!(
+            rows == "10",
+            "the target has {rows} rows of the 10 inserted"
+        );
+
+        let stop = StopMariadbReplicationRequest {
+            migration_id: MIGRATION.to_owned(),
+            server: "main".to_owned(),
+        };
+        let mut removed = Vec::new();
+        for _ in 0..2 {
+            removed.push(
+                dst.stop_mariadb_replication(stop.clone())
+                    .await?
+                    .into_inner()
+                    .removed,
+            );
+            removed.push(
+                src.drop_mariadb_replication_user(user_request.clone())
+                    .await?
+                    .into_inner()
+                    .dropped,
+            );
+        }
+        ensure!(
+            removed == [true, true, false, false],
+            "teardown twice: {removed:?}"
+        );
+        let gone = dst
+            .drain_mariadb_replication(DrainMariadbReplicationRequest {
+                migration_id: MIGRATION.to_owned(),
+                server: "main".to_owned(),
+                source_gtid_position: fence,
+                timeout_ms: 1_000,
+            })
+            .await;
+        ensure!(
+            matches!(&gone, Err(s) if s.code() == tonic::Code::FailedPrecondition
+                && s.message().contains("start it first")),
+            "a drain without a connection: {gone:?}"
+        );
+        Ok(())
+    })?;
+    ensure!(
+        target_db.sql("SHOW ALL SLAVES STATUS")?.is_empty(),
+        "a replication connection is left on the target"
+    );
+    ensure!(
+        target_db.sql(&format!("SELECT COUNT(*) FROM {API_DATABASE}.t"))? == "10",
+        "teardown changed the target's data"
+    );
+    Ok(())
+}
