@@ -432,7 +432,7 @@ const API_DATABASE: &str = "apiacct";
 fn the_agents_api_runs_replication_idempotently() -> anyhow::Result<()> {
     use navette_proto::v1::agent_client::AgentClient;
     use navette_proto::v1::{
-        DrainMariadbReplicationRequest, MariadbReplicationStatusRequest,
+        DrainMariadbReplicationRequest, GetInventoryRequest, MariadbReplicationStatusRequest,
         MariadbReplicationUserRequest, MariadbSourcePositionRequest,
         StartMariadbReplicationRequest, StopMariadbReplicationRequest,
     };
@@ -485,6 +485,27 @@ fn the_agents_api_runs_replication_idempotently() -> anyhow::Result<()> {
     rig.client().run_in(|| async {
         let mut src = call(source_agent)?;
         let mut dst = call(target_agent)?;
+        // The inventory says which server can be a replication source.
+        for (client, ready) in [(&mut src, true), (&mut dst, false)] {
+            let inventory = client
+                .get_inventory(GetInventoryRequest::default())
+                .await?
+                .into_inner();
+            let server = inventory
+                .database_servers
+                .iter()
+                .find(|server| server.name == "main" && server.port == 3306)
+                .context("no MariaDB server in the inventory")?;
+            let readiness = server
+                .row_binlog
+                .clone()
+                .context("the inventory has no row_binlog readiness")?;
+            ensure!(
+                readiness.ready == ready && (ready || readiness.reason.contains("--log-bin")),
+                "inventory readiness of {}: {readiness:?}",
+                inventory.host_id
+            );
+        }
         let position = src
             .get_mariadb_source_position(MariadbSourcePositionRequest {
                 server: "main".to_owned(),

@@ -126,6 +126,7 @@ pub async fn inspect(
         available_extensions: Vec::new(),
         data_directory_free_bytes: None,
         available_engines: Vec::new(),
+        row_binlog: None,
     };
     let result = tokio::time::timeout(TIMEOUT, query(server, extensions, max_age)).await;
     let (databases, owner_members) = match result {

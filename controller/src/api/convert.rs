@@ -54,6 +54,8 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         available_extensions: server.available_extensions.clone(),
         data_directory_free_bytes: server.data_directory_free_bytes,
         available_engines: server.available_engines.clone(),
+        // Not kept by the controller's model yet.
+        row_binlog: None,
     }
 }
 
