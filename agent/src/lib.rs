@@ -28,9 +28,13 @@
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
 //!   MariaDB source services) and as a target (pulls, copies, removal).
 //! - [`replication`]: a target copy of an account's databases kept
-//!   converging with the source while it runs (PostgreSQL logical
-//!   replication from the copy's own snapshot: publication, slot,
-//!   subscription, lag, drain, sequences, teardown).
+//!   converging with the source while it runs (*Migrate*), one module per
+//!   engine: [`replication::postgres`], logical replication from the
+//!   copy's own snapshot (publication, slot, subscription, lag, drain,
+//!   sequences, teardown); [`replication::mariadb`], a named replication
+//!   connection per migration from the copy's snapshot position, filtered
+//!   to the account's databases (backlog, drain, teardown, the source's
+//!   replication user).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`cgroups`]: each account's processes in a control group of their

@@ -5,9 +5,11 @@
 //! decides who may call what here, enforced by the shared role gate before
 //! any handler runs; then a peer agent presenting a certificate the
 //! controller revoked or superseded is refused
-//! (`peer_identity::RefusedCertificateLayer`). Handlers convert errors to `tonic::Status` here and
-//! nowhere else (the replication calls in `server/replication.rs`, through
-//! `replication::postgres::status`).
+//! (`peer_identity::RefusedCertificateLayer`). The replication rpcs
+//! (`replication::postgres`, `replication::mariadb`) are `Agent` rpcs like
+//! the others: controller only. Handlers convert errors to `tonic::Status`
+//! here and nowhere else (the PostgreSQL replication calls in
+//! `server/replication.rs`, through `replication::postgres::status`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,12 +19,17 @@ use navette_proto::identity::Role;
 use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
-    AdmitPostgresSubscriberResponse, DrainPostgresReplicationRequest,
-    DrainPostgresReplicationResponse, GetInventoryRequest, GrantTransferResponse, HostInventory,
-    PostgresReplicationLag, PostgresReplicationRequest, PostgresSequences,
-    PreparePostgresReplicationResponse, RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest,
-    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse, StartSitesRequest,
-    StartSitesResponse, StopSitesRequest, StopSitesResponse, SubscribePostgresRequest,
+    AdmitPostgresSubscriberResponse, DrainMariadbReplicationRequest,
+    DrainMariadbReplicationResponse, DrainPostgresReplicationRequest,
+    DrainPostgresReplicationResponse, DropMariadbReplicationUserResponse, GetInventoryRequest,
+    GrantTransferResponse, HostInventory, MariadbReplicationStatus,
+    MariadbReplicationStatusRequest, MariadbReplicationUser, MariadbReplicationUserRequest,
+    MariadbSourcePosition, MariadbSourcePositionRequest, PostgresReplicationLag,
+    PostgresReplicationRequest, PostgresSequences, PreparePostgresReplicationResponse,
+    RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse,
+    SetSitesFrozenRequest, SetSitesFrozenResponse, StartMariadbReplicationRequest,
+    StartSitesRequest, StartSitesResponse, StopMariadbReplicationRequest,
+    StopMariadbReplicationResponse, StopSitesRequest, StopSitesResponse, SubscribePostgresRequest,
     SubscribePostgresResponse, TeardownPostgresReplicationRequest,
     TeardownPostgresReplicationResponse, TransferProgress, TransferSpec, WatchTransferRequest,
     WritePostgresSequencesRequest, WritePostgresSequencesResponse,
@@ -34,9 +41,11 @@ use std::sync::Arc;
 
 mod replication;
 
+use crate::config::MariadbServer;
 use crate::ids::{self, FieldError, TransferId};
 use crate::inventory::{Collector, LatestInventory};
 use crate::peer_identity::{RefusedCertificateLayer, RefusedCertificates};
+use crate::replication::mariadb::{self as mariadb_replication, ReplicationError};
 use crate::sites::definitions::Site;
 use crate::sites::fpm::Endpoints;
 use crate::sites::{SiteHost, SitesError, StartRequest};
@@ -209,6 +218,61 @@ fn transfer_status(error: TransferError) -> Status {
         TransferError::Copies(_) => Status::internal(error.to_string()),
         TransferError::Unknown(id) => Status::not_found(format!("no transfer {id} on this host")),
         TransferError::Io { .. } => Status::internal(error.to_string()),
+    }
+}
+
+/// The one place replication errors become statuses.
+fn replication_status(error: ReplicationError) -> Status {
+    use crate::transfer::mariadb::ClientError;
+    match error {
+        ReplicationError::BadMigrationId(_) | ReplicationError::BadDatabase(_) => {
+            Status::invalid_argument(error.to_string())
+        }
+        ReplicationError::OtherConnection { .. }
+        | ReplicationError::PositionsDiffer { .. }
+        | ReplicationError::TriggersForRowEvents { .. }
+        | ReplicationError::NoConnection { .. }
+        | ReplicationError::Broken { .. } => Status::failed_precondition(error.to_string()),
+        ReplicationError::DrainTimeout { .. } => Status::deadline_exceeded(error.to_string()),
+        ReplicationError::Client(ClientError::Spawn { .. } | ClientError::Timeout { .. }) => {
+            Status::unavailable(error.to_string())
+        }
+        ReplicationError::Client(_) | ReplicationError::Random => {
+            Status::internal(error.to_string())
+        }
+    }
+}
+
+impl AgentService {
+    /// This host's MariaDB server `name`, from the agent's configuration.
+    fn mariadb_server(&self, name: &str) -> Result<MariadbServer, Status> {
+        self.transfers
+            .config()
+            .mariadb
+            .iter()
+            .find(|server| server.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "this host has no MariaDB server named {name:?} (see the agent's [[mariadb]] configuration)"
+                ))
+            })
+    }
+}
+
+/// A connection's state as the API reports it.
+fn to_status_proto(
+    status: mariadb_replication::ReplicaStatus,
+    backlog_transactions: u64,
+) -> MariadbReplicationStatus {
+    MariadbReplicationStatus {
+        running: status.running(),
+        connection: status.connection,
+        applied_gtid_position: status.applied,
+        backlog_transactions,
+        seconds_behind: status.seconds_behind,
+        relay_log_bytes: status.relay_log_bytes,
+        last_error: status.last_error,
     }
 }
 
@@ -495,6 +559,155 @@ impl Agent for AgentService {
             .await
             .map(Response::new)
     }
+
+    async fn ensure_mariadb_replication_user(
+        &self,
+        request: Request<MariadbReplicationUserRequest>,
+    ) -> Result<Response<MariadbReplicationUser>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        // A host part with a wildcard would let any host in.
+        let address: std::net::IpAddr = ask.target_address.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "target_address {:?} is not an IP address (the target host's address)",
+                ask.target_address
+            ))
+        })?;
+        let user = mariadb_replication::ensure_source_user(
+            &server,
+            &ask.migration_id,
+            &address.to_string(),
+        )
+        .await
+        .map_err(replication_status)?;
+        Ok(Response::new(MariadbReplicationUser {
+            user: user.user,
+            host: user.host,
+            password: user.password,
+        }))
+    }
+
+    async fn drop_mariadb_replication_user(
+        &self,
+        request: Request<MariadbReplicationUserRequest>,
+    ) -> Result<Response<DropMariadbReplicationUserResponse>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        let dropped = mariadb_replication::drop_source_user(&server, &ask.migration_id)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(DropMariadbReplicationUserResponse {
+            dropped,
+        }))
+    }
+
+    async fn get_mariadb_source_position(
+        &self,
+        request: Request<MariadbSourcePositionRequest>,
+    ) -> Result<Response<MariadbSourcePosition>, Status> {
+        let server = self.mariadb_server(&request.get_ref().server)?;
+        let readiness = mariadb_replication::row_binlog_readiness(&server)
+            .await
+            .map_err(|error| replication_status(error.into()))?;
+        let gtid_position = mariadb_replication::source_position(&server)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(MariadbSourcePosition {
+            gtid_position,
+            row_binlog_ready: readiness.ready,
+            row_binlog_reason: readiness.reason,
+        }))
+    }
+
+    async fn start_mariadb_replication(
+        &self,
+        request: Request<StartMariadbReplicationRequest>,
+    ) -> Result<Response<MariadbReplicationStatus>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        let source_port = u16::try_from(ask.source_port)
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!("source_port {} is not a port", ask.source_port))
+            })?;
+        if ask.source_host.is_empty() || ask.user.is_empty() {
+            return Err(Status::invalid_argument(
+                "source_host and user are required (EnsureMariadbReplicationUser on the source gives the user)",
+            ));
+        }
+        if ask.databases.is_empty() {
+            return Err(Status::invalid_argument(
+                "databases is empty: name the account's databases to replicate",
+            ));
+        }
+        let spec = mariadb_replication::ReplicaSpec {
+            migration: ask.migration_id,
+            source_host: ask.source_host,
+            source_port,
+            user: ask.user,
+            password: ask.password,
+            snapshot_positions: ask.snapshot_gtid_positions,
+            databases: ask.databases,
+            source_ca: (!ask.source_ca_path.is_empty()).then(|| ask.source_ca_path.into()),
+        };
+        let status = mariadb_replication::start_replica(&server, &spec)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(to_status_proto(status, 0)))
+    }
+
+    async fn get_mariadb_replication_status(
+        &self,
+        request: Request<MariadbReplicationStatusRequest>,
+    ) -> Result<Response<MariadbReplicationStatus>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        let backlog =
+            mariadb_replication::backlog(&server, &ask.migration_id, &ask.source_gtid_position)
+                .await
+                .map_err(replication_status)?;
+        Ok(Response::new(to_status_proto(
+            backlog.status,
+            backlog.transactions,
+        )))
+    }
+
+    async fn drain_mariadb_replication(
+        &self,
+        request: Request<DrainMariadbReplicationRequest>,
+    ) -> Result<Response<DrainMariadbReplicationResponse>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        if ask.source_gtid_position.is_empty() || ask.timeout_ms == 0 {
+            return Err(Status::invalid_argument(
+                "source_gtid_position (GetMariadbSourcePosition after the fence) and timeout_ms are required",
+            ));
+        }
+        let waited = mariadb_replication::drain(
+            &server,
+            &ask.migration_id,
+            &ask.source_gtid_position,
+            std::time::Duration::from_millis(u64::from(ask.timeout_ms)),
+        )
+        .await
+        .map_err(replication_status)?;
+        Ok(Response::new(DrainMariadbReplicationResponse {
+            waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    async fn stop_mariadb_replication(
+        &self,
+        request: Request<StopMariadbReplicationRequest>,
+    ) -> Result<Response<StopMariadbReplicationResponse>, Status> {
+        let ask = request.into_inner();
+        let server = self.mariadb_server(&ask.server)?;
+        let removed = mariadb_replication::teardown_replica(&server, &ask.migration_id)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(StopMariadbReplicationResponse { removed }))
+    }
 }
 
 /// Binds the agent's listener.
@@ -585,6 +798,13 @@ mod tests {
             "navette.v1.Agent is served to the controller only; the caller is agent of host shared-2"
         );
         assert!(policy("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());
+        // The replication rpcs: the controller only, like every Agent rpc.
+        for rpc in ["StartMariadbReplication", "EnsureMariadbReplicationUser"] {
+            let path = format!("/navette.v1.Agent/{rpc}");
+            assert!(policy(&path, &Role::Controller).is_ok());
+            assert!(policy(&path, &peer).is_err());
+            assert!(policy(&path, &Role::Panel).is_err());
+        }
         assert!(policy("/navette.v1.Agent/GetInventory", &Role::Panel).is_err());
     }
 

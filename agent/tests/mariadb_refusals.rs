@@ -29,6 +29,7 @@ fn ask(transfer: &str, database: &str) -> MariadbDatabaseRequest {
         transfer_id: transfer.to_owned(),
         server: "main".to_owned(),
         database: database.to_owned(),
+        snapshot_position: false,
     }
 }
 

@@ -52,6 +52,10 @@ pub struct MariaDbSpec {
     pub bind_address: Option<String>,
     /// Extra `mariadbd` options (`"--log-bin=mysql-bin"`).
     pub extra_args: Vec<String>,
+    /// `Some(server id)`: the binary log on, in ROW format, with that
+    /// server id, as a replication source needs (and a replica gets a
+    /// server id other than its source's). `None`: no binary log.
+    pub row_binlog: Option<u32>,
 }
 
 impl Default for MariaDbSpec {
@@ -61,6 +65,7 @@ impl Default for MariaDbSpec {
             port: 3306,
             bind_address: None,
             extra_args: Vec::new(),
+            row_binlog: None,
         }
     }
 }
@@ -162,7 +167,18 @@ exec chroot "$tree" "$@""#,
             let tmp_dir = tmp_dir.clone();
             let pid_file = run_dir.join(format!("mysqld-{}.pid", spec.port));
             let port = spec.port;
-            let extra = spec.extra_args.clone();
+            let mut extra = spec.extra_args.clone();
+            if let Some(server_id) = spec.row_binlog {
+                // After `--skip-log-bin`: the later option wins.
+                extra.splice(
+                    0..0,
+                    [
+                        "--log-bin=mysql-bin".to_owned(),
+                        "--binlog-format=ROW".to_owned(),
+                        format!("--server-id={server_id}"),
+                    ],
+                );
+            }
             let release = spec.release;
             rig.spawn(self, &format!("mariadb-{port}"), move || {
                 let mut command = netns.mariadb_command(release, "/usr/sbin/mariadbd");

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use navette_proto::v1::{Database, DatabaseEngine, DatabaseServer, TableEngine};
+use navette_proto::v1::{
+    Database, DatabaseEngine, DatabaseServer, RowBinlogReadiness, TableEngine,
+};
 
 use super::ServerFindings;
 use crate::config::MariadbServer;
@@ -186,6 +188,7 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
         available_engines: Vec::new(),
         logical_replication_ready: false,
         logical_replication_reason: String::new(),
+        row_binlog: None,
     };
     let mut databases = Vec::new();
     match run_client(server, STATEMENTS)
@@ -205,6 +208,17 @@ pub async fn inspect(server: &MariadbServer, public_address: String) -> ServerFi
                     None
                 }
             };
+            match crate::replication::mariadb::row_binlog_readiness(server).await {
+                Ok(readiness) => {
+                    report.row_binlog = Some(RowBinlogReadiness {
+                        ready: readiness.ready,
+                        reason: readiness.reason,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(message = "cannot read a MariaDB server's binary log settings", server = %server.name, %error);
+                }
+            }
             if let Some(details) = &details {
                 report.available_engines = details.engines.clone();
                 report.data_directory_free_bytes = details.datadir.as_deref().and_then(|dir| {

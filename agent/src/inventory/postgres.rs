@@ -128,6 +128,7 @@ pub async fn inspect(
         available_engines: Vec::new(),
         logical_replication_ready: false,
         logical_replication_reason: "the server could not be asked".to_owned(),
+        row_binlog: None,
     };
     let result = tokio::time::timeout(TIMEOUT, query(server, extensions, max_age)).await;
     let (databases, owner_members) = match result {

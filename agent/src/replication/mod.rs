@@ -6,4 +6,5 @@
 //! nothing else: customer data and schema are never changed, except where
 //! a module's doc says so.
 
+pub mod mariadb;
 pub mod postgres;

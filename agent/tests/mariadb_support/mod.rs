@@ -26,7 +26,7 @@ use navette_proto::identity::{Role, agent_server_name};
 use navette_proto::tls::{self, ClientAuth, Identity, ReloadableServerConfig};
 use navette_proto::v1::DatabaseCopy;
 use navette_proto::v1::mariadb_source_server::{MariadbSource, MariadbSourceServer, SERVICE_NAME};
-use navette_tests::{AccountSpec, MariaDb, Netns, Rig};
+use navette_tests::{AccountSpec, MariaDb, MariaDbRelease, MariaDbSpec, Netns, Rig};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -442,13 +442,30 @@ pub struct World {
 
 impl World {
     pub fn new(test_name: &str) -> anyhow::Result<World> {
+        Self::with_specs(
+            test_name,
+            MariaDbSpec::default(),
+            MariaDbSpec {
+                release: MariaDbRelease::V11_8,
+                ..MariaDbSpec::default()
+            },
+        )
+    }
+
+    /// [`World::new`] with the servers started from `source_spec` and
+    /// `target_spec` (a binary log for replication).
+    pub fn with_specs(
+        test_name: &str,
+        source_spec: MariaDbSpec,
+        target_spec: MariaDbSpec,
+    ) -> anyhow::Result<World> {
         tls::install_crypto_provider();
         let rig = Rig::new(test_name)?;
         let source = rig.add_namespace(SOURCE_HOST, SOURCE_ADDR)?;
         let target = rig.add_namespace(TARGET_HOST, TARGET_ADDR)?;
         let (source_db, target_db) = std::thread::scope(|scope| -> anyhow::Result<_> {
-            let source_db = scope.spawn(|| source.start_mariadb(&rig));
-            let target_db = scope.spawn(|| target.start_mariadb_11_8(&rig));
+            let source_db = scope.spawn(|| source.start_mariadb_with(&rig, source_spec));
+            let target_db = scope.spawn(|| target.start_mariadb_with(&rig, target_spec));
             let join = |what: &str, joined: std::thread::Result<anyhow::Result<MariaDb>>| {
                 joined
                     .map_err(|_| anyhow::anyhow!("starting {what} panicked"))?

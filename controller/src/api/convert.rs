@@ -58,6 +58,8 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         // inventory when the migration's preflight needs it).
         logical_replication_ready: false,
         logical_replication_reason: String::new(),
+        // Not kept by the controller's model yet.
+        row_binlog: None,
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::process::Command;
 use crate::config::MariadbServer;
 
 /// How long a short statement (catalogue reads, users, grants) may take.
-pub(super) const SHORT: Duration = Duration::from_secs(60);
+pub(crate) const SHORT: Duration = Duration::from_secs(60);
 
 /// Statements every session starts with: no surprise from the server's
 /// global `sql_mode` (NO_BACKSLASH_ESCAPES would break [`literal`],
@@ -115,7 +115,7 @@ pub(super) fn batch_client(server: &MariadbServer) -> Command {
 /// Runs `sql` (after [`SESSION_SETUP`]) in one session; the rows of every
 /// result, fields unescaped. `timeout`: `None` for statements whose length
 /// grows with the data (checksums).
-pub(super) async fn query(
+pub(crate) async fn query(
     server: &MariadbServer,
     sql: &str,
     timeout: Option<Duration>,
@@ -129,14 +129,48 @@ pub(super) async fn query(
 }
 
 /// Runs `sql` (after [`SESSION_SETUP`]) and returns standard output.
-pub(super) async fn run(
+pub(crate) async fn run(
     server: &MariadbServer,
     sql: &str,
     timeout: Option<Duration>,
 ) -> Result<String, ClientError> {
+    run_with_args(server, sql, timeout, &[]).await
+}
+
+/// Runs one statement whose result has many columns (`SHOW SLAVE ...
+/// STATUS`): each row as (column name, value) pairs, values unescaped.
+pub(crate) async fn query_named(
+    server: &MariadbServer,
+    sql: &str,
+    timeout: Option<Duration>,
+) -> Result<Vec<Vec<(String, String)>>, ClientError> {
+    let output = run_with_args(server, sql, timeout, &["--column-names"]).await?;
+    let mut lines = output.lines().filter(|line| !line.is_empty());
+    let names: Vec<String> = match lines.next() {
+        Some(header) => header.split('\t').map(unescape_str).collect(),
+        None => return Ok(Vec::new()),
+    };
+    Ok(lines
+        .map(|line| {
+            names
+                .iter()
+                .cloned()
+                .zip(line.split('\t').map(unescape_str))
+                .collect()
+        })
+        .collect())
+}
+
+async fn run_with_args(
+    server: &MariadbServer,
+    sql: &str,
+    timeout: Option<Duration>,
+    args: &[&str],
+) -> Result<String, ClientError> {
     let program = server.client.display().to_string();
     let mut command = batch_client(server);
     command
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -216,13 +250,13 @@ fn unescape_str(field: &str) -> String {
 }
 
 /// An identifier in backquotes: `` `a``b` ``.
-pub(super) fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))
 }
 
 /// A string literal, safe under the session's `sql_mode` ([`SESSION_SETUP`]
 /// and the dump's own settings both leave backslash escapes on).
-pub(super) fn literal(value: &str) -> String {
+pub(crate) fn literal(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('\'');
     for c in value.chars() {

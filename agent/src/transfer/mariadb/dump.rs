@@ -8,6 +8,13 @@
 //! 3. the triggers: `mariadb-dump --no-data --no-create-info --triggers`,
 //!    last, so that loading the rows fires none of them.
 //!
+//! Asked for it (`snapshot_position`), the data session also reads the
+//! binary log position of its snapshot (`binlog_snapshot_file` and
+//! `binlog_snapshot_position`, which InnoDB fixes with the snapshot, turned
+//! into a GTID position by `BINLOG_GTID_POS`, as `mariadb-dump --gtid
+//! --master-data` does) and sends it before the first table's rows:
+//! replication started there applies exactly what the rows lack.
+//!
 //! Reads only; chunks go to a bounded channel, so a slow target slows the
 //! reading down instead of filling memory.
 
@@ -47,6 +54,7 @@ const ROWS_TRAILER: &str = "SET SESSION foreign_key_checks=1;\nSET SESSION uniqu
 /// start with '(', so a marker can never be mistaken for a row.
 const TABLE_MARKER: &str = "navette-table ";
 const END_MARKER: &str = "navette-end";
+const SNAPSHOT_MARKER: &str = "navette-snapshot ";
 
 /// Why a dump stopped.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,10 @@ pub enum DumpError {
     /// The receiver went away: the target cancelled. Not reported.
     #[error("the target stopped reading the dump")]
     Cancelled,
+    #[error(
+        "MariaDB server {server} has no binary log position for the snapshot (is log_bin on, with binlog_format=ROW and a server_id? see the inventory's row_binlog_ready)"
+    )]
+    NoBinlog { server: String },
 }
 
 /// Where chunks go.
@@ -78,6 +90,7 @@ pub type ChunkSender = mpsc::Sender<Result<MariadbDumpChunk, tonic::Status>>;
 pub async fn dump(
     server: &MariadbServer,
     database: &str,
+    snapshot_position: bool,
     sender: &ChunkSender,
 ) -> Result<(), DumpError> {
     if database.starts_with('-') {
@@ -103,7 +116,7 @@ pub async fn dump(
         sender,
     )
     .await?;
-    dump_rows(server, database, &tables, sender).await?;
+    dump_rows(server, database, &tables, snapshot_position, sender).await?;
     run_dump_tool(
         server,
         database,
@@ -211,12 +224,24 @@ fn collect_stderr(
 
 /// The data session's script: the snapshot, then each table's marker and
 /// row literals.
-fn rows_script(database: &str, tables: &[TableColumns]) -> String {
+fn rows_script(database: &str, tables: &[TableColumns], snapshot_position: bool) -> String {
     let mut sql = format!(
         "{SESSION_SETUP}SET SESSION net_write_timeout=3600;\n\
          SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;\n\
          START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY;\n"
     );
+    if snapshot_position {
+        // The session's status holds the binlog position InnoDB took with
+        // the snapshot; '!' when the binlog is off, '' when it holds no
+        // transaction yet.
+        sql.push_str(&format!(
+            "SELECT CONCAT('{SNAPSHOT_MARKER}', IFNULL(BINLOG_GTID_POS(\
+             (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS \
+             WHERE VARIABLE_NAME = 'BINLOG_SNAPSHOT_FILE'), \
+             (SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS \
+             WHERE VARIABLE_NAME = 'BINLOG_SNAPSHOT_POSITION')), '!'));\n"
+        ));
+    }
     for (index, table) in tables.iter().enumerate() {
         sql.push_str(&format!(
             "SELECT '{TABLE_MARKER}{index}';\nSELECT {} FROM {}.{};\n",
@@ -306,6 +331,7 @@ impl<'a> TableRows<'a> {
                     table: self.name.to_owned(),
                     rows: if last { self.pending_rows } else { 0 },
                     table_done: if last { done.take() } else { None },
+                    ..MariadbDumpChunk::default()
                 },
             )
             .await?;
@@ -333,6 +359,7 @@ async fn dump_rows(
     server: &MariadbServer,
     database: &str,
     tables: &[TableColumns],
+    snapshot_position: bool,
     sender: &ChunkSender,
 ) -> Result<(), DumpError> {
     send(sender, sql_chunk(ROWS_HEADER.as_bytes().to_vec())).await?;
@@ -351,7 +378,7 @@ async fn dump_rows(
     let stderr = collect_stderr(child.stderr.take());
     // Written while the output is read: a long script must not wait for a
     // reader that waits for it.
-    let script = rows_script(database, tables);
+    let script = rows_script(database, tables, snapshot_position);
     let mut stdin = child.stdin.take();
     let writer = tokio::spawn(async move {
         if let Some(stdin) = stdin.as_mut() {
@@ -399,6 +426,22 @@ async fn dump_rows(
             let text = String::from_utf8_lossy(&line);
             if text == END_MARKER {
                 ended = true;
+            } else if let Some(position) = text.strip_prefix(SNAPSHOT_MARKER) {
+                // An empty position (no transaction logged yet) is valid:
+                // replication then starts at the log's beginning.
+                if !snapshot_position || position == "!" {
+                    return Err(DumpError::NoBinlog {
+                        server: server.name.clone(),
+                    });
+                }
+                send(
+                    sender,
+                    MariadbDumpChunk {
+                        snapshot_gtid_position: position.to_owned(),
+                        ..MariadbDumpChunk::default()
+                    },
+                )
+                .await?;
             } else if let Some(table) = text
                 .strip_prefix(TABLE_MARKER)
                 .and_then(|index| index.parse::<usize>().ok())
@@ -454,7 +497,7 @@ mod tests {
 
     #[test]
     fn the_script_marks_every_table_inside_one_snapshot() {
-        let script = rows_script("alice", &[table("a"), table("b")]);
+        let script = rows_script("alice", &[table("a"), table("b")], false);
         let snapshot = script
             .find("START TRANSACTION WITH CONSISTENT SNAPSHOT")
             .unwrap_or(usize::MAX);

@@ -70,7 +70,7 @@
 //! this host's files (`--local-infile=0`).
 
 mod catalogue;
-mod client;
+pub(crate) mod client;
 mod definers;
 mod dump;
 pub mod privileges;
@@ -83,6 +83,6 @@ pub use catalogue::CatalogueError;
 pub use client::ClientError;
 pub use source::MariadbSourceService;
 pub use target::{
-    DatabaseReport, MariadbCopyError, MariadbReport, TableCheck, pull, pull_for_account,
-    remove_account_users,
+    DatabaseReport, MariadbCopyError, MariadbReport, PullOptions, TableCheck, pull,
+    pull_for_account, pull_with_options, remove_account_users,
 };

@@ -114,6 +114,7 @@ fn dump_status(error: &DumpError) -> Status {
         DumpError::BadName(_) => Status::invalid_argument(error.to_string()),
         DumpError::Truncated { .. } => Status::aborted(error.to_string()),
         DumpError::Cancelled => Status::cancelled(error.to_string()),
+        DumpError::NoBinlog { .. } => Status::failed_precondition(error.to_string()),
     }
 }
 
@@ -161,7 +162,7 @@ impl MariadbSource for MariadbSourceService {
                 database = %ask.database
             );
             let outcome = tokio::select! {
-                outcome = dump::dump(&server, &ask.database, &sender) => outcome,
+                outcome = dump::dump(&server, &ask.database, ask.snapshot_position, &sender) => outcome,
                 why = permit.ended() => {
                     tracing::info!(
                         message = "MariaDB dump stopped: its grant ended",

@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::process::Stdio;
 
 use navette_proto::v1::mariadb_source_client::MariadbSourceClient;
-use navette_proto::v1::{DatabaseCopy, MariadbDatabaseDescription, MariadbTableChecksum};
+use navette_proto::v1::{
+    DatabaseCopy, MariadbDatabaseDescription, MariadbDatabaseRequest, MariadbTableChecksum,
+};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
 
@@ -84,19 +86,25 @@ const LOAD_END: &[u8] = b"\nDO 0;\n";
 
 /// Streams the dump into a `mariadb` client logged in to `server` (the
 /// loader's session), every DEFINER in it one of `definers`; the checksums
-/// the source sent and the bytes received.
+/// the source sent, the bytes received, and the snapshot's binlog GTID
+/// position when `snapshot_position` asked the source for it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn load(
     source: &mut MariadbSourceClient<Channel>,
     transfer_id: &str,
+    snapshot_position: bool,
     copy: &DatabaseCopy,
     server: &MariadbServer,
     description: &MariadbDatabaseDescription,
     definers: Vec<(String, String)>,
     progress: &Progress,
-) -> Result<(Vec<MariadbTableChecksum>, u64), MariadbCopyError> {
+) -> Result<(Vec<MariadbTableChecksum>, u64, Option<String>), MariadbCopyError> {
     let database = copy.target_database.as_str();
     let mut stream = source
-        .dump(request(transfer_id, copy))
+        .dump(MariadbDatabaseRequest {
+            snapshot_position,
+            ..request(transfer_id, copy)
+        })
         .await
         .map_err(|status| source_error("Dump", &copy.source_database, &status))?
         .into_inner();
@@ -148,6 +156,7 @@ pub(super) async fn load(
     let mut credit = ByteCredit::new(description);
     let mut checksums = Vec::new();
     let mut received = 0u64;
+    let mut snapshot_gtid_position = None;
     let mut write_failed = None;
     let _ = stdin.write_all(SESSION_SETUP.as_bytes()).await;
     loop {
@@ -159,6 +168,9 @@ pub(super) async fn load(
                 return Err(source_error("Dump", &copy.source_database, &status));
             }
         };
+        if snapshot_position && !chunk.snapshot_gtid_position.is_empty() {
+            snapshot_gtid_position = Some(chunk.snapshot_gtid_position.clone());
+        }
         let size = chunk.sql.len() as u64;
         received += size;
         progress.add(&progress.bytes_sent, size);
@@ -224,7 +236,7 @@ pub(super) async fn load(
         )));
     }
     credit.finish(progress);
-    Ok((checksums, received))
+    Ok((checksums, received, snapshot_gtid_position))
 }
 
 /// The client's complaint, at most about 3 KiB: it echoes the failed

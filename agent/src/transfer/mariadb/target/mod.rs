@@ -77,6 +77,18 @@ pub struct DatabaseReport {
     pub objects: Vec<String>,
     /// Bytes of SQL received.
     pub bytes_received: u64,
+    /// The binlog GTID position of the rows' snapshot on the source, when
+    /// [`PullOptions::snapshot_position`] asked for it: where replication
+    /// to this copy starts ([`crate::replication::mariadb`]).
+    pub snapshot_gtid_position: Option<String>,
+}
+
+/// What a pull does beyond today's copy; `Default` is the plain copy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PullOptions {
+    /// Ask the source for the binlog GTID position of each database's rows
+    /// snapshot ([`DatabaseReport::snapshot_gtid_position`]).
+    pub snapshot_position: bool,
 }
 
 /// A table's row count and checksum.
@@ -231,6 +243,29 @@ pub async fn pull_for_account(
     target_servers: &[MariadbServer],
     progress: &Progress,
 ) -> Result<MariadbReport, MariadbCopyError> {
+    pull_with_options(
+        channel,
+        transfer_id,
+        account,
+        copies,
+        target_servers,
+        progress,
+        PullOptions::default(),
+    )
+    .await
+}
+
+/// [`pull_for_account`] with `options` (the snapshot's binlog position for
+/// replication).
+pub async fn pull_with_options(
+    channel: Channel,
+    transfer_id: &str,
+    account: &str,
+    copies: &[DatabaseCopy],
+    target_servers: &[MariadbServer],
+    progress: &Progress,
+    options: PullOptions,
+) -> Result<MariadbReport, MariadbCopyError> {
     let mut source = MariadbSourceClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -273,6 +308,7 @@ pub async fn pull_for_account(
             server,
             description: &description,
             plan: &plan,
+            options,
         };
         let database = copy_database(&mut source, &target, progress).await?;
         report.databases.push(database);
@@ -352,6 +388,7 @@ struct Target<'a> {
     server: &'a MariadbServer,
     description: &'a MariadbDatabaseDescription,
     plan: &'a Plan,
+    options: PullOptions,
 }
 
 /// Drops the MariaDB users that copies of `account` created on `server`
@@ -372,6 +409,7 @@ fn request(transfer_id: &str, copy: &DatabaseCopy) -> MariadbDatabaseRequest {
         transfer_id: transfer_id.to_owned(),
         server: copy.source_server.clone(),
         database: copy.source_database.clone(),
+        snapshot_position: false,
     }
 }
 
@@ -466,7 +504,7 @@ async fn copy_database(
         fill(source, target, progress).await
     }
     .await;
-    let (tables, objects, bytes_received) = match outcome {
+    let (tables, objects, bytes_received, snapshot_gtid_position) = match outcome {
         Ok(filled) => filled,
         Err(error) => {
             drop_partial_copy(server, database, &created, &error).await;
@@ -494,6 +532,7 @@ async fn copy_database(
         skipped_users: target.plan.skipped.clone(),
         objects,
         bytes_received,
+        snapshot_gtid_position,
     })
 }
 
@@ -504,7 +543,7 @@ async fn fill(
     source: &mut MariadbSourceClient<Channel>,
     target: &Target<'_>,
     progress: &Progress,
-) -> Result<(Vec<TableCheck>, Vec<String>, u64), MariadbCopyError> {
+) -> Result<(Vec<TableCheck>, Vec<String>, u64, Option<String>), MariadbCopyError> {
     let (copy, server, description) = (target.copy, target.server, target.description);
     let database = copy.target_database.as_str();
     let loader_error = |detail: String| MariadbCopyError::Loader {
@@ -519,9 +558,10 @@ async fn fill(
             .map_err(|error| loader_error(error.to_string()))?;
         let session = &loader.session;
         let definers = target.plan.accounts();
-        let (checksums, bytes_received) = load(
+        let (checksums, bytes_received, position) = load(
             source,
             target.transfer_id,
+            target.options.snapshot_position,
             copy,
             session,
             description,
@@ -530,12 +570,12 @@ async fn fill(
         )
         .await?;
         let tables = verify_tables(session, database, &checksums).await?;
-        Ok::<_, MariadbCopyError>((tables, bytes_received))
+        Ok::<_, MariadbCopyError>((tables, bytes_received, position))
     }
     .await;
     // Whatever happened, the loader goes.
     let dropped = loader::drop_loader(server, &name).await;
-    let (tables, bytes_received) = loaded?;
+    let (tables, bytes_received, position) = loaded?;
     dropped.map_err(|error| loader_error(format!("cannot drop {name}: {error}")))?;
 
     check_definers(server, database, &target.plan.accounts()).await?;
@@ -547,7 +587,7 @@ async fn fill(
             .await
             .map_err(MariadbCopyError::target(server))?;
     }
-    Ok((tables, objects, bytes_received))
+    Ok((tables, objects, bytes_received, position))
 }
 
 /// Refuses the copy unless every view, routine, trigger and event of
