@@ -400,6 +400,41 @@ fn missing_software(
     None
 }
 
+/// The server of `source_host` that holds `database`, refused unless it is
+/// reported and up; `then` is what to do again once it is started
+/// ("test", "refresh").
+fn source_server<'a>(
+    source_host: &'a Host,
+    database: &Database,
+    then: &str,
+) -> Result<&'a DatabaseServer, Error> {
+    let server = source_host
+        .database_servers
+        .iter()
+        .find(|s| s.name == database.server && s.engine == database.engine)
+        .ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "database {} is on server {:?}, which host {} does not report",
+                database.name, database.server, source_host.id
+            ))
+        })?;
+    if !server.reachable {
+        return Err(Error::FailedPrecondition(format!(
+            "the {} server {:?} of database {} on host {} is down ({}); start it, then {then} again",
+            engine_name(server.engine),
+            server.name,
+            database.name,
+            source_host.id,
+            if server.error.is_empty() {
+                "no answer"
+            } else {
+                &server.error
+            }
+        )));
+    }
+    Ok(server)
+}
+
 /// Chooses the test host for a test of `migration` on `account` (living on
 /// `source_host`) among `hosts`, and makes the copy plan.
 pub fn plan_test(
@@ -416,30 +451,7 @@ pub fn plan_test(
         )));
     }
     for database in &account.databases {
-        let server = source_host
-            .database_servers
-            .iter()
-            .find(|s| s.name == database.server && s.engine == database.engine)
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "database {} is on server {:?}, which host {} does not report",
-                    database.name, database.server, source_host.id
-                ))
-            })?;
-        if !server.reachable {
-            return Err(Error::FailedPrecondition(format!(
-                "the {} server {:?} of database {} on host {} is down ({}); start it, then test again",
-                engine_name(server.engine),
-                server.name,
-                database.name,
-                source_host.id,
-                if server.error.is_empty() {
-                    "no answer"
-                } else {
-                    &server.error
-                }
-            )));
-        }
+        source_server(source_host, database, "test")?;
     }
     let needed = disk_needed(account);
     let mut refusals = Vec::new();
@@ -559,25 +571,7 @@ pub fn replan_test(
             });
             continue;
         }
-        let source = source_host
-            .database_servers
-            .iter()
-            .find(|s| s.name == database.server && s.engine == database.engine)
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "database {} is on server {:?}, which host {} does not report",
-                    database.name, database.server, source_host.id
-                ))
-            })?;
-        if !source.reachable {
-            return Err(Error::FailedPrecondition(format!(
-                "the {} server {:?} of database {} on host {} is down; start it, then refresh again",
-                engine_name(source.engine),
-                source.name,
-                database.name,
-                source_host.id
-            )));
-        }
+        let source = source_server(source_host, database, "refresh")?;
         let target = receiving_server(migration, account, database, test_host, source, held)
             .map_err(|why| {
                 let why = why.unwrap_or_else(|| {
