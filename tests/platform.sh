@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings up a local Navette platform on this machine (as root, Debian 12):
 # a controller and five hosts in network namespaces, with PostgreSQL 15/18,
-# MariaDB, sample accounts and enrolled agents. Prints what to type next and
+# MariaDB, nginx with PHP, sample accounts with their sites and enrolled
+# agents; presses Test for alice and shows her site on the test host. Prints
+# what to type next and
 # keeps running until Ctrl-C, then removes everything it created.
 #   --check   bring it up, print, and tear it down at once
 set -euo pipefail

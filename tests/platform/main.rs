@@ -1,9 +1,11 @@
 //! `navette-platform`: a whole local Navette platform on this machine, for
 //! newcomers and demonstrations. Built on the test rig: a controller and
 //! five hosts (network namespaces on one bridge) with real PostgreSQL and
-//! MariaDB servers, sample customer accounts, and enrolled agents. It
-//! prints what to type next, then keeps everything up until Ctrl-C, and
-//! removes it all on the way out.
+//! MariaDB servers, sample customer accounts whose PHP sites run behind
+//! each host's nginx, and enrolled agents. It presses *Test* for alice and
+//! shows her site answering on the test host, prints what to type next,
+//! then keeps everything up until Ctrl-C, and removes it all on the way
+//! out.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -11,6 +13,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
+use navette_proto::v1::StartSitesRequest;
+use navette_proto::v1::agent_client::AgentClient;
 use navette_tests::{
     AccountSpec, AgentKind, AgentSpec, ControllerSpec, MariaDbRelease, MariaDbSpec, Netns,
     PgVersion, Rig,
@@ -122,7 +126,13 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    say("Database servers are up. Creating sample accounts...");
+    // The web servers of the old-stack host, whose sites run from the
+    // start, and of the test host, where a test starts the copy's sites.
+    let web_hosts = [&hosts[0], &hosts[2]];
+    for host in web_hosts {
+        host.start_web_server(&rig)?;
+    }
+    say("Database servers and web servers are up. Creating sample accounts...");
     let accounts = [
         (0, "alice", vec!["alice", "alice_shop"], vec!["alice_blog"]),
         (0, "bruno", vec!["bruno"], vec![]),
@@ -142,9 +152,10 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
         )?;
     }
     say("Enrolling the agents with one-time join tokens...");
+    let mut agents = Vec::new();
     for (plan, host) in HOSTS.iter().zip(&hosts) {
         let token = rig.create_join_token(plan.id, plan.kind)?;
-        rig.start_agent(
+        agents.push(rig.start_agent(
             host,
             AgentSpec {
                 kind: plan.kind,
@@ -152,7 +163,7 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
                 token,
                 ..AgentSpec::default()
             },
-        )?;
+        )?);
     }
     rig.wait_until(
         "every host online",
@@ -164,6 +175,38 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
                 && hosts.iter().all(|h| {
                     h["state"] == "HOST_STATE_ONLINE" && h.get("inventoryUpdatedAt").is_some()
                 }))
+        },
+    )?;
+
+    say("Starting the sites of the old-stack host's accounts (PHP 8.2 FPM behind nginx)...");
+    for account in ["alice", "bruno"] {
+        let request = StartSitesRequest {
+            account: account.to_owned(),
+            ..StartSitesRequest::default()
+        };
+        rig.client()
+            .run_in(|| async {
+                let channel = agents[0].controller_channel(&controller)?;
+                AgentClient::new(channel)
+                    .start_sites(request)
+                    .await
+                    .map_err(|status| anyhow::anyhow!("StartSites of {account}: {status:?}"))
+            })
+            .with_context(|| format!("starting the sites of {account} on shared-old"))?;
+    }
+    rig.wait_until(
+        "alice's site answering on shared-old",
+        std::time::Duration::from_secs(20),
+        || {
+            Ok(hosts[0]
+                .http_get(
+                    &rig,
+                    "alice.example",
+                    "/",
+                    std::time::Duration::from_secs(5),
+                )?
+                .0
+                == 200)
         },
     )?;
 
@@ -196,6 +239,14 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     println!("  {nv} navette.v1.Catalogue/ListMigrations '{{\"account\":\"alice\"}}'");
     println!("  {nv} navette.v1.Catalogue/GetMigration '{{\"id\":\"postgresql-15-to-18\"}}'");
     println!("  {nv} navette.v1.Hosts/WatchHosts           # live host events (Ctrl-C to stop)");
+    println!(
+        "alice's site on her own host, from the platform's client namespace (as a visitor would):"
+    );
+    println!(
+        "  ip netns exec {} curl --resolve alice.example:80:{} http://alice.example/",
+        rig.client().name(),
+        HOSTS[0].address
+    );
     println!();
     press_test(&rig, &wrapper)?;
     println!();
@@ -288,6 +339,46 @@ fn press_test(rig: &Rig, wrapper: &Path) -> anyhow::Result<()> {
         "  (password alice-password; from the platform's client namespace, e.g. ip netns exec {} psql -h 192.0.2.12 -U alice alice)",
         rig.client().name()
     );
+    let previews = test["previews"].as_array().cloned().unwrap_or_default();
+    if previews.is_empty() {
+        anyhow::bail!(
+            "alice's test has no site preview: {}",
+            test["previewsNote"].as_str().unwrap_or("no reason given")
+        );
+    }
+    println!("Her site runs on the test host, on the copy of her files and databases. Try it:");
+    for preview in &previews {
+        println!(
+            "  ip netns exec {} {}",
+            rig.client().name(),
+            preview["command"].as_str().unwrap_or("")
+        );
+    }
+    let domain = previews[0]["domains"][0]
+        .as_str()
+        .unwrap_or("alice.example");
+    let test_host = rig
+        .client()
+        .command("curl")
+        .args(["--silent", "--show-error", "--max-time", "10", "--resolve"])
+        .arg(format!(
+            "{domain}:80:{}",
+            previews[0]["address"].as_str().unwrap_or("")
+        ))
+        .arg(format!("http://{domain}/"))
+        .output()
+        .context("running curl against the preview")?;
+    let page = String::from_utf8_lossy(&test_host.stdout);
+    if !test_host.status.success() || !page.contains("alice") {
+        anyhow::bail!(
+            "alice's site does not answer on the test host: {page} {}",
+            String::from_utf8_lossy(&test_host.stderr)
+        );
+    }
+    println!("  which answers (the page reads her copied databases):");
+    for line in page.lines().filter(|l| !l.trim().is_empty()).take(6) {
+        println!("    {line}");
+    }
     let nv = wrapper.display();
     println!("Refresh it, watch it, or delete it:");
     println!("  {nv} navette.v1.Tests/RefreshTest '{{\"id\":\"{id}\"}}'");

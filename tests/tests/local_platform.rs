@@ -2,7 +2,9 @@
 //! platform and presses *Test* for a sample account. Here its binary runs
 //! with `--check` (up, Test, down) exactly as the script runs it, and the
 //! newcomer's view of it is checked: every host enrolled, the test copy
-//! ready, how to connect to it, and nothing left behind.
+//! ready, how to connect to it, alice's site answering on the test host
+//! (PHP 8.4, her copied rows) through the preview command, and nothing
+//! left behind.
 
 use std::process::Command;
 
@@ -30,6 +32,12 @@ fn the_readme_platform_comes_up_tests_an_account_and_goes_away() -> anyhow::Resu
         "psql",
         "192.0.2.12",
         "navette.v1.Tests/DeleteTest",
+        // Her site, run on the test host from the copy, as the preview
+        // command the answer gives shows it.
+        "curl --resolve alice.example:80:192.0.2.12 http://alice.example/",
+        "php: 8.4.",
+        "postgresql: apple,banana,cherry",
+        "mariadb: apple,banana,cherry",
         "--check: tearing the platform down.",
     ] {
         ensure!(
