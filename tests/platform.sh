@@ -3,8 +3,8 @@
 # a controller and five hosts in network namespaces, with PostgreSQL 15/18,
 # MariaDB, nginx with PHP, sample accounts with their sites and enrolled
 # agents; presses Test for alice and shows her site on the test host. Prints
-# what to type next and
-# keeps running until Ctrl-C, then removes everything it created.
+# what to type next and keeps running until Ctrl-C, then removes everything
+# it created.
 #   --check   bring it up, print, and tear it down at once
 set -euo pipefail
 cd "$(dirname "$0")/.."
