@@ -49,6 +49,19 @@ const HARMLESS: &[(&str, &str)] = &[
         "ConfigurationDirectory",
         "the agent's configuration directory",
     ),
+    ("RuntimeDirectory", "the sites' run directory under /run"),
+    (
+        "RuntimeDirectoryMode",
+        "the sites' run directory under /run",
+    ),
+    (
+        "RuntimeDirectoryPreserve",
+        "the sites' run directory under /run",
+    ),
+    (
+        "ReadWritePaths",
+        "makes the web server's server blocks writable: it only widens",
+    ),
     ("LimitNOFILE", "raises the open-file limit"),
     (
         "ProtectSystem",
