@@ -36,6 +36,9 @@
 //!   agent reads, the PHP (8.2, or 8.4 chrooted) its pools run, and HTTP
 //!   requests by domain name from the client namespace;
 //! - [`grpcurl`]: the operator's and panel's client;
+//! - [`load`]: customers' clients under load while an account moves
+//!   (pgbench, a MariaDB writer, a process appending to a file in the
+//!   home, an HTTP loop), each keeping a tally of what it was told;
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
 //!
@@ -50,6 +53,7 @@ pub mod agent;
 pub mod controller;
 pub mod grpcurl;
 pub mod install;
+pub mod load;
 pub mod mariadb;
 pub mod netns;
 pub mod postgres;
