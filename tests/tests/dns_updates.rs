@@ -4,7 +4,8 @@
 //! one, and a client resolving through the rig's DNS (glibc's resolver, as
 //! curl, psql and mysql use it) reaches the new host; a retry of a switch
 //! done changes nothing; a wrong key is refused with a clear error; a
-//! record changed by someone else stops the switch with nothing written.
+//! record changed by someone else stops the switch with nothing written;
+//! and the controller does not start with a TSIG secret others can read.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -401,5 +402,65 @@ fn a_record_changed_by_someone_else_stops_the_switch_with_nothing_written() -> a
         www == [(3600, OLD.to_string()), (3600, "192.0.2.99".to_owned())],
         "www: {www:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_tsig_secret_others_can_read_stops_the_controller_with_the_fix() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    use navette_tests::install::{navette_binary, workspace_dir};
+
+    let dir = std::env::temp_dir().join(format!("navette-dns-secret-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let secret = dir.join("tsig.secret");
+    std::fs::write(&secret, "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")?;
+    let config = dir.join("controller.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\nurl = \"host=/nonexistent user=navette\"\nconnect_timeout_secs = 1\n\
+             [catalogue]\ndir = \"{}\"\n[tls]\nca_dir = \"{}\"\n\
+             [dns]\nserver = \"192.0.2.53:53\"\ntsig_key_name = \"navette.\"\ntsig_secret_file = \"{}\"\n",
+            workspace_dir().join("controller/catalogue").display(),
+            dir.join("ca").display(),
+            secret.display()
+        ),
+    )?;
+    let controller = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(navette_binary("navette-controller")?)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()?)
+    };
+    let init = controller(&["ca", "init"])?;
+    ensure!(
+        init.status.success(),
+        "ca init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640))?;
+    let output = controller(&["run"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success(),
+        "started with the TSIG secret mode 0640"
+    );
+    ensure!(
+        stderr.contains(&format!("chmod 600 {}", secret.display())) && stderr.contains("mode 0640"),
+        "the message says what is wrong and how to fix it: {stderr}"
+    );
+    // Private again: start-up goes on to the database.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600))?;
+    let output = controller(&["run"])?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && !stderr.contains("TSIG") && stderr.contains("database"),
+        "with the secret 0600 the controller gets as far as the database: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -90,7 +90,7 @@ pub enum DnsError {
         code: &'static str,
     },
     #[error(
-        "account {account}: {} point at neither the old host nor the new one: someone else changed them; nothing was written. Put them back on the old host's address, or leave them out of the platform's DNS, and retry",
+        "account {account}: record sets point at neither the old host nor the new one: {}; someone else changed them, and nothing was written. Put them back on the old host's address, or take them out of the platform's DNS, and retry",
         describe(.mismatches)
     )]
     NotOnOldHost {
