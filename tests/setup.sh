@@ -19,6 +19,8 @@
 #     the PostgreSQL and MySQL extensions. Nothing starts on the machine:
 #     policy-rc.d forbids it here and in the tree; the rig runs them in
 #     hosts' namespaces (tests/rig/web.rs).
+#   - Knot DNS (knotd) and kdig: the platform's authoritative DNS server
+#     the rig runs in a host of its own (tests/rig/dns.rs).
 set -euo pipefail
 
 PG18_DIR=${NAVETTE_PG18_DIR:-/opt/navette-rig/pg18}
@@ -43,6 +45,9 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 [ -x /usr/sbin/php-fpm8.2 ] || need_apt+=(php8.2-fpm)
 [ -e /usr/lib/php/20220829/pgsql.so ] || need_apt+=(php8.2-pgsql)
 [ -e /usr/lib/php/20220829/mysqli.so ] || need_apt+=(php8.2-mysql)
+# The platform's authoritative DNS (RFC 2136 updates with TSIG) and kdig.
+[ -x /usr/sbin/knotd ] || need_apt+=(knot)
+command -v kdig >/dev/null 2>&1 || need_apt+=(knot-dnsutils)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"

@@ -37,6 +37,8 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub dns: Dns,
 }
 
 /// Where the controller listens.
@@ -290,6 +292,69 @@ pub struct Metrics {
     pub listen: Option<SocketAddr>,
 }
 
+/// The platform's authoritative DNS, updated with RFC 2136 and TSIG when
+/// accounts move (`crate::dns`). Off unless `server` is set: a platform
+/// whose DNS is not Navette's to change.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// The primary authoritative server that accepts updates
+    /// (`192.0.2.53:53`). Default: not set, DNS updates off.
+    #[serde(default)]
+    pub server: Option<SocketAddr>,
+    /// The TSIG key's name, as the server knows it (`navette.`). Required
+    /// with `server`.
+    #[serde(default)]
+    pub tsig_key_name: Option<String>,
+    /// Only `hmac-sha256`. Default `hmac-sha256`.
+    #[serde(default = "default_tsig_algorithm")]
+    pub tsig_algorithm: String,
+    /// A file holding the key's secret as one line of base64, readable by
+    /// its owner only (like `ca.key`; a wider mode stops start-up).
+    /// Required with `server`.
+    #[serde(default)]
+    pub tsig_secret_file: Option<PathBuf>,
+    /// The zone under which each account's database host name
+    /// `<account>.<zone>` lives ('_' becomes '-'), e.g. `db.example.`.
+    /// Default: not set, no database host name is updated.
+    #[serde(default)]
+    pub database_zone: Option<String>,
+    /// The TTL an account's records get ahead of a move; the move waits
+    /// the records' old TTL after lowering them. Default 60 seconds.
+    #[serde(default = "default_lowered_ttl")]
+    pub lowered_ttl_secs: u32,
+    /// One exchange with the server gives up after this. Default 5
+    /// seconds.
+    #[serde(default = "default_dns_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            server: None,
+            tsig_key_name: None,
+            tsig_algorithm: default_tsig_algorithm(),
+            tsig_secret_file: None,
+            database_zone: None,
+            lowered_ttl_secs: default_lowered_ttl(),
+            timeout_secs: default_dns_timeout(),
+        }
+    }
+}
+
+fn default_tsig_algorithm() -> String {
+    "hmac-sha256".to_owned()
+}
+
+fn default_lowered_ttl() -> u32 {
+    60
+}
+
+fn default_dns_timeout() -> u64 {
+    5
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -321,6 +386,8 @@ mod tests {
         assert_eq!(config.database.sslmode, SslMode::Disable);
         assert_eq!(config.database.statement_timeout_secs, 30);
         assert_eq!(config.metrics.listen, None);
+        assert_eq!(config.dns.server, None, "DNS updates are off by default");
+        assert_eq!(config.dns.lowered_ttl_secs, 60);
         Ok(())
     }
 

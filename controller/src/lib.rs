@@ -60,6 +60,12 @@
 //! - [`metrics`]: Prometheus metrics (the runner's counters, workflows by
 //!   kind and state) and their `/metrics` endpoint, off unless configured.
 //! - [`notify`]: systemd readiness.
+//! - [`dns`]: the platform's authoritative DNS: RFC 2136 updates signed
+//!   with TSIG (HMAC-SHA256), which record sets are an account's (its
+//!   sites' domains, its database host name), and the operations a move
+//!   calls: read, lower the TTL ahead of time, switch from one host's
+//!   addresses to another's on a prerequisite of what was read, restore
+//!   the TTL. Off unless `[dns] server` is set; decides nothing about when.
 //!
 //! Invariants: agents never touch this database; every change to a host is
 //! announced in the transaction that commits it; several controllers may
@@ -74,6 +80,7 @@ pub mod certificates;
 pub mod compatibility;
 pub mod config;
 pub mod db;
+pub mod dns;
 pub mod engine;
 pub mod enrolment;
 pub mod error;
@@ -99,6 +106,10 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tracing::info!(message = "catalogue loaded", migrations = catalogue.len(), dir = %config.catalogue.dir.display());
     let ca = ca::CertificateAuthority::load(&config.tls.ca_dir)?;
     let tls = tls::ControllerTls::new(&ca, &config.tls)?;
+    let dns = dns::PlatformDns::from_config(&config.dns)?;
+    if let Some(dns) = &dns {
+        tracing::info!(message = "platform DNS updates on", server = ?config.dns.server, lowered_ttl = dns.lowered_ttl);
+    }
     let db = db::connect(&config.database).await?;
     let applied = db::migrate(&db)
         .await
@@ -119,6 +130,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         changes,
         controller_id: controller_id(),
         certificates,
+        dns,
     });
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -24,6 +24,8 @@ pub struct Controller {
     pub controller_id: String,
     /// Which agent certificate is each host's current one (cached).
     pub certificates: std::sync::Arc<crate::certificates::AgentCertificates>,
+    /// The platform's DNS, when `[dns] server` is set.
+    pub dns: Option<crate::dns::PlatformDns>,
 }
 
 impl std::fmt::Debug for Controller {

@@ -39,11 +39,16 @@
 //! - [`load`]: customers' clients under load while an account moves
 //!   (pgbench, a MariaDB writer, a process appending to a file in the
 //!   home, an HTTP loop), each keeping a tally of what it was told;
+//! - [`dns`]: the platform's authoritative DNS (knotd on host `dns`,
+//!   192.0.2.53, a TSIG key allowed to update its zones), `kdig` and
+//!   `knsupdate` from a host, and resolution through it for programs run
+//!   with `ip netns exec` (`/etc/netns/<namespace>/resolv.conf`);
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
 //!
 //! Invariants: the rig only uses addresses from 192.0.2.0/24; every name it
 //! creates (namespace, interface, directory) starts with the rig's prefix;
+//! a namespace's `/etc/netns/<namespace>/` goes with the namespace;
 //! it never builds anything (tests use binaries built beforehand with
 //! `cargo build --bins`); it never deletes system users (they are shared by
 //! rigs running in parallel).
@@ -51,6 +56,7 @@
 pub mod accounts;
 pub mod agent;
 pub mod controller;
+pub mod dns;
 pub mod grpcurl;
 pub mod install;
 pub mod load;
@@ -69,6 +75,7 @@ use std::time::{Duration, Instant};
 pub use accounts::{Account, AccountSpec, SAMPLE_ROWS, sample_domains};
 pub use agent::{Agent, AgentKind, AgentSpec};
 pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
+pub use dns::{DnsServer, ZoneSpec};
 pub use grpcurl::JoinTokenSpec;
 pub use mariadb::{MariaDb, MariaDbRelease, MariaDbSpec};
 pub use netns::Netns;

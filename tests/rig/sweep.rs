@@ -221,6 +221,14 @@ pub fn wait_namespace_empty(namespace: &str, timeout: Duration) {
 
 /// `ip netns del`, logging failures.
 pub fn delete_namespace(namespace: &str) {
+    // `ip netns exec` files (the resolver configuration of `dns`), which
+    // `ip netns del` leaves behind.
+    let etc = std::path::Path::new(crate::dns::NETNS_ETC).join(namespace);
+    if etc.exists()
+        && let Err(error) = std::fs::remove_dir_all(&etc)
+    {
+        eprintln!("navette rig: removing {}: {error}", etc.display());
+    }
     match Command::new("ip")
         .args(["netns", "del", namespace])
         .output()
