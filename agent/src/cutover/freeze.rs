@@ -12,6 +12,9 @@
 //! state), and the freeze is complete when no process of the uid is
 //! outside and the group reads frozen.
 //!
+//! Only processes in the agent's network namespace count (see
+//! [`processes_of`]).
+//!
 //! Moving a process between groups of the freezer hierarchy changes
 //! nothing else for it (v1: only that hierarchy; v2: the account's group
 //! has no controller of its own). Root's processes, the web server's and
@@ -54,17 +57,29 @@ pub struct FreezeOutcome {
     pub already: bool,
 }
 
-/// The processes one of whose uids (real, effective, saved, filesystem)
-/// is `uid`, from `/proc`.
+/// The network namespace of `/proc/<pid>` (`self` for the agent).
+fn network_namespace(pid: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+/// The processes of this host one of whose uids (real, effective, saved,
+/// filesystem) is `uid`, from `/proc`. "Of this host": in the agent's
+/// network namespace, where the account's sites, shells and cron jobs
+/// run; a process of the same uid in another network namespace belongs
+/// to something else (a container, or, on the test rig, where hosts are
+/// network namespaces of one machine, another host's copy of the
+/// account) and is left alone.
 pub fn processes_of(uid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let own = std::process::id();
+    let host = network_namespace("self");
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != own)
+        .filter(|pid| host.is_none() || network_namespace(&pid.to_string()) == host)
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/status"))
                 .ok()
