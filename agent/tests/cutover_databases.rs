@@ -12,7 +12,8 @@
 //! - the switch ends the held writers (their rows are not on the source),
 //!   refuses alice's new sessions with the engines' messages, spares bob;
 //!   `ReleaseDatabases` lets alice in again;
-//! - a fence nobody switches or releases ends by itself at its deadline;
+//! - a fence nobody switches or releases ends by itself at its deadline,
+//!   and one whose agent is killed ends at once;
 //! - calls are idempotent by migration id; another migration is refused.
 
 mod cutover_support;
@@ -515,6 +516,31 @@ fn fenced_writers_wait_the_position_covers_them_and_the_switch_ends_them() -> an
     ensure!(
         taken.elapsed() >= Duration::from_millis(1400),
         "released before its deadline"
+    );
+
+    // The agent killed while it fences: the servers end its sessions,
+    // and the writers go on without waiting for any deadline.
+    fence(fence_request("m-cut-3", 30_000))??;
+    std::thread::sleep(Duration::from_millis(300));
+    let held = (alice_pg.acked(), alice_my.acked());
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(
+        (alice_pg.acked(), alice_my.acked()) == held,
+        "the third fence did not hold"
+    );
+    let killed = Instant::now();
+    agent.kill9();
+    alice_pg.wait_progress(
+        "alice's PostgreSQL writer after the agent died",
+        Duration::from_secs(10),
+    )?;
+    alice_my.wait_progress(
+        "alice's MariaDB writer after the agent died",
+        Duration::from_secs(10),
+    )?;
+    eprintln!(
+        "with the agent killed, the fence ended within {:?} (its deadline was 30 s)",
+        killed.elapsed()
     );
 
     pg.psql(

@@ -4,8 +4,9 @@
 //!
 //! - FreezeAccount stops every process of the account's user, also one
 //!   the customer started outside its sites (a shell loop): it writes
-//!   nothing while frozen, goes on when thawed, and a freeze nobody thaws
-//!   ends by itself at its deadline;
+//!   nothing while frozen, goes on when thawed, a freeze nobody thaws
+//!   ends by itself at its deadline, and one whose agent was killed ends
+//!   when the agent starts again;
 //! - ForwardSites on the old host: a request held by the frozen pool is
 //!   answered, without error, by the new host once the switch happened;
 //!   new requests to the old host's address for the account's domain are
@@ -187,6 +188,28 @@ fn every_process_of_the_account_freezes_and_thaws_and_a_freeze_ends_at_its_deadl
             .map(|r| r.into_inner())
     })??;
     ensure!(!late.thawed, "{late:?}");
+
+    // The agent killed while the account is frozen: its restart thaws it.
+    world.call(&agent, async |c| {
+        c.freeze_account(freeze("m-frz-3", &account.name, 30_000))
+            .await
+    })??;
+    ensure!(
+        !grows(Duration::from_millis(300)),
+        "the third freeze did not hold"
+    );
+    agent.kill9();
+    ensure!(
+        !grows(Duration::from_millis(300)),
+        "the freeze ended with the agent"
+    );
+    agent.restart()?;
+    world
+        .rig
+        .wait_until("the restarted agent thaws", Duration::from_secs(10), || {
+            Ok(grows(Duration::from_millis(100)))
+        })?;
+    eprintln!("the restarted agent thawed what the killed one had frozen");
 
     // The loop's shell (runuser's child), then runuser.
     for pid in children_of(looping.id()) {
