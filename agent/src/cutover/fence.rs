@@ -119,23 +119,11 @@ impl Cutover {
         deadline: Duration,
         acquire: Duration,
     ) -> Result<FenceOutcome, CutoverError> {
-        let mut fences = self.fences.lock().await;
-        if let Some(existing) = fences.get(account) {
-            if existing.migration_id != migration_id {
-                return Err(CutoverError::OtherMigration {
-                    account: account.to_owned(),
-                    what: "fenced",
-                    other: existing.migration_id.clone(),
-                });
-            }
-            return Ok(FenceOutcome {
-                postgres_positions: existing.postgres_positions.clone(),
-                mariadb_positions: existing.mariadb_positions.clone(),
-                took: Duration::ZERO,
-                remaining: existing.deadline.saturating_duration_since(Instant::now()),
-                already: true,
-            });
+        if let Some(found) = in_force(&*self.fences.lock().await, migration_id, account) {
+            return found;
         }
+        // Taken without holding the map: another account's fence, or a
+        // deadline's release, does not wait for this one's locks.
         let started = Instant::now();
         let mut fence = Fence {
             migration_id: migration_id.to_owned(),
@@ -169,6 +157,13 @@ impl Cutover {
             mariadb = ?outcome.mariadb_positions
         );
         let number = fence.number;
+        let mut fences = self.fences.lock().await;
+        if let Some(found) = in_force(&fences, migration_id, account) {
+            // A concurrent call for the account won: this fence goes.
+            drop(fences);
+            fence.release().await;
+            return found;
+        }
         fences.insert(account.to_owned(), fence);
         drop(fences);
         self.watch_deadline(account, number, fence_deadline(started, deadline));
@@ -398,6 +393,30 @@ impl Cutover {
         tracing::info!(message = "account's databases released", migration = %migration_id, %account, unfenced, unswitched);
         Ok((unfenced, unswitched))
     }
+}
+
+/// The answer for `account` if a fence is in force for it: the same
+/// migration's positions, or a refusal naming the other migration.
+fn in_force(
+    fences: &std::collections::HashMap<String, Fence>,
+    migration_id: &str,
+    account: &str,
+) -> Option<Result<FenceOutcome, CutoverError>> {
+    let existing = fences.get(account)?;
+    if existing.migration_id != migration_id {
+        return Some(Err(CutoverError::OtherMigration {
+            account: account.to_owned(),
+            what: "fenced",
+            other: existing.migration_id.clone(),
+        }));
+    }
+    Some(Ok(FenceOutcome {
+        postgres_positions: existing.postgres_positions.clone(),
+        mariadb_positions: existing.mariadb_positions.clone(),
+        took: Duration::ZERO,
+        remaining: existing.deadline.saturating_duration_since(Instant::now()),
+        already: true,
+    }))
 }
 
 fn fence_deadline(started: Instant, deadline: Duration) -> tokio::time::Instant {

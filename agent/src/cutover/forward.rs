@@ -47,9 +47,9 @@
 //! nginx and starts the pool again (from its configuration file, left in
 //! place); when the account is still frozen the pool cannot start (it
 //! would freeze at birth), so the answer says so and `StartSites` after
-//! `ThawAccount` starts it. The forward, like the switch, belongs after
-//! the target has been verified: requests the killed pool held go to the
-//! new host, so a rollback after it must accept that they were served
+//! `ThawAccount` starts it. The forward belongs after the point of no
+//! return: requests the killed pool held, and every new one, are served by
+//! the new host from then on, and a rollback would lose what they wrote
 //! there.
 //!
 //! Every value in the forwarding block is a checked domain (from the

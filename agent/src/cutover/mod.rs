@@ -239,7 +239,8 @@ pub struct Cutover {
     pub(crate) config: Arc<Config>,
     /// Freezes by account.
     pub(crate) freezes: Arc<Mutex<HashMap<String, freeze::AccountFreeze>>>,
-    /// Fences by account (a tokio mutex: fencing awaits under it).
+    /// Fences by account (a tokio mutex: a switch and a release await
+    /// under it; taking a fence does not hold it).
     pub(crate) fences: Arc<tokio::sync::Mutex<HashMap<String, fence::Fence>>>,
 }
 
