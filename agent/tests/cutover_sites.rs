@@ -155,6 +155,20 @@ fn every_process_of_the_account_freezes_and_thaws_and_a_freeze_ends_at_its_deadl
             .map(|r| r.into_inner())
     })??;
     ensure!(thawed.thawed, "{thawed:?}");
+    // The loop is back where it was: the account's group (which
+    // StopSites empties; this account has no sites) empties again (a
+    // `sleep` the loop forked inside it before the freeze ends by itself).
+    if group.exists() {
+        world.rig.wait_until(
+            "the loop out of the account's group",
+            Duration::from_secs(5),
+            || {
+                Ok(std::fs::read_to_string(group.join("cgroup.procs"))?
+                    .trim()
+                    .is_empty())
+            },
+        )?;
+    }
     eprintln!("thawed in {} µs", thawed.took_us);
     ensure!(
         grows(Duration::from_millis(400)),

@@ -21,12 +21,15 @@
 //! other accounts' are never moved: only the account's uid, never 0.
 //!
 //! The freeze is held by a [`Frozen`] guard: thawed by [`thaw`], or by its
-//! watchdog at the deadline.
+//! watchdog at the deadline. An explicit thaw puts the processes it moved
+//! back into the groups they came from.
 
 use std::time::{Duration, Instant};
 
+use std::path::{Path, PathBuf};
+
 use super::{Cutover, CutoverError, lock};
-use crate::cgroups::{AccountGroup, AccountGroups, Frozen};
+use crate::cgroups::{AccountGroup, AccountGroups, Frozen, Hierarchy};
 
 /// How long the kernel may take to freeze the account's processes.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,6 +42,10 @@ pub struct AccountFreeze {
     pub migration_id: String,
     pub deadline: Instant,
     frozen: Frozen,
+    /// The processes moved into the account's group and where they were,
+    /// to be put back at the thaw (so that emptying the sites' group
+    /// later, `StopSites`, never kills the customer's own shells).
+    moved: Vec<(u32, Option<PathBuf>)>,
 }
 
 impl AccountFreeze {
@@ -96,17 +103,42 @@ fn has_uid(status: &str, uid: u32) -> bool {
         .is_some_and(|uids| uids.split_whitespace().any(|u| u.parse() == Ok(uid)))
 }
 
-/// Moves every process of `uid` not in `group` into it; how many moved
-/// (a process that ended meanwhile is not counted).
-fn sweep(group: &AccountGroup, uid: u32) -> Result<u32, CutoverError> {
+/// The group of the freezer hierarchy rooted at `root` that `pid` is in,
+/// from `/proc/<pid>/cgroup` (`0::/path` under cgroup v2, the `freezer`
+/// line under v1).
+fn group_of(pid: u32, root: &Path, hierarchy: Hierarchy) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let relative = text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let wanted = match hierarchy {
+            Hierarchy::V2 => controllers.is_empty(),
+            Hierarchy::V1Freezer => controllers.split(',').any(|c| c == "freezer"),
+        };
+        wanted.then(|| path.trim_start_matches('/').to_owned())
+    })?;
+    let group = root.join(relative);
+    group.join("cgroup.procs").exists().then_some(group)
+}
+
+/// Moves every process of `uid` not in `group` into it; the processes
+/// moved and the groups they came from (a process that ended meanwhile is
+/// not counted).
+fn sweep(
+    group: &AccountGroup,
+    uid: u32,
+    root: &Path,
+    hierarchy: Hierarchy,
+) -> Result<Vec<(u32, Option<PathBuf>)>, CutoverError> {
     let members = group.processes()?;
-    let mut moved = 0;
+    let mut moved = Vec::new();
     for pid in processes_of(uid) {
         if members.contains(&pid) {
             continue;
         }
+        let origin = group_of(pid, root, hierarchy);
         match group.add_process(pid) {
-            Ok(()) => moved += 1,
+            Ok(()) => moved.push((pid, origin)),
             // Gone between the listing and the move.
             Err(_) if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {}
             Err(error) => return Err(error.into()),
@@ -134,7 +166,32 @@ fn account_uid(account: &str) -> Result<u32, CutoverError> {
     Ok(user.uid.as_raw())
 }
 
+/// Moves each process of `moved` still alive back into the group it came
+/// from. Best effort: a process that cannot go back stays in the account's
+/// group, which harms nothing but a later emptying of that group.
+fn put_back(moved: &[(u32, Option<PathBuf>)]) {
+    for (pid, origin) in moved {
+        let Some(origin) = origin else { continue };
+        let procs = origin.join("cgroup.procs");
+        if let Err(error) = std::fs::write(&procs, pid.to_string())
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            tracing::warn!(message = "a process stays in the account's group", pid, group = %origin.display(), %error);
+        }
+    }
+}
+
 impl Cutover {
+    /// The root of the freezer hierarchy the account groups are in (as
+    /// [`AccountGroups::open`] finds it).
+    fn hierarchy_root(&self, groups: &AccountGroups) -> PathBuf {
+        let mount = &self.config.sites.cgroup_mount;
+        match groups.hierarchy() {
+            Hierarchy::V2 => mount.clone(),
+            Hierarchy::V1Freezer => mount.join("freezer"),
+        }
+    }
+
     fn groups(&self) -> Result<AccountGroups, CutoverError> {
         let sites = &self.config.sites;
         Ok(AccountGroups::open(
@@ -174,15 +231,18 @@ impl Cutover {
             });
         }
         let uid = account_uid(account)?;
-        let group = self.groups()?.ensure(account)?;
+        let groups = self.groups()?;
+        let (root, hierarchy) = (self.hierarchy_root(&groups), groups.hierarchy());
+        let group = groups.ensure(account)?;
         let started = Instant::now();
-        let mut moved = sweep(&group, uid)?;
+        let mut moved = sweep(&group, uid, &root, hierarchy)?;
         let frozen = group.freeze_for(FREEZE_TIMEOUT, deadline)?;
         // Stragglers forked during the first sweep: frozen on arrival.
         for _ in 0..SWEEPS {
-            let more = sweep(&group, uid)?;
-            moved += more;
-            if more == 0 {
+            let more = sweep(&group, uid, &root, hierarchy)?;
+            let done = more.is_empty();
+            moved.extend(more);
+            if done {
                 break;
             }
         }
@@ -203,7 +263,7 @@ impl Cutover {
             migration = %migration_id,
             %account,
             took_us = took.as_micros() as u64,
-            moved,
+            moved = moved.len(),
             frozen = count,
             deadline_ms = deadline.as_millis() as u64
         );
@@ -213,11 +273,12 @@ impl Cutover {
                 migration_id: migration_id.to_owned(),
                 deadline: started + deadline,
                 frozen,
+                moved: moved.clone(),
             },
         );
         Ok(FreezeOutcome {
             took,
-            moved,
+            moved: u32::try_from(moved.len()).unwrap_or(u32::MAX),
             frozen: count,
             remaining: deadline.saturating_sub(took),
             already: false,
@@ -246,6 +307,9 @@ impl Cutover {
                     return Ok(None);
                 };
                 let was_in_force = freeze.in_force();
+                // Back first: a process joining a thawed group thaws, and
+                // one that ran in the account's group could fork there.
+                put_back(&freeze.moved);
                 let took = freeze.frozen.thaw()?;
                 tracing::info!(message = "account thawed", migration = %migration_id, %account, took_us = took.as_micros() as u64);
                 Ok(was_in_force.then_some(took))
