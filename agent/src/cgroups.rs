@@ -381,6 +381,11 @@ impl Frozen {
         self.took
     }
 
+    /// Whether the freeze has ended (thawed, or its deadline passed).
+    pub fn is_thawed(&self) -> bool {
+        self.thawed.load(Ordering::Acquire)
+    }
+
     /// Thaws now; returns how long the thaw took (zero if the deadline
     /// already thawed it).
     pub fn thaw(self) -> Result<Duration, CgroupError> {

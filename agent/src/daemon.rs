@@ -190,6 +190,11 @@ async fn run_enrolled(
         let sites = sites.clone();
         let _adopted = tokio::task::spawn_blocking(move || sites.adopt()).await;
     }
+    // A freeze a stopped agent left (its deadline died with it) is thawed.
+    {
+        let cutover = crate::cutover::Cutover::new(config.clone());
+        let _recovered = tokio::task::spawn_blocking(move || cutover.recover()).await;
+    }
     let serving = server::serve(
         listener,
         server_tls,

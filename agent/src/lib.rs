@@ -42,6 +42,14 @@
 //! - [`sites`]: each account's sites: their definitions (the host's
 //!   configuration), their FPM pool in the account's control group, their
 //!   server blocks in the host's web server; start, stop, freeze, thaw.
+//! - [`cutover`]: a migration's cutover on the source host, each step
+//!   idempotent by migration id and bounded by a deadline where it holds
+//!   the customer: [`cutover::freeze`] (every process of the account's
+//!   user frozen in its group), [`cutover::fence`] (writers held on the
+//!   account's PostgreSQL and MariaDB databases, the position after the
+//!   fence, the switch that ends and refuses the account's sessions),
+//!   [`cutover::forward`] (the old host's sites forwarded to the new one,
+//!   held requests answered there).
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree.
 //! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
@@ -63,6 +71,7 @@
 pub mod cgroups;
 pub mod changes;
 pub mod config;
+pub mod cutover;
 pub mod daemon;
 pub mod enrol;
 pub mod gateway;

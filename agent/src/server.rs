@@ -39,6 +39,7 @@ use tonic::{Request, Response, Status};
 
 use std::sync::Arc;
 
+mod cutover;
 mod replication;
 
 use crate::config::MariadbServer;
@@ -120,6 +121,8 @@ pub struct AgentService {
     latest: LatestInventory,
     transfers: Arc<Transfers>,
     sites: SiteHost,
+    /// The migrations' freezes, fences and forwards on this host.
+    cutover: crate::cutover::Cutover,
 }
 
 impl AgentService {
@@ -129,11 +132,13 @@ impl AgentService {
         transfers: Arc<Transfers>,
         sites: SiteHost,
     ) -> AgentService {
+        let cutover = crate::cutover::Cutover::new(transfers.config());
         AgentService {
             collector,
             latest,
             transfers,
             sites,
+            cutover,
         }
     }
 }
@@ -707,6 +712,69 @@ impl Agent for AgentService {
             .await
             .map_err(replication_status)?;
         Ok(Response::new(StopMariadbReplicationResponse { removed }))
+    }
+
+    async fn freeze_account(
+        &self,
+        request: Request<navette_proto::v1::FreezeAccountRequest>,
+    ) -> Result<Response<navette_proto::v1::FreezeAccountResponse>, Status> {
+        cutover::freeze(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn thaw_account(
+        &self,
+        request: Request<navette_proto::v1::ThawAccountRequest>,
+    ) -> Result<Response<navette_proto::v1::ThawAccountResponse>, Status> {
+        cutover::thaw(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn fence_databases(
+        &self,
+        request: Request<navette_proto::v1::FenceDatabasesRequest>,
+    ) -> Result<Response<navette_proto::v1::FenceDatabasesResponse>, Status> {
+        cutover::fence(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn switch_databases(
+        &self,
+        request: Request<navette_proto::v1::SwitchDatabasesRequest>,
+    ) -> Result<Response<navette_proto::v1::SwitchDatabasesResponse>, Status> {
+        cutover::switch(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn release_databases(
+        &self,
+        request: Request<navette_proto::v1::ReleaseDatabasesRequest>,
+    ) -> Result<Response<navette_proto::v1::ReleaseDatabasesResponse>, Status> {
+        cutover::release(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn forward_sites(
+        &self,
+        request: Request<navette_proto::v1::ForwardSitesRequest>,
+    ) -> Result<Response<navette_proto::v1::ForwardSitesResponse>, Status> {
+        cutover::forward(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn unforward_sites(
+        &self,
+        request: Request<navette_proto::v1::UnforwardSitesRequest>,
+    ) -> Result<Response<navette_proto::v1::UnforwardSitesResponse>, Status> {
+        cutover::unforward(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

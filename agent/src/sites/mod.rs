@@ -383,9 +383,10 @@ impl SiteHost {
             self.stop_pool(account, &paths, pid)?;
         }
 
+        let moved = crate::cutover::forward::moved_socket(&config.run_dir, account);
         let blocks = sites
             .iter()
-            .map(|site| nginx::render(account, &home, site, &paths.socket))
+            .map(|site| nginx::render(account, &home, site, &paths.socket, &moved))
             .collect::<Result<Vec<_>, _>>()?;
         if nginx::write_blocks(&config.server_blocks_dir, account, &blocks)? {
             nginx::reload(

@@ -81,12 +81,16 @@ const FASTCGI_PARAMS: &str = "\
 ";
 
 /// The server block of `site` of `account`, whose home is `home`; PHP goes
-/// to `socket`.
+/// to `socket`. A request whose pool fails (502) is passed once to
+/// `moved`, where nothing listens except during a migration's forward
+/// (`cutover::forward`: it then reaches the account's new host), so that
+/// requests a frozen pool held are answered there rather than failing.
 pub fn render(
     account: &str,
     home: &Path,
     site: &Site,
     socket: &Path,
+    moved: &Path,
 ) -> Result<String, WebServerError> {
     let root = quoted(&home.join(&site.document_root))?;
     let mut block = format!(
@@ -118,6 +122,18 @@ pub fn render(
             block.push_str(&format!(
                 "    location ~ \\.php$ {{\n{}    }}\n",
                 pass("$document_root$fastcgi_script_name")
+            ));
+            // Outside a forward nothing listens on `moved`: the client
+            // gets the 502 it got before (no second redirect).
+            let moved = quoted(moved)?;
+            block.push_str(&format!(
+                "    error_page 502 = @navette_moved;\n    \
+                 location @navette_moved {{\n        \
+                 proxy_pass http://unix:{moved}:;\n        \
+                 proxy_set_header Host $host;\n        \
+                 proxy_set_header X-Real-IP $remote_addr;\n        \
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n    }}\n",
+                moved = moved.trim_matches('"'),
             ));
         }
     }
@@ -334,11 +350,14 @@ mod tests {
             Path::new("/home/alice"),
             &site,
             Path::new("/run/sites/alice/php-fpm.sock"),
+            Path::new("/run/sites/.forward/alice.sock"),
         )?;
         assert!(block.contains("server_name alice.example www.alice.example;"));
         assert!(block.contains("root \"/home/alice/www\";"));
         assert!(block.contains("disable_symlinks if_not_owner"));
         assert!(block.contains("fastcgi_pass \"unix:/run/sites/alice/php-fpm.sock\";"));
+        assert!(block.contains("error_page 502 = @navette_moved;"));
+        assert!(block.contains("proxy_pass http://unix:/run/sites/.forward/alice.sock:;"));
         assert_eq!(block.matches('{').count(), block.matches('}').count());
         Ok(())
     }
@@ -357,7 +376,13 @@ mod tests {
             "/home/$x",
             "/home/a}",
         ] {
-            let error = render("alice", Path::new(home), &site, Path::new("/run/s.sock"));
+            let error = render(
+                "alice",
+                Path::new(home),
+                &site,
+                Path::new("/run/s.sock"),
+                Path::new("/run/m.sock"),
+            );
             assert!(
                 matches!(error, Err(WebServerError::UnsafePath(_))),
                 "{home}"

@@ -25,7 +25,7 @@ pub(crate) const SHORT: Duration = Duration::from_secs(60);
 /// Statements every session starts with: no surprise from the server's
 /// global `sql_mode` (NO_BACKSLASH_ESCAPES would break [`literal`],
 /// ANSI_QUOTES would not), and TIMESTAMP values read and written in UTC.
-pub(super) const SESSION_SETUP: &str =
+pub(crate) const SESSION_SETUP: &str =
     "SET SESSION sql_mode='NO_ENGINE_SUBSTITUTION', time_zone='+00:00';\n";
 
 /// Why a tool run failed.
@@ -83,7 +83,7 @@ pub(super) fn dump_tool(server: &MariadbServer) -> PathBuf {
 /// A command for `program` connected to `server` (socket, user, password).
 /// A copy's loader reads no option file: a `password=` of the host's
 /// `[client]` section would override its own (`MYSQL_PWD` comes last).
-pub(super) fn command(server: &MariadbServer, program: &Path) -> Command {
+pub(crate) fn command(server: &MariadbServer, program: &Path) -> Command {
     let mut command = Command::new(program);
     if server.user.starts_with(super::users::LOADER_PREFIX) {
         command.arg("--no-defaults");
@@ -101,7 +101,7 @@ pub(super) fn command(server: &MariadbServer, program: &Path) -> Command {
 }
 
 /// A `mariadb` client in batch mode reading SQL from standard input.
-pub(super) fn batch_client(server: &MariadbServer) -> Command {
+pub(crate) fn batch_client(server: &MariadbServer) -> Command {
     let mut command = command(server, &server.client);
     command.args([
         "--batch",

@@ -1,0 +1,443 @@
+//! The account's fence across its database servers, its deadline, the
+//! switch and the release: the bookkeeping around [`super::fence_postgres`]
+//! and [`super::fence_mariadb`].
+//!
+//! One fence per account at a time, keyed by account and owned by one
+//! migration id. A watchdog task releases it at its deadline unless the
+//! switch came first (then the sessions it held are gone and the switch's
+//! refusals stand until `ReleaseDatabases`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use super::fence_mariadb::{self, MyFence};
+use super::fence_postgres::{self, PgFence};
+use super::state::{self, SwitchRecord};
+use super::{Cutover, CutoverError};
+use crate::config::{MariadbServer, PostgresqlServer};
+
+/// Tells fences apart, so that a watchdog never releases a later fence.
+static FENCE_NUMBER: AtomicU64 = AtomicU64::new(1);
+
+/// The databases of a fence or a switch: (server, database) per engine.
+#[derive(Clone, Debug, Default)]
+pub struct Databases {
+    pub postgres: Vec<(String, String)>,
+    pub mariadb: Vec<(String, String)>,
+}
+
+/// A fence in force.
+#[derive(Debug)]
+pub struct Fence {
+    pub migration_id: String,
+    number: u64,
+    pub deadline: Instant,
+    postgres: Vec<PgFence>,
+    mariadb: Vec<MyFence>,
+    /// (server, LSN) and (server, GTID position), in server order.
+    pub postgres_positions: Vec<(String, String)>,
+    pub mariadb_positions: Vec<(String, String)>,
+}
+
+/// What [`Cutover::fence`] answers.
+#[derive(Clone, Debug)]
+pub struct FenceOutcome {
+    pub postgres_positions: Vec<(String, String)>,
+    pub mariadb_positions: Vec<(String, String)>,
+    pub took: Duration,
+    pub remaining: Duration,
+    pub already: bool,
+}
+
+/// What [`Cutover::switch`] answers.
+#[derive(Clone, Debug)]
+pub struct SwitchOutcome {
+    pub ended_sessions: u32,
+    pub postgres_refusal: String,
+    pub mariadb_refusal: String,
+}
+
+impl Fence {
+    async fn release(self) {
+        for fence in self.postgres {
+            fence_postgres::release(fence).await;
+        }
+        for fence in self.mariadb {
+            fence_mariadb::release(fence).await;
+        }
+    }
+}
+
+/// Groups `(server, database)` by server, keeping the first order.
+fn by_server(list: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
+    let mut grouped: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (server, database) in list {
+        let databases = grouped.entry(server.clone()).or_default();
+        if !databases.contains(database) {
+            databases.push(database.clone());
+        }
+    }
+    grouped
+}
+
+impl Cutover {
+    fn postgres_server(&self, name: &str) -> Result<PostgresqlServer, CutoverError> {
+        self.config
+            .postgresql
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                CutoverError::Precondition(format!(
+                    "no PostgreSQL server {name:?} in this agent's configuration"
+                ))
+            })
+    }
+
+    fn mariadb_server(&self, name: &str) -> Result<MariadbServer, CutoverError> {
+        self.config
+            .mariadb
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                CutoverError::Precondition(format!(
+                    "no MariaDB server {name:?} in this agent's configuration"
+                ))
+            })
+    }
+
+    /// Fences `databases` of `account` for `migration_id` (see the parent
+    /// module). Idempotent: the same migration's fence in force is
+    /// answered with the positions taken then.
+    pub async fn fence(
+        &self,
+        migration_id: &str,
+        account: &str,
+        databases: &Databases,
+        deadline: Duration,
+        acquire: Duration,
+    ) -> Result<FenceOutcome, CutoverError> {
+        if let Some(found) = in_force(&*self.fences.lock().await, migration_id, account) {
+            return found;
+        }
+        // Taken without holding the map: another account's fence, or a
+        // deadline's release, does not wait for this one's locks.
+        let started = Instant::now();
+        let mut fence = Fence {
+            migration_id: migration_id.to_owned(),
+            number: FENCE_NUMBER.fetch_add(1, Ordering::Relaxed),
+            deadline: started + deadline,
+            postgres: Vec::new(),
+            mariadb: Vec::new(),
+            postgres_positions: Vec::new(),
+            mariadb_positions: Vec::new(),
+        };
+        let taken = self
+            .take(&mut fence, migration_id, databases, deadline, acquire)
+            .await;
+        if let Err(error) = taken {
+            fence.release().await;
+            return Err(error);
+        }
+        let outcome = FenceOutcome {
+            postgres_positions: fence.postgres_positions.clone(),
+            mariadb_positions: fence.mariadb_positions.clone(),
+            took: started.elapsed(),
+            remaining: deadline.saturating_sub(started.elapsed()),
+            already: false,
+        };
+        tracing::info!(
+            message = "account's databases fenced",
+            migration = %migration_id,
+            %account,
+            took_us = outcome.took.as_micros() as u64,
+            postgres = ?outcome.postgres_positions,
+            mariadb = ?outcome.mariadb_positions
+        );
+        let number = fence.number;
+        let mut fences = self.fences.lock().await;
+        if let Some(found) = in_force(&fences, migration_id, account) {
+            // A concurrent call for the account won: this fence goes.
+            drop(fences);
+            fence.release().await;
+            return found;
+        }
+        fences.insert(account.to_owned(), fence);
+        drop(fences);
+        self.watch_deadline(account, number, fence_deadline(started, deadline));
+        Ok(outcome)
+    }
+
+    async fn take(
+        &self,
+        fence: &mut Fence,
+        migration_id: &str,
+        databases: &Databases,
+        deadline: Duration,
+        acquire: Duration,
+    ) -> Result<(), CutoverError> {
+        for (server_name, names) in by_server(&databases.postgres) {
+            let server = self.postgres_server(&server_name)?;
+            let first = fence.postgres.len();
+            for database in &names {
+                fence.postgres.push(
+                    fence_postgres::fence(&server, database, migration_id, deadline, acquire)
+                        .await?,
+                );
+            }
+            // Every database of this server is fenced: the position after.
+            let lsn = fence_postgres::position(&fence.postgres[first], migration_id).await?;
+            fence.postgres_positions.push((server_name, lsn));
+        }
+        for (server_name, names) in by_server(&databases.mariadb) {
+            let server = self.mariadb_server(&server_name)?;
+            let (held, position) =
+                fence_mariadb::fence(&server, &names, migration_id, deadline, acquire).await?;
+            fence.mariadb.push(held);
+            fence.mariadb_positions.push((server_name, position));
+        }
+        Ok(())
+    }
+
+    /// Releases fence `number` of `account` at `at`, if still in force.
+    fn watch_deadline(&self, account: &str, number: u64, at: tokio::time::Instant) {
+        let (fences, account) = (self.fences.clone(), account.to_owned());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let mut fences = fences.lock().await;
+            if fences.get(&account).is_some_and(|f| f.number == number)
+                && let Some(fence) = fences.remove(&account)
+            {
+                tracing::warn!(
+                    message = "a fence reached its deadline; the account's writers go on",
+                    migration = %fence.migration_id,
+                    %account
+                );
+                fence.release().await;
+            }
+        });
+    }
+
+    /// The switch of `account`'s databases for `migration_id`: new
+    /// sessions refused, the account's sessions ended (the fence's held
+    /// writers among them), then the fence released. Idempotent.
+    pub async fn switch(
+        &self,
+        migration_id: &str,
+        account: &str,
+        new_address: &str,
+        databases: &Databases,
+    ) -> Result<SwitchOutcome, CutoverError> {
+        let mut fences = self.fences.lock().await;
+        if let Some(existing) = fences.get(account)
+            && existing.migration_id != migration_id
+        {
+            return Err(CutoverError::OtherMigration {
+                account: account.to_owned(),
+                what: "fenced",
+                other: existing.migration_id.clone(),
+            });
+        }
+        let path = state::path(&self.config.state_dir, "switch", account);
+        let mut record: SwitchRecord = match state::read::<SwitchRecord>(&path)? {
+            Some(record) if record.migration_id != migration_id => {
+                let record: SwitchRecord = record;
+                return Err(CutoverError::OtherMigration {
+                    account: account.to_owned(),
+                    what: "switched",
+                    other: record.migration_id,
+                });
+            }
+            Some(record) => record,
+            None => SwitchRecord {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                ..SwitchRecord::default()
+            },
+        };
+        let mut ended = 0;
+        for (server_name, names) in by_server(&databases.postgres) {
+            let server = self.postgres_server(&server_name)?;
+            for database in names {
+                let previous = record
+                    .postgres
+                    .iter()
+                    .find(|(s, d, _)| *s == server_name && *d == database)
+                    .map(|(_, _, limit)| *limit);
+                let limit = match previous {
+                    Some(limit) => limit,
+                    None => {
+                        // Recorded before the change.
+                        let limit = current_limit(&server, &database).await?;
+                        record
+                            .postgres
+                            .push((server_name.clone(), database.clone(), limit));
+                        state::write(&path, &record)?;
+                        limit
+                    }
+                };
+                let (_, count) = fence_postgres::switch(&server, &database, Some(limit)).await?;
+                ended += count;
+            }
+        }
+        let fence_sessions: BTreeMap<String, u64> = fences
+            .get(account)
+            .map(|f| {
+                f.mariadb
+                    .iter()
+                    .map(|m| (m.server.clone(), m.connection_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for server_name in by_server(&databases.mariadb).into_keys() {
+            let server = self.mariadb_server(&server_name)?;
+            let to_lock = fence_mariadb::locked_by_switch(&server, account).await?;
+            for (user, host) in &to_lock {
+                let entry = (server_name.clone(), user.clone(), host.clone());
+                if !record.mariadb.contains(&entry) {
+                    record.mariadb.push(entry);
+                }
+            }
+            state::write(&path, &record)?;
+            ended += fence_mariadb::switch(
+                &server,
+                account,
+                &to_lock,
+                fence_sessions.get(&server_name).copied(),
+            )
+            .await?;
+        }
+        if record.postgres.is_empty() && record.mariadb.is_empty() {
+            state::write(&path, &record)?;
+        }
+        // The held writers are gone: the fence has nothing left to hold.
+        if let Some(fence) = fences.remove(account) {
+            fence.release().await;
+        }
+        tracing::info!(
+            message = "account's databases switched to the new host",
+            migration = %migration_id,
+            %account,
+            new_address,
+            ended_sessions = ended
+        );
+        Ok(SwitchOutcome {
+            ended_sessions: ended,
+            postgres_refusal: format!(
+                "FATAL: too many connections for database \"<name>\" (CONNECTION LIMIT 0; the databases are now at {new_address})"
+            ),
+            mariadb_refusal: format!(
+                "ERROR 4151: Access denied, this account is locked (the databases are now at {new_address})"
+            ),
+        })
+    }
+
+    /// Rollback: releases `migration_id`'s fence of `account` (held
+    /// writers go on) and undoes its switch. Returns (unfenced,
+    /// unswitched). Idempotent.
+    pub async fn release(
+        &self,
+        migration_id: &str,
+        account: &str,
+    ) -> Result<(bool, bool), CutoverError> {
+        let mut fences = self.fences.lock().await;
+        let mut unfenced = false;
+        match fences.get(account) {
+            Some(existing) if existing.migration_id != migration_id => {
+                return Err(CutoverError::OtherMigration {
+                    account: account.to_owned(),
+                    what: "fenced",
+                    other: existing.migration_id.clone(),
+                });
+            }
+            Some(_) => {
+                if let Some(fence) = fences.remove(account) {
+                    fence.release().await;
+                    unfenced = true;
+                }
+            }
+            None => {}
+        }
+        let path = state::path(&self.config.state_dir, "switch", account);
+        let unswitched = match state::read::<SwitchRecord>(&path)? {
+            Some(record) if record.migration_id != migration_id => {
+                return Err(CutoverError::OtherMigration {
+                    account: account.to_owned(),
+                    what: "switched",
+                    other: record.migration_id,
+                });
+            }
+            Some(record) => {
+                for (server_name, database, limit) in &record.postgres {
+                    let server = self.postgres_server(server_name)?;
+                    fence_postgres::unswitch(&server, database, *limit).await?;
+                }
+                let mut by_server: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+                for (server_name, user, host) in &record.mariadb {
+                    by_server
+                        .entry(server_name)
+                        .or_default()
+                        .push((user.clone(), host.clone()));
+                }
+                for (server_name, users) in by_server {
+                    let server = self.mariadb_server(server_name)?;
+                    fence_mariadb::unswitch(&server, &users).await?;
+                }
+                state::remove(&path)?;
+                true
+            }
+            None => false,
+        };
+        tracing::info!(message = "account's databases released", migration = %migration_id, %account, unfenced, unswitched);
+        Ok((unfenced, unswitched))
+    }
+}
+
+/// The answer for `account` if a fence is in force for it: the same
+/// migration's positions, or a refusal naming the other migration.
+fn in_force(
+    fences: &std::collections::HashMap<String, Fence>,
+    migration_id: &str,
+    account: &str,
+) -> Option<Result<FenceOutcome, CutoverError>> {
+    let existing = fences.get(account)?;
+    if existing.migration_id != migration_id {
+        return Some(Err(CutoverError::OtherMigration {
+            account: account.to_owned(),
+            what: "fenced",
+            other: existing.migration_id.clone(),
+        }));
+    }
+    Some(Ok(FenceOutcome {
+        postgres_positions: existing.postgres_positions.clone(),
+        mariadb_positions: existing.mariadb_positions.clone(),
+        took: Duration::ZERO,
+        remaining: existing.deadline.saturating_duration_since(Instant::now()),
+        already: true,
+    }))
+}
+
+fn fence_deadline(started: Instant, deadline: Duration) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(started + deadline)
+}
+
+async fn current_limit(server: &PostgresqlServer, database: &str) -> Result<i32, CutoverError> {
+    let name = server.name.as_str();
+    let client = crate::transfer::postgres::session::connect(server, database)
+        .await
+        .map_err(CutoverError::postgres(name, database, "connecting"))?;
+    client
+        .query_one(
+            "SELECT datconnlimit FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(CutoverError::postgres(
+            name,
+            database,
+            "reading the connection limit",
+        ))
+}

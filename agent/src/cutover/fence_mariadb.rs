@@ -1,0 +1,330 @@
+//! The MariaDB side of the fence and the switch (see the parent module for
+//! why these locks): one `mariadb` client of the agent per server, kept
+//! running, its session holding `LOCK TABLES … READ` on every base table
+//! of the account's databases there; the position after it; the switch
+//! (`ACCOUNT LOCK` of the account's users, their sessions killed) and its
+//! undo.
+//!
+//! The agent has no MySQL driver: the fence is the server's own client
+//! reading statements from a pipe (`--unbuffered`, so each answer comes
+//! back as soon as it exists). Its session ends, and the locks with it,
+//! when the agent releases it, when the agent dies (the pipe closes, the
+//! client exits), or when the server's `wait_timeout`, set to the
+//! deadline, finds it idle.
+//!
+//! A known limit: MariaDB's metadata-lock deadlock detector may pick a
+//! customer's statement rather than the fence when a transaction that
+//! already wrote one of the account's tables goes on to write another the
+//! fence holds (error 1213, which applications retry); PostgreSQL's side
+//! avoids it with a short `deadlock_timeout`, which MariaDB's metadata
+//! locks have no equivalent of.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+
+use super::CutoverError;
+use crate::config::MariadbServer;
+use crate::transfer::mariadb::ClientError;
+use crate::transfer::mariadb::client::{self, SESSION_SETUP, ident, literal};
+use crate::transfer::mariadb::users::is_account_user;
+
+/// The line the fence session prints once its locks are held.
+const FENCED: &str = "navette-fenced";
+
+/// One server's fence: the client whose session holds the locks.
+#[derive(Debug)]
+pub struct MyFence {
+    pub server: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The fence session's id (`CONNECTION_ID()`), never killed by the
+    /// switch.
+    pub connection_id: u64,
+}
+
+/// Whole seconds, at least 1 (the server's timeouts count seconds).
+fn seconds(duration: Duration) -> u64 {
+    duration.as_millis().div_ceil(1000).max(1) as u64
+}
+
+/// `databases`' base tables on `server`, as `db`.`table`.
+async fn tables(server: &MariadbServer, databases: &[String]) -> Result<Vec<String>, CutoverError> {
+    if databases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
+    let rows = client::query(
+        server,
+        &format!(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN ({}) ORDER BY 1, 2;\n",
+            list.join(", ")
+        ),
+        Some(client::SHORT),
+    )
+    .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| match row.as_slice() {
+            [schema, table] => Some(format!("{}.{}", ident(schema), ident(table))),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Fences `databases` of `server`: writers to their tables wait, readers
+/// go on. Returns the fence and `@@gtid_binlog_pos` taken under it. Gives
+/// up (the session ended, nothing held) if the transactions already
+/// writing do not end within `acquire`.
+pub async fn fence(
+    server: &MariadbServer,
+    databases: &[String],
+    migration_id: &str,
+    deadline: Duration,
+    acquire: Duration,
+) -> Result<(MyFence, String), CutoverError> {
+    let tables = tables(server, databases).await?;
+    let program = server.client.display().to_string();
+    let mut command = client::batch_client(server);
+    command
+        .arg("--unbuffered")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| ClientError::Spawn {
+        program: program.clone(),
+        server: server.name.clone(),
+        source,
+    })?;
+    let (Some(mut stdin), Some(stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(CutoverError::Precondition(format!(
+            "MariaDB server {}: the fence client has no pipes",
+            server.name
+        )));
+    };
+    let lock = match tables.is_empty() {
+        true => String::new(),
+        false => format!(
+            "LOCK TABLES {};\n",
+            tables
+                .iter()
+                .map(|t| format!("{t} READ"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let script = format!(
+        "{SESSION_SETUP}SET SESSION lock_wait_timeout = {acquire_s}, SESSION wait_timeout = {deadline_s}, SESSION interactive_timeout = {deadline_s};\n\
+         {lock}SELECT {FENCED:?}, CONNECTION_ID(), @@gtid_binlog_pos;\n",
+        acquire_s = seconds(acquire),
+        deadline_s = seconds(deadline),
+    );
+    let io = |source| ClientError::Io {
+        program: program.clone(),
+        server: server.name.clone(),
+        source,
+    };
+    stdin.write_all(script.as_bytes()).await.map_err(io)?;
+    let started = Instant::now();
+    let mut lines = BufReader::new(stdout).lines();
+    let answer = tokio::time::timeout(acquire + Duration::from_secs(10), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(rest) = line.strip_prefix(FENCED) {
+                return Ok(Some(rest.to_owned()));
+            }
+        }
+        Ok::<_, std::io::Error>(None)
+    })
+    .await;
+    let line = match answer {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text).await;
+            let text = text.trim().to_owned();
+            if text.contains("1205") || text.contains("Lock wait timeout") || text.is_empty() {
+                return Err(CutoverError::GaveUp(format!(
+                    "MariaDB server {}: transactions writing to the account's tables did not end within {acquire:?}{}",
+                    server.name,
+                    if text.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({text})")
+                    }
+                )));
+            }
+            return Err(CutoverError::MariaDb(ClientError::Failed {
+                program,
+                server: server.name.clone(),
+                status: std::process::ExitStatus::default(),
+                stderr: text,
+            }));
+        }
+    };
+    // The reader stays alive with the client: a closed stdout would end it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    tokio::spawn(async move {
+        let mut sink = Vec::new();
+        let _ = stderr.read_to_end(&mut sink).await;
+    });
+    let mut fields = line.split('\t').filter(|f| !f.is_empty());
+    let connection_id: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    let position = fields.next().unwrap_or("").to_owned();
+    tracing::info!(
+        message = "MariaDB databases fenced",
+        migration = %migration_id,
+        server = %server.name,
+        tables = tables.len(),
+        %position,
+        took_us = started.elapsed().as_micros() as u64
+    );
+    Ok((
+        MyFence {
+            server: server.name.clone(),
+            child,
+            stdin: Some(stdin),
+            connection_id,
+        },
+        position,
+    ))
+}
+
+/// Releases the fence: `UNLOCK TABLES`, then the client ends (its end
+/// releases the locks too, whatever happened to the statement).
+pub async fn release(mut fence: MyFence) {
+    if let Some(mut stdin) = fence.stdin.take() {
+        let _ = stdin.write_all(b"UNLOCK TABLES;\n").await;
+        drop(stdin);
+    }
+    match tokio::time::timeout(Duration::from_secs(2), fence.child.wait()).await {
+        Ok(_) => {}
+        Err(_) => {
+            let _ = fence.child.start_kill();
+            let _ = fence.child.wait().await;
+        }
+    }
+}
+
+/// The account's users on `server`: (user, host, locked already).
+async fn account_users(
+    server: &MariadbServer,
+    account: &str,
+) -> Result<Vec<(String, String, bool)>, CutoverError> {
+    let rows = client::query(
+        server,
+        "SELECT User, Host, IFNULL(JSON_VALUE(Priv, '$.account_locked'), 'false') FROM mysql.global_priv;\n",
+        Some(client::SHORT),
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [user, host, locked] if is_account_user(user, account) => {
+                Some((user.clone(), host.clone(), locked == "true"))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The switch on `server`: each of `account`'s users not locked yet is
+/// locked (returned, to record: call [`locked_by_switch`] first and
+/// record it), then every session of its users is killed except
+/// `spare` (the fence's). Returns the sessions killed.
+pub async fn switch(
+    server: &MariadbServer,
+    account: &str,
+    to_lock: &[(String, String)],
+    spare: Option<u64>,
+) -> Result<u32, CutoverError> {
+    let mut sql = String::new();
+    for (user, host) in to_lock {
+        sql.push_str(&format!(
+            "ALTER USER {}@{} ACCOUNT LOCK;\n",
+            literal(user),
+            literal(host)
+        ));
+    }
+    if !sql.is_empty() {
+        client::run(server, &sql, Some(client::SHORT)).await?;
+    }
+    let users: Vec<String> = account_users(server, account)
+        .await?
+        .into_iter()
+        .map(|(user, _, _)| literal(&user))
+        .collect();
+    if users.is_empty() {
+        return Ok(0);
+    }
+    let mut killed = 0;
+    // Twice: a session that logged in while the users were being locked.
+    for _ in 0..2 {
+        let sessions = client::query(
+            server,
+            &format!(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN ({}) AND ID <> {};\n",
+                users.join(", "),
+                spare.unwrap_or(0)
+            ),
+            Some(client::SHORT),
+        )
+        .await?;
+        for id in sessions
+            .iter()
+            .filter_map(|row| row.first()?.parse::<u64>().ok())
+        {
+            // A session that ended meanwhile answers "Unknown thread id".
+            if client::run(
+                server,
+                &format!("KILL CONNECTION {id};\n"),
+                Some(client::SHORT),
+            )
+            .await
+            .is_ok()
+            {
+                killed += 1;
+            }
+        }
+    }
+    Ok(killed)
+}
+
+/// The users of `account` on `server` that a switch would lock (those not
+/// locked already).
+pub async fn locked_by_switch(
+    server: &MariadbServer,
+    account: &str,
+) -> Result<Vec<(String, String)>, CutoverError> {
+    Ok(account_users(server, account)
+        .await?
+        .into_iter()
+        .filter(|(_, _, locked)| !locked)
+        .map(|(user, host, _)| (user, host))
+        .collect())
+}
+
+/// Undoes [`switch`]: the users it locked are unlocked.
+pub async fn unswitch(
+    server: &MariadbServer,
+    locked: &[(String, String)],
+) -> Result<(), CutoverError> {
+    let mut sql = String::new();
+    for (user, host) in locked {
+        sql.push_str(&format!(
+            "ALTER USER IF EXISTS {}@{} ACCOUNT UNLOCK;\n",
+            literal(user),
+            literal(host)
+        ));
+    }
+    if !sql.is_empty() {
+        client::run(server, &sql, Some(client::SHORT)).await?;
+    }
+    Ok(())
+}
