@@ -39,6 +39,7 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub dns: Dns,
+    pub reinstall: Reinstall,
 }
 
 /// Where the controller listens.
@@ -370,6 +371,46 @@ impl Config {
             message: error.to_string().trim_end().replace('\n', " "),
         })
     }
+}
+
+/// The reinstall hand-off: the provisioner that reinstalls a server, and
+/// how long Navette waits for it and for the host to come back (the
+/// provisioner's contract is `reinstall::provisioner`'s documentation).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reinstall {
+    /// The provisioner: an executable and its arguments, run once per
+    /// attempt with the request as JSON on its standard input. Default
+    /// none: reinstalls are refused until one is set.
+    #[serde(default)]
+    pub provisioner: Vec<String>,
+    /// A provisioner still running after this long is killed and the
+    /// attempt counts as failed. Default 600 seconds.
+    #[serde(default = "default_provisioner_timeout")]
+    pub provisioner_timeout_secs: u64,
+    /// How long the host is waited for, after the provisioner accepted,
+    /// to enrol with its token and report the new stack version, unless
+    /// the request says otherwise. Default 3600 seconds.
+    #[serde(default = "default_enrolment_timeout")]
+    pub enrolment_timeout_secs: u64,
+}
+
+impl Default for Reinstall {
+    fn default() -> Self {
+        Reinstall {
+            provisioner: Vec::new(),
+            provisioner_timeout_secs: default_provisioner_timeout(),
+            enrolment_timeout_secs: default_enrolment_timeout(),
+        }
+    }
+}
+
+fn default_provisioner_timeout() -> u64 {
+    600
+}
+
+fn default_enrolment_timeout() -> u64 {
+    3600
 }
 
 #[cfg(test)]

@@ -51,6 +51,12 @@
 //!   directory).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
+//! - [`reinstall`]: the reinstall hand-off: a workflow kind that checks
+//!   the server is empty, mints a one-time join token bound to its host
+//!   id, runs the configured provisioner (an executable with a documented
+//!   contract) and waits for the host to enrol again on the new stack, or
+//!   leaves it stuck with the reason for an operator to retry, mark done
+//!   or abort.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
 //!   `agents::wire`), the only modules that know protobuf; errors become
 //!   `tonic::Status` in `api::status` only (messages capped at 400 bytes);
@@ -90,6 +96,7 @@ pub mod model;
 pub mod notify;
 pub mod placement;
 pub mod protocol;
+pub mod reinstall;
 pub mod server;
 pub mod state;
 pub mod store;

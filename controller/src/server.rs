@@ -23,6 +23,7 @@ use navette_proto::v1::enrolment_server::EnrolmentServer;
 use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
+use navette_proto::v1::reinstalls_server::ReinstallsServer;
 use navette_proto::v1::tests_server::TestsServer;
 use navette_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
+use crate::api::reinstalls::ReinstallsApi;
 use crate::api::test_runs::TestsApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
@@ -99,6 +101,9 @@ pub async fn bind(
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
     health.set_serving::<WorkflowsServer<WorkflowsApi>>().await;
+    health
+        .set_serving::<ReinstallsServer<ReinstallsApi>>()
+        .await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -110,6 +115,7 @@ pub async fn bind(
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
         WorkflowsServer::<WorkflowsApi>::NAME,
+        ReinstallsServer::<ReinstallsApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -128,6 +134,7 @@ pub async fn bind(
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
         .add_service(WorkflowsServer::new(WorkflowsApi(c.clone())))
+        .add_service(ReinstallsServer::new(ReinstallsApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),
@@ -191,12 +198,15 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
 }
 
 /// Starts the workflow engine's runner over the kinds the controller
-/// runs (the test, [`crate::workflow::test_kind`]), woken by its own
+/// runs (the test, [`crate::workflow::test_kind`]; the reinstall,
+/// [`crate::reinstall::kind`]), woken by its own
 /// listener on `navette_workflows`.
 pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
-    let registry = crate::engine::Registry::new().register(
-        crate::workflow::test_kind::TestKind::new(controller.clone()),
-    );
+    let registry = crate::engine::Registry::new()
+        .register(crate::workflow::test_kind::TestKind::new(
+            controller.clone(),
+        ))
+        .register(crate::reinstall::ReinstallKind::new(controller.clone()));
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     crate::db::listen(
         &controller.config.database,

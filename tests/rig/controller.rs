@@ -43,6 +43,17 @@ pub struct ControllerSpec {
     pub pool_wait_timeout_secs: u64,
     /// `[metrics] listen` is the controller's address and this port.
     pub metrics_port: u16,
+    /// `[reinstall]`: the rig's provisioner (`crate::reinstall`); `None`
+    /// leaves the section out (no provisioner: reinstalls are refused).
+    pub reinstall: Option<ReinstallSection>,
+}
+
+/// The controller's `[reinstall]` section.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReinstallSection {
+    pub provisioner: Vec<String>,
+    pub provisioner_timeout_secs: u64,
+    pub enrolment_timeout_secs: u64,
 }
 
 impl Default for ControllerSpec {
@@ -58,6 +69,7 @@ impl Default for ControllerSpec {
             statement_timeout_secs: 30,
             pool_wait_timeout_secs: 10,
             metrics_port: 9464,
+            reinstall: None,
         }
     }
 }
@@ -120,6 +132,8 @@ struct ConfigFile {
     catalogue: CatalogueSection,
     log: LogSection,
     metrics: MetricsSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reinstall: Option<ReinstallSection>,
 }
 
 #[derive(Serialize)]
@@ -244,6 +258,7 @@ impl Rig {
             metrics: MetricsSection {
                 listen: SocketAddrV4::new(host.addr, spec.metrics_port).to_string(),
             },
+            reinstall: spec.reinstall.clone(),
         };
         let config = host.root.join("etc").join("controller.toml");
         let text = toml::to_string(&file).context("writing the controller config")?;

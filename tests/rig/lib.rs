@@ -43,6 +43,11 @@
 //!   192.0.2.53, a TSIG key allowed to update its zones), `kdig` and
 //!   `knsupdate` from a host, and resolution through it for programs run
 //!   with `ip netns exec` (`/etc/netns/<namespace>/resolv.conf`);
+//! - [`reinstall`]: the rig's provisioner: `provisioner.sh` (what the
+//!   controller runs) hands each request to the test through a spool
+//!   directory, and [`Rig::reinstall_host`] wipes a host and brings it
+//!   back on PostgreSQL 18 and MariaDB 11.8 with a new agent enrolled with
+//!   the request's token;
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
 //!
@@ -64,6 +69,7 @@ pub mod mariadb;
 pub mod netns;
 pub mod postgres;
 pub mod process;
+pub mod reinstall;
 pub mod rig;
 pub mod scrape;
 pub mod sweep;
@@ -74,13 +80,14 @@ use std::time::{Duration, Instant};
 
 pub use accounts::{Account, AccountSpec, SAMPLE_ROWS, sample_domains};
 pub use agent::{Agent, AgentKind, AgentSpec};
-pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec};
+pub use controller::{CertPair, Controller, ControllerAccess, ControllerSpec, ReinstallSection};
 pub use dns::{DnsServer, ZoneSpec};
 pub use grpcurl::JoinTokenSpec;
 pub use mariadb::{MariaDb, MariaDbRelease, MariaDbSpec};
 pub use netns::Netns;
 pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;
+pub use reinstall::{ProvisionRequest, Provisioner};
 pub use rig::Rig;
 pub use scrape::{Sample, Scrape};
 pub use web::WebServer;

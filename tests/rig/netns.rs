@@ -65,6 +65,12 @@ impl Netns {
         ip(&["-n", n, "link", "set", "lo", "up"], &what)?;
         ip(&["-n", n, "addr", "add", &cidr, "dev", "eth0"], &what)?;
         ip(&["-n", n, "link", "set", "eth0", "up"], &what)?;
+        self.make_root()
+    }
+
+    /// The host's root directory and its usual subdirectories (also after
+    /// a reinstall wiped it).
+    pub(crate) fn make_root(&self) -> anyhow::Result<()> {
         crate::rig::make_dir(&self.root, 0o755)?;
         for dir in ["home", "run", "pg", "mysql", "etc"] {
             crate::rig::make_dir(&self.root.join(dir), 0o755)?;

@@ -250,6 +250,12 @@ impl Rig {
             .unwrap_or_default()
     }
 
+    /// Forgets the database servers of `netns` (a reinstall wiped them):
+    /// the next agent config names only those started after.
+    pub(crate) fn forget_servers(&self, netns: &Netns) -> HostServers {
+        lock(&self.servers).remove(&netns.name).unwrap_or_default()
+    }
+
     pub(crate) fn register_postgres(&self, netns: &Netns, server: Postgres) {
         let mut servers = lock(&self.servers);
         let host = servers.entry(netns.name.clone()).or_default();

@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod operator;
 pub mod panel;
 pub mod policy;
+pub mod reinstalls;
 pub mod test_runs;
 pub mod workflows;
 

@@ -25,7 +25,8 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         "navette.v1.Hosts"
         | "navette.v1.HostPools"
         | "navette.v1.JoinTokens"
-        | "navette.v1.Workflows" => Some(("operator API", &["operator"])),
+        | "navette.v1.Workflows"
+        | "navette.v1.Reinstalls" => Some(("operator API", &["operator"])),
         "navette.v1.AgentGateway" => Some(("agent gateway", &["agent"])),
         _ => None,
     }
