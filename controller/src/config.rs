@@ -37,6 +37,33 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
+    #[serde(default)]
+    pub transit: Transit,
+}
+
+/// The transit pool's billing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transit {
+    /// How long a transit host is free, counted from its hand-over, in
+    /// days; after that each started day is charged at the server's own
+    /// price (see `transit::billing`). Recorded with each allocation when
+    /// it starts, so a change applies to allocations started after it.
+    /// Default 7.
+    #[serde(default = "default_transit_free_days")]
+    pub free_days: u32,
+}
+
+impl Default for Transit {
+    fn default() -> Self {
+        Transit {
+            free_days: default_transit_free_days(),
+        }
+    }
+}
+
+fn default_transit_free_days() -> u32 {
+    7
 }
 
 /// Where the controller listens.

@@ -49,6 +49,11 @@
 //!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
 //!   directory).
+//! - [`transit`]: the transit pool (R9): configuration classes, requests
+//!   served at once or queued first come first served per class under a
+//!   per-class advisory lock, the release (refused while the transit host
+//!   holds accounts or addresses; then its agent's wipe) and the charges
+//!   ([`transit::billing`], pure integer arithmetic).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
@@ -87,6 +92,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod transit;
 pub mod workflow;
 
 use std::sync::Arc;

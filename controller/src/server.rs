@@ -24,6 +24,8 @@ use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
 use navette_proto::v1::tests_server::TestsServer;
+use navette_proto::v1::transit_pool_server::TransitPoolServer;
+use navette_proto::v1::transit_server::TransitServer;
 use navette_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -35,6 +37,7 @@ use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
 use crate::api::test_runs::TestsApi;
+use crate::api::transit::TransitApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
 use crate::store;
@@ -99,6 +102,8 @@ pub async fn bind(
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
     health.set_serving::<WorkflowsServer<WorkflowsApi>>().await;
+    health.set_serving::<TransitServer<TransitApi>>().await;
+    health.set_serving::<TransitPoolServer<TransitApi>>().await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -110,6 +115,8 @@ pub async fn bind(
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
         WorkflowsServer::<WorkflowsApi>::NAME,
+        TransitServer::<TransitApi>::NAME,
+        TransitPoolServer::<TransitApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -128,6 +135,8 @@ pub async fn bind(
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
         .add_service(WorkflowsServer::new(WorkflowsApi(c.clone())))
+        .add_service(TransitServer::new(TransitApi(c.clone())))
+        .add_service(TransitPoolServer::new(TransitApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),

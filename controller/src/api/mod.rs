@@ -13,6 +13,7 @@ pub mod operator;
 pub mod panel;
 pub mod policy;
 pub mod test_runs;
+pub mod transit;
 pub mod workflows;
 
 use tonic::Status;
