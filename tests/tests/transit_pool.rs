@@ -23,11 +23,19 @@ const OTHER_CLASS: &str = "c4-m8-d160";
 /// `Transit/<method>` as the control panel.
 fn transit(rig: &Rig, method: &str, request: &Value) -> anyhow::Result<Value> {
     let access = rig.controller_access()?;
-    rig.grpcurl_json_as(&access.panel, &format!("navette.v1.Transit/{method}"), request)
+    rig.grpcurl_json_as(
+        &access.panel,
+        &format!("navette.v1.Transit/{method}"),
+        request,
+    )
 }
 
 /// `Transit/<method>` as the panel, expected to fail: grpcurl's output.
-fn transit_refused(rig: &Rig, method: &str, request: &Value) -> anyhow::Result<std::process::Output> {
+fn transit_refused(
+    rig: &Rig,
+    method: &str,
+    request: &Value,
+) -> anyhow::Result<std::process::Output> {
     let access = rig.controller_access()?;
     let api = access.api.to_string();
     let body = request.to_string();
@@ -62,7 +70,12 @@ fn get(rig: &Rig, id: &str) -> anyhow::Result<Value> {
 
 /// A copy record such as a copy onto the host writes (`transfer/copies.rs`),
 /// with a home and nothing else.
-fn plant_copy(state_dir: &Path, accounts_dir: &Path, copy_id: &str, account: &str) -> anyhow::Result<std::path::PathBuf> {
+fn plant_copy(
+    state_dir: &Path,
+    accounts_dir: &Path,
+    copy_id: &str,
+    account: &str,
+) -> anyhow::Result<std::path::PathBuf> {
     let home = accounts_dir.join(format!("{account}.{copy_id}"));
     std::fs::create_dir_all(home.join("www"))?;
     std::fs::write(home.join("www/index.html"), "copied\n")?;
@@ -85,7 +98,10 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     let _second = enrol(&rig, &second, AgentKind::Dedicated, "2024.1")?;
     let _vps = enrol(&rig, &vps, AgentKind::Vps, "2024.1")?;
     let transit_agent = enrol(&rig, &pool, AgentKind::Transit, "2026.1")?;
-    support::wait_online_with_inventory(&rig, &["dedicated-1", "dedicated-2", "vps-3", "transit-1"])?;
+    support::wait_online_with_inventory(
+        &rig,
+        &["dedicated-1", "dedicated-2", "vps-3", "transit-1"],
+    )?;
 
     // Without a class, a server cannot ask.
     let classless = transit_refused(
@@ -129,7 +145,9 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     let (served, waiting) = match (str_of(&one, "state"), str_of(&two, "state")) {
         ("STATE_ACTIVE", "STATE_WAITING") => (one, two),
         ("STATE_WAITING", "STATE_ACTIVE") => (two, one),
-        (a, b) => anyhow::bail!("exactly one of two concurrent requests is served: {a} and {b}\n{one}\n{two}"),
+        (a, b) => anyhow::bail!(
+            "exactly one of two concurrent requests is served: {a} and {b}\n{one}\n{two}"
+        ),
     };
     println!(
         "concurrent requests: {} active on {}, {} waiting at position {}",
@@ -165,7 +183,11 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
             "price": monthly,
         }),
     )?;
-    expect_refusal(&again, "FailedPrecondition", "already has transit allocation")?;
+    expect_refusal(
+        &again,
+        "FailedPrecondition",
+        "already has transit allocation",
+    )?;
 
     // The release is refused while the transit host holds an account...
     let accounts_dir = pool.accounts_dir();
@@ -180,8 +202,15 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         },
     )?;
     let refused = transit_refused(&rig, "ReleaseTransit", &json!({"id": served_id}))?;
-    expect_refusal(&refused, "FailedPrecondition", "still holds the accounts nvk_uma")?;
-    println!("refused: {}", String::from_utf8_lossy(&refused.stderr).trim());
+    expect_refusal(
+        &refused,
+        "FailedPrecondition",
+        "still holds the accounts nvk_uma",
+    )?;
+    println!(
+        "refused: {}",
+        String::from_utf8_lossy(&refused.stderr).trim()
+    );
     std::fs::remove_dir_all(accounts_dir.join("nvk_uma"))?;
     // ... or an address beyond its own.
     pool.ip(&["addr", "add", "192.0.2.200/32", "dev", "eth0"])?;
@@ -191,7 +220,10 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         "FailedPrecondition",
         "still holds the addresses 192.0.2.200 beyond its own 192.0.2.31",
     )?;
-    println!("refused: {}", String::from_utf8_lossy(&refused.stderr).trim());
+    println!(
+        "refused: {}",
+        String::from_utf8_lossy(&refused.stderr).trim()
+    );
     pool.ip(&["addr", "del", "192.0.2.200/32", "dev", "eth0"])?;
     ensure!(
         str_of(&get(&rig, &served_id)?, "state") == "STATE_ACTIVE"
@@ -202,7 +234,12 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     // What the allocation left there (a copy named after it) is wiped; a
     // test's copy on the same host is not.
     let state_dir = transit_agent.state_dir();
-    let mine = plant_copy(&state_dir, &accounts_dir, &format!("{served_id}-nvk-tara"), "nvk_tara")?;
+    let mine = plant_copy(
+        &state_dir,
+        &accounts_dir,
+        &format!("{served_id}-nvk-tara"),
+        "nvk_tara",
+    )?;
     let test_copy = plant_copy(&state_dir, &accounts_dir, "t00000000000000a1", "nvk_tara")?;
 
     let released = transit(&rig, "ReleaseTransit", &json!({"id": served_id}))?;
@@ -210,8 +247,16 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         str_of(&released, "state") == "STATE_RELEASED" && !str_of(&released, "endedAt").is_empty(),
         "released, with its end recorded: {released}"
     );
-    ensure!(!mine.exists(), "the allocation's copy was wiped: {}", mine.display());
-    ensure!(test_copy.exists(), "a test's copy is not the allocation's: {}", test_copy.display());
+    ensure!(
+        !mine.exists(),
+        "the allocation's copy was wiped: {}",
+        mine.display()
+    );
+    ensure!(
+        test_copy.exists(),
+        "a test's copy is not the allocation's: {}",
+        test_copy.display()
+    );
 
     let next = get(&rig, &waiting_id)?;
     ensure!(

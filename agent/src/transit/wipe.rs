@@ -108,7 +108,10 @@ pub async fn wipe(
     let records = transfers.copy_records();
     let accounts_dir = transfers.config().accounts_dir.clone();
     let mut wiped = Wiped::default();
-    for record in records.iter().filter(|r| belongs_to(&r.copy_id, allocation_id)) {
+    for record in records
+        .iter()
+        .filter(|r| belongs_to(&r.copy_id, allocation_id))
+    {
         if !lives_here(&accounts_dir, &record.account, &records) {
             let account = record.account.clone();
             let host = sites.clone();

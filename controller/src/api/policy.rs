@@ -192,8 +192,20 @@ mod tests {
         assert!(decide("/navette.v1.Transit/RequestTransit", &Role::Panel).is_ok());
         assert!(decide("/navette.v1.Transit/ListTransitCharges", &Role::Operator).is_ok());
         assert!(decide("/navette.v1.Transit/ReleaseTransit", &agent("a")).is_err());
-        assert!(decide("/navette.v1.TransitPool/SetConfigurationClass", &Role::Operator).is_ok());
-        assert!(decide("/navette.v1.TransitPool/SetConfigurationClass", &Role::Panel).is_err());
+        assert!(
+            decide(
+                "/navette.v1.TransitPool/SetConfigurationClass",
+                &Role::Operator
+            )
+            .is_ok()
+        );
+        assert!(
+            decide(
+                "/navette.v1.TransitPool/SetConfigurationClass",
+                &Role::Panel
+            )
+            .is_err()
+        );
     }
 
     #[test]

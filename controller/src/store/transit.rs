@@ -68,7 +68,10 @@ pub async fn lock_class(client: &impl GenericClient, class: &str) -> Result<()> 
 /// unknown host.
 pub async fn host_class(client: &impl GenericClient, id: &str) -> Result<Option<String>> {
     match client
-        .query_opt("SELECT configuration_class FROM hosts WHERE id = $1", &[&id])
+        .query_opt(
+            "SELECT configuration_class FROM hosts WHERE id = $1",
+            &[&id],
+        )
         .await?
     {
         Some(row) => Ok(row.get(0)),

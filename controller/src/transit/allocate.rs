@@ -154,9 +154,7 @@ pub async fn release(controller: &Controller, id: &str) -> Result<Allocation> {
         }
         Err(failure) => {
             let reason = match failure {
-                agents::CallFailure::Retry(reason) | agents::CallFailure::Refused(reason) => {
-                    reason
-                }
+                agents::CallFailure::Retry(reason) | agents::CallFailure::Refused(reason) => reason,
             };
             let client = controller.db.get().await?;
             store::transit::record_wipe_error(&**client, id, &reason).await?;

@@ -140,12 +140,19 @@ mod tests {
     #[test]
     fn only_dedicated_servers_and_vps_with_a_class_ask() {
         let dedicated = host("d1", HostKind::Dedicated, &[]);
-        assert_eq!(class_of_server(&dedicated, Some("c8")).ok(), Some("c8".to_owned()));
+        assert_eq!(
+            class_of_server(&dedicated, Some("c8")).ok(),
+            Some("c8".to_owned())
+        );
         assert!(class_of_server(&host("v1", HostKind::Vps, &[]), Some("c8")).is_ok());
         let shared = class_of_server(&host("s1", HostKind::Shared, &[]), Some("c8"));
-        assert!(matches!(shared, Err(Error::FailedPrecondition(m)) if m.contains("dedicated servers and VPS only")));
+        assert!(
+            matches!(shared, Err(Error::FailedPrecondition(m)) if m.contains("dedicated servers and VPS only"))
+        );
         let classless = class_of_server(&dedicated, None);
-        assert!(matches!(classless, Err(Error::FailedPrecondition(m)) if m.contains("SetConfigurationClass")));
+        assert!(
+            matches!(classless, Err(Error::FailedPrecondition(m)) if m.contains("SetConfigurationClass"))
+        );
     }
 
     #[test]
@@ -165,7 +172,10 @@ mod tests {
             None
         );
         let refused = release_refusal(&clean, &[account("nvk_a", "t1", None)]).unwrap_or_default();
-        assert!(refused.contains("still holds the accounts nvk_a"), "{refused}");
+        assert!(
+            refused.contains("still holds the accounts nvk_a"),
+            "{refused}"
+        );
         let addressed = host("t1", HostKind::Transit, &["192.0.2.20", "192.0.2.200"]);
         let refused = release_refusal(&addressed, &[]).unwrap_or_default();
         assert!(
