@@ -400,6 +400,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
         let config = Config::load(&path)?;
         assert_eq!(config.metrics.listen, None, "metrics are off by default");
+        assert_eq!(
+            config.transit.free_days, 7,
+            "a transit host is free for a week"
+        );
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
-//! The transit pool (R9) through the real controller, agents and grpcurl:
+//! The transit pool (R9) through real controllers, agents and grpcurl:
 //! two dedicated servers of one configuration class ask for transit at the
-//! same moment with one transit host of their class in the pool; one gets
+//! same moment, through two controllers sharing one database, with one
+//! transit host of their class in the pool; one gets
 //! it, the other waits with position 1 and gets it when the first releases
 //! it, while a VPS of another class is never given it. The release is
 //! refused, naming what is left, while the transit host holds an account
@@ -53,15 +54,29 @@ fn set_class(rig: &Rig, host: &str, class: &str) -> anyhow::Result<Value> {
 }
 
 fn request_transit(rig: &Rig, server: &str, price: Value) -> anyhow::Result<Value> {
-    transit(
-        rig,
-        "RequestTransit",
-        &json!({
-            "request_id": navette_tests::grpcurl::request_id(),
-            "server_host_id": server,
-            "price": price,
-        }),
-    )
+    let api = rig.controller_access()?.api.to_string();
+    request_transit_at(rig, &api, server, price)
+}
+
+/// `Transit/RequestTransit` as the panel, sent to the controller at `api`.
+fn request_transit_at(rig: &Rig, api: &str, server: &str, price: Value) -> anyhow::Result<Value> {
+    let access = rig.controller_access()?;
+    let body = json!({
+        "request_id": navette_tests::grpcurl::request_id(),
+        "server_host_id": server,
+        "price": price,
+    })
+    .to_string();
+    let output = rig.grpcurl_as(
+        &access.panel,
+        &["-d", &body, api, "navette.v1.Transit/RequestTransit"],
+    )?;
+    ensure!(
+        output.status.success(),
+        "RequestTransit for {server} at {api}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 fn get(rig: &Rig, id: &str) -> anyhow::Result<Value> {
@@ -89,7 +104,12 @@ fn plant_copy(
 #[test]
 fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     let rig = Rig::new("transit_pool")?;
-    let _controller = support::controller(&rig, ControllerSpec::default())?;
+    let controller = support::controller(&rig, ControllerSpec::default())?;
+    // A second controller sharing the database: the two requests below go
+    // one to each, as they would with controllers run for availability.
+    let second_controller = controller.start_second(&rig, 7543, 7544)?;
+    let first_api = controller.access().api.to_string();
+    let second_api = second_controller.access().api.to_string();
     let first = rig.add_namespace("dedicated-1", Ipv4Addr::new(192, 0, 2, 21))?;
     let second = rig.add_namespace("dedicated-2", Ipv4Addr::new(192, 0, 2, 22))?;
     let vps = rig.add_namespace("vps-3", Ipv4Addr::new(192, 0, 2, 23))?;
@@ -132,12 +152,15 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     }
     set_class(&rig, "vps-3", OTHER_CLASS)?;
 
-    // Both dedicated servers ask at the same moment.
+    // Both dedicated servers ask at the same moment, each through its own
+    // controller.
     let monthly = json!({"minor_units": "2999", "period": "PRICE_PERIOD_MONTH", "currency": "EUR"});
     let daily = json!({"minor_units": "150", "period": "PRICE_PERIOD_DAY", "currency": "EUR"});
     let (one, two) = std::thread::scope(|scope| {
-        let one = scope.spawn(|| request_transit(&rig, "dedicated-1", monthly.clone()));
-        let two = scope.spawn(|| request_transit(&rig, "dedicated-2", daily.clone()));
+        let one =
+            scope.spawn(|| request_transit_at(&rig, &first_api, "dedicated-1", monthly.clone()));
+        let two =
+            scope.spawn(|| request_transit_at(&rig, &second_api, "dedicated-2", daily.clone()));
         (one.join(), two.join())
     });
     let one = one.map_err(|_| anyhow::anyhow!("request of dedicated-1 panicked"))??;
