@@ -133,6 +133,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         metrics::spawn_serving(controller.clone(), listener, stop.subscribe());
     }
     server::spawn_liveness(controller.clone());
+    server::spawn_transit_queue(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     server::spawn_workflow_engine(&controller)?;
     notify::ready();

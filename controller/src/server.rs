@@ -9,8 +9,8 @@
 //!   optional on the API listener.
 //!
 //! Background tasks: liveness (marks silent hosts unreachable), the host
-//! change listener, the renewal of the controller's own certificate, and
-//! the workflow engine's runner.
+//! change listener, the renewal of the controller's own certificate, the
+//! workflow engine's runner, and the transit queues' periodic service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -194,6 +194,29 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
                     }
                 }
                 Err(error) => tracing::warn!(message = "liveness check failed", %error),
+            }
+        }
+    });
+}
+
+/// How often every controller serves the transit queues by itself (a
+/// request, a release and a class change serve them at once; this catches
+/// a transit host that came back online or was undrained).
+const TRANSIT_QUEUE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves the transit queues now and then (`transit::allocate`).
+pub fn spawn_transit_queue(controller: Arc<Controller>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(TRANSIT_QUEUE_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match crate::transit::allocate::serve_every_queue(&controller).await {
+                Ok(served) if !served.is_empty() => {
+                    tracing::info!(message = "transit queues served", allocations = ?served);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(message = "serving the transit queues failed", %error),
             }
         }
     });

@@ -118,9 +118,17 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
     let _second = enrol(&rig, &second, AgentKind::Dedicated, "2024.1")?;
     let _vps = enrol(&rig, &vps, AgentKind::Vps, "2024.1")?;
     let transit_agent = enrol(&rig, &pool, AgentKind::Transit, "2026.1")?;
+    let drained = rig.add_namespace("transit-2", Ipv4Addr::new(192, 0, 2, 32))?;
+    let _drained = enrol(&rig, &drained, AgentKind::Transit, "2026.1")?;
     support::wait_online_with_inventory(
         &rig,
-        &["dedicated-1", "dedicated-2", "vps-3", "transit-1"],
+        &[
+            "dedicated-1",
+            "dedicated-2",
+            "vps-3",
+            "transit-1",
+            "transit-2",
+        ],
     )?;
 
     // Without a class, a server cannot ask.
@@ -151,6 +159,9 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         set_class(&rig, host, CLASS)?;
     }
     set_class(&rig, "vps-3", OTHER_CLASS)?;
+    // The other class's transit host is draining: it serves no one.
+    rig.grpcurl_json("navette.v1.Hosts/DrainHost", &json!({"id": "transit-2"}))?;
+    set_class(&rig, "transit-2", OTHER_CLASS)?;
 
     // Both dedicated servers ask at the same moment, each through its own
     // controller.
@@ -313,5 +324,18 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         "a released allocation within its free week costs nothing: {line}"
     );
     println!("line item: {}", str_of(line, "description"));
+
+    // Undrained, the other class's transit host serves the VPS by itself
+    // (every controller serves the queues now and then).
+    rig.grpcurl_json("navette.v1.Hosts/UndrainHost", &json!({"id": "transit-2"}))?;
+    rig.wait_until(
+        "the VPS served by transit-2",
+        std::time::Duration::from_secs(60),
+        || {
+            let vps = get(&rig, str_of(&other, "id"))?;
+            Ok(str_of(&vps, "state") == "STATE_ACTIVE"
+                && str_of(&vps, "transitHostId") == "transit-2")
+        },
+    )?;
     Ok(())
 }

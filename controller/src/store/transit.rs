@@ -294,3 +294,17 @@ pub async fn cancel(client: &impl GenericClient, id: &str) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The classes whose queue has a request waiting.
+pub async fn waiting_classes(client: &impl GenericClient) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT DISTINCT configuration_class FROM transit_allocations
+             WHERE state = 'waiting' ORDER BY 1",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}

@@ -207,3 +207,25 @@ async fn transit_host(controller: &Controller, allocation: &Allocation) -> Resul
     let client = controller.db.get().await?;
     store::hosts::get(&**client, host_id).await
 }
+
+/// Serves every class's queue: what a transit host that came back online
+/// or was undrained can take. Every controller runs it now and then
+/// (`server::spawn_transit_queue`); the class locks keep them apart. The
+/// allocations it started.
+pub async fn serve_every_queue(controller: &Controller) -> Result<Vec<String>> {
+    let classes = {
+        let client = controller.db.get().await?;
+        store::transit::waiting_classes(&**client).await?
+    };
+    let mut served = Vec::new();
+    for class in classes {
+        let mut client = controller.db.get().await?;
+        let transaction = client.transaction().await?;
+        store::transit::lock_class(&*transaction, &class).await?;
+        served.extend(
+            store::transit::serve_queue(&*transaction, &class, free_seconds(controller)).await?,
+        );
+        transaction.commit().await?;
+    }
+    Ok(served)
+}
