@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/mariadb_replication.proto",
         "navette/v1/cutover.proto",
         "navette/v1/reinstall.proto",
+        "navette/v1/transit.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -27,6 +27,9 @@
 //!   with the controller (`navette_proto::ids`).
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
 //!   MariaDB source services) and as a target (pulls, copies, removal).
+//! - [`transit`]: on a transit host, the wipe of what Navette put there
+//!   for one allocation once it is released (the copies named after it,
+//!   with their sites, homes, databases and logins; nothing else).
 //! - [`replication`]: a target copy of an account's databases kept
 //!   converging with the source while it runs (*Migrate*), one module per
 //!   engine: [`replication::postgres`], logical replication from the
@@ -87,6 +90,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sites;
 pub mod transfer;
+pub mod transit;
 
 pub use daemon::{RunError, run};
 

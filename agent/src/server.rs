@@ -776,6 +776,37 @@ impl Agent for AgentService {
             .await
             .map(Response::new)
     }
+
+    async fn wipe_transit(
+        &self,
+        request: Request<navette_proto::v1::WipeTransitRequest>,
+    ) -> Result<Response<navette_proto::v1::WipeTransitResponse>, Status> {
+        use crate::transit::wipe::{self, WipeError};
+        let ask = request.into_inner();
+        TransferId::parse("allocation_id", &ask.allocation_id).map_err(field_status)?;
+        let wiped = wipe::wipe(&self.transfers, &self.sites, &ask.allocation_id, &ask.addresses)
+            .await
+            .map_err(|error| {
+                tracing::warn!(message = "transit wipe did not finish", allocation_id = %ask.allocation_id, %error);
+                match error {
+                    WipeError::BadAllocationId(_) => Status::invalid_argument(error.to_string()),
+                    WipeError::AddressesHeld(_) => Status::failed_precondition(error.to_string()),
+                    WipeError::Copy {
+                        source: TransferError::Refused(_),
+                        ..
+                    } => Status::failed_precondition(error.to_string()),
+                    WipeError::Addresses(_) | WipeError::Sites { .. } | WipeError::Copy { .. } => {
+                        Status::internal(error.to_string())
+                    }
+                }
+            })?;
+        Ok(Response::new(navette_proto::v1::WipeTransitResponse {
+            copies_removed: wiped.copies_removed,
+            sites_stopped: wiped.sites_stopped,
+            logins_dropped: wiped.logins_dropped,
+            logins_kept: wiped.logins_kept,
+        }))
+    }
 }
 
 /// Binds the agent's listener.

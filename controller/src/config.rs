@@ -40,6 +40,32 @@ pub struct Config {
     #[serde(default)]
     pub dns: Dns,
     pub reinstall: Reinstall,
+    pub transit: Transit,
+}
+
+/// The transit pool's billing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Transit {
+    /// How long a transit host is free, counted from its hand-over, in
+    /// days; after that each started day is charged at the server's own
+    /// price (see `transit::billing`). Recorded with each allocation when
+    /// it starts, so a change applies to allocations started after it.
+    /// Default 7.
+    #[serde(default = "default_transit_free_days")]
+    pub free_days: u32,
+}
+
+impl Default for Transit {
+    fn default() -> Self {
+        Transit {
+            free_days: default_transit_free_days(),
+        }
+    }
+}
+
+fn default_transit_free_days() -> u32 {
+    7
 }
 
 /// Where the controller listens.
@@ -481,6 +507,10 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
         let config = Config::load(&path)?;
         assert_eq!(config.metrics.listen, None, "metrics are off by default");
+        assert_eq!(
+            config.transit.free_days, 7,
+            "a transit host is free for a week"
+        );
         Ok(())
     }
 }

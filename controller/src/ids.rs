@@ -160,6 +160,55 @@ name_type!(
     JOIN_TOKEN_ID
 );
 
+/// A host's configuration class (`TransitPool/SetConfigurationClass`):
+/// 1–63 bytes of a-z, 0-9, '-' and '_'.
+pub const CONFIGURATION_CLASS: Rule = POOL_NAME;
+
+name_type!(
+    /// A host's configuration class ([`CONFIGURATION_CLASS`]).
+    ConfigurationClass,
+    CONFIGURATION_CLASS
+);
+name_type!(
+    /// A transit allocation's id (`a` and 16 hex digits, made by the
+    /// controller), with the rule of a test id ([`TEST_ID`]).
+    AllocationId,
+    TEST_ID
+);
+
+/// The largest price a transit request takes, in minor units (10^12: ten
+/// billion euros), so that no charge can overflow.
+pub const MAX_PRICE_MINOR_UNITS: u64 = 1_000_000_000_000;
+
+/// An ISO 4217 currency code: three upper-case letters.
+pub fn currency<'a>(field: &str, value: &'a str) -> Result<&'a str, FieldError> {
+    if value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(value)
+    } else if value.is_empty() {
+        Err(FieldError::required(field))
+    } else {
+        Err(FieldError::new(
+            field,
+            format!(
+                "must be an ISO 4217 code of three upper-case letters, such as EUR (got {})",
+                quote(value)
+            ),
+        ))
+    }
+}
+
+/// A price in minor units: at most [`MAX_PRICE_MINOR_UNITS`].
+pub fn price_minor_units(field: &str, value: u64) -> Result<u64, FieldError> {
+    if value <= MAX_PRICE_MINOR_UNITS {
+        Ok(value)
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_PRICE_MINOR_UNITS} minor units, got {value}"),
+        ))
+    }
+}
+
 /// An optional field: empty is absent, anything else is parsed by `parse`.
 pub fn optional<T>(
     field: &str,

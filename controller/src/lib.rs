@@ -49,6 +49,11 @@
 //!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
 //!   directory).
+//! - [`transit`]: the transit pool (R9): configuration classes, requests
+//!   served at once or queued first come first served per class under a
+//!   per-class advisory lock, the release (refused while the transit host
+//!   holds accounts or addresses; then its agent's wipe) and the charges
+//!   ([`transit::billing`], pure integer arithmetic).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`reinstall`]: the reinstall hand-off: a workflow kind that checks
@@ -101,6 +106,7 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod transit;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -146,6 +152,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         metrics::spawn_serving(controller.clone(), listener, stop.subscribe());
     }
     server::spawn_liveness(controller.clone());
+    server::spawn_transit_queue(controller.clone());
     server::spawn_certificate_renewal(controller.clone());
     server::spawn_workflow_engine(&controller)?;
     notify::ready();

@@ -9,8 +9,8 @@
 //!   optional on the API listener.
 //!
 //! Background tasks: liveness (marks silent hosts unreachable), the host
-//! change listener, the renewal of the controller's own certificate, and
-//! the workflow engine's runner.
+//! change listener, the renewal of the controller's own certificate, the
+//! workflow engine's runner, and the transit queues' periodic service.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +25,8 @@ use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
 use navette_proto::v1::reinstalls_server::ReinstallsServer;
 use navette_proto::v1::tests_server::TestsServer;
+use navette_proto::v1::transit_pool_server::TransitPoolServer;
+use navette_proto::v1::transit_server::TransitServer;
 use navette_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
@@ -37,6 +39,7 @@ use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
 use crate::api::reinstalls::ReinstallsApi;
 use crate::api::test_runs::TestsApi;
+use crate::api::transit::TransitApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
 use crate::store;
@@ -104,6 +107,8 @@ pub async fn bind(
     health
         .set_serving::<ReinstallsServer<ReinstallsApi>>()
         .await;
+    health.set_serving::<TransitServer<TransitApi>>().await;
+    health.set_serving::<TransitPoolServer<TransitApi>>().await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -116,6 +121,8 @@ pub async fn bind(
         JoinTokensServer::<OperatorApi>::NAME,
         WorkflowsServer::<WorkflowsApi>::NAME,
         ReinstallsServer::<ReinstallsApi>::NAME,
+        TransitServer::<TransitApi>::NAME,
+        TransitPoolServer::<TransitApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -135,6 +142,8 @@ pub async fn bind(
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
         .add_service(WorkflowsServer::new(WorkflowsApi(c.clone())))
         .add_service(ReinstallsServer::new(ReinstallsApi(c.clone())))
+        .add_service(TransitServer::new(TransitApi(c.clone())))
+        .add_service(TransitPoolServer::new(TransitApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),
@@ -192,6 +201,29 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
                     }
                 }
                 Err(error) => tracing::warn!(message = "liveness check failed", %error),
+            }
+        }
+    });
+}
+
+/// How often every controller serves the transit queues by itself (a
+/// request, a release and a class change serve them at once; this catches
+/// a transit host that came back online or was undrained).
+const TRANSIT_QUEUE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Serves the transit queues now and then (`transit::allocate`).
+pub fn spawn_transit_queue(controller: Arc<Controller>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(TRANSIT_QUEUE_PERIOD);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match crate::transit::allocate::serve_every_queue(&controller).await {
+                Ok(served) if !served.is_empty() => {
+                    tracing::info!(message = "transit queues served", allocations = ?served);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(message = "serving the transit queues failed", %error),
             }
         }
     });

@@ -138,6 +138,17 @@ impl Transfers {
         self.config.clone()
     }
 
+    /// This host's id.
+    pub fn host_id(&self) -> &str {
+        &self.host_id
+    }
+
+    /// What every copy on this host recorded it created (the transit wipe
+    /// picks an allocation's copies from them).
+    pub fn copy_records(&self) -> Vec<CopyRecord> {
+        self.copies.list()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Progress>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }

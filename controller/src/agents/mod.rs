@@ -3,11 +3,12 @@
 //! it has today.
 //!
 //! The transfer calls take and return domain types ([`transfer`]), and so
-//! do the sites calls ([`sites`]); the conversions to and from the agent API are in [`wire`], so the workflows
+//! do the sites calls ([`sites`]) and the transit wipe ([`transit`]); the conversions to and from the agent API are in [`wire`], so the workflows
 //! never see protobuf.
 
 pub mod sites;
 pub mod transfer;
+pub mod transit;
 pub mod wire;
 
 use std::net::SocketAddr;

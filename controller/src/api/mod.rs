@@ -14,6 +14,7 @@ pub mod panel;
 pub mod policy;
 pub mod reinstalls;
 pub mod test_runs;
+pub mod transit;
 pub mod workflows;
 
 use tonic::Status;

@@ -19,14 +19,16 @@ use crate::state::Controller;
 /// The surfaces, and who may use them.
 fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
     match service {
-        "navette.v1.Catalogue" | "navette.v1.Accounts" | "navette.v1.Tests" => {
-            Some(("panel API", &["panel", "operator"]))
-        }
+        "navette.v1.Catalogue"
+        | "navette.v1.Accounts"
+        | "navette.v1.Tests"
+        | "navette.v1.Transit" => Some(("panel API", &["panel", "operator"])),
         "navette.v1.Hosts"
         | "navette.v1.HostPools"
         | "navette.v1.JoinTokens"
         | "navette.v1.Workflows"
         | "navette.v1.Reinstalls" => Some(("operator API", &["operator"])),
+        | "navette.v1.TransitPool" => Some(("operator API", &["operator"])),
         "navette.v1.AgentGateway" => Some(("agent gateway", &["agent"])),
         _ => None,
     }
@@ -186,6 +188,25 @@ mod tests {
         assert!(decide("/navette.v1.Workflows/GetWorkflow", &agent("a")).is_err());
         assert!(decide("/navette.v1.AgentGateway/Heartbeat", &Role::Operator).is_err());
         assert!(decide("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());
+        // The panel asks for, reads and releases transit; only operators
+        // say what class a host is.
+        assert!(decide("/navette.v1.Transit/RequestTransit", &Role::Panel).is_ok());
+        assert!(decide("/navette.v1.Transit/ListTransitCharges", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Transit/ReleaseTransit", &agent("a")).is_err());
+        assert!(
+            decide(
+                "/navette.v1.TransitPool/SetConfigurationClass",
+                &Role::Operator
+            )
+            .is_ok()
+        );
+        assert!(
+            decide(
+                "/navette.v1.TransitPool/SetConfigurationClass",
+                &Role::Panel
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod hosts;
 pub mod pools;
 pub mod test_runs;
 pub mod tokens;
+pub mod transit;
 pub mod workflow_counts;
 
 use tokio_postgres::GenericClient;
