@@ -39,7 +39,9 @@ pub struct Config {
     pub metrics: Metrics,
     #[serde(default)]
     pub dns: Dns,
+    #[serde(default)]
     pub reinstall: Reinstall,
+    #[serde(default)]
     pub transit: Transit,
 }
 

@@ -27,7 +27,7 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         | "navette.v1.HostPools"
         | "navette.v1.JoinTokens"
         | "navette.v1.Workflows"
-        | "navette.v1.Reinstalls" => Some(("operator API", &["operator"])),
+        | "navette.v1.Reinstalls"
         | "navette.v1.TransitPool" => Some(("operator API", &["operator"])),
         "navette.v1.AgentGateway" => Some(("agent gateway", &["agent"])),
         _ => None,
