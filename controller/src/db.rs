@@ -89,6 +89,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "test_sites",
         include_str!("../migrations/0009_test_sites.sql"),
     ),
+    (
+        10,
+        "addresses",
+        include_str!("../migrations/0010_addresses.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -30,7 +30,7 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents, in domain types
-//!   ([`agents::transfer`], [`agents::sites`]); [`agents::wire`] converts
+//!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`]); [`agents::wire`] converts
 //!   them to and from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
@@ -49,6 +49,12 @@
 //!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
 //!   directory).
+//! - [`addresses`]: IP rerouting: moving a dedicated server's or VPS's
+//!   addresses to a transit host and back, make-before-break, on shared
+//!   layer 2 or routed by the provider ([`addresses::provider`], a
+//!   pluggable HTTP failover API with a documented contract); who may
+//!   receive them ([`addresses::check_destination`]); every move recorded
+//!   with its operation id (`store::addresses`).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and
@@ -66,6 +72,7 @@
 //! share one database (schema migrations under an advisory lock, liveness
 //! updates idempotent, change notifications through PostgreSQL).
 
+pub mod addresses;
 pub mod agents;
 pub mod api;
 pub mod ca;

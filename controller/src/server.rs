@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use navette_proto::gate::RoleGateLayer;
 use navette_proto::v1::accounts_server::AccountsServer;
+use navette_proto::v1::addresses_server::AddressesServer;
 use navette_proto::v1::agent_gateway_server::AgentGatewayServer;
 use navette_proto::v1::catalogue_server::CatalogueServer;
 use navette_proto::v1::enrolment_server::EnrolmentServer;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 
+use crate::api::addresses::AddressesApi;
 use crate::api::enrolment::EnrolmentApi;
 use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
@@ -99,6 +101,7 @@ pub async fn bind(
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
     health.set_serving::<WorkflowsServer<WorkflowsApi>>().await;
+    health.set_serving::<AddressesServer<AddressesApi>>().await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -110,6 +113,7 @@ pub async fn bind(
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
         WorkflowsServer::<WorkflowsApi>::NAME,
+        AddressesServer::<AddressesApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -128,6 +132,7 @@ pub async fn bind(
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
         .add_service(WorkflowsServer::new(WorkflowsApi(c.clone())))
+        .add_service(AddressesServer::new(AddressesApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),
