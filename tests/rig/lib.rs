@@ -36,10 +36,20 @@
 //!   agent reads, the PHP (8.2, or 8.4 chrooted) its pools run, and HTTP
 //!   requests by domain name from the client namespace;
 //! - [`grpcurl`]: the operator's and panel's client;
+//! - [`router`]: the internet side for IP rerouting: a router namespace
+//!   between the bridge and a client standing for the internet, the
+//!   provider's failover API stand-in (`provider_standin.py`), a TCP
+//!   service on the hosts, and a client connecting in a loop that
+//!   measures the longest time it could not;
+//! - [`rerouting`]: the IP rerouting scenario the address tests and their
+//!   benchmark share (a dedicated server, a transit host, a shared host
+//!   behind the router; moves through the operator API; the client's
+//!   gaps);
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
 //!
-//! Invariants: the rig only uses addresses from 192.0.2.0/24; every name it
+//! Invariants: the rig only uses addresses from 192.0.2.0/24 (and, for
+//! [`router`], 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32); every name it
 //! creates (namespace, interface, directory) starts with the rig's prefix;
 //! it never builds anything (tests use binaries built beforehand with
 //! `cargo build --bins`); it never deletes system users (they are shared by
@@ -54,7 +64,9 @@ pub mod mariadb;
 pub mod netns;
 pub mod postgres;
 pub mod process;
+pub mod rerouting;
 pub mod rig;
+pub mod router;
 pub mod scrape;
 pub mod sweep;
 pub mod web;
@@ -71,6 +83,7 @@ pub use netns::Netns;
 pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;
 pub use rig::Rig;
+pub use router::{ProbeReport, Prober, Router};
 pub use scrape::{Sample, Scrape};
 pub use web::WebServer;
 
