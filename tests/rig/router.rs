@@ -225,13 +225,17 @@ pub fn start_tcp_service(rig: &Rig, host: &Netns, port: u16) -> anyhow::Result<C
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeReport {
     /// The longest time without a successful connection, from the end of
-    /// one success to the start of the next (or to the end of watching,
-    /// when it never came back: see `still_failing`).
+    /// one success to the start of the next, counted only when an attempt
+    /// failed in between (0: none failed), or to the end of watching when
+    /// it never came back (see `still_failing`).
     pub longest_gap: Duration,
     pub successes: u64,
     pub failures: u64,
     /// The last attempts failed: the address had not come back.
     pub still_failing: bool,
+    /// The longest time between two successful connections, whether or not
+    /// one failed in between: the client's sampling interval.
+    pub longest_between_successes: Duration,
 }
 
 /// A client opening TCP connections in a loop from a namespace, every
@@ -269,6 +273,10 @@ impl Prober {
                     match connected {
                         Ok(_) => {
                             report.successes += 1;
+                            if let Some(last) = last_success_end {
+                                report.longest_between_successes =
+                                    report.longest_between_successes.max(began - last);
+                            }
                             if let (true, Some(last)) = (failing_since_success, last_success_end) {
                                 report.longest_gap = report.longest_gap.max(began - last);
                             }

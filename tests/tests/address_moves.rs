@@ -46,10 +46,11 @@ fn move_and_check(
     {
         let m = moved(&answer);
         println!(
-            "{label}: {address} to {to}: longest gap {:?} ({} connections, {} failed; provider {} ms; operation {})",
+            "{label}: {address} to {to}: longest gap {:?} ({} connections, {} failed, at most {:?} between two; provider {} ms; operation {})",
             seen.longest_gap,
             seen.successes,
             seen.failures,
+            seen.longest_between_successes,
             m.get("providerMs").and_then(Value::as_u64).unwrap_or(0),
             str_of(m, "operationId"),
         );
