@@ -95,6 +95,16 @@ fn addresses_move_to_the_transit_host_and_back_within_a_second() -> anyhow::Resu
     ])?;
     expect_refusal(&output, "FailedPrecondition", "is not a transit host")?;
     ensure!(scenario.holders(LAYER2_V4)? == [server]);
+    // Refused: the address the controller reaches the server's agent on.
+    let main = IpAddr::V4(scenario.server.addr());
+    let output = rig.grpcurl(&[
+        "-d",
+        &scenario.move_request(main, transit).to_string(),
+        &rig.controller_access()?.api.to_string(),
+        "navette.v1.Addresses/MoveAddress",
+    ])?;
+    expect_refusal(&output, "FailedPrecondition", "it never moves")?;
+    ensure!(scenario.holders(main)? == [server]);
 
     move_and_check(&rig, &scenario, "layer 2", &[LAYER2_V4, LAYER2_V6], transit)?;
     move_and_check(&rig, &scenario, "routed", &[ROUTED_V4, ROUTED_V6], transit)?;
