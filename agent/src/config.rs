@@ -106,9 +106,53 @@ pub struct Config {
     /// how this host runs them.
     #[serde(default)]
     pub sites: Sites,
+    /// IP rerouting (`[addresses]`): where moved addresses go, and how
+    /// they are announced.
+    #[serde(default)]
+    pub addresses: Addresses,
     /// Test-only settings (`[testing]`): never set on a real host.
     #[serde(default)]
     pub testing: Testing,
+}
+
+/// `[addresses]`: the addresses the controller moves to and from this host
+/// (`addresses::ensure`). On shared layer 2 each is announced after it is
+/// added, `announce_count` times `announce_interval_ms` apart, as
+/// keepalived repeats its gratuitous ARPs: one lost frame does not leave a
+/// router pointing at the old host.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    /// Optional, default: the interface that holds the agent's `listen`
+    /// address. The interface moved addresses are added to.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Default 5 (keepalived's `vrrp_garp_master_repeat`). How many
+    /// gratuitous ARPs or unsolicited neighbour advertisements are sent
+    /// for an address this host takes; the first goes at once, before the
+    /// call returns.
+    #[serde(default = "default_announce_count")]
+    pub announce_count: u32,
+    /// Default 100. Milliseconds between two announcements.
+    #[serde(default = "default_announce_interval_ms")]
+    pub announce_interval_ms: u64,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Addresses {
+            interface: None,
+            announce_count: default_announce_count(),
+            announce_interval_ms: default_announce_interval_ms(),
+        }
+    }
+}
+
+fn default_announce_count() -> u32 {
+    5
+}
+fn default_announce_interval_ms() -> u64 {
+    100
 }
 
 /// Prometheus metrics.
@@ -232,6 +276,11 @@ pub struct Testing {
     /// ([`SPOKEN`](crate::transfer::protocol::SPOKEN)).
     #[serde(default)]
     pub transfer_protocols: Option<Vec<u32>>,
+    /// Test only. Default false. True: addresses this host takes are not
+    /// announced at all, to show what the announcement is for (a router
+    /// keeps sending to the old host until its neighbour entry expires).
+    #[serde(default)]
+    pub skip_address_announcements: bool,
 }
 
 /// The kinds of host, as written in the file.

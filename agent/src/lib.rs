@@ -40,6 +40,10 @@
 //!   replication user).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
+//! - [`addresses`]: IP rerouting on this host: an address held or not
+//!   held (netlink, IPv6 with `nodad`), and announced when taken
+//!   (gratuitous ARP, unsolicited neighbour advertisement), idempotent,
+//!   each call carrying the move's operation id.
 //! - [`cgroups`]: each account's processes in a control group of their
 //!   own (cgroup v2, or v1's freezer): freeze with a deadline, thaw, empty.
 //! - [`sites`]: each account's sites: their definitions (the host's
@@ -65,12 +69,13 @@
 //!
 //! - The agent never talks to the controller's database; it only calls the
 //!   controller's gRPC services.
-//! - Inventory code only reads the host; host-changing code (later: copies,
-//!   addresses) will live in its own modules behind small functions.
+//! - Inventory code only reads the host; host-changing code (copies,
+//!   addresses) lives in its own modules behind small functions.
 //! - Only [`server`] maps errors to `tonic::Status`; only [`server::policy`]
 //!   decides who may call the agent.
 //! - The private key never leaves the host and is written with mode 0600.
 
+pub mod addresses;
 pub mod cgroups;
 pub mod changes;
 pub mod config;

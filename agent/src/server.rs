@@ -21,18 +21,19 @@ use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
     AdmitPostgresSubscriberResponse, DrainMariadbReplicationRequest,
     DrainMariadbReplicationResponse, DrainPostgresReplicationRequest,
-    DrainPostgresReplicationResponse, DropMariadbReplicationUserResponse, GetInventoryRequest,
-    GrantTransferResponse, HostInventory, MariadbReplicationStatus,
-    MariadbReplicationStatusRequest, MariadbReplicationUser, MariadbReplicationUserRequest,
-    MariadbSourcePosition, MariadbSourcePositionRequest, PostgresReplicationLag,
-    PostgresReplicationRequest, PostgresSequences, PreparePostgresReplicationResponse,
-    RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest, RevokeGrantResponse,
-    SetSitesFrozenRequest, SetSitesFrozenResponse, StartMariadbReplicationRequest,
-    StartSitesRequest, StartSitesResponse, StopMariadbReplicationRequest,
-    StopMariadbReplicationResponse, StopSitesRequest, StopSitesResponse, SubscribePostgresRequest,
-    SubscribePostgresResponse, TeardownPostgresReplicationRequest,
-    TeardownPostgresReplicationResponse, TransferProgress, TransferSpec, WatchTransferRequest,
-    WritePostgresSequencesRequest, WritePostgresSequencesResponse,
+    DrainPostgresReplicationResponse, DropMariadbReplicationUserResponse, EnsureAddressRequest,
+    EnsureAddressResponse, GetInventoryRequest, GrantTransferResponse, HostInventory,
+    MariadbReplicationStatus, MariadbReplicationStatusRequest, MariadbReplicationUser,
+    MariadbReplicationUserRequest, MariadbSourcePosition, MariadbSourcePositionRequest,
+    PostgresReplicationLag, PostgresReplicationRequest, PostgresSequences,
+    PreparePostgresReplicationResponse, RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest,
+    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse,
+    StartMariadbReplicationRequest, StartSitesRequest, StartSitesResponse,
+    StopMariadbReplicationRequest, StopMariadbReplicationResponse, StopSitesRequest,
+    StopSitesResponse, SubscribePostgresRequest, SubscribePostgresResponse,
+    TeardownPostgresReplicationRequest, TeardownPostgresReplicationResponse, TransferProgress,
+    TransferSpec, WatchTransferRequest, WritePostgresSequencesRequest,
+    WritePostgresSequencesResponse,
 };
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -42,6 +43,7 @@ use std::sync::Arc;
 mod cutover;
 mod replication;
 
+use crate::addresses::{self, AddressError, EnsureRequest};
 use crate::config::MariadbServer;
 use crate::ids::{self, FieldError, TransferId};
 use crate::inventory::{Collector, LatestInventory};
@@ -806,6 +808,68 @@ impl Agent for AgentService {
             logins_dropped: wiped.logins_dropped,
             logins_kept: wiped.logins_kept,
         }))
+    }
+    async fn ensure_address(
+        &self,
+        request: Request<EnsureAddressRequest>,
+    ) -> Result<Response<EnsureAddressResponse>, Status> {
+        let ask = request.into_inner();
+        let request = EnsureRequest::parse(
+            &ask.operation_id,
+            &ask.address,
+            ask.prefix_length,
+            ask.held,
+            ask.announce,
+        )
+        .map_err(address_status)?;
+        let config = self.transfers.config();
+        let ensured = {
+            let request = request.clone();
+            match tokio::task::spawn_blocking(move || addresses::ensure(&config, &request)).await {
+                Ok(result) => result.map_err(address_status)?,
+                Err(error) => {
+                    return Err(Status::internal(format!(
+                        "the address operation stopped unexpectedly: {error}"
+                    )));
+                }
+            }
+        };
+        if let Some(repeats) = ensured.repeats.clone() {
+            tokio::task::spawn_blocking(move || repeats.send());
+        }
+        if ensured.changed {
+            // The inventory lists the host's addresses: report the change
+            // now rather than at the next inventory tick.
+            let (collector, latest) = (self.collector.clone(), self.latest.clone());
+            tokio::spawn(async move {
+                match collector.collect().await {
+                    Ok(collected) => latest.publish(collected),
+                    Err(error) => {
+                        tracing::warn!(message = "inventory not refreshed after an address change", error = %crate::error_chain(&error));
+                    }
+                }
+            });
+        }
+        Ok(Response::new(EnsureAddressResponse {
+            operation_id: request.operation_id,
+            changed: ensured.changed,
+            interface: ensured.interface,
+            announcements_sent: ensured.announcements_sent,
+        }))
+    }
+}
+
+/// The one place address errors become statuses.
+fn address_status(error: AddressError) -> Status {
+    let message = crate::error_chain(&error);
+    match error {
+        AddressError::BadOperationId(_) | AddressError::BadAddress { .. } => {
+            Status::invalid_argument(message)
+        }
+        AddressError::NoInterface { .. } | AddressError::Interface { .. } => {
+            Status::failed_precondition(message)
+        }
+        AddressError::Netlink { .. } | AddressError::Announce(_) => Status::internal(message),
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub reinstall: Reinstall,
     #[serde(default)]
     pub transit: Transit,
+    #[serde(default)]
+    pub addresses: Addresses,
 }
 
 /// The transit pool's billing.
@@ -68,6 +70,71 @@ impl Default for Transit {
 
 fn default_transit_free_days() -> u32 {
     7
+}
+
+/// `[addresses]`: IP rerouting (the `addresses` module).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Addresses {
+    /// How a move reaches the new host when the request does not say:
+    /// `layer2` (the hosts share a segment; the new host announces the
+    /// address) or `routed` (the provider routes it to the new host's main
+    /// address). Default `layer2`.
+    #[serde(default)]
+    pub default_mode: RerouteMode,
+    /// `[addresses.provider]`: who routes failover addresses. Default: not
+    /// set, and routed moves are refused.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+}
+
+/// How an address reaches the host that holds it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RerouteMode {
+    #[default]
+    Layer2,
+    Routed,
+}
+
+impl RerouteMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RerouteMode::Layer2 => "layer2",
+            RerouteMode::Routed => "routed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RerouteMode> {
+        [RerouteMode::Layer2, RerouteMode::Routed]
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+    }
+}
+
+/// The provider's failover API (`addresses::provider`, whose doc is the
+/// contract).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provider {
+    /// Required. `http://HOST:PORT[/PREFIX]`: the call is
+    /// `POST <url>/failover/<address>` with `active_server_ip=<main
+    /// address>` (Hetzner's Robot API shape).
+    pub url: String,
+    /// Optional: HTTP basic authentication user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Optional: a file holding the basic authentication password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Default 120. How long the provider may take to answer (real ones
+    /// take 40 to 60 s to switch a route).
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_provider_timeout() -> u64 {
+    120
 }
 
 /// Where the controller listens.
@@ -457,6 +524,8 @@ mod tests {
         assert_eq!(config.metrics.listen, None);
         assert_eq!(config.dns.server, None, "DNS updates are off by default");
         assert_eq!(config.dns.lowered_ttl_secs, 60);
+        assert_eq!(config.addresses.default_mode, RerouteMode::Layer2);
+        assert!(config.addresses.provider.is_none());
         Ok(())
     }
 

@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../migrations/0009_test_sites.sql"),
     ),
     (
+        10,
+        "addresses",
+        include_str!("../migrations/0010_addresses.sql"),
+    ),
+    (
         11,
         "transit",
         include_str!("../migrations/0011_transit.sql"),

@@ -30,7 +30,7 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents, in domain types
-//!   ([`agents::transfer`], [`agents::sites`]); [`agents::wire`] converts
+//!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`]); [`agents::wire`] converts
 //!   them to and from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
@@ -54,6 +54,12 @@
 //!   per-class advisory lock, the release (refused while the transit host
 //!   holds accounts or addresses; then its agent's wipe) and the charges
 //!   ([`transit::billing`], pure integer arithmetic).
+//! - [`addresses`]: IP rerouting: moving a dedicated server's or VPS's
+//!   addresses to a transit host and back, make-before-break, on shared
+//!   layer 2 or routed by the provider ([`addresses::provider`], a
+//!   pluggable HTTP failover API with a documented contract); who may
+//!   receive them ([`addresses::check_destination`]); every move recorded
+//!   with its operation id (`store::addresses`).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`reinstall`]: the reinstall hand-off: a workflow kind that checks
@@ -83,6 +89,7 @@
 //! share one database (schema migrations under an advisory lock, liveness
 //! updates idempotent, change notifications through PostgreSQL).
 
+pub mod addresses;
 pub mod agents;
 pub mod api;
 pub mod ca;

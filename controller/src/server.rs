@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use navette_proto::gate::RoleGateLayer;
 use navette_proto::v1::accounts_server::AccountsServer;
+use navette_proto::v1::addresses_server::AddressesServer;
 use navette_proto::v1::agent_gateway_server::AgentGatewayServer;
 use navette_proto::v1::catalogue_server::CatalogueServer;
 use navette_proto::v1::enrolment_server::EnrolmentServer;
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 
+use crate::api::addresses::AddressesApi;
 use crate::api::enrolment::EnrolmentApi;
 use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
@@ -109,6 +111,7 @@ pub async fn bind(
         .await;
     health.set_serving::<TransitServer<TransitApi>>().await;
     health.set_serving::<TransitPoolServer<TransitApi>>().await;
+    health.set_serving::<AddressesServer<AddressesApi>>().await;
     health.set_serving::<AgentGatewayServer<GatewayApi>>().await;
     health.set_serving::<EnrolmentServer<EnrolmentApi>>().await;
 
@@ -123,6 +126,7 @@ pub async fn bind(
         ReinstallsServer::<ReinstallsApi>::NAME,
         TransitServer::<TransitApi>::NAME,
         TransitPoolServer::<TransitApi>::NAME,
+        AddressesServer::<AddressesApi>::NAME,
         AgentGatewayServer::<GatewayApi>::NAME,
     ];
     let enrolment_names = [EnrolmentServer::<EnrolmentApi>::NAME];
@@ -144,6 +148,7 @@ pub async fn bind(
         .add_service(ReinstallsServer::new(ReinstallsApi(c.clone())))
         .add_service(TransitServer::new(TransitApi(c.clone())))
         .add_service(TransitPoolServer::new(TransitApi(c.clone())))
+        .add_service(AddressesServer::new(AddressesApi(c.clone())))
         .add_service(AgentGatewayServer::new(GatewayApi(c.clone())))
         .serve_with_incoming_shutdown(
             navette_proto::tls::incoming(api_listener, controller.tls.api.clone(), "api"),

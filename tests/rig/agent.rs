@@ -76,6 +76,9 @@ pub struct AgentSpec {
     /// (`[testing] transfer_protocols`), to play an agent of an older
     /// build; `None`: every version its build speaks.
     pub transfer_protocols: Option<Vec<u32>>,
+    /// Test only: addresses the host takes are not announced
+    /// (`[testing] skip_address_announcements`).
+    pub skip_address_announcements: bool,
 }
 
 impl Default for AgentSpec {
@@ -90,6 +93,7 @@ impl Default for AgentSpec {
             under_unit_restrictions: false,
             metrics_port: 9465,
             transfer_protocols: None,
+            skip_address_announcements: false,
         }
     }
 }
@@ -171,7 +175,10 @@ struct SitesSection {
 /// `[testing]`: the agent's test-only settings.
 #[derive(Serialize)]
 struct TestingSection {
-    transfer_protocols: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transfer_protocols: Option<Vec<u32>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skip_address_announcements: bool,
 }
 
 #[derive(Serialize)]
@@ -273,10 +280,12 @@ impl Rig {
                 cgroup_mount: crate::web::ensure_agent_cgroup_mount()?,
                 cgroup_base: host.cgroup_base(),
             },
-            testing: spec
-                .transfer_protocols
-                .clone()
-                .map(|transfer_protocols| TestingSection { transfer_protocols }),
+            testing: (spec.transfer_protocols.is_some() || spec.skip_address_announcements).then(
+                || TestingSection {
+                    transfer_protocols: spec.transfer_protocols.clone(),
+                    skip_address_announcements: spec.skip_address_announcements,
+                },
+            ),
         };
         let config = host.root.join("etc").join("agent.toml");
         let text = toml::to_string(&file).context("writing the agent config")?;

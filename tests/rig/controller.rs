@@ -43,6 +43,9 @@ pub struct ControllerSpec {
     pub pool_wait_timeout_secs: u64,
     /// `[metrics] listen` is the controller's address and this port.
     pub metrics_port: u16,
+    /// TOML appended to the config file, for sections this spec has no
+    /// field for (`[addresses.provider]`...).
+    pub extra_config: String,
     /// `[reinstall]`: the rig's provisioner (`crate::reinstall`); `None`
     /// leaves the section out (no provisioner: reinstalls are refused).
     pub reinstall: Option<ReinstallSection>,
@@ -70,6 +73,7 @@ impl Default for ControllerSpec {
             pool_wait_timeout_secs: 10,
             metrics_port: 9464,
             reinstall: None,
+            extra_config: String::new(),
         }
     }
 }
@@ -261,7 +265,8 @@ impl Rig {
             reinstall: spec.reinstall.clone(),
         };
         let config = host.root.join("etc").join("controller.toml");
-        let text = toml::to_string(&file).context("writing the controller config")?;
+        let mut text = toml::to_string(&file).context("writing the controller config")?;
+        text.push_str(&spec.extra_config);
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
 
         let command = {

@@ -48,10 +48,20 @@
 //!   directory, and [`Rig::reinstall_host`] wipes a host and brings it
 //!   back on PostgreSQL 18 and MariaDB 11.8 with a new agent enrolled with
 //!   the request's token;
+//! - [`router`]: the internet side for IP rerouting: a router namespace
+//!   between the bridge and a client standing for the internet, the
+//!   provider's failover API stand-in (`provider_standin.py`), a TCP
+//!   service on the hosts, and a client connecting in a loop that
+//!   measures the longest time it could not;
+//! - [`rerouting`]: the IP rerouting scenario the address tests and their
+//!   benchmark share (a dedicated server, a transit host, a shared host
+//!   behind the router; moves through the operator API; the client's
+//!   gaps);
 //! - [`scrape`]: a plain HTTP GET of a daemon's `/metrics` (the rig turns
 //!   them on: the controller's on port 9464, each agent's on 9465).
 //!
-//! Invariants: the rig only uses addresses from 192.0.2.0/24; every name it
+//! Invariants: the rig only uses addresses from 192.0.2.0/24 (and, for
+//! [`router`], 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32); every name it
 //! creates (namespace, interface, directory) starts with the rig's prefix;
 //! a namespace's `/etc/netns/<namespace>/` goes with the namespace;
 //! it never builds anything (tests use binaries built beforehand with
@@ -70,7 +80,9 @@ pub mod netns;
 pub mod postgres;
 pub mod process;
 pub mod reinstall;
+pub mod rerouting;
 pub mod rig;
+pub mod router;
 pub mod scrape;
 pub mod sweep;
 pub mod web;
@@ -89,6 +101,7 @@ pub use postgres::{PgSpec, PgVersion, Postgres};
 pub use process::ChildProcess;
 pub use reinstall::{ProvisionRequest, Provisioner};
 pub use rig::Rig;
+pub use router::{ProbeReport, Prober, Router};
 pub use scrape::{Sample, Scrape};
 pub use web::WebServer;
 

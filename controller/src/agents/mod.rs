@@ -3,9 +3,10 @@
 //! it has today.
 //!
 //! The transfer calls take and return domain types ([`transfer`]), and so
-//! do the sites calls ([`sites`]) and the transit wipe ([`transit`]); the conversions to and from the agent API are in [`wire`], so the workflows
+//! do the sites calls ([`sites`]) the transit wipe ([`transit`]) and the address calls ([`addresses`]); the conversions to and from the agent API are in [`wire`], so the workflows
 //! never see protobuf.
 
+pub mod addresses;
 pub mod sites;
 pub mod transfer;
 pub mod transit;

@@ -6,6 +6,7 @@
 //! [`status`] and nowhere else. Who may call what is decided in [`policy`],
 //! applied by the role gate before any handler runs.
 
+pub mod addresses;
 pub mod convert;
 pub mod enrolment;
 pub mod gateway;

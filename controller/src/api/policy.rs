@@ -28,7 +28,8 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         | "navette.v1.JoinTokens"
         | "navette.v1.Workflows"
         | "navette.v1.Reinstalls"
-        | "navette.v1.TransitPool" => Some(("operator API", &["operator"])),
+        | "navette.v1.TransitPool"
+        | "navette.v1.Addresses" => Some(("operator API", &["operator"])),
         "navette.v1.AgentGateway" => Some(("agent gateway", &["agent"])),
         _ => None,
     }
@@ -185,6 +186,9 @@ mod tests {
         assert!(decide("/navette.v1.Hosts/ListHosts", &Role::Panel).is_err());
         assert!(decide("/navette.v1.Workflows/CancelWorkflow", &Role::Operator).is_ok());
         assert!(decide("/navette.v1.Workflows/ListWorkflowAudit", &Role::Panel).is_err());
+        assert!(decide("/navette.v1.Addresses/MoveAddress", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Addresses/MoveAddress", &Role::Panel).is_err());
+        assert!(decide("/navette.v1.Addresses/ListServerAddresses", &agent("a")).is_err());
         assert!(decide("/navette.v1.Workflows/GetWorkflow", &agent("a")).is_err());
         assert!(decide("/navette.v1.AgentGateway/Heartbeat", &Role::Operator).is_err());
         assert!(decide("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());

@@ -7,6 +7,7 @@
 //! only once it is committed.
 
 pub mod accounts;
+pub mod addresses;
 pub mod hosts;
 pub mod pools;
 pub mod test_runs;
