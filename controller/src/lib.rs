@@ -30,8 +30,10 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents, in domain types
-//!   ([`agents::transfer`], [`agents::sites`]); [`agents::wire`] converts
-//!   them to and from the agent API.
+//!   ([`agents::transfer`], [`agents::sites`], a migration's
+//!   [`agents::replication`] and the named actions of its freeze and
+//!   switch, [`agents::cutover`]); [`agents::wire`] converts them to and
+//!   from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
 //!   inbox, audit trail), a pure transition per kind, one runner per
@@ -43,12 +45,15 @@
 //!   through `agents`: grant, copy, sites, remove; its `tests` row written
 //!   with every transition);
 //!   [`workflow::test_events`] turns the panel's commands into inbox
-//!   events.
+//!   events. [`workflow::migrate_kind`] is *Migrate* as an engine kind
+//!   (its pure transition, the switch its point of no return), its state
+//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`].
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
 //!   the test host, each database's receiving server, the account's sites
 //!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
-//!   directory).
+//!   directory); [`placement::migrate`], the shared host a migration goes
+//!   to, and what keeps an account's servers from replicating.
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`api`]: the gRPC services. With `agents` (its client calls and

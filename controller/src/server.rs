@@ -23,6 +23,7 @@ use navette_proto::v1::enrolment_server::EnrolmentServer;
 use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
+use navette_proto::v1::migrations_server::MigrationsServer;
 use navette_proto::v1::tests_server::TestsServer;
 use navette_proto::v1::workflows_server::WorkflowsServer;
 use tokio::net::TcpListener;
@@ -34,6 +35,7 @@ use crate::api::gateway::GatewayApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
+use crate::api::migrations::MigrationsApi;
 use crate::api::test_runs::TestsApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
@@ -95,6 +97,7 @@ pub async fn bind(
     health.set_serving::<CatalogueServer<PanelApi>>().await;
     health.set_serving::<AccountsServer<PanelApi>>().await;
     health.set_serving::<TestsServer<TestsApi>>().await;
+    health.set_serving::<MigrationsServer<MigrationsApi>>().await;
     health.set_serving::<HostsServer<OperatorApi>>().await;
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
@@ -106,6 +109,7 @@ pub async fn bind(
         CatalogueServer::<PanelApi>::NAME,
         AccountsServer::<PanelApi>::NAME,
         TestsServer::<TestsApi>::NAME,
+        MigrationsServer::<MigrationsApi>::NAME,
         HostsServer::<OperatorApi>::NAME,
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
@@ -124,6 +128,7 @@ pub async fn bind(
         .add_service(CatalogueServer::new(PanelApi(c.clone())))
         .add_service(AccountsServer::new(PanelApi(c.clone())))
         .add_service(TestsServer::new(TestsApi(c.clone())))
+        .add_service(MigrationsServer::new(MigrationsApi(c.clone())))
         .add_service(HostsServer::new(OperatorApi(c.clone())))
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
@@ -194,9 +199,11 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
 /// runs (the test, [`crate::workflow::test_kind`]), woken by its own
 /// listener on `navette_workflows`.
 pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
-    let registry = crate::engine::Registry::new().register(
-        crate::workflow::test_kind::TestKind::new(controller.clone()),
-    );
+    let registry = crate::engine::Registry::new()
+        .register(crate::workflow::test_kind::TestKind::new(controller.clone()))
+        .register(crate::workflow::migrate_kind::MigrateKind::new(
+            controller.clone(),
+        ));
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     crate::db::listen(
         &controller.config.database,

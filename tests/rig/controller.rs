@@ -43,6 +43,9 @@ pub struct ControllerSpec {
     pub pool_wait_timeout_secs: u64,
     /// `[metrics] listen` is the controller's address and this port.
     pub metrics_port: u16,
+    /// More of the configuration, as TOML appended to the file (a
+    /// `[migrations]` section, say).
+    pub extra_config: String,
 }
 
 impl Default for ControllerSpec {
@@ -58,6 +61,7 @@ impl Default for ControllerSpec {
             statement_timeout_secs: 30,
             pool_wait_timeout_secs: 10,
             metrics_port: 9464,
+            extra_config: String::new(),
         }
     }
 }
@@ -246,7 +250,8 @@ impl Rig {
             },
         };
         let config = host.root.join("etc").join("controller.toml");
-        let text = toml::to_string(&file).context("writing the controller config")?;
+        let mut text = toml::to_string(&file).context("writing the controller config")?;
+        text.push_str(&spec.extra_config);
         std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
 
         let command = {

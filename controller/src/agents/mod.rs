@@ -3,9 +3,13 @@
 //! it has today.
 //!
 //! The transfer calls take and return domain types ([`transfer`]), and so
-//! do the sites calls ([`sites`]); the conversions to and from the agent API are in [`wire`], so the workflows
+//! do the sites calls ([`sites`]), a migration's replication calls
+//! ([`replication`]) and the actions of its freeze and switch
+//! ([`cutover`]); the conversions to and from the agent API are in [`wire`], so the workflows
 //! never see protobuf.
 
+pub mod cutover;
+pub mod replication;
 pub mod sites;
 pub mod transfer;
 pub mod wire;

@@ -9,6 +9,7 @@
 pub mod convert;
 pub mod enrolment;
 pub mod gateway;
+pub mod migrations;
 pub mod operator;
 pub mod panel;
 pub mod policy;

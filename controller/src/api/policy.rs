@@ -19,7 +19,10 @@ use crate::state::Controller;
 /// The surfaces, and who may use them.
 fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
     match service {
-        "navette.v1.Catalogue" | "navette.v1.Accounts" | "navette.v1.Tests" => {
+        "navette.v1.Catalogue"
+        | "navette.v1.Accounts"
+        | "navette.v1.Tests"
+        | "navette.v1.Migrations" => {
             Some(("panel API", &["panel", "operator"]))
         }
         "navette.v1.Hosts"
@@ -181,6 +184,9 @@ mod tests {
         );
         assert!(decide("/navette.v1.Hosts/ListHosts", &Role::Panel).is_err());
         assert!(decide("/navette.v1.Workflows/CancelWorkflow", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Migrations/Migrate", &Role::Panel).is_ok());
+        assert!(decide("/navette.v1.Migrations/CancelMigration", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Migrations/Migrate", &agent("a")).is_err());
         assert!(decide("/navette.v1.Workflows/ListWorkflowAudit", &Role::Panel).is_err());
         assert!(decide("/navette.v1.Workflows/GetWorkflow", &agent("a")).is_err());
         assert!(decide("/navette.v1.AgentGateway/Heartbeat", &Role::Operator).is_err());

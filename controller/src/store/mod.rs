@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod hosts;
+pub mod migrations;
 pub mod pools;
 pub mod test_runs;
 pub mod tokens;
