@@ -158,9 +158,11 @@ pub fn next_of(run: &MigrationRun) -> Next<MigrateStep> {
             MigrateState::Completed => Next::Done(End::Completed),
             MigrateState::Cancelled => Next::Done(End::Cancelled),
             MigrateState::Failed => Next::Done(End::Failed(run.error.clone())),
+            // The finish sets the retire step itself when no grace period
+            // is recorded.
             MigrateState::Switched => match run.retire_at {
                 Some(at) => Next::WaitUntil(at),
-                None => Next::Run(MigrateStep::Retire),
+                None => Next::Wait,
             },
             _ => Next::Wait,
         },
@@ -238,6 +240,8 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
     match (run.step, outcome) {
         // A cancel waits in the inbox: it is delivered next.
         (_, O::Stopped) => unchanged(run),
+        // No step ran: nothing to finish.
+        (S::None, _) => unchanged(run),
         (S::Prepare, O::Prepared { slots }) => {
             let mut after = moved(
                 run,
@@ -352,7 +356,12 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             record(after)
         }
         (S::Finish, O::Finished) => {
-            let mut after = moved(run, MigrateState::Switched, S::None, String::new());
+            let step = if run.retire_at.is_some() {
+                S::None
+            } else {
+                S::Retire
+            };
+            let mut after = moved(run, MigrateState::Switched, step, String::new());
             after.phase = match run.retire_at {
                 Some(at) => format!(
                     "switched: the old copy on {} is kept stopped until {}",
@@ -389,6 +398,7 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
         // Past the switch, or undoing: a refusal is retried too (an agent
         // may refuse while a transfer ends), never given up.
         (S::Switch | S::Finish | S::Retire | S::Rollback, O::Refused(why)) => retry(run, why),
+        (_, O::Refused(why)) if run.switched() => retry(run, why),
         (_, O::Refused(why)) => rollback(run, &why, false),
         (step, outcome) => {
             let mut after = run.clone();
