@@ -57,7 +57,7 @@ fn refused(rig: &Rig, request: Value, code: &str, reason: &str) -> anyhow::Resul
 fn migration_workflows(rig: &Rig) -> anyhow::Result<usize> {
     let answer = rig.grpcurl_json(
         "navette.v1.Workflows/ListWorkflows",
-        &json!({"kind": "migrate"}),
+        &json!({"kind": "migrate", "include_ended": true}),
     )?;
     Ok(list(&answer, "workflows").len())
 }
