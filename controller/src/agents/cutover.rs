@@ -17,14 +17,20 @@ use crate::state::Controller;
 /// Freezes `account`'s processes on `host` with the cgroup freezer
 /// (requests wait in their sockets); the agent thaws them by itself after
 /// `longest`, so a controller that dies never leaves them frozen. How
-/// long the freeze took to complete.
+/// long the freeze took to complete; `None` when the account runs no
+/// sites on `host` (nothing to freeze: its definitions list sites that do
+/// not run there).
 pub async fn freeze_sites(
     controller: &Controller,
     host: &Host,
     account: &str,
     longest: Duration,
-) -> Result<u32, CallFailure> {
-    set_frozen(controller, host, account, true, longest).await
+) -> Result<Option<u32>, CallFailure> {
+    match set_frozen(controller, host, account, true, longest).await {
+        Ok(took) => Ok(Some(took)),
+        Err(Frozen::NotRunning) => Ok(None),
+        Err(Frozen::Failed(failure)) => Err(failure),
+    }
 }
 
 /// Thaws `account`'s processes on `host`. Safe to repeat.
@@ -33,7 +39,18 @@ pub async fn thaw_sites(
     host: &Host,
     account: &str,
 ) -> Result<u32, CallFailure> {
-    set_frozen(controller, host, account, false, Duration::ZERO).await
+    match set_frozen(controller, host, account, false, Duration::ZERO).await {
+        Ok(took) => Ok(took),
+        Err(Frozen::NotRunning) => Ok(0),
+        Err(Frozen::Failed(failure)) => Err(failure),
+    }
+}
+
+/// Why a freeze or thaw did not happen.
+enum Frozen {
+    /// The account runs no sites on the host.
+    NotRunning,
+    Failed(CallFailure),
 }
 
 async fn set_frozen(
@@ -42,8 +59,9 @@ async fn set_frozen(
     account: &str,
     frozen: bool,
     longest: Duration,
-) -> Result<u32, CallFailure> {
-    let mut client = client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))?;
+) -> Result<u32, Frozen> {
+    let mut client = client(controller, host)
+        .map_err(|e| Frozen::Failed(CallFailure::Refused(e.to_string())))?;
     let mut request = tonic::Request::new(navette_proto::v1::SetSitesFrozenRequest {
         account: account.to_owned(),
         frozen,
@@ -54,7 +72,16 @@ async fn set_frozen(
         .set_sites_frozen(request)
         .await
         .map(|r| r.into_inner().took_ms)
-        .map_err(|status| call_outcome(host, &status))
+        .map_err(|status| {
+            // The agent's `SitesError::NotRunning`.
+            if status.code() == tonic::Code::FailedPrecondition
+                && status.message().contains("no sites running")
+            {
+                Frozen::NotRunning
+            } else {
+                Frozen::Failed(call_outcome(host, &status))
+            }
+        })
 }
 
 /// One database the freeze drains.

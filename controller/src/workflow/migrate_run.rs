@@ -189,6 +189,10 @@ pub struct FreezeWindow {
     /// Why it was undone; empty for the freeze that switched.
     #[serde(default)]
     pub missed_because: String,
+    /// The account's sites ran on the source and were frozen: the switch
+    /// moves them to the target. False: the account runs none there.
+    #[serde(default)]
+    pub sites_frozen: bool,
 }
 
 /// A migration's whole record.

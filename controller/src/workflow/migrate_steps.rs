@@ -420,18 +420,21 @@ impl Steps<'_> {
         let started = Instant::now();
         let deadline = started + run.settings.freeze_deadline();
         let mut parts: Vec<FreezePart> = Vec::new();
-        let sites = !run.plan.sites.is_empty();
+        let mut sites = false;
         let result = async {
-            if sites {
+            if !run.plan.sites.is_empty() {
                 let part = Instant::now();
-                cutover::freeze_sites(
+                sites = cutover::freeze_sites(
                     c,
                     self.source,
                     &run.account,
                     run.settings.freeze_deadline() + THAW_SLACK,
                 )
-                .await?;
-                parts.push(part_of("freeze sites", part.elapsed()));
+                .await?
+                .is_some();
+                if sites {
+                    parts.push(part_of("freeze sites", part.elapsed()));
+                }
             }
             let mut drained: Vec<Drained> = postgres(run)
                 .map(|d| Drained::Postgres {
@@ -484,14 +487,15 @@ impl Steps<'_> {
             Ok(())
         }
         .await;
-        let window = |parts: Vec<FreezePart>, missed_because: String| FreezeWindow {
+        let window = |parts: Vec<FreezePart>, missed_because: String, sites_frozen| FreezeWindow {
             frozen_at,
             total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             parts,
             missed_because,
+            sites_frozen,
         };
         match result {
-            Ok(()) => MigrateOutcome::Frozen(window(parts, String::new())),
+            Ok(()) => MigrateOutcome::Frozen(window(parts, String::new(), sites)),
             Err(failure) => {
                 let why = match failure {
                     CallFailure::Retry(why) | CallFailure::Refused(why) => why,
@@ -507,7 +511,7 @@ impl Steps<'_> {
                     }
                 }
                 tracing::warn!(message = "freeze undone", migration = %run.id, reason = %why);
-                MigrateOutcome::FreezeMissed(window(parts, why))
+                MigrateOutcome::FreezeMissed(window(parts, why, sites))
             }
         }
     }
@@ -517,7 +521,8 @@ impl Steps<'_> {
     async fn switch(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
         let mut parts = Vec::new();
-        if !run.plan.sites.is_empty() {
+        // The sites that served on the source serve on the target.
+        if run.freeze.as_ref().is_some_and(|f| f.sites_frozen) {
             let part = Instant::now();
             cutover::forward_sites(c, self.source, self.target, &sites_spec(run)).await?;
             parts.push(part_of("sites moved to the target", part.elapsed()));

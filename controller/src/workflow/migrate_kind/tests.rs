@@ -85,6 +85,7 @@ fn window(missed: &str) -> FreezeWindow {
             ms: 1,
         }],
         missed_because: missed.into(),
+        sites_frozen: false,
     }
 }
 
