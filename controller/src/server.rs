@@ -32,10 +32,10 @@ use tonic::transport::Server;
 
 use crate::api::enrolment::EnrolmentApi;
 use crate::api::gateway::GatewayApi;
+use crate::api::migrations::MigrationsApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
-use crate::api::migrations::MigrationsApi;
 use crate::api::test_runs::TestsApi;
 use crate::api::workflows::WorkflowsApi;
 use crate::state::Controller;
@@ -97,7 +97,9 @@ pub async fn bind(
     health.set_serving::<CatalogueServer<PanelApi>>().await;
     health.set_serving::<AccountsServer<PanelApi>>().await;
     health.set_serving::<TestsServer<TestsApi>>().await;
-    health.set_serving::<MigrationsServer<MigrationsApi>>().await;
+    health
+        .set_serving::<MigrationsServer<MigrationsApi>>()
+        .await;
     health.set_serving::<HostsServer<OperatorApi>>().await;
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
@@ -200,7 +202,9 @@ pub fn spawn_liveness(controller: Arc<Controller>) {
 /// listener on `navette_workflows`.
 pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
     let registry = crate::engine::Registry::new()
-        .register(crate::workflow::test_kind::TestKind::new(controller.clone()))
+        .register(crate::workflow::test_kind::TestKind::new(
+            controller.clone(),
+        ))
         .register(crate::workflow::migrate_kind::MigrateKind::new(
             controller.clone(),
         ));

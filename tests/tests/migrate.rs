@@ -187,10 +187,15 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
     enrol(&rig, &old, AgentKind::Shared, "2024.1")?;
     enrol(&rig, &new, AgentKind::Shared, "2026.1")?;
     support::wait_online_with_inventory(&rig, &["shared-old", "shared-new"])?;
-    rig.wait_until("the accounts' databases in the inventory", Duration::from_secs(30), || {
-        let account = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ALICE}))?;
-        Ok(list(&account, "databases").len() == 2)
-    })?;
+    rig.wait_until(
+        "the accounts' databases in the inventory",
+        Duration::from_secs(30),
+        || {
+            let account =
+                rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ALICE}))?;
+            Ok(list(&account, "databases").len() == 2)
+        },
+    )?;
 
     // A writer adds numbered orders, posts and lines, and changes the table
     // without a key, until the migration leaves its copy.
@@ -223,7 +228,10 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
                 {
                     lock(&acknowledged).posts.push((n, SystemTime::now()));
                 }
-                let mut file = std::fs::OpenOptions::new().append(true).create(true).open(&journal)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&journal)?;
                 writeln!(file, "line {n}")?;
                 file.sync_all()?;
                 lock(&acknowledged).lines.push((n, SystemTime::now()));
@@ -239,11 +247,17 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         );
         let watched = started.and_then(|started| {
             let id = str_of(&started, "id").to_owned();
-            ensure!(str_of(&started, "targetHostId") == "shared-new", "placed on the shared PostgreSQL 18 host: {started}");
+            ensure!(
+                str_of(&started, "targetHostId") == "shared-new",
+                "placed on the shared PostgreSQL 18 host: {started}"
+            );
             rig.wait_until("the copy is over", Duration::from_secs(180), || {
                 let now = migrations(&rig, "GetMigration", json!({"id": id}))?;
                 let state = str_of(&now, "state");
-                ensure!(state != "STATE_FAILED" && state != "STATE_ROLLING_BACK", "the migration failed: {now}");
+                ensure!(
+                    state != "STATE_FAILED" && state != "STATE_ROLLING_BACK",
+                    "the migration failed: {now}"
+                );
                 Ok(!matches!(state, "STATE_PREPARING" | "STATE_COPYING"))
             })?;
             Ok(id)
@@ -255,9 +269,15 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
     })?;
     let id = str_of(&migration, "id").to_owned();
     let window = &migration["freezeWindow"];
-    let total_ms: u64 = window["totalMs"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let total_ms: u64 = window["totalMs"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     eprintln!("freeze window: {total_ms} ms; parts: {}", window["parts"]);
-    eprintln!("freeze attempts: {}, missed: {}", migration["freezeAttempts"], migration["missedFreezes"]);
+    eprintln!(
+        "freeze attempts: {}, missed: {}",
+        migration["freezeAttempts"], migration["missedFreezes"]
+    );
     ensure!(
         !list(window, "parts").is_empty() && !str_of(window, "frozenAt").is_empty(),
         "the freeze window is recorded with its parts: {migration}"
@@ -269,27 +289,42 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
 
     // The account lives on the new host.
     let account = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ALICE}))?;
-    ensure!(str_of(&account, "hostId") == "shared-new", "the account is placed on the target: {account}");
+    ensure!(
+        str_of(&account, "hostId") == "shared-new",
+        "the account is placed on the target: {account}"
+    );
 
     // Every write acknowledged before the freeze is on the new host, once.
     let acknowledged = lock(&acknowledged);
     let orders = before(&acknowledged.orders, frozen_at);
-    ensure!(!orders.is_empty(), "the writer wrote while the migration ran");
+    ensure!(
+        !orders.is_empty(),
+        "the writer wrote while the migration ran"
+    );
     let on_target = pg_numbers(
         &pg18,
         "SELECT substr(item, 6) FROM orders WHERE item LIKE 'live %' ORDER BY 1",
     )?;
     let duplicates = pg18.psql(SHOP, "SELECT count(*) - count(DISTINCT item) FROM orders")?;
-    ensure!(duplicates.trim() == "0", "no order is on the new host twice");
+    ensure!(
+        duplicates.trim() == "0",
+        "no order is on the new host twice"
+    );
     for n in &orders {
-        ensure!(on_target.contains(n), "order {n}, acknowledged before the freeze, is on the new host");
+        ensure!(
+            on_target.contains(n),
+            "order {n}, acknowledged before the freeze, is on the new host"
+        );
     }
     ensure!(
         table_fingerprint(&pg15, "tally")? == table_fingerprint(&pg18, "tally")?,
         "the table without a key, updated and deleted from during the migration, is the same on the new host"
     );
     // The sequence was carried: the new host takes a new order.
-    pg18.psql(SHOP, "INSERT INTO orders (item) VALUES ('after the switch')")?;
+    pg18.psql(
+        SHOP,
+        "INSERT INTO orders (item) VALUES ('after the switch')",
+    )?;
     let posts = before(&acknowledged.posts, frozen_at);
     let posts_on_target: Vec<u64> = maria_new
         .sql(&format!("SELECT n FROM {BLOG}.posts ORDER BY n"))?
@@ -297,15 +332,21 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         .filter_map(|l| l.trim().parse().ok())
         .collect();
     for n in &posts {
-        ensure!(posts_on_target.contains(n), "post {n}, acknowledged before the freeze, is on MariaDB 11.8");
+        ensure!(
+            posts_on_target.contains(n),
+            "post {n}, acknowledged before the freeze, is on MariaDB 11.8"
+        );
     }
-    let home = migration["progress"]["targetHome"].as_str().unwrap_or_default();
+    let home = migration["progress"]["targetHome"]
+        .as_str()
+        .unwrap_or_default();
     let copied = std::fs::read_to_string(std::path::Path::new(home).join("journal.txt"))
         .with_context(|| format!("the journal in the new home {home}"))?;
     let lines: Vec<&str> = copied.lines().collect();
     for n in before(&acknowledged.lines, frozen_at) {
         ensure!(
-            lines.get(usize::try_from(n).unwrap_or(usize::MAX) - 1) == Some(&format!("line {n}").as_str()),
+            lines.get(usize::try_from(n).unwrap_or(usize::MAX) - 1)
+                == Some(&format!("line {n}").as_str()),
             "line {n} is on the new host, in order"
         );
     }
@@ -316,16 +357,31 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         before(&acknowledged.lines, frozen_at).len()
     );
     // Replication is torn down on both sides.
-    ensure!(pg15.psql(SHOP, "SELECT count(*) FROM pg_replication_slots")? == "0", "no slot left on the old host");
-    ensure!(pg18.psql(SHOP, "SELECT count(*) FROM pg_subscription")? == "0", "no subscription left on the new host");
+    ensure!(
+        pg15.psql(SHOP, "SELECT count(*) FROM pg_replication_slots")? == "0",
+        "no slot left on the old host"
+    );
+    ensure!(
+        pg18.psql(SHOP, "SELECT count(*) FROM pg_subscription")? == "0",
+        "no subscription left on the new host"
+    );
     // Past the point of no return, a cancel is refused with the reason.
     let access = rig.controller_access()?;
     let body = json!({"id": id}).to_string();
     let output = rig.grpcurl_as(
         &access.panel,
-        &["-d", &body, &access.api.to_string(), "navette.v1.Migrations/CancelMigration"],
+        &[
+            "-d",
+            &body,
+            &access.api.to_string(),
+            "navette.v1.Migrations/CancelMigration",
+        ],
     )?;
-    support::expect_refusal(&output, "FailedPrecondition", "passed its point of no return")?;
+    support::expect_refusal(
+        &output,
+        "FailedPrecondition",
+        "passed its point of no return",
+    )?;
     drop(acknowledged);
 
     // Carl's migration is cancelled while it copies: it rolls back.
@@ -342,18 +398,27 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
     let cancelled = wait_for(&rig, &carl_id, "STATE_CANCELLED", Duration::from_secs(180))?;
     eprintln!("cancelled: {}", str_of(&cancelled, "phase"));
     let account = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": CARL}))?;
-    ensure!(str_of(&account, "hostId") == "shared-old", "carl stays on his host: {account}");
+    ensure!(
+        str_of(&account, "hostId") == "shared-old",
+        "carl stays on his host: {account}"
+    );
     ensure!(
         pg15.psql(CARL_DB, "SELECT count(*) FROM notes")? == before_rows,
         "carl's database on the source is whole"
     );
     pg15.psql(CARL_DB, "INSERT INTO notes (body) VALUES ('still serving')")?;
-    ensure!(carl.home.join("big.bin").exists(), "carl's files on the source are there");
+    ensure!(
+        carl.home.join("big.bin").exists(),
+        "carl's files on the source are there"
+    );
     let leftover = pg18.psql(
         "postgres",
         &format!("SELECT count(*) FROM pg_database WHERE datname = '{CARL_DB}'"),
     )?;
-    ensure!(leftover == "0", "the target's partial copy of carl's database is removed");
+    ensure!(
+        leftover == "0",
+        "the target's partial copy of carl's database is removed"
+    );
     ensure!(
         pg15.psql(CARL_DB, "SELECT count(*) FROM pg_replication_slots")? == "0",
         "no slot left for the cancelled migration"

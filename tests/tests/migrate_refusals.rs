@@ -49,8 +49,7 @@ fn refused(rig: &Rig, request: Value, code: &str, reason: &str) -> anyhow::Resul
             "navette.v1.Migrations/Migrate",
         ],
     )?;
-    support::expect_refusal(&output, code, reason)
-        .with_context(|| format!("refusing {request}"))
+    support::expect_refusal(&output, code, reason).with_context(|| format!("refusing {request}"))
 }
 
 /// How many workflows of kind `migrate` the controller has.
@@ -115,19 +114,41 @@ fn bad_migrations_are_refused_with_their_reason_and_change_nothing() -> anyhow::
     let _new_agent = enrol(&rig, &new, AgentKind::Shared, "2026.1")?;
     let _bare_agent = enrol(&rig, &bare, AgentKind::Shared, "2026.1")?;
     let test_agent = enrol(&rig, &test_host, AgentKind::Test, "2026.1")?;
-    support::wait_online_with_inventory(&rig, &["shared-old", "shared-new", "shared-bare", "test-1"])?;
-    rig.wait_until("the accounts' databases in the inventory", Duration::from_secs(30), || {
-        let ann = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ANN}))?;
-        let bob = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": BOB}))?;
-        Ok(list(&ann, "databases").len() == 1 && list(&bob, "databases").len() == 1)
-    })?;
+    support::wait_online_with_inventory(
+        &rig,
+        &["shared-old", "shared-new", "shared-bare", "test-1"],
+    )?;
+    rig.wait_until(
+        "the accounts' databases in the inventory",
+        Duration::from_secs(30),
+        || {
+            let ann = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ANN}))?;
+            let bob = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": BOB}))?;
+            Ok(list(&ann, "databases").len() == 1 && list(&bob, "databases").len() == 1)
+        },
+    )?;
     let pg = "postgresql-15-to-18";
 
     let mut unacknowledged = ask(ANN, pg, "r-1");
     unacknowledged["acknowledge_irreversible"] = json!(false);
-    refused(&rig, unacknowledged, "InvalidArgument", "acknowledge_irreversible must be true")?;
-    refused(&rig, ask("nobody", pg, "r-2"), "NotFound", "account \"nobody\" not found")?;
-    refused(&rig, ask(ANN, "oracle-upgrade", "r-3"), "NotFound", "migration \"oracle-upgrade\" not found")?;
+    refused(
+        &rig,
+        unacknowledged,
+        "InvalidArgument",
+        "acknowledge_irreversible must be true",
+    )?;
+    refused(
+        &rig,
+        ask("nobody", pg, "r-2"),
+        "NotFound",
+        "account \"nobody\" not found",
+    )?;
+    refused(
+        &rig,
+        ask(ANN, "oracle-upgrade", "r-3"),
+        "NotFound",
+        "migration \"oracle-upgrade\" not found",
+    )?;
     let mut own = ask(ANN, pg, "r-4");
     own["target_host_id"] = json!("shared-old");
     refused(&rig, own, "FailedPrecondition", "is the account's own host")?;
@@ -137,52 +158,102 @@ fn bad_migrations_are_refused_with_their_reason_and_change_nothing() -> anyhow::
         "FailedPrecondition",
         "cannot be a replication source",
     )?;
-    refused(&rig, ask(ANN, pg, "r-6"), "FailedPrecondition", "has no successful test of postgresql-15-to-18")?;
+    refused(
+        &rig,
+        ask(ANN, pg, "r-6"),
+        "FailedPrecondition",
+        "has no successful test of postgresql-15-to-18",
+    )?;
 
     // A successful test satisfies the policy.
-    let test = panel(&rig, "TestMigration", json!({"request_id": "t-1", "account": ANN, "migration_id": pg}))?;
+    let test = panel(
+        &rig,
+        "TestMigration",
+        json!({"request_id": "t-1", "account": ANN, "migration_id": pg}),
+    )?;
     let test_id = str_of(&test, "id").to_owned();
     wait_for_test(&rig, &test_id, "STATE_READY", Duration::from_secs(120))?;
 
     let mut not_shared = ask(ANN, pg, "r-7");
     not_shared["target_host_id"] = json!("test-1");
-    refused(&rig, not_shared, "FailedPrecondition", "test-1 is not a shared host")?;
+    refused(
+        &rig,
+        not_shared,
+        "FailedPrecondition",
+        "test-1 is not a shared host",
+    )?;
     let mut no_version = ask(ANN, pg, "r-8");
     no_version["target_host_id"] = json!("shared-bare");
-    refused(&rig, no_version, "FailedPrecondition", "shared-bare runs no PostgreSQL 18")?;
-    ensure!(migration_workflows(&rig)? == 0, "a refused request started nothing");
+    refused(
+        &rig,
+        no_version,
+        "FailedPrecondition",
+        "shared-bare runs no PostgreSQL 18",
+    )?;
+    ensure!(
+        migration_workflows(&rig)? == 0,
+        "a refused request started nothing"
+    );
 
     // One migration in flight: a second one is refused; the first is
     // cancelled before its point of no return and rolls back.
     let first = migrations(&rig, "Migrate", ask(ANN, pg, "r-9"))?;
     let first_id = str_of(&first, "id").to_owned();
-    ensure!(str_of(&first, "targetHostId") == "shared-new", "placed on the shared host with PostgreSQL 18: {first}");
+    ensure!(
+        str_of(&first, "targetHostId") == "shared-new",
+        "placed on the shared host with PostgreSQL 18: {first}"
+    );
     let again = migrations(&rig, "Migrate", ask(ANN, pg, "r-9"))?;
-    ensure!(str_of(&again, "id") == first_id, "a retried request id returns the same migration");
-    refused(&rig, ask(ANN, pg, "r-10"), "FailedPrecondition", "in flight")?;
+    ensure!(
+        str_of(&again, "id") == first_id,
+        "a retried request id returns the same migration"
+    );
+    refused(
+        &rig,
+        ask(ANN, pg, "r-10"),
+        "FailedPrecondition",
+        "in flight",
+    )?;
     let cancelled = migrations(&rig, "CancelMigration", json!({"id": first_id}))?;
     ensure!(str_of(&cancelled, "id") == first_id, "{cancelled}");
     let mut last = Value::Null;
-    rig.wait_until("the cancelled migration rolled back", Duration::from_secs(120), || {
-        last = migrations(&rig, "GetMigration", json!({"id": first_id}))?;
-        Ok(str_of(&last, "state") == "STATE_CANCELLED")
-    })
+    rig.wait_until(
+        "the cancelled migration rolled back",
+        Duration::from_secs(120),
+        || {
+            last = migrations(&rig, "GetMigration", json!({"id": first_id}))?;
+            Ok(str_of(&last, "state") == "STATE_CANCELLED")
+        },
+    )
     .with_context(|| format!("last seen: {last}"))?;
     let ann = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": ANN}))?;
-    ensure!(str_of(&ann, "hostId") == "shared-old", "the account stays where it was: {ann}");
+    ensure!(
+        str_of(&ann, "hostId") == "shared-old",
+        "the account stays where it was: {ann}"
+    );
 
     // A target without room.
     rig.grpcurl_json(
         "navette.v1.Hosts/SetHostClass",
         &json!({"id": "shared-new", "declared_disk_bytes": 1024}),
     )?;
-    refused(&rig, ask(ANN, pg, "r-11"), "ResourceExhausted", "no shared host has room")?;
+    refused(
+        &rig,
+        ask(ANN, pg, "r-11"),
+        "ResourceExhausted",
+        "no shared host has room",
+    )?;
 
     // A test being refreshed: its test host does not answer, so the
     // refresh stays under way.
     test_agent.kill9();
     panel(&rig, "RefreshTest", json!({"id": test_id}))?;
-    refused(&rig, ask(ANN, pg, "r-12"), "FailedPrecondition", "refreshing")?;
+    refused(
+        &rig,
+        ask(ANN, pg, "r-12"),
+        "FailedPrecondition",
+        "refreshing",
+    )?;
     ensure!(
         migration_workflows(&rig)? == 1,
         "only the one accepted migration exists"

@@ -129,15 +129,23 @@ pub async fn fence_databases(
         let started = Instant::now();
         match database {
             Drained::Postgres { server, database } => {
-                replication::drain_postgres(controller, source, migration_id, server, database, left)
-                    .await?;
+                replication::drain_postgres(
+                    controller,
+                    source,
+                    migration_id,
+                    server,
+                    database,
+                    left,
+                )
+                .await?;
                 parts.push((format!("drain postgresql {database}"), started.elapsed()));
             }
             Drained::Mariadb {
                 source_server,
                 target_server,
             } => {
-                let position = replication::mariadb_position(controller, source, source_server).await?;
+                let position =
+                    replication::mariadb_position(controller, source, source_server).await?;
                 replication::drain_mariadb(
                     controller,
                     target,
@@ -166,9 +174,14 @@ pub async fn carry_sequences(
 ) -> Result<usize, CallFailure> {
     let mut carried = 0;
     for (database, server, target_database, target_server) in databases {
-        let values: Vec<SequenceValue> =
-            replication::read_postgres_sequences(controller, source, migration_id, server, database)
-                .await?;
+        let values: Vec<SequenceValue> = replication::read_postgres_sequences(
+            controller,
+            source,
+            migration_id,
+            server,
+            database,
+        )
+        .await?;
         replication::write_postgres_sequences(
             controller,
             target,

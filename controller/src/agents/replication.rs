@@ -175,7 +175,9 @@ pub async fn drain_postgres(
     database: &str,
     deadline: Duration,
 ) -> Result<String, CallFailure> {
-    let deadline_ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX).max(1);
+    let deadline_ms = u32::try_from(deadline.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
     agent(controller, host)?
         .drain_postgres_replication(request(
             v1::DrainPostgresReplicationRequest {
@@ -420,7 +422,9 @@ pub async fn drain_mariadb(
     source_gtid_position: &str,
     deadline: Duration,
 ) -> Result<(), CallFailure> {
-    let timeout_ms = u32::try_from(deadline.as_millis()).unwrap_or(u32::MAX).max(1);
+    let timeout_ms = u32::try_from(deadline.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1);
     agent(controller, host)?
         .drain_mariadb_replication(request(
             v1::DrainMariadbReplicationRequest {

@@ -219,7 +219,9 @@ impl MigrationsApi {
         }
         match engine::store::cancel(&mut client, &workflow, "panel").await {
             Ok(_) => {}
-            Err(Error::FailedPrecondition(why)) if run.switched() || why.contains("point of no return") => {
+            Err(Error::FailedPrecondition(why))
+                if run.switched() || why.contains("point of no return") =>
+            {
                 return Err(Error::FailedPrecondition(format!(
                     "migration {id} passed its point of no return (the account was switched to {}): it can no longer be cancelled and completes ({why})",
                     run.target_host_id

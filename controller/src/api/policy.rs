@@ -22,9 +22,7 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         "navette.v1.Catalogue"
         | "navette.v1.Accounts"
         | "navette.v1.Tests"
-        | "navette.v1.Migrations" => {
-            Some(("panel API", &["panel", "operator"]))
-        }
+        | "navette.v1.Migrations" => Some(("panel API", &["panel", "operator"])),
         "navette.v1.Hosts"
         | "navette.v1.HostPools"
         | "navette.v1.JoinTokens"

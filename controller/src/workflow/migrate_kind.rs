@@ -128,16 +128,25 @@ pub fn past_point_of_no_return(step: MigrateStep) -> bool {
 }
 
 /// The migration's transition for an engine input. Pure.
-pub fn decide(run: &MigrationRun, input: Input<MigrateOutcome>) -> Transition<MigrationRun, MigrateStep> {
+pub fn decide(
+    run: &MigrationRun,
+    input: Input<MigrateOutcome>,
+) -> Transition<MigrationRun, MigrateStep> {
     match input {
         Input::Event(Event::Cancel) => {
             if run.switched() || run.state.ended() || run.state == MigrateState::RollingBack {
                 unchanged(run)
             } else {
-                rollback(run, "cancelled at the customer's or an operator's request", true)
+                rollback(
+                    run,
+                    "cancelled at the customer's or an operator's request",
+                    true,
+                )
             }
         }
-        Input::Event(Event::Timer) if run.state == MigrateState::Switched && run.step == MigrateStep::None => {
+        Input::Event(Event::Timer)
+            if run.state == MigrateState::Switched && run.step == MigrateStep::None =>
+        {
             let mut after = run.clone();
             after.step = MigrateStep::Retire;
             after.attempts = 0;
@@ -185,7 +194,12 @@ fn later(run: MigrationRun, wait: std::time::Duration) -> Transition<MigrationRu
 }
 
 /// `run` moved to `state` and `step`, its attempts and error cleared.
-fn moved(run: &MigrationRun, state: MigrateState, step: MigrateStep, phase: String) -> MigrationRun {
+fn moved(
+    run: &MigrationRun,
+    state: MigrateState,
+    step: MigrateStep,
+    phase: String,
+) -> MigrationRun {
     let mut after = run.clone();
     after.state = state;
     after.step = step;
@@ -197,12 +211,19 @@ fn moved(run: &MigrationRun, state: MigrateState, step: MigrateStep, phase: Stri
 
 /// Everything before the switch undone: the source thawed, replication
 /// torn down, the target's copy removed.
-fn rollback(run: &MigrationRun, why: &str, cancelled: bool) -> Transition<MigrationRun, MigrateStep> {
+fn rollback(
+    run: &MigrationRun,
+    why: &str,
+    cancelled: bool,
+) -> Transition<MigrationRun, MigrateStep> {
     let mut after = moved(
         run,
         MigrateState::RollingBack,
         MigrateStep::Rollback,
-        format!("rolling back: {why}; the account keeps serving from {}", run.source_host_id),
+        format!(
+            "rolling back: {why}; the account keeps serving from {}",
+            run.source_host_id
+        ),
     );
     after.cancelled = cancelled;
     if !cancelled {
@@ -220,7 +241,11 @@ fn retry(run: &MigrationRun, why: String) -> Transition<MigrationRun, MigrateSte
             MigrateStep::Switch | MigrateStep::Finish | MigrateStep::Retire | MigrateStep::Rollback
         );
     if !forever && run.attempts + 1 >= MAX_ATTEMPTS {
-        return rollback(run, &format!("gave up after {} attempts: {why}", run.attempts + 1), false);
+        return rollback(
+            run,
+            &format!("gave up after {} attempts: {why}", run.attempts + 1),
+            false,
+        );
     }
     let mut after = run.clone();
     after.attempts = run.attempts.saturating_add(1);
@@ -252,7 +277,13 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             after.slots = slots;
             record(after)
         }
-        (S::Copy, O::Copied { positions, progress }) => {
+        (
+            S::Copy,
+            O::Copied {
+                positions,
+                progress,
+            },
+        ) => {
             let mut after = moved(
                 run,
                 MigrateState::Replicating,
@@ -263,7 +294,9 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             after.progress = Some(progress);
             record(after)
         }
-        (S::Copy, O::CopyFailed(error)) => rollback(run, &format!("the copy failed: {error}"), false),
+        (S::Copy, O::CopyFailed(error)) => {
+            rollback(run, &format!("the copy failed: {error}"), false)
+        }
         (S::Replicate, O::Replicating) => record(moved(
             run,
             MigrateState::Converging,
@@ -277,7 +310,10 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                     run,
                     MigrateState::Freezing,
                     S::Freeze,
-                    format!("freezing: attempt {try_number} of {}", settings.freeze_tries),
+                    format!(
+                        "freezing: attempt {try_number} of {}",
+                        settings.freeze_tries
+                    ),
                 );
                 after.freeze_tries = try_number;
                 after.backlog = Some(backlog);
@@ -338,14 +374,16 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                 run,
                 MigrateState::Switched,
                 S::Finish,
-                format!("switched: the account serves from {}; tearing down replication", run.target_host_id),
+                format!(
+                    "switched: the account serves from {}; tearing down replication",
+                    run.target_host_id
+                ),
             );
             if let Some(window) = after.freeze.as_mut() {
                 window.parts.extend(parts);
-                window.total_ms = u64::try_from(
-                    (accepted_at - window.frozen_at).num_milliseconds().max(0),
-                )
-                .unwrap_or(0);
+                window.total_ms =
+                    u64::try_from((accepted_at - window.frozen_at).num_milliseconds().max(0))
+                        .unwrap_or(0);
             }
             after.retire_at = Some(
                 accepted_at
@@ -403,7 +441,10 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
         (step, outcome) => {
             let mut after = run.clone();
             after.attempts = run.attempts.saturating_add(1);
-            after.error = format!("internal: step {} cannot end with {outcome:?}", step.as_str());
+            after.error = format!(
+                "internal: step {} cannot end with {outcome:?}",
+                step.as_str()
+            );
             later(after, backoff(run.attempts))
         }
     }

@@ -258,10 +258,7 @@ impl MigrationRun {
 
     /// Whether the point of no return is behind.
     pub fn switched(&self) -> bool {
-        matches!(
-            self.state,
-            MigrateState::Switched | MigrateState::Completed
-        )
+        matches!(self.state, MigrateState::Switched | MigrateState::Completed)
     }
 }
 

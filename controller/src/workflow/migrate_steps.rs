@@ -389,7 +389,9 @@ impl Steps<'_> {
             )
             .await?;
         }
-        for (source_server, target_server, _) in mariadb_groups(run).map_err(CallFailure::Refused)? {
+        for (source_server, target_server, _) in
+            mariadb_groups(run).map_err(CallFailure::Refused)?
+        {
             let position = replication::mariadb_position(c, self.source, &source_server).await?;
             let status = replication::mariadb_status(
                 c,
@@ -644,7 +646,9 @@ impl Steps<'_> {
         let (c, run) = (self.controller.as_ref(), self.run);
         if !run.plan.sites.is_empty() {
             tolerate(
-                cutover::thaw_sites(c, self.source, &run.account).await.map(drop),
+                cutover::thaw_sites(c, self.source, &run.account)
+                    .await
+                    .map(drop),
                 "thawing the sites",
             )?;
         }

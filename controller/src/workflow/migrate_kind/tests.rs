@@ -167,7 +167,10 @@ fn the_happy_path_runs_every_step_in_order() {
             slots: [("shop".to_owned(), "slot_shop".to_owned())].into(),
         }),
     );
-    assert_eq!((t.state.state, t.state.step), (MigrateState::Copying, MigrateStep::Copy));
+    assert_eq!(
+        (t.state.state, t.state.step),
+        (MigrateState::Copying, MigrateStep::Copy)
+    );
     assert_eq!(t.state.slots["shop"], "slot_shop");
 
     let t = decide(
@@ -181,14 +184,23 @@ fn the_happy_path_runs_every_step_in_order() {
     assert_eq!(t.state.snapshot_positions["mariadb:blog"], "0-1-9");
 
     let t = decide(&t.state, outcome(MigrateOutcome::Replicating));
-    assert_eq!((t.state.state, t.next.clone()), (MigrateState::Converging, Next::Run(MigrateStep::Converge)));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Converging, Next::Run(MigrateStep::Converge))
+    );
 
     let t = decide(&t.state, outcome(MigrateOutcome::Measured(backlog(100, 2))));
-    assert_eq!((t.state.state, t.next.clone()), (MigrateState::Freezing, Next::Run(MigrateStep::Freeze)));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Freezing, Next::Run(MigrateStep::Freeze))
+    );
     assert_eq!(t.state.freeze_tries, 1);
 
     let t = decide(&t.state, outcome(MigrateOutcome::Frozen(window(""))));
-    assert_eq!((t.state.state, t.next.clone()), (MigrateState::Freezing, Next::Run(MigrateStep::Switch)));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Freezing, Next::Run(MigrateStep::Switch))
+    );
 
     let t = decide(
         &t.state,
@@ -200,9 +212,15 @@ fn the_happy_path_runs_every_step_in_order() {
             accepted_at: at(21),
         }),
     );
-    assert_eq!((t.state.state, t.next.clone()), (MigrateState::Switched, Next::Run(MigrateStep::Finish)));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Switched, Next::Run(MigrateStep::Finish))
+    );
     let freeze = t.state.freeze.clone().unwrap_or_else(|| window("none"));
-    assert_eq!(freeze.total_ms, 1_000, "from the first frozen process to the first write");
+    assert_eq!(
+        freeze.total_ms, 1_000,
+        "from the first frozen process to the first write"
+    );
     assert_eq!(freeze.parts.len(), 2, "the freeze's parts and the switch's");
     assert_eq!(t.state.retire_at, Some(at(21 + 3_600)));
 
@@ -218,28 +236,57 @@ fn the_happy_path_runs_every_step_in_order() {
 #[test]
 fn a_large_backlog_keeps_converging_and_says_so() {
     let converging = run(MigrateState::Converging, MigrateStep::Converge);
-    let t = decide(&converging, outcome(MigrateOutcome::Measured(backlog(5 << 20, 0))));
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(backlog(5 << 20, 0))),
+    );
     assert_eq!(t.state.state, MigrateState::Converging);
-    assert_eq!(t.next, Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500)));
-    assert!(t.state.phase.contains("above the threshold"), "{}", t.state.phase);
+    assert_eq!(
+        t.next,
+        Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500))
+    );
+    assert!(
+        t.state.phase.contains("above the threshold"),
+        "{}",
+        t.state.phase
+    );
     assert_eq!(t.state.freeze_tries, 0);
-    let t = decide(&converging, outcome(MigrateOutcome::Measured(backlog(0, 101))));
-    assert_eq!(t.state.state, MigrateState::Converging, "MariaDB's backlog counts too");
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(backlog(0, 101))),
+    );
+    assert_eq!(
+        t.state.state,
+        MigrateState::Converging,
+        "MariaDB's backlog counts too"
+    );
 }
 
 #[test]
 fn a_missed_freeze_goes_back_to_converging_then_rolls_back_after_the_last_try() {
     let mut freezing = run(MigrateState::Freezing, MigrateStep::Freeze);
     freezing.freeze_tries = 1;
-    let t = decide(&freezing, outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))));
+    let t = decide(
+        &freezing,
+        outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))),
+    );
     assert_eq!(t.state.state, MigrateState::Converging);
-    assert_eq!(t.next, Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500)));
+    assert_eq!(
+        t.next,
+        Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500))
+    );
     assert_eq!(t.state.missed_freezes.len(), 1);
     assert!(t.state.phase.contains("deadline passed"));
 
     freezing.freeze_tries = 3;
-    let t = decide(&freezing, outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))));
-    assert_eq!((t.state.state, t.state.step), (MigrateState::RollingBack, MigrateStep::Rollback));
+    let t = decide(
+        &freezing,
+        outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))),
+    );
+    assert_eq!(
+        (t.state.state, t.state.step),
+        (MigrateState::RollingBack, MigrateStep::Rollback)
+    );
     assert!(!t.state.cancelled);
     assert!(t.state.error.contains("3 freezes"), "{}", t.state.error);
     let t = decide(&t.state, outcome(MigrateOutcome::RolledBack));
@@ -252,9 +299,8 @@ fn a_cancel_before_the_switch_rolls_back_and_ends_cancelled() {
     for (state, step) in every_position() {
         let before = run(state, step);
         let t = decide(&before, Input::Event(Event::Cancel));
-        let before_switch = !before.switched()
-            && !state.ended()
-            && state != MigrateState::RollingBack;
+        let before_switch =
+            !before.switched() && !state.ended() && state != MigrateState::RollingBack;
         if before_switch {
             assert_eq!(
                 (t.state.state, t.state.step),
@@ -265,7 +311,10 @@ fn a_cancel_before_the_switch_rolls_back_and_ends_cancelled() {
             let done = decide(&t.state, outcome(MigrateOutcome::RolledBack));
             assert_eq!(done.next, Next::Done(End::Cancelled));
         } else {
-            assert_eq!(t.state, before, "{state:?}[{step:?}]: a cancel changes nothing");
+            assert_eq!(
+                t.state, before,
+                "{state:?}[{step:?}]: a cancel changes nothing"
+            );
         }
     }
 }
@@ -273,7 +322,10 @@ fn a_cancel_before_the_switch_rolls_back_and_ends_cancelled() {
 #[test]
 fn failures_before_the_switch_roll_back_and_after_it_are_retried() {
     let copying = run(MigrateState::Copying, MigrateStep::Copy);
-    let t = decide(&copying, outcome(MigrateOutcome::CopyFailed("disk full".into())));
+    let t = decide(
+        &copying,
+        outcome(MigrateOutcome::CopyFailed("disk full".into())),
+    );
     assert_eq!(t.state.step, MigrateStep::Rollback);
     assert!(t.state.error.contains("disk full"));
 
@@ -283,9 +335,18 @@ fn failures_before_the_switch_roll_back_and_after_it_are_retried() {
     let mut tired = copying.clone();
     tired.attempts = MAX_ATTEMPTS - 1;
     let t = decide(&tired, outcome(MigrateOutcome::Unreachable("cut".into())));
-    assert_eq!(t.state.step, MigrateStep::Rollback, "given up before the switch");
+    assert_eq!(
+        t.state.step,
+        MigrateStep::Rollback,
+        "given up before the switch"
+    );
 
-    for step in [MigrateStep::Switch, MigrateStep::Finish, MigrateStep::Retire, MigrateStep::Rollback] {
+    for step in [
+        MigrateStep::Switch,
+        MigrateStep::Finish,
+        MigrateStep::Retire,
+        MigrateStep::Rollback,
+    ] {
         let state = match step {
             MigrateStep::Switch => MigrateState::Freezing,
             MigrateStep::Rollback => MigrateState::RollingBack,
@@ -367,13 +428,27 @@ fn every_step_and_input_keeps_the_rules() {
 #[test]
 fn only_the_switch_and_what_follows_are_past_the_point_of_no_return() {
     use MigrateStep as S;
-    for step in [S::Prepare, S::Copy, S::Replicate, S::Converge, S::Freeze, S::Rollback, S::None] {
-        assert!(!past_point_of_no_return(step), "{step:?} can still be undone");
+    for step in [
+        S::Prepare,
+        S::Copy,
+        S::Replicate,
+        S::Converge,
+        S::Freeze,
+        S::Rollback,
+        S::None,
+    ] {
+        assert!(
+            !past_point_of_no_return(step),
+            "{step:?} can still be undone"
+        );
     }
     for step in [S::Switch, S::Finish, S::Retire] {
         assert!(past_point_of_no_return(step), "{step:?} cannot be undone");
     }
     // A timer in any state but a switched one waiting changes nothing.
     let converging = run(MigrateState::Converging, MigrateStep::Converge);
-    assert_eq!(decide(&converging, Input::Event(Event::Timer)).state, converging);
+    assert_eq!(
+        decide(&converging, Input::Event(Event::Timer)).state,
+        converging
+    );
 }
