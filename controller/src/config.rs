@@ -453,6 +453,31 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("controller.example.toml");
         let config = Config::load(&path)?;
         assert_eq!(config.metrics.listen, None, "metrics are off by default");
+        assert_eq!(
+            config.migrations,
+            Migrations::default(),
+            "the example shows the documented defaults of [migrations]"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_operator_relaxes_the_test_policy() -> Result<(), ConfigError> {
+        let config = Config::parse(
+            "[database]\nurl = \"host=/run\"\n[migrations]\nrequire_recent_test = false\nfreeze_deadline_ms = 2000\n",
+            Path::new("relaxed.toml"),
+        )?;
+        assert!(!config.migrations.require_recent_test);
+        assert_eq!(config.migrations.freeze_deadline_ms, 2000);
+        assert_eq!(
+            config.migrations.freeze_tries, 3,
+            "the rest keeps its default"
+        );
+        let default = Config::parse("[database]\nurl = \"host=/run\"\n", Path::new("d.toml"))?;
+        assert!(
+            default.migrations.require_recent_test,
+            "a recent test is required by default"
+        );
         Ok(())
     }
 }
