@@ -158,6 +158,19 @@ fn bad_migrations_are_refused_with_their_reason_and_change_nothing() -> anyhow::
         "FailedPrecondition",
         "cannot be a replication source",
     )?;
+    // The compatibility report says so too.
+    let report = panel(
+        &rig,
+        "GetCompatibilityReport",
+        json!({"account": BOB, "migration_id": "mariadb-10.11-to-11.8"}),
+    )?;
+    ensure!(
+        list(&report, "items")
+            .iter()
+            .any(|item| str_of(item, "topic") == "replication"
+                && str_of(item, "message").contains("cannot be a replication source")),
+        "the report names the server that cannot replicate: {report}"
+    );
     refused(
         &rig,
         ask(ANN, pg, "r-6"),
