@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/reinstall.proto",
         "navette/v1/transit.proto",
         "navette/v1/addresses.proto",
+        "navette/v1/migrations.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -45,6 +45,8 @@ pub struct Config {
     pub transit: Transit,
     #[serde(default)]
     pub addresses: Addresses,
+    #[serde(default)]
+    pub migrations: Migrations,
 }
 
 /// The transit pool's billing.
@@ -135,6 +137,7 @@ pub struct Provider {
 
 fn default_provider_timeout() -> u64 {
     120
+}
 }
 
 /// Where the controller listens.
@@ -439,6 +442,59 @@ impl Default for Dns {
     }
 }
 
+/// *Migrate*'s policy and timings (`[migrations]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Migrations {
+    /// Refuse a migration unless the account has a test of the same
+    /// migration that became ready within `test_max_age_secs` and was not
+    /// failed since. Default true: the customer documentation asks for a
+    /// test first; an operator may relax it (a platform-wide move).
+    #[serde(default = "default_true")]
+    pub require_recent_test: bool,
+    /// How recent that test must be. Default 14 days.
+    #[serde(default = "default_test_max_age")]
+    pub test_max_age_secs: u64,
+    /// The longest a freeze may last before it is undone (the source
+    /// thawed, back to converging). Default 5000 ms: well under clients'
+    /// timeouts, so that held requests still succeed.
+    #[serde(default = "default_freeze_deadline")]
+    pub freeze_deadline_ms: u64,
+    /// Freezes tried before the migration rolls back. Default 3.
+    #[serde(default = "default_freeze_tries")]
+    pub freeze_tries: u32,
+    /// The freeze begins only when the PostgreSQL replication lag is at
+    /// most this many bytes (over the account's databases). Default 1 MiB.
+    #[serde(default = "default_backlog_bytes")]
+    pub backlog_threshold_bytes: u64,
+    /// ... and the MariaDB backlog at most this many transactions.
+    /// Default 100.
+    #[serde(default = "default_backlog_transactions")]
+    pub backlog_threshold_transactions: u64,
+    /// How often the backlog is measured while converging. Default 500 ms.
+    #[serde(default = "default_converge_poll")]
+    pub converge_poll_ms: u64,
+    /// How long the old copy is kept, stopped, after the switch. Default
+    /// 7 days.
+    #[serde(default = "default_retire_after")]
+    pub retire_after_secs: u64,
+}
+
+impl Default for Migrations {
+    fn default() -> Self {
+        Migrations {
+            require_recent_test: true,
+            test_max_age_secs: default_test_max_age(),
+            freeze_deadline_ms: default_freeze_deadline(),
+            freeze_tries: default_freeze_tries(),
+            backlog_threshold_bytes: default_backlog_bytes(),
+            backlog_threshold_transactions: default_backlog_transactions(),
+            converge_poll_ms: default_converge_poll(),
+            retire_after_secs: default_retire_after(),
+        }
+    }
+}
+
 fn default_tsig_algorithm() -> String {
     "hmac-sha256".to_owned()
 }
@@ -449,6 +505,31 @@ fn default_lowered_ttl() -> u32 {
 
 fn default_dns_timeout() -> u64 {
     5
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_test_max_age() -> u64 {
+    14 * 86_400
+}
+fn default_freeze_deadline() -> u64 {
+    5_000
+}
+fn default_freeze_tries() -> u32 {
+    3
+}
+fn default_backlog_bytes() -> u64 {
+    1 << 20
+}
+fn default_backlog_transactions() -> u64 {
+    100
+}
+fn default_converge_poll() -> u64 {
+    500
+}
+fn default_retire_after() -> u64 {
+    7 * 86_400
 }
 
 impl Config {
@@ -581,6 +662,31 @@ mod tests {
         assert_eq!(
             config.transit.free_days, 7,
             "a transit host is free for a week"
+        );
+        assert_eq!(
+            config.migrations,
+            Migrations::default(),
+            "the example shows the documented defaults of [migrations]"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_operator_relaxes_the_test_policy() -> Result<(), ConfigError> {
+        let config = Config::parse(
+            "[database]\nurl = \"host=/run\"\n[migrations]\nrequire_recent_test = false\nfreeze_deadline_ms = 2000\n",
+            Path::new("relaxed.toml"),
+        )?;
+        assert!(!config.migrations.require_recent_test);
+        assert_eq!(config.migrations.freeze_deadline_ms, 2000);
+        assert_eq!(
+            config.migrations.freeze_tries, 3,
+            "the rest keeps its default"
+        );
+        let default = Config::parse("[database]\nurl = \"host=/run\"\n", Path::new("d.toml"))?;
+        assert!(
+            default.migrations.require_recent_test,
+            "a recent test is required by default"
         );
         Ok(())
     }

@@ -99,6 +99,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "transit",
         include_str!("../migrations/0011_transit.sql"),
     ),
+    (
+        14,
+        "migrations",
+        include_str!("../migrations/0014_migrations.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.
@@ -358,7 +363,7 @@ async fn apply_pending(client: &mut deadpool_postgres::Client) -> Result<Vec<i32
 }
 
 /// The notification channels the controller listens to.
-pub const CHANNELS: [&str; 2] = ["navette_hosts", "navette_tests"];
+pub const CHANNELS: [&str; 3] = ["navette_hosts", "navette_tests", "navette_migrations"];
 
 /// A committed change, from any controller.
 #[derive(Clone, Debug, PartialEq, Eq)]

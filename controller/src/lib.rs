@@ -30,7 +30,9 @@
 //! - [`certificates`]: which agent certificate is each host's current one,
 //!   cached and invalidated by change notifications; every other is refused.
 //! - [`agents`]: calls from the controller to agents, in domain types
-//!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`]); [`agents::wire`] converts
+//!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`], a
+//!   migration's [`agents::replication`] and the named actions of its
+//!   freeze and switch, [`agents::cutover`]); [`agents::wire`] converts
 //!   them to and from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
@@ -43,12 +45,15 @@
 //!   through `agents`: grant, copy, sites, remove; its `tests` row written
 //!   with every transition);
 //!   [`workflow::test_events`] turns the panel's commands into inbox
-//!   events.
+//!   events. [`workflow::migrate_kind`] is *Migrate* as an engine kind
+//!   (its pure transition, the switch its point of no return), its state
+//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`].
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
 //!   the test host, each database's receiving server, the account's sites
 //!   (run there when the test host serves sites), and room where each
 //!   part lands (the homes' filesystem, each receiving server's data
-//!   directory).
+//!   directory); [`placement::migrate`], the shared host a migration goes
+//!   to, and what keeps an account's servers from replicating.
 //! - [`transit`]: the transit pool (R9): configuration classes, requests
 //!   served at once or queued first come first served per class under a
 //!   per-class advisory lock, the release (refused while the transit host

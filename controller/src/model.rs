@@ -105,6 +105,16 @@ pub struct DatabaseServer {
     /// MariaDB: the storage engines the server can create tables with.
     #[serde(default)]
     pub available_engines: Vec<String>,
+    /// Whether the server can be a migration's replication source
+    /// (PostgreSQL `wal_level=logical` with slots and senders; MariaDB's
+    /// binary log on, in ROW format, with a server id), as its agent last
+    /// reported. False when not reported (an older inventory): *Migrate*
+    /// refuses until the agent says it is ready.
+    #[serde(default)]
+    pub replication_ready: bool,
+    /// Why it is not ready, and what an operator sets; empty when ready.
+    #[serde(default)]
+    pub replication_reason: String,
 }
 
 /// A MariaDB table and its storage engine.

@@ -33,6 +33,8 @@
 //! agent refuses the same again (a database that is not its copy's, a role
 //! its ledger gives another account), for what placement cannot see.
 
+pub mod migrate;
+
 use crate::catalogue::{Migration, Software, version_matches};
 use crate::error::Error;
 use crate::model::{
@@ -673,6 +675,8 @@ mod tests {
             available_extensions: Vec::new(),
             data_directory_free_bytes: None,
             available_engines: Vec::new(),
+            replication_ready: true,
+            replication_reason: String::new(),
         }
     }
 

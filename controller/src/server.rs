@@ -24,6 +24,7 @@ use navette_proto::v1::enrolment_server::EnrolmentServer;
 use navette_proto::v1::host_pools_server::HostPoolsServer;
 use navette_proto::v1::hosts_server::HostsServer;
 use navette_proto::v1::join_tokens_server::JoinTokensServer;
+use navette_proto::v1::migrations_server::MigrationsServer;
 use navette_proto::v1::reinstalls_server::ReinstallsServer;
 use navette_proto::v1::tests_server::TestsServer;
 use navette_proto::v1::transit_pool_server::TransitPoolServer;
@@ -36,6 +37,7 @@ use tonic::transport::Server;
 use crate::api::addresses::AddressesApi;
 use crate::api::enrolment::EnrolmentApi;
 use crate::api::gateway::GatewayApi;
+use crate::api::migrations::MigrationsApi;
 use crate::api::operator::OperatorApi;
 use crate::api::panel::PanelApi;
 use crate::api::policy::{AgentCertificateLayer, controller_policy};
@@ -102,6 +104,9 @@ pub async fn bind(
     health.set_serving::<CatalogueServer<PanelApi>>().await;
     health.set_serving::<AccountsServer<PanelApi>>().await;
     health.set_serving::<TestsServer<TestsApi>>().await;
+    health
+        .set_serving::<MigrationsServer<MigrationsApi>>()
+        .await;
     health.set_serving::<HostsServer<OperatorApi>>().await;
     health.set_serving::<HostPoolsServer<OperatorApi>>().await;
     health.set_serving::<JoinTokensServer<OperatorApi>>().await;
@@ -119,6 +124,7 @@ pub async fn bind(
         CatalogueServer::<PanelApi>::NAME,
         AccountsServer::<PanelApi>::NAME,
         TestsServer::<TestsApi>::NAME,
+        MigrationsServer::<MigrationsApi>::NAME,
         HostsServer::<OperatorApi>::NAME,
         HostPoolsServer::<OperatorApi>::NAME,
         JoinTokensServer::<OperatorApi>::NAME,
@@ -141,6 +147,7 @@ pub async fn bind(
         .add_service(CatalogueServer::new(PanelApi(c.clone())))
         .add_service(AccountsServer::new(PanelApi(c.clone())))
         .add_service(TestsServer::new(TestsApi(c.clone())))
+        .add_service(MigrationsServer::new(MigrationsApi(c.clone())))
         .add_service(HostsServer::new(OperatorApi(c.clone())))
         .add_service(HostPoolsServer::new(OperatorApi(c.clone())))
         .add_service(JoinTokensServer::new(OperatorApi(c.clone())))
@@ -244,6 +251,9 @@ pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::
             controller.clone(),
         ))
         .register(crate::reinstall::ReinstallKind::new(controller.clone()));
+        .register(crate::workflow::migrate_kind::MigrateKind::new(
+            controller.clone(),
+        ));
     let (changes, _) = tokio::sync::broadcast::channel(1024);
     crate::db::listen(
         &controller.config.database,

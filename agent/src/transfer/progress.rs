@@ -1,6 +1,7 @@
 //! Progress of a transfer on the target: counters every pull updates, and
 //! the snapshots `WatchTransfer` streams (with rate and ETA).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -26,6 +27,9 @@ pub struct Progress {
     outcome: Mutex<Option<Result<(), String>>>,
     /// What the copy waits for while an outage lasts ([`super::outage`]).
     waiting: Mutex<Option<TransferWaiting>>,
+    /// Where each database's copy was read, for a migration's replication
+    /// to start there (`TransferProgress.snapshot_positions`).
+    snapshot_positions: Mutex<BTreeMap<String, String>>,
     changed: tokio::sync::watch::Sender<u64>,
 }
 
@@ -46,6 +50,7 @@ impl Progress {
             target_home: Mutex::new(String::new()),
             outcome: Mutex::new(None),
             waiting: Mutex::new(None),
+            snapshot_positions: Mutex::new(BTreeMap::new()),
             changed: tokio::sync::watch::channel(0).0,
         }
     }
@@ -77,6 +82,14 @@ impl Progress {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records where the copy of `key` ("postgresql:shop") was read.
+    pub fn set_snapshot_position(&self, key: String, position: String) {
+        self.snapshot_positions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, position);
     }
 
     pub fn finish(&self, outcome: Result<(), String>) {
@@ -138,6 +151,13 @@ impl Progress {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            snapshot_positions: self
+                .snapshot_positions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 }

@@ -527,7 +527,11 @@ impl Transfers {
     /// records the logins it created (also after a failure, so that
     /// removing the partial copy takes them).
     async fn run(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
-        self.prune_databases(spec).await?;
+        // A catch-up pass lists no databases: the copy's, kept converging
+        // by replication, stay.
+        if !spec.files_only {
+            self.prune_databases(spec).await?;
+        }
         self.claim_databases(spec).await?;
         let before = self.logins_now(spec).await?;
         let pulled = self.pull(spec, progress).await;
@@ -737,6 +741,12 @@ impl Transfers {
             // Checked when the transfer started; a record from a build
             // that spoke a version this one does not fails here.
             row_hash: self.protocol(spec).map_err(|e| e.to_string())?.1,
+            // A migration's copy reads each slot's exported snapshot.
+            replication_slots: spec
+                .postgres_replication_slots
+                .iter()
+                .map(|(database, slot)| (database.clone(), slot.clone()))
+                .collect(),
             ..super::postgres::PullOptions::default()
         };
         let result = super::postgres::pull(
@@ -750,6 +760,14 @@ impl Transfers {
         .await;
         let _ = std::fs::remove_dir_all(&work_dir);
         let report = result.map_err(|error| crate::error_chain(&error))?;
+        for database in &report.databases {
+            if !database.consistent_lsn.is_empty() {
+                progress.set_snapshot_position(
+                    format!("postgresql:{}", database.source_database),
+                    database.consistent_lsn.clone(),
+                );
+            }
+        }
         tracing::info!(message = "PostgreSQL databases copied", transfer_id = %spec.transfer_id, databases = report.databases.len());
         Ok(())
     }
@@ -760,17 +778,28 @@ impl Transfers {
         spec: &TransferSpec,
         progress: &Progress,
     ) -> Result<(), String> {
-        super::mariadb::pull_for_account(
+        let report = super::mariadb::pull_with_options(
             channel,
             &spec.transfer_id,
             &spec.account,
             &spec.mariadb,
             &self.config.mariadb,
             progress,
+            super::mariadb::PullOptions {
+                snapshot_position: spec.mariadb_snapshot_positions,
+            },
         )
         .await
-        .map(drop)
-        .map_err(|error| crate::error_chain(&error))
+        .map_err(|error| crate::error_chain(&error))?;
+        for database in &report.databases {
+            if let Some(position) = &database.snapshot_gtid_position {
+                progress.set_snapshot_position(
+                    format!("mariadb:{}", database.source_database),
+                    position.clone(),
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Target side: removes one copy (by its id), exactly what its record

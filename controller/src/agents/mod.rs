@@ -3,10 +3,15 @@
 //! it has today.
 //!
 //! The transfer calls take and return domain types ([`transfer`]), and so
-//! do the sites calls ([`sites`]) the transit wipe ([`transit`]) and the address calls ([`addresses`]); the conversions to and from the agent API are in [`wire`], so the workflows
-//! never see protobuf.
+//! do the sites calls ([`sites`]), the transit wipe ([`transit`]), the
+//! address calls ([`addresses`]), a migration's replication calls
+//! ([`replication`]) and the actions of its freeze and switch
+//! ([`cutover`]); the conversions to and from the agent API are in
+//! [`wire`], so the workflows never see protobuf.
 
 pub mod addresses;
+pub mod cutover;
+pub mod replication;
 pub mod sites;
 pub mod transfer;
 pub mod transit;

@@ -2,6 +2,8 @@
 //! domain side of the agent API's transfers. Plain data; [`super::wire`]
 //! converts it to and from `navette.v1`.
 
+use std::collections::BTreeMap;
+
 use crate::model::{CopyProgress, Engine, Time};
 
 /// One transfer of one account, from a source host to a target host. The
@@ -32,6 +34,15 @@ pub struct TransferSpec {
     pub protocol_version: u32,
     /// Until when the source lets the target read.
     pub grant_expires_at: Option<Time>,
+    /// A migration's copy: source PostgreSQL database to the replication
+    /// slot whose snapshot the copy reads (empty for a test).
+    pub postgres_replication_slots: BTreeMap<String, String>,
+    /// A migration's copy: the target reports each MariaDB database's
+    /// snapshot GTID position ([`TransferReport::snapshot_positions`]).
+    pub mariadb_snapshot_positions: bool,
+    /// A migration's catch-up pass: the home only, the copy's databases
+    /// left as replication keeps them.
+    pub files_only: bool,
 }
 
 /// One database of a transfer.
@@ -64,6 +75,10 @@ pub struct TransferReport {
     pub error: String,
     /// Its counters, and what it waits for.
     pub progress: CopyProgress,
+    /// Where each database's copy was read ("postgresql:shop" to the
+    /// slot's consistent point, "mariadb:blog" to a GTID position), for
+    /// replication to start there.
+    pub snapshot_positions: BTreeMap<String, String>,
 }
 
 /// What a target agent did with the logins of a copy it removed.

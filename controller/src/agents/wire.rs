@@ -38,6 +38,13 @@ pub fn transfer_spec(spec: &TransferSpec) -> v1::TransferSpec {
         copy_id: spec.copy_id.clone(),
         protocol_version: spec.protocol_version,
         grant_expires_at: spec.grant_expires_at.map(timestamp),
+        postgres_replication_slots: spec
+            .postgres_replication_slots
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        mariadb_snapshot_positions: spec.mariadb_snapshot_positions,
+        files_only: spec.files_only,
     }
 }
 
@@ -74,6 +81,11 @@ pub fn transfer_report(report: &v1::TransferProgress) -> TransferReport {
         state: transfer_state(report.state),
         error: report.error.clone(),
         progress: copy_progress(report),
+        snapshot_positions: report
+            .snapshot_positions
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -142,6 +154,7 @@ pub fn transfer_progress(
                 since: Some(timestamp(waiting.since)),
                 until: waiting.until.map(timestamp),
             }),
+        snapshot_positions: Default::default(),
     }
 }
 
@@ -269,6 +282,36 @@ fn check_inventory(report: &v1::HostInventory) -> Result<()> {
 }
 
 /// An agent's report, checked.
+/// Whether an inventory's server can be a replication source: PostgreSQL's
+/// own flag, MariaDB's row binlog readiness (unread: not ready).
+fn replication_ready(server: &v1::DatabaseServer) -> bool {
+    match v1::DatabaseEngine::try_from(server.engine) {
+        Ok(v1::DatabaseEngine::Postgresql) => server.logical_replication_ready,
+        Ok(v1::DatabaseEngine::Mariadb) => server.row_binlog.as_ref().is_some_and(|r| r.ready),
+        _ => false,
+    }
+}
+
+fn replication_reason(server: &v1::DatabaseServer) -> String {
+    if replication_ready(server) {
+        return String::new();
+    }
+    let reason = match v1::DatabaseEngine::try_from(server.engine) {
+        Ok(v1::DatabaseEngine::Postgresql) => server.logical_replication_reason.clone(),
+        Ok(v1::DatabaseEngine::Mariadb) => server
+            .row_binlog
+            .as_ref()
+            .map(|r| r.reason.clone())
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    if reason.is_empty() {
+        "its agent did not report whether it can be a replication source".to_owned()
+    } else {
+        reason
+    }
+}
+
 pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
     check_inventory(report)?;
     let kind = host_kind_from(report.kind)?.ok_or_else(|| {
@@ -296,6 +339,8 @@ pub fn inventory_from(report: &v1::HostInventory) -> Result<Inventory> {
                 available_extensions: s.available_extensions.clone(),
                 data_directory_free_bytes: s.data_directory_free_bytes,
                 available_engines: s.available_engines.clone(),
+                replication_ready: replication_ready(s),
+                replication_reason: replication_reason(s),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -539,6 +584,9 @@ mod tests {
             copy_id: "t1".into(),
             protocol_version: 1,
             grant_expires_at: Some(at),
+            postgres_replication_slots: Default::default(),
+            mariadb_snapshot_positions: false,
+            files_only: false,
         };
         let message = transfer_spec(&spec);
         assert_eq!(

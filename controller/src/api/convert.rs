@@ -54,12 +54,16 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
         available_extensions: server.available_extensions.clone(),
         data_directory_free_bytes: server.data_directory_free_bytes,
         available_engines: server.available_engines.clone(),
-        // Not recorded by the controller yet (read from the agents'
-        // inventory when the migration's preflight needs it).
-        logical_replication_ready: false,
-        logical_replication_reason: String::new(),
-        // Not kept by the controller's model yet.
-        row_binlog: None,
+        logical_replication_ready: server.engine == Engine::Postgresql && server.replication_ready,
+        logical_replication_reason: if server.engine == Engine::Postgresql {
+            server.replication_reason.clone()
+        } else {
+            String::new()
+        },
+        row_binlog: (server.engine == Engine::Mariadb).then(|| v1::RowBinlogReadiness {
+            ready: server.replication_ready,
+            reason: server.replication_reason.clone(),
+        }),
     }
 }
 

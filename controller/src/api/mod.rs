@@ -10,6 +10,7 @@ pub mod addresses;
 pub mod convert;
 pub mod enrolment;
 pub mod gateway;
+pub mod migrations;
 pub mod operator;
 pub mod panel;
 pub mod policy;

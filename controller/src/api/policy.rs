@@ -22,7 +22,8 @@ fn allowed(service: &str) -> Option<(&'static str, &'static [&'static str])> {
         "navette.v1.Catalogue"
         | "navette.v1.Accounts"
         | "navette.v1.Tests"
-        | "navette.v1.Transit" => Some(("panel API", &["panel", "operator"])),
+        | "navette.v1.Transit"
+        | "navette.v1.Migrations" => Some(("panel API", &["panel", "operator"])),
         "navette.v1.Hosts"
         | "navette.v1.HostPools"
         | "navette.v1.JoinTokens"
@@ -185,6 +186,9 @@ mod tests {
         );
         assert!(decide("/navette.v1.Hosts/ListHosts", &Role::Panel).is_err());
         assert!(decide("/navette.v1.Workflows/CancelWorkflow", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Migrations/Migrate", &Role::Panel).is_ok());
+        assert!(decide("/navette.v1.Migrations/CancelMigration", &Role::Operator).is_ok());
+        assert!(decide("/navette.v1.Migrations/Migrate", &agent("a")).is_err());
         assert!(decide("/navette.v1.Workflows/ListWorkflowAudit", &Role::Panel).is_err());
         assert!(decide("/navette.v1.Addresses/MoveAddress", &Role::Operator).is_ok());
         assert!(decide("/navette.v1.Addresses/MoveAddress", &Role::Panel).is_err());

@@ -264,6 +264,15 @@ pub fn report(
             ),
         });
     }
+    // What *Migrate* will refuse until an operator sets it once on the
+    // account's host (a test does not need it).
+    for blocker in placement::migrate::replication_blockers(account, source) {
+        notes.push(Note {
+            severity: Severity::Warning,
+            topic: "replication",
+            message: format!("Migrate is refused until then: {blocker}"),
+        });
+    }
     let findings = findings(migration, account, source, hosts);
     let compatible = placed.is_ok() && findings.iter().all(|f| f.severity != Severity::Blocking);
     Report {

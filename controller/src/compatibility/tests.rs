@@ -40,6 +40,8 @@ fn server(engine: Engine, version: &str) -> DatabaseServer {
         } else {
             Vec::new()
         },
+        replication_ready: true,
+        replication_reason: String::new(),
     }
 }
 

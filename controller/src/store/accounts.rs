@@ -119,6 +119,20 @@ pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>>
 /// hosts report it, that is a state an operator must look at, and it says
 /// so.
 pub async fn get(client: &impl GenericClient, name: &str) -> Result<Account> {
+    // A migration that switched the account decided where it lives: the
+    // old host may still report its stopped copy for a grace period.
+    if let Some((host_id, copy_id)) = super::migrations::placement(client, name).await? {
+        let sql = format!(
+            "{SELECT} WHERE name = $1 AND (copy_of_test = '' OR copy_of_test = $3)
+             ORDER BY host_id = $2 DESC, updated_at DESC LIMIT 1"
+        );
+        if let Some(row) = client.query_opt(&sql, &[&name, &host_id, &copy_id]).await? {
+            let mut account = from_row(&row)?;
+            account.host_id = host_id;
+            account.copy_of_test = None;
+            return Ok(account);
+        }
+    }
     let sql = format!(
         "{SELECT} WHERE name = $1 AND copy_of_test = ''
            AND host_id NOT IN (SELECT id FROM hosts WHERE kind = 'test')

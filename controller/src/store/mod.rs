@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod addresses;
 pub mod hosts;
+pub mod migrations;
 pub mod pools;
 pub mod test_runs;
 pub mod tokens;

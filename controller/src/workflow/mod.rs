@@ -7,6 +7,13 @@
 //! - [`test_kind`]: the test as an engine kind: [`test_flow`] driven by the
 //!   engine's events and step outcomes, and the steps (grant, copy,
 //!   remove) performed through `agents` in domain types;
+//! - [`migrate_run`]: what a migration remembers (its state, steps,
+//!   backlog, freeze windows), plain data;
+//! - [`migrate_kind`]: *Migrate* as an engine kind: its pure transition,
+//!   edge by edge, and the point of no return (the switch);
+//! - [`migrate_steps`]: the migration's steps against the agents (copy,
+//!   replication, freeze, switch, rollback), the cutover's actions through
+//!   `agents::cutover`;
 //! - [`test_events`]: the panel's commands (create, refresh, delete) as
 //!   events of the test's workflow, their effect shown at once.
 //!
@@ -14,6 +21,9 @@
 //! when a copy is removed, the source agent is asked to revoke the grants
 //! of the test's transfers (best effort: a grant also expires by itself).
 
+pub mod migrate_kind;
+pub mod migrate_run;
+pub mod migrate_steps;
 pub mod test_events;
 pub mod test_flow;
 pub mod test_kind;

@@ -275,6 +275,9 @@ pub fn transfer_spec(test: &Test) -> TransferSpec {
             Utc::now()
                 + chrono::Duration::from_std(GRANT_LIFETIME).unwrap_or(chrono::Duration::hours(24)),
         ),
+        postgres_replication_slots: Default::default(),
+        mariadb_snapshot_positions: false,
+        files_only: false,
     }
 }
 

@@ -430,6 +430,8 @@ fn the_sites_run_from_the_copy_with_the_servers_the_copy_landed_on() {
         available_extensions: vec![],
         data_directory_free_bytes: None,
         available_engines: vec![],
+        replication_ready: true,
+        replication_reason: String::new(),
     };
     let host = Host {
         id: "test-1".into(),

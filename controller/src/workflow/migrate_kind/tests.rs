@@ -1,0 +1,454 @@
+//! Every edge of the migration's transition ([`decide`]), and every
+//! (step, input) pair checked against the rules that hold for all of them:
+//! nothing past the switch rolls back, a rollback and the steps after the
+//! switch are never given up, and a cancel before the switch always leads
+//! to the rollback.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::model::{CopyPlan, CopyProgress};
+use crate::workflow::migrate_run::{Backlog, FreezePart, FreezeWindow, MigrateSettings};
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + seconds, 0)
+        .single()
+        .unwrap_or_default()
+}
+
+fn settings() -> MigrateSettings {
+    MigrateSettings {
+        freeze_deadline_ms: 5_000,
+        freeze_tries: 3,
+        backlog_threshold_bytes: 1 << 20,
+        backlog_threshold_transactions: 100,
+        converge_poll_ms: 500,
+        retire_after_secs: 3_600,
+    }
+}
+
+fn run(state: MigrateState, step: MigrateStep) -> MigrationRun {
+    MigrationRun {
+        id: "m0123456789abcdef".into(),
+        request_id: "r-1".into(),
+        account: "alice".into(),
+        migration_id: "postgresql-15-to-18".into(),
+        source_host_id: "shared-old".into(),
+        target_host_id: "shared-new".into(),
+        plan: CopyPlan {
+            source_endpoint: "192.0.2.10:7443".into(),
+            target_endpoint: "192.0.2.11:7443".into(),
+            source_home: "/home/alice".into(),
+            databases: Vec::new(),
+            target_address: "192.0.2.11".into(),
+            protocol_version: 2,
+            runs_sites: false,
+            sites: Vec::new(),
+        },
+        settings: settings(),
+        state,
+        step,
+        attempts: 0,
+        phase: String::new(),
+        error: String::new(),
+        slots: BTreeMap::new(),
+        snapshot_positions: BTreeMap::new(),
+        progress: None,
+        backlog: None,
+        freeze_tries: 0,
+        freeze: None,
+        missed_freezes: Vec::new(),
+        cancelled: false,
+        retire_at: None,
+        created_at: at(0),
+        updated_at: at(0),
+    }
+}
+
+fn backlog(bytes: u64, transactions: u64) -> Backlog {
+    Backlog {
+        postgres_lag_bytes: bytes,
+        mariadb_transactions: transactions,
+        measured_at: at(10),
+    }
+}
+
+fn window(missed: &str) -> FreezeWindow {
+    FreezeWindow {
+        frozen_at: at(20),
+        total_ms: 300,
+        parts: vec![FreezePart {
+            name: "freeze sites".into(),
+            ms: 1,
+        }],
+        missed_because: missed.into(),
+        sites_frozen: false,
+    }
+}
+
+fn outcome(o: MigrateOutcome) -> Input<MigrateOutcome> {
+    Input::Outcome(o)
+}
+
+/// Every outcome a step can come to, one of each.
+fn every_outcome() -> Vec<MigrateOutcome> {
+    vec![
+        MigrateOutcome::Prepared {
+            slots: [("shop".to_owned(), "navette_slot".to_owned())].into(),
+        },
+        MigrateOutcome::Copied {
+            positions: [("mariadb:blog".to_owned(), "0-1-9".to_owned())].into(),
+            progress: CopyProgress::default(),
+        },
+        MigrateOutcome::CopyFailed("disk full".into()),
+        MigrateOutcome::Replicating,
+        MigrateOutcome::Measured(backlog(10, 0)),
+        MigrateOutcome::Measured(backlog(10 << 20, 0)),
+        MigrateOutcome::Frozen(window("")),
+        MigrateOutcome::FreezeMissed(window("deadline")),
+        MigrateOutcome::Switched {
+            parts: Vec::new(),
+            accepted_at: at(21),
+        },
+        MigrateOutcome::Finished,
+        MigrateOutcome::Retired,
+        MigrateOutcome::RolledBack,
+        MigrateOutcome::Unreachable("no answer".into()),
+        MigrateOutcome::Refused("no".into()),
+        MigrateOutcome::Stopped,
+    ]
+}
+
+/// Every (state, step) a migration can be in.
+fn every_position() -> Vec<(MigrateState, MigrateStep)> {
+    use MigrateState as St;
+    use MigrateStep as S;
+    vec![
+        (St::Preparing, S::Prepare),
+        (St::Copying, S::Copy),
+        (St::Replicating, S::Replicate),
+        (St::Converging, S::Converge),
+        (St::Freezing, S::Freeze),
+        (St::Freezing, S::Switch),
+        (St::Switched, S::Finish),
+        (St::Switched, S::None),
+        (St::Switched, S::Retire),
+        (St::Completed, S::None),
+        (St::RollingBack, S::Rollback),
+        (St::Failed, S::None),
+        (St::Cancelled, S::None),
+    ]
+}
+
+fn events() -> Vec<Event> {
+    vec![
+        Event::Start,
+        Event::Cancel,
+        Event::Timer,
+        Event::Command {
+            name: "x".into(),
+            payload: serde_json::json!({}),
+        },
+    ]
+}
+
+#[test]
+fn the_happy_path_runs_every_step_in_order() {
+    let start = run(MigrateState::Preparing, MigrateStep::Prepare);
+    let t = decide(&start, Input::Event(Event::Start));
+    assert_eq!(t.next, Next::Run(MigrateStep::Prepare));
+
+    let t = decide(
+        &start,
+        outcome(MigrateOutcome::Prepared {
+            slots: [("shop".to_owned(), "slot_shop".to_owned())].into(),
+        }),
+    );
+    assert_eq!(
+        (t.state.state, t.state.step),
+        (MigrateState::Copying, MigrateStep::Copy)
+    );
+    assert_eq!(t.state.slots["shop"], "slot_shop");
+
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Copied {
+            positions: [("mariadb:blog".to_owned(), "0-1-9".to_owned())].into(),
+            progress: CopyProgress::default(),
+        }),
+    );
+    assert_eq!(t.next, Next::Run(MigrateStep::Replicate));
+    assert_eq!(t.state.snapshot_positions["mariadb:blog"], "0-1-9");
+
+    let t = decide(&t.state, outcome(MigrateOutcome::Replicating));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Converging, Next::Run(MigrateStep::Converge))
+    );
+
+    let t = decide(&t.state, outcome(MigrateOutcome::Measured(backlog(100, 2))));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Freezing, Next::Run(MigrateStep::Freeze))
+    );
+    assert_eq!(t.state.freeze_tries, 1);
+
+    let t = decide(&t.state, outcome(MigrateOutcome::Frozen(window(""))));
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Freezing, Next::Run(MigrateStep::Switch))
+    );
+
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Switched {
+            parts: vec![FreezePart {
+                name: "placement recorded".into(),
+                ms: 2,
+            }],
+            accepted_at: at(21),
+        }),
+    );
+    assert_eq!(
+        (t.state.state, t.next.clone()),
+        (MigrateState::Switched, Next::Run(MigrateStep::Finish))
+    );
+    let freeze = t.state.freeze.clone().unwrap_or_else(|| window("none"));
+    assert_eq!(
+        freeze.total_ms, 1_000,
+        "from the first frozen process to the first write"
+    );
+    assert_eq!(freeze.parts.len(), 2, "the freeze's parts and the switch's");
+    assert_eq!(t.state.retire_at, Some(at(21 + 3_600)));
+
+    let t = decide(&t.state, outcome(MigrateOutcome::Finished));
+    assert_eq!(t.next, Next::WaitUntil(at(21 + 3_600)));
+    let t = decide(&t.state, Input::Event(Event::Timer));
+    assert_eq!(t.next, Next::Run(MigrateStep::Retire));
+    let t = decide(&t.state, outcome(MigrateOutcome::Retired));
+    assert_eq!(t.state.state, MigrateState::Completed);
+    assert_eq!(t.next, Next::Done(End::Completed));
+}
+
+#[test]
+fn a_large_backlog_keeps_converging_and_says_so() {
+    let converging = run(MigrateState::Converging, MigrateStep::Converge);
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(backlog(5 << 20, 0))),
+    );
+    assert_eq!(t.state.state, MigrateState::Converging);
+    assert_eq!(
+        t.next,
+        Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500))
+    );
+    assert!(
+        t.state.phase.contains("above the threshold"),
+        "{}",
+        t.state.phase
+    );
+    assert_eq!(t.state.freeze_tries, 0);
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(backlog(0, 101))),
+    );
+    assert_eq!(
+        t.state.state,
+        MigrateState::Converging,
+        "MariaDB's backlog counts too"
+    );
+}
+
+#[test]
+fn a_missed_freeze_goes_back_to_converging_then_rolls_back_after_the_last_try() {
+    let mut freezing = run(MigrateState::Freezing, MigrateStep::Freeze);
+    freezing.freeze_tries = 1;
+    let t = decide(
+        &freezing,
+        outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))),
+    );
+    assert_eq!(t.state.state, MigrateState::Converging);
+    assert_eq!(
+        t.next,
+        Next::RunAfter(MigrateStep::Converge, Duration::from_millis(500))
+    );
+    assert_eq!(t.state.missed_freezes.len(), 1);
+    assert!(t.state.phase.contains("deadline passed"));
+
+    freezing.freeze_tries = 3;
+    let t = decide(
+        &freezing,
+        outcome(MigrateOutcome::FreezeMissed(window("deadline passed"))),
+    );
+    assert_eq!(
+        (t.state.state, t.state.step),
+        (MigrateState::RollingBack, MigrateStep::Rollback)
+    );
+    assert!(!t.state.cancelled);
+    assert!(t.state.error.contains("3 freezes"), "{}", t.state.error);
+    let t = decide(&t.state, outcome(MigrateOutcome::RolledBack));
+    assert_eq!(t.state.state, MigrateState::Failed);
+    assert!(matches!(t.next, Next::Done(End::Failed(_))));
+}
+
+#[test]
+fn a_cancel_before_the_switch_rolls_back_and_ends_cancelled() {
+    for (state, step) in every_position() {
+        let before = run(state, step);
+        let t = decide(&before, Input::Event(Event::Cancel));
+        let before_switch =
+            !before.switched() && !state.ended() && state != MigrateState::RollingBack;
+        if before_switch {
+            assert_eq!(
+                (t.state.state, t.state.step),
+                (MigrateState::RollingBack, MigrateStep::Rollback),
+                "{state:?}[{step:?}]"
+            );
+            assert!(t.state.cancelled);
+            let done = decide(&t.state, outcome(MigrateOutcome::RolledBack));
+            assert_eq!(done.next, Next::Done(End::Cancelled));
+        } else {
+            assert_eq!(
+                t.state, before,
+                "{state:?}[{step:?}]: a cancel changes nothing"
+            );
+        }
+    }
+}
+
+#[test]
+fn failures_before_the_switch_roll_back_and_after_it_are_retried() {
+    let copying = run(MigrateState::Copying, MigrateStep::Copy);
+    let t = decide(
+        &copying,
+        outcome(MigrateOutcome::CopyFailed("disk full".into())),
+    );
+    assert_eq!(t.state.step, MigrateStep::Rollback);
+    assert!(t.state.error.contains("disk full"));
+
+    let t = decide(&copying, outcome(MigrateOutcome::Unreachable("cut".into())));
+    assert_eq!(t.state.step, MigrateStep::Copy);
+    assert!(matches!(t.next, Next::RunAfter(MigrateStep::Copy, _)));
+    let mut tired = copying.clone();
+    tired.attempts = MAX_ATTEMPTS - 1;
+    let t = decide(&tired, outcome(MigrateOutcome::Unreachable("cut".into())));
+    assert_eq!(
+        t.state.step,
+        MigrateStep::Rollback,
+        "given up before the switch"
+    );
+
+    for step in [
+        MigrateStep::Switch,
+        MigrateStep::Finish,
+        MigrateStep::Retire,
+        MigrateStep::Rollback,
+    ] {
+        let state = match step {
+            MigrateStep::Switch => MigrateState::Freezing,
+            MigrateStep::Rollback => MigrateState::RollingBack,
+            _ => MigrateState::Switched,
+        };
+        let mut stuck = run(state, step);
+        stuck.attempts = MAX_ATTEMPTS + 5;
+        for failure in [
+            MigrateOutcome::Unreachable("cut".into()),
+            MigrateOutcome::Refused("busy".into()),
+        ] {
+            let t = decide(&stuck, outcome(failure));
+            assert_eq!(t.state.step, step, "{step:?} is never given up");
+            assert!(matches!(t.next, Next::RunAfter(s, _) if s == step));
+        }
+    }
+}
+
+#[test]
+fn a_stopped_step_changes_nothing_and_an_odd_outcome_is_retried() {
+    let copying = run(MigrateState::Copying, MigrateStep::Copy);
+    let t = decide(&copying, outcome(MigrateOutcome::Stopped));
+    assert_eq!(t.state, copying);
+    assert_eq!(t.next, Next::Run(MigrateStep::Copy));
+    let t = decide(&copying, outcome(MigrateOutcome::Retired));
+    assert_eq!(t.state.step, MigrateStep::Copy);
+    assert!(t.state.error.starts_with("internal"));
+}
+
+#[test]
+fn every_step_and_input_keeps_the_rules() {
+    for (state, step) in every_position() {
+        let before = run(state, step);
+        let inputs: Vec<Input<MigrateOutcome>> = events()
+            .into_iter()
+            .map(Input::Event)
+            .chain(every_outcome().into_iter().map(Input::Outcome))
+            .collect();
+        for input in inputs {
+            let t = decide(&before, input.clone());
+            let what = format!("{state:?}[{step:?}] on {input:?}");
+            // Past the switch, nothing rolls back.
+            if before.switched() {
+                assert!(t.state.switched(), "{what}: left the switched state");
+                assert_ne!(t.state.step, MigrateStep::Rollback, "{what}");
+            }
+            // Only the switch's own outcome passes the point of no return.
+            if !before.switched() && t.state.switched() {
+                assert_eq!(step, MigrateStep::Switch, "{what}");
+            }
+            // A rollback ends in failed or cancelled, never elsewhere.
+            if state == MigrateState::RollingBack {
+                assert!(
+                    matches!(
+                        t.state.state,
+                        MigrateState::RollingBack | MigrateState::Failed | MigrateState::Cancelled
+                    ),
+                    "{what}: {:?}",
+                    t.state.state
+                );
+            }
+            // An ended migration stays ended.
+            if state.ended() {
+                assert_eq!(t.state.state, state, "{what}");
+                assert!(matches!(t.next, Next::Done(_)), "{what}");
+            }
+            // What the engine does next agrees with the step recorded.
+            match &t.next {
+                Next::Run(s) | Next::RunAfter(s, _) => assert_eq!(*s, t.state.step, "{what}"),
+                Next::Done(_) => assert!(t.state.state.ended(), "{what}"),
+                Next::WaitUntil(_) | Next::Wait | Next::WaitFor(_) => {
+                    assert_eq!(t.state.step, MigrateStep::None, "{what}")
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn only_the_switch_and_what_follows_are_past_the_point_of_no_return() {
+    use MigrateStep as S;
+    for step in [
+        S::Prepare,
+        S::Copy,
+        S::Replicate,
+        S::Converge,
+        S::Freeze,
+        S::Rollback,
+        S::None,
+    ] {
+        assert!(
+            !past_point_of_no_return(step),
+            "{step:?} can still be undone"
+        );
+    }
+    for step in [S::Switch, S::Finish, S::Retire] {
+        assert!(past_point_of_no_return(step), "{step:?} cannot be undone");
+    }
+    // A timer in any state but a switched one waiting changes nothing.
+    let converging = run(MigrateState::Converging, MigrateStep::Converge);
+    assert_eq!(
+        decide(&converging, Input::Event(Event::Timer)).state,
+        converging
+    );
+}

@@ -1,0 +1,691 @@
+//! The steps of a migration against the agents ([`perform`]): what each
+//! [`MigrateStep`] does on the source and target hosts, in domain types
+//! (`agents` converts to the agent API). The freeze and the switch are
+//! made of the named actions of [`agents::cutover`].
+//!
+//! Every step can run again after a crash or a lost lease: each agent
+//! call is named by the migration's id (or a transfer id made from it)
+//! and idempotent; the copy resumes; the freeze thaws what it froze when
+//! it fails; the rollback and the steps after the switch tolerate what is
+//! already undone or done.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::migrate_run::{
+    Backlog, FreezePart, FreezeWindow, MigrateOutcome, MigrateStep, MigrationRun,
+};
+use crate::agents::cutover::{self, Drained};
+use crate::agents::replication::{self, MariadbReplication, PostgresSource, Side};
+use crate::agents::sites::{SiteDatabases, SitesSpec};
+use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
+use crate::agents::{self, CallFailure};
+use crate::engine::StepContext;
+use crate::model::{DatabasePlan, Engine, Host};
+use crate::state::Controller;
+use crate::store;
+
+/// How long the source lets the target read for the copy.
+const GRANT_LIFETIME: chrono::Duration = chrono::Duration::hours(24);
+/// How often stored progress is updated while the copy runs.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// The agent thaws a freeze by itself after this much more than the
+/// freeze's deadline (its own longest is 10 s): the switch that follows
+/// the freeze stops the old sites before then.
+const THAW_SLACK: Duration = Duration::from_secs(3);
+
+fn outcome_of(failure: CallFailure) -> MigrateOutcome {
+    match failure {
+        CallFailure::Retry(why) => MigrateOutcome::Unreachable(why),
+        CallFailure::Refused(why) => MigrateOutcome::Refused(why),
+    }
+}
+
+fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan> {
+    run.plan
+        .databases
+        .iter()
+        .filter(|d| d.engine == Engine::Postgresql)
+}
+
+/// The account's MariaDB databases by target server: each target server
+/// runs one replication connection for the migration, from one source
+/// server. (source server, target server, databases).
+fn mariadb_groups(run: &MigrationRun) -> Result<Vec<(String, String, Vec<String>)>, String> {
+    let mut groups: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for database in run
+        .plan
+        .databases
+        .iter()
+        .filter(|d| d.engine == Engine::Mariadb)
+    {
+        let entry = groups
+            .entry(database.target_server.clone())
+            .or_insert_with(|| (database.source_server.clone(), Vec::new()));
+        if entry.0 != database.source_server {
+            return Err(format!(
+                "the account's MariaDB databases on servers {:?} and {:?} would both replicate into server {:?} of {}; one connection per server carries one source",
+                entry.0, database.source_server, database.target_server, run.target_host_id
+            ));
+        }
+        entry.1.push(database.name.clone());
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(target, (source, databases))| (source, target, databases))
+        .collect())
+}
+
+/// The durable copy's transfer: synced and read back (not disposable),
+/// PostgreSQL from the slots' snapshots, MariaDB with its positions.
+pub fn copy_spec(run: &MigrationRun, slots: &BTreeMap<String, String>) -> TransferSpec {
+    TransferSpec {
+        transfer_id: run.copy_transfer_id(),
+        account: run.account.clone(),
+        source_host_id: run.source_host_id.clone(),
+        source_endpoint: run.plan.source_endpoint.clone(),
+        target_host_id: run.target_host_id.clone(),
+        source_home: run.plan.source_home.clone(),
+        target_home: String::new(),
+        databases: run
+            .plan
+            .databases
+            .iter()
+            .map(|d| DatabaseCopy {
+                engine: d.engine,
+                source_server: d.source_server.clone(),
+                source_database: d.name.clone(),
+                target_server: d.target_server.clone(),
+                target_database: d.name.clone(),
+            })
+            .collect(),
+        disposable: false,
+        copy_id: run.id.clone(),
+        protocol_version: run.plan.protocol_version,
+        grant_expires_at: Some(Utc::now() + GRANT_LIFETIME),
+        postgres_replication_slots: slots.clone(),
+        mariadb_snapshot_positions: true,
+        files_only: false,
+    }
+}
+
+/// The files-only catch-up pass of freeze `try_number`.
+fn catch_up_spec(run: &MigrationRun, try_number: u32) -> TransferSpec {
+    TransferSpec {
+        transfer_id: run.catch_up_transfer_id(try_number),
+        databases: Vec::new(),
+        postgres_replication_slots: BTreeMap::new(),
+        mariadb_snapshot_positions: false,
+        files_only: true,
+        ..copy_spec(run, &BTreeMap::new())
+    }
+}
+
+/// The account's sites as the target runs them: from the copy, with the
+/// copy's databases.
+fn sites_spec(run: &MigrationRun) -> SitesSpec {
+    let first = |engine| {
+        run.plan
+            .databases
+            .iter()
+            .find(|d| d.engine == engine)
+            .map(|d| (d.target_address.clone(), d.target_port))
+    };
+    SitesSpec {
+        account: run.account.clone(),
+        copy_id: Some(run.id.clone()),
+        sites: run.plan.sites.clone(),
+        databases: Some(SiteDatabases {
+            postgres: first(Engine::Postgresql),
+            mariadb: first(Engine::Mariadb).map(|(host, port)| (host, port, String::new())),
+        }),
+    }
+}
+
+/// Where the source host's `server` of `engine` listens.
+fn server_address(host: &Host, engine: Engine, server: &str) -> Option<(String, u16)> {
+    host.database_servers
+        .iter()
+        .find(|s| s.engine == engine && s.name == server)
+        .map(|s| (s.address.clone(), s.port))
+}
+
+/// Runs `step` of `run`.
+pub async fn perform(
+    controller: &Arc<Controller>,
+    run: &MigrationRun,
+    step: MigrateStep,
+    context: &StepContext,
+) -> MigrateOutcome {
+    let hosts = async {
+        let client = controller.db.get().await?;
+        let source = store::hosts::get(&**client, &run.source_host_id).await?;
+        let target = store::hosts::get(&**client, &run.target_host_id).await?;
+        Ok::<_, crate::error::Error>((source, target))
+    }
+    .await;
+    let (source, target) = match hosts {
+        Ok(hosts) => hosts,
+        Err(error) => return MigrateOutcome::Unreachable(error.to_string()),
+    };
+    let steps = Steps {
+        controller,
+        run,
+        source: &source,
+        target: &target,
+    };
+    let done = match step {
+        MigrateStep::Prepare => steps.prepare().await,
+        MigrateStep::Copy => {
+            let mut cancel = context.cancel_requested.clone();
+            tokio::select! {
+                copied = steps.copy() => copied,
+                _ = cancel.wait_for(|requested| *requested) => {
+                    tracing::info!(message = "the migration is cancelled: the copy step stops", migration = %run.id);
+                    return MigrateOutcome::Stopped;
+                }
+            }
+        }
+        MigrateStep::Replicate => steps.replicate().await,
+        MigrateStep::Converge => steps.measure().await,
+        MigrateStep::Freeze => return steps.freeze().await,
+        MigrateStep::Switch => steps.switch().await,
+        MigrateStep::Finish => steps.finish().await,
+        MigrateStep::Retire => steps.retire().await,
+        MigrateStep::Rollback => steps.rollback().await,
+        MigrateStep::None => Err(CallFailure::Refused("nothing to do".to_owned())),
+    };
+    done.unwrap_or_else(outcome_of)
+}
+
+struct Steps<'a> {
+    controller: &'a Arc<Controller>,
+    run: &'a MigrationRun,
+    source: &'a Host,
+    target: &'a Host,
+}
+
+impl Steps<'_> {
+    /// The source's publications and slots, its MariaDB servers' binlog
+    /// checked, and the copy's grant.
+    async fn prepare(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let mut slots = BTreeMap::new();
+        for database in postgres(run) {
+            let slot = replication::prepare_postgres(
+                c,
+                self.source,
+                &run.id,
+                &database.source_server,
+                &database.name,
+            )
+            .await?;
+            slots.insert(database.name.clone(), slot);
+        }
+        for (source_server, _, _) in mariadb_groups(run).map_err(CallFailure::Refused)? {
+            let position = replication::mariadb_position(c, self.source, &source_server).await?;
+            if !position.ready {
+                return Err(CallFailure::Refused(format!(
+                    "the MariaDB server {source_server:?} of host {} cannot be a replication source: {}",
+                    run.source_host_id, position.reason
+                )));
+            }
+        }
+        agents::grant_transfer(c, self.source, &copy_spec(run, &slots)).await?;
+        Ok(MigrateOutcome::Prepared { slots })
+    }
+
+    /// The durable copy, followed to its end; where each database was read.
+    async fn copy(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let spec = copy_spec(run, &run.slots);
+        let mut last = agents::start_transfer(c, self.target, &spec).await?;
+        if last.state == TransferState::Running {
+            let mut watch = agents::watch_transfer(c, self.target, &spec.transfer_id).await?;
+            let mut stored_at = Instant::now();
+            while let Some(report) = watch.next().await.map_err(CallFailure::Retry)? {
+                last = report;
+                if last.state != TransferState::Running {
+                    break;
+                }
+                if stored_at.elapsed() >= PROGRESS_EVERY {
+                    stored_at = Instant::now();
+                    if let Ok(client) = c.db.get().await
+                        && let Err(error) =
+                            store::migrations::store_progress(&**client, &run.id, &last.progress)
+                                .await
+                    {
+                        tracing::warn!(message = "the copy's progress was not stored; the copy goes on", migration = %run.id, %error);
+                    }
+                }
+            }
+        }
+        match last.state {
+            TransferState::Succeeded => {}
+            TransferState::Failed => return Ok(MigrateOutcome::CopyFailed(last.error)),
+            _ => {
+                return Err(CallFailure::Retry(format!(
+                    "the copy on host {} stopped before its end",
+                    run.target_host_id
+                )));
+            }
+        }
+        let _ = agents::revoke_grant(c, self.source, &spec.transfer_id).await;
+        for database in &run.plan.databases {
+            let key = match database.engine {
+                Engine::Postgresql => format!("postgresql:{}", database.name),
+                Engine::Mariadb => format!("mariadb:{}", database.name),
+            };
+            if !last.snapshot_positions.contains_key(&key) {
+                return Ok(MigrateOutcome::CopyFailed(format!(
+                    "host {} did not say where the copy of database {} was read, so replication cannot start from it; upgrade its agent",
+                    run.target_host_id, database.name
+                )));
+            }
+        }
+        Ok(MigrateOutcome::Copied {
+            positions: last.snapshot_positions,
+            progress: last.progress,
+        })
+    }
+
+    /// Subscriptions on the target from the copy's slots, and MariaDB
+    /// connections from the copy's positions.
+    async fn replicate(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        for database in postgres(run) {
+            let (address, port) =
+                server_address(self.source, Engine::Postgresql, &database.source_server)
+                    .ok_or_else(|| {
+                        CallFailure::Refused(format!(
+                            "host {} no longer reports PostgreSQL server {:?}",
+                            run.source_host_id, database.source_server
+                        ))
+                    })?;
+            let password = replication::admit_postgres_subscriber(
+                c,
+                self.source,
+                &run.id,
+                &database.source_server,
+                &database.name,
+            )
+            .await?;
+            replication::subscribe_postgres(
+                c,
+                self.target,
+                &run.id,
+                &database.target_server,
+                &database.name,
+                PostgresSource {
+                    address: &address,
+                    port,
+                    database: &database.name,
+                    password,
+                },
+            )
+            .await?;
+        }
+        for (source_server, target_server, databases) in
+            mariadb_groups(run).map_err(CallFailure::Refused)?
+        {
+            let (address, port) = server_address(self.source, Engine::Mariadb, &source_server)
+                .ok_or_else(|| {
+                    CallFailure::Refused(format!(
+                        "host {} no longer reports MariaDB server {source_server:?}",
+                        run.source_host_id
+                    ))
+                })?;
+            let (user, password) = replication::ensure_mariadb_user(
+                c,
+                self.source,
+                &run.id,
+                &source_server,
+                &run.plan.target_address,
+            )
+            .await?;
+            let snapshot_positions = databases
+                .iter()
+                .filter_map(|d| run.snapshot_positions.get(&format!("mariadb:{d}")).cloned())
+                .collect();
+            replication::start_mariadb(
+                c,
+                self.target,
+                &MariadbReplication {
+                    migration_id: run.id.clone(),
+                    target_server,
+                    source_address: address,
+                    source_port: port,
+                    user,
+                    password,
+                    snapshot_positions,
+                    databases,
+                },
+            )
+            .await?;
+        }
+        Ok(MigrateOutcome::Replicating)
+    }
+
+    /// The backlog now: PostgreSQL lag in bytes, MariaDB transactions not
+    /// applied. A MariaDB connection that stopped with an error fails the
+    /// migration (it rolls back).
+    async fn measure(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let mut backlog = Backlog {
+            postgres_lag_bytes: 0,
+            mariadb_transactions: 0,
+            measured_at: Utc::now(),
+        };
+        for database in postgres(run) {
+            backlog.postgres_lag_bytes += replication::postgres_lag(
+                c,
+                self.source,
+                &run.id,
+                &database.source_server,
+                &database.name,
+            )
+            .await?;
+        }
+        for (source_server, target_server, _) in
+            mariadb_groups(run).map_err(CallFailure::Refused)?
+        {
+            let position = replication::mariadb_position(c, self.source, &source_server).await?;
+            let status = replication::mariadb_status(
+                c,
+                self.target,
+                &run.id,
+                &target_server,
+                &position.gtid_position,
+            )
+            .await?;
+            if !status.running && !status.last_error.is_empty() {
+                return Err(CallFailure::Refused(format!(
+                    "MariaDB replication into server {target_server:?} of {} stopped: {}",
+                    run.target_host_id, status.last_error
+                )));
+            }
+            backlog.mariadb_transactions += status.backlog_transactions;
+        }
+        backlog.measured_at = Utc::now();
+        Ok(MigrateOutcome::Measured(backlog))
+    }
+
+    /// The freeze: the account's processes frozen, its databases fenced
+    /// and drained, its sequences and last file changes carried, all
+    /// within the deadline; otherwise the source thawed again.
+    async fn freeze(&self) -> MigrateOutcome {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let frozen_at = Utc::now();
+        let started = Instant::now();
+        let deadline = started + run.settings.freeze_deadline();
+        let mut parts: Vec<FreezePart> = Vec::new();
+        let mut sites = false;
+        let result = async {
+            if !run.plan.sites.is_empty() {
+                let part = Instant::now();
+                sites = cutover::freeze_sites(
+                    c,
+                    self.source,
+                    &run.account,
+                    run.settings.freeze_deadline() + THAW_SLACK,
+                )
+                .await?
+                .is_some();
+                if sites {
+                    parts.push(part_of("freeze sites", part.elapsed()));
+                }
+            }
+            let mut drained: Vec<Drained> = postgres(run)
+                .map(|d| Drained::Postgres {
+                    server: d.source_server.clone(),
+                    database: d.name.clone(),
+                })
+                .collect();
+            for (source_server, target_server, _) in
+                mariadb_groups(run).map_err(CallFailure::Refused)?
+            {
+                drained.push(Drained::Mariadb {
+                    source_server,
+                    target_server,
+                });
+            }
+            for (name, took) in
+                cutover::fence_databases(c, self.source, self.target, &run.id, &drained, deadline)
+                    .await?
+            {
+                parts.push(part_of(&name, took));
+            }
+            let sequences: Vec<(String, String, String, String)> = postgres(run)
+                .map(|d| {
+                    (
+                        d.name.clone(),
+                        d.source_server.clone(),
+                        d.name.clone(),
+                        d.target_server.clone(),
+                    )
+                })
+                .collect();
+            if !sequences.is_empty() {
+                let part = Instant::now();
+                cutover::carry_sequences(c, self.source, self.target, &run.id, &sequences).await?;
+                parts.push(part_of("sequences", part.elapsed()));
+            }
+            if !run.plan.source_home.is_empty() {
+                let part = Instant::now();
+                let spec = catch_up_spec(run, run.freeze_tries);
+                cutover::catch_up_files(c, self.source, self.target, &spec, deadline).await?;
+                parts.push(part_of("catch up files", part.elapsed()));
+            }
+            if Instant::now() > deadline {
+                return Err(CallFailure::Retry(format!(
+                    "the freeze took {} ms, past its deadline of {} ms",
+                    started.elapsed().as_millis(),
+                    run.settings.freeze_deadline_ms
+                )));
+            }
+            Ok(())
+        }
+        .await;
+        let window = |parts: Vec<FreezePart>, missed_because: String, sites_frozen| FreezeWindow {
+            frozen_at,
+            total_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            parts,
+            missed_because,
+            sites_frozen,
+        };
+        match result {
+            Ok(()) => MigrateOutcome::Frozen(window(parts, String::new(), sites)),
+            Err(failure) => {
+                let why = match failure {
+                    CallFailure::Retry(why) | CallFailure::Refused(why) => why,
+                };
+                if sites {
+                    let part = Instant::now();
+                    match cutover::thaw_sites(c, self.source, &run.account).await {
+                        Ok(_) => parts.push(part_of("thaw sites", part.elapsed())),
+                        // The agent thaws by itself at the freeze's end.
+                        Err(error) => {
+                            tracing::warn!(message = "the source's sites could not be thawed now; its agent thaws them by itself", migration = %run.id, error = ?error)
+                        }
+                    }
+                }
+                tracing::warn!(message = "freeze undone", migration = %run.id, reason = %why);
+                MigrateOutcome::FreezeMissed(window(parts, why, sites))
+            }
+        }
+    }
+
+    /// The point of no return: the sites serve from the target and stop on
+    /// the source, and the controller records the new placement.
+    async fn switch(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let mut parts = Vec::new();
+        // The sites that served on the source serve on the target.
+        if run.freeze.as_ref().is_some_and(|f| f.sites_frozen) {
+            let part = Instant::now();
+            cutover::forward_sites(c, self.source, self.target, &sites_spec(run)).await?;
+            parts.push(part_of("sites moved to the target", part.elapsed()));
+        }
+        let part = Instant::now();
+        let placed = async {
+            let client = c.db.get().await?;
+            store::migrations::place_account(
+                &**client,
+                &run.account,
+                &run.target_host_id,
+                &run.id,
+                &run.id,
+            )
+            .await
+        }
+        .await;
+        placed.map_err(|e| CallFailure::Retry(format!("recording the new placement: {e}")))?;
+        parts.push(part_of("placement recorded", part.elapsed()));
+        tracing::info!(message = "migration switched: the account lives on the target", migration = %run.id, account = %run.account, target = %run.target_host_id);
+        Ok(MigrateOutcome::Switched {
+            parts,
+            accepted_at: Utc::now(),
+        })
+    }
+
+    /// After the switch: replication torn down on both sides, the
+    /// replication users and grants ended, the DNS switched.
+    async fn finish(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        self.teardown(true).await?;
+        for transfer_id in std::iter::once(run.copy_transfer_id())
+            .chain((1..=run.freeze_tries).map(|n| run.catch_up_transfer_id(n)))
+        {
+            let _ = agents::revoke_grant(c, self.source, &transfer_id).await;
+        }
+        let dns = cutover::switch_dns(&run.account, self.target);
+        tracing::info!(message = "migration finished", migration = %run.id, dns = ?dns);
+        Ok(MigrateOutcome::Finished)
+    }
+
+    /// At the end of the grace period: the old sites stopped (again).
+    async fn retire(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        agents::sites::stop_sites(c, self.source, &run.account).await?;
+        tracing::info!(message = "the old copy's sites stay stopped; its home and databases are kept on the old host", migration = %run.id, host = %run.source_host_id);
+        Ok(MigrateOutcome::Retired)
+    }
+
+    /// Replication's objects on the target dropped: the subscriptions and
+    /// MariaDB connections. What is gone already is not an error.
+    async fn teardown_target(&self) -> Result<(), CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        for database in postgres(run) {
+            tolerate(
+                replication::teardown_postgres(
+                    c,
+                    self.target,
+                    &run.id,
+                    &database.target_server,
+                    Side::Target,
+                    &database.name,
+                    &database.name,
+                )
+                .await,
+                "the subscription",
+            )?;
+        }
+        for (_, target_server, _) in mariadb_groups(run).unwrap_or_default() {
+            tolerate(
+                replication::stop_mariadb(c, self.target, &run.id, &target_server).await,
+                "the MariaDB connection",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Replication's objects on the source dropped: the slots,
+    /// publications and roles, the MariaDB replication users (and their
+    /// sessions). The customer's data stays.
+    async fn teardown_source(&self) -> Result<(), CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        for database in postgres(run) {
+            tolerate(
+                replication::teardown_postgres(
+                    c,
+                    self.source,
+                    &run.id,
+                    &database.source_server,
+                    Side::Source,
+                    &database.name,
+                    "",
+                )
+                .await,
+                "the slot and publication",
+            )?;
+        }
+        for (source_server, _, _) in mariadb_groups(run).unwrap_or_default() {
+            tolerate(
+                replication::drop_mariadb_user(c, self.source, &run.id, &source_server).await,
+                "the MariaDB replication user",
+            )?;
+        }
+        Ok(())
+    }
+
+    async fn teardown(&self, target_too: bool) -> Result<(), CallFailure> {
+        if target_too {
+            self.teardown_target().await?;
+        }
+        self.teardown_source().await
+    }
+
+    /// Before the point of no return: the source thawed, replication torn
+    /// down, the target's copy removed (once no transfer writes into it:
+    /// the agent refuses until then, and the removal is retried). Nothing
+    /// of the account's own data is touched.
+    async fn rollback(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        if !run.plan.sites.is_empty() {
+            tolerate(
+                cutover::thaw_sites(c, self.source, &run.account)
+                    .await
+                    .map(drop),
+                "thawing the sites",
+            )?;
+        }
+        // A subscription exists only once the copy is complete; it goes
+        // before its database.
+        if !run.snapshot_positions.is_empty() {
+            self.teardown_target().await?;
+        }
+        let removed = agents::remove_copy(c, self.target, &copy_spec(run, &run.slots)).await?;
+        tracing::info!(message = "the migration's copy is removed", migration = %run.id, logins_dropped = ?removed.logins_dropped);
+        // The slots go once no copy reads from them.
+        self.teardown_source().await?;
+        for transfer_id in std::iter::once(run.copy_transfer_id())
+            .chain((1..=run.freeze_tries).map(|n| run.catch_up_transfer_id(n)))
+        {
+            let _ = agents::revoke_grant(c, self.source, &transfer_id).await;
+        }
+        Ok(MigrateOutcome::RolledBack)
+    }
+}
+
+fn part_of(name: &str, took: Duration) -> FreezePart {
+    FreezePart {
+        name: name.to_owned(),
+        ms: u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+    }
+}
+
+/// An undo that the agent refuses (nothing of that name, a server gone)
+/// is logged and passed; one that cannot reach its host is retried.
+fn tolerate(result: Result<(), CallFailure>, what: &str) -> Result<(), CallFailure> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(CallFailure::Refused(why)) => {
+            tracing::warn!(message = "an undo was refused; passed", what, reason = %why);
+            Ok(())
+        }
+        Err(retry) => Err(retry),
+    }
+}
