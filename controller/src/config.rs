@@ -138,7 +138,6 @@ pub struct Provider {
 fn default_provider_timeout() -> u64 {
     120
 }
-}
 
 /// Where the controller listens.
 #[derive(Clone, Debug, Deserialize)]

@@ -242,7 +242,8 @@ pub fn spawn_transit_queue(controller: Arc<Controller>) {
 }
 
 /// Starts the workflow engine's runner over the kinds the controller
-/// runs (the test, [`crate::workflow::test_kind`]; the reinstall,
+/// runs (the test, [`crate::workflow::test_kind`]; the migration,
+/// [`crate::workflow::migrate_kind`]; the reinstall,
 /// [`crate::reinstall::kind`]), woken by its own
 /// listener on `navette_workflows`.
 pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::db::DbError> {
@@ -250,7 +251,7 @@ pub fn spawn_workflow_engine(controller: &Arc<Controller>) -> Result<(), crate::
         .register(crate::workflow::test_kind::TestKind::new(
             controller.clone(),
         ))
-        .register(crate::reinstall::ReinstallKind::new(controller.clone()));
+        .register(crate::reinstall::ReinstallKind::new(controller.clone()))
         .register(crate::workflow::migrate_kind::MigrateKind::new(
             controller.clone(),
         ));
