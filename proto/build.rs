@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/postgres_copy.proto",
         "navette/v1/mariadb_copy.proto",
         "navette/v1/mariadb_replication.proto",
+        "navette/v1/catchup.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -26,7 +26,8 @@
 //!   names, host ids), checked where a call arrives, with the rules shared
 //!   with the controller (`navette_proto::ids`).
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
-//!   MariaDB source services) and as a target (pulls, copies, removal).
+//!   MariaDB source services, the change journals of homes being migrated)
+//!   and as a target (pulls, catch-up passes, copies, removal).
 //! - [`replication`]: a target copy of an account's databases kept
 //!   converging with the source while it runs (*Migrate*), one module per
 //!   engine: [`replication::postgres`], logical replication from the
@@ -43,7 +44,8 @@
 //!   configuration), their FPM pool in the account's control group, their
 //!   server blocks in the host's web server; start, stop, freeze, thaw.
 //! - [`changes`]: the change journal of a home (inotify): what changed
-//!   since the last catch-up pass, without walking the tree.
+//!   since the last catch-up pass, without walking the tree (run per
+//!   migration by `transfer::files::journals`).
 //! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
 //!   running and ended) and their `/metrics` endpoint, off unless
 //!   configured.
