@@ -17,7 +17,7 @@
 //! In CI it runs on 2,000 files and checks both copies end identical to
 //! the home (no timed assertion). For the figures:
 //! `tests/bench-catchup.sh` (40,000 files, 3 rounds), or
-//! `NAVETTE_CATCHUP_BENCH_FILES=40000 cargo test -p navette-agent --test
+//! `NAVETTE_CATCHUP_BENCH_FILES=40000 cargo test --release -p navette-agent --test
 //! files_catchup_bench -- --nocapture`.
 
 mod files_common;
