@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/transit.proto",
         "navette/v1/addresses.proto",
         "navette/v1/migrations.proto",
+        "navette/v1/catchup.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -168,6 +168,19 @@ impl ChangeJournal {
         }
     }
 
+    /// How many paths changed since the last [`ChangeJournal::take`],
+    /// without taking them (the backlog a pass would compare).
+    pub fn pending(&self) -> usize {
+        let mut journal = lock(&self.shared.journal);
+        journal.drain();
+        journal.changed.len()
+    }
+
+    /// Why the journal may have missed changes, if it may have.
+    pub fn untrusted(&self) -> Option<String> {
+        lock(&self.shared.journal).untrusted.clone()
+    }
+
     /// How many directories are watched.
     pub fn watched_directories(&self) -> usize {
         lock(&self.shared.journal).dirs.len()

@@ -26,7 +26,8 @@
 //!   names, host ids), checked where a call arrives, with the rules shared
 //!   with the controller (`navette_proto::ids`).
 //! - [`transfer`]: transfers as a source (grants, the file, PostgreSQL and
-//!   MariaDB source services) and as a target (pulls, copies, removal).
+//!   MariaDB source services, the change journals of homes being migrated)
+//!   and as a target (pulls, catch-up passes, copies, removal).
 //! - [`transit`]: on a transit host, the wipe of what Navette put there
 //!   for one allocation once it is released (the copies named after it,
 //!   with their sites, homes, databases and logins; nothing else).
@@ -58,7 +59,8 @@
 //!   [`cutover::forward`] (the old host's sites forwarded to the new one,
 //!   held requests answered there).
 //! - [`changes`]: the change journal of a home (inotify): what changed
-//!   since the last catch-up pass, without walking the tree.
+//!   since the last catch-up pass, without walking the tree (run per
+//!   migration by `transfer::files::journals`).
 //! - [`metrics`]: Prometheus metrics (bytes and files copied, transfers
 //!   running and ended) and their `/metrics` endpoint, off unless
 //!   configured.

@@ -19,7 +19,8 @@ use navette_proto::identity::Role;
 use navette_proto::tls::{self, ReloadableServerConfig};
 use navette_proto::v1::agent_server::{self, Agent, AgentServer};
 use navette_proto::v1::{
-    AdmitPostgresSubscriberResponse, DrainMariadbReplicationRequest,
+    AdmitPostgresSubscriberResponse, CatchUpFilesRequest, CatchUpFilesResponse, CatchUpMode,
+    ChangeJournalRequest, ChangeJournalStatus, DrainMariadbReplicationRequest,
     DrainMariadbReplicationResponse, DrainPostgresReplicationRequest,
     DrainPostgresReplicationResponse, DropMariadbReplicationUserResponse, EnsureAddressRequest,
     EnsureAddressResponse, GetInventoryRequest, GrantTransferResponse, HostInventory,
@@ -27,10 +28,10 @@ use navette_proto::v1::{
     MariadbReplicationUserRequest, MariadbSourcePosition, MariadbSourcePositionRequest,
     PostgresReplicationLag, PostgresReplicationRequest, PostgresSequences,
     PreparePostgresReplicationResponse, RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest,
-    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse,
+    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse, StartChangeJournalRequest,
     StartMariadbReplicationRequest, StartSitesRequest, StartSitesResponse,
-    StopMariadbReplicationRequest, StopMariadbReplicationResponse, StopSitesRequest,
-    StopSitesResponse, SubscribePostgresRequest, SubscribePostgresResponse,
+    StopChangeJournalResponse, StopMariadbReplicationRequest, StopMariadbReplicationResponse,
+    StopSitesRequest, StopSitesResponse, SubscribePostgresRequest, SubscribePostgresResponse,
     TeardownPostgresReplicationRequest, TeardownPostgresReplicationResponse, TransferProgress,
     TransferSpec, WatchTransferRequest, WritePostgresSequencesRequest,
     WritePostgresSequencesResponse,
@@ -52,7 +53,9 @@ use crate::replication::mariadb::{self as mariadb_replication, ReplicationError}
 use crate::sites::definitions::Site;
 use crate::sites::fpm::Endpoints;
 use crate::sites::{SiteHost, SitesError, StartRequest};
-use crate::transfer::files::FileSourceService;
+use crate::transfer::files::catchup::{CatchUp, CatchUpReport, Mode};
+use crate::transfer::files::journals::JournalStatus;
+use crate::transfer::files::{FileChangesService, FileSourceService};
 use crate::transfer::grants::GrantError;
 use crate::transfer::mariadb::MariadbSourceService;
 use crate::transfer::postgres::PostgresSourceService;
@@ -109,8 +112,9 @@ pub fn policy(path: &str, role: &Role) -> Result<(), String> {
 }
 
 /// The services a target agent pulls a transfer's data from.
-pub const PEER_SERVICES: [&str; 3] = [
+pub const PEER_SERVICES: [&str; 4] = [
     "navette.v1.FileSource",
+    "navette.v1.FileChanges",
     "navette.v1.PostgresSource",
     "navette.v1.MariadbSource",
 ];
@@ -809,6 +813,7 @@ impl Agent for AgentService {
             logins_kept: wiped.logins_kept,
         }))
     }
+
     async fn ensure_address(
         &self,
         request: Request<EnsureAddressRequest>,
@@ -857,6 +862,72 @@ impl Agent for AgentService {
             announcements_sent: ensured.announcements_sent,
         }))
     }
+
+    async fn start_change_journal(
+        &self,
+        request: Request<StartChangeJournalRequest>,
+    ) -> Result<Response<ChangeJournalStatus>, Status> {
+        let ask = request.into_inner();
+        TransferId::parse("migration_id", &ask.migration_id).map_err(field_status)?;
+        ids::AccountName::parse("account", &ask.account).map_err(field_status)?;
+        let status = self
+            .transfers
+            .start_journal(&ask.migration_id, &ask.account)
+            .await
+            .map_err(transfer_status)?;
+        Ok(Response::new(journal_status(status)))
+    }
+
+    async fn get_change_journal(
+        &self,
+        request: Request<ChangeJournalRequest>,
+    ) -> Result<Response<ChangeJournalStatus>, Status> {
+        let migration_id = request.into_inner().migration_id;
+        TransferId::parse("migration_id", &migration_id).map_err(field_status)?;
+        let status = match self.transfers.journal_status(&migration_id) {
+            Some(status) => journal_status(status),
+            None => ChangeJournalStatus {
+                migration_id,
+                journal_missing: true,
+                ..ChangeJournalStatus::default()
+            },
+        };
+        Ok(Response::new(status))
+    }
+
+    async fn stop_change_journal(
+        &self,
+        request: Request<ChangeJournalRequest>,
+    ) -> Result<Response<StopChangeJournalResponse>, Status> {
+        let migration_id = request.into_inner().migration_id;
+        TransferId::parse("migration_id", &migration_id).map_err(field_status)?;
+        let stopped = self.transfers.stop_journal(&migration_id);
+        Ok(Response::new(StopChangeJournalResponse { stopped }))
+    }
+
+    async fn catch_up_files(
+        &self,
+        request: Request<CatchUpFilesRequest>,
+    ) -> Result<Response<CatchUpFilesResponse>, Status> {
+        let ask = request.into_inner();
+        let spec = ask
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        ids::check_spec("spec.", &spec).map_err(field_status)?;
+        TransferId::parse("journal_id", &ask.journal_id).map_err(field_status)?;
+        let pass = CatchUp {
+            journal_id: ask.journal_id,
+            journal_epoch: ask.journal_epoch,
+            applied_sequence: ask.applied_sequence,
+            allow_full_comparison: ask.allow_full_comparison,
+        };
+        let report = self
+            .transfers
+            .catch_up_files(spec, pass)
+            .await
+            .map_err(transfer_status)?;
+        Ok(Response::new(catch_up_response(report)))
+    }
 }
 
 /// The one place address errors become statuses.
@@ -870,6 +941,42 @@ fn address_status(error: AddressError) -> Status {
             Status::failed_precondition(message)
         }
         AddressError::Netlink { .. } | AddressError::Announce(_) => Status::internal(message),
+    }
+}
+
+fn journal_status(status: JournalStatus) -> ChangeJournalStatus {
+    ChangeJournalStatus {
+        migration_id: status.migration_id,
+        account: status.account,
+        epoch: status.epoch,
+        journal_missing: false,
+        watched_directories: status.watched_directories,
+        pending_paths: status.pending_paths,
+        untrusted: status.untrusted.unwrap_or_default(),
+    }
+}
+
+fn catch_up_response(report: CatchUpReport) -> CatchUpFilesResponse {
+    let mode = match report.mode {
+        Mode::Journal => CatchUpMode::Journal,
+        Mode::FullComparison => CatchUpMode::FullComparison,
+        Mode::FullComparisonNeeded => CatchUpMode::FullComparisonNeeded,
+    };
+    CatchUpFilesResponse {
+        mode: mode.into(),
+        untrusted: report.untrusted.unwrap_or_default(),
+        journal_missing: report.journal_missing,
+        journal_epoch: report.journal_epoch,
+        applied_sequence: report.applied_sequence,
+        entries_compared: report.entries_compared,
+        files_sent: report.files.files_sent,
+        bytes_sent: report.files.bytes_sent,
+        deleted: report.files.deleted,
+        metadata_updated: report.files.metadata_updated,
+        links_made: report.files.links_made,
+        set_id_removed: report.files.set_id_removed,
+        set_id_examples: report.files.set_id_examples,
+        elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
@@ -909,6 +1016,7 @@ pub async fn serve(
     let config = service.transfers.config();
     let mariadb_source = MariadbSourceService::new(grants.clone(), config.mariadb.clone());
     let file_source = FileSourceService::new(grants.clone());
+    let file_changes = FileChangesService::new(grants.clone(), service.transfers.journals());
     let postgres_source = PostgresSourceService::new(grants.clone(), config.postgresql.clone());
     tonic::transport::Server::builder()
         .layer(RoleGateLayer::new(policy))
@@ -919,6 +1027,7 @@ pub async fn serve(
         .add_service(AgentServer::new(service))
         .add_service(mariadb_source.into_server())
         .add_service(file_source.into_server())
+        .add_service(file_changes.into_server())
         .add_service(postgres_source.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -962,13 +1071,21 @@ mod tests {
         );
         assert!(policy("/navette.v1.Agent/GetInventory", &Role::Operator).is_err());
         // The replication rpcs: the controller only, like every Agent rpc.
-        for rpc in ["StartMariadbReplication", "EnsureMariadbReplicationUser"] {
+        for rpc in [
+            "StartMariadbReplication",
+            "EnsureMariadbReplicationUser",
+            "StartChangeJournal",
+            "CatchUpFiles",
+        ] {
             let path = format!("/navette.v1.Agent/{rpc}");
             assert!(policy(&path, &Role::Controller).is_ok());
             assert!(policy(&path, &peer).is_err());
             assert!(policy(&path, &Role::Panel).is_err());
         }
         assert!(policy("/navette.v1.Agent/GetInventory", &Role::Panel).is_err());
+        // A journal's changes are read by the target agent, per grant.
+        assert!(policy("/navette.v1.FileChanges/ListChanges", &peer).is_ok());
+        assert!(policy("/navette.v1.FileChanges/ListChanges", &Role::Panel).is_err());
     }
 
     #[test]

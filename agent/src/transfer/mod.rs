@@ -6,14 +6,17 @@
 //! the source's peer services. Each kind of data has its own module with
 //! both sides: the source's peer service and the target's pull:
 //!
-//! - `files`: the home tree, with full fidelity, resumable, delta on refresh;
+//! - `files`: the home tree, with full fidelity, resumable, delta on
+//!   refresh, and caught up from the source's change journal (*Migrate*);
 //! - `postgres`: PostgreSQL databases and roles, across major versions;
 //! - `mariadb`: MariaDB/MySQL databases and users.
 //!
 //! [`progress`] is what every pull reports to, and what `WatchTransfer`
 //! streams. [`copies`] records, on a target, what each copy created, and
-//! [`removal`] finds and drops it; [`outage`] is how long a pull waits for
-//! a source it cannot reach, and how it says so. [`protocol`] holds the
+//! [`removal`] finds and drops it; [`target`] runs transfers, and (in
+//! `target/catch_up.rs`) the change journals and catch-up passes of a
+//! migration; [`outage`] is how long a pull waits for a source it cannot
+//! reach, and how it says so. [`protocol`] holds the
 //! transfer protocol versions this agent speaks and what each fixes (the
 //! row digest), checked on both sides of every transfer.
 //!

@@ -32,6 +32,8 @@ use crate::config::Config;
 use crate::gateway::ControllerLink;
 use crate::ids::is_transfer_id;
 
+mod catch_up;
+
 /// Why a transfer call was refused or failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -99,6 +101,11 @@ pub struct Transfers {
     link: Arc<ControllerLink>,
     running: Mutex<HashMap<String, Arc<Progress>>>,
     copies: Copies,
+    /// As a source: the change journals of homes being migrated.
+    journals: Arc<super::files::journals::Journals>,
+    /// As a target: the copies a catch-up pass runs into now (one at a
+    /// time per copy).
+    catching_up: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Transfers {
@@ -127,7 +134,14 @@ impl Transfers {
             grants,
             link,
             running: Mutex::new(HashMap::new()),
+            journals: Arc::default(),
+            catching_up: Mutex::default(),
         }
+    }
+
+    /// The change journals this host runs as a source.
+    pub fn journals(&self) -> Arc<super::files::journals::Journals> {
+        self.journals.clone()
     }
 
     pub fn grants(&self) -> Arc<Grants> {
@@ -652,8 +666,8 @@ impl Transfers {
         }
     }
 
-    /// The whole pull: files, then PostgreSQL, then MariaDB databases.
-    async fn pull(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
+    /// A channel to the spec's source agent.
+    fn channel_to_source(&self, spec: &TransferSpec) -> Result<tonic::transport::Channel, String> {
         let endpoint: SocketAddr = spec.source_endpoint.parse().map_err(|_| {
             format!(
                 "source endpoint {:?} is not address:port",
@@ -663,12 +677,17 @@ impl Transfers {
         // Each connection presents the agent's current certificate: one
         // renewed since the copy began is refused on new connections.
         let link = self.link.clone();
-        let channel = navette_proto::tls::channel_with(
+        navette_proto::tls::channel_with(
             endpoint,
             &agent_server_name(&spec.source_host_id),
             move || link.client_config(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+    }
+
+    /// The whole pull: files, then PostgreSQL, then MariaDB databases.
+    async fn pull(&self, spec: &TransferSpec, progress: &Progress) -> Result<(), String> {
+        let channel = self.channel_to_source(spec)?;
         if !spec.source_home.is_empty() {
             progress.set_phase("files");
             self.pull_files(channel.clone(), spec, progress).await?;

@@ -108,10 +108,10 @@ impl Pki {
     }
 }
 
-/// Agents may call `FileSource`; nothing else is served.
+/// Agents may call `FileSource` and `FileChanges`; nothing else is served.
 fn policy(path: &str, role: &Role) -> Result<(), String> {
     match (gate::service_of(path), role) {
-        ("navette.v1.FileSource", Role::Agent { .. }) => Ok(()),
+        ("navette.v1.FileSource" | "navette.v1.FileChanges", Role::Agent { .. }) => Ok(()),
         (service, role) => Err(format!("{service} is not served to {role}")),
     }
 }

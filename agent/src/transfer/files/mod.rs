@@ -19,7 +19,10 @@
 //!   from `navette.v1.TreeEntry`.
 //!
 //! Source: [`source`] (the `FileSource` gRPC service, authorised by the
-//! transfer's grant) and [`read`] (reading blocks and whole files).
+//! transfer's grant, and `FileChanges`, a journal's changes as entries)
+//! and [`read`] (reading blocks and whole files); [`journals`], the
+//! change journals of homes being migrated, by migration, with their
+//! epochs and the paths sent but not yet confirmed.
 //!
 //! Target: [`pull`] (the entry point, its attempts and retries),
 //! [`shared`] (what an attempt's parts share, and the counters),
@@ -27,7 +30,10 @@
 //! safely), [`plan`] (comparison and structural changes), [`receive`]
 //! (content streams) and [`part`] (one large file: delta, verification,
 //! rename into place), [`apply`] (every change made to the target tree)
-//! and [`journal`] (what a resumed pull picks up).
+//! and [`journal`] (what a resumed pull picks up); [`catchup`], a pass
+//! that compares only the paths a source's journal names, with the same
+//! checks as a manifest's, or the whole tree when the journal cannot be
+//! trusted.
 //!
 //! # Invariants
 //!
@@ -53,9 +59,11 @@
 
 pub mod apply;
 pub mod beneath;
+pub mod catchup;
 pub mod digest;
 pub mod ids;
 pub mod journal;
+pub mod journals;
 pub mod manifest;
 pub mod part;
 pub mod path;
@@ -74,8 +82,9 @@ pub mod xattr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use catchup::{CatchUp, CatchUpReport, catch_up};
 pub use pull::{FilesReport, PullConfig, SOURCE_FILES, file_source_client, pull, pull_with};
-pub use source::FileSourceService;
+pub use source::{FileChangesService, FileSourceService};
 
 /// Largest gRPC message either side accepts: a block of the largest size,
 /// or the list of known blocks of a very large file, with room to spare.

@@ -167,58 +167,16 @@ pub async fn pull_with(
         transfer_id: transfer_id.to_owned(),
         problem,
     };
-    if !is_transfer_id(transfer_id) {
-        return Err(failed(Problem::BadId));
-    }
     progress.set_phase("files");
-    let local = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Problem::Local { path, source }
-    };
-    let journal = Journal::open(state_dir, transfer_id)
-        .map_err(|e| failed(local(&state_dir.join("transfers").join(transfer_id))(e)))?;
-    let account = match config.account_user.name(target_root) {
-        None => None,
-        Some(name) => {
-            let found = {
-                let name = name.clone();
-                blocking(move || AccountIds::lookup(&name))
-                    .await
-                    .map_err(failed)?
-                    .map_err(|reason| failed(Problem::Internal(reason)))?
-            };
-            if found.is_none() {
-                tracing::warn!(
-                    message = "the account's user does not exist on this host; no entry keeps set-user-id or set-group-id bits",
-                    transfer_id,
-                    account_user = name,
-                );
-            }
-            found
-        }
-    };
-    let root = {
-        let target_root = target_root.to_path_buf();
-        blocking(move || {
-            std::fs::create_dir_all(&target_root).map_err(local(&target_root))?;
-            Root::open(&target_root).map_err(|errno| local(&target_root)(errno.into()))
-        })
-        .await
-        .map_err(failed)?
-        .map_err(failed)?
-    };
-    let shared = Shared {
-        transfer_id: transfer_id.to_owned(),
-        root: Arc::new(root),
-        cache: target_cache(target_root),
-        journal: Arc::new(journal),
-        client: file_source_client(channel),
+    let shared = open(
         config,
-        account,
+        channel,
+        transfer_id,
+        target_root,
+        state_dir,
         progress,
-        tally: Tally::default(),
-        stop: AtomicBool::new(false),
-    };
+    )
+    .await?;
     tracing::info!(message = "pulling files", transfer_id, target = %target_root.display());
     let started = Instant::now();
     let mut report = FilesReport::default();
@@ -293,6 +251,73 @@ pub async fn pull_with(
     Ok(report)
 }
 
+/// What every part of a pull or catch-up pass into `target_root` shares:
+/// the resume journal, the account's ids, the opened target root.
+pub(super) async fn open<'p>(
+    config: PullConfig,
+    channel: Channel,
+    transfer_id: &str,
+    target_root: &Path,
+    state_dir: &Path,
+    progress: &'p Progress,
+) -> Result<Shared<'p>, FilesError> {
+    let failed = |problem: Problem| FilesError {
+        transfer_id: transfer_id.to_owned(),
+        problem,
+    };
+    if !is_transfer_id(transfer_id) {
+        return Err(failed(Problem::BadId));
+    }
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Problem::Local { path, source }
+    };
+    let journal = Journal::open(state_dir, transfer_id)
+        .map_err(|e| failed(local(&state_dir.join("transfers").join(transfer_id))(e)))?;
+    let account = match config.account_user.name(target_root) {
+        None => None,
+        Some(name) => {
+            let found = {
+                let name = name.clone();
+                blocking(move || AccountIds::lookup(&name))
+                    .await
+                    .map_err(failed)?
+                    .map_err(|reason| failed(Problem::Internal(reason)))?
+            };
+            if found.is_none() {
+                tracing::warn!(
+                    message = "the account's user does not exist on this host; no entry keeps set-user-id or set-group-id bits",
+                    transfer_id,
+                    account_user = name,
+                );
+            }
+            found
+        }
+    };
+    let root = {
+        let target_root = target_root.to_path_buf();
+        blocking(move || {
+            std::fs::create_dir_all(&target_root).map_err(local(&target_root))?;
+            Root::open(&target_root).map_err(|errno| local(&target_root)(errno.into()))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?
+    };
+    Ok(Shared {
+        transfer_id: transfer_id.to_owned(),
+        root: Arc::new(root),
+        cache: target_cache(target_root),
+        journal: Arc::new(journal),
+        client: file_source_client(channel),
+        config,
+        account,
+        progress,
+        tally: Tally::default(),
+        stop: AtomicBool::new(false),
+    })
+}
+
 /// A unit of content work for one stream.
 enum Job {
     Large(Entry, bool),
@@ -354,6 +379,18 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         };
         blocking(move || plan::prepare(&root, &entries, local, sizes)).await??
     };
+    apply_plan(shared, report, plan, started).await
+}
+
+/// Carries out a [`Plan`] (its structural part is done): content on
+/// several streams, then links, metadata, deletions, directories, and the
+/// final sync. Shared by full pulls and catch-up passes.
+pub(super) async fn apply_plan(
+    shared: &Shared<'_>,
+    report: &mut FilesReport,
+    plan: Plan,
+    started: Instant,
+) -> Result<(), Problem> {
     let structure_changed = plan.replaced + plan.created > 0;
     let content_before = shared.tally.content_changes();
     shared.unchanged(&plan.unchanged);

@@ -520,6 +520,74 @@ fn read_names(fd: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
     Ok(names)
 }
 
+/// Reads single paths below a root, as a walk would list them, without
+/// walking: a catch-up pass reads only the paths a change journal names.
+/// Paths must be looked up parents first (bytewise order): a regular file
+/// with several names is listed whole at the first of them looked up, and
+/// as a [`Kind::Hardlink`] to it at the others, as in a walk.
+pub struct Lookup<'c> {
+    walker: Walker<'c>,
+    /// Names found so far of each inode with several, and its link count.
+    names: HashMap<(u64, u64), (nix::libc::nlink_t, nix::libc::nlink_t)>,
+}
+
+impl<'c> Lookup<'c> {
+    /// A lookup reading attributes from `cache` (never refreshing it).
+    pub fn new(cache: Option<&'c XattrCache>) -> Lookup<'c> {
+        Lookup {
+            walker: Walker {
+                inodes: HashMap::new(),
+                cache,
+                seen: HashMap::new(),
+                trust_before: now_seconds() - 1,
+            },
+            names: HashMap::new(),
+        }
+    }
+
+    /// The entry at `path`, `None` if nothing is there (or only through a
+    /// symbolic link, which is not below the root), or a device.
+    pub fn entry(&mut self, root: &Root, path: &RelPath) -> Result<Option<Entry>, ScanError> {
+        let Some((parent, name)) = path.split_last() else {
+            let stat = fstat(root.fd()).map_err(fail(path, "stat"))?;
+            let fd = root
+                .fd()
+                .try_clone_to_owned()
+                .map_err(|e| io_fail(path, "dup", e))?;
+            return dir_entry(RelPath::root(), &fd, &stat).map(Some);
+        };
+        let dir = match root.dir(&parent) {
+            Ok(dir) => dir,
+            Err(errno) if vanished(errno) => return Ok(None),
+            Err(errno) => return Err(fail(path, "open parent directory")(errno)),
+        };
+        let found = self.walker.entry(dir.as_fd(), name, path.clone())?;
+        let Some((entry, _)) = found else {
+            return Ok(None);
+        };
+        if entry.kind != Kind::Dir
+            && let Ok(stat) = fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            && stat.st_nlink > 1
+            && !matches!(entry.kind, Kind::Symlink(_))
+        {
+            let counted = self.names.entry(entry.inode).or_insert((0, stat.st_nlink));
+            counted.0 += 1;
+        }
+        Ok(Some(entry))
+    }
+
+    /// A file with several names of which fewer were looked up than it
+    /// has: a copy of the names looked up alone would not keep it linked
+    /// to the others.
+    pub fn names_missing(&self) -> Option<(u64, u64)> {
+        // (device, inode) of such a file.
+        self.names
+            .iter()
+            .find(|(_, (found, links))| found < links)
+            .map(|(inode, _)| *inode)
+    }
+}
+
 /// Reads the whole tree below `root` into a map, for the target's
 /// comparison.
 pub fn scan_map(

@@ -1,5 +1,7 @@
 //! The source's side: `navette.v1.FileSource`, served to the target agent
-//! named by the transfer's grant, over the granted home only.
+//! named by the transfer's grant, over the granted home only; and
+//! `navette.v1.FileChanges`, the changes a [journal](super::journals) of
+//! that home recorded, read as entries of it for a catch-up pass.
 //!
 //! Every call starts with [`Grants::authorise`]; walking and reading run
 //! on blocking threads and stream through bounded channels, so a slow
@@ -7,13 +9,16 @@
 //! is the only one of the file transfer that maps errors to
 //! `tonic::Status`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use navette_proto::v1::file_changes_server::{FileChanges, FileChangesServer};
 use navette_proto::v1::file_source_server::{FileSource, FileSourceServer};
 use navette_proto::v1::{
-    FileChunk, ListTreeRequest, ReadFileRequest, ReadFilesRequest, TreeEntries, WholeFiles,
+    ChangedEntries, FileChunk, ListChangesRequest, ListTreeRequest, ReadFileRequest,
+    ReadFilesRequest, TreeEntries, TreeEntry, WholeFiles,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +27,7 @@ use tonic::{Request, Response, Status};
 use super::MAX_MESSAGE_SIZE;
 use super::beneath::Root;
 use super::ids::IdNames;
+use super::journals::Journals;
 use super::path::RelPath;
 use super::read;
 use super::scan::{self, XattrCache};
@@ -251,5 +257,178 @@ impl FileSource for FileSourceService {
             let _ = sender.blocking_send(last);
         });
         Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// Most paths one catch-up lists; beyond, comparing the whole tree costs
+/// about as much, and the answer says so.
+pub const MAX_CHANGED_PATHS: usize = 100_000;
+
+/// The `navette.v1.FileChanges` handlers: a journal's changes, as entries
+/// of the granted home.
+#[derive(Clone, Debug)]
+pub struct FileChangesService {
+    grants: Arc<Grants>,
+    journals: Arc<Journals>,
+}
+
+impl FileChangesService {
+    pub fn new(grants: Arc<Grants>, journals: Arc<Journals>) -> FileChangesService {
+        FileChangesService { grants, journals }
+    }
+
+    pub fn into_server(self) -> FileChangesServer<FileChangesService> {
+        FileChangesServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+}
+
+/// The changed paths with the directories they are in, up to the home
+/// (a change moves its directory's time; and the target accepts an entry
+/// only below a directory listed before it), parents first.
+fn with_parents(paths: &[PathBuf]) -> BTreeSet<RelPath> {
+    let mut all = BTreeSet::new();
+    for path in paths {
+        // The journal's paths are relative names read from directories:
+        // they parse, unless the kernel handed a name no path may hold.
+        let Ok(path) = RelPath::parse(path.as_os_str().as_bytes()) else {
+            continue;
+        };
+        let mut parent = path.split_last().map(|(parent, _)| parent);
+        all.insert(path);
+        while let Some(dir) = parent {
+            parent = dir.split_last().map(|(parent, _)| parent);
+            if !all.insert(dir) {
+                break;
+            }
+        }
+    }
+    all
+}
+
+/// The changed paths, read.
+struct Changed {
+    entries: Vec<TreeEntry>,
+    gone: Vec<Vec<u8>>,
+    /// Why a pass cannot rest on these entries alone, if it cannot.
+    untrusted: Option<String>,
+}
+
+/// Reads the changed paths below `root` as entries; paths gone apart. A
+/// file with several names of which some did not change cannot be kept
+/// linked by a pass: that is said as a reason to compare the whole tree.
+fn changed_entries(
+    root: &Root,
+    paths: &BTreeSet<RelPath>,
+    cache: &XattrCache,
+) -> Result<Changed, scan::ScanError> {
+    let mut lookup = scan::Lookup::new(Some(cache));
+    let mut names = IdNames::default();
+    let (mut entries, mut gone) = (Vec::new(), Vec::new());
+    for path in paths {
+        match lookup.entry(root, path)? {
+            Some(entry) => entries.push(to_wire(entry, &mut names)),
+            None => gone.push(path.as_bytes().to_vec()),
+        }
+    }
+    let untrusted = lookup.names_missing().map(|_| {
+        "a file with several names (hard links) changed, and not all of its names did: \
+         comparing the whole tree keeps them linked"
+            .to_owned()
+    });
+    Ok(Changed {
+        entries,
+        gone,
+        untrusted,
+    })
+}
+
+#[tonic::async_trait]
+impl FileChanges for FileChangesService {
+    async fn list_changes(
+        &self,
+        request: Request<ListChangesRequest>,
+    ) -> Result<Response<ChangedEntries>, Status> {
+        let transfer_id = request.get_ref().transfer_id.clone();
+        let grant = self.grants.authorise(&request, &transfer_id)?;
+        let ListChangesRequest {
+            journal_id,
+            journal_epoch,
+            applied_sequence,
+            ..
+        } = request.into_inner();
+        crate::ids::TransferId::parse("journal_id", &journal_id)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let home = home_of(&grant)?;
+        let journals = self.journals.clone();
+        let taken = {
+            let (journal_id, transfer_id, home) =
+                (journal_id.clone(), transfer_id.clone(), home.clone());
+            tokio::task::spawn_blocking(move || {
+                journals.take(
+                    &journal_id,
+                    &transfer_id,
+                    &home,
+                    journal_epoch,
+                    applied_sequence,
+                )
+            })
+            .await
+            .map_err(|error| Status::internal(format!("taking the changes: {error}")))?
+            .map_err(|error| Status::failed_precondition(error.to_string()))?
+        };
+        let mut answer = ChangedEntries {
+            journal_epoch: taken.epoch,
+            sequence: taken.sequence,
+            journal_missing: taken.missing,
+            untrusted: taken.untrusted.clone().unwrap_or_default(),
+            ..ChangedEntries::default()
+        };
+        if taken.missing || taken.untrusted.is_some() {
+            tracing::info!(message = "catch-up: the journal is not to be trusted", transfer_id, journal_id, missing = taken.missing, untrusted = ?taken.untrusted);
+            return Ok(Response::new(answer));
+        }
+        let paths = with_parents(&taken.paths);
+        if paths.len() > MAX_CHANGED_PATHS {
+            answer.untrusted = format!(
+                "{} paths changed, more than a catch-up lists ({MAX_CHANGED_PATHS}): comparing the whole tree costs about as much",
+                paths.len()
+            );
+            return Ok(Response::new(answer));
+        }
+        let root = open_home(&grant).await?;
+        // A pass reads few entries: no attributes cache is worth keeping.
+        let cache = XattrCache::default();
+        let started = std::time::Instant::now();
+        let read = tokio::task::spawn_blocking(move || changed_entries(&root, &paths, &cache))
+            .await
+            .map_err(|error| Status::internal(format!("reading the changes: {error}")))?;
+        let Changed {
+            entries,
+            gone,
+            untrusted,
+        } = read.map_err(|error| {
+            tracing::warn!(message = "reading the changed paths failed", transfer_id, %error);
+            Status::internal(format!(
+                "transfer {transfer_id}: reading the changed paths failed: {error}"
+            ))
+        })?;
+        tracing::info!(
+            message = "listed the home's changes",
+            transfer_id,
+            journal_id,
+            sequence = taken.sequence,
+            entries = entries.len(),
+            gone = gone.len(),
+            seconds = started.elapsed().as_secs_f64()
+        );
+        if let Some(why) = untrusted {
+            answer.untrusted = why;
+            return Ok(Response::new(answer));
+        }
+        answer.entries = entries;
+        answer.gone = gone;
+        Ok(Response::new(answer))
     }
 }

@@ -1,0 +1,423 @@
+//! The target's catch-up pass: brings a copy that matched the source's
+//! home at some point up to date by comparing only the paths the source's
+//! change journal names (`navette.v1.FileChanges`), never walking either
+//! tree. When the journal cannot be trusted, the pass compares the whole
+//! tree instead (the full [`pull`](super::pull)), and says so; when that is
+//! not allowed (inside the freeze), it changes nothing and says a full
+//! comparison is needed, for the caller to make before freezing again.
+//!
+//! The source's answer is untrusted input like a manifest, and goes
+//! through the same checks before anything is written: every entry is
+//! read by [`from_wire`] (owners and ACL ids by name, refused when
+//! unknown here), its set-id bits go through [`SetIdRule`], and the
+//! entries must form a tree: each one's parent a directory listed before
+//! it in the same answer (the source lists the directories every changed
+//! path is in, up to the home), hard links to an earlier file of the answer, no path twice. A
+//! path under a symbolic link therefore never reaches the target, and
+//! every write goes through the same [`Root`](super::beneath::Root) as a
+//! full pull's. Paths gone on the source are removed from the copy, only
+//! inside it (never through a link).
+//!
+//! Then it is a pull restricted to those paths: the target's entries at
+//! the same paths are read ([`Lookup`]), compared and brought in line by
+//! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan). A
+//! durable copy's pass syncs those entries one by one (files and
+//! directories, on a few threads) instead of the whole filesystem, whose
+//! other writers a pass inside the freeze must not wait for.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use navette_proto::v1::ListChangesRequest;
+use navette_proto::v1::file_changes_client::FileChangesClient;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use tonic::transport::Channel;
+
+use super::apply::ApplyError;
+use super::beneath::Root;
+use super::path::RelPath;
+use super::plan::{self, Sizes};
+use super::pull::{FilesReport, PullConfig, apply_plan, open, pull_with};
+use super::receive::blocking;
+use super::scan::{Entry, Kind, Lookup};
+use super::setid::SetIdRule;
+use super::wire::from_wire;
+use super::{FilesError, MAX_MESSAGE_SIZE, Problem, ids::IdMap};
+use crate::transfer::progress::Progress;
+
+/// Which journal a pass reads, and what the copy is known to match.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    pub journal_id: String,
+    /// The epoch of the previous pass's report (or the journal's start).
+    pub journal_epoch: u64,
+    /// The sequence of the previous pass's report (0 for the first).
+    pub applied_sequence: u64,
+    /// Compare the whole tree when the journal cannot be trusted.
+    pub allow_full_comparison: bool,
+}
+
+/// How a pass went about it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Only the journal's paths were compared.
+    Journal,
+    /// The journal could not be trusted: the whole tree was compared.
+    FullComparison,
+    /// The journal could not be trusted, and nothing was changed.
+    FullComparisonNeeded,
+}
+
+/// What a pass did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUpReport {
+    pub mode: Mode,
+    /// Why the journal was not trusted.
+    pub untrusted: Option<String>,
+    /// No journal runs on the source under that id.
+    pub journal_missing: bool,
+    /// What the next pass names.
+    pub journal_epoch: u64,
+    pub applied_sequence: u64,
+    /// Entries compared with the copy (changed paths, the directories they
+    /// are in, and paths gone; or the whole manifest for a full comparison).
+    pub entries_compared: u64,
+    /// What was sent, written and removed (as a pull reports it).
+    pub files: FilesReport,
+    pub elapsed: Duration,
+}
+
+/// The file-changes client for a channel, with message limits that fit a
+/// large answer.
+pub fn file_changes_client(channel: Channel) -> FileChangesClient<Channel> {
+    FileChangesClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE)
+}
+
+/// The answer's entries and paths gone, checked: owners mapped, set-id
+/// bits the rule does not keep removed, and every entry's parent a
+/// directory listed before it. The error names the path and why.
+fn checked(
+    wire: Vec<navette_proto::v1::TreeEntry>,
+    gone: Vec<Vec<u8>>,
+    rule: &mut SetIdRule,
+) -> Result<(Vec<Entry>, Vec<RelPath>), Problem> {
+    let refused = |path: &[u8], reason: String| Problem::Unsafe {
+        path: String::from_utf8_lossy(path).into_owned(),
+        reason,
+    };
+    let mut ids = IdMap::default();
+    let mut gone_paths = Vec::with_capacity(gone.len());
+    let mut gone_set = HashSet::with_capacity(gone.len());
+    for raw in gone {
+        let path = RelPath::parse(&raw).map_err(|reason| refused(&raw, reason.to_owned()))?;
+        if path.is_root() {
+            return Err(refused(
+                &raw,
+                "the home itself is listed as gone".to_owned(),
+            ));
+        }
+        if !gone_set.insert(path.clone()) {
+            return Err(refused(&raw, "listed twice as gone".to_owned()));
+        }
+        gone_paths.push(path);
+    }
+    let mut listed: HashMap<RelPath, Kind> = HashMap::with_capacity(wire.len());
+    let mut entries = Vec::with_capacity(wire.len());
+    let mut last: Option<RelPath> = None;
+    for line in wire {
+        let raw = line.path.clone();
+        let mut entry = from_wire(line, &mut ids).map_err(|reason| refused(&raw, reason))?;
+        if last.as_ref().is_some_and(|last| *last >= entry.path) {
+            return Err(refused(&raw, "listed twice, or out of order".to_owned()));
+        }
+        if gone_set.contains(&entry.path) {
+            return Err(refused(
+                &raw,
+                "listed both as changed and as gone".to_owned(),
+            ));
+        }
+        if let Some((parent, _)) = entry.path.split_last()
+            && listed.get(&parent) != Some(&Kind::Dir)
+        {
+            return Err(refused(
+                &raw,
+                "its parent is not a directory listed before it in the changes".to_owned(),
+            ));
+        }
+        if let Kind::Hardlink(first) = &entry.kind
+            && !matches!(
+                listed.get(first),
+                Some(Kind::File | Kind::Fifo | Kind::Socket)
+            )
+        {
+            return Err(refused(
+                &raw,
+                format!("a hard link to {first}, which is not a file listed before it"),
+            ));
+        }
+        rule.apply(&mut entry);
+        listed.insert(entry.path.clone(), entry.kind.clone());
+        last = Some(entry.path.clone());
+        entries.push(entry);
+    }
+    Ok((entries, gone_paths))
+}
+
+/// One catch-up pass of the home granted for `transfer_id` into
+/// `target_root`, which must hold a complete copy of it (a full pull that
+/// succeeded, and every pass since). See the module's documentation.
+pub async fn catch_up(
+    config: PullConfig,
+    channel: Channel,
+    transfer_id: &str,
+    request: &CatchUp,
+    target_root: &Path,
+    state_dir: &Path,
+    progress: &Progress,
+) -> Result<CatchUpReport, FilesError> {
+    let started = Instant::now();
+    let failed = |problem: Problem| FilesError {
+        transfer_id: transfer_id.to_owned(),
+        problem,
+    };
+    if !crate::ids::is_transfer_id(&request.journal_id) {
+        return Err(failed(Problem::BadId));
+    }
+    if !target_root.is_dir() {
+        return Err(failed(Problem::Internal(format!(
+            "{} holds no copy: a catch-up pass follows a full copy",
+            target_root.display()
+        ))));
+    }
+    let mut client = file_changes_client(channel.clone());
+    let stall = config.stall_timeout;
+    let answer = tokio::time::timeout(
+        stall,
+        client.list_changes(ListChangesRequest {
+            transfer_id: transfer_id.to_owned(),
+            journal_id: request.journal_id.clone(),
+            journal_epoch: request.journal_epoch,
+            applied_sequence: request.applied_sequence,
+        }),
+    )
+    .await
+    .map_err(|_| failed(Problem::Stalled(stall)))?
+    .map_err(|status| failed(Problem::Source(status)))?
+    .into_inner();
+    let listed = started.elapsed();
+    let report = |mode, files: FilesReport, compared| CatchUpReport {
+        mode,
+        untrusted: None,
+        journal_missing: false,
+        journal_epoch: answer.journal_epoch,
+        applied_sequence: answer.sequence,
+        entries_compared: compared,
+        files,
+        elapsed: started.elapsed(),
+    };
+    if answer.journal_missing || !answer.untrusted.is_empty() {
+        let why = if answer.journal_missing {
+            format!(
+                "no change journal {} runs on the source (never started, stopped, or lost when its agent restarted): start it again, then pass again",
+                request.journal_id
+            )
+        } else {
+            answer.untrusted.clone()
+        };
+        // Without a journal running, a full comparison now would not make
+        // the next pass trustworthy: the journal must start first.
+        if !request.allow_full_comparison || answer.journal_missing {
+            tracing::warn!(
+                message = "catch-up: a full comparison is needed",
+                transfer_id,
+                journal_id = request.journal_id,
+                why
+            );
+            return Ok(CatchUpReport {
+                untrusted: Some(why),
+                journal_missing: answer.journal_missing,
+                // Named again by the next pass, which then cannot trust the
+                // journal either, and compares the whole tree.
+                journal_epoch: request.journal_epoch,
+                applied_sequence: request.applied_sequence,
+                ..report(Mode::FullComparisonNeeded, FilesReport::default(), 0)
+            });
+        }
+        tracing::warn!(
+            message = "catch-up: the journal is not trusted; comparing the whole tree",
+            transfer_id,
+            journal_id = request.journal_id,
+            why
+        );
+        let files = pull_with(
+            config,
+            channel,
+            transfer_id,
+            target_root,
+            state_dir,
+            progress,
+        )
+        .await?;
+        let entries = files.entries;
+        return Ok(CatchUpReport {
+            untrusted: Some(why),
+            ..report(Mode::FullComparison, files, entries)
+        });
+    }
+
+    // Made durable below, entry by entry: `syncfs` would flush every
+    // other write waiting on the filesystem too (other accounts' on a
+    // shared host), which a pass of a few paths must not wait for.
+    let durable = config.durable;
+    // A pass moves few files: in small batches, so that they are written
+    // on several streams at once rather than one after the other.
+    let config = PullConfig {
+        durable: false,
+        batch_files: config.batch_files.min(PASS_BATCH_FILES),
+        ..config
+    };
+    let shared = open(
+        config,
+        channel,
+        transfer_id,
+        target_root,
+        state_dir,
+        progress,
+    )
+    .await?;
+    let mut rule = SetIdRule::new(shared.account.clone());
+    let (entries, gone) = checked(answer.entries, answer.gone, &mut rule).map_err(failed)?;
+    let mut files = FilesReport {
+        entries: entries.len() as u64,
+        set_id_removed: rule.removed,
+        set_id_examples: rule.examples,
+        ..FilesReport::default()
+    };
+    if files.set_id_removed > 0 {
+        tracing::warn!(
+            message = "set-user-id or set-group-id bits removed: the entries are not the account's own",
+            transfer_id,
+            entries = files.set_id_removed,
+            examples = ?files.set_id_examples,
+        );
+    }
+    let compared = (entries.len() + gone.len()) as u64;
+    let regular: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::File).collect();
+    files.files = regular.len() as u64;
+    files.bytes = regular.iter().map(|e| e.data_bytes()).sum();
+    shared.set_totals(files.bytes, files.files);
+    let entries = Arc::new(entries);
+    let plan = {
+        let root = shared.root.clone();
+        let cache = shared.cache.clone();
+        let entries = entries.clone();
+        let sizes = Sizes {
+            small_file_max: shared.config.small_file_max,
+        };
+        blocking(move || {
+            // The copy's entries at the same paths, and nothing else.
+            let mut lookup = Lookup::new(Some(&*cache));
+            let mut local = BTreeMap::new();
+            let mut paths: Vec<&RelPath> =
+                entries.iter().map(|e| &e.path).chain(gone.iter()).collect();
+            paths.sort();
+            for path in paths {
+                if let Some(entry) = lookup.entry(&root, path)? {
+                    local.insert(path.clone(), entry);
+                }
+            }
+            plan::prepare(&root, &entries, local, sizes).map_err(Problem::Apply)
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?
+    };
+    let planned = started.elapsed();
+    apply_plan(&shared, &mut files, plan, started)
+        .await
+        .map_err(failed)?;
+    let applied = started.elapsed();
+    if durable {
+        let root = shared.root.clone();
+        let entries = entries.clone();
+        blocking(move || sync_entries(&root, &entries))
+            .await
+            .map_err(failed)?
+            .map_err(|error| failed(Problem::Apply(error)))?;
+    }
+    let _ = shared.journal.complete();
+    shared.tally.fill(&mut files);
+    tracing::info!(
+        message = "caught up from the journal",
+        transfer_id,
+        journal_id = request.journal_id,
+        sequence = answer.sequence,
+        entries_compared = compared,
+        listed_ms = listed.as_millis() as u64,
+        compared_ms = planned.as_millis() as u64,
+        applied_ms = applied.as_millis() as u64,
+        files_sent = files.files_sent,
+        bytes_sent = files.bytes_sent,
+        deleted = files.deleted,
+        seconds = started.elapsed().as_secs_f64(),
+    );
+    Ok(report(Mode::Journal, files, compared))
+}
+
+/// Most small files in one batch of a pass.
+const PASS_BATCH_FILES: usize = 16;
+
+/// How many threads sync a pass's entries: concurrent `fsync`s share the
+/// filesystem's journal commits.
+const SYNC_THREADS: usize = 8;
+
+/// Makes the pass's entries durable: each regular file and each directory
+/// (a directory's sync carries the names made, renamed or removed in it;
+/// links, fifos and sockets are such names). Through the root, never
+/// following a link; an entry gone meanwhile is not an error.
+fn sync_entries(root: &Root, entries: &[Entry]) -> Result<(), ApplyError> {
+    let wanted: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File | Kind::Dir))
+        .collect();
+    let chunk = wanted.len().div_ceil(SYNC_THREADS).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|e| sync_one(root, e))))
+            .collect();
+        workers.into_iter().try_for_each(|worker| {
+            worker.join().unwrap_or_else(|_| {
+                Err(ApplyError {
+                    path: RelPath::root(),
+                    op: "sync",
+                    source: std::io::Error::other("a thread syncing the entries panicked"),
+                })
+            })
+        })
+    })
+}
+
+fn sync_one(root: &Root, entry: &Entry) -> Result<(), ApplyError> {
+    let path = &entry.path;
+    let synced = if entry.kind == Kind::Dir {
+        root.dir(path).and_then(|fd| nix::unistd::fsync(fd.as_fd()))
+    } else {
+        root.open_file(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+            .and_then(|fd| nix::unistd::fsync(fd.as_fd()))
+    };
+    match synced {
+        Ok(()) | Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(()),
+        Err(errno) => Err(ApplyError {
+            path: path.clone(),
+            op: "sync",
+            source: errno.into(),
+        }),
+    }
+}

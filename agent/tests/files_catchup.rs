@@ -1,0 +1,484 @@
+//! Files catch-up (*Migrate*, converge while live): after a full copy, the
+//! changes made in the home arrive with one pass that compares only the
+//! paths the source's change journal names; a journal that cannot be
+//! trusted (lost track, or lost with its agent) makes the pass compare the
+//! whole tree, or, when that is not allowed (inside the freeze), change
+//! nothing and say so; and the source's answer goes through the checks a
+//! manifest does (a path under a symbolic link, an unknown owner, set-id
+//! bits on an entry that is not the account's).
+//!
+//! The source is the real `FileSource` and `FileChanges` services over
+//! mutual TLS on 127.0.0.1, with a real inotify journal of the home; the
+//! hostile answers come from a made-up `FileChanges` (the real one never
+//! lists such entries).
+
+mod files_common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, ensure};
+use files_common::hostile::{entry, symlink};
+use files_common::*;
+use navette_agent::transfer::files::catchup::{CatchUp, CatchUpReport, Mode};
+use navette_agent::transfer::files::journals::Journals;
+use navette_agent::transfer::files::{
+    FileChangesService, FileSourceService, FilesReport, Problem, PullConfig, catch_up, pull_with,
+};
+use navette_agent::transfer::progress::Progress;
+use navette_proto::v1::file_changes_server::{FileChanges, FileChangesServer};
+use navette_proto::v1::{ChangedEntries, EntryKind, ListChangesRequest, TreeEntry};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+const TRANSFER: &str = "t-catchup";
+const JOURNAL: &str = "m-catchup";
+
+/// A home granted for [`TRANSFER`], its journal running, copied whole.
+struct Copied {
+    scratch: Scratch,
+    journals: Arc<Journals>,
+    _server: Server,
+    channel: Channel,
+    epoch: u64,
+    full: FilesReport,
+}
+
+impl Copied {
+    fn home(&self) -> std::path::PathBuf {
+        self.scratch.join("home")
+    }
+
+    fn target(&self) -> std::path::PathBuf {
+        self.scratch.join("target")
+    }
+
+    async fn pass(
+        &self,
+        epoch: u64,
+        applied_sequence: u64,
+        allow_full_comparison: bool,
+    ) -> anyhow::Result<CatchUpReport> {
+        Ok(catch_up(
+            account_config(),
+            self.channel.clone(),
+            TRANSFER,
+            &CatchUp {
+                journal_id: JOURNAL.to_owned(),
+                journal_epoch: epoch,
+                applied_sequence,
+                allow_full_comparison,
+            },
+            &self.target(),
+            &self.scratch.join("state"),
+            &Progress::new(TRANSFER),
+        )
+        .await?)
+    }
+}
+
+/// Builds a home with every kind of entry, starts its journal (before the
+/// copy reads the tree, as a migration does), then copies it whole.
+async fn copied(name: &str) -> anyhow::Result<Copied> {
+    let scratch = Scratch::new(name)?;
+    let home = scratch.join("home");
+    build_tree(&home)?;
+    let grants = grant(&scratch.join("source-state"), TRANSFER, &home)?;
+    let journals = Arc::new(Journals::default());
+    let epoch = journals.start(JOURNAL, "alice", &home)?.epoch;
+    let pki = Pki::new()?;
+    let routes = tonic::service::Routes::new(FileSourceService::new(grants.clone()).into_server())
+        .add_service(FileChangesService::new(grants, journals.clone()).into_server());
+    let server = serve(&pki, routes).await?;
+    let channel = pki.channel_as(TARGET_HOST, server.address)?;
+    let full = pull_with(
+        account_config(),
+        channel.clone(),
+        TRANSFER,
+        &scratch.join("target"),
+        &scratch.join("state"),
+        &Progress::new(TRANSFER),
+    )
+    .await?;
+    let differences = rsync_differences(&home, &scratch.join("target"))?;
+    ensure!(
+        differences.is_empty(),
+        "the full copy differs:\n{differences}"
+    );
+    Ok(Copied {
+        scratch,
+        journals,
+        _server: server,
+        channel,
+        epoch,
+        full,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_arrive_with_one_pass_that_compares_only_them() -> anyhow::Result<()> {
+    let copy = copied("catchup-changes").await?;
+    let home = copy.home();
+    // A create, a modification, a deletion, a directory renamed (with a
+    // file inside) and a chmod.
+    std::fs::write(home.join("www/new.html"), b"<p>new</p>\n")?;
+    std::fs::write(home.join("www/index.html"), b"<h1>hello again</h1>\n")?;
+    std::fs::remove_file(home.join("secret.txt"))?;
+    std::fs::rename(home.join("www/cgi"), home.join("www/bin"))?;
+    std::fs::set_permissions(
+        home.join("many/0001.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+
+    let pass = copy.pass(copy.epoch, 0, true).await?;
+    ensure!(
+        pass.mode == Mode::Journal && pass.untrusted.is_none(),
+        "{pass:?}"
+    );
+    // The journal's seven paths (many/0001.txt, secret.txt, www/bin,
+    // www/bin/run.sh, www/cgi, www/index.html, www/new.html) and the
+    // three directories they are in (the home, many, www): ten entries of
+    // a tree of more than three hundred.
+    ensure!(
+        pass.entries_compared == 10 && copy.full.entries > 300,
+        "compared {} entries of {}",
+        pass.entries_compared,
+        copy.full.entries
+    );
+    ensure!(
+        pass.files.files_sent == 3 && pass.files.deleted == 2 && pass.files.metadata_updated >= 1,
+        "{:?}",
+        pass.files
+    );
+    let differences = rsync_differences(&home, &copy.target())?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
+
+    // Nothing changed since: the next pass compares nothing at all.
+    let idle = copy
+        .pass(pass.journal_epoch, pass.applied_sequence, true)
+        .await?;
+    ensure!(
+        idle.mode == Mode::Journal && idle.entries_compared == 0,
+        "{idle:?}"
+    );
+    // A pass that did not complete is answered again: naming the older
+    // sequence gets the changes since it again.
+    std::fs::write(home.join("many/0002.txt"), b"changed\n")?;
+    let changed = copy
+        .pass(idle.journal_epoch, idle.applied_sequence, true)
+        .await?;
+    let again = copy
+        .pass(idle.journal_epoch, idle.applied_sequence, true)
+        .await?;
+    // The file, its directory and the home.
+    ensure!(
+        changed.entries_compared == 3 && again.entries_compared == 3,
+        "{changed:?} then {again:?}"
+    );
+    ensure!(rsync_differences(&home, &copy.target())?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_journal_makes_the_pass_compare_the_whole_tree() -> anyhow::Result<()> {
+    let copy = copied("catchup-untrusted").await?;
+    let home = copy.home();
+    let target = copy.target();
+    std::fs::write(home.join("data/added.txt"), b"added while untrusted\n")?;
+    std::fs::remove_file(home.join("many/0007.txt"))?;
+    // The home moved away and back: the journal cannot tell what happened
+    // meanwhile, and says so.
+    let moved = home.with_extension("moved");
+    std::fs::rename(&home, &moved)?;
+    std::fs::rename(&moved, &home)?;
+    std::fs::write(home.join("many/0008.txt"), b"after\n")?;
+
+    // Inside the freeze: no full comparison; nothing is written.
+    let before = listing(&target)?;
+    let frozen = copy.pass(copy.epoch, 0, false).await?;
+    ensure!(
+        frozen.mode == Mode::FullComparisonNeeded
+            && frozen
+                .untrusted
+                .as_deref()
+                .is_some_and(|why| why.contains("lost track"))
+            && frozen.journal_epoch == copy.epoch,
+        "{frozen:?}"
+    );
+    ensure!(
+        listing(&target)? == before,
+        "a pass that may not compare the whole tree wrote"
+    );
+
+    // Before the freeze: the whole tree is compared, and the copy is the
+    // home's.
+    let full = copy
+        .pass(frozen.journal_epoch, frozen.applied_sequence, true)
+        .await?;
+    ensure!(
+        full.mode == Mode::FullComparison
+            && full.untrusted.is_some()
+            // One file added, one removed: as many entries as at first.
+            && full.entries_compared == copy.full.entries
+            && full.journal_epoch != copy.epoch,
+        "{full:?}"
+    );
+    let differences = rsync_differences(&home, &target)?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
+
+    // From there on the new journal is trusted.
+    std::fs::write(home.join("data/later.txt"), b"later\n")?;
+    let next = copy
+        .pass(full.journal_epoch, full.applied_sequence, true)
+        .await?;
+    ensure!(
+        next.mode == Mode::Journal && next.entries_compared == 3,
+        "{next:?}"
+    );
+    ensure!(rsync_differences(&home, &target)?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_lost_with_its_agent_is_never_trusted_again() -> anyhow::Result<()> {
+    let copy = copied("catchup-lost").await?;
+    let home = copy.home();
+    // The source agent restarts: its journal is gone, and a change made
+    // before it is started again is in no journal.
+    ensure!(copy.journals.stop(JOURNAL));
+    std::fs::write(home.join("www/while-down.html"), b"unseen\n")?;
+    let missing = copy.pass(copy.epoch, 0, true).await?;
+    ensure!(
+        missing.mode == Mode::FullComparisonNeeded && missing.journal_missing,
+        "{missing:?}"
+    );
+    let restarted = copy.journals.start(JOURNAL, "alice", &home)?;
+    ensure!(restarted.epoch != copy.epoch);
+    // The pass names the epoch the copy matched: not the new one.
+    let full = copy
+        .pass(missing.journal_epoch, missing.applied_sequence, true)
+        .await?;
+    ensure!(
+        full.mode == Mode::FullComparison
+            && full.journal_epoch == restarted.epoch
+            && full
+                .untrusted
+                .as_deref()
+                .is_some_and(|why| why.contains("epoch")),
+        "{full:?}"
+    );
+    ensure!(
+        target_has(&copy.target(), "www/while-down.html"),
+        "the change made while no journal ran was not copied"
+    );
+    ensure!(rsync_differences(&home, &copy.target())?.is_empty());
+    Ok(())
+}
+
+fn target_has(target: &Path, path: &str) -> bool {
+    target.join(path).exists()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_id_bits_on_a_foreign_file_are_removed_as_in_a_full_copy() -> anyhow::Result<()> {
+    let copy = copied("catchup-setid").await?;
+    let home = copy.home();
+    // Root's set-user-id program appears in the home, and one of the
+    // account's own: only the account's keeps its bit.
+    let (uid, _) = ensure_user()?;
+    let own_gid = user_primary_gid()?;
+    std::fs::write(home.join("root-tool"), b"root's\n")?;
+    std::fs::set_permissions(
+        home.join("root-tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )?;
+    std::fs::write(home.join("own-tool"), b"the account's\n")?;
+    nix::unistd::chown(
+        &home.join("own-tool"),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(own_gid)),
+    )?;
+    std::fs::set_permissions(
+        home.join("own-tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )?;
+    let pass = copy.pass(copy.epoch, 0, true).await?;
+    ensure!(pass.mode == Mode::Journal, "{pass:?}");
+    ensure!(
+        pass.files.set_id_removed == 1
+            && pass.files.set_id_examples.len() == 1
+            && pass.files.set_id_examples[0].starts_with("root-tool"),
+        "{:?}",
+        pass.files
+    );
+    let mode = |path: &str| -> anyhow::Result<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::symlink_metadata(copy.target().join(path))?
+            .permissions()
+            .mode()
+            & 0o7777)
+    };
+    ensure!(
+        mode("root-tool")? == 0o755,
+        "root's set-user-id bit was kept"
+    );
+    ensure!(
+        mode("own-tool")? == 0o4755,
+        "the account's own bit was lost"
+    );
+    Ok(())
+}
+
+/// A hostile source's `FileChanges`: answers whatever it is given.
+#[derive(Clone)]
+struct HostileChanges {
+    answer: ChangedEntries,
+}
+
+#[tonic::async_trait]
+impl FileChanges for HostileChanges {
+    async fn list_changes(
+        &self,
+        _request: Request<ListChangesRequest>,
+    ) -> Result<Response<ChangedEntries>, Status> {
+        Ok(Response::new(self.answer.clone()))
+    }
+}
+
+/// A pass into `target` from a source answering `entries` and `gone`.
+async fn pass_from_hostile(
+    pki: &Pki,
+    entries: Vec<TreeEntry>,
+    gone: Vec<Vec<u8>>,
+    target: &Path,
+    state: &Path,
+) -> anyhow::Result<Result<CatchUpReport, navette_agent::transfer::files::FilesError>> {
+    let hostile = HostileChanges {
+        answer: ChangedEntries {
+            journal_epoch: 7,
+            sequence: 1,
+            entries,
+            gone,
+            ..ChangedEntries::default()
+        },
+    };
+    let server = serve(
+        pki,
+        tonic::service::Routes::new(FileChangesServer::new(hostile)),
+    )
+    .await?;
+    let channel = pki.channel_as(TARGET_HOST, server.address)?;
+    Ok(catch_up(
+        PullConfig::default(),
+        channel,
+        "t-hostile",
+        &CatchUp {
+            journal_id: "m-hostile".to_owned(),
+            journal_epoch: 7,
+            applied_sequence: 0,
+            allow_full_comparison: true,
+        },
+        target,
+        state,
+        &Progress::new("t-hostile"),
+    )
+    .await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_catch_up_is_refused_before_anything_is_written() -> anyhow::Result<()> {
+    let scratch = Scratch::new("catchup-hostile")?;
+    let outside = scratch.join("outside");
+    let target = scratch.join("target");
+    std::fs::create_dir_all(&outside)?;
+    std::fs::create_dir_all(&target)?;
+    std::fs::write(target.join("kept.txt"), b"the copy's\n")?;
+    // The copy holds a symbolic link out of it (the account's own, copied
+    // as a link, never followed).
+    std::os::unix::fs::symlink(&outside, target.join("evil"))?;
+    let pki = Pki::new()?;
+    let root = || entry(b"", EntryKind::Directory);
+    // (what, entries, paths gone, the reason the refusal gives)
+    type Case = (&'static str, Vec<TreeEntry>, Vec<Vec<u8>>, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            "a file under a link listed in the same answer",
+            vec![
+                root(),
+                symlink(b"evil", &outside),
+                entry(b"evil/x", EntryKind::File),
+            ],
+            vec![],
+            "its parent is not a directory listed before it",
+        ),
+        (
+            "a file under the copy's link, its parent not listed",
+            vec![root(), entry(b"evil/x", EntryKind::File)],
+            vec![],
+            "its parent is not a directory listed before it",
+        ),
+        (
+            "a path gone above the copy",
+            vec![root()],
+            vec![b"../outside".to_vec()],
+            "'..'",
+        ),
+        (
+            "an owner this host does not know",
+            vec![
+                root(),
+                TreeEntry {
+                    owner: "nobody-here-at-all".to_owned(),
+                    ..entry(b"new.txt", EntryKind::File)
+                },
+            ],
+            vec![],
+            "does not exist on this host",
+        ),
+        (
+            "a hard link to a file outside the answer",
+            vec![
+                root(),
+                TreeEntry {
+                    hardlink_to: b"kept.txt".to_vec(),
+                    ..entry(b"link", EntryKind::Hardlink)
+                },
+            ],
+            vec![],
+            "not a file listed before it",
+        ),
+        (
+            "the home itself gone",
+            vec![],
+            vec![Vec::new()],
+            "the home itself",
+        ),
+    ];
+    let before = listing(&target)?;
+    for (what, entries, gone, reason) in cases {
+        let refused = pass_from_hostile(&pki, entries, gone, &target, &scratch.join("state"))
+            .await?
+            .err()
+            .with_context(|| format!("{what}: accepted"))?;
+        ensure!(
+            matches!(&refused.problem, Problem::Unsafe { reason: r, .. } if r.contains(reason)),
+            "{what}: {refused}"
+        );
+        ensure!(listing(&target)? == before, "{what}: the copy changed");
+        ensure!(listing(&outside)?.is_empty(), "{what}: written outside");
+    }
+    // A path gone on the source under the copy's link is not in the copy:
+    // nothing outside it is removed.
+    std::fs::write(outside.join("secret"), b"not the copy's\n")?;
+    let pass = pass_from_hostile(
+        &pki,
+        vec![root()],
+        vec![b"evil/secret".to_vec()],
+        &target,
+        &scratch.join("state"),
+    )
+    .await??;
+    ensure!(pass.files.deleted == 0, "{pass:?}");
+    ensure!(outside.join("secret").exists(), "removed through the link");
+    Ok(())
+}
