@@ -437,6 +437,50 @@ fn source_server<'a>(
     Ok(server)
 }
 
+/// The copy plan of `account` (living on `source_host`) onto `chosen`, a
+/// host placement has just found fit for it: each database to the server
+/// [`receiving_server`] picks there, the pair's protocol version, and
+/// whether `chosen` runs the account's sites (`runs_sites`). `then` is
+/// what to do again once a source server that went down is started.
+pub(crate) fn copy_plan(
+    migration: &Migration,
+    account: &Account,
+    source_host: &Host,
+    chosen: &Host,
+    held: &[Account],
+    runs_sites: bool,
+    then: &str,
+) -> Result<CopyPlan, Error> {
+    let mut databases = Vec::new();
+    for database in &account.databases {
+        let source = source_server(source_host, database, then)?;
+        let target = receiving_server(migration, account, database, chosen, source, held)
+            .map_err(|_| Error::Internal("receiving server vanished".to_owned()))?;
+        databases.push(DatabasePlan {
+            engine: database.engine,
+            name: database.name.clone(),
+            owner: database.owner.clone(),
+            source_server: source.name.clone(),
+            target_server: target.name.clone(),
+            target_address: target.address.clone(),
+            target_port: target.port,
+            target_version: target.version.clone(),
+        });
+    }
+    let protocol_version =
+        protocol::protocol_version(source_host, chosen).map_err(Error::Internal)?;
+    Ok(CopyPlan {
+        protocol_version,
+        source_endpoint: source_host.agent_endpoint.clone(),
+        target_endpoint: chosen.agent_endpoint.clone(),
+        source_home: account.home.clone(),
+        databases,
+        target_address: chosen.addresses.first().cloned().unwrap_or_default(),
+        runs_sites,
+        sites: account.sites.clone(),
+    })
+}
+
 /// Chooses the test host for a test of `migration` on `account` (living on
 /// `source_host`) among `hosts`, and makes the copy plan.
 pub fn plan_test(
@@ -506,38 +550,15 @@ pub fn plan_test(
             ))
         });
     };
-    let mut databases = Vec::new();
-    for database in &account.databases {
-        let source = source_host
-            .database_servers
-            .iter()
-            .find(|s| s.name == database.server && s.engine == database.engine)
-            .ok_or_else(|| Error::Internal("database server vanished".to_owned()))?;
-        let target = receiving_server(migration, account, database, chosen, source, held)
-            .map_err(|_| Error::Internal("receiving server vanished".to_owned()))?;
-        databases.push(DatabasePlan {
-            engine: database.engine,
-            name: database.name.clone(),
-            owner: database.owner.clone(),
-            source_server: source.name.clone(),
-            target_server: target.name.clone(),
-            target_address: target.address.clone(),
-            target_port: target.port,
-            target_version: target.version.clone(),
-        });
-    }
-    let protocol_version =
-        protocol::protocol_version(source_host, chosen).map_err(Error::Internal)?;
-    let plan = CopyPlan {
-        protocol_version,
-        source_endpoint: source_host.agent_endpoint.clone(),
-        target_endpoint: chosen.agent_endpoint.clone(),
-        source_home: account.home.clone(),
-        databases,
-        target_address: chosen.addresses.first().cloned().unwrap_or_default(),
-        runs_sites: chosen.serves_sites,
-        sites: account.sites.clone(),
-    };
+    let plan = copy_plan(
+        migration,
+        account,
+        source_host,
+        chosen,
+        held,
+        chosen.serves_sites,
+        "test",
+    )?;
     Ok((chosen.clone(), plan))
 }
 

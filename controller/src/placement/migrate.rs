@@ -10,12 +10,12 @@
 //! act on.
 
 use super::{
-    ServerRoom, disk_needed, human_bytes, missing_software, name_collision, receiving_server,
-    server_room, source_server, usable_free_bytes,
+    ServerRoom, copy_plan, disk_needed, human_bytes, missing_software, name_collision, server_room,
+    source_server, usable_free_bytes,
 };
 use crate::catalogue::Migration;
 use crate::error::Error;
-use crate::model::{Account, CopyPlan, DatabasePlan, Engine, Host, HostKind, HostState};
+use crate::model::{Account, CopyPlan, Engine, Host, HostKind, HostState};
 use crate::protocol;
 
 /// Why `host` cannot receive `account` for `migration`, or `None`.
@@ -160,34 +160,15 @@ pub fn plan_migration(
             host
         }
     };
-    let mut databases = Vec::new();
-    for database in &account.databases {
-        let source = source_server(source_host, database, "migrate")?;
-        let target = receiving_server(migration, account, database, chosen, source, held)
-            .map_err(|_| Error::Internal("receiving server vanished".to_owned()))?;
-        databases.push(DatabasePlan {
-            engine: database.engine,
-            name: database.name.clone(),
-            owner: database.owner.clone(),
-            source_server: source.name.clone(),
-            target_server: target.name.clone(),
-            target_address: target.address.clone(),
-            target_port: target.port,
-            target_version: target.version.clone(),
-        });
-    }
-    let protocol_version =
-        protocol::protocol_version(source_host, chosen).map_err(Error::Internal)?;
-    let plan = CopyPlan {
-        protocol_version,
-        source_endpoint: source_host.agent_endpoint.clone(),
-        target_endpoint: chosen.agent_endpoint.clone(),
-        source_home: account.home.clone(),
-        databases,
-        target_address: chosen.addresses.first().cloned().unwrap_or_default(),
-        runs_sites: chosen.serves_sites && !account.sites.is_empty(),
-        sites: account.sites.clone(),
-    };
+    let plan = copy_plan(
+        migration,
+        account,
+        source_host,
+        chosen,
+        held,
+        chosen.serves_sites && !account.sites.is_empty(),
+        "migrate",
+    )?;
     Ok((chosen.clone(), plan))
 }
 
