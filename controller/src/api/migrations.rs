@@ -16,22 +16,19 @@
 //!   of the account that cannot be a replication source (PostgreSQL
 //!   without `wal_level=logical`, MariaDB without a ROW binary log).
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use navette_proto::timestamp;
 use navette_proto::v1;
 use navette_proto::v1::migrations_server::Migrations;
 use ring::rand::SecureRandom;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
+use super::watch::{WatchStream, watch};
 use super::{Reply, reply, status};
 use crate::agents::transfer::TransferState;
 use crate::agents::wire;
 use crate::compatibility;
-use crate::db::Change;
 use crate::engine::{self, WorkflowId};
 use crate::error::{Error, Result};
 use crate::ids::{AccountName, MigrationId, RequestId, TestId};
@@ -44,7 +41,7 @@ use crate::workflow::migrate_run::{
 
 pub struct MigrationsApi(pub Arc<Controller>);
 
-type MigrationStream = Pin<Box<dyn Stream<Item = Result<v1::MigrationRun, Status>> + Send>>;
+type MigrationStream = WatchStream<v1::MigrationRun>;
 
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -282,54 +279,19 @@ impl Migrations for MigrationsApi {
         let id = TestId::parse("id", &request.get_ref().id)
             .map_err(|e| status(e.into()))?
             .to_string();
-        let mut changes = self.0.changes.subscribe();
-        let controller = self.0.clone();
-        let first = {
-            let client = controller.db.get().await.map_err(|e| status(e.into()))?;
-            store::migrations::get(&**client, &id)
-                .await
-                .map_err(status)?
-        };
-        let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut current = first;
-            loop {
-                if sender.send(Ok(migration(&current))).await.is_err() {
-                    return;
-                }
-                if current.state.ended() {
-                    return;
-                }
-                loop {
-                    match changes.recv().await {
-                        Ok(Change::Notified { channel, payload })
-                            if channel == store::migrations::CHANNEL && payload == id =>
-                        {
-                            break;
-                        }
-                        Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-                let next = match controller.db.get().await {
-                    Ok(client) => store::migrations::get(&**client, &id).await,
-                    Err(error) => Err(error.into()),
-                };
-                match next {
-                    Ok(run) => current = run,
-                    Err(error) => {
-                        let _ = sender.send(Err(status(error))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)) as MigrationStream,
-        ))
+        let stream = watch(
+            self.0.clone(),
+            id,
+            store::migrations::CHANNEL,
+            |controller: Arc<Controller>, id: String| async move {
+                let client = controller.db.get().await?;
+                store::migrations::get(&**client, &id).await
+            },
+            migration,
+            |run: &MigrationRun| run.state.ended(),
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod reinstalls;
 pub mod test_runs;
 pub mod transit;
+pub mod watch;
 pub mod workflows;
 
 use tonic::Status;

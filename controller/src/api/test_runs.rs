@@ -3,21 +3,18 @@
 //! followed, refreshed and deleted. Every field is parsed by `crate::ids`
 //! before anything else happens.
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use navette_proto::v1;
 use navette_proto::v1::tests_server::Tests;
 use ring::rand::SecureRandom;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response};
 
+use super::watch::{WatchStream, watch};
 use super::{Reply, convert, reply, status};
 use crate::agents;
 use crate::catalogue::Migration;
 use crate::compatibility;
-use crate::db::Change;
 use crate::error::{Error, Result};
 use crate::ids::{self, AccountName, MigrationId, RequestId, TestId};
 use crate::model::{Account, CopyPlan, Host, HostState, Test, TestState};
@@ -37,7 +34,7 @@ pub const MAX_TTL_SECS: u32 = ids::MAX_TEST_TTL_SECS;
 
 pub struct TestsApi(pub Arc<Controller>);
 
-type TestStream = Pin<Box<dyn Stream<Item = Result<v1::Test, Status>> + Send>>;
+type TestStream = WatchStream<v1::Test>;
 
 fn new_id() -> String {
     let mut bytes = [0u8; 8];
@@ -309,58 +306,24 @@ impl Tests for TestsApi {
         let id = TestId::parse("id", &request.get_ref().id)
             .map_err(|e| status(e.into()))?
             .to_string();
-        let mut changes = self.0.changes.subscribe();
-        let controller = self.0.clone();
-        let first = {
-            let client = controller.db.get().await.map_err(|e| status(e.into()))?;
-            store::test_runs::get(&**client, &id)
-                .await
-                .map_err(status)?
-        };
-        let (sender, receiver) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut current = first;
-            loop {
-                if sender.send(Ok(convert::test(&current))).await.is_err() {
-                    return;
-                }
-                if matches!(
-                    current.state,
+        let stream = watch(
+            self.0.clone(),
+            id,
+            "navette_tests",
+            |controller: Arc<Controller>, id: String| async move {
+                let client = controller.db.get().await?;
+                store::test_runs::get(&**client, &id).await
+            },
+            convert::test,
+            |test: &Test| {
+                matches!(
+                    test.state,
                     TestState::Ready | TestState::Failed | TestState::Deleted
-                ) && current.step == crate::model::TestStep::None
-                {
-                    return;
-                }
-                loop {
-                    match changes.recv().await {
-                        Ok(Change::Notified { channel, payload })
-                            if channel == "navette_tests" && payload == id =>
-                        {
-                            break;
-                        }
-                        Ok(Change::Resynchronise) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    }
-                }
-                let next = match controller.db.get().await {
-                    Ok(client) => store::test_runs::get(&**client, &id).await,
-                    Err(error) => Err(error.into()),
-                };
-                match next {
-                    Ok(test) => current = test,
-                    Err(error) => {
-                        let _ = sender.send(Err(status(error))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver)) as TestStream,
-        ))
+                ) && test.step == crate::model::TestStep::None
+            },
+        )
+        .await?;
+        Ok(Response::new(stream))
     }
 
     async fn get_compatibility_report(
