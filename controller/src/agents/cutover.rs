@@ -92,6 +92,16 @@ pub async fn freeze_account(
         .map_err(|status| call_outcome(host, &status))
 }
 
+/// What a thaw does with the account's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterThaw {
+    /// Before the point of no return: they go on, on the source.
+    Resume,
+    /// After the switch: they would write into the old copy, which is no
+    /// longer the account's; they are ended while still frozen.
+    End,
+}
+
 /// Thaws `account`'s processes on `host`; whether anything was frozen.
 /// Safe to repeat.
 pub async fn thaw_account(
@@ -99,12 +109,14 @@ pub async fn thaw_account(
     host: &Host,
     migration_id: &str,
     account: &str,
+    after: AfterThaw,
 ) -> Result<bool, CallFailure> {
     agent(controller, host)?
         .thaw_account(request(
             v1::ThawAccountRequest {
                 migration_id: migration_id.to_owned(),
                 account: account.to_owned(),
+                end_processes: after == AfterThaw::End,
             },
             CALL_TIMEOUT,
         ))

@@ -25,7 +25,9 @@ use super::migrate_dns;
 use super::migrate_run::{
     Backlog, FreezePart, FreezeWindow, MigrateOutcome, MigrateStep, MigrationRun,
 };
-use crate::agents::cutover::{self, CatchUpMode, CutoverDatabases, Drained, JournalMark};
+use crate::agents::cutover::{
+    self, AfterThaw, CatchUpMode, CutoverDatabases, Drained, JournalMark,
+};
 use crate::agents::replication::{self, MariadbReplication, PostgresSource, Side};
 use crate::agents::sites::{SiteDatabases, SitesSpec};
 use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
@@ -493,6 +495,14 @@ impl Steps<'_> {
     /// Otherwise the databases released and the account thawed again.
     async fn freeze(&self) -> MigrateOutcome {
         let (c, run) = (self.controller.as_ref(), self.run);
+        // The sites start on the target before the freeze, on the copy
+        // (nothing reaches them until the old host forwards and the DNS
+        // moves): the switch then only has to confirm them.
+        if !run.plan.sites.is_empty()
+            && let Err(failure) = agents::sites::start_sites(c, self.target, &sites_spec(run)).await
+        {
+            return outcome_of(failure);
+        }
         let frozen_at = Utc::now();
         let started = Instant::now();
         let deadline = started + run.settings.freeze_deadline();
@@ -632,7 +642,15 @@ impl Steps<'_> {
                 {
                     tracing::warn!(message = "the source's databases could not be released now; its agent releases them at the fence's deadline", migration = %run.id, error = ?error);
                 }
-                match cutover::thaw_account(c, self.source, &run.id, &run.account).await {
+                match cutover::thaw_account(
+                    c,
+                    self.source,
+                    &run.id,
+                    &run.account,
+                    AfterThaw::Resume,
+                )
+                .await
+                {
                     Ok(_) => parts.push(part_of("release and thaw", part.elapsed())),
                     Err(error) => {
                         tracing::warn!(message = "the account could not be thawed now; its agent thaws it by itself", migration = %run.id, error = ?error)
@@ -646,15 +664,16 @@ impl Steps<'_> {
 
     /// Past the point of no return: the sites start on the target, the
     /// old host forwards the account's domains there (what its frozen pool
-    /// held is answered by the new host), the account thawed, the
-    /// placement recorded.
+    /// held is answered by the new host), the account's other processes
+    /// on the old host ended while frozen (they would write into the old
+    /// copy) and the group thawed, the placement recorded.
     async fn switch(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
         let mut parts = Vec::new();
         if !run.plan.sites.is_empty() {
             let part = Instant::now();
             agents::sites::start_sites(c, self.target, &sites_spec(run)).await?;
-            parts.push(part_of("sites started on the target", part.elapsed()));
+            parts.push(part_of("sites on the target", part.elapsed()));
         }
         if run.freeze.as_ref().is_some_and(|f| f.sites_frozen) {
             let part = Instant::now();
@@ -670,7 +689,7 @@ impl Steps<'_> {
             parts.push(part_of("sites forwarded", part.elapsed()));
             tracing::info!(message = "the old host forwards the account's domains", migration = %run.id, domains = ?domains);
             let part = Instant::now();
-            cutover::thaw_account(c, self.source, &run.id, &run.account).await?;
+            cutover::thaw_account(c, self.source, &run.id, &run.account, AfterThaw::End).await?;
             parts.push(part_of("thaw", part.elapsed()));
         }
         let part = Instant::now();
@@ -808,7 +827,7 @@ impl Steps<'_> {
             "undoing the forward",
         )?;
         tolerate(
-            cutover::thaw_account(c, self.source, &run.id, &run.account)
+            cutover::thaw_account(c, self.source, &run.id, &run.account, AfterThaw::Resume)
                 .await
                 .map(drop),
             "thawing the account",
@@ -821,6 +840,15 @@ impl Steps<'_> {
         // before its database.
         if !run.snapshot_positions.is_empty() {
             self.teardown_target().await?;
+        }
+        // The sites the freeze started on the target, before their copy.
+        if !run.plan.sites.is_empty() {
+            tolerate(
+                agents::sites::stop_sites(c, self.target, &run.account)
+                    .await
+                    .map(drop),
+                "stopping the sites on the target",
+            )?;
         }
         let removed = agents::remove_copy(c, self.target, &copy_spec(run, &run.slots)).await?;
         tracing::info!(message = "the migration's copy is removed", migration = %run.id, logins_dropped = ?removed.logins_dropped);
