@@ -76,6 +76,7 @@ fn thaw(migration: &str, account: &str) -> ThawAccountRequest {
     ThawAccountRequest {
         migration_id: migration.into(),
         account: account.into(),
+        end_processes: false,
     }
 }
 

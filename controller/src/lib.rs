@@ -47,7 +47,8 @@
 //!   [`workflow::test_events`] turns the panel's commands into inbox
 //!   events. [`workflow::migrate_kind`] is *Migrate* as an engine kind
 //!   (its pure transition, the switch its point of no return), its state
-//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`].
+//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`],
+//!   the platform DNS around it [`workflow::migrate_dns`].
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
 //!   the test host, each database's receiving server, the account's sites
 //!   (run there when the test host serves sites), and room where each

@@ -287,11 +287,15 @@ impl Cutover {
 
     /// Thaws `account` if `migration_id` froze it; `None` when nothing of
     /// this migration was frozen (thawed already, or the deadline ended
-    /// it). Another migration's freeze is refused.
+    /// it). Another migration's freeze is refused. With `end_processes`
+    /// (after the switch) every process of the group is sent SIGKILL
+    /// while frozen, so none of them writes into the old copy again, and
+    /// none is put back where it came from.
     pub fn thaw(
         &self,
         migration_id: &str,
         account: &str,
+        end_processes: bool,
     ) -> Result<Option<Duration>, CutoverError> {
         let mut freezes = lock(&self.freezes);
         match freezes.get(account) {
@@ -307,9 +311,27 @@ impl Cutover {
                     return Ok(None);
                 };
                 let was_in_force = freeze.in_force();
-                // Back first: a process joining a thawed group thaws, and
-                // one that ran in the account's group could fork there.
-                put_back(&freeze.moved);
+                if end_processes {
+                    let group = self.groups()?.ensure(account)?;
+                    let mut ended = 0u32;
+                    for pid in group.processes()? {
+                        if let Ok(pid) = i32::try_from(pid)
+                            && nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            )
+                            .is_ok()
+                        {
+                            ended += 1;
+                        }
+                    }
+                    tracing::info!(message = "the account's processes on the old copy ended", migration = %migration_id, %account, ended);
+                } else {
+                    // Back first: a process joining a thawed group thaws,
+                    // and one that ran in the account's group could fork
+                    // there.
+                    put_back(&freeze.moved);
+                }
                 let took = freeze.frozen.thaw()?;
                 tracing::info!(message = "account thawed", migration = %migration_id, %account, took_us = took.as_micros() as u64);
                 Ok(was_in_force.then_some(took))

@@ -95,7 +95,14 @@ pub(super) async fn thaw(
 ) -> Result<ThawAccountResponse, Status> {
     ids(&request.migration_id, &request.account)?;
     let cutover = cutover.clone();
-    let took = blocking(move || cutover.thaw(&request.migration_id, &request.account)).await?;
+    let took = blocking(move || {
+        cutover.thaw(
+            &request.migration_id,
+            &request.account,
+            request.end_processes,
+        )
+    })
+    .await?;
     Ok(ThawAccountResponse {
         thawed: took.is_some(),
         took_us: took.map_or(0, micros),

@@ -1,87 +1,185 @@
-//! The actions of a migration's freeze and switch, one function each, so
-//! that each can grow into its full version without the migration's steps
-//! changing: freeze and thaw the account's processes, fence its databases
-//! and drain replication, carry its sequences, catch up its files, move
-//! its sites, point its DNS names at the new host. Each says what it does
-//! today and what the full version adds.
+//! The actions of a migration's freeze and switch, one function each,
+//! over the agent's cutover rpcs (`proto/navette/v1/cutover.proto` gives
+//! their order) and its files catch-up (`catchup.proto`):
+//!
+//! - on the source: [`freeze_account`] / [`thaw_account`] (every process
+//!   of the account's user, with a deadline the agent enforces by
+//!   itself), [`fence_databases`] (writers held, the positions taken
+//!   after the fence), [`switch_databases`] (the held writers ended, new
+//!   sessions refused) and its undo [`release_databases`],
+//!   [`forward_sites`] / [`unforward_sites`] (the old host's web server
+//!   forwards the account's domains to the new host), the change journal
+//!   ([`start_change_journal`], [`change_journal`], [`stop_change_journal`]);
+//! - on the target: [`drain_to_positions`] (replication applied up to the
+//!   fence's positions) and [`catch_up_files`] (one pass of what the
+//!   journal says changed);
+//! - between them: [`carry_sequences`].
+//!
+//! Domain types in and out; the agent API's messages are built and read
+//! here and in [`super::wire`].
 
 use std::time::{Duration, Instant};
 
+use navette_proto::v1;
+use serde::{Deserialize, Serialize};
+
 use super::replication::{self, SequenceValue};
-use super::sites::{self, SitesSpec};
-use super::transfer::{TransferSpec, TransferState};
-use super::{CALL_TIMEOUT, CallFailure, call_outcome, client};
+use super::transfer::TransferSpec;
+use super::{CALL_TIMEOUT, CallFailure, call_outcome, client, wire};
 use crate::model::Host;
 use crate::state::Controller;
 
-/// Freezes `account`'s processes on `host` with the cgroup freezer
-/// (requests wait in their sockets); the agent thaws them by itself after
-/// `longest`, so a controller that dies never leaves them frozen. How
-/// long the freeze took to complete; `None` when the account runs no
-/// sites on `host` (nothing to freeze: its definitions list sites that do
-/// not run there).
-pub async fn freeze_sites(
+fn agent(
     controller: &Controller,
     host: &Host,
-    account: &str,
-    longest: Duration,
-) -> Result<Option<u32>, CallFailure> {
-    match set_frozen(controller, host, account, true, longest).await {
-        Ok(took) => Ok(Some(took)),
-        Err(Frozen::NotRunning) => Ok(None),
-        Err(Frozen::Failed(failure)) => Err(failure),
-    }
+) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, CallFailure> {
+    client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))
 }
 
-/// Thaws `account`'s processes on `host`. Safe to repeat.
-pub async fn thaw_sites(
+fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+fn millis(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis())
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// What a freeze of the account's processes came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountFrozen {
+    /// How long the kernel took to freeze them.
+    pub took: Duration,
+    /// Processes of the account's user moved into its group first.
+    pub moved_processes: u32,
+    /// Processes frozen.
+    pub frozen_processes: u32,
+}
+
+/// Freezes every process of `account` on `host` (its sites' pool, and
+/// anything else running as its user, moved into its group first) with
+/// the cgroup freezer: requests wait in their sockets. The agent thaws
+/// them by itself `deadline` after the freeze began, so a controller that
+/// dies never leaves them frozen.
+pub async fn freeze_account(
     controller: &Controller,
     host: &Host,
+    migration_id: &str,
     account: &str,
-) -> Result<u32, CallFailure> {
-    match set_frozen(controller, host, account, false, Duration::ZERO).await {
-        Ok(took) => Ok(took),
-        Err(Frozen::NotRunning) => Ok(0),
-        Err(Frozen::Failed(failure)) => Err(failure),
-    }
-}
-
-/// Why a freeze or thaw did not happen.
-enum Frozen {
-    /// The account runs no sites on the host.
-    NotRunning,
-    Failed(CallFailure),
-}
-
-async fn set_frozen(
-    controller: &Controller,
-    host: &Host,
-    account: &str,
-    frozen: bool,
-    longest: Duration,
-) -> Result<u32, Frozen> {
-    let mut client = client(controller, host)
-        .map_err(|e| Frozen::Failed(CallFailure::Refused(e.to_string())))?;
-    let mut request = tonic::Request::new(navette_proto::v1::SetSitesFrozenRequest {
-        account: account.to_owned(),
-        frozen,
-        max_frozen_ms: u32::try_from(longest.as_millis()).unwrap_or(u32::MAX),
-    });
-    request.set_timeout(CALL_TIMEOUT);
-    client
-        .set_sites_frozen(request)
+    deadline: Duration,
+) -> Result<AccountFrozen, CallFailure> {
+    agent(controller, host)?
+        .freeze_account(request(
+            v1::FreezeAccountRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                deadline_ms: millis(deadline),
+            },
+            CALL_TIMEOUT,
+        ))
         .await
-        .map(|r| r.into_inner().took_ms)
-        .map_err(|status| {
-            // The agent's `SitesError::NotRunning`.
-            if status.code() == tonic::Code::FailedPrecondition
-                && status.message().contains("no sites running")
-            {
-                Frozen::NotRunning
-            } else {
-                Frozen::Failed(call_outcome(host, &status))
+        .map(|r| {
+            let r = r.into_inner();
+            AccountFrozen {
+                took: Duration::from_micros(r.took_us),
+                moved_processes: r.moved_processes,
+                frozen_processes: r.frozen_processes,
             }
         })
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// What a thaw does with the account's processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterThaw {
+    /// Before the point of no return: they go on, on the source.
+    Resume,
+    /// After the switch: they would write into the old copy, which is no
+    /// longer the account's; they are ended while still frozen.
+    End,
+}
+
+/// Thaws `account`'s processes on `host`; whether anything was frozen.
+/// Safe to repeat.
+pub async fn thaw_account(
+    controller: &Controller,
+    host: &Host,
+    migration_id: &str,
+    account: &str,
+    after: AfterThaw,
+) -> Result<bool, CallFailure> {
+    agent(controller, host)?
+        .thaw_account(request(
+            v1::ThawAccountRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                end_processes: after == AfterThaw::End,
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| r.into_inner().thawed)
+        .map_err(|status| call_outcome(host, &status))
+}
+
+/// The account's databases on the source host, by engine: (server in the
+/// agent's configuration, database).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CutoverDatabases {
+    pub postgres: Vec<(String, String)>,
+    pub mariadb: Vec<(String, String)>,
+}
+
+/// The positions a fence took, per source server: every write committed
+/// on the account's databases there is at or before them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FencePositions {
+    /// PostgreSQL server to WAL position.
+    pub postgres: Vec<(String, String)>,
+    /// MariaDB server to `@@gtid_binlog_pos`.
+    pub mariadb: Vec<(String, String)>,
+    /// How long taking the fence took.
+    pub took: Duration,
+}
+
+impl FencePositions {
+    fn of<'a>(list: &'a [(String, String)], server: &str) -> Option<&'a str> {
+        list.iter()
+            .find(|(s, _)| s == server)
+            .map(|(_, position)| position.as_str())
+    }
+}
+
+/// Fences the account's databases on the source: its writers wait (not
+/// refused; readers go on), and the positions are taken after the fence.
+/// The agent releases the fence by itself after `deadline` unless the
+/// switch came first.
+pub async fn fence_databases(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+    databases: &CutoverDatabases,
+    deadline: Duration,
+) -> Result<FencePositions, CallFailure> {
+    agent(controller, source)?
+        .fence_databases(request(
+            v1::FenceDatabasesRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                postgres: wire::cutover_databases(&databases.postgres),
+                mariadb: wire::cutover_databases(&databases.mariadb),
+                deadline_ms: millis(deadline),
+                acquire_timeout_ms: 0,
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| wire::fence_positions(r.into_inner()))
+        .map_err(|status| call_outcome(source, &status))
 }
 
 /// One database the freeze drains.
@@ -97,25 +195,16 @@ pub enum Drained {
     },
 }
 
-/// Fences the account's databases and drains replication to the target:
-/// the position is taken on the source once the account's writes stopped,
-/// and the target is waited for until it applied at least that position,
-/// within `deadline`. Returns how long each drain took (name, time).
-///
-/// Today the account's writes stop because its processes are frozen
-/// ([`freeze_sites`]) before this runs: the position is taken after that,
-/// and PostgreSQL's drain writes a WAL message first so an idle source
-/// cannot stall it; MariaDB's waits with `MASTER_GTID_WAIT` on the target.
-/// Sessions opened from outside the account's processes are not fenced:
-/// the full version first makes the account's roles and users refuse new
-/// writes on the source servers and ends their sessions, then takes the
-/// position.
-pub async fn fence_databases(
+/// Waits until the target applied at least the fence's positions, for
+/// every database, within `deadline`. How long each drain took (name,
+/// time).
+pub async fn drain_to_positions(
     controller: &Controller,
     source: &Host,
     target: &Host,
     migration_id: &str,
     databases: &[Drained],
+    positions: &FencePositions,
     deadline: Instant,
 ) -> Result<Vec<(String, Duration)>, CallFailure> {
     let mut parts = Vec::new();
@@ -129,12 +218,19 @@ pub async fn fence_databases(
         let started = Instant::now();
         match database {
             Drained::Postgres { server, database } => {
+                let lsn = FencePositions::of(&positions.postgres, server).ok_or_else(|| {
+                    CallFailure::Refused(format!(
+                        "the fence on host {} gave no position for PostgreSQL server {server:?}",
+                        source.id
+                    ))
+                })?;
                 replication::drain_postgres(
                     controller,
                     source,
                     migration_id,
                     server,
                     database,
+                    lsn,
                     left,
                 )
                 .await?;
@@ -144,14 +240,19 @@ pub async fn fence_databases(
                 source_server,
                 target_server,
             } => {
-                let position =
-                    replication::mariadb_position(controller, source, source_server).await?;
+                let gtid =
+                    FencePositions::of(&positions.mariadb, source_server).ok_or_else(|| {
+                        CallFailure::Refused(format!(
+                            "the fence on host {} gave no position for MariaDB server {source_server:?}",
+                            source.id
+                        ))
+                    })?;
                 replication::drain_mariadb(
                     controller,
                     target,
                     migration_id,
                     target_server,
-                    &position.gtid_position,
+                    gtid,
                     left,
                 )
                 .await?;
@@ -162,9 +263,116 @@ pub async fn fence_databases(
     Ok(parts)
 }
 
+/// Ends the account's sessions on the source's servers (the fence's held
+/// writers among them: nothing they did is committed) and refuses new
+/// ones, naming `new_address`. Sessions ended.
+pub async fn switch_databases(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+    new_address: &str,
+    databases: &CutoverDatabases,
+) -> Result<u32, CallFailure> {
+    agent(controller, source)?
+        .switch_databases(request(
+            v1::SwitchDatabasesRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                new_address: new_address.to_owned(),
+                postgres: wire::cutover_databases(&databases.postgres),
+                mariadb: wire::cutover_databases(&databases.mariadb),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| r.into_inner().ended_sessions)
+        .map_err(|status| call_outcome(source, &status))
+}
+
+/// The rollback of [`fence_databases`] and [`switch_databases`]: held
+/// writers go on, connection limits and users restored. Harmless when
+/// neither ran.
+pub async fn release_databases(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+) -> Result<(), CallFailure> {
+    agent(controller, source)?
+        .release_databases(request(
+            v1::ReleaseDatabasesRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(drop)
+        .map_err(|status| call_outcome(source, &status))
+}
+
+/// The old host's web server forwards the account's domains to
+/// `new_address`:`port` (the new host's web server), and its frozen pool
+/// is ended, so what it held is answered by the new host. The domains
+/// forwarded; none when the account runs no sites on the old host.
+pub async fn forward_sites(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+    new_address: &str,
+    port: u16,
+) -> Result<Vec<String>, CallFailure> {
+    agent(controller, source)?
+        .forward_sites(request(
+            v1::ForwardSitesRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+                new_address: new_address.to_owned(),
+                new_port: u32::from(port),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| r.into_inner().domains)
+        .or_else(|status| {
+            // The agent's "has no sites running on this host".
+            if status.code() == tonic::Code::FailedPrecondition
+                && status.message().contains("no sites running")
+            {
+                Ok(Vec::new())
+            } else {
+                Err(call_outcome(source, &status))
+            }
+        })
+}
+
+/// The undo of [`forward_sites`]: the account's own server blocks and
+/// pool restored on the old host. Harmless when nothing was forwarded.
+pub async fn unforward_sites(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+) -> Result<bool, CallFailure> {
+    agent(controller, source)?
+        .unforward_sites(request(
+            v1::UnforwardSitesRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| r.into_inner().restored)
+        .map_err(|status| call_outcome(source, &status))
+}
+
 /// Carries the sequences of each PostgreSQL database (source database,
 /// source server, target database, target server) from the source to the
-/// target: logical replication does not.
+/// target: logical replication does not. Read after the switch, so no
+/// `nextval` of the account can follow the reading.
 pub async fn carry_sequences(
     controller: &Controller,
     source: &Host,
@@ -196,95 +404,138 @@ pub async fn carry_sequences(
     Ok(carried)
 }
 
-/// The last file pass inside the freeze: what changed in the home since
-/// the copy travels into the copy (a files-only transfer of its own id
-/// into the same copy; the copy's databases are left to replication).
-/// Bounded by `deadline`.
-///
-/// Today the pass compares the whole home with the copy (the files
-/// protocol sends only what differs, but it walks the tree, so its time
-/// grows with the number of files). The full version reads a change
-/// journal (inotify) kept on the source since the copy began and sends
-/// only the paths it names, falling back to a full comparison before the
-/// freeze, never inside it, when the journal overflowed.
+/// Where the target's copy of the home stands against the source's change
+/// journal: what the next catch-up pass names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalMark {
+    pub epoch: u64,
+    pub applied_sequence: u64,
+}
+
+/// Where a change journal stands on the source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStatus {
+    pub epoch: u64,
+    /// No journal runs for the migration (never started, stopped, or lost
+    /// with a restart of the source agent).
+    pub missing: bool,
+    /// Paths changed and not yet confirmed sent: the files' backlog.
+    pub pending_paths: u64,
+    /// Why the journal may have missed changes; empty when trusted.
+    pub untrusted: String,
+}
+
+/// Starts the change journal of `account`'s home for the migration
+/// (before the full copy lists the home). Idempotent: a running journal
+/// is kept, with its epoch.
+pub async fn start_change_journal(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+) -> Result<JournalStatus, CallFailure> {
+    agent(controller, source)?
+        .start_change_journal(request(
+            v1::StartChangeJournalRequest {
+                migration_id: migration_id.to_owned(),
+                account: account.to_owned(),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| wire::journal_status(r.into_inner()))
+        .map_err(|status| call_outcome(source, &status))
+}
+
+/// Where the migration's journal stands.
+pub async fn change_journal(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+) -> Result<JournalStatus, CallFailure> {
+    agent(controller, source)?
+        .get_change_journal(request(
+            v1::ChangeJournalRequest {
+                migration_id: migration_id.to_owned(),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(|r| wire::journal_status(r.into_inner()))
+        .map_err(|status| call_outcome(source, &status))
+}
+
+/// Stops the migration's journal (past the point of no return, or rolled
+/// back). Idempotent.
+pub async fn stop_change_journal(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+) -> Result<(), CallFailure> {
+    agent(controller, source)?
+        .stop_change_journal(request(
+            v1::ChangeJournalRequest {
+                migration_id: migration_id.to_owned(),
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(drop)
+        .map_err(|status| call_outcome(source, &status))
+}
+
+/// How a catch-up pass went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUpMode {
+    /// Only the paths the journal named were compared.
+    Journal,
+    /// The journal could not be trusted: the whole tree was compared.
+    FullComparison,
+    /// The journal could not be trusted and a full comparison was not
+    /// allowed: nothing was changed.
+    FullComparisonNeeded,
+}
+
+/// One catch-up pass's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatchUp {
+    pub mode: CatchUpMode,
+    pub untrusted: String,
+    /// No journal runs on the source: start it again.
+    pub journal_missing: bool,
+    /// What the next pass names.
+    pub mark: JournalMark,
+    pub entries_compared: u64,
+    pub files_sent: u64,
+    pub elapsed: Duration,
+}
+
+/// One catch-up pass on the target of the migration's copy (`spec`, the
+/// full copy's), from the source's journal `journal_id`, starting from
+/// `mark`. Inside the freeze `allow_full_comparison` is false: a journal
+/// that cannot be trusted then changes nothing and says
+/// [`CatchUpMode::FullComparisonNeeded`]. At most `timeout`.
 pub async fn catch_up_files(
     controller: &Controller,
-    source: &Host,
     target: &Host,
     spec: &TransferSpec,
-    deadline: Instant,
-) -> Result<(), CallFailure> {
-    super::grant_transfer(controller, source, spec).await?;
-    let work = async {
-        let mut last = super::start_transfer(controller, target, spec).await?;
-        if last.state == TransferState::Running {
-            let mut watch = super::watch_transfer(controller, target, &spec.transfer_id).await?;
-            while let Some(report) = watch.next().await.map_err(CallFailure::Retry)? {
-                last = report;
-                if last.state != TransferState::Running {
-                    break;
-                }
-            }
-        }
-        match last.state {
-            TransferState::Succeeded => Ok(()),
-            TransferState::Failed => Err(CallFailure::Refused(format!(
-                "the last file pass failed: {}",
-                last.error
-            ))),
-            _ => Err(CallFailure::Retry(
-                "the last file pass stopped before its end".to_owned(),
-            )),
-        }
-    };
-    let left = deadline.saturating_duration_since(Instant::now());
-    let outcome = match tokio::time::timeout(left, work).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(CallFailure::Retry(
-            "the last file pass did not end within the freeze's deadline".to_owned(),
-        )),
-    };
-    let _ = super::revoke_grant(controller, source, &spec.transfer_id).await;
-    outcome
-}
-
-/// Moves the account's sites to the new host: they start there, from the
-/// copy, with the copy's databases, and stop on the old host. Returns how
-/// many run on the target.
-///
-/// Today that is all: requests that still reach the old host (held in
-/// its frozen pool's backlog, or from clients whose DNS is stale) are
-/// refused once its sites stop. The full version keeps a forwarding proxy
-/// on the old host for the account's domains and database names, with the
-/// PROXY protocol so the new host sees the client's address, flipped
-/// inside the freeze, so that those requests reach the new host.
-pub async fn forward_sites(
-    controller: &Controller,
-    source: &Host,
-    target: &Host,
-    spec: &SitesSpec,
-) -> Result<usize, CallFailure> {
-    let started = sites::start_sites(controller, target, spec).await?;
-    sites::stop_sites(controller, source, &spec.account).await?;
-    Ok(started.sites.len())
-}
-
-/// What became of the account's DNS names at the switch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DnsSwitch {
-    /// The controller manages no DNS zone: the account's names were not
-    /// changed, and point where the customer (or the platform's own
-    /// tooling) points them.
-    NotManaged,
-}
-
-/// Points the account's DNS names at the new host, after the freeze.
-///
-/// Today the controller manages no DNS zone, and says so: nothing is
-/// changed. The full version sends RFC 2136 updates signed with TSIG to
-/// the platform's authoritative server, the TTL lowered at least one old
-/// TTL ahead, and keeps the old host's forwarding until the old records'
-/// TTL has passed.
-pub fn switch_dns(_account: &str, _target: &Host) -> DnsSwitch {
-    DnsSwitch::NotManaged
+    journal_id: &str,
+    mark: JournalMark,
+    allow_full_comparison: bool,
+    timeout: Duration,
+) -> Result<CatchUp, CallFailure> {
+    agent(controller, target)?
+        .catch_up_files(request(
+            v1::CatchUpFilesRequest {
+                spec: Some(wire::transfer_spec(spec)),
+                journal_id: journal_id.to_owned(),
+                journal_epoch: mark.epoch,
+                applied_sequence: mark.applied_sequence,
+                allow_full_comparison,
+            },
+            timeout,
+        ))
+        .await
+        .map(|r| wire::catch_up(r.into_inner()))
+        .map_err(|status| call_outcome(target, &status))
 }

@@ -164,15 +164,17 @@ pub async fn postgres_lag(
         .map_err(|status| call_outcome(host, &status))
 }
 
-/// Source: waits until the target applied the source's current position
-/// (a WAL message written first, so an idle source cannot stall it), at
-/// most `deadline`; the position reached.
+/// Source: waits until the target applied `lsn` (the fence's position;
+/// empty: the source's current position, a WAL message written first so
+/// an idle source cannot stall it), at most `deadline`; the position
+/// reached.
 pub async fn drain_postgres(
     controller: &Controller,
     host: &Host,
     migration_id: &str,
     server: &str,
     database: &str,
+    lsn: &str,
     deadline: Duration,
 ) -> Result<String, CallFailure> {
     let deadline_ms = u32::try_from(deadline.as_millis())
@@ -184,7 +186,7 @@ pub async fn drain_postgres(
                 migration_id: migration_id.to_owned(),
                 server: server.to_owned(),
                 database: database.to_owned(),
-                lsn: String::new(),
+                lsn: lsn.to_owned(),
                 deadline_ms,
             },
             deadline + Duration::from_secs(2),

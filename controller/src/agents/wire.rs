@@ -456,6 +456,68 @@ pub fn started_sites(response: &v1::StartSitesResponse) -> super::sites::Started
     }
 }
 
+/// The cutover's databases, (server, database), as the agent API lists
+/// them.
+pub fn cutover_databases(databases: &[(String, String)]) -> Vec<v1::CutoverDatabase> {
+    databases
+        .iter()
+        .map(|(server, database)| v1::CutoverDatabase {
+            server: server.clone(),
+            database: database.clone(),
+        })
+        .collect()
+}
+
+/// A fence's answer.
+pub fn fence_positions(response: v1::FenceDatabasesResponse) -> super::cutover::FencePositions {
+    super::cutover::FencePositions {
+        postgres: response
+            .postgres
+            .into_iter()
+            .map(|p| (p.server, p.lsn))
+            .collect(),
+        mariadb: response
+            .mariadb
+            .into_iter()
+            .map(|p| (p.server, p.gtid_position))
+            .collect(),
+        took: std::time::Duration::from_micros(response.took_us),
+    }
+}
+
+/// A change journal's status.
+pub fn journal_status(status: v1::ChangeJournalStatus) -> super::cutover::JournalStatus {
+    super::cutover::JournalStatus {
+        epoch: status.epoch,
+        missing: status.journal_missing,
+        pending_paths: status.pending_paths,
+        untrusted: status.untrusted,
+    }
+}
+
+/// A catch-up pass's answer. An unknown mode counts as a pass that
+/// changed nothing and needs a full comparison: never one to trust.
+pub fn catch_up(response: v1::CatchUpFilesResponse) -> super::cutover::CatchUp {
+    use super::cutover::CatchUpMode;
+    let mode = match v1::CatchUpMode::try_from(response.mode) {
+        Ok(v1::CatchUpMode::Journal) => CatchUpMode::Journal,
+        Ok(v1::CatchUpMode::FullComparison) => CatchUpMode::FullComparison,
+        _ => CatchUpMode::FullComparisonNeeded,
+    };
+    super::cutover::CatchUp {
+        mode,
+        untrusted: response.untrusted,
+        journal_missing: response.journal_missing,
+        mark: super::cutover::JournalMark {
+            epoch: response.journal_epoch,
+            applied_sequence: response.applied_sequence,
+        },
+        entries_compared: response.entries_compared,
+        files_sent: response.files_sent,
+        elapsed: std::time::Duration::from_millis(response.elapsed_ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

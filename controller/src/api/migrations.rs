@@ -172,6 +172,8 @@ impl MigrationsApi {
                 .to_owned(),
             error: String::new(),
             slots: Default::default(),
+            journal_epoch: 0,
+            dns: None,
             snapshot_positions: Default::default(),
             progress: None,
             backlog: None,

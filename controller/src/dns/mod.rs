@@ -375,7 +375,16 @@ impl PlatformDns {
         lowering: &TtlLowering,
     ) -> Result<(), DnsError> {
         let records = self.read_account(account).await?;
-        for update in plan_ttl_restore(&records, lowering) {
+        self.restore_ttl_of(&records, lowering).await
+    }
+
+    /// [`PlatformDns::restore_ttl`] on sets read already.
+    pub async fn restore_ttl_of(
+        &self,
+        records: &AccountRecords,
+        lowering: &TtlLowering,
+    ) -> Result<(), DnsError> {
+        for update in plan_ttl_restore(records, lowering) {
             self.send(&update).await?;
         }
         Ok(())

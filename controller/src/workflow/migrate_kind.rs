@@ -267,7 +267,14 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
         (_, O::Stopped) => unchanged(run),
         // No step ran: nothing to finish.
         (S::None, _) => unchanged(run),
-        (S::Prepare, O::Prepared { slots }) => {
+        (
+            S::Prepare,
+            O::Prepared {
+                slots,
+                journal_epoch,
+                dns,
+            },
+        ) => {
             let mut after = moved(
                 run,
                 MigrateState::Copying,
@@ -275,6 +282,8 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                 "copying: the durable copy runs while the account works".to_owned(),
             );
             after.slots = slots;
+            after.journal_epoch = journal_epoch;
+            after.dns = dns;
             record(after)
         }
         (
@@ -304,6 +313,24 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             "converging: measuring the backlog".to_owned(),
         )),
         (S::Converge, O::Measured(backlog)) => {
+            // The freeze waits until the lowered DNS TTL can be relied on:
+            // the switch of the records follows the freeze at once.
+            let dns_wait = run
+                .dns
+                .as_ref()
+                .map(|plan| plan.safe_at())
+                .filter(|at| *at > backlog.measured_at);
+            if let (Some(at), true) = (dns_wait, backlog.below(settings)) {
+                let mut after = run.clone();
+                after.attempts = 0;
+                after.error = String::new();
+                after.phase = format!(
+                    "converging: the backlog is small; the freeze waits until {} for the lowered DNS TTL",
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                );
+                after.backlog = Some(backlog);
+                return later(after, settings.converge_poll());
+            }
             if backlog.below(settings) {
                 let try_number = run.freeze_tries.saturating_add(1);
                 let mut after = moved(
@@ -323,11 +350,18 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                 after.attempts = 0;
                 after.error = String::new();
                 after.phase = format!(
-                    "converging: backlog {} and {} MariaDB transactions, above the threshold ({} and {}); the freeze waits",
+                    "converging: backlog {}, {} MariaDB transactions and {} paths{}, above the threshold ({}, {} and {}); the freeze waits",
                     human_bytes(backlog.postgres_lag_bytes),
                     backlog.mariadb_transactions,
+                    backlog.files_pending,
+                    if backlog.files_full_comparison {
+                        " (the files' last pass compared the whole tree)"
+                    } else {
+                        ""
+                    },
                     human_bytes(settings.backlog_threshold_bytes),
-                    settings.backlog_threshold_transactions
+                    settings.backlog_threshold_transactions,
+                    settings.backlog_threshold_paths
                 );
                 after.backlog = Some(backlog);
                 later(after, settings.converge_poll())

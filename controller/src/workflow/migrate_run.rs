@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::agents::cutover::JournalMark;
 use crate::config;
+use crate::dns::{AccountRecords, TtlLowering};
 use crate::model::{CopyPlan, CopyProgress};
 
 /// Where a migration stands.
@@ -128,6 +130,18 @@ pub struct MigrateSettings {
     pub backlog_threshold_transactions: u64,
     pub converge_poll_ms: u64,
     pub retire_after_secs: u64,
+    /// Paths of the home changed and not yet carried (the change
+    /// journal's backlog) under which the freeze may begin.
+    #[serde(default = "default_backlog_paths")]
+    pub backlog_threshold_paths: u64,
+}
+
+/// The files' backlog a freeze may begin with: a journal pass costs what
+/// changed, a few milliseconds per thousand paths.
+pub const BACKLOG_THRESHOLD_PATHS: u64 = 2_000;
+
+fn default_backlog_paths() -> u64 {
+    BACKLOG_THRESHOLD_PATHS
 }
 
 impl MigrateSettings {
@@ -139,6 +153,7 @@ impl MigrateSettings {
             backlog_threshold_transactions: config.backlog_threshold_transactions,
             converge_poll_ms: config.converge_poll_ms.max(50),
             retire_after_secs: config.retire_after_secs,
+            backlog_threshold_paths: BACKLOG_THRESHOLD_PATHS,
         }
     }
 
@@ -158,6 +173,16 @@ pub struct Backlog {
     pub postgres_lag_bytes: u64,
     /// MariaDB transactions not yet applied on the target.
     pub mariadb_transactions: u64,
+    /// Paths of the home the change journal names and no pass carried yet.
+    #[serde(default)]
+    pub files_pending: u64,
+    /// The last catch-up pass compared the whole tree (the journal could
+    /// not be trusted): not a pass to freeze on, another follows.
+    #[serde(default)]
+    pub files_full_comparison: bool,
+    /// What the next catch-up pass names; `None` before the first.
+    #[serde(default)]
+    pub journal: Option<JournalMark>,
     #[serde(with = "crate::model::rfc3339")]
     pub measured_at: DateTime<Utc>,
 }
@@ -167,6 +192,8 @@ impl Backlog {
     pub fn below(&self, settings: &MigrateSettings) -> bool {
         self.postgres_lag_bytes <= settings.backlog_threshold_bytes
             && self.mariadb_transactions <= settings.backlog_threshold_transactions
+            && self.files_pending <= settings.backlog_threshold_paths
+            && !self.files_full_comparison
     }
 }
 
@@ -189,10 +216,26 @@ pub struct FreezeWindow {
     /// Why it was undone; empty for the freeze that switched.
     #[serde(default)]
     pub missed_because: String,
-    /// The account's sites ran on the source and were frozen: the switch
-    /// moves them to the target. False: the account runs none there.
+    /// The account's processes on the source were frozen (FreezeAccount):
+    /// the switch forwards its sites and thaws it.
     #[serde(default)]
     pub sites_frozen: bool,
+}
+
+/// The platform DNS's records of the account, as read when the migration
+/// began, and the TTL lowering made then.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsPlan {
+    pub records: AccountRecords,
+    pub lowering: TtlLowering,
+}
+
+impl DnsPlan {
+    /// Whether the lowered TTL can be relied on at `now`: no resolver
+    /// holds an answer cached with an old TTL.
+    pub fn safe_at(&self) -> DateTime<Utc> {
+        DateTime::<Utc>::from(self.lowering.safe_at)
+    }
 }
 
 /// A migration's whole record.
@@ -217,6 +260,15 @@ pub struct MigrationRun {
     /// Source PostgreSQL database to its replication slot (Prepare).
     #[serde(default)]
     pub slots: BTreeMap<String, String>,
+    /// The epoch of the change journal started on the source before the
+    /// copy (Prepare): the first catch-up pass names it.
+    #[serde(default)]
+    pub journal_epoch: u64,
+    /// The platform DNS's records of the account as first read, and their
+    /// lowered TTLs (`None` without `[dns]`, or before the first read): a
+    /// retry keeps the old TTLs to restore.
+    #[serde(default)]
+    pub dns: Option<DnsPlan>,
     /// Where the copy read each database ("mariadb:blog" to a GTID).
     #[serde(default)]
     pub snapshot_positions: BTreeMap<String, String>,
@@ -268,8 +320,13 @@ impl MigrationRun {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum MigrateOutcome {
-    /// The source is ready: each PostgreSQL database's slot.
-    Prepared { slots: BTreeMap<String, String> },
+    /// The source is ready: each PostgreSQL database's slot, the change
+    /// journal's epoch, the DNS records read and their TTL lowered.
+    Prepared {
+        slots: BTreeMap<String, String>,
+        journal_epoch: u64,
+        dns: Option<DnsPlan>,
+    },
     /// The durable copy is complete: where each database was read.
     Copied {
         positions: BTreeMap<String, String>,

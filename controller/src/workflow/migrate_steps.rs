@@ -1,7 +1,13 @@
 //! The steps of a migration against the agents ([`perform`]): what each
 //! [`MigrateStep`] does on the source and target hosts, in domain types
 //! (`agents` converts to the agent API). The freeze and the switch are
-//! made of the named actions of [`agents::cutover`].
+//! made of the named actions of [`agents::cutover`], in the order of
+//! `proto/navette/v1/cutover.proto`: freeze the account's processes,
+//! fence its databases, drain the target to the fence's positions, the
+//! last file pass from the change journal, switch the databases, carry
+//! the sequences (all in the freeze step, before the point of no return);
+//! then, past it, the sites started on the target, the old host
+//! forwarding to them, the account thawed, the placement recorded.
 //!
 //! Every step can run again after a crash or a lost lease: each agent
 //! call is named by the migration's id (or a transfer id made from it)
@@ -15,10 +21,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+use super::migrate_dns;
 use super::migrate_run::{
     Backlog, FreezePart, FreezeWindow, MigrateOutcome, MigrateStep, MigrationRun,
 };
-use crate::agents::cutover::{self, Drained};
+use crate::agents::cutover::{
+    self, AfterThaw, CatchUpMode, CutoverDatabases, Drained, JournalMark,
+};
 use crate::agents::replication::{self, MariadbReplication, PostgresSource, Side};
 use crate::agents::sites::{SiteDatabases, SitesSpec};
 use crate::agents::transfer::{DatabaseCopy, TransferSpec, TransferState};
@@ -32,10 +41,15 @@ use crate::store;
 const GRANT_LIFETIME: chrono::Duration = chrono::Duration::hours(24);
 /// How often stored progress is updated while the copy runs.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// The agent thaws a freeze by itself after this much more than the
-/// freeze's deadline (its own longest is 10 s): the switch that follows
-/// the freeze stops the old sites before then.
+/// The agent thaws a freeze (and releases a fence) by itself after this
+/// much more than the freeze's deadline: the switch that follows the
+/// freeze forwards the old sites before then.
 const THAW_SLACK: Duration = Duration::from_secs(3);
+/// How long a catch-up pass while converging may take (one that compares
+/// the whole tree walks it).
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The web port of the new host's sites, where the old host forwards.
+const WEB_PORT: u16 = 80;
 
 fn outcome_of(failure: CallFailure) -> MigrateOutcome {
     match failure {
@@ -112,16 +126,32 @@ pub fn copy_spec(run: &MigrationRun, slots: &BTreeMap<String, String>) -> Transf
     }
 }
 
-/// The files-only catch-up pass of freeze `try_number`.
-fn catch_up_spec(run: &MigrationRun, try_number: u32) -> TransferSpec {
-    TransferSpec {
-        transfer_id: run.catch_up_transfer_id(try_number),
-        databases: Vec::new(),
-        postgres_replication_slots: BTreeMap::new(),
-        mariadb_snapshot_positions: false,
-        files_only: true,
-        ..copy_spec(run, &BTreeMap::new())
+/// The account's databases on the source, for the fence and the switch.
+fn cutover_databases(run: &MigrationRun) -> CutoverDatabases {
+    let of = |engine| {
+        run.plan
+            .databases
+            .iter()
+            .filter(|d| d.engine == engine)
+            .map(|d| (d.source_server.clone(), d.name.clone()))
+            .collect()
+    };
+    CutoverDatabases {
+        postgres: of(Engine::Postgresql),
+        mariadb: of(Engine::Mariadb),
     }
+}
+
+/// What the next catch-up pass names: the last pass's answer, or the
+/// journal Prepare started (sequence 0).
+fn journal_mark(run: &MigrationRun) -> JournalMark {
+    run.backlog
+        .as_ref()
+        .and_then(|b| b.journal)
+        .unwrap_or(JournalMark {
+            epoch: run.journal_epoch,
+            applied_sequence: 0,
+        })
 }
 
 /// The account's sites as the target runs them: from the copy, with the
@@ -210,9 +240,11 @@ struct Steps<'a> {
 
 impl Steps<'_> {
     /// The source's publications and slots, its MariaDB servers' binlog
-    /// checked, and the copy's grant.
+    /// checked, the copy's grant, the home's change journal (started
+    /// before the copy lists the home), the DNS TTL lowered.
     async fn prepare(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
+        let dns = migrate_dns::lower(c, run).await?;
         let mut slots = BTreeMap::new();
         for database in postgres(run) {
             let slot = replication::prepare_postgres(
@@ -235,7 +267,17 @@ impl Steps<'_> {
             }
         }
         agents::grant_transfer(c, self.source, &copy_spec(run, &slots)).await?;
-        Ok(MigrateOutcome::Prepared { slots })
+        let mut journal_epoch = 0;
+        if !run.plan.source_home.is_empty() {
+            let journal =
+                cutover::start_change_journal(c, self.source, &run.id, &run.account).await?;
+            journal_epoch = journal.epoch;
+        }
+        Ok(MigrateOutcome::Prepared {
+            slots,
+            journal_epoch,
+            dns,
+        })
     }
 
     /// The durable copy, followed to its end; where each database was read.
@@ -273,7 +315,8 @@ impl Steps<'_> {
                 )));
             }
         }
-        let _ = agents::revoke_grant(c, self.source, &spec.transfer_id).await;
+        // The grant stays: the catch-up passes read with it (the finish
+        // and the rollback revoke it).
         for database in &run.plan.databases {
             let key = match database.engine {
                 Engine::Postgresql => format!("postgresql:{}", database.name),
@@ -369,16 +412,46 @@ impl Steps<'_> {
         Ok(MigrateOutcome::Replicating)
     }
 
-    /// The backlog now: PostgreSQL lag in bytes, MariaDB transactions not
-    /// applied. A MariaDB connection that stopped with an error fails the
-    /// migration (it rolls back).
+    /// A files catch-up pass, then the backlog now: PostgreSQL lag in
+    /// bytes, MariaDB transactions not applied, paths the journal names
+    /// that no pass carried. A MariaDB connection that stopped with an
+    /// error fails the migration (it rolls back).
     async fn measure(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
         let mut backlog = Backlog {
             postgres_lag_bytes: 0,
             mariadb_transactions: 0,
+            files_pending: 0,
+            files_full_comparison: false,
+            journal: None,
             measured_at: Utc::now(),
         };
+        if !run.plan.source_home.is_empty() {
+            let pass = cutover::catch_up_files(
+                c,
+                self.target,
+                &copy_spec(run, &run.slots),
+                &run.id,
+                journal_mark(run),
+                true,
+                CATCH_UP_TIMEOUT,
+            )
+            .await?;
+            backlog.journal = Some(pass.mark);
+            backlog.files_full_comparison = pass.mode != CatchUpMode::Journal;
+            if pass.journal_missing {
+                // Lost with a restart of the source agent: a new epoch,
+                // which the next pass compares in full.
+                cutover::start_change_journal(c, self.source, &run.id, &run.account).await?;
+                backlog.files_full_comparison = true;
+            }
+            let journal = cutover::change_journal(c, self.source, &run.id).await?;
+            backlog.files_pending = journal.pending_paths;
+            if journal.missing || !journal.untrusted.is_empty() {
+                backlog.files_full_comparison = true;
+            }
+            tracing::debug!(message = "files caught up", migration = %run.id, mode = ?pass.mode, files_sent = pass.files_sent, entries_compared = pass.entries_compared, pending = journal.pending_paths);
+        }
         for database in postgres(run) {
             backlog.postgres_lag_bytes += replication::postgres_lag(
                 c,
@@ -413,31 +486,39 @@ impl Steps<'_> {
         Ok(MigrateOutcome::Measured(backlog))
     }
 
-    /// The freeze: the account's processes frozen, its databases fenced
-    /// and drained, its sequences and last file changes carried, all
-    /// within the deadline; otherwise the source thawed again.
+    /// The freeze, before the point of no return: every process of the
+    /// account frozen on the source, its databases fenced (writers held,
+    /// the positions taken after the fence), the target drained to those
+    /// positions, the last file pass from the journal (never a walk of
+    /// the tree), the databases switched (held writers ended, new
+    /// sessions refused), the sequences carried; all within the deadline.
+    /// Otherwise the databases released and the account thawed again.
     async fn freeze(&self) -> MigrateOutcome {
         let (c, run) = (self.controller.as_ref(), self.run);
+        // The sites start on the target before the freeze, on the copy
+        // (nothing reaches them until the old host forwards and the DNS
+        // moves): the switch then only has to confirm them.
+        if !run.plan.sites.is_empty()
+            && let Err(failure) = agents::sites::start_sites(c, self.target, &sites_spec(run)).await
+        {
+            return outcome_of(failure);
+        }
         let frozen_at = Utc::now();
         let started = Instant::now();
         let deadline = started + run.settings.freeze_deadline();
+        // The agent's own holds outlast the deadline by the slack, so the
+        // switch step can forward the sites before the account thaws.
+        let hold = run.settings.freeze_deadline() + THAW_SLACK;
         let mut parts: Vec<FreezePart> = Vec::new();
-        let mut sites = false;
+        let mut frozen = false;
+        let databases = cutover_databases(run);
         let result = async {
-            if !run.plan.sites.is_empty() {
-                let part = Instant::now();
-                sites = cutover::freeze_sites(
-                    c,
-                    self.source,
-                    &run.account,
-                    run.settings.freeze_deadline() + THAW_SLACK,
-                )
-                .await?
-                .is_some();
-                if sites {
-                    parts.push(part_of("freeze sites", part.elapsed()));
-                }
-            }
+            let part = Instant::now();
+            let account =
+                cutover::freeze_account(c, self.source, &run.id, &run.account, hold).await?;
+            frozen = true;
+            parts.push(part_of("freeze processes", part.elapsed()));
+            tracing::info!(message = "account frozen", migration = %run.id, processes = account.frozen_processes, moved = account.moved_processes, kernel_us = account.took.as_micros() as u64);
             let mut drained: Vec<Drained> = postgres(run)
                 .map(|d| Drained::Postgres {
                     server: d.source_server.clone(),
@@ -452,11 +533,69 @@ impl Steps<'_> {
                     target_server,
                 });
             }
-            for (name, took) in
-                cutover::fence_databases(c, self.source, self.target, &run.id, &drained, deadline)
-                    .await?
-            {
-                parts.push(part_of(&name, took));
+            if !drained.is_empty() {
+                let part = Instant::now();
+                let positions = cutover::fence_databases(
+                    c,
+                    self.source,
+                    &run.id,
+                    &run.account,
+                    &databases,
+                    hold,
+                )
+                .await?;
+                parts.push(part_of("fence databases", part.elapsed()));
+                for (name, took) in cutover::drain_to_positions(
+                    c,
+                    self.source,
+                    self.target,
+                    &run.id,
+                    &drained,
+                    &positions,
+                    deadline,
+                )
+                .await?
+                {
+                    parts.push(part_of(&name, took));
+                }
+            }
+            if !run.plan.source_home.is_empty() {
+                let part = Instant::now();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let pass = cutover::catch_up_files(
+                    c,
+                    self.target,
+                    &copy_spec(run, &run.slots),
+                    &run.id,
+                    journal_mark(run),
+                    false,
+                    left.max(Duration::from_millis(1)),
+                )
+                .await?;
+                if pass.mode != CatchUpMode::Journal {
+                    return Err(CallFailure::Retry(format!(
+                        "the change journal cannot be trusted ({}); the whole home is compared before the next freeze",
+                        if pass.journal_missing {
+                            "no journal runs on the source"
+                        } else {
+                            pass.untrusted.as_str()
+                        }
+                    )));
+                }
+                parts.push(part_of("catch up files", part.elapsed()));
+            }
+            if !drained.is_empty() {
+                let part = Instant::now();
+                cutover::switch_databases(
+                    c,
+                    self.source,
+                    &run.id,
+                    &run.account,
+                    &run.plan.target_address,
+                    &databases,
+                )
+                .await?;
+                parts.push(part_of("switch databases", part.elapsed()));
             }
             let sequences: Vec<(String, String, String, String)> = postgres(run)
                 .map(|d| {
@@ -472,12 +611,6 @@ impl Steps<'_> {
                 let part = Instant::now();
                 cutover::carry_sequences(c, self.source, self.target, &run.id, &sequences).await?;
                 parts.push(part_of("sequences", part.elapsed()));
-            }
-            if !run.plan.source_home.is_empty() {
-                let part = Instant::now();
-                let spec = catch_up_spec(run, run.freeze_tries);
-                cutover::catch_up_files(c, self.source, self.target, &spec, deadline).await?;
-                parts.push(part_of("catch up files", part.elapsed()));
             }
             if Instant::now() > deadline {
                 return Err(CallFailure::Retry(format!(
@@ -497,37 +630,67 @@ impl Steps<'_> {
             sites_frozen,
         };
         match result {
-            Ok(()) => MigrateOutcome::Frozen(window(parts, String::new(), sites)),
+            Ok(()) => MigrateOutcome::Frozen(window(parts, String::new(), frozen)),
             Err(failure) => {
                 let why = match failure {
                     CallFailure::Retry(why) | CallFailure::Refused(why) => why,
                 };
-                if sites {
-                    let part = Instant::now();
-                    match cutover::thaw_sites(c, self.source, &run.account).await {
-                        Ok(_) => parts.push(part_of("thaw sites", part.elapsed())),
-                        // The agent thaws by itself at the freeze's end.
-                        Err(error) => {
-                            tracing::warn!(message = "the source's sites could not be thawed now; its agent thaws them by itself", migration = %run.id, error = ?error)
-                        }
+                let part = Instant::now();
+                // The agent releases by itself at the hold's end.
+                if let Err(error) =
+                    cutover::release_databases(c, self.source, &run.id, &run.account).await
+                {
+                    tracing::warn!(message = "the source's databases could not be released now; its agent releases them at the fence's deadline", migration = %run.id, error = ?error);
+                }
+                match cutover::thaw_account(
+                    c,
+                    self.source,
+                    &run.id,
+                    &run.account,
+                    AfterThaw::Resume,
+                )
+                .await
+                {
+                    Ok(_) => parts.push(part_of("release and thaw", part.elapsed())),
+                    Err(error) => {
+                        tracing::warn!(message = "the account could not be thawed now; its agent thaws it by itself", migration = %run.id, error = ?error)
                     }
                 }
                 tracing::warn!(message = "freeze undone", migration = %run.id, reason = %why);
-                MigrateOutcome::FreezeMissed(window(parts, why, sites))
+                MigrateOutcome::FreezeMissed(window(parts, why, frozen))
             }
         }
     }
 
-    /// The point of no return: the sites serve from the target and stop on
-    /// the source, and the controller records the new placement.
+    /// Past the point of no return: the sites start on the target, the
+    /// old host forwards the account's domains there (what its frozen pool
+    /// held is answered by the new host), the account's other processes
+    /// on the old host ended while frozen (they would write into the old
+    /// copy) and the group thawed, the placement recorded.
     async fn switch(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
         let mut parts = Vec::new();
-        // The sites that served on the source serve on the target.
+        if !run.plan.sites.is_empty() {
+            let part = Instant::now();
+            agents::sites::start_sites(c, self.target, &sites_spec(run)).await?;
+            parts.push(part_of("sites on the target", part.elapsed()));
+        }
         if run.freeze.as_ref().is_some_and(|f| f.sites_frozen) {
             let part = Instant::now();
-            cutover::forward_sites(c, self.source, self.target, &sites_spec(run)).await?;
-            parts.push(part_of("sites moved to the target", part.elapsed()));
+            let domains = cutover::forward_sites(
+                c,
+                self.source,
+                &run.id,
+                &run.account,
+                &run.plan.target_address,
+                WEB_PORT,
+            )
+            .await?;
+            parts.push(part_of("sites forwarded", part.elapsed()));
+            tracing::info!(message = "the old host forwards the account's domains", migration = %run.id, domains = ?domains);
+            let part = Instant::now();
+            cutover::thaw_account(c, self.source, &run.id, &run.account, AfterThaw::End).await?;
+            parts.push(part_of("thaw", part.elapsed()));
         }
         let part = Instant::now();
         let placed = async {
@@ -551,17 +714,22 @@ impl Steps<'_> {
         })
     }
 
-    /// After the switch: replication torn down on both sides, the
-    /// replication users and grants ended, the DNS switched.
+    /// After the switch: the DNS records pointed at the new host and their
+    /// TTL restored, the change journal stopped, replication torn down on
+    /// both sides, the replication users and grants ended.
     async fn finish(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
+        let dns = migrate_dns::switch_and_restore(c, run, self.source, self.target).await?;
+        tolerate(
+            cutover::stop_change_journal(c, self.source, &run.id).await,
+            "stopping the change journal",
+        )?;
         self.teardown(true).await?;
         for transfer_id in std::iter::once(run.copy_transfer_id())
             .chain((1..=run.freeze_tries).map(|n| run.catch_up_transfer_id(n)))
         {
             let _ = agents::revoke_grant(c, self.source, &transfer_id).await;
         }
-        let dns = cutover::switch_dns(&run.account, self.target);
         tracing::info!(message = "migration finished", migration = %run.id, dns = ?dns);
         Ok(MigrateOutcome::Finished)
     }
@@ -638,24 +806,49 @@ impl Steps<'_> {
         self.teardown_source().await
     }
 
-    /// Before the point of no return: the source thawed, replication torn
-    /// down, the target's copy removed (once no transfer writes into it:
+    /// Before the point of no return: the source's databases released,
+    /// a forward undone, the account thawed, the journal stopped,
+    /// replication torn down, the target's copy removed (once no transfer writes into it:
     /// the agent refuses until then, and the removal is retried). Nothing
     /// of the account's own data is touched.
     async fn rollback(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
-        if !run.plan.sites.is_empty() {
-            tolerate(
-                cutover::thaw_sites(c, self.source, &run.account)
-                    .await
-                    .map(drop),
-                "thawing the sites",
-            )?;
-        }
+        // Each harmless if its step never ran: the held writers go on (or
+        // the switched databases serve again), a forward sent by a switch
+        // that failed half-way is undone, the account runs again.
+        tolerate(
+            cutover::release_databases(c, self.source, &run.id, &run.account).await,
+            "releasing the databases",
+        )?;
+        tolerate(
+            cutover::unforward_sites(c, self.source, &run.id, &run.account)
+                .await
+                .map(drop),
+            "undoing the forward",
+        )?;
+        tolerate(
+            cutover::thaw_account(c, self.source, &run.id, &run.account, AfterThaw::Resume)
+                .await
+                .map(drop),
+            "thawing the account",
+        )?;
+        tolerate(
+            cutover::stop_change_journal(c, self.source, &run.id).await,
+            "stopping the change journal",
+        )?;
         // A subscription exists only once the copy is complete; it goes
         // before its database.
         if !run.snapshot_positions.is_empty() {
             self.teardown_target().await?;
+        }
+        // The sites the freeze started on the target, before their copy.
+        if !run.plan.sites.is_empty() {
+            tolerate(
+                agents::sites::stop_sites(c, self.target, &run.account)
+                    .await
+                    .map(drop),
+                "stopping the sites on the target",
+            )?;
         }
         let removed = agents::remove_copy(c, self.target, &copy_spec(run, &run.slots)).await?;
         tracing::info!(message = "the migration's copy is removed", migration = %run.id, logins_dropped = ?removed.logins_dropped);

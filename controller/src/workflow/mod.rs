@@ -21,6 +21,7 @@
 //! when a copy is removed, the source agent is asked to revoke the grants
 //! of the test's transfers (best effort: a grant also expires by itself).
 
+pub mod migrate_dns;
 pub mod migrate_kind;
 pub mod migrate_run;
 pub mod migrate_steps;

@@ -27,6 +27,7 @@ fn settings() -> MigrateSettings {
         backlog_threshold_transactions: 100,
         converge_poll_ms: 500,
         retire_after_secs: 3_600,
+        backlog_threshold_paths: 1_000,
     }
 }
 
@@ -55,6 +56,8 @@ fn run(state: MigrateState, step: MigrateStep) -> MigrationRun {
         phase: String::new(),
         error: String::new(),
         slots: BTreeMap::new(),
+        journal_epoch: 0,
+        dns: None,
         snapshot_positions: BTreeMap::new(),
         progress: None,
         backlog: None,
@@ -72,6 +75,9 @@ fn backlog(bytes: u64, transactions: u64) -> Backlog {
     Backlog {
         postgres_lag_bytes: bytes,
         mariadb_transactions: transactions,
+        files_pending: 0,
+        files_full_comparison: false,
+        journal: None,
         measured_at: at(10),
     }
 }
@@ -98,6 +104,8 @@ fn every_outcome() -> Vec<MigrateOutcome> {
     vec![
         MigrateOutcome::Prepared {
             slots: [("shop".to_owned(), "navette_slot".to_owned())].into(),
+            journal_epoch: 7,
+            dns: None,
         },
         MigrateOutcome::Copied {
             positions: [("mariadb:blog".to_owned(), "0-1-9".to_owned())].into(),
@@ -165,6 +173,8 @@ fn the_happy_path_runs_every_step_in_order() {
         &start,
         outcome(MigrateOutcome::Prepared {
             slots: [("shop".to_owned(), "slot_shop".to_owned())].into(),
+            journal_epoch: 7,
+            dns: None,
         }),
     );
     assert_eq!(
@@ -260,6 +270,54 @@ fn a_large_backlog_keeps_converging_and_says_so() {
         MigrateState::Converging,
         "MariaDB's backlog counts too"
     );
+}
+
+#[test]
+fn the_files_backlog_and_an_untrusted_journal_keep_converging() {
+    let converging = run(MigrateState::Converging, MigrateStep::Converge);
+    let mut pending = backlog(0, 0);
+    pending.files_pending = 1_001;
+    let t = decide(&converging, outcome(MigrateOutcome::Measured(pending)));
+    assert_eq!(t.state.state, MigrateState::Converging);
+    assert!(t.state.phase.contains("1001 paths"), "{}", t.state.phase);
+    let mut compared = backlog(0, 0);
+    compared.files_full_comparison = true;
+    let t = decide(&converging, outcome(MigrateOutcome::Measured(compared)));
+    assert_eq!(
+        t.state.state,
+        MigrateState::Converging,
+        "a pass that compared the whole tree is not one to freeze on"
+    );
+    assert!(t.state.phase.contains("whole tree"), "{}", t.state.phase);
+}
+
+#[test]
+fn the_freeze_waits_for_the_lowered_dns_ttl() {
+    use crate::dns::{AccountRecords, TtlLowering};
+    let mut converging = run(MigrateState::Converging, MigrateStep::Converge);
+    converging.dns = Some(crate::workflow::migrate_run::DnsPlan {
+        records: AccountRecords {
+            account: "alice".into(),
+            zones: Vec::new(),
+            not_ours: Vec::new(),
+        },
+        lowering: TtlLowering {
+            lowered_ttl: 5,
+            sets: Vec::new(),
+            safe_at: at(20).into(),
+        },
+    });
+    // Measured at 10 s, safe at 20 s: not yet.
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(backlog(0, 0))),
+    );
+    assert_eq!(t.state.state, MigrateState::Converging);
+    assert!(t.state.phase.contains("DNS TTL"), "{}", t.state.phase);
+    let mut later = backlog(0, 0);
+    later.measured_at = at(21);
+    let t = decide(&converging, outcome(MigrateOutcome::Measured(later)));
+    assert_eq!(t.state.state, MigrateState::Freezing);
 }
 
 #[test]
