@@ -7,7 +7,8 @@
 //! refused, naming what is left, while the transit host holds an account
 //! (and while it holds addresses of the server: `address_moves.rs`, with
 //! real moves); the wipe that follows removes the copy named after the
-//! allocation and leaves a test's copy alone.
+//! allocation and leaves a test's copy alone. Every host shows its
+//! configuration class (`Host.configuration_class`).
 
 mod support;
 
@@ -160,6 +161,13 @@ fn two_servers_share_one_transit_host_in_turn() -> anyhow::Result<()> {
         set_class(&rig, host, CLASS)?;
     }
     set_class(&rig, "vps-3", OTHER_CLASS)?;
+    for (host, class) in [("transit-1", CLASS), ("vps-3", OTHER_CLASS)] {
+        let shown = support::host(&rig, host)?;
+        ensure!(
+            str_of(&shown, "configurationClass") == class,
+            "Hosts shows {host}'s class {class}: {shown}"
+        );
+    }
     // The other class's transit host is draining: it serves no one.
     rig.grpcurl_json("navette.v1.Hosts/DrainHost", &json!({"id": "transit-2"}))?;
     set_class(&rig, "transit-2", OTHER_CLASS)?;
