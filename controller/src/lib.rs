@@ -58,14 +58,16 @@
 //! - [`transit`]: the transit pool (R9): configuration classes, requests
 //!   served at once or queued first come first served per class under a
 //!   per-class advisory lock, the release (refused while the transit host
-//!   holds accounts or addresses; then its agent's wipe) and the charges
+//!   holds accounts or, as the address moves record them, the server's
+//!   addresses; then its agent's wipe) and the charges
 //!   ([`transit::billing`], pure integer arithmetic).
 //! - [`addresses`]: IP rerouting: moving a dedicated server's or VPS's
 //!   addresses to a transit host and back, make-before-break, on shared
 //!   layer 2 or routed by the provider ([`addresses::provider`], a
 //!   pluggable HTTP failover API with a documented contract); who may
-//!   receive them ([`addresses::check_destination`]); every move recorded
-//!   with its operation id (`store::addresses`).
+//!   receive them ([`addresses::check_destination`]: the server itself, or
+//!   the transit host of its active transit allocation); every move
+//!   recorded with its operation id (`store::addresses`).
 //! - [`protocol`]: the transfer protocol version a source and a target are
 //!   paired on (the highest both agents speak), or why they cannot be.
 //! - [`reinstall`]: the reinstall hand-off: a workflow kind that checks

@@ -32,6 +32,8 @@ pub struct ProvisionClass {
     pub kind: Option<String>,
     pub pool: Option<String>,
     pub declared_disk_bytes: Option<u64>,
+    /// The transit pool's configuration class.
+    pub configuration_class: Option<String>,
 }
 
 /// A request the controller gave the provisioner (contract 1).

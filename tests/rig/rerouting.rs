@@ -10,6 +10,11 @@
 //! | 198.51.100.10/24, 2001:db8:1::10/64 | shared layer 2 (the router's neighbour cache) |
 //! | 203.0.113.130/32, 2001:db8:3::30/128 | routed by the provider to the server's main address |
 //!
+//! The server and the transit host are of one configuration class
+//! ([`CLASS`]) and the server holds a transit allocation of the transit
+//! host, asked for through the Transit API at setup: addresses move only
+//! to the transit host of the server's active allocation.
+//!
 //! Owns: that setup, moving an address through the operator API
 //! (`Addresses/MoveAddress` with grpcurl), which hosts hold an address,
 //! and measuring the client's longest gap while addresses move.
@@ -33,6 +38,8 @@ pub const ROUTED_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 130));
 pub const ROUTED_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x30));
 /// The service the client connects to, on every host.
 pub const SERVICE_PORT: u16 = 8080;
+/// The configuration class of the server and of the transit host.
+pub const CLASS: &str = "c8-m32-d960";
 /// The stand-in's port on the router.
 const PROVIDER_PORT: u16 = 8480;
 
@@ -58,6 +65,8 @@ pub struct Rerouting {
     pub shared_agent: Agent,
     /// The stand-in and the services (the rig kills them at teardown).
     pub processes: Vec<ChildProcess>,
+    /// The server's transit allocation, active on the transit host.
+    pub allocation_id: String,
 }
 
 /// The prefix length each scenario address is configured with.
@@ -134,7 +143,7 @@ impl Rig {
             spec.transit_skips_announcements,
         )?;
         let shared_agent = enrol(&shared, AgentKind::Shared, false)?;
-        let scenario = Rerouting {
+        let mut scenario = Rerouting {
             server,
             transit,
             shared,
@@ -144,8 +153,10 @@ impl Rig {
             transit_agent,
             shared_agent,
             processes,
+            allocation_id: String::new(),
         };
         scenario.wait_reported(self)?;
+        scenario.allocation_id = scenario.request_transit(self)?;
         Ok(scenario)
     }
 }
@@ -186,6 +197,51 @@ impl Rerouting {
                     && online(self.shared.host()).is_some())
             },
         )
+    }
+
+    /// Gives the server and the transit host their class and asks for
+    /// transit for the server (`Transit/RequestTransit`, as the panel
+    /// would, here as the operator): the allocation's id, active on the
+    /// transit host.
+    fn request_transit(&self, rig: &Rig) -> anyhow::Result<String> {
+        for host in [self.server.host(), self.transit.host()] {
+            rig.grpcurl_json(
+                "navette.v1.TransitPool/SetConfigurationClass",
+                &json!({ "host_id": host, "configuration_class": CLASS }),
+            )?;
+        }
+        let allocation = rig.grpcurl_json(
+            "navette.v1.Transit/RequestTransit",
+            &json!({
+                "request_id": crate::grpcurl::request_id(),
+                "server_host_id": self.server.host(),
+                "price": {"minor_units": "2999", "period": "PRICE_PERIOD_MONTH", "currency": "EUR"},
+            }),
+        )?;
+        let field = |name: &str| {
+            allocation
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        anyhow::ensure!(
+            field("state") == "STATE_ACTIVE" && field("transitHostId") == self.transit.host(),
+            "the server's transit allocation is active on {}: {allocation}",
+            self.transit.host()
+        );
+        Ok(field("id"))
+    }
+
+    /// `Transit/ReleaseTransit` of the server's allocation: the answer, or
+    /// grpcurl's output when refused.
+    pub fn release_transit(&self, rig: &Rig) -> anyhow::Result<std::process::Output> {
+        rig.grpcurl(&[
+            "-d",
+            &json!({ "id": self.allocation_id }).to_string(),
+            &rig.controller_access()?.api.to_string(),
+            "navette.v1.Transit/ReleaseTransit",
+        ])
     }
 
     /// `Addresses/MoveAddress` as the operator; the answer, or grpcurl's

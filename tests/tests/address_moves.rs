@@ -8,7 +8,13 @@
 //! second (issue 11's bound). Without the announcement the layer 2 gap is
 //! much longer; a move already done changes nothing; a move cut short by
 //! a killed agent is finished by moving again, and the address ends on
-//! exactly one host. Real controller, agents, router and grpcurl.
+//! exactly one host. The server's addresses move only to the transit host
+//! of its active transit allocation (asked for through the Transit API at
+//! setup): another transit host, a shared host and, once the allocation is
+//! released, its former transit host are refused; the release itself is
+//! refused while the transit host holds the server's addresses, and goes
+//! through once they are back. Real controller, agents, router and
+//! grpcurl.
 
 mod support;
 
@@ -16,13 +22,13 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use navette_tests::Rig;
 use navette_tests::rerouting::{
-    LAYER2_V4, LAYER2_V6, ROUTED_V4, ROUTED_V6, Rerouting, ReroutingSpec, SERVICE_PORT,
+    CLASS, LAYER2_V4, LAYER2_V6, ROUTED_V4, ROUTED_V6, Rerouting, ReroutingSpec, SERVICE_PORT,
 };
 use navette_tests::router::{Prober, host_v6};
+use navette_tests::{AgentKind, Rig};
 use serde_json::{Value, json};
-use support::{expect_refusal, list, str_of};
+use support::{enrol, expect_refusal, list, str_of};
 
 /// Issue 11: "the longest gap the client sees ... is under one second".
 const BOUND: Duration = Duration::from_secs(1);
@@ -84,16 +90,30 @@ fn addresses_move_to_the_transit_host_and_back_within_a_second() -> anyhow::Resu
     ensure!(answer.get("unchanged") == Some(&json!(true)), "{answer}");
     ensure!(scenario.holders(LAYER2_V4)? == [server]);
 
-    // Refused: a host that is not a transit host.
-    let output = rig.grpcurl(&[
-        "-d",
-        &scenario
-            .move_request(LAYER2_V4, scenario.shared.host())
-            .to_string(),
-        &rig.controller_access()?.api.to_string(),
-        "navette.v1.Addresses/MoveAddress",
-    ])?;
-    expect_refusal(&output, "FailedPrecondition", "is not a transit host")?;
+    // Refused: a host that is not the transit host of the server's
+    // allocation, be it a shared host or another transit host of the
+    // server's class.
+    let other_transit = rig.add_namespace("transit-2", std::net::Ipv4Addr::new(192, 0, 2, 32))?;
+    let _other_agent = enrol(&rig, &other_transit, AgentKind::Transit, "2026.1")?;
+    rig.grpcurl_json(
+        "navette.v1.TransitPool/SetConfigurationClass",
+        &json!({"host_id": other_transit.host(), "configuration_class": CLASS}),
+    )?;
+    for wrong in [scenario.shared.host(), other_transit.host()] {
+        let output = move_refused(&rig, &scenario, LAYER2_V4, wrong)?;
+        expect_refusal(
+            &output,
+            "FailedPrecondition",
+            &format!(
+                "host {wrong} is not the transit host of server {server}'s allocation: server {server}'s transit allocation {} is active on transit host {transit}",
+                scenario.allocation_id
+            ),
+        )?;
+        println!(
+            "refused: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
     ensure!(scenario.holders(LAYER2_V4)? == [server]);
     // Refused: the address the controller reaches the server's agent on.
     let main = IpAddr::V4(scenario.server.addr());
@@ -127,6 +147,24 @@ fn addresses_move_to_the_transit_host_and_back_within_a_second() -> anyhow::Resu
         scenario.list_addresses(&rig)? == before,
         "a no-op move changed the record"
     );
+
+    // The transit host holds the server's addresses: its release is
+    // refused, naming them, and the allocation stays active.
+    let output = scenario.release_transit(&rig)?;
+    expect_refusal(
+        &output,
+        "FailedPrecondition",
+        &format!("transit host {transit} cannot be released: it still holds the addresses"),
+    )?;
+    let refusal = String::from_utf8_lossy(&output.stderr).to_string();
+    for address in [LAYER2_V4, LAYER2_V6, ROUTED_V4, ROUTED_V6] {
+        ensure!(
+            refusal.contains(&address.to_string()),
+            "the refusal names {address}: {refusal}"
+        );
+    }
+    println!("refused: {}", refusal.trim());
+    ensure!(scenario.holders(LAYER2_V4)? == [transit]);
 
     // And back.
     move_and_check(
@@ -180,7 +218,47 @@ fn addresses_move_to_the_transit_host_and_back_within_a_second() -> anyhow::Resu
             );
         }
     }
+
+    // Every address back on the server: the release goes through.
+    let output = scenario.release_transit(&rig)?;
+    ensure!(
+        output.status.success(),
+        "release once the addresses are back: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    let released: Value = serde_json::from_slice(&output.stdout)?;
+    ensure!(str_of(&released, "state") == "STATE_RELEASED", "{released}");
+    // Without an allocation, not even its former transit host receives
+    // them.
+    let output = move_refused(&rig, &scenario, LAYER2_V4, transit)?;
+    expect_refusal(
+        &output,
+        "FailedPrecondition",
+        &format!(
+            "host {transit} is not the transit host of server {server}'s allocation: server {server} has no transit allocation"
+        ),
+    )?;
+    println!(
+        "refused: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    ensure!(scenario.holders(LAYER2_V4)? == [server]);
     Ok(())
+}
+
+/// `Addresses/MoveAddress` expected to fail: grpcurl's output.
+fn move_refused(
+    rig: &Rig,
+    scenario: &Rerouting,
+    address: IpAddr,
+    to: &str,
+) -> anyhow::Result<std::process::Output> {
+    rig.grpcurl(&[
+        "-d",
+        &scenario.move_request(address, to).to_string(),
+        &rig.controller_access()?.api.to_string(),
+        "navette.v1.Addresses/MoveAddress",
+    ])
 }
 
 #[test]

@@ -30,6 +30,8 @@ use support::{enrol, expect_refusal, list, str_of};
 const DEDICATED: &str = "ded-1";
 const TRANSIT: &str = "transit-1";
 const NEW_STACK: &str = "2026.1";
+/// The dedicated server's configuration class (the transit pool's).
+const CLASS: &str = "c8-m32-d960";
 
 fn get(rig: &Rig, id: &str) -> anyhow::Result<Value> {
     rig.grpcurl_json("navette.v1.Reinstalls/GetReinstall", &json!({ "id": id }))
@@ -195,6 +197,12 @@ fn a_dedicated_host_is_reinstalled_by_the_provisioner_and_keeps_its_id() -> anyh
     rig.wait_until("ann on the dedicated host", Duration::from_secs(30), || {
         Ok(account_count(DEDICATED)? == 1 && account_count(TRANSIT)? == 1)
     })?;
+    // The configuration class the transit pool matches on: the provisioner
+    // is told it, and the reinstalled host keeps it.
+    rig.grpcurl_json(
+        "navette.v1.TransitPool/SetConfigurationClass",
+        &json!({"host_id": DEDICATED, "configuration_class": CLASS}),
+    )?;
     let transit_before = transit_snapshot(&rig, &transit, &transit_agent, "nvr_tom")?;
     let before = support::host(&rig, DEDICATED)?;
 
@@ -230,6 +238,7 @@ fn a_dedicated_host_is_reinstalled_by_the_provisioner_and_keeps_its_id() -> anyh
             && asked.host_id == DEDICATED
             && asked.stack_version == NEW_STACK
             && asked.class.kind.as_deref() == Some("dedicated")
+            && asked.class.configuration_class.as_deref() == Some(CLASS)
             && asked.addresses.iter().any(|a| a == "192.0.2.20")
             && !asked.join_token.is_empty(),
         "the provisioner is told the host, its class, the stack and a token: {asked:?}"
@@ -359,6 +368,7 @@ fn a_dedicated_host_is_reinstalled_by_the_provisioner_and_keeps_its_id() -> anyh
         str_of(&after, "kind") == "HOST_KIND_DEDICATED"
             && str_of(&after, "stackVersion") == NEW_STACK
             && str_of(&after, "state") == "HOST_STATE_ONLINE"
+            && str_of(&after, "configurationClass") == CLASS
             && str_of(&after, "certificateSerial") != str_of(&before, "certificateSerial"),
         "the same host, on the new stack, with a new certificate: before {before}, after {after}"
     );

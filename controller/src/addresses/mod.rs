@@ -30,6 +30,7 @@ use crate::model::{Host, HostKind};
 use crate::state::Controller;
 use crate::store;
 use crate::store::addresses::{AddressMove, MoveOutcome, RecordedAddress};
+use crate::transit::{Allocation, AllocationState};
 
 /// A running move older than this was left by a controller that stopped:
 /// the next move of the address takes over. Longer than any provider call
@@ -80,7 +81,6 @@ pub async fn move_address(controller: &Controller, request: &MoveRequest) -> Res
         )
     };
     check_server(&server)?;
-    check_destination(&server, &target)?;
     let address = request.address.to_string();
     if agent_address(&server) == Some(request.address) {
         return Err(Error::FailedPrecondition(format!(
@@ -99,6 +99,15 @@ pub async fn move_address(controller: &Controller, request: &MoveRequest) -> Res
     let (started, losers, recorded) = {
         let mut client = controller.db.get().await?;
         let transaction = client.transaction().await?;
+        // Read with a share lock until the move is recorded: a release of
+        // the allocation (which locks it to end it) waits for this
+        // transaction and then sees the running move, or this one waits for
+        // the release and sees the allocation ended.
+        if target.id != server.id {
+            let allocation =
+                store::transit::lock_live_for_server(&*transaction, &server.id).await?;
+            check_destination(&server, &target, allocation.as_ref())?;
+        }
         let recorded = match store::addresses::lock(&*transaction, &address).await? {
             Some(recorded) => recorded,
             None => {
@@ -292,31 +301,79 @@ fn check_server(server: &Host) -> Result<()> {
 }
 
 /// Whether `target` may hold `server`'s addresses: the server itself (the
-/// move back), or a transit host of its allocation
-/// ([`check_transit_allocation`]).
-pub fn check_destination(server: &Host, target: &Host) -> Result<()> {
+/// move back, always allowed), or the transit host of the server's active
+/// transit allocation ([`check_transit_allocation`]). `allocation` is the
+/// server's live allocation (waiting, active or wiping), if any.
+pub fn check_destination(
+    server: &Host,
+    target: &Host,
+    allocation: Option<&Allocation>,
+) -> Result<()> {
     if target.id == server.id {
         return Ok(());
     }
-    check_transit_allocation(server, target)
+    check_transit_allocation(server, target, allocation)
 }
 
-/// Whether `target` is the transit host allocated to `server`.
-///
-/// Where the transit pool's allocation check plugs in (R9, the transit
-/// allocation tables being built separately). Until it does, any host of
-/// kind `transit` is accepted, and every other kind refused.
-pub fn check_transit_allocation(server: &Host, target: &Host) -> Result<()> {
-    match target.kind {
-        Some(HostKind::Transit) => Ok(()),
-        other => Err(Error::FailedPrecondition(format!(
-            "host {} is not a transit host ({}): server {}'s addresses move only to a transit host of its allocation, or back to {}",
-            target.id,
-            other.map_or("no kind set".to_owned(), |k| format!("kind {}", k.as_str())),
-            server.id,
+/// Whether `target` is the transit host of `server`'s active allocation:
+/// the one rule that joins IP rerouting to the transit pool. Any other
+/// host is refused, naming the server, the host and the allocation the
+/// server has (or that it has none).
+pub fn check_transit_allocation(
+    server: &Host,
+    target: &Host,
+    allocation: Option<&Allocation>,
+) -> Result<()> {
+    let why = match allocation {
+        Some(a)
+            if a.state == AllocationState::Active
+                && a.transit_host_id.as_deref() == Some(target.id.as_str()) =>
+        {
+            return Ok(());
+        }
+        None => format!(
+            "server {} has no transit allocation (ask for one with Transit/RequestTransit)",
             server.id
-        ))),
-    }
+        ),
+        Some(a) => match (a.state, a.transit_host_id.as_deref()) {
+            (AllocationState::Active, Some(holder)) => format!(
+                "server {}'s transit allocation {} is active on transit host {holder}",
+                server.id, a.id
+            ),
+            (AllocationState::Waiting, _) => format!(
+                "server {}'s transit allocation {} still waits for a transit host of class {} (position {} in the queue)",
+                server.id,
+                a.id,
+                a.configuration_class,
+                a.queue_position.unwrap_or(0)
+            ),
+            (state, holder) => format!(
+                "server {}'s transit allocation {} is {}{}",
+                server.id,
+                a.id,
+                state.as_str(),
+                holder.map_or(String::new(), |h| format!(" (transit host {h})"))
+            ),
+        },
+    };
+    Err(Error::FailedPrecondition(format!(
+        "host {} is not the transit host of server {}'s allocation: {why}; its addresses move only to the transit host of its active allocation, or back to {}",
+        target.id, server.id, server.id
+    )))
+}
+
+/// Whether `host` may hold the address, as its moves record it: it is
+/// where the last finished move put it, or an end of a move since then
+/// that is running or failed (a failed move may have left it on either
+/// end). What the transit pool counts as held by a transit host
+/// (`transit::pool::addresses_held_for_allocation`).
+pub fn may_be_held_by(recorded: &RecordedAddress, moves: &[AddressMove], host: &str) -> bool {
+    recorded.held_by_host_id == host
+        || moves
+            .iter()
+            .rev()
+            .take_while(|m| m.outcome != MoveOutcome::Done)
+            .any(|m| m.from_host_id == host || m.to_host_id == host)
 }
 
 /// Hosts other than `target` that may hold the address: where the last
@@ -450,6 +507,133 @@ mod tests {
             prefix_length: 24,
             held_by_host_id: held_by.into(),
         }
+    }
+
+    fn host(id: &str, kind: HostKind) -> Host {
+        Host {
+            id: id.to_owned(),
+            kind: Some(kind),
+            reported_kind: Some(kind),
+            declared_disk_bytes: None,
+            certificate_serial: None,
+            removed: None,
+            state: crate::model::HostState::Online,
+            draining: false,
+            pool: None,
+            stack_version: String::new(),
+            agent_version: String::new(),
+            agent_endpoint: String::new(),
+            addresses: vec![],
+            disk_total_bytes: 0,
+            disk_free_bytes: 0,
+            database_servers: vec![],
+            account_count: 0,
+            enrolled_at: None,
+            last_heartbeat_at: None,
+            inventory_updated_at: None,
+            certificate_expires_at: None,
+            source_protocols: vec![],
+            target_protocols: vec![],
+            serves_sites: false,
+        }
+    }
+
+    fn allocation(state: AllocationState, transit: Option<&str>) -> Allocation {
+        Allocation {
+            id: "a01".into(),
+            server_host_id: "ded-1".into(),
+            configuration_class: "c8".into(),
+            state,
+            transit_host_id: transit.map(str::to_owned),
+            queue_position: (state == AllocationState::Waiting).then_some(2),
+            price: crate::transit::Price {
+                minor_units: 2999,
+                period: crate::transit::PricePeriod::Month,
+                currency: "EUR".into(),
+            },
+            requested_by: "panel".into(),
+            requested_at: chrono::Utc::now(),
+            started_at: None,
+            ended_at: None,
+            free_seconds: 0,
+            wipe_error: String::new(),
+        }
+    }
+
+    fn refusal(result: Result<()>) -> String {
+        match result {
+            Err(Error::FailedPrecondition(message)) => message,
+            other => format!("not a refusal: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_transit_host_of_the_active_allocation_receives_addresses() {
+        let server = host("ded-1", HostKind::Dedicated);
+        let transit = host("transit-1", HostKind::Transit);
+        let other = host("transit-2", HostKind::Transit);
+        let active = allocation(AllocationState::Active, Some("transit-1"));
+        assert!(check_destination(&server, &transit, Some(&active)).is_ok());
+        // Back to the server: always, whatever the allocation.
+        assert!(check_destination(&server, &server, None).is_ok());
+        let wiping = allocation(AllocationState::Wiping, Some("transit-1"));
+        assert!(check_destination(&server, &server, Some(&wiping)).is_ok());
+
+        let to_other = refusal(check_destination(&server, &other, Some(&active)));
+        assert!(
+            to_other
+                .contains("host transit-2 is not the transit host of server ded-1's allocation")
+                && to_other.contains("allocation a01 is active on transit host transit-1"),
+            "{to_other}"
+        );
+        let shared = refusal(check_destination(
+            &server,
+            &host("shared-1", HostKind::Shared),
+            Some(&active),
+        ));
+        assert!(
+            shared.contains("host shared-1 is not the transit host"),
+            "{shared}"
+        );
+        let none = refusal(check_destination(&server, &transit, None));
+        assert!(
+            none.contains("server ded-1 has no transit allocation")
+                && none.contains("Transit/RequestTransit"),
+            "{none}"
+        );
+        let waiting = allocation(AllocationState::Waiting, None);
+        let waits = refusal(check_destination(&server, &transit, Some(&waiting)));
+        assert!(
+            waits.contains("still waits") && waits.contains("position 2"),
+            "{waits}"
+        );
+        let ended = refusal(check_destination(&server, &transit, Some(&wiping)));
+        assert!(
+            ended.contains("a01 is wiping (transit host transit-1)"),
+            "{ended}"
+        );
+    }
+
+    #[test]
+    fn a_host_may_hold_what_the_moves_put_there_or_left_unsettled() {
+        let done = [a_move("ded-1", "transit-1", MoveOutcome::Done)];
+        assert!(may_be_held_by(&recorded("transit-1"), &done, "transit-1"));
+        assert!(!may_be_held_by(&recorded("transit-1"), &done, "ded-1"));
+        let back_failed = [
+            a_move("ded-1", "transit-1", MoveOutcome::Done),
+            a_move("transit-1", "ded-1", MoveOutcome::Done),
+            a_move("ded-1", "transit-1", MoveOutcome::Failed),
+        ];
+        // Recorded on the server, but the failed move may have left it on
+        // the transit host.
+        assert!(may_be_held_by(
+            &recorded("ded-1"),
+            &back_failed,
+            "transit-1"
+        ));
+        let running = [a_move("ded-1", "transit-1", MoveOutcome::Running)];
+        assert!(may_be_held_by(&recorded("ded-1"), &running, "transit-1"));
+        assert!(!may_be_held_by(&recorded("ded-1"), &[], "transit-1"));
     }
 
     #[test]

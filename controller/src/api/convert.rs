@@ -67,8 +67,17 @@ pub fn database_server(server: &DatabaseServer) -> v1::DatabaseServer {
     }
 }
 
+/// The host as the operator API shows it, without its configuration
+/// class (kept in `hosts.configuration_class`, outside the domain `Host`):
+/// [`host_of_class`] adds it.
 pub fn host(host: &Host) -> v1::Host {
+    host_of_class(host, None)
+}
+
+/// The host with its configuration class (`store::transit::host_classes`).
+pub fn host_of_class(host: &Host, configuration_class: Option<&str>) -> v1::Host {
     v1::Host {
+        configuration_class: configuration_class.unwrap_or_default().to_owned(),
         id: host.id.clone(),
         kind: host
             .kind

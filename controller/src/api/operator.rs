@@ -43,7 +43,7 @@ impl Hosts for OperatorApi {
                 let client = self.0.db.get().await?;
                 let hosts = store::hosts::list(&**client, kind, pool.as_deref()).await?;
                 Ok(v1::ListHostsResponse {
-                    hosts: hosts.iter().map(convert::host).collect(),
+                    hosts: shown(&**client, &hosts).await?,
                 })
             }
             .await,
@@ -56,7 +56,7 @@ impl Hosts for OperatorApi {
             async {
                 let id = HostId::parse("id", &request.id)?;
                 let client = self.0.db.get().await?;
-                Ok(convert::host(&store::hosts::get(&**client, &id).await?))
+                shown_one(&**client, &store::hosts::get(&**client, &id).await?).await
             }
             .await,
         )
@@ -87,7 +87,7 @@ impl Hosts for OperatorApi {
                 let inventory = agents::get_inventory(&self.0, &host).await?;
                 let client = self.0.db.get().await?;
                 store::hosts::store_inventory(&**client, &id, &inventory).await?;
-                Ok(convert::host(&store::hosts::get(&**client, &id).await?))
+                shown_one(&**client, &store::hosts::get(&**client, &id).await?).await
             }
             .await,
         )
@@ -108,10 +108,11 @@ impl Hosts for OperatorApi {
             let hosts = store::hosts::list(&**client, None, None)
                 .await
                 .map_err(status)?;
-            hosts
+            let watched = hosts
                 .into_iter()
                 .filter(|h| filter.as_deref().is_none_or(|id| id == h.id))
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>();
+            shown(&**client, &watched).await.map_err(status)?
         };
         if let Some(id) = &filter
             && snapshot.is_empty()
@@ -153,9 +154,10 @@ impl Hosts for OperatorApi {
                     )));
                 }
                 let host = store::hosts::set_class(&*transaction, &id, &change, &actor).await?;
+                let shown = shown_one(&*transaction, &host).await?;
                 transaction.commit().await?;
                 tracing::info!(message = "host class set", host_id = %id, kind = ?host.kind, pool = ?host.pool, declared_disk_bytes = ?host.declared_disk_bytes, %actor);
-                Ok(convert::host(&host))
+                Ok(shown)
             }
             .await,
         )
@@ -177,22 +179,46 @@ impl Hosts for OperatorApi {
                 let mut client = self.0.db.get().await?;
                 let transaction = client.transaction().await?;
                 let host = store::hosts::remove(&*transaction, &id, &actor, reason).await?;
+                let shown = shown_one(&*transaction, &host).await?;
                 transaction.commit().await?;
                 // This controller refuses the certificates at once, without
                 // waiting for its own notification.
                 self.0.certificates.forget(&id);
                 tracing::warn!(message = "host removed; its certificates are revoked", host_id = %id, %actor, %reason);
-                Ok(convert::host(&host))
+                Ok(shown)
             }
             .await,
         )
     }
 }
 
-fn event(kind: EventKind, host: &crate::model::Host) -> v1::HostEvent {
+/// The hosts as the API shows them, each with its configuration class.
+async fn shown(
+    client: &impl tokio_postgres::GenericClient,
+    hosts: &[crate::model::Host],
+) -> Result<Vec<v1::Host>, Error> {
+    let ids: Vec<&str> = hosts.iter().map(|h| h.id.as_str()).collect();
+    let classes = store::transit::host_classes(client, &ids).await?;
+    Ok(hosts
+        .iter()
+        .map(|h| convert::host_of_class(h, classes.get(&h.id).map(String::as_str)))
+        .collect())
+}
+
+async fn shown_one(
+    client: &impl tokio_postgres::GenericClient,
+    host: &crate::model::Host,
+) -> Result<v1::Host, Error> {
+    let mut shown = shown(client, std::slice::from_ref(host)).await?;
+    shown
+        .pop()
+        .ok_or_else(|| Error::Internal(format!("host {} vanished while shown", host.id)))
+}
+
+fn event(kind: EventKind, host: v1::Host) -> v1::HostEvent {
     v1::HostEvent {
         kind: kind.into(),
-        host: Some(convert::host(host)),
+        host: Some(host),
         at: Some(navette_proto::timestamp(chrono::Utc::now())),
     }
 }
@@ -216,11 +242,11 @@ fn event_kind(change: HostChange) -> EventKind {
 async fn forward_host_events(
     controller: Arc<Controller>,
     filter: Option<String>,
-    snapshot: Vec<crate::model::Host>,
+    snapshot: Vec<v1::Host>,
     mut changes: broadcast::Receiver<Change>,
     sender: mpsc::Sender<Result<v1::HostEvent, Status>>,
 ) {
-    for host in &snapshot {
+    for host in snapshot {
         if sender
             .send(Ok(event(EventKind::Snapshot, host)))
             .await
@@ -250,18 +276,27 @@ async fn forward_host_events(
             continue;
         }
         let hosts = match controller.db.get().await {
-            Ok(client) => match &ids {
-                Some(id) => store::hosts::get(&**client, id).await.map(|h| vec![h]),
-                None => store::hosts::list(&**client, None, None).await,
-            },
+            Ok(client) => {
+                let hosts = match &ids {
+                    Some(id) => store::hosts::get(&**client, id).await.map(|h| vec![h]),
+                    None => store::hosts::list(&**client, None, None).await,
+                };
+                match hosts {
+                    Ok(hosts) => {
+                        let watched: Vec<_> = hosts
+                            .into_iter()
+                            .filter(|h| filter.as_deref().is_none_or(|id| id == h.id))
+                            .collect();
+                        shown(&**client, &watched).await
+                    }
+                    Err(error) => Err(error),
+                }
+            }
             Err(error) => Err(error.into()),
         };
         match hosts {
             Ok(hosts) => {
-                for host in hosts
-                    .iter()
-                    .filter(|h| filter.as_deref().is_none_or(|id| id == h.id))
-                {
+                for host in hosts {
                     if sender.send(Ok(event(kind, host))).await.is_err() {
                         return;
                     }
@@ -281,7 +316,7 @@ impl OperatorApi {
         let client = self.0.db.get().await?;
         let host = store::hosts::set_draining(&**client, &id, draining).await?;
         tracing::info!(message = if draining { "host draining" } else { "host undrained" }, host_id = %id);
-        Ok(convert::host(&host))
+        shown_one(&**client, &host).await
     }
 }
 

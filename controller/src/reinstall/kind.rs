@@ -148,10 +148,11 @@ async fn provision(
             "no join token was minted for this attempt".to_owned(),
         ));
     };
-    let (host, watched) = {
+    let (host, configuration_class, watched) = {
         let client = controller.db.get().await?;
         (
             store::hosts::get(&**client, &state.host_id).await?,
+            store::transit::host_class(&**client, &state.host_id).await?,
             reinstall_store::watch(&**client, token_id).await?,
         )
     };
@@ -164,6 +165,7 @@ async fn provision(
             kind: host.kind.map(HostKind::as_str).map(str::to_owned),
             pool: host.pool.clone(),
             declared_disk_bytes: host.declared_disk_bytes,
+            configuration_class,
         },
         stack_version: state.stack_version.clone(),
         join_token: enrolment::token_secret(&controller.ca, token_id),

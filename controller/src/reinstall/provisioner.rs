@@ -7,8 +7,11 @@
 //!
 //! - **Input**: one JSON object on standard input ([`Request`]):
 //!   `contract` (1), `reinstall_id`, `attempt` (1, 2... a retry adds one),
-//!   `host_id`, `class` (`kind`, `pool`, `declared_disk_bytes`, as the
-//!   operator set them; absent values are `null`), `stack_version` (what
+//!   `host_id`, `class` (`kind`, `pool`, `declared_disk_bytes` and
+//!   `configuration_class`, as the operator set them: the last is the
+//!   transit pool's class, `TransitPool/SetConfigurationClass`, which
+//!   `Host.configuration_class` shows and which the reinstalled host
+//!   keeps; absent values are `null`), `stack_version` (what
 //!   to install), `join_token` (a fresh one-time token bound to the same
 //!   host id: the reinstalled host's agent enrols with it, `navette-agent
 //!   enrol --token`, and keeps the host's id), `join_token_expires_at`
@@ -51,6 +54,10 @@ pub struct Class {
     pub kind: Option<String>,
     pub pool: Option<String>,
     pub declared_disk_bytes: Option<u64>,
+    /// The configuration class (CPU, memory, disk under one name) the
+    /// transit pool matches on: the same one, so the provider reinstalls
+    /// the server as the configuration its transit host was chosen for.
+    pub configuration_class: Option<String>,
 }
 
 /// What the provisioner reads on its standard input.
@@ -192,6 +199,7 @@ mod tests {
                 kind: Some("dedicated".to_owned()),
                 pool: None,
                 declared_disk_bytes: Some(1 << 30),
+                configuration_class: Some("c8-m32-d960".to_owned()),
             },
             stack_version: "2026.1".to_owned(),
             join_token: "00aa.ffff".to_owned(),

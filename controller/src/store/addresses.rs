@@ -145,6 +145,20 @@ pub async fn of_server(client: &impl GenericClient, server: &str) -> Result<Vec<
     Ok(rows.iter().map(recorded_from).collect())
 }
 
+/// Every recorded address of `server`, each with its moves (oldest
+/// first).
+pub async fn of_server_with_moves(
+    client: &impl GenericClient,
+    server: &str,
+) -> Result<Vec<(RecordedAddress, Vec<AddressMove>)>> {
+    let mut listed = Vec::new();
+    for address in of_server(client, server).await? {
+        let moves = moves(client, &address.address).await?;
+        listed.push((address, moves));
+    }
+    Ok(listed)
+}
+
 /// Every recorded address (of any server).
 pub async fn all_addresses(client: &impl GenericClient) -> Result<Vec<String>> {
     let rows = client

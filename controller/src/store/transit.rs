@@ -160,6 +160,56 @@ pub async fn live_for_server(
         .transpose()
 }
 
+/// [`live_for_server`], with a share lock on the allocation until the
+/// transaction ends: what an address move reads, so that a release (which
+/// takes [`lock`]) cannot end the allocation while the move is being
+/// recorded.
+pub async fn lock_live_for_server(
+    client: &impl GenericClient,
+    server: &str,
+) -> Result<Option<Allocation>> {
+    let sql = format!(
+        "{SELECT} WHERE a.server_host_id = $1 AND a.state IN ('waiting', 'active', 'wiping')
+         FOR SHARE OF a"
+    );
+    client
+        .query_opt(&sql, &[&server])
+        .await?
+        .map(|row| from_row(&row))
+        .transpose()
+}
+
+/// Allocation `id`, locked until the transaction ends: a release decides
+/// and ends under it, while no address move of its server is being
+/// recorded (see [`lock_live_for_server`]).
+pub async fn lock(client: &impl GenericClient, id: &str) -> Result<Allocation> {
+    let sql = format!("{SELECT} WHERE a.id = $1 FOR UPDATE OF a");
+    match client.query_opt(&sql, &[&id]).await? {
+        Some(row) => from_row(&row),
+        None => Err(Error::NotFound {
+            what: "transit allocation",
+            id: id.to_owned(),
+        }),
+    }
+}
+
+/// The configuration classes of `hosts` (those that have one).
+pub async fn host_classes(
+    client: &impl GenericClient,
+    hosts: &[&str],
+) -> Result<std::collections::HashMap<String, String>> {
+    Ok(client
+        .query(
+            "SELECT id, configuration_class FROM hosts
+             WHERE id = ANY($1) AND configuration_class IS NOT NULL",
+            &[&hosts],
+        )
+        .await?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
 /// A new request, as it enters its class's queue.
 pub struct NewAllocation<'a> {
     pub id: &'a str,

@@ -5,7 +5,9 @@
 //!
 //! A release is three steps, each retry-safe: the transit host's agent is
 //! asked for its inventory and the release refused while it holds
-//! accounts or addresses ([`super::pool::release_refusal`]); the
+//! accounts, or addresses of the server as its address moves record them
+//! ([`super::pool::release_refusal`], decided under the allocation's row
+//! lock that address moves to it take too); the
 //! allocation ends (billing stops) and goes to `wiping`; the agent wipes
 //! what it holds for the allocation, and only then is the allocation
 //! released and the host handed to the next in line. A controller that
@@ -134,20 +136,41 @@ pub async fn release(controller: &Controller, id: &str) -> Result<Allocation> {
         // The agent's word now, not the last report: the panel may just
         // have moved the last account away.
         let inventory = agents::get_inventory(controller, &transit).await?;
-        let client = controller.db.get().await?;
+        let mut client = controller.db.get().await?;
         store::hosts::store_inventory(&**client, &transit.id, &inventory).await?;
         transit = store::hosts::get(&**client, &transit.id).await?;
-        let accounts = store::accounts::list(&**client, Some(&transit.id)).await?;
-        if let Some(refusal) = pool::release_refusal(&transit, &accounts) {
-            return Err(Error::FailedPrecondition(format!(
-                "{refusal}; allocation {id} stays active"
-            )));
+        // Decided and ended under the allocation's lock: an address move of
+        // the server being recorded now is waited for and counted, and no
+        // move to the transit host starts once it has ended.
+        let transaction = client.transaction().await?;
+        let locked = store::transit::lock(&*transaction, id).await?;
+        if locked.state == AllocationState::Active {
+            let accounts = store::accounts::list(&*transaction, Some(&transit.id)).await?;
+            let server =
+                store::addresses::of_server_with_moves(&*transaction, &locked.server_host_id)
+                    .await?;
+            let held = pool::addresses_held_for_allocation(&locked, &server);
+            if let Some(refusal) = pool::release_refusal(&locked, &transit, &accounts, &held) {
+                return Err(Error::FailedPrecondition(format!(
+                    "{refusal}; allocation {id} stays active"
+                )));
+            }
+            if store::transit::end(&*transaction, id).await? {
+                tracing::info!(message = "transit allocation ended; wiping its transit host", allocation_id = %id, transit_host_id = %transit.id);
+            }
         }
-        if store::transit::end(&**client, id).await? {
-            tracing::info!(message = "transit allocation ended; wiping its transit host", allocation_id = %id, transit_host_id = %transit.id);
-        }
+        transaction.commit().await?;
     }
-    let addresses = pool::addresses_held_for_allocation(&transit);
+    // The wipe refuses while any address of the server is still on the
+    // transit host, whatever the records say.
+    let addresses: Vec<String> = {
+        let client = controller.db.get().await?;
+        store::addresses::of_server(&**client, &allocation.server_host_id)
+            .await?
+            .into_iter()
+            .map(|recorded| recorded.address)
+            .collect()
+    };
     match agents::transit::wipe(controller, &transit, id, &addresses).await {
         Ok(wiped) => {
             tracing::info!(message = "transit host wiped", allocation_id = %id, transit_host_id = %transit.id, copies = ?wiped.copies_removed, sites = ?wiped.sites_stopped, logins = ?wiped.logins_dropped);
