@@ -7,6 +7,10 @@
 //! acknowledged is lost: the rows a writer committed and the lines it
 //! appended to a file in the home are on the host the account ends on.
 //!
+//! A last rig cuts the link between the hosts inside the freeze (one
+//! freeze allowed, deadline 8 s): the freeze is undone within its
+//! deadline and the migration rolls back with nothing lost.
+//!
 //! One rig per killed daemon; its four kills hit four small accounts one
 //! after the other. How each kill is timed (the test prints the phase it
 //! saw just before the kill, and fails if it is not the one intended):
