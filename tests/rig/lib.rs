@@ -39,6 +39,10 @@
 //! - [`load`]: customers' clients under load while an account moves
 //!   (pgbench, a MariaDB writer, a process appending to a file in the
 //!   home, an HTTP loop), each keeping a tally of what it was told;
+//! - [`migration_load`]: *Migrate* under load, shared by
+//!   `tests/migrate_load.rs` and the platform: the account, its DNS zones,
+//!   the four clients, following the migration with `WatchMigration`,
+//!   and what the clients' tallies come to on the new host;
 //! - [`dns`]: the platform's authoritative DNS (knotd on host `dns`,
 //!   192.0.2.53, a TSIG key allowed to update its zones), `kdig` and
 //!   `knsupdate` from a host, and resolution through it for programs run
@@ -76,6 +80,7 @@ pub mod grpcurl;
 pub mod install;
 pub mod load;
 pub mod mariadb;
+pub mod migration_load;
 pub mod netns;
 pub mod postgres;
 pub mod process;
