@@ -3,9 +3,12 @@
 //! five hosts (network namespaces on one bridge) with real PostgreSQL and
 //! MariaDB servers, sample customer accounts whose PHP sites run behind
 //! each host's nginx, and enrolled agents. It presses *Test* for alice and
-//! shows her site answering on the test host, prints what to type next,
-//! then keeps everything up until Ctrl-C, and removes it all on the way
-//! out.
+//! shows her site answering on the test host; then it presses *Migrate*
+//! for erin, whose databases and site are under load the whole time
+//! (pgbench and an HTTP loop through the platform's DNS names, among
+//! others), and prints the migration's phases, its freeze window and what
+//! each client saw. It prints what to type next, then keeps everything up
+//! until Ctrl-C, and removes it all on the way out.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -15,9 +18,10 @@ use std::time::Instant;
 use anyhow::Context;
 use navette_proto::v1::StartSitesRequest;
 use navette_proto::v1::agent_client::AgentClient;
+use navette_tests::migration_load::{self, LoadedAccount, Outcome};
 use navette_tests::{
-    AccountSpec, AgentKind, AgentSpec, ControllerSpec, MariaDbRelease, MariaDbSpec, Netns,
-    PgVersion, Rig,
+    AccountSpec, AgentKind, AgentSpec, ControllerSpec, DnsServer, MariaDb, MariaDbRelease,
+    MariaDbSpec, Netns, PgSpec, PgVersion, Postgres, Rig,
 };
 use nix::sys::signal::{SigSet, Signal};
 
@@ -99,36 +103,64 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     let check_only = std::env::args().any(|a| a == "--check");
     say("Starting a local Navette platform (controller + 5 hosts)...");
     let rig = Rig::new("platform")?;
+    // The platform's DNS serves the domain and database host name of erin,
+    // the account that migrates; the controller updates it when she moves.
+    let dns = rig.start_dns(&migration_load::zones(MIGRATING))?;
+    rig.resolve_through(rig.client(), &dns)?;
     let ctl = rig.add_namespace("ctl", Ipv4Addr::new(192, 0, 2, 2))?;
-    let controller = rig.start_controller(&ctl, ControllerSpec::default())?;
+    let controller = rig.start_controller(
+        &ctl,
+        ControllerSpec {
+            extra_config: migration_load::controller_config(&dns),
+            ..ControllerSpec::default()
+        },
+    )?;
     let hosts: Vec<Netns> = HOSTS
         .iter()
         .map(|plan| rig.add_namespace(plan.id, plan.address))
         .collect::<anyhow::Result<_>>()?;
-    std::thread::scope(|scope| -> anyhow::Result<()> {
-        let mut starts = Vec::new();
-        for (plan, host) in HOSTS.iter().zip(&hosts) {
-            let rig = &rig;
-            starts
-                .push(scope.spawn(move || host.start_postgres(rig, plan.postgres, 5432).map(drop)));
-            if let Some(release) = plan.mariadb {
-                let spec = MariaDbSpec {
-                    release,
-                    ..MariaDbSpec::default()
+    // Each host's servers: (PostgreSQL, MariaDB). The shared hosts' are
+    // set up as migrate_load's (durable commits on the source, a MariaDB
+    // server id of its own on the target).
+    let servers = std::thread::scope(
+        |scope| -> anyhow::Result<Vec<(Postgres, Option<MariaDb>)>> {
+            let mut starts = Vec::new();
+            for (plan, host) in HOSTS.iter().zip(&hosts) {
+                let rig = &rig;
+                let pg = match plan.id {
+                    "shared-old" => migration_load::source_pg_spec(),
+                    _ => PgSpec::new(plan.postgres, 5432),
                 };
-                starts.push(scope.spawn(move || host.start_mariadb_with(rig, spec).map(drop)));
+                let maria = plan.mariadb.map(|release| match plan.id {
+                    "shared-old" => migration_load::source_mariadb_spec(),
+                    "shared-new" => migration_load::target_mariadb_spec(),
+                    _ => MariaDbSpec {
+                        release,
+                        ..MariaDbSpec::default()
+                    },
+                });
+                starts.push(scope.spawn(move || -> anyhow::Result<_> {
+                    let pg = host.start_postgres_with(rig, pg)?;
+                    let maria = maria
+                        .map(|spec| host.start_mariadb_with(rig, spec))
+                        .transpose()?;
+                    Ok((pg, maria))
+                }));
             }
-        }
-        for start in starts {
-            start
-                .join()
-                .map_err(|_| anyhow::anyhow!("a server start panicked"))??;
-        }
-        Ok(())
-    })?;
-    // The web servers of the old-stack host, whose sites run from the
-    // start, and of the test host, where a test starts the copy's sites.
-    let web_hosts = [&hosts[0], &hosts[2]];
+            starts
+                .into_iter()
+                .map(|start| {
+                    start
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("a server start panicked"))?
+                })
+                .collect()
+        },
+    )?;
+    // The web servers of the shared hosts, whose sites run from the start
+    // on the old one and after her migration on the new one, and of the
+    // test host, where a test starts the copy's sites.
+    let web_hosts = [&hosts[0], &hosts[1], &hosts[2]];
     for host in web_hosts {
         host.start_web_server(&rig)?;
     }
@@ -151,6 +183,17 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
             },
         )?;
     }
+    let (old_pg, Some(old_maria)) = &servers[0] else {
+        anyhow::bail!("shared-old has no MariaDB");
+    };
+    let erin = LoadedAccount::create(
+        &rig,
+        &hosts[0],
+        old_pg,
+        old_maria,
+        MIGRATING,
+        "erin-password",
+    )?;
     say("Enrolling the agents with one-time join tokens...");
     let mut agents = Vec::new();
     for (plan, host) in HOSTS.iter().zip(&hosts) {
@@ -179,7 +222,7 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     )?;
 
     say("Starting the sites of the old-stack host's accounts (PHP 8.2 FPM behind nginx)...");
-    for account in ["alice", "bruno"] {
+    for account in ["alice", "bruno", MIGRATING] {
         let request = StartSitesRequest {
             account: account.to_owned(),
             ..StartSitesRequest::default()
@@ -228,6 +271,11 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     for plan in &HOSTS {
         println!("  {:<12} {}  {}", plan.id, plan.address, plan.what);
     }
+    println!(
+        "  {:<12} {}  the platform's DNS (knotd): the sites' domains and databases' host names",
+        "dns",
+        dns.host().addr()
+    );
     println!();
     println!("Talk to it as an operator with grpcurl (the wrapper adds the client certificate):");
     let nv = wrapper.display();
@@ -250,10 +298,41 @@ fn run(signals: &SigSet) -> anyhow::Result<()> {
     println!();
     press_test(&rig, &wrapper)?;
     println!();
+    rig.wait_until(
+        "erin's site answering and her databases in the inventory",
+        std::time::Duration::from_secs(30),
+        || {
+            let found = rig.grpcurl_json(
+                "navette.v1.Accounts/GetAccount",
+                &serde_json::json!({"name": MIGRATING}),
+            )?;
+            let listed = |field: &str| found[field].as_array().map_or(0, Vec::len);
+            Ok(listed("databases") == 3
+                && listed("sites") > 0
+                && hosts[0]
+                    .http_get(
+                        &rig,
+                        &erin.domains[0],
+                        "/visit.php",
+                        std::time::Duration::from_secs(5),
+                    )?
+                    .0
+                    == 200)
+        },
+    )?;
+    let (new_pg, Some(new_maria)) = &servers[1] else {
+        anyhow::bail!("shared-new has no MariaDB");
+    };
+    migrate_under_load(&rig, &dns, &hosts[0], &erin, new_pg, new_maria, &wrapper)?;
+    println!();
     println!(
         "Logs: {}/logs/   Controller config: {}",
         rig.dir().display(),
         controller.config_path().display()
+    );
+    println!(
+        "All of the above took {:.0?}.",
+        std::time::Duration::from_secs(started.elapsed().as_secs())
     );
     if check_only {
         say("--check: tearing the platform down.");
@@ -384,6 +463,172 @@ fn press_test(rig: &Rig, wrapper: &Path) -> anyhow::Result<()> {
     println!("  {nv} navette.v1.Tests/RefreshTest '{{\"id\":\"{id}\"}}'");
     println!("  {nv} navette.v1.Tests/WatchTest '{{\"id\":\"{id}\"}}'");
     println!("  {nv} navette.v1.Tests/DeleteTest '{{\"id\":\"{id}\"}}'");
+    Ok(())
+}
+
+/// The account that migrates under load.
+const MIGRATING: &str = "erin";
+
+/// The host id of `address`, for the newcomer ("192.0.2.11 (shared-new)").
+fn host_of(address: &str) -> String {
+    match HOSTS
+        .iter()
+        .find(|plan| plan.address.to_string() == address)
+    {
+        Some(plan) => format!("{address} ({})", plan.id),
+        None => address.to_owned(),
+    }
+}
+
+fn dns_line(answers: &[(String, Vec<String>)]) -> String {
+    answers
+        .iter()
+        .map(|(name, addresses)| {
+            let hosts: Vec<String> = addresses.iter().map(|a| host_of(a)).collect();
+            format!("{name} -> {}", hosts.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Presses *Migrate* for erin while her clients run, follows it with
+/// WatchMigration, and prints the freeze window and what each client saw,
+/// checked on the new host. An error, after printing, when a client lost
+/// something or saw an error.
+fn migrate_under_load(
+    rig: &Rig,
+    dns: &DnsServer,
+    old: &Netns,
+    erin: &LoadedAccount,
+    new_pg: &Postgres,
+    new_maria: &MariaDb,
+    wrapper: &Path,
+) -> anyhow::Result<()> {
+    say(&format!(
+        "Pressing Migrate for {MIGRATING}: her account moves to shared-new (PostgreSQL 18, MariaDB 11.8) while her clients run:"
+    ));
+    println!(
+        "  pgbench on her database {} through {} (2 clients, a new connection per transaction, started again after an error)",
+        erin.bench, erin.db_name
+    );
+    println!(
+        "  an HTTP client requesting {} in a loop (each visit writes a row in her PostgreSQL and MariaDB)",
+        erin.url()
+    );
+    println!(
+        "  a MariaDB client inserting numbered rows, and a process of hers appending numbered lines to a file in her home"
+    );
+    let dns_before = migration_load::dns_answers(rig, dns, erin)?;
+    println!("  DNS before: {}", dns_line(&dns_before));
+    let load = erin.start_load(rig, old)?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let pressed = Instant::now();
+    let mut last_line = String::new();
+    let mut id = String::new();
+    let migrated = migration_load::migrate(
+        rig,
+        MIGRATING,
+        "platform-migrate",
+        std::time::Duration::from_secs(300),
+        |run| {
+            if id.is_empty() {
+                id = run["id"].as_str().unwrap_or_default().to_owned();
+            }
+            let line = migration_load::progress_line(run);
+            if line != last_line {
+                println!("  [{:5.1} s] {line}", pressed.elapsed().as_secs_f64());
+                let _ = std::io::stdout().flush();
+                last_line = line;
+            }
+        },
+    );
+    let took = pressed.elapsed();
+    // The clients keep going a little past the switch, onto the new host.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let seen = load.stop()?;
+    let migration = migrated.with_context(|| {
+        format!(
+            "migrating {MIGRATING} (logs: {}/logs/)",
+            rig.dir().display()
+        )
+    })?;
+    let outcome = Outcome::gather(rig, dns, erin, &migration, &seen, new_pg, new_maria)?;
+    println!();
+    println!(
+        "{MIGRATING}'s migration completed in {:.1} s: she now runs on shared-new.",
+        took.as_secs_f64()
+    );
+    match outcome.freeze_ms {
+        Some(ms) => println!(
+            "Freeze window: {ms} ms, from her first frozen process to the new host's first accepted write ({} freeze attempt(s)):",
+            outcome.freeze_attempts
+        ),
+        None => println!("Freeze window: not recorded"),
+    }
+    for (part, ms) in &outcome.freeze_parts {
+        println!("  {part:<32} {ms:>6} ms");
+    }
+    let mut problems = Vec::new();
+    let tally = &seen.pgbench;
+    println!(
+        "pgbench: {} transactions committed; {} errors, each followed by a reconnect (pgbench started again)",
+        tally.total(),
+        tally.failed_runs
+    );
+    let history: u64 = outcome.pgbench_history.values().sum();
+    if outcome.pgbench_all_found && outcome.pgbench_sums_agree {
+        println!(
+            "  all {} committed are on shared-new: pgbench_history holds {history} rows, per run and client as pgbench's log counted, and the balances sum to its deltas",
+            tally.total()
+        );
+    } else {
+        println!(
+            "  NOT all committed found on shared-new: pgbench_history holds {history} rows for {} committed (balances agree: {})",
+            tally.total(),
+            outcome.pgbench_sums_agree
+        );
+        problems.push("pgbench's committed transactions on the new host");
+    }
+    let before = outcome.http_first_host.map(|a| host_of(&a.to_string()));
+    let after = outcome.http_last_host.map(|a| host_of(&a.to_string()));
+    println!(
+        "HTTP: {} requests, {} errors, longest wait {} ms; answered by {} before, {} after ({} requests by the new host)",
+        seen.requests.len(),
+        outcome.http_failed.len(),
+        outcome.http_longest.as_millis(),
+        before.as_deref().unwrap_or("nobody"),
+        after.as_deref().unwrap_or("nobody"),
+        outcome.http_on_new
+    );
+    if !outcome.http_failed.is_empty() {
+        problems.push("HTTP errors");
+    }
+    println!(
+        "MariaDB client: {} rows acknowledged, {} missing on shared-new; her file: {} lines acknowledged, {}",
+        seen.rows.numbers.len(),
+        outcome.rows_missing.len(),
+        seen.lines.numbers.len(),
+        outcome
+            .lines_error
+            .as_deref()
+            .unwrap_or("all in her new home, in order")
+    );
+    if !outcome.rows_missing.is_empty() {
+        problems.push("MariaDB rows missing on the new host");
+    }
+    if outcome.lines_error.is_some() {
+        problems.push("lines missing in the new home");
+    }
+    println!("DNS after:  {}", dns_line(&outcome.dns_after));
+    let nv = wrapper.display();
+    println!("Look at it again:");
+    println!("  {nv} navette.v1.Migrations/GetMigration '{{\"id\":\"{id}\"}}'");
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the migration under load went wrong: {}",
+            problems.join(", ")
+        );
+    }
     Ok(())
 }
 

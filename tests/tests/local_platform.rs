@@ -3,15 +3,17 @@
 //! with `--check` (up, Test, down) exactly as the script runs it, and the
 //! newcomer's view of it is checked: every host enrolled, the test copy
 //! ready, how to connect to it, alice's site answering on the test host
-//! (PHP 8.4, her copied rows) through the preview command, and nothing
-//! left behind.
+//! (PHP 8.4, her copied rows) through the preview command; then erin's
+//! migration under load: completed, its freeze window printed, no HTTP
+//! error, every transaction pgbench committed found on the new host, the
+//! site and the DNS on the new host afterwards; and nothing left behind.
 
 use std::process::Command;
 
 use anyhow::{Context, ensure};
 
 #[test]
-fn the_readme_platform_comes_up_tests_an_account_and_goes_away() -> anyhow::Result<()> {
+fn the_readme_platform_comes_up_tests_and_migrates_accounts_and_goes_away() -> anyhow::Result<()> {
     let output = Command::new(env!("CARGO_BIN_EXE_navette-platform"))
         .arg("--check")
         .output()
@@ -38,6 +40,16 @@ fn the_readme_platform_comes_up_tests_an_account_and_goes_away() -> anyhow::Resu
         "php: 8.4.",
         "postgresql: apple,banana,cherry",
         "mariadb: apple,banana,cherry",
+        // erin's migration under load.
+        "Pressing Migrate for erin",
+        "DNS before: erin.example -> 192.0.2.10 (shared-old)",
+        "erin's migration completed in",
+        "Freeze window: ",
+        " 0 errors, longest wait",
+        "answered by 192.0.2.10 (shared-old) before, 192.0.2.11 (shared-new) after",
+        "are on shared-new: pgbench_history holds",
+        "all in her new home, in order",
+        "DNS after:  erin.example -> 192.0.2.11 (shared-new); erin.db.example -> 192.0.2.11 (shared-new)",
         "--check: tearing the platform down.",
     ] {
         ensure!(
@@ -45,6 +57,18 @@ fn the_readme_platform_comes_up_tests_an_account_and_goes_away() -> anyhow::Resu
             "the platform's output lacks {expected:?}:\n{stdout}\n{stderr}"
         );
     }
+    let phases: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  [") && l.contains(" s] "))
+        .collect();
+    ensure!(
+        phases.len() >= 3 && phases.last().is_some_and(|l| l.contains("completed")),
+        "the migration's phases from WatchMigration are printed, up to completed:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains("MariaDB client: ") && stdout.contains(" 0 missing on shared-new"),
+        "no acknowledged MariaDB row is missing on the new host:\n{stdout}"
+    );
     // The rig's prefix is printed; nothing with it survives the teardown.
     let prefix = stdout
         .lines()
