@@ -15,7 +15,8 @@
 //!   the controller no longer reach it) until the freeze is undone;
 //! - *disk full*: the target's accounts directory is a 256 MB tmpfs,
 //!   filled up with one file; the freeze's last file pass (the lines the
-//!   account appended since the last pass) cannot be written. The filler
+//!   account appended since the last pass, and the files a writer adds
+//!   every 100 ms) cannot be written. The filler
 //!   goes once the freeze is undone, so the rollback can proceed.
 //!
 //! One rig, two small accounts, one after the other. A writer commits
@@ -178,11 +179,17 @@ impl Platform {
         match fault {
             Fault::LinkCut => self.new.link_down(),
             Fault::DiskFull => {
-                // Fails with "No space left on device" once full.
-                let _ = std::process::Command::new("dd")
-                    .args(["if=/dev/zero", "bs=1M", "status=none"])
-                    .arg(format!("of={}", self.filler().display()))
-                    .status()?;
+                // Every byte left, in one call (no time for the pass to
+                // slip through while a slow fill runs).
+                let stats = nix::sys::statvfs::statvfs(&self.new.accounts_dir())
+                    .context("statvfs of the target's accounts directory")?;
+                let free = stats.blocks_available() * stats.fragment_size();
+                let status = std::process::Command::new("fallocate")
+                    .args(["-l", &free.to_string()])
+                    .arg(self.filler())
+                    .status()
+                    .context("fallocate")?;
+                ensure!(status.success(), "filling the target's disk");
                 Ok(())
             }
         }
@@ -272,6 +279,22 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
+        // New files in the home, 256 KB every 100 ms, owned by the
+        // account: each freeze's last pass has files to create on the
+        // target.
+        let chunks = scope.spawn(|| -> anyhow::Result<()> {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let path = account.home.join(format!("chunk-{n}.bin"));
+                std::fs::write(&path, vec![u8::try_from(n % 251).unwrap_or(0); 256 << 10])
+                    .with_context(|| format!("writing {}", path.display()))?;
+                std::os::unix::fs::chown(&path, Some(account.uid), Some(account.gid))
+                    .with_context(|| format!("chown {}", path.display()))?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(())
+        });
         let injected = (|| -> anyhow::Result<(String, Duration)> {
             let started = platform.migrations(
                 "Migrate",
@@ -298,9 +321,11 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
         })();
         stop.store(true, Ordering::Relaxed);
         let _ = writer.join();
-        injected
+        let injected = injected?;
+        join("the files writer", chunks.join())?;
+        Ok::<_, anyhow::Error>(injected)
     })?;
-    let lines_acknowledged = lines.stop()?;
+    let lines_acknowledged = lines.stop().context("stopping the line appender")?;
 
     let mut last = Value::Null;
     rig.wait_until(
@@ -387,7 +412,8 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
             "{name}: order {n}, acknowledged, is on the source"
         );
     }
-    let content = std::fs::read_to_string(&lines_file)?;
+    let content = std::fs::read_to_string(&lines_file)
+        .with_context(|| format!("reading {}", lines_file.display()))?;
     check_lines(&content, &lines_acknowledged)
         .with_context(|| format!("{name}: the lines the account appended, on the source"))?;
     Ok(Seen {
@@ -410,11 +436,8 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
 fn failures_inside_the_freeze_roll_back_within_its_deadline() -> anyhow::Result<()> {
     let platform = platform()?;
     support::wait_online_with_inventory(&platform.rig, &["shared-old", "shared-new"])?;
-    let mut seen = Vec::new();
     for fault in [Fault::LinkCut, Fault::DiskFull] {
-        seen.push(scenario(&platform, fault).with_context(|| format!("{fault:?} in the freeze"))?);
-    }
-    for s in &seen {
+        let s = scenario(&platform, fault).with_context(|| format!("{fault:?} in the freeze"))?;
         eprintln!(
             "{:?} in the freeze: undone {} ms after the fault, frozen {} ms at most (deadline {DEADLINE_MS} ms); missed freeze {}; {} orders and {} lines checked",
             s.fault,
