@@ -508,10 +508,32 @@ impl Steps<'_> {
         // The sites start on the target before the freeze, on the copy
         // (nothing reaches them until the old host forwards and the DNS
         // moves): the switch then only has to confirm them.
-        if !run.plan.sites.is_empty()
-            && let Err(failure) = agents::sites::start_sites(c, self.target, &sites_spec(run)).await
-        {
-            return outcome_of(failure);
+        // A target that does not answer in the freeze's deadline counts
+        // as a missed try (nothing frozen): retried by the engine, the
+        // migration would stay freezing while the host is cut off.
+        if !run.plan.sites.is_empty() {
+            let deadline = Instant::now() + run.settings.freeze_deadline();
+            match bounded(
+                deadline,
+                "starting the sites on the target",
+                agents::sites::start_sites(c, self.target, &sites_spec(run)),
+            )
+            .await
+            {
+                Ok(_) => {}
+                Err(CallFailure::Retry(why)) => {
+                    return MigrateOutcome::FreezeMissed(FreezeWindow {
+                        frozen_at: Utc::now(),
+                        total_ms: 0,
+                        parts: Vec::new(),
+                        missed_because: format!(
+                            "nothing frozen: the sites did not start on the target: {why}"
+                        ),
+                        sites_frozen: false,
+                    });
+                }
+                Err(refused) => return outcome_of(refused),
+            }
         }
         let frozen_at = Utc::now();
         if let Err(failure) = self.mark_freeze_started(frozen_at).await {

@@ -241,22 +241,33 @@ pub fn wait_freeze_started(
     id: &str,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    wait_migration_row(controller, id, "freeze_started IS NOT NULL", timeout)
+}
+
+/// Waits inside the controller's state database until migration `id`'s
+/// row meets `condition` (SQL on `migrations`); at most `timeout`.
+pub fn wait_migration_row(
+    controller: &Controller,
+    id: &str,
+    condition: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let answer = controller.state_db().psql(
         "navette",
         &format!(
             "DO $$ DECLARE until timestamptz := clock_timestamp() + interval '{} ms'; BEGIN
                LOOP
-                 EXIT WHEN EXISTS (SELECT 1 FROM migrations WHERE id = '{id}' AND freeze_started IS NOT NULL);
-                 IF clock_timestamp() > until THEN RAISE EXCEPTION 'no freeze began'; END IF;
+                 EXIT WHEN EXISTS (SELECT 1 FROM migrations WHERE id = '{id}' AND {condition});
+                 IF clock_timestamp() > until THEN RAISE EXCEPTION 'not reached in time'; END IF;
                  PERFORM pg_sleep(0.002);
                END LOOP;
              END $$; SELECT 'begun'",
             timeout.as_millis()
         ),
     );
-    let answer = answer.with_context(|| format!("waiting for the freeze of migration {id}"))?;
+    let answer = answer.with_context(|| format!("waiting for migration {id}: {condition}"))?;
     if !answer.contains("begun") {
-        bail!("the freeze of migration {id} did not begin: {answer}");
+        bail!("migration {id} did not reach {condition}: {answer}");
     }
     Ok(())
 }
