@@ -508,31 +508,32 @@ impl Steps<'_> {
         // The sites start on the target before the freeze, on the copy
         // (nothing reaches them until the old host forwards and the DNS
         // moves): the switch then only has to confirm them.
-        // A target that does not answer in the freeze's deadline counts
-        // as a missed try (nothing frozen): retried by the engine, the
-        // migration would stay freezing while the host is cut off.
+        // A target that does not answer within the freeze's deadline (cut
+        // off) counts as a missed try with nothing frozen: retried by the
+        // engine, the migration would stay freezing while it is cut off.
+        // An answer that is an error is retried as before.
         if !run.plan.sites.is_empty() {
             let deadline = Instant::now() + run.settings.freeze_deadline();
-            match bounded(
-                deadline,
-                "starting the sites on the target",
+            match tokio::time::timeout_at(
+                deadline.into(),
                 agents::sites::start_sites(c, self.target, &sites_spec(run)),
             )
             .await
             {
-                Ok(_) => {}
-                Err(CallFailure::Retry(why)) => {
+                Ok(Ok(_)) => {}
+                Ok(Err(failure)) => return outcome_of(failure),
+                Err(_) => {
                     return MigrateOutcome::FreezeMissed(FreezeWindow {
                         frozen_at: Utc::now(),
                         total_ms: 0,
                         parts: Vec::new(),
                         missed_because: format!(
-                            "nothing frozen: the sites did not start on the target: {why}"
+                            "nothing frozen: host {} did not start the sites within the freeze's deadline",
+                            run.target_host_id
                         ),
                         sites_frozen: false,
                     });
                 }
-                Err(refused) => return outcome_of(refused),
             }
         }
         let frozen_at = Utc::now();
