@@ -104,6 +104,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "migrations",
         include_str!("../migrations/0014_migrations.sql"),
     ),
+    (
+        17,
+        "freeze_marker",
+        include_str!("../migrations/0017_freeze_marker.sql"),
+    ),
 ];
 
 /// Arbitrary, fixed: the advisory lock that serialises schema migrations.

@@ -58,6 +58,11 @@ impl Load {
     /// `<rig>/load/<label>` (its working directory, passed as `$1`).
     fn start(rig: &Rig, netns: &Netns, label: &str, script: String) -> anyhow::Result<Load> {
         let dir = rig.dir().join("load").join(label);
+        // Fresh: an earlier loop of the same label (one test, two
+        // scenarios) left its stop request and its tallies.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let script_path = dir.join("loop.sh");
         std::fs::write(&script_path, script)

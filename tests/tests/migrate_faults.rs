@@ -22,8 +22,12 @@
 //!   stays above zero and the freeze waits) while a 256 MB file is
 //!   written into the home and the writer stops; then the lock goes. The
 //!   freeze's last file pass carries that file, so the freeze lasts
-//!   seconds (its deadline is raised to 60 s). Killed as soon as it says
-//!   `STATE_FREEZING` with its freeze step running.
+//!   seconds (its deadline is raised to 60 s). Killed as soon as the
+//!   freeze step recorded in the controller's state database that its
+//!   freeze begins (the test waits for it inside that database). A
+//!   controller killed there is followed by one that undoes that freeze
+//!   and counts it missed ("the controller stopped during the freeze"),
+//!   then freezes again: both are checked in the recorded attempts.
 //! - *after the point of no return*: the same hold until the writer
 //!   stopped, then killed as soon as it says `STATE_SWITCHED` (the old
 //!   copy is kept 5 s before it is retired).
@@ -394,13 +398,24 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
                 // Its psql ends with the terminated session's error.
                 let _ = join("the lock's session", hold.join());
             }
-            let seen = watch_until(platform, &id, phase, Duration::from_secs(180))?;
+            let (state, seen_phase) = if phase == Phase::Freeze {
+                // Inside the freeze itself: its step recorded, in the
+                // state database, that its freeze begins (seen there
+                // without a poll's delay).
+                support::wait_freeze_started(&platform.controller, &id, Duration::from_secs(180))?;
+                (
+                    "STATE_FREEZING".to_owned(),
+                    "its freeze begun, as the freeze step recorded".to_owned(),
+                )
+            } else {
+                let seen = watch_until(platform, &id, phase, Duration::from_secs(180))?;
+                (
+                    str_of(&seen, "state").to_owned(),
+                    str_of(&seen, "phase").to_owned(),
+                )
+            };
             platform.kill9(fault);
-            Ok((
-                id,
-                str_of(&seen, "state").to_owned(),
-                str_of(&seen, "phase").to_owned(),
-            ))
+            Ok((id, state, seen_phase))
         })();
         let restarted = if killed.is_ok() {
             std::thread::sleep(Duration::from_secs(2));
@@ -522,6 +537,29 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
         pg15.psql(&database, "SELECT count(*) FROM pg_replication_slots")? == "0",
         "{name}: no replication slot left on the source"
     );
+    if fault == Fault::Controller && phase == Phase::Freeze {
+        // The freeze the kill cut short is undone by the restarted
+        // controller and counted missed; the next try switched.
+        let missed = support::list(&last, "missedFreezes");
+        ensure!(
+            missed
+                .iter()
+                .any(|w| str_of(w, "missedBecause") == "the controller stopped during the freeze"),
+            "{name}: the freeze cut short by the kill is recorded as missed: {last}"
+        );
+        if outcome == "STATE_COMPLETED" {
+            let window = &last["freezeWindow"];
+            let total: u64 = str_of(window, "totalMs").parse().unwrap_or(0);
+            let parts: u64 = support::list(window, "parts")
+                .iter()
+                .map(|p| str_of(p, "ms").parse::<u64>().unwrap_or(0))
+                .sum();
+            ensure!(
+                total > 0 && total <= FREEZE_DEADLINE_MS + 10_000 && parts <= total + 50,
+                "{name}: the switched freeze's window ({total} ms, its parts {parts} ms) is plausible: {window}"
+            );
+        }
+    }
     Ok(Seen {
         fault,
         phase,
@@ -589,12 +627,16 @@ fn watch_until(
     }
 }
 
+/// The freeze's deadline in these rigs: long, so that a kill lands inside
+/// a freeze.
+const FREEZE_DEADLINE_MS: u64 = 60_000;
+
 fn run(name: &str, fault: Fault) -> anyhow::Result<()> {
     let platform = platform(
         name,
         fault,
         &PHASES,
-        migrations_config("freeze_deadline_ms = 60000"),
+        migrations_config(&format!("freeze_deadline_ms = {FREEZE_DEADLINE_MS}")),
     )?;
     support::wait_online_with_inventory(&platform.rig, &["shared-old", "shared-new"])?;
     let mut seen = Vec::new();

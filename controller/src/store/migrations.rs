@@ -3,8 +3,11 @@
 //! lives). A migration's state is its workflow's: [`project`] writes the
 //! view in the transaction that records each transition, and announces it
 //! on `navette_migrations` (WatchMigration follows it). The checks that
-//! refuse a migration before it starts read here too.
+//! refuse a migration before it starts read here too. The freeze step's
+//! marker ([`mark_freeze_started`]) is kept here outside the run, so that
+//! a freeze cut short by a controller's death is known to its next run.
 
+use chrono::{DateTime, Utc};
 use tokio_postgres::{GenericClient, Row};
 
 use crate::engine::{self, WorkflowId};
@@ -85,11 +88,53 @@ pub async fn create(
 pub async fn project(client: &impl GenericClient, run: &MigrationRun) -> Result<()> {
     client
         .execute(
-            "UPDATE migrations SET state = $2, run = $3, updated_at = now() WHERE id = $1",
+            // A recorded transition settles any freeze under way.
+            "UPDATE migrations SET state = $2, run = $3, freeze_started = NULL, updated_at = now() \
+             WHERE id = $1",
             &[&run.id, &run.state.as_str(), &encoded(run)?],
         )
         .await?;
     notify(client, &run.id).await
+}
+
+/// Records that freeze `try_number` of migration `id` begins at
+/// `frozen_at`, before anything is frozen; the next recorded transition
+/// clears it ([`project`]).
+pub async fn mark_freeze_started(
+    client: &impl GenericClient,
+    id: &str,
+    try_number: u32,
+    frozen_at: DateTime<Utc>,
+) -> Result<()> {
+    let marker = serde_json::json!({
+        "try": try_number,
+        "frozen_at": frozen_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    });
+    client
+        .execute(
+            "UPDATE migrations SET freeze_started = $2 WHERE id = $1",
+            &[&id, &marker],
+        )
+        .await?;
+    Ok(())
+}
+
+/// When a freeze of migration `id` began that no recorded transition
+/// settled: a run of the freeze step stopped during it.
+pub async fn freeze_started(
+    client: &impl GenericClient,
+    id: &str,
+) -> Result<Option<DateTime<Utc>>> {
+    let row = client
+        .query_opt(
+            "SELECT freeze_started->>'frozen_at' FROM migrations WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row
+        .and_then(|r| r.get::<_, Option<String>>(0))
+        .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
+        .map(|at| at.with_timezone(&Utc)))
 }
 
 pub async fn get(client: &impl GenericClient, id: &str) -> Result<MigrationRun> {

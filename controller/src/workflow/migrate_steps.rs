@@ -45,6 +45,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// much more than the freeze's deadline: the switch that follows the
 /// freeze forwards the old sites before then.
 const THAW_SLACK: Duration = Duration::from_secs(3);
+/// How long the undo of a missed freeze waits for each of its calls to the
+/// source: past the slack the agent has released and thawed by itself.
+const UNDO_TIMEOUT: Duration = THAW_SLACK;
 /// How long a catch-up pass while converging may take (one that compares
 /// the whole tree walks it).
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -495,15 +498,48 @@ impl Steps<'_> {
     /// Otherwise the databases released and the account thawed again.
     async fn freeze(&self) -> MigrateOutcome {
         let (c, run) = (self.controller.as_ref(), self.run);
+        // A run of this step stopped during its freeze (the controller
+        // killed): that freeze is undone and counted missed first.
+        match self.interrupted_freeze().await {
+            Ok(Some(missed)) => return missed,
+            Ok(None) => {}
+            Err(failure) => return outcome_of(failure),
+        }
         // The sites start on the target before the freeze, on the copy
         // (nothing reaches them until the old host forwards and the DNS
         // moves): the switch then only has to confirm them.
-        if !run.plan.sites.is_empty()
-            && let Err(failure) = agents::sites::start_sites(c, self.target, &sites_spec(run)).await
-        {
-            return outcome_of(failure);
+        // A target that does not answer within the freeze's deadline (cut
+        // off) counts as a missed try with nothing frozen: retried by the
+        // engine, the migration would stay freezing while it is cut off.
+        // An answer that is an error is retried as before.
+        if !run.plan.sites.is_empty() {
+            let deadline = Instant::now() + run.settings.freeze_deadline();
+            match tokio::time::timeout_at(
+                deadline.into(),
+                agents::sites::start_sites(c, self.target, &sites_spec(run)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(failure)) => return outcome_of(failure),
+                Err(_) => {
+                    return MigrateOutcome::FreezeMissed(FreezeWindow {
+                        frozen_at: Utc::now(),
+                        total_ms: 0,
+                        parts: Vec::new(),
+                        missed_because: format!(
+                            "nothing frozen: host {} did not start the sites within the freeze's deadline",
+                            run.target_host_id
+                        ),
+                        sites_frozen: false,
+                    });
+                }
+            }
         }
         let frozen_at = Utc::now();
+        if let Err(failure) = self.mark_freeze_started(frozen_at).await {
+            return outcome_of(failure);
+        }
         let started = Instant::now();
         let deadline = started + run.settings.freeze_deadline();
         // The agent's own holds outlast the deadline by the slack, so the
@@ -514,8 +550,12 @@ impl Steps<'_> {
         let databases = cutover_databases(run);
         let result = async {
             let part = Instant::now();
-            let account =
-                cutover::freeze_account(c, self.source, &run.id, &run.account, hold).await?;
+            let account = bounded(
+                deadline,
+                "freezing the account",
+                cutover::freeze_account(c, self.source, &run.id, &run.account, hold),
+            )
+            .await?;
             frozen = true;
             parts.push(part_of("freeze processes", part.elapsed()));
             tracing::info!(message = "account frozen", migration = %run.id, processes = account.frozen_processes, moved = account.moved_processes, kernel_us = account.took.as_micros() as u64);
@@ -535,24 +575,32 @@ impl Steps<'_> {
             }
             if !drained.is_empty() {
                 let part = Instant::now();
-                let positions = cutover::fence_databases(
-                    c,
-                    self.source,
-                    &run.id,
-                    &run.account,
-                    &databases,
-                    hold,
+                let positions = bounded(
+                    deadline,
+                    "fencing the databases",
+                    cutover::fence_databases(
+                        c,
+                        self.source,
+                        &run.id,
+                        &run.account,
+                        &databases,
+                        hold,
+                    ),
                 )
                 .await?;
                 parts.push(part_of("fence databases", part.elapsed()));
-                for (name, took) in cutover::drain_to_positions(
-                    c,
-                    self.source,
-                    self.target,
-                    &run.id,
-                    &drained,
-                    &positions,
+                for (name, took) in bounded(
                     deadline,
+                    "draining the target",
+                    cutover::drain_to_positions(
+                        c,
+                        self.source,
+                        self.target,
+                        &run.id,
+                        &drained,
+                        &positions,
+                        deadline,
+                    ),
                 )
                 .await?
                 {
@@ -562,14 +610,18 @@ impl Steps<'_> {
             if !run.plan.source_home.is_empty() {
                 let part = Instant::now();
                 let left = deadline.saturating_duration_since(Instant::now());
-                let pass = cutover::catch_up_files(
-                    c,
-                    self.target,
-                    &copy_spec(run, &run.slots),
-                    &run.id,
-                    journal_mark(run),
-                    false,
-                    left.max(Duration::from_millis(1)),
+                let pass = bounded(
+                    deadline,
+                    "the last file pass",
+                    cutover::catch_up_files(
+                        c,
+                        self.target,
+                        &copy_spec(run, &run.slots),
+                        &run.id,
+                        journal_mark(run),
+                        false,
+                        left.max(Duration::from_millis(1)),
+                    ),
                 )
                 .await?;
                 if pass.mode != CatchUpMode::Journal {
@@ -586,13 +638,17 @@ impl Steps<'_> {
             }
             if !drained.is_empty() {
                 let part = Instant::now();
-                cutover::switch_databases(
-                    c,
-                    self.source,
-                    &run.id,
-                    &run.account,
-                    &run.plan.target_address,
-                    &databases,
+                bounded(
+                    deadline,
+                    "switching the databases",
+                    cutover::switch_databases(
+                        c,
+                        self.source,
+                        &run.id,
+                        &run.account,
+                        &run.plan.target_address,
+                        &databases,
+                    ),
                 )
                 .await?;
                 parts.push(part_of("switch databases", part.elapsed()));
@@ -609,7 +665,12 @@ impl Steps<'_> {
                 .collect();
             if !sequences.is_empty() {
                 let part = Instant::now();
-                cutover::carry_sequences(c, self.source, self.target, &run.id, &sequences).await?;
+                bounded(
+                    deadline,
+                    "carrying the sequences",
+                    cutover::carry_sequences(c, self.source, self.target, &run.id, &sequences),
+                )
+                .await?;
                 parts.push(part_of("sequences", part.elapsed()));
             }
             if Instant::now() > deadline {
@@ -635,31 +696,94 @@ impl Steps<'_> {
                 let why = match failure {
                     CallFailure::Retry(why) | CallFailure::Refused(why) => why,
                 };
-                let part = Instant::now();
-                // The agent releases by itself at the hold's end.
-                if let Err(error) =
-                    cutover::release_databases(c, self.source, &run.id, &run.account).await
-                {
-                    tracing::warn!(message = "the source's databases could not be released now; its agent releases them at the fence's deadline", migration = %run.id, error = ?error);
-                }
-                match cutover::thaw_account(
-                    c,
-                    self.source,
-                    &run.id,
-                    &run.account,
-                    AfterThaw::Resume,
-                )
-                .await
-                {
-                    Ok(_) => parts.push(part_of("release and thaw", part.elapsed())),
-                    Err(error) => {
-                        tracing::warn!(message = "the account could not be thawed now; its agent thaws it by itself", migration = %run.id, error = ?error)
-                    }
-                }
+                self.undo_freeze(&mut parts).await;
                 tracing::warn!(message = "freeze undone", migration = %run.id, reason = %why);
                 MigrateOutcome::FreezeMissed(window(parts, why, frozen))
             }
         }
+    }
+
+    /// The undo of a freeze: the source's databases released and the
+    /// account thawed, each bounded by [`UNDO_TIMEOUT`] (past it the
+    /// agent releases and thaws by itself, at the hold's end). Harmless
+    /// when nothing was frozen.
+    async fn undo_freeze(&self, parts: &mut Vec<FreezePart>) {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let part = Instant::now();
+        if let Err(error) = bounded(
+            Instant::now() + UNDO_TIMEOUT,
+            "releasing the databases",
+            cutover::release_databases(c, self.source, &run.id, &run.account),
+        )
+        .await
+        {
+            tracing::warn!(message = "the source's databases could not be released now; its agent releases them at the fence's deadline", migration = %run.id, error = ?error);
+        }
+        match bounded(
+            Instant::now() + UNDO_TIMEOUT,
+            "thawing the account",
+            cutover::thaw_account(c, self.source, &run.id, &run.account, AfterThaw::Resume),
+        )
+        .await
+        {
+            Ok(_) => parts.push(part_of("release and thaw", part.elapsed())),
+            Err(error) => {
+                tracing::warn!(message = "the account could not be thawed now; its agent thaws it by itself", migration = %run.id, error = ?error)
+            }
+        }
+    }
+
+    /// Records, before anything is frozen, that this try's freeze begins.
+    async fn mark_freeze_started(
+        &self,
+        frozen_at: chrono::DateTime<Utc>,
+    ) -> Result<(), CallFailure> {
+        let run = self.run;
+        let client = self
+            .controller
+            .db
+            .get()
+            .await
+            .map_err(|e| CallFailure::Retry(format!("recording the freeze's start: {e}")))?;
+        store::migrations::mark_freeze_started(&**client, &run.id, run.freeze_tries, frozen_at)
+            .await
+            .map_err(|e| CallFailure::Retry(format!("recording the freeze's start: {e}")))
+    }
+
+    /// A freeze a previous run of this step began and no recorded
+    /// transition settled (the controller stopped during it): undone
+    /// (idempotent) and counted as a missed freeze, which the tries
+    /// policy then follows.
+    async fn interrupted_freeze(&self) -> Result<Option<MigrateOutcome>, CallFailure> {
+        let run = self.run;
+        let started_at =
+            {
+                let client =
+                    self.controller.db.get().await.map_err(|e| {
+                        CallFailure::Retry(format!("reading the freeze's marker: {e}"))
+                    })?;
+                store::migrations::freeze_started(&**client, &run.id)
+                    .await
+                    .map_err(|e| CallFailure::Retry(format!("reading the freeze's marker: {e}")))?
+            };
+        let Some(frozen_at) = started_at else {
+            return Ok(None);
+        };
+        let mut parts = Vec::new();
+        self.undo_freeze(&mut parts).await;
+        // Frozen until now at most: the agent thaws by itself at the
+        // hold's end.
+        let hold = run.settings.freeze_deadline() + THAW_SLACK;
+        let since = (Utc::now() - frozen_at).to_std().unwrap_or_default();
+        let why = "the controller stopped during the freeze".to_owned();
+        tracing::warn!(message = "a freeze was cut short by the controller's stop; undone and counted missed", migration = %run.id, frozen_at = %frozen_at);
+        Ok(Some(MigrateOutcome::FreezeMissed(FreezeWindow {
+            frozen_at,
+            total_ms: u64::try_from(since.min(hold).as_millis()).unwrap_or(u64::MAX),
+            parts,
+            missed_because: why,
+            sites_frozen: false,
+        })))
     }
 
     /// Past the point of no return: the sites start on the target, the
@@ -861,6 +985,22 @@ impl Steps<'_> {
         }
         Ok(MigrateOutcome::RolledBack)
     }
+}
+
+/// `call`, given up at `deadline` (a host cut off answers nothing, and a
+/// call's own timeout may be longer than what the freeze has left).
+async fn bounded<T>(
+    deadline: Instant,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, CallFailure>>,
+) -> Result<T, CallFailure> {
+    tokio::time::timeout_at(deadline.into(), call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CallFailure::Retry(format!(
+                "{what} did not answer before the freeze's deadline"
+            )))
+        })
 }
 
 fn part_of(name: &str, took: Duration) -> FreezePart {

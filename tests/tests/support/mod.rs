@@ -157,3 +157,117 @@ pub fn random_file(path: &std::path::Path, megabytes: u64, owner: &str) -> anyho
     anyhow::ensure!(status.success(), "chown {}", path.display());
     Ok(())
 }
+
+/// `account`'s control group on `host`, as the agent makes it under the
+/// rig's cgroup mount (where the freeze freezes it).
+pub fn account_cgroup(host: &Netns, account: &str) -> std::path::PathBuf {
+    let mount = std::path::Path::new(navette_tests::web::AGENT_CGROUP_MOUNT);
+    let root = if mount.join("freezer").join("cgroup.procs").exists() {
+        mount.join("freezer")
+    } else {
+        mount.to_path_buf()
+    };
+    root.join(host.cgroup_base()).join(account)
+}
+
+/// Whether the control group at `group` is frozen now (cgroup v2's
+/// `cgroup.freeze`, or v1's `freezer.state`).
+pub fn group_frozen(group: &std::path::Path) -> bool {
+    if let Ok(state) = std::fs::read_to_string(group.join("cgroup.freeze")) {
+        return state.trim() == "1";
+    }
+    std::fs::read_to_string(group.join("freezer.state"))
+        .map(|state| state.trim() != "THAWED")
+        .unwrap_or(false)
+}
+
+/// Watches a control group's freezer every 5 ms on a thread until
+/// dropped: the longest time it stayed frozen, as seen from outside.
+pub struct FrozenWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    longest: std::sync::Arc<std::sync::Mutex<Duration>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FrozenWatch {
+    pub fn start(group: std::path::PathBuf) -> FrozenWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let longest = std::sync::Arc::new(std::sync::Mutex::new(Duration::ZERO));
+        let (s, l) = (stop.clone(), longest.clone());
+        let thread = std::thread::spawn(move || {
+            let mut since: Option<std::time::Instant> = None;
+            while !s.load(Ordering::Relaxed) {
+                match (group_frozen(&group), since) {
+                    (true, None) => since = Some(std::time::Instant::now()),
+                    (false, Some(_)) => since = None,
+                    _ => {}
+                }
+                if let Some(at) = since {
+                    let mut longest = l.lock().unwrap_or_else(|p| p.into_inner());
+                    *longest = (*longest).max(at.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        FrozenWatch {
+            stop,
+            longest,
+            thread: Some(thread),
+        }
+    }
+
+    /// The longest frozen span seen so far (one still frozen counts up to
+    /// now).
+    pub fn longest(&self) -> Duration {
+        *self.longest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for FrozenWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits (inside the controller's state database, so without a poll's
+/// delay) until migration `id`'s freeze step recorded that its freeze
+/// begins; at most `timeout`.
+pub fn wait_freeze_started(
+    controller: &Controller,
+    id: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_migration_row(controller, id, "freeze_started IS NOT NULL", timeout)
+}
+
+/// Waits inside the controller's state database until migration `id`'s
+/// row meets `condition` (SQL on `migrations`); at most `timeout`.
+pub fn wait_migration_row(
+    controller: &Controller,
+    id: &str,
+    condition: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let answer = controller.state_db().psql(
+        "navette",
+        &format!(
+            "DO $$ DECLARE until timestamptz := clock_timestamp() + interval '{} ms'; BEGIN
+               LOOP
+                 EXIT WHEN EXISTS (SELECT 1 FROM migrations WHERE id = '{id}' AND {condition});
+                 IF clock_timestamp() > until THEN RAISE EXCEPTION 'not reached in time'; END IF;
+                 PERFORM pg_sleep(0.002);
+               END LOOP;
+             END $$; SELECT 'begun'",
+            timeout.as_millis()
+        ),
+    );
+    let answer = answer.with_context(|| format!("waiting for migration {id}: {condition}"))?;
+    if !answer.contains("begun") {
+        bail!("migration {id} did not reach {condition}: {answer}");
+    }
+    Ok(())
+}
