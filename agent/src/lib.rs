@@ -42,7 +42,9 @@
 //! - [`verify`]: verification inside a freeze of what changed since the
 //!   last verification; so far [`verify::files`], the fingerprints of the
 //!   paths a catch-up pass changed and their comparison between the two
-//!   sides (not yet called by an rpc).
+//!   sides, and [`verify::postgres`], the touched keys read from
+//!   `test_decoding` lines and the query fingerprinting their rows (not
+//!   yet called by an rpc).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`addresses`]: IP rerouting on this host: an address held or not
