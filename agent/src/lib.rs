@@ -39,6 +39,12 @@
 //!   connection per migration from the copy's snapshot position, filtered
 //!   to the account's databases (backlog, drain, teardown, the source's
 //!   replication user).
+//! - [`verify`]: verification inside a freeze of what changed since the
+//!   last verification; so far [`verify::files`], the fingerprints of the
+//!   paths a catch-up pass changed and their comparison between the two
+//!   sides, and [`verify::postgres`], the touched keys read from
+//!   `test_decoding` lines and the query fingerprinting their rows (not
+//!   yet called by an rpc).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`addresses`]: IP rerouting on this host: an address held or not
@@ -98,6 +104,7 @@ pub mod shutdown;
 pub mod sites;
 pub mod transfer;
 pub mod transit;
+pub mod verify;
 
 pub use daemon::{RunError, run};
 
