@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::future::try_join_all;
+
 use super::fence_mariadb::{self, MyFence};
 use super::fence_postgres::{self, PgFence};
 use super::state::{self, SwitchRecord};
@@ -60,12 +62,11 @@ pub struct SwitchOutcome {
 
 impl Fence {
     async fn release(self) {
-        for fence in self.postgres {
-            fence_postgres::release(fence).await;
-        }
-        for fence in self.mariadb {
-            fence_mariadb::release(fence).await;
-        }
+        futures_util::future::join(
+            futures_util::future::join_all(self.postgres.into_iter().map(fence_postgres::release)),
+            futures_util::future::join_all(self.mariadb.into_iter().map(fence_mariadb::release)),
+        )
+        .await;
     }
 }
 
@@ -257,7 +258,12 @@ impl Cutover {
                 ..SwitchRecord::default()
             },
         };
-        let mut ended = 0;
+        let started = Instant::now();
+        // What each step changes is recorded before the change, for every
+        // server at once; then every database and server is switched at
+        // once (each on its own sessions).
+        let mut postgres = Vec::new();
+        let mut unknown = Vec::new();
         for (server_name, names) in by_server(&databases.postgres) {
             let server = self.postgres_server(&server_name)?;
             for database in names {
@@ -266,22 +272,43 @@ impl Cutover {
                     .iter()
                     .find(|(s, d, _)| *s == server_name && *d == database)
                     .map(|(_, _, limit)| *limit);
-                let limit = match previous {
-                    Some(limit) => limit,
-                    None => {
-                        // Recorded before the change.
-                        let limit = current_limit(&server, &database).await?;
-                        record
-                            .postgres
-                            .push((server_name.clone(), database.clone(), limit));
-                        state::write(&path, &record)?;
-                        limit
-                    }
-                };
-                let (_, count) = fence_postgres::switch(&server, &database, Some(limit)).await?;
-                ended += count;
+                if previous.is_none() {
+                    unknown.push((server.clone(), database.clone()));
+                }
+                postgres.push((server.clone(), database));
             }
         }
+        let limits = try_join_all(
+            unknown
+                .iter()
+                .map(|(server, database)| current_limit(server, database)),
+        )
+        .await?;
+        for ((server, database), limit) in unknown.iter().zip(limits) {
+            record
+                .postgres
+                .push((server.name.clone(), database.clone(), limit));
+        }
+        let mut mariadb = Vec::new();
+        for server_name in by_server(&databases.mariadb).into_keys() {
+            mariadb.push(self.mariadb_server(&server_name)?);
+        }
+        let to_lock = try_join_all(
+            mariadb
+                .iter()
+                .map(|server| fence_mariadb::locked_by_switch(server, account)),
+        )
+        .await?;
+        for (server, users) in mariadb.iter().zip(&to_lock) {
+            for (user, host) in users {
+                let entry = (server.name.clone(), user.clone(), host.clone());
+                if !record.mariadb.contains(&entry) {
+                    record.mariadb.push(entry);
+                }
+            }
+        }
+        state::write(&path, &record)?;
+        let recorded_us = started.elapsed().as_micros() as u64;
         let fence_sessions: BTreeMap<String, u64> = fences
             .get(account)
             .map(|f| {
@@ -291,27 +318,29 @@ impl Cutover {
                     .collect()
             })
             .unwrap_or_default();
-        for server_name in by_server(&databases.mariadb).into_keys() {
-            let server = self.mariadb_server(&server_name)?;
-            let to_lock = fence_mariadb::locked_by_switch(&server, account).await?;
-            for (user, host) in &to_lock {
-                let entry = (server_name.clone(), user.clone(), host.clone());
-                if !record.mariadb.contains(&entry) {
-                    record.mariadb.push(entry);
-                }
-            }
-            state::write(&path, &record)?;
-            ended += fence_mariadb::switch(
-                &server,
+        let record_ref = &record;
+        let postgres_switches =
+            try_join_all(postgres.iter().map(|(server, database)| async move {
+                let limit = record_ref
+                    .postgres
+                    .iter()
+                    .find(|(s, d, _)| *s == server.name && d == database)
+                    .map(|(_, _, limit)| *limit);
+                let (_, count) = fence_postgres::switch(server, database, limit).await?;
+                Ok::<_, CutoverError>(count)
+            }));
+        let mariadb_switches = try_join_all(mariadb.iter().zip(&to_lock).map(|(server, users)| {
+            fence_mariadb::switch(
+                server,
                 account,
-                &to_lock,
-                fence_sessions.get(&server_name).copied(),
+                users,
+                fence_sessions.get(&server.name).copied(),
             )
-            .await?;
-        }
-        if record.postgres.is_empty() && record.mariadb.is_empty() {
-            state::write(&path, &record)?;
-        }
+        }));
+        let (postgres_ended, mariadb_ended) =
+            futures_util::future::try_join(postgres_switches, mariadb_switches).await?;
+        let ended: u32 = postgres_ended.iter().chain(&mariadb_ended).sum();
+        let switched_us = started.elapsed().as_micros() as u64;
         // The held writers are gone: the fence has nothing left to hold.
         if let Some(fence) = fences.remove(account) {
             fence.release().await;
@@ -321,7 +350,10 @@ impl Cutover {
             migration = %migration_id,
             %account,
             new_address,
-            ended_sessions = ended
+            ended_sessions = ended,
+            recorded_us,
+            switched_us,
+            released_us = started.elapsed().as_micros() as u64
         );
         Ok(SwitchOutcome {
             ended_sessions: ended,

@@ -252,48 +252,61 @@ pub async fn switch(
             literal(host)
         ));
     }
-    if !sql.is_empty() {
-        client::run(server, &sql, Some(client::SHORT)).await?;
-    }
-    let users: Vec<String> = account_users(server, account)
-        .await?
-        .into_iter()
-        .map(|(user, _, _)| literal(&user))
-        .collect();
-    if users.is_empty() {
-        return Ok(0);
-    }
+    // The locks and the sessions to kill in one client run.
+    sql.push_str(&format!(
+        "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
+        spare.unwrap_or(0)
+    ));
+    let sessions = client::query(server, &sql, Some(client::SHORT)).await?;
     let mut killed = 0;
-    // Twice: a session that logged in while the users were being locked.
-    for _ in 0..2 {
-        let sessions = client::query(
+    let ids = account_sessions(&sessions, account);
+    killed += kill(server, &ids).await;
+    // Again: a session that logged in while the users were being locked.
+    let sessions = client::query(
+        server,
+        &format!(
+            "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
+            spare.unwrap_or(0)
+        ),
+        Some(client::SHORT),
+    )
+    .await?;
+    let again: Vec<u64> = account_sessions(&sessions, account)
+        .into_iter()
+        .filter(|id| !ids.contains(id))
+        .collect();
+    killed += kill(server, &again).await;
+    Ok(killed)
+}
+
+/// The ids among `sessions` (id, user) whose user is one of `account`'s.
+fn account_sessions(sessions: &[Vec<String>], account: &str) -> Vec<u64> {
+    sessions
+        .iter()
+        .filter_map(|row| match row.as_slice() {
+            [id, user] if is_account_user(user, account) => id.parse::<u64>().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Kills the sessions `ids` at once; returns how many it killed (one that
+/// ended meanwhile answers "Unknown thread id").
+async fn kill(server: &MariadbServer, ids: &[u64]) -> u32 {
+    let kills = ids.iter().map(|id| async move {
+        client::run(
             server,
-            &format!(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE USER IN ({}) AND ID <> {};\n",
-                users.join(", "),
-                spare.unwrap_or(0)
-            ),
+            &format!("KILL CONNECTION {id};\n"),
             Some(client::SHORT),
         )
-        .await?;
-        for id in sessions
-            .iter()
-            .filter_map(|row| row.first()?.parse::<u64>().ok())
-        {
-            // A session that ended meanwhile answers "Unknown thread id".
-            if client::run(
-                server,
-                &format!("KILL CONNECTION {id};\n"),
-                Some(client::SHORT),
-            )
-            .await
-            .is_ok()
-            {
-                killed += 1;
-            }
-        }
-    }
-    Ok(killed)
+        .await
+        .is_ok()
+    });
+    futures_util::future::join_all(kills)
+        .await
+        .into_iter()
+        .filter(|killed| *killed)
+        .count() as u32
 }
 
 /// The users of `account` on `server` that a switch would lock (those not
