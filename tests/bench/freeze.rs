@@ -375,6 +375,9 @@ fn one_run(s: &Setup, index: usize, size: &Size) -> anyhow::Result<Run> {
     let stop_copy_start = stop_copy_start(s, &account)?;
     eprintln!("  stop-copy-start: {:.1} s", stop_copy_start.as_secs_f64());
 
+    // The load's directory is per label: the last run's `stop` file and
+    // logs would end this run's loop at once.
+    let _ = std::fs::remove_dir_all(rig.dir().join("load").join("pgbench"));
     let pgbench = PgbenchLoad::start(rig, rig.client(), PgVersion::V15, &target, 2, 2)?;
     std::thread::sleep(Duration::from_secs(2));
     let started = Instant::now();
@@ -419,9 +422,14 @@ fn one_run(s: &Setup, index: usize, size: &Size) -> anyhow::Result<Run> {
         *parts.entry(part_name).or_insert(0) += ms;
     }
     eprintln!(
-        "  migrate: {:.1} s, freeze {freeze_ms} ms, parts {parts:?}, pgbench committed {}",
+        "  migrate: {:.1} s, freeze {freeze_ms} ms, parts {parts:?}, pgbench committed {} ({} runs failed)",
         migrate.as_secs_f64(),
-        tally.total()
+        tally.total(),
+        tally.failed_runs
+    );
+    ensure!(
+        tally.total() > 0,
+        "pgbench committed nothing during the migration"
     );
     Ok(Run {
         files,
