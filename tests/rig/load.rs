@@ -166,9 +166,20 @@ pub fn pgbench_init(
     version: PgVersion,
     target: &PgbenchTarget,
 ) -> anyhow::Result<()> {
+    pgbench_init_scaled(netns, version, target, 1)
+}
+
+/// [`pgbench_init`] at pgbench scale `scale` (scale 1 is about 15 MB).
+pub fn pgbench_init_scaled(
+    netns: &Netns,
+    version: PgVersion,
+    target: &PgbenchTarget,
+    scale: u32,
+) -> anyhow::Result<()> {
     let mut command = netns.command(version.bin_dir().join("pgbench"));
     command
-        .args(["--initialize", "--scale=1", "--quiet", "--no-vacuum"])
+        .args(["--initialize", "--quiet", "--no-vacuum"])
+        .arg(format!("--scale={scale}"))
         .args(["--host", &target.host, "--port", &target.port.to_string()])
         .args(["--username", &target.user, &target.dbname])
         .env("PGPASSWORD", &target.password);
