@@ -44,7 +44,7 @@
 //!   paths a catch-up pass changed and their comparison between the two
 //!   sides, and [`verify::postgres`], the touched keys read from
 //!   `test_decoding` lines and the query fingerprinting their rows (not
-//!   yet called by an rpc).
+//!   yet called). `VerifyFiles` is served by [`verify::files::answer`].
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`addresses`]: IP rerouting on this host: an address held or not

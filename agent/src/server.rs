@@ -928,6 +928,26 @@ impl Agent for AgentService {
             .map_err(transfer_status)?;
         Ok(Response::new(catch_up_response(report)))
     }
+
+    async fn verify_files(
+        &self,
+        request: Request<navette_proto::v1::VerifyFilesRequest>,
+    ) -> Result<Response<navette_proto::v1::VerifyFilesResponse>, Status> {
+        let ask = request.into_inner();
+        TransferId::parse("migration_id", &ask.migration_id).map_err(field_status)?;
+        if !crate::ids::AccountName::is_valid(&ask.account) {
+            return Err(Status::invalid_argument(format!(
+                "account: {:?} is not an account name",
+                ask.account
+            )));
+        }
+        let home = self.transfers.target_home(&ask.account);
+        let answer = tokio::task::spawn_blocking(move || crate::verify::files::answer(&home, &ask))
+            .await
+            .map_err(|error| Status::internal(format!("verifying the files: {error}")))?
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(answer))
+    }
 }
 
 /// The one place address errors become statuses.
@@ -977,6 +997,11 @@ fn catch_up_response(report: CatchUpReport) -> CatchUpFilesResponse {
         set_id_removed: report.files.set_id_removed,
         set_id_examples: report.files.set_id_examples,
         elapsed_ms: u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        changed_paths: report
+            .changed
+            .iter()
+            .map(|path| path.as_bytes().to_vec())
+            .collect(),
     }
 }
 

@@ -32,7 +32,8 @@
 //! - [`agents`]: calls from the controller to agents, in domain types
 //!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`], a
 //!   migration's [`agents::replication`] and the named actions of its
-//!   freeze and switch, [`agents::cutover`]); [`agents::wire`] converts
+//!   freeze and switch, [`agents::cutover`], and its verification,
+//!   [`agents::verify`]); [`agents::wire`] converts
 //!   them to and from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
@@ -47,7 +48,8 @@
 //!   [`workflow::test_events`] turns the panel's commands into inbox
 //!   events. [`workflow::migrate_kind`] is *Migrate* as an engine kind
 //!   (its pure transition, the switch its point of no return), its state
-//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`],
+//!   [`workflow::migrate_run`], its steps [`workflow::migrate_steps`]
+//!   (the verification inside the freeze [`workflow::migrate_verify`]),
 //!   the platform DNS around it [`workflow::migrate_dns`].
 //! - [`placement`]: where a test copy goes and what it is made of, pure:
 //!   the test host, each database's receiving server, the account's sites

@@ -251,6 +251,126 @@ pub fn compare(
     mismatches
 }
 
+/// The answer to `VerifyFiles` for the home at `home`: without
+/// `compare`, this host's fingerprints of the request's paths (the
+/// source's, owners named); with it, the paths whose fingerprint here
+/// differs from the request's `source` ones (the target's), the source's
+/// owners mapped by name to this host's ids as a copy maps them. Only
+/// reads; the error names the path that could not be read.
+pub fn answer(
+    home: &std::path::Path,
+    request: &navette_proto::v1::VerifyFilesRequest,
+) -> Result<navette_proto::v1::VerifyFilesResponse, String> {
+    use navette_proto::v1::{FileFingerprint, FileKind, VerifyFilesResponse};
+
+    use crate::transfer::files::ids::{IdMap, IdNames};
+
+    let started = std::time::Instant::now();
+    let paths: Vec<RelPath> = request
+        .paths
+        .iter()
+        .map(|raw| {
+            RelPath::parse(raw)
+                .map_err(|why| format!("path {:?}: {why}", String::from_utf8_lossy(raw)))
+        })
+        .collect::<Result<_, _>>()?;
+    let root = Root::open(home).map_err(|errno| format!("{}: {errno}", home.display()))?;
+    let here = fingerprints(&root, &paths).map_err(|error| error.to_string())?;
+    let elapsed = |started: std::time::Instant| {
+        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    };
+    if !request.compare {
+        let mut names = IdNames::default();
+        let fingerprints = here
+            .into_iter()
+            .map(|(path, print)| {
+                let (kind, sha256, link_target) = match print.kind {
+                    EntryKind::Absent => (FileKind::Absent, Vec::new(), Vec::new()),
+                    EntryKind::Directory => (FileKind::Directory, Vec::new(), Vec::new()),
+                    EntryKind::File { sha256 } => (FileKind::File, sha256.to_vec(), Vec::new()),
+                    EntryKind::Symlink { target } => (FileKind::Symlink, Vec::new(), target),
+                    EntryKind::Special => (FileKind::Special, Vec::new(), Vec::new()),
+                };
+                let absent = kind == FileKind::Absent;
+                FileFingerprint {
+                    path: path.into_bytes(),
+                    kind: kind.into(),
+                    mode: print.mode,
+                    user: if absent { None } else { names.user(print.uid) }.unwrap_or_default(),
+                    group: if absent { None } else { names.group(print.gid) }.unwrap_or_default(),
+                    size: print.size,
+                    sha256,
+                    link_target,
+                    uid: print.uid,
+                    gid: print.gid,
+                }
+            })
+            .collect();
+        return Ok(VerifyFilesResponse {
+            fingerprints,
+            mismatches: Vec::new(),
+            elapsed_ms: elapsed(started),
+        });
+    }
+    // The source's owners as this host's ids; a name unknown here maps
+    // to no id anyone has, and so differs.
+    let mut ids = IdMap::default();
+    let mut source = Vec::with_capacity(request.source.len());
+    for print in &request.source {
+        let path = RelPath::parse(&print.path).map_err(|why| {
+            format!(
+                "source path {:?}: {why}",
+                String::from_utf8_lossy(&print.path)
+            )
+        })?;
+        let kind = match FileKind::try_from(print.kind).unwrap_or(FileKind::Unspecified) {
+            FileKind::Absent => EntryKind::Absent,
+            FileKind::Directory => EntryKind::Directory,
+            FileKind::File => EntryKind::File {
+                sha256: print
+                    .sha256
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| format!("source path {path}: a SHA-256 is 32 bytes"))?,
+            },
+            FileKind::Symlink => EntryKind::Symlink {
+                target: print.link_target.clone(),
+            },
+            FileKind::Special => EntryKind::Special,
+            FileKind::Unspecified => {
+                return Err(format!("source path {path}: no kind"));
+            }
+        };
+        let (uid, gid) = if kind == EntryKind::Absent {
+            (0, 0)
+        } else {
+            (
+                ids.uid(&print.user, print.uid).unwrap_or(u32::MAX),
+                ids.gid(&print.group, print.gid).unwrap_or(u32::MAX),
+            )
+        };
+        source.push((
+            path,
+            Fingerprint {
+                kind,
+                mode: print.mode,
+                uid,
+                gid,
+                size: print.size,
+            },
+        ));
+    }
+    let mismatches = compare(&source, &here, |uid, gid| (uid, gid))
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    Ok(VerifyFilesResponse {
+        fingerprints: Vec::new(),
+        mismatches,
+        elapsed_ms: elapsed(started),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

@@ -6,9 +6,10 @@
 //! saw change, taken on one side, and the comparison of the two sides'
 //! fingerprints into a list of mismatches; [`postgres`], the touched keys
 //! read from a `test_decoding` slot's lines and the query fingerprinting
-//! those rows on each side. The slot itself, the MariaDB binlog check, the
-//! rpc carrying fingerprints between agents and the controller's call from
-//! the freeze are not written yet.
+//! those rows on each side. The files' part is served by `VerifyFiles`
+//! ([`files::answer`]) and called from the freeze by the controller; the
+//! PostgreSQL slot itself and the MariaDB binlog check are not written
+//! yet.
 //!
 //! This room only reads the host; it never repairs what it finds.
 

@@ -508,6 +508,9 @@ pub struct CatchUp {
     pub entries_compared: u64,
     pub files_sent: u64,
     pub elapsed: Duration,
+    /// A journal pass's paths (changed, their directories, gone), relative
+    /// to the home: what the freeze verifies.
+    pub changed_paths: Vec<Vec<u8>>,
 }
 
 /// One catch-up pass on the target of the migration's copy (`spec`, the

@@ -5,8 +5,8 @@
 //! The transfer calls take and return domain types ([`transfer`]), and so
 //! do the sites calls ([`sites`]), the transit wipe ([`transit`]), the
 //! address calls ([`addresses`]), a migration's replication calls
-//! ([`replication`]) and the actions of its freeze and switch
-//! ([`cutover`]); the conversions to and from the agent API are in
+//! ([`replication`]), the actions of its freeze and switch
+//! ([`cutover`]) and the verification inside the freeze ([`verify`]); the conversions to and from the agent API are in
 //! [`wire`], so the workflows never see protobuf.
 
 pub mod addresses;
@@ -15,6 +15,7 @@ pub mod replication;
 pub mod sites;
 pub mod transfer;
 pub mod transit;
+pub mod verify;
 pub mod wire;
 
 use std::net::SocketAddr;

@@ -515,6 +515,7 @@ pub fn catch_up(response: v1::CatchUpFilesResponse) -> super::cutover::CatchUp {
         entries_compared: response.entries_compared,
         files_sent: response.files_sent,
         elapsed: std::time::Duration::from_millis(response.elapsed_ms),
+        changed_paths: response.changed_paths,
     }
 }
 

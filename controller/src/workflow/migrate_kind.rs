@@ -13,6 +13,7 @@
 //!  freezing[freeze] ─frozen, fenced, drained─▶ freezing[switch]
 //!  freezing[freeze] ─missed its deadline (thawed)─▶ converging[converge], after the poll,
 //!                                 or, after the last try, rolling_back[rollback]
+//!  freezing[freeze] ─verification mismatch (thawed)─▶ rolling_back[rollback]
 //!  freezing[switch] ─switched─▶ switched[finish]            (the point of no return)
 //!  switched[finish] ─finished─▶ switched[none] ─timer at retire_at─▶ switched[retire]
 //!  switched[retire] ─retired─▶ completed[none]
@@ -99,6 +100,7 @@ impl Kind for MigrateKind {
             outcome,
             MigrateOutcome::CopyFailed(_)
                 | MigrateOutcome::FreezeMissed(_)
+                | MigrateOutcome::VerifyMismatch(_)
                 | MigrateOutcome::Unreachable(_)
                 | MigrateOutcome::Refused(_)
         )
@@ -402,6 +404,16 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             );
             after.error = why;
             later(after, settings.converge_poll())
+        }
+        (S::Freeze, O::VerifyMismatch(window)) => {
+            let why = format!(
+                "the copy differs from the source inside the freeze: {}",
+                window.missed_because
+            );
+            let mut after = run.clone();
+            after.missed_freezes.push(window);
+            after.freeze = None;
+            rollback(&after, &why, false)
         }
         (S::Switch, O::Switched { parts, accepted_at }) => {
             let mut after = moved(

@@ -344,6 +344,10 @@ pub enum MigrateOutcome {
     /// The freeze missed its deadline, or a part of it failed: the source
     /// is thawed again.
     FreezeMissed(FreezeWindow),
+    /// The verification inside the freeze found the copy differs from the
+    /// source (`missed_because` names what): the freeze is undone and the
+    /// migration rolls back, as another try would find the same.
+    VerifyMismatch(FreezeWindow),
     /// The target serves the account since `accepted_at`; the parts of the
     /// switch.
     Switched {

@@ -4,8 +4,9 @@
 //! made of the named actions of [`agents::cutover`], in the order of
 //! `proto/navette/v1/cutover.proto`: freeze the account's processes,
 //! fence its databases, drain the target to the fence's positions, the
-//! last file pass from the change journal, switch the databases, carry
-//! the sequences (all in the freeze step, before the point of no return);
+//! last file pass from the change journal, verify what it changed
+//! ([`super::migrate_verify`]), switch the databases, carry the sequences
+//! (all in the freeze step, before the point of no return);
 //! then, past it, the sites started on the target, the old host
 //! forwarding to them, the account thawed, the placement recorded.
 //!
@@ -548,6 +549,10 @@ impl Steps<'_> {
         let mut parts: Vec<FreezePart> = Vec::new();
         let mut frozen = false;
         let databases = cutover_databases(run);
+        // The last pass's paths, for the verification; and what it found
+        // when the copy differs (a rollback, not another try).
+        let mut changed_paths: Vec<Vec<u8>> = Vec::new();
+        let mut mismatch: Option<String> = None;
         let result = async {
             let part = Instant::now();
             let account = bounded(
@@ -635,7 +640,26 @@ impl Steps<'_> {
                     )));
                 }
                 parts.push(part_of("catch up files", part.elapsed()));
+                changed_paths = pass.changed_paths;
             }
+            // Before the switch ends the held writers: a mismatch then
+            // leaves the source exactly as it served.
+            let part = Instant::now();
+            if let Some(why) = super::migrate_verify::verify_changes(
+                c,
+                self.source,
+                self.target,
+                &run.id,
+                &run.account,
+                &changed_paths,
+                deadline,
+            )
+            .await?
+            {
+                mismatch = Some(why.clone());
+                return Err(CallFailure::Refused(why));
+            }
+            parts.push(part_of("verify", part.elapsed()));
             if !drained.is_empty() {
                 let part = Instant::now();
                 bounded(
@@ -698,6 +722,9 @@ impl Steps<'_> {
                 };
                 self.undo_freeze(&mut parts).await;
                 tracing::warn!(message = "freeze undone", migration = %run.id, reason = %why);
+                if mismatch.is_some() {
+                    return MigrateOutcome::VerifyMismatch(window(parts, why, frozen));
+                }
                 MigrateOutcome::FreezeMissed(window(parts, why, frozen))
             }
         }

@@ -25,6 +25,7 @@ pub mod migrate_dns;
 pub mod migrate_kind;
 pub mod migrate_run;
 pub mod migrate_steps;
+pub mod migrate_verify;
 pub mod test_events;
 pub mod test_flow;
 pub mod test_kind;

@@ -86,6 +86,9 @@ pub struct CatchUpReport {
     /// Entries compared with the copy (changed paths, the directories they
     /// are in, and paths gone; or the whole manifest for a full comparison).
     pub entries_compared: u64,
+    /// A journal pass's paths: changed, the directories they are in, and
+    /// gone (what the freeze verifies). Empty for a full comparison.
+    pub changed: Vec<RelPath>,
     /// What was sent, written and removed (as a pull reports it).
     pub files: FilesReport,
     pub elapsed: Duration,
@@ -218,6 +221,7 @@ pub async fn catch_up(
         journal_epoch: answer.journal_epoch,
         applied_sequence: answer.sequence,
         entries_compared: compared,
+        changed: Vec::new(),
         files,
         elapsed: started.elapsed(),
     };
@@ -308,6 +312,11 @@ pub async fn catch_up(
         );
     }
     let compared = (entries.len() + gone.len()) as u64;
+    let changed: Vec<RelPath> = entries
+        .iter()
+        .map(|e| e.path.clone())
+        .chain(gone.iter().cloned())
+        .collect();
     let regular: Vec<&Entry> = entries.iter().filter(|e| e.kind == Kind::File).collect();
     files.files = regular.len() as u64;
     files.bytes = regular.iter().map(|e| e.data_bytes()).sum();
@@ -367,7 +376,10 @@ pub async fn catch_up(
         deleted = files.deleted,
         seconds = started.elapsed().as_secs_f64(),
     );
-    Ok(report(Mode::Journal, files, compared))
+    Ok(CatchUpReport {
+        changed,
+        ..report(Mode::Journal, files, compared)
+    })
 }
 
 /// Most small files in one batch of a pass.

@@ -117,6 +117,7 @@ fn every_outcome() -> Vec<MigrateOutcome> {
         MigrateOutcome::Measured(backlog(10 << 20, 0)),
         MigrateOutcome::Frozen(window("")),
         MigrateOutcome::FreezeMissed(window("deadline")),
+        MigrateOutcome::VerifyMismatch(window("www/index.php (contents)")),
         MigrateOutcome::Switched {
             parts: Vec::new(),
             accepted_at: at(21),
@@ -347,6 +348,30 @@ fn a_missed_freeze_goes_back_to_converging_then_rolls_back_after_the_last_try() 
     );
     assert!(!t.state.cancelled);
     assert!(t.state.error.contains("3 freezes"), "{}", t.state.error);
+    let t = decide(&t.state, outcome(MigrateOutcome::RolledBack));
+    assert_eq!(t.state.state, MigrateState::Failed);
+    assert!(matches!(t.next, Next::Done(End::Failed(_))));
+}
+
+#[test]
+fn a_verification_mismatch_rolls_back_at_once_naming_the_path() {
+    let mut freezing = run(MigrateState::Freezing, MigrateStep::Freeze);
+    freezing.freeze_tries = 1;
+    let t = decide(
+        &freezing,
+        outcome(MigrateOutcome::VerifyMismatch(window(
+            "www/index.php (contents)",
+        ))),
+    );
+    assert_eq!(
+        (t.state.state, t.state.step),
+        (MigrateState::RollingBack, MigrateStep::Rollback)
+    );
+    assert_eq!(t.next, Next::Run(MigrateStep::Rollback));
+    assert!(!t.state.cancelled);
+    assert!(t.state.error.contains("www/index.php"), "{}", t.state.error);
+    assert_eq!(t.state.missed_freezes.len(), 1);
+    assert!(t.state.freeze.is_none());
     let t = decide(&t.state, outcome(MigrateOutcome::RolledBack));
     assert_eq!(t.state.state, MigrateState::Failed);
     assert!(matches!(t.next, Next::Done(End::Failed(_))));
