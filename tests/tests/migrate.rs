@@ -103,8 +103,9 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         &rig,
         ControllerSpec {
             // The operator relaxed the test policy for this platform; the
-            // old copy is retired two seconds after the switch.
-            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\n"
+            // old copy is retired, and the old host's forward ended, two
+            // seconds after the switch.
+            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\nforward_for_secs = 2\n"
                 .to_owned(),
             ..ControllerSpec::default()
         },

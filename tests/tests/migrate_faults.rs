@@ -129,12 +129,12 @@ fn join<T>(what: &str, started: std::thread::Result<anyhow::Result<T>>) -> anyho
     started.map_err(|_| anyhow::anyhow!("{what} panicked"))?
 }
 
-/// The rig's `[migrations]`: no test needed, the old copy retired 5 s
-/// after the switch, the freeze entered only with no lag left (measured
+/// The rig's `[migrations]`: no test needed, the old copy retired (and
+/// the forward ended) 5 s after the switch, the freeze entered only with no lag left (measured
 /// every 2 s), and `freeze` (its deadline and tries).
 fn migrations_config(freeze: &str) -> String {
     format!(
-        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\n\
+        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\nforward_for_secs = 5\n\
          backlog_threshold_bytes = 0\nconverge_poll_ms = 2000\n{freeze}\n"
     )
 }

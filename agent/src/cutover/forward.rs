@@ -327,6 +327,39 @@ impl Cutover {
         Ok((true, started))
     }
 
+    /// After the switch, once no client can still hold the old DNS
+    /// answer: the forwarding block removed and the web server reloaded,
+    /// the fallback socket and the forward's record removed; the account's
+    /// own blocks are not restored and no pool starts. Returns whether a
+    /// forward was ended. Idempotent.
+    pub fn end_forward(&self, migration_id: &str, account: &str) -> Result<bool, CutoverError> {
+        let sites = &self.config.sites;
+        let path = state::path(&self.config.state_dir, "forward", account);
+        match state::read::<ForwardRecord>(&path)? {
+            None => return Ok(false),
+            Some(record) if record.migration_id != migration_id => {
+                return Err(CutoverError::OtherMigration {
+                    account: account.to_owned(),
+                    what: "forwarded",
+                    other: record.migration_id,
+                });
+            }
+            Some(_) => {}
+        }
+        if nginx::remove_blocks(&sites.server_blocks_dir, account)? {
+            self.reload_web_server()?;
+        }
+        let moved = moved_socket(&sites.run_dir, account);
+        match std::fs::remove_file(&moved) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io("removing", &moved)(error)),
+        }
+        state::remove(&path)?;
+        tracing::info!(message = "account's forward to the new host ended", migration = %migration_id, %account);
+        Ok(true)
+    }
+
     fn groups_for_sites(
         &self,
         account: &str,

@@ -225,6 +225,7 @@ pub async fn perform(
         MigrateStep::Switch => steps.switch().await,
         MigrateStep::Finish => steps.finish().await,
         MigrateStep::Retire => steps.retire().await,
+        MigrateStep::Unforward => steps.unforward().await,
         MigrateStep::Rollback => steps.rollback().await,
         MigrateStep::None => Err(CallFailure::Refused("nothing to do".to_owned())),
     };
@@ -731,15 +732,31 @@ impl Steps<'_> {
             let _ = agents::revoke_grant(c, self.source, &transfer_id).await;
         }
         tracing::info!(message = "migration finished", migration = %run.id, dns = ?dns);
-        Ok(MigrateOutcome::Finished)
+        Ok(MigrateOutcome::Finished { at: Utc::now() })
     }
 
-    /// At the end of the grace period: the old sites stopped (again).
+    /// At the end of the grace period: the old sites stopped. While the
+    /// old host still forwards, its sites are the forward (the switch
+    /// replaced their server blocks and killed their pool), and stopping
+    /// them would end it: they are stopped when the forward ends.
     async fn retire(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
+        if run.forward_until.is_none() || run.unforwarded_at.is_some() {
+            agents::sites::stop_sites(c, self.source, &run.account).await?;
+        }
+        tracing::info!(message = "the old copy's sites stay stopped; its home and databases are kept on the old host", migration = %run.id, host = %run.source_host_id, forwarding = run.unforwarded_at.is_none());
+        Ok(MigrateOutcome::Retired { at: Utc::now() })
+    }
+
+    /// Once the old DNS records' TTL has passed since their switch: the
+    /// old host's forward ended (its block removed, nothing of the
+    /// account's restored), then what is left of the old sites stopped.
+    async fn unforward(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let ended = cutover::end_forward(c, self.source, &run.id, &run.account).await?;
         agents::sites::stop_sites(c, self.source, &run.account).await?;
-        tracing::info!(message = "the old copy's sites stay stopped; its home and databases are kept on the old host", migration = %run.id, host = %run.source_host_id);
-        Ok(MigrateOutcome::Retired)
+        tracing::info!(message = "the old host no longer forwards the account's domains", migration = %run.id, account = %run.account, host = %run.source_host_id, ended);
+        Ok(MigrateOutcome::Unforwarded { at: Utc::now() })
     }
 
     /// Replication's objects on the target dropped: the subscriptions and
