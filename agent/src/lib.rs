@@ -57,7 +57,7 @@
 //!   account's PostgreSQL and MariaDB databases, the position after the
 //!   fence, the switch that ends and refuses the account's sessions),
 //!   [`cutover::forward`] (the old host's sites forwarded to the new one,
-//!   held requests answered there).
+//!   held requests answered there; undone, or ended for good later).
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree (run per
 //!   migration by `transfer::files::journals`).

@@ -2,7 +2,9 @@
 //! requests held during the freeze and clients with stale DNS reach the new
 //! host, with the client's address kept (`X-Real-IP`, `X-Forwarded-For`;
 //! the new host's web server trusts them from the platform's hosts with
-//! `set_real_ip_from`, an operator's setting), and undoing it on rollback.
+//! `set_real_ip_from`, an operator's setting), undoing it on rollback, and
+//! ending it for good once the old DNS records' TTL has passed
+//! ([`Cutover::end_forward`]).
 //!
 //! # What happens to a request the freeze held
 //!

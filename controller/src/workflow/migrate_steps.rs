@@ -7,7 +7,10 @@
 //! last file pass from the change journal, switch the databases, carry
 //! the sequences (all in the freeze step, before the point of no return);
 //! then, past it, the sites started on the target, the old host
-//! forwarding to them, the account thawed, the placement recorded.
+//! forwarding to them, the account thawed, the placement recorded; the
+//! finish (DNS, replication torn down), and at their own times the
+//! retirement of the old copy and the forward's end (`UnforwardSites`
+//! with `end_for_good`, then the old sites stopped).
 //!
 //! Every step can run again after a crash or a lost lease: each agent
 //! call is named by the migration's id (or a transfer id made from it)
