@@ -20,6 +20,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/addresses.proto",
         "navette/v1/migrations.proto",
         "navette/v1/catchup.proto",
+        "navette/v1/retire.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -6,13 +6,17 @@
 //! grace period).
 //!
 //! An account with a PHP site, a PostgreSQL 15 and a MariaDB 10.11
-//! database migrates to a PostgreSQL 18 / MariaDB 11.8 host. Once the old
-//! copy is retired (`retiredAt`), the migration is still switched, with
-//! its `forwardUntil`: a request for the site's domain sent to the old
-//! host's address is answered by the new host, and the old home is still
-//! on the old host. Once the forward's time has passed the migration
-//! completes (`unforwardedAt`): the old host no longer sends the domain
-//! to the new host, which still serves it.
+//! database migrates to a PostgreSQL 18 / MariaDB 11.8 host. Once the
+//! migration finished, the new host's agent is stopped before the grace
+//! period ends: the retirement is retried and nothing of the old copy
+//! goes while the new copy cannot be seen. Once the agent runs again the
+//! old copy is retired (`retiredAt`, `removed`): the old host's home and
+//! databases of the account are gone, the migration is still switched,
+//! with its `forwardUntil`, a request for the site's domain sent to the
+//! old host's address is answered by the new host, which has the data.
+//! Once the forward's time has passed the migration completes
+//! (`unforwardedAt`): the old host no longer sends the domain to the new
+//! host, which still serves it.
 
 mod support;
 
@@ -35,8 +39,8 @@ const ACCOUNT: &str = "nvmr_rita";
 const SHOP: &str = "nvmr_rita_shop";
 const BLOG: &str = "nvmr_rita_blog";
 /// The grace period and the forward's time, in seconds.
-const RETIRE_AFTER: u64 = 3;
-const FORWARD_FOR: u64 = 25;
+const RETIRE_AFTER: u64 = 15;
+const FORWARD_FOR: u64 = 70;
 
 /// A page that says which address of which host answered.
 const WHO_PHP: &str = "<?php header('Content-Type: text/plain'); echo 'served by ', $_SERVER['SERVER_ADDR'], \"\\n\";\n";
@@ -92,7 +96,7 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
     )?;
     let old = rig.add_namespace("shared-old", OLD)?;
     let new = rig.add_namespace("shared-new", NEW)?;
-    let (_pg15, _pg18, maria_old, _maria_new) = std::thread::scope(|s| -> anyhow::Result<_> {
+    let (pg15, pg18, maria_old, maria_new) = std::thread::scope(|s| -> anyhow::Result<_> {
         let a = s.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
         let b = s.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
         let c = s.spawn(|| {
@@ -137,11 +141,23 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
     std::fs::write(&who, WHO_PHP)?;
     std::os::unix::fs::chown(&who, Some(account.uid), Some(account.gid))?;
     maria_old.sql(&format!(
-        "CREATE TABLE {BLOG}.posts (id INT PRIMARY KEY AUTO_INCREMENT, n INT NOT NULL);"
+        "CREATE TABLE {BLOG}.posts (id INT PRIMARY KEY AUTO_INCREMENT, n INT NOT NULL);\
+         INSERT INTO {BLOG}.posts (n) VALUES (7);"
     ))?;
+    let pg_database = |pg: &navette_tests::Postgres| {
+        pg.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{SHOP}'"),
+        )
+    };
+    let maria_database = |maria: &navette_tests::MariaDb| {
+        maria.sql(&format!(
+            "SELECT count(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{BLOG}'"
+        ))
+    };
 
     let agent = support::enrol(&rig, &old, AgentKind::Shared, "2024.1")?;
-    support::enrol(&rig, &new, AgentKind::Shared, "2026.1")?;
+    let new_agent = support::enrol(&rig, &new, AgentKind::Shared, "2026.1")?;
     support::wait_online_with_inventory(&rig, &["shared-old", "shared-new"])?;
     rig.client()
         .run_in(|| async {
@@ -183,8 +199,41 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
     )?;
     let id = str_of(&started, "id").to_owned();
 
-    // The grace period ends first: the old copy is retired, the forward
-    // stays.
+    // The migration finishes; the new host's agent stops before the
+    // grace period ends: the retirement waits, the old copy stays.
+    wait_migration(
+        &rig,
+        &id,
+        "the migration finished",
+        Duration::from_secs(240),
+        |now| Ok(!str_of(now, "forwardUntil").is_empty()),
+    )
+    .with_context(|| rig.log_tails(40))?;
+    new_agent.stop();
+    let waiting = wait_migration(
+        &rig,
+        &id,
+        "the retirement waiting for the new host",
+        Duration::from_secs(RETIRE_AFTER + 30),
+        |now| Ok(str_of(now, "error").contains("the old copy is kept")),
+    )?;
+    ensure!(
+        str_of(&waiting, "retiredAt").is_empty(),
+        "not retired while the new host's agent is down: {waiting}"
+    );
+    // A few more retry periods (1, 2, 4 s ...).
+    std::thread::sleep(Duration::from_secs(8));
+    let still = migrations(&rig, "GetMigration", json!({"id": id}))?;
+    ensure!(
+        str_of(&still, "retiredAt").is_empty()
+            && account.home.join("www/who.php").exists()
+            && pg_database(&pg15)? == "1"
+            && maria_database(&maria_old)? == "1",
+        "while the new host's agent is down the old home and databases stay: {still}"
+    );
+    new_agent.restart()?;
+
+    // Then the old copy is retired, the forward stays.
     let retired = wait_migration(
         &rig,
         &id,
@@ -205,9 +254,25 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
         "after the retirement, the old host forwards {domain} to the new host: {status} {body}"
     );
     ensure!(
-        account.home.join("www/who.php").exists(),
-        "the old home is still on the old host at {}",
+        std::fs::symlink_metadata(&account.home).is_err(),
+        "the old home is gone from the old host: {}",
         account.home.display()
+    );
+    ensure!(
+        pg_database(&pg15)? == "0" && maria_database(&maria_old)? == "0",
+        "the old host's databases of the account are gone"
+    );
+    let removed = list(&retired, "removed");
+    let removed: Vec<&str> = removed.iter().filter_map(|v| v.as_str()).collect();
+    ensure!(
+        removed.iter().any(|r| r.starts_with("home "))
+            && removed.iter().any(|r| r.ends_with(&format!("/{SHOP}")))
+            && removed.iter().any(|r| r.ends_with(&format!("/{BLOG}"))),
+        "the migration records what went: {retired}"
+    );
+    ensure!(
+        pg_database(&pg18)? == "1" && maria_new.sql(&format!("SELECT n FROM {BLOG}.posts"))? == "7",
+        "the new host has the account's data"
     );
 
     // Then the forward's time: the migration completes, the old host no

@@ -5,13 +5,15 @@
 //! The transfer calls take and return domain types ([`transfer`]), and so
 //! do the sites calls ([`sites`]), the transit wipe ([`transit`]), the
 //! address calls ([`addresses`]), a migration's replication calls
-//! ([`replication`]) and the actions of its freeze and switch
-//! ([`cutover`]); the conversions to and from the agent API are in
-//! [`wire`], so the workflows never see protobuf.
+//! ([`replication`]), the actions of its freeze and switch
+//! ([`cutover`]) and the old copy's retirement ([`retire`]); the
+//! conversions to and from the agent API are in [`wire`], so the
+//! workflows never see protobuf.
 
 pub mod addresses;
 pub mod cutover;
 pub mod replication;
+pub mod retire;
 pub mod sites;
 pub mod transfer;
 pub mod transit;

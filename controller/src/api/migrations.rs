@@ -184,6 +184,7 @@ impl MigrationsApi {
             retire_at: None,
             forward_until: None,
             retired_at: None,
+            removed: Vec::new(),
             unforwarded_at: None,
             created_at: now,
             updated_at: now,
@@ -370,6 +371,7 @@ pub fn migration(run: &MigrationRun) -> v1::MigrationRun {
         retire_at: run.retire_at.map(timestamp),
         forward_until: run.forward_until.map(timestamp),
         retired_at: run.retired_at.map(timestamp),
+        removed: run.removed.clone(),
         unforwarded_at: run.unforwarded_at.map(timestamp),
         missed_freezes: run.missed_freezes.iter().map(freeze_window).collect(),
     }

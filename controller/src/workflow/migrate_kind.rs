@@ -522,9 +522,10 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
             };
             record(after)
         }
-        (S::Retire, O::Retired { at }) => {
+        (S::Retire, O::Retired { at, removed }) => {
             let mut after = run.clone();
             after.retired_at = Some(at);
+            after.removed = removed;
             record(after_timer(&after, "the old copy is removed"))
         }
         (S::Unforward, O::Unforwarded { at }) => {

@@ -329,6 +329,9 @@ pub struct MigrationRun {
     /// When the old host's forward ended.
     #[serde(default, with = "crate::model::rfc3339::option")]
     pub unforwarded_at: Option<DateTime<Utc>>,
+    /// What the retirement removed from the old host.
+    #[serde(default)]
+    pub removed: Vec<String>,
     #[serde(with = "crate::model::rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "crate::model::rfc3339")]
@@ -395,10 +398,11 @@ pub enum MigrateOutcome {
         #[serde(with = "crate::model::rfc3339")]
         at: DateTime<Utc>,
     },
-    /// The old copy is retired, at `at`.
+    /// The old copy is retired, at `at`: what went.
     Retired {
         #[serde(with = "crate::model::rfc3339")]
         at: DateTime<Utc>,
+        removed: Vec<String>,
     },
     /// The old host no longer forwards, since `at`.
     Unforwarded {

@@ -70,6 +70,7 @@ fn run(state: MigrateState, step: MigrateStep) -> MigrationRun {
         forward_until: None,
         retired_at: None,
         unforwarded_at: None,
+        removed: Vec::new(),
         created_at: at(0),
         updated_at: at(0),
     }
@@ -126,7 +127,10 @@ fn every_outcome() -> Vec<MigrateOutcome> {
             accepted_at: at(21),
         },
         MigrateOutcome::Finished { at: at(22) },
-        MigrateOutcome::Retired { at: at(3_700) },
+        MigrateOutcome::Retired {
+            at: at(3_700),
+            removed: Vec::new(),
+        },
         MigrateOutcome::Unforwarded { at: at(700) },
         MigrateOutcome::RolledBack,
         MigrateOutcome::Unreachable("no answer".into()),
@@ -256,7 +260,13 @@ fn the_happy_path_runs_every_step_in_order() {
     assert_eq!(t.next, Next::WaitUntil(at(21 + 3_600)));
     let t = decide(&t.state, Input::Event(Event::Timer));
     assert_eq!(t.next, Next::Run(MigrateStep::Retire));
-    let t = decide(&t.state, outcome(MigrateOutcome::Retired { at: at(3_622) }));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Retired {
+            at: at(3_622),
+            removed: Vec::new(),
+        }),
+    );
     assert_eq!(t.state.retired_at, Some(at(3_622)));
     assert_eq!(t.state.state, MigrateState::Completed);
     assert_eq!(t.next, Next::Done(End::Completed));
@@ -276,7 +286,13 @@ fn a_forward_longer_than_the_grace_period_outlives_the_retirement() {
     );
     let t = decide(&t.state, Input::Event(Event::Timer));
     assert_eq!(t.next, Next::Run(MigrateStep::Retire));
-    let t = decide(&t.state, outcome(MigrateOutcome::Retired { at: at(101) }));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Retired {
+            at: at(101),
+            removed: Vec::new(),
+        }),
+    );
     assert_eq!(
         (t.state.state, t.state.step, t.next.clone()),
         (
@@ -527,7 +543,13 @@ fn a_stopped_step_changes_nothing_and_an_odd_outcome_is_retried() {
     let t = decide(&copying, outcome(MigrateOutcome::Stopped));
     assert_eq!(t.state, copying);
     assert_eq!(t.next, Next::Run(MigrateStep::Copy));
-    let t = decide(&copying, outcome(MigrateOutcome::Retired { at: at(1) }));
+    let t = decide(
+        &copying,
+        outcome(MigrateOutcome::Retired {
+            at: at(1),
+            removed: Vec::new(),
+        }),
+    );
     assert_eq!(t.state.step, MigrateStep::Copy);
     assert!(t.state.error.starts_with("internal"));
 }
