@@ -519,7 +519,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
         );
     }
     ensure!(
-        pg15.psql(&database, "SELECT count(*) FROM pg_replication_slots")? == "0",
+        pg15.psql("postgres", "SELECT count(*) FROM pg_replication_slots")? == "0",
         "{name}: no replication slot left on the source"
     );
     Ok(Seen {

@@ -9,8 +9,9 @@
 //! then, past it, the sites started on the target, the old host
 //! forwarding to them, the account thawed, the placement recorded; the
 //! finish (DNS, replication torn down), and at their own times the
-//! retirement of the old copy and the forward's end (`UnforwardSites`
-//! with `end_for_good`, then the old sites stopped).
+//! retirement of the old copy (once the new copy is seen in place, its
+//! databases and home removed by `RetireAccount`) and the forward's end
+//! (`UnforwardSites` with `end_for_good`, then the old sites stopped).
 //!
 //! Every step can run again after a crash or a lost lease: each agent
 //! call is named by the migration's id (or a transfer id made from it)
