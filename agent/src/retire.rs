@@ -141,7 +141,16 @@ pub async fn retire(
         kept.push("MariaDB users: locked by the switch, kept".to_owned());
     }
     let home = config.accounts_dir.join(account);
-    match remove_home(&home)? {
+    let removing = home.clone();
+    let home_removal = tokio::task::spawn_blocking(move || remove_home(&removing))
+        .await
+        .map_err(|e| {
+            failed(format!(
+                "removing {}: stopped unexpectedly: {e}",
+                home.display()
+            ))
+        })?;
+    match home_removal? {
         HomeRemoval::Removed => removed.push(format!("home {}", home.display())),
         HomeRemoval::Kept(why) => kept.push(format!("home {}: {why}", home.display())),
     }
