@@ -21,6 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "navette/v1/migrations.proto",
         "navette/v1/catchup.proto",
         "navette/v1/verify.proto",
+        "navette/v1/retire.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -63,7 +63,10 @@
 //!   account's PostgreSQL and MariaDB databases, the position after the
 //!   fence, the switch that ends and refuses the account's sessions),
 //!   [`cutover::forward`] (the old host's sites forwarded to the new one,
-//!   held requests answered there).
+//!   held requests answered there; undone, or ended for good later).
+//! - [`retire`]: on the old host at a migration's grace period's end, the
+//!   old copy's databases and home removed, only what the agent's own
+//!   switch record of that migration backs; idempotent.
 //! - [`changes`]: the change journal of a home (inotify): what changed
 //!   since the last catch-up pass, without walking the tree (run per
 //!   migration by `transfer::files::journals`).
@@ -99,6 +102,7 @@ pub mod notify;
 pub mod peer_identity;
 pub mod renewal;
 pub mod replication;
+pub mod retire;
 pub mod server;
 pub mod shutdown;
 pub mod sites;

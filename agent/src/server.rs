@@ -43,6 +43,7 @@ use std::sync::Arc;
 
 mod cutover;
 mod replication;
+mod retire;
 
 use crate::addresses::{self, AddressError, EnsureRequest};
 use crate::config::MariadbServer;
@@ -770,6 +771,15 @@ impl Agent for AgentService {
         request: Request<navette_proto::v1::ForwardSitesRequest>,
     ) -> Result<Response<navette_proto::v1::ForwardSitesResponse>, Status> {
         cutover::forward(&self.cutover, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn retire_account(
+        &self,
+        request: Request<navette_proto::v1::RetireAccountRequest>,
+    ) -> Result<Response<navette_proto::v1::RetireAccountResponse>, Status> {
+        retire::retire_account(&self.cutover, request.into_inner())
             .await
             .map(Response::new)
     }

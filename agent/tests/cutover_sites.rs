@@ -379,6 +379,7 @@ fn a_held_request_is_answered_by_the_new_host_and_forwarding_keeps_the_client_ad
         c.unforward_sites(UnforwardSitesRequest {
             migration_id: "m-fw-1".into(),
             account: name.into(),
+            end_for_good: false,
         })
         .await
         .map(|r| r.into_inner())

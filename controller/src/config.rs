@@ -477,6 +477,12 @@ pub struct Migrations {
     /// 7 days.
     #[serde(default = "default_retire_after")]
     pub retire_after_secs: u64,
+    /// How long the old host forwards the account's domains to the new
+    /// host after the DNS switch when the platform's DNS does not give the
+    /// records' TTL (no `[dns]`, or names in the customer's own DNS).
+    /// Default 1 day. With `[dns]`, the longest TTL of the switched sets.
+    #[serde(default = "default_forward_for")]
+    pub forward_for_secs: u64,
 }
 
 impl Default for Migrations {
@@ -490,8 +496,14 @@ impl Default for Migrations {
             backlog_threshold_transactions: default_backlog_transactions(),
             converge_poll_ms: default_converge_poll(),
             retire_after_secs: default_retire_after(),
+            forward_for_secs: default_forward_for(),
         }
     }
+}
+
+/// `[migrations] forward_for_secs`' default: one day.
+pub fn default_forward_for() -> u64 {
+    86_400
 }
 
 fn default_tsig_algorithm() -> String {

@@ -32,9 +32,10 @@
 //! - [`agents`]: calls from the controller to agents, in domain types
 //!   ([`agents::transfer`], [`agents::sites`], [`agents::addresses`], a
 //!   migration's [`agents::replication`] and the named actions of its
-//!   freeze and switch, [`agents::cutover`], and its verification,
-//!   [`agents::verify`]); [`agents::wire`] converts
-//!   them to and from the agent API.
+//!   freeze and switch, [`agents::cutover`], its verification,
+//!   [`agents::verify`], the old copy's retirement after a check of the
+//!   new one, [`agents::retire`]); [`agents::wire`] converts them to and
+//!   from the agent API.
 //! - [`engine`]: the durable workflow engine shared by every kind of
 //!   workflow: one table family (state, step, lease and fencing token,
 //!   inbox, audit trail), a pure transition per kind, one runner per

@@ -471,7 +471,7 @@ fn main() -> anyhow::Result<()> {
         &rig,
         ControllerSpec {
             extra_config: format!(
-                "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\n\
+                "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\nforward_for_secs = 2\n\
                  [dns]\nserver = \"{addr}\"\ntsig_key_name = \"{key}\"\ntsig_secret_file = \"{secret}\"\n\
                  database_zone = \"{DB_ZONE}\"\nlowered_ttl_secs = 1\n",
                 addr = dns.addr(),

@@ -112,7 +112,7 @@ pub fn zones(account: &str) -> Vec<ZoneSpec> {
 /// old copy retired 2 s after the switch, records updated on `dns`.
 pub fn controller_config(dns: &DnsServer) -> String {
     format!(
-        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\n\
+        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\nforward_for_secs = 2\n\
          [dns]\nserver = \"{addr}\"\ntsig_key_name = \"{key}\"\ntsig_secret_file = \"{secret}\"\n\
          database_zone = \"{DB_ZONE}\"\nlowered_ttl_secs = 1\n",
         addr = dns.addr(),

@@ -103,8 +103,9 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         &rig,
         ControllerSpec {
             // The operator relaxed the test policy for this platform; the
-            // old copy is retired two seconds after the switch.
-            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\n"
+            // old copy is retired, and the old host's forward ended, two
+            // seconds after the switch.
+            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 2\nforward_for_secs = 2\n"
                 .to_owned(),
             ..ControllerSpec::default()
         },
@@ -202,7 +203,7 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
     let stop = AtomicBool::new(false);
     let acknowledged = Mutex::new(Acknowledged::default());
     let journal = alice.home.join("journal.txt");
-    let migration = std::thread::scope(|scope| -> anyhow::Result<Value> {
+    let (migration, old_tally) = std::thread::scope(|scope| -> anyhow::Result<(Value, String)> {
         let writer = scope.spawn(|| -> anyhow::Result<()> {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -265,7 +266,10 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         stop.store(true, Ordering::Relaxed);
         join("the writer", writer.join())?;
         let id = watched?;
-        wait_for(&rig, &id, "STATE_COMPLETED", Duration::from_secs(180))
+        // The old table as the writer left it: the retirement drops it.
+        let old_tally = table_fingerprint(&pg15, "tally")?;
+        let completed = wait_for(&rig, &id, "STATE_COMPLETED", Duration::from_secs(180))?;
+        Ok((completed, old_tally))
     })?;
     let id = str_of(&migration, "id").to_owned();
     let window = &migration["freezeWindow"];
@@ -317,7 +321,7 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         );
     }
     ensure!(
-        table_fingerprint(&pg15, "tally")? == table_fingerprint(&pg18, "tally")?,
+        old_tally == table_fingerprint(&pg18, "tally")?,
         "the table without a key, updated and deleted from during the migration, is the same on the new host"
     );
     // The sequence was carried: the new host takes a new order.
@@ -358,8 +362,15 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
     );
     // Replication is torn down on both sides.
     ensure!(
-        pg15.psql(SHOP, "SELECT count(*) FROM pg_replication_slots")? == "0",
+        pg15.psql("postgres", "SELECT count(*) FROM pg_replication_slots")? == "0",
         "no slot left on the old host"
+    );
+    ensure!(
+        pg15.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{SHOP}'")
+        )? == "0",
+        "the old copy's database is retired from the old host"
     );
     ensure!(
         pg18.psql(SHOP, "SELECT count(*) FROM pg_subscription")? == "0",

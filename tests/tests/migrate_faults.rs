@@ -133,12 +133,12 @@ fn join<T>(what: &str, started: std::thread::Result<anyhow::Result<T>>) -> anyho
     started.map_err(|_| anyhow::anyhow!("{what} panicked"))?
 }
 
-/// The rig's `[migrations]`: no test needed, the old copy retired 5 s
-/// after the switch, the freeze entered only with no lag left (measured
+/// The rig's `[migrations]`: no test needed, the old copy retired (and
+/// the forward ended) 5 s after the switch, the freeze entered only with no lag left (measured
 /// every 2 s), and `freeze` (its deadline and tries).
 fn migrations_config(freeze: &str) -> String {
     format!(
-        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\n\
+        "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\nforward_for_secs = 5\n\
          backlog_threshold_bytes = 0\nconverge_poll_ms = 2000\n{freeze}\n"
     )
 }
@@ -316,6 +316,8 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
     let acknowledged = Mutex::new(Acknowledged::default());
     let journal = account.home.join("journal.txt");
     let late_file = account.home.join("late.bin");
+    // Its digest as written: the old home is gone once retired.
+    let late_digest = std::sync::OnceLock::new();
     let (id, state_at_kill, phase_at_kill) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| -> anyhow::Result<()> {
             let mut n = 0u64;
@@ -388,6 +390,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
                 )?;
                 if phase == Phase::Freeze {
                     support::random_file(&late_file, 256, &name)?;
+                    let _ = late_digest.set(md5(&late_file)?);
                 }
                 stop.store(true, Ordering::Relaxed);
                 pg18.psql(
@@ -523,7 +526,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
     }
     if phase == Phase::Freeze && outcome == "STATE_COMPLETED" {
         ensure!(
-            md5(&home.join("late.bin"))? == md5(&late_file)?,
+            Some(&md5(&home.join("late.bin"))?) == late_digest.get(),
             "{name}: the file written before the freeze is whole on the target"
         );
     }
@@ -534,7 +537,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
         );
     }
     ensure!(
-        pg15.psql(&database, "SELECT count(*) FROM pg_replication_slots")? == "0",
+        pg15.psql("postgres", "SELECT count(*) FROM pg_replication_slots")? == "0",
         "{name}: no replication slot left on the source"
     );
     if fault == Fault::Controller && phase == Phase::Freeze {

@@ -137,7 +137,7 @@ fn platform() -> anyhow::Result<Platform> {
         &rig,
         ControllerSpec {
             extra_config: format!(
-                "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\n\
+                "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\nforward_for_secs = 5\n\
                  converge_poll_ms = 1000\nfreeze_deadline_ms = {DEADLINE_MS}\nfreeze_tries = 1\n"
             ),
             ..ControllerSpec::default()

@@ -59,7 +59,7 @@ fn platform() -> anyhow::Result<Platform> {
     let controller = support::controller(
         &rig,
         ControllerSpec {
-            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\n\
+            extra_config: "\n[migrations]\nrequire_recent_test = false\nretire_after_secs = 5\nforward_for_secs = 5\n\
                  converge_poll_ms = 1000\nfreeze_deadline_ms = 3000\nfreeze_tries = 3\n"
                 .to_owned(),
             ..ControllerSpec::default()

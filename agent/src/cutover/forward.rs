@@ -2,7 +2,9 @@
 //! requests held during the freeze and clients with stale DNS reach the new
 //! host, with the client's address kept (`X-Real-IP`, `X-Forwarded-For`;
 //! the new host's web server trusts them from the platform's hosts with
-//! `set_real_ip_from`, an operator's setting), and undoing it on rollback.
+//! `set_real_ip_from`, an operator's setting), undoing it on rollback, and
+//! ending it for good once the old DNS records' TTL has passed
+//! ([`Cutover::end_forward`]).
 //!
 //! # What happens to a request the freeze held
 //!
@@ -325,6 +327,39 @@ impl Cutover {
         state::remove(&path)?;
         tracing::info!(message = "account's sites restored on this host", migration = %migration_id, %account, pool_started = started, frozen);
         Ok((true, started))
+    }
+
+    /// After the switch, once no client can still hold the old DNS
+    /// answer: the forwarding block removed and the web server reloaded,
+    /// the fallback socket and the forward's record removed; the account's
+    /// own blocks are not restored and no pool starts. Returns whether a
+    /// forward was ended. Idempotent.
+    pub fn end_forward(&self, migration_id: &str, account: &str) -> Result<bool, CutoverError> {
+        let sites = &self.config.sites;
+        let path = state::path(&self.config.state_dir, "forward", account);
+        match state::read::<ForwardRecord>(&path)? {
+            None => return Ok(false),
+            Some(record) if record.migration_id != migration_id => {
+                return Err(CutoverError::OtherMigration {
+                    account: account.to_owned(),
+                    what: "forwarded",
+                    other: record.migration_id,
+                });
+            }
+            Some(_) => {}
+        }
+        if nginx::remove_blocks(&sites.server_blocks_dir, account)? {
+            self.reload_web_server()?;
+        }
+        let moved = moved_socket(&sites.run_dir, account);
+        match std::fs::remove_file(&moved) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io("removing", &moved)(error)),
+        }
+        state::remove(&path)?;
+        tracing::info!(message = "account's forward to the new host ended", migration = %migration_id, %account);
+        Ok(true)
     }
 
     fn groups_for_sites(

@@ -11,7 +11,8 @@
 //!   position taken *after* the fence, the switch (held writers ended, new
 //!   sessions refused) and its undo.
 //! - [`forward`]: the old host's web server forwards the account's domains
-//!   to the new host, and what the frozen pool held is answered there.
+//!   to the new host, and what the frozen pool held is answered there;
+//!   undone on rollback, or ended for good once the old DNS TTL passed.
 //! - [`state`]: the records on disk that let a switch and a forward be
 //!   undone after an agent restart.
 //!

@@ -217,6 +217,14 @@ pub(super) async fn unforward(
 ) -> Result<UnforwardSitesResponse, Status> {
     ids(&request.migration_id, &request.account)?;
     let cutover = cutover.clone();
+    if request.end_for_good {
+        let ended =
+            blocking(move || cutover.end_forward(&request.migration_id, &request.account)).await?;
+        return Ok(UnforwardSitesResponse {
+            restored: ended,
+            pool_started: false,
+        });
+    }
     let (restored, pool_started) =
         blocking(move || cutover.unforward(&request.migration_id, &request.account)).await?;
     Ok(UnforwardSitesResponse {

@@ -356,11 +356,34 @@ pub async fn unforward_sites(
     migration_id: &str,
     account: &str,
 ) -> Result<bool, CallFailure> {
+    unforward(controller, source, migration_id, account, false).await
+}
+
+/// The end of [`forward_sites`] after the switch: the forwarding block
+/// removed from the old host, nothing of the account's restored. Harmless
+/// when the forward has ended already.
+pub async fn end_forward(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+) -> Result<bool, CallFailure> {
+    unforward(controller, source, migration_id, account, true).await
+}
+
+async fn unforward(
+    controller: &Controller,
+    source: &Host,
+    migration_id: &str,
+    account: &str,
+    end_for_good: bool,
+) -> Result<bool, CallFailure> {
     agent(controller, source)?
         .unforward_sites(request(
             v1::UnforwardSitesRequest {
                 migration_id: migration_id.to_owned(),
                 account: account.to_owned(),
+                end_for_good,
             },
             CALL_TIMEOUT,
         ))

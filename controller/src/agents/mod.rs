@@ -6,12 +6,14 @@
 //! do the sites calls ([`sites`]), the transit wipe ([`transit`]), the
 //! address calls ([`addresses`]), a migration's replication calls
 //! ([`replication`]), the actions of its freeze and switch
-//! ([`cutover`]) and the verification inside the freeze ([`verify`]); the conversions to and from the agent API are in
-//! [`wire`], so the workflows never see protobuf.
+//! ([`cutover`]), the verification inside the freeze ([`verify`]) and the
+//! old copy's retirement ([`retire`]); the conversions to and from the
+//! agent API are in [`wire`], so the workflows never see protobuf.
 
 pub mod addresses;
 pub mod cutover;
 pub mod replication;
+pub mod retire;
 pub mod sites;
 pub mod transfer;
 pub mod transit;

@@ -182,6 +182,10 @@ impl MigrationsApi {
             missed_freezes: Vec::new(),
             cancelled: false,
             retire_at: None,
+            forward_until: None,
+            retired_at: None,
+            removed: Vec::new(),
+            unforwarded_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -365,6 +369,10 @@ pub fn migration(run: &MigrationRun) -> v1::MigrationRun {
         created_at: Some(timestamp(run.created_at)),
         updated_at: Some(timestamp(run.updated_at)),
         retire_at: run.retire_at.map(timestamp),
+        forward_until: run.forward_until.map(timestamp),
+        retired_at: run.retired_at.map(timestamp),
+        removed: run.removed.clone(),
+        unforwarded_at: run.unforwarded_at.map(timestamp),
         missed_freezes: run.missed_freezes.iter().map(freeze_window).collect(),
     }
 }

@@ -15,14 +15,17 @@
 //!                                 or, after the last try, rolling_back[rollback]
 //!  freezing[freeze] ─verification mismatch (thawed)─▶ rolling_back[rollback]
 //!  freezing[switch] ─switched─▶ switched[finish]            (the point of no return)
-//!  switched[finish] ─finished─▶ switched[none] ─timer at retire_at─▶ switched[retire]
-//!  switched[retire] ─retired─▶ completed[none]
+//!  switched[finish] ─finished (forward_until set)─▶ switched[none]
+//!  switched[none] ─timer at the earlier of retire_at, forward_until─▶
+//!                                 switched[retire] or switched[unforward]
+//!  switched[retire] ─retired─▶ switched[none], or completed[none] once unforwarded
+//!  switched[unforward] ─unforwarded─▶ switched[none], or completed[none] once retired
 //!
 //!  before the switch: cancel ─▶ rolling_back[rollback] (cancelled)
 //!  before the switch: refused, copy failed, unreachable MAX_ATTEMPTS times
 //!                                 ─▶ rolling_back[rollback] (failed)
 //!  rolling_back[rollback] ─rolled back─▶ failed[none] or cancelled[none]
-//!  [rollback], [switch], [finish], [retire] ─unreachable or refused─▶ the same
+//!  [rollback], [switch], [finish], [retire], [unforward] ─unreachable or refused─▶ the same
 //!      step, later: never given up (a rollback must finish; so must a
 //!      migration past its point of no return)
 //! ```
@@ -38,7 +41,10 @@
 //! Invariants: [`decide`] is pure (times come with the outcomes); nothing
 //! of the source is removed before the switch (the rollback removes only
 //! what the migration made: the target's copy, the replication objects);
-//! after the switch, every step is retried until it succeeds.
+//! after the switch, every step is retried until it succeeds; the grace
+//! period (`retire_at`) and the forwarding time (`forward_until`, the old
+//! DNS records' TTL after their switch) are two timers, each step run once
+//! when its own comes: retiring the old copy never ends the forward.
 
 use std::sync::Arc;
 
@@ -125,8 +131,27 @@ impl Kind for MigrateKind {
 pub fn past_point_of_no_return(step: MigrateStep) -> bool {
     matches!(
         step,
-        MigrateStep::Switch | MigrateStep::Finish | MigrateStep::Retire
+        MigrateStep::Switch | MigrateStep::Finish | MigrateStep::Retire | MigrateStep::Unforward
     )
+}
+
+/// The step of the switched migration's next timer and when it is due:
+/// the earlier of the retirement (at `retire_at`) and the forward's end
+/// (at `forward_until`) not yet done; the retirement first on a tie.
+/// `None` when both are done.
+pub fn next_timer(run: &MigrationRun) -> Option<(MigrateStep, chrono::DateTime<chrono::Utc>)> {
+    let retire = run
+        .retire_at
+        .filter(|_| run.retired_at.is_none())
+        .map(|at| (MigrateStep::Retire, at));
+    let unforward = run
+        .forward_until
+        .filter(|_| run.unforwarded_at.is_none())
+        .map(|at| (MigrateStep::Unforward, at));
+    match (retire, unforward) {
+        (Some(r), Some(u)) => Some(if u.1 < r.1 { u } else { r }),
+        (r, u) => r.or(u),
+    }
 }
 
 /// The migration's transition for an engine input. Pure.
@@ -150,9 +175,20 @@ pub fn decide(
             if run.state == MigrateState::Switched && run.step == MigrateStep::None =>
         {
             let mut after = run.clone();
-            after.step = MigrateStep::Retire;
             after.attempts = 0;
-            after.phase = "retiring the old copy".to_owned();
+            match next_timer(run) {
+                Some((MigrateStep::Unforward, _)) => {
+                    after.step = MigrateStep::Unforward;
+                    after.phase = format!(
+                        "ending the forward from {}: the old DNS records' TTL has passed",
+                        run.source_host_id
+                    );
+                }
+                _ => {
+                    after.step = MigrateStep::Retire;
+                    after.phase = "retiring the old copy".to_owned();
+                }
+            }
             record(after)
         }
         // The creation decided the first step; commands and children are
@@ -171,13 +207,47 @@ pub fn next_of(run: &MigrationRun) -> Next<MigrateStep> {
             MigrateState::Failed => Next::Done(End::Failed(run.error.clone())),
             // The finish sets the retire step itself when no grace period
             // is recorded.
-            MigrateState::Switched => match run.retire_at {
-                Some(at) => Next::WaitUntil(at),
+            MigrateState::Switched => match next_timer(run) {
+                Some((_, at)) => Next::WaitUntil(at),
                 None => Next::Wait,
             },
             _ => Next::Wait,
         },
         step => Next::Run(step),
+    }
+}
+
+fn seconds(secs: u64) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// `run` after one of its two timers' steps: waiting for the other, or
+/// completed when both are done.
+fn after_timer(run: &MigrationRun, done: &str) -> MigrationRun {
+    match next_timer(run) {
+        Some((step, at)) => {
+            let mut after = moved(
+                run,
+                MigrateState::Switched,
+                MigrateStep::None,
+                String::new(),
+            );
+            after.phase = format!(
+                "switched: {done}; {} at {}",
+                match step {
+                    MigrateStep::Unforward => "the forward ends",
+                    _ => "the old copy is retired",
+                },
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            after
+        }
+        None => moved(
+            run,
+            MigrateState::Completed,
+            MigrateStep::None,
+            format!("completed: the account lives on {}", run.target_host_id),
+        ),
     }
 }
 
@@ -240,7 +310,11 @@ fn retry(run: &MigrationRun, why: String) -> Transition<MigrationRun, MigrateSte
     let forever = run.switched()
         || matches!(
             run.step,
-            MigrateStep::Switch | MigrateStep::Finish | MigrateStep::Retire | MigrateStep::Rollback
+            MigrateStep::Switch
+                | MigrateStep::Finish
+                | MigrateStep::Retire
+                | MigrateStep::Unforward
+                | MigrateStep::Rollback
         );
     if !forever && run.attempts + 1 >= MAX_ATTEMPTS {
         return rollback(
@@ -431,37 +505,46 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                     u64::try_from((accepted_at - window.frozen_at).num_milliseconds().max(0))
                         .unwrap_or(0);
             }
-            after.retire_at = Some(
-                accepted_at
-                    + chrono::Duration::seconds(
-                        i64::try_from(settings.retire_after_secs).unwrap_or(i64::MAX / 1000),
-                    ),
-            );
+            after.retire_at = Some(accepted_at + seconds(settings.retire_after_secs));
             record(after)
         }
-        (S::Finish, O::Finished) => {
+        (S::Finish, O::Finished { at }) => {
             let step = if run.retire_at.is_some() {
                 S::None
             } else {
                 S::Retire
             };
             let mut after = moved(run, MigrateState::Switched, step, String::new());
+            let forward_secs = run
+                .dns
+                .as_ref()
+                .and_then(|plan| plan.switched_ttl_secs())
+                .unwrap_or(settings.forward_for_secs);
+            let forward_until = at + seconds(forward_secs);
+            after.forward_until = Some(forward_until);
             after.phase = match run.retire_at {
-                Some(at) => format!(
-                    "switched: the old copy on {} is kept stopped until {}",
+                Some(retire_at) => format!(
+                    "switched: the old copy on {} is kept stopped until {}; it forwards to {} until {}",
                     run.source_host_id,
-                    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                    retire_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    run.target_host_id,
+                    forward_until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
                 ),
                 None => "switched".to_owned(),
             };
             record(after)
         }
-        (S::Retire, O::Retired) => record(moved(
-            run,
-            MigrateState::Completed,
-            S::None,
-            format!("completed: the account lives on {}", run.target_host_id),
-        )),
+        (S::Retire, O::Retired { at, removed }) => {
+            let mut after = run.clone();
+            after.retired_at = Some(at);
+            after.removed = removed;
+            record(after_timer(&after, "the old copy is removed"))
+        }
+        (S::Unforward, O::Unforwarded { at }) => {
+            let mut after = run.clone();
+            after.unforwarded_at = Some(at);
+            record(after_timer(&after, "the old host no longer forwards"))
+        }
         (S::Rollback, O::RolledBack) => {
             let state = if run.cancelled {
                 MigrateState::Cancelled
@@ -481,7 +564,9 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
         (_, O::Unreachable(why)) => retry(run, why),
         // Past the switch, or undoing: a refusal is retried too (an agent
         // may refuse while a transfer ends), never given up.
-        (S::Switch | S::Finish | S::Retire | S::Rollback, O::Refused(why)) => retry(run, why),
+        (S::Switch | S::Finish | S::Retire | S::Unforward | S::Rollback, O::Refused(why)) => {
+            retry(run, why)
+        }
         (_, O::Refused(why)) if run.switched() => retry(run, why),
         (_, O::Refused(why)) => rollback(run, &why, false),
         (step, outcome) => {

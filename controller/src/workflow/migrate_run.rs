@@ -95,6 +95,9 @@ pub enum MigrateStep {
     Finish,
     /// At the end of the grace period: the old copy retired.
     Retire,
+    /// Once the old DNS records' TTL has passed since their switch: the
+    /// old host's forward to the new host ended.
+    Unforward,
     /// Before the point of no return: the source thawed, replication torn
     /// down, the target's partial copy removed.
     Rollback,
@@ -113,6 +116,7 @@ impl MigrateStep {
             MigrateStep::Switch => "switch",
             MigrateStep::Finish => "finish",
             MigrateStep::Retire => "retire",
+            MigrateStep::Unforward => "unforward",
             MigrateStep::Rollback => "rollback",
             MigrateStep::None => "none",
         }
@@ -134,6 +138,10 @@ pub struct MigrateSettings {
     /// journal's backlog) under which the freeze may begin.
     #[serde(default = "default_backlog_paths")]
     pub backlog_threshold_paths: u64,
+    /// How long the old host forwards after the switch when the platform's
+    /// DNS does not say (no `[dns]`, or names of the customer's own DNS).
+    #[serde(default = "default_forward_for")]
+    pub forward_for_secs: u64,
 }
 
 /// The files' backlog a freeze may begin with: a journal pass costs what
@@ -142,6 +150,10 @@ pub const BACKLOG_THRESHOLD_PATHS: u64 = 2_000;
 
 fn default_backlog_paths() -> u64 {
     BACKLOG_THRESHOLD_PATHS
+}
+
+fn default_forward_for() -> u64 {
+    config::default_forward_for()
 }
 
 impl MigrateSettings {
@@ -154,6 +166,7 @@ impl MigrateSettings {
             converge_poll_ms: config.converge_poll_ms.max(50),
             retire_after_secs: config.retire_after_secs,
             backlog_threshold_paths: BACKLOG_THRESHOLD_PATHS,
+            forward_for_secs: config.forward_for_secs,
         }
     }
 
@@ -231,6 +244,21 @@ pub struct DnsPlan {
 }
 
 impl DnsPlan {
+    /// The longest TTL a resolver may have cached the account's records
+    /// with when they were switched (each set's TTL as lowered), in
+    /// seconds; `None` when a name is outside the platform's zones (the
+    /// customer's DNS says) or no set exists.
+    pub fn switched_ttl_secs(&self) -> Option<u64> {
+        if !self.records.not_ours.is_empty() {
+            return None;
+        }
+        self.records
+            .sets()
+            .filter(|set| set.ttl > 0)
+            .map(|set| u64::from(set.ttl.min(self.lowering.lowered_ttl)))
+            .max()
+    }
+
     /// Whether the lowered TTL can be relied on at `now`: no resolver
     /// holds an answer cached with an old TTL.
     pub fn safe_at(&self) -> DateTime<Utc> {
@@ -291,6 +319,19 @@ pub struct MigrationRun {
     /// When the old copy is retired (set at the switch).
     #[serde(default, with = "crate::model::rfc3339::option")]
     pub retire_at: Option<DateTime<Utc>>,
+    /// When the old host stops forwarding (set at the finish, from the
+    /// DNS switch's time and the records' TTL).
+    #[serde(default, with = "crate::model::rfc3339::option")]
+    pub forward_until: Option<DateTime<Utc>>,
+    /// When the old copy was retired.
+    #[serde(default, with = "crate::model::rfc3339::option")]
+    pub retired_at: Option<DateTime<Utc>>,
+    /// When the old host's forward ended.
+    #[serde(default, with = "crate::model::rfc3339::option")]
+    pub unforwarded_at: Option<DateTime<Utc>>,
+    /// What the retirement removed from the old host.
+    #[serde(default)]
+    pub removed: Vec<String>,
     #[serde(with = "crate::model::rfc3339")]
     pub created_at: DateTime<Utc>,
     #[serde(with = "crate::model::rfc3339")]
@@ -355,10 +396,23 @@ pub enum MigrateOutcome {
         #[serde(with = "crate::model::rfc3339")]
         accepted_at: DateTime<Utc>,
     },
-    /// Replication torn down and the old host's sessions ended.
-    Finished,
-    /// The old copy is retired.
-    Retired,
+    /// Replication torn down and the old host's sessions ended; the DNS
+    /// records switched at `at` (or, without `[dns]`, the finish's time).
+    Finished {
+        #[serde(with = "crate::model::rfc3339")]
+        at: DateTime<Utc>,
+    },
+    /// The old copy is retired, at `at`: what went.
+    Retired {
+        #[serde(with = "crate::model::rfc3339")]
+        at: DateTime<Utc>,
+        removed: Vec<String>,
+    },
+    /// The old host no longer forwards, since `at`.
+    Unforwarded {
+        #[serde(with = "crate::model::rfc3339")]
+        at: DateTime<Utc>,
+    },
     /// Everything before the switch is undone.
     RolledBack,
     /// A host could not be reached: try again.

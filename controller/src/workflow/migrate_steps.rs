@@ -8,7 +8,11 @@
 //! ([`super::migrate_verify`]), switch the databases, carry the sequences
 //! (all in the freeze step, before the point of no return);
 //! then, past it, the sites started on the target, the old host
-//! forwarding to them, the account thawed, the placement recorded.
+//! forwarding to them, the account thawed, the placement recorded; the
+//! finish (DNS, replication torn down), and at their own times the
+//! retirement of the old copy (once the new copy is seen in place, its
+//! databases and home removed by `RetireAccount`) and the forward's end
+//! (`UnforwardSites` with `end_for_good`, then the old sites stopped).
 //!
 //! Every step can run again after a crash or a lost lease: each agent
 //! call is named by the migration's id (or a transfer id made from it)
@@ -229,6 +233,7 @@ pub async fn perform(
         MigrateStep::Switch => steps.switch().await,
         MigrateStep::Finish => steps.finish().await,
         MigrateStep::Retire => steps.retire().await,
+        MigrateStep::Unforward => steps.unforward().await,
         MigrateStep::Rollback => steps.rollback().await,
         MigrateStep::None => Err(CallFailure::Refused("nothing to do".to_owned())),
     };
@@ -882,15 +887,72 @@ impl Steps<'_> {
             let _ = agents::revoke_grant(c, self.source, &transfer_id).await;
         }
         tracing::info!(message = "migration finished", migration = %run.id, dns = ?dns);
-        Ok(MigrateOutcome::Finished)
+        Ok(MigrateOutcome::Finished { at: Utc::now() })
     }
 
-    /// At the end of the grace period: the old sites stopped (again).
+    /// At the end of the grace period, once the new copy is seen in
+    /// place (the placement names the target, whose agent answers and
+    /// reports the account's home and databases; otherwise a retry, and
+    /// nothing goes): the old copy's databases and home removed
+    /// (`RetireAccount`), the old sites stopped. While the old host still
+    /// forwards, its sites are the forward (the switch replaced their
+    /// server blocks and killed their pool), and stopping them would end
+    /// it: they are stopped when the forward ends.
     async fn retire(&self) -> Result<MigrateOutcome, CallFailure> {
         let (c, run) = (self.controller.as_ref(), self.run);
+        let placement = async {
+            let client = c.db.get().await?;
+            store::migrations::placement(&**client, &run.account).await
+        }
+        .await
+        .map_err(|e| CallFailure::Retry(format!("reading the account's placement: {e}")))?;
+        match placement {
+            Some((host, _)) if host == run.target_host_id => {}
+            other => {
+                return Err(CallFailure::Refused(format!(
+                    "{} is placed on {:?}, not on the migration's target {}; the old copy is kept",
+                    run.account,
+                    other.map(|(host, _)| host),
+                    run.target_host_id
+                )));
+            }
+        }
+        let on_target: Vec<(Engine, String, String)> = run
+            .plan
+            .databases
+            .iter()
+            .map(|d| (d.engine, d.target_server.clone(), d.name.clone()))
+            .collect();
+        agents::retire::new_copy_in_place(c, self.target, &run.account, &on_target).await?;
+        let mariadb: Vec<(String, String)> = run
+            .plan
+            .databases
+            .iter()
+            .filter(|d| d.engine == Engine::Mariadb)
+            .map(|d| (d.source_server.clone(), d.name.clone()))
+            .collect();
+        let retired =
+            agents::retire::retire_account(c, self.source, &run.id, &run.account, &mariadb).await?;
+        if run.forward_until.is_none() || run.unforwarded_at.is_some() {
+            agents::sites::stop_sites(c, self.source, &run.account).await?;
+        }
+        tracing::info!(message = "the old copy is retired", migration = %run.id, account = %run.account, host = %run.source_host_id, removed = ?retired.removed, kept = ?retired.kept, already = retired.already, forwarding = run.unforwarded_at.is_none());
+        // The outcome, `removed` with it, is the audit trail's entry of the step.
+        Ok(MigrateOutcome::Retired {
+            at: Utc::now(),
+            removed: retired.removed,
+        })
+    }
+
+    /// Once the old DNS records' TTL has passed since their switch: the
+    /// old host's forward ended (its block removed, nothing of the
+    /// account's restored), then what is left of the old sites stopped.
+    async fn unforward(&self) -> Result<MigrateOutcome, CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        let ended = cutover::end_forward(c, self.source, &run.id, &run.account).await?;
         agents::sites::stop_sites(c, self.source, &run.account).await?;
-        tracing::info!(message = "the old copy's sites stay stopped; its home and databases are kept on the old host", migration = %run.id, host = %run.source_host_id);
-        Ok(MigrateOutcome::Retired)
+        tracing::info!(message = "the old host no longer forwards the account's domains", migration = %run.id, account = %run.account, host = %run.source_host_id, ended);
+        Ok(MigrateOutcome::Unforwarded { at: Utc::now() })
     }
 
     /// Replication's objects on the target dropped: the subscriptions and

@@ -12,7 +12,8 @@
 //! - [`migrate_kind`]: *Migrate* as an engine kind: its pure transition,
 //!   edge by edge, and the point of no return (the switch);
 //! - [`migrate_steps`]: the migration's steps against the agents (copy,
-//!   replication, freeze, switch, rollback), the cutover's actions through
+//!   replication, freeze, switch, retire, unforward, rollback), the
+//!   cutover's actions through
 //!   `agents::cutover`;
 //! - [`test_events`]: the panel's commands (create, refresh, delete) as
 //!   events of the test's workflow, their effect shown at once.

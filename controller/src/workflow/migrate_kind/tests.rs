@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::*;
 use crate::model::{CopyPlan, CopyProgress};
-use crate::workflow::migrate_run::{Backlog, FreezePart, FreezeWindow, MigrateSettings};
+use crate::workflow::migrate_run::{Backlog, DnsPlan, FreezePart, FreezeWindow, MigrateSettings};
 
 fn at(seconds: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_800_000_000 + seconds, 0)
@@ -28,6 +28,7 @@ fn settings() -> MigrateSettings {
         converge_poll_ms: 500,
         retire_after_secs: 3_600,
         backlog_threshold_paths: 1_000,
+        forward_for_secs: 600,
     }
 }
 
@@ -66,6 +67,10 @@ fn run(state: MigrateState, step: MigrateStep) -> MigrationRun {
         missed_freezes: Vec::new(),
         cancelled: false,
         retire_at: None,
+        forward_until: None,
+        retired_at: None,
+        unforwarded_at: None,
+        removed: Vec::new(),
         created_at: at(0),
         updated_at: at(0),
     }
@@ -122,8 +127,12 @@ fn every_outcome() -> Vec<MigrateOutcome> {
             parts: Vec::new(),
             accepted_at: at(21),
         },
-        MigrateOutcome::Finished,
-        MigrateOutcome::Retired,
+        MigrateOutcome::Finished { at: at(22) },
+        MigrateOutcome::Retired {
+            at: at(3_700),
+            removed: Vec::new(),
+        },
+        MigrateOutcome::Unforwarded { at: at(700) },
         MigrateOutcome::RolledBack,
         MigrateOutcome::Unreachable("no answer".into()),
         MigrateOutcome::Refused("no".into()),
@@ -145,6 +154,7 @@ fn every_position() -> Vec<(MigrateState, MigrateStep)> {
         (St::Switched, S::Finish),
         (St::Switched, S::None),
         (St::Switched, S::Retire),
+        (St::Switched, S::Unforward),
         (St::Completed, S::None),
         (St::RollingBack, S::Rollback),
         (St::Failed, S::None),
@@ -235,13 +245,116 @@ fn the_happy_path_runs_every_step_in_order() {
     assert_eq!(freeze.parts.len(), 2, "the freeze's parts and the switch's");
     assert_eq!(t.state.retire_at, Some(at(21 + 3_600)));
 
-    let t = decide(&t.state, outcome(MigrateOutcome::Finished));
+    // Without `[dns]` the old host forwards for `forward_for_secs` from
+    // the finish; here that ends before the grace period.
+    let t = decide(&t.state, outcome(MigrateOutcome::Finished { at: at(22) }));
+    assert_eq!(t.state.forward_until, Some(at(22 + 600)));
+    assert_eq!(t.next, Next::WaitUntil(at(22 + 600)));
+    let t = decide(&t.state, Input::Event(Event::Timer));
+    assert_eq!(t.next, Next::Run(MigrateStep::Unforward));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Unforwarded { at: at(623) }),
+    );
+    assert_eq!(t.state.unforwarded_at, Some(at(623)));
+    assert_eq!(t.state.state, MigrateState::Switched);
     assert_eq!(t.next, Next::WaitUntil(at(21 + 3_600)));
     let t = decide(&t.state, Input::Event(Event::Timer));
     assert_eq!(t.next, Next::Run(MigrateStep::Retire));
-    let t = decide(&t.state, outcome(MigrateOutcome::Retired));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Retired {
+            at: at(3_622),
+            removed: Vec::new(),
+        }),
+    );
+    assert_eq!(t.state.retired_at, Some(at(3_622)));
     assert_eq!(t.state.state, MigrateState::Completed);
     assert_eq!(t.next, Next::Done(End::Completed));
+}
+
+#[test]
+fn a_forward_longer_than_the_grace_period_outlives_the_retirement() {
+    let mut finishing = run(MigrateState::Switched, MigrateStep::Finish);
+    finishing.retire_at = Some(at(100));
+    finishing.settings.forward_for_secs = 1_000;
+    let t = decide(&finishing, outcome(MigrateOutcome::Finished { at: at(30) }));
+    assert_eq!(t.state.forward_until, Some(at(1_030)));
+    assert_eq!(
+        t.next,
+        Next::WaitUntil(at(100)),
+        "the retirement comes first"
+    );
+    let t = decide(&t.state, Input::Event(Event::Timer));
+    assert_eq!(t.next, Next::Run(MigrateStep::Retire));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Retired {
+            at: at(101),
+            removed: Vec::new(),
+        }),
+    );
+    assert_eq!(
+        (t.state.state, t.state.step, t.next.clone()),
+        (
+            MigrateState::Switched,
+            MigrateStep::None,
+            Next::WaitUntil(at(1_030))
+        ),
+        "the forward stays until its own time"
+    );
+    assert!(
+        t.state.phase.contains("the forward ends"),
+        "{}",
+        t.state.phase
+    );
+    let t = decide(&t.state, Input::Event(Event::Timer));
+    assert_eq!(t.next, Next::Run(MigrateStep::Unforward));
+    let t = decide(
+        &t.state,
+        outcome(MigrateOutcome::Unforwarded { at: at(1_031) }),
+    );
+    assert_eq!(t.state.state, MigrateState::Completed);
+    assert_eq!(t.next, Next::Done(End::Completed));
+    // A retried step after both are done changes nothing recorded.
+    assert_eq!(next_timer(&t.state), None);
+}
+
+#[test]
+fn the_forward_lasts_the_switched_records_ttl_with_dns() {
+    use crate::dns::{AccountRecords, Name, RecordSet, RecordType, TtlLowering, ZoneRecords};
+    let name = |n: &str| Name::parse(n).unwrap_or_else(|_| unreachable!("a valid name"));
+    let set = |ttl| RecordSet {
+        name: name("www.example.test."),
+        rtype: RecordType::A,
+        ttl,
+        addresses: Default::default(),
+    };
+    let plan = |sets: Vec<RecordSet>, not_ours: Vec<_>| DnsPlan {
+        records: AccountRecords {
+            account: "alice".into(),
+            zones: vec![ZoneRecords {
+                zone: name("example.test."),
+                sets,
+            }],
+            not_ours,
+        },
+        lowering: TtlLowering {
+            lowered_ttl: 60,
+            sets: Vec::new(),
+            safe_at: std::time::SystemTime::UNIX_EPOCH,
+        },
+    };
+    let mut finishing = run(MigrateState::Switched, MigrateStep::Finish);
+    finishing.retire_at = Some(at(5_000));
+    // Lowered to 60 s (and one set at 30 s): a minute after the switch.
+    finishing.dns = Some(plan(vec![set(3_600), set(30)], Vec::new()));
+    let t = decide(&finishing, outcome(MigrateOutcome::Finished { at: at(40) }));
+    assert_eq!(t.state.forward_until, Some(at(100)));
+    // A name the customer's DNS holds: the configured time.
+    finishing.dns = Some(plan(vec![set(30)], vec![name("shop.example.")]));
+    let t = decide(&finishing, outcome(MigrateOutcome::Finished { at: at(40) }));
+    assert_eq!(t.state.forward_until, Some(at(640)));
 }
 
 #[test]
@@ -428,6 +541,7 @@ fn failures_before_the_switch_roll_back_and_after_it_are_retried() {
         MigrateStep::Switch,
         MigrateStep::Finish,
         MigrateStep::Retire,
+        MigrateStep::Unforward,
         MigrateStep::Rollback,
     ] {
         let state = match step {
@@ -454,7 +568,13 @@ fn a_stopped_step_changes_nothing_and_an_odd_outcome_is_retried() {
     let t = decide(&copying, outcome(MigrateOutcome::Stopped));
     assert_eq!(t.state, copying);
     assert_eq!(t.next, Next::Run(MigrateStep::Copy));
-    let t = decide(&copying, outcome(MigrateOutcome::Retired));
+    let t = decide(
+        &copying,
+        outcome(MigrateOutcome::Retired {
+            at: at(1),
+            removed: Vec::new(),
+        }),
+    );
     assert_eq!(t.state.step, MigrateStep::Copy);
     assert!(t.state.error.starts_with("internal"));
 }
@@ -525,7 +645,7 @@ fn only_the_switch_and_what_follows_are_past_the_point_of_no_return() {
             "{step:?} can still be undone"
         );
     }
-    for step in [S::Switch, S::Finish, S::Retire] {
+    for step in [S::Switch, S::Finish, S::Retire, S::Unforward] {
         assert!(past_point_of_no_return(step), "{step:?} cannot be undone");
     }
     // A timer in any state but a switched one waiting changes nothing.
