@@ -262,33 +262,30 @@ impl Cutover {
         // What each step changes is recorded before the change, for every
         // server at once; then every database and server is switched at
         // once (each on its own sessions).
+        // One session per PostgreSQL server, opened at once: it reads the
+        // limits not recorded yet, then switches the server's databases.
         let mut postgres = Vec::new();
-        let mut unknown = Vec::new();
         for (server_name, names) in by_server(&databases.postgres) {
-            let server = self.postgres_server(&server_name)?;
-            for database in names {
-                let previous = record
-                    .postgres
-                    .iter()
-                    .find(|(s, d, _)| *s == server_name && *d == database)
-                    .map(|(_, _, limit)| *limit);
-                if previous.is_none() {
-                    unknown.push((server.clone(), database.clone()));
-                }
-                postgres.push((server.clone(), database));
-            }
+            postgres.push((self.postgres_server(&server_name)?, names));
         }
-        let limits = try_join_all(
-            unknown
+        let recorded = &record.postgres;
+        let sessions = try_join_all(postgres.iter().map(|(server, names)| async move {
+            let client = fence_postgres::switch_session(server, &names[0]).await?;
+            let unknown: Vec<String> = names
                 .iter()
-                .map(|(server, database)| current_limit(server, database)),
-        )
-        .await?;
-        for ((server, database), limit) in unknown.iter().zip(limits) {
-            record
-                .postgres
-                .push((server.name.clone(), database.clone(), limit));
-        }
+                .filter(|database| {
+                    !recorded
+                        .iter()
+                        .any(|(s, d, _)| *s == server.name && d == *database)
+                })
+                .cloned()
+                .collect();
+            let limits = match unknown.is_empty() {
+                true => Vec::new(),
+                false => fence_postgres::connection_limits(&client, &server.name, &unknown).await?,
+            };
+            Ok::<_, CutoverError>((client, unknown, limits))
+        }));
         let mut mariadb = Vec::new();
         for server_name in by_server(&databases.mariadb).into_keys() {
             mariadb.push(self.mariadb_server(&server_name)?);
@@ -297,9 +294,16 @@ impl Cutover {
             mariadb
                 .iter()
                 .map(|server| fence_mariadb::locked_by_switch(server, account)),
-        )
-        .await?;
-        for (server, users) in mariadb.iter().zip(&to_lock) {
+        );
+        let (sessions, to_lock) = futures_util::future::try_join(sessions, to_lock).await?;
+        let mut clients = Vec::with_capacity(sessions.len());
+        for ((server, _), (client, unknown, limits)) in postgres.iter().zip(sessions) {
+            for (database, limit) in unknown.into_iter().zip(limits) {
+                record.postgres.push((server.name.clone(), database, limit));
+            }
+            clients.push(client);
+        }
+        for (server, (users, _)) in mariadb.iter().zip(&to_lock) {
             for (user, host) in users {
                 let entry = (server.name.clone(), user.clone(), host.clone());
                 if !record.mariadb.contains(&entry) {
@@ -318,25 +322,25 @@ impl Cutover {
                     .collect()
             })
             .unwrap_or_default();
-        let record_ref = &record;
-        let postgres_switches =
-            try_join_all(postgres.iter().map(|(server, database)| async move {
-                let limit = record_ref
-                    .postgres
-                    .iter()
-                    .find(|(s, d, _)| *s == server.name && d == database)
-                    .map(|(_, _, limit)| *limit);
-                let (_, count) = fence_postgres::switch(server, database, limit).await?;
-                Ok::<_, CutoverError>(count)
-            }));
-        let mariadb_switches = try_join_all(mariadb.iter().zip(&to_lock).map(|(server, users)| {
-            fence_mariadb::switch(
-                server,
-                account,
-                users,
-                fence_sessions.get(&server.name).copied(),
-            )
-        }));
+        let postgres_switches = try_join_all(
+            postgres
+                .iter()
+                .zip(&clients)
+                .map(|((server, names), client)| {
+                    fence_postgres::switch(client, &server.name, names)
+                }),
+        );
+        let mariadb_switches = try_join_all(mariadb.iter().zip(&to_lock).map(
+            |(server, (users, names))| {
+                fence_mariadb::switch(
+                    server,
+                    account,
+                    users,
+                    names,
+                    fence_sessions.get(&server.name).copied(),
+                )
+            },
+        ));
         let (postgres_ended, mariadb_ended) =
             futures_util::future::try_join(postgres_switches, mariadb_switches).await?;
         let ended: u32 = postgres_ended.iter().chain(&mariadb_ended).sum();
@@ -453,23 +457,4 @@ fn in_force(
 
 fn fence_deadline(started: Instant, deadline: Duration) -> tokio::time::Instant {
     tokio::time::Instant::from_std(started + deadline)
-}
-
-async fn current_limit(server: &PostgresqlServer, database: &str) -> Result<i32, CutoverError> {
-    let name = server.name.as_str();
-    let client = crate::transfer::postgres::session::connect(server, database)
-        .await
-        .map_err(CutoverError::postgres(name, database, "connecting"))?;
-    client
-        .query_one(
-            "SELECT datconnlimit FROM pg_database WHERE datname = $1",
-            &[&database],
-        )
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(CutoverError::postgres(
-            name,
-            database,
-            "reading the connection limit",
-        ))
 }

@@ -234,14 +234,17 @@ async fn account_users(
         .collect())
 }
 
-/// The switch on `server`: each of `account`'s users not locked yet is
-/// locked (returned, to record: call [`locked_by_switch`] first and
-/// record it), then every session of its users is killed except
-/// `spare` (the fence's). Returns the sessions killed.
+/// The switch on `server`, in one client run: each of `account`'s users
+/// not locked yet (`to_lock`: call [`locked_by_switch`] first and record
+/// it) is locked, then every session of its users (`users`, by name) is
+/// killed; the fence's (`spare`) is the agent's own user's, never theirs.
+/// Twice: a session that logged in while the users were being locked.
+/// Returns the sessions there were to kill.
 pub async fn switch(
     server: &MariadbServer,
     account: &str,
     to_lock: &[(String, String)],
+    users: &[String],
     spare: Option<u64>,
 ) -> Result<u32, CutoverError> {
     let mut sql = String::new();
@@ -252,31 +255,18 @@ pub async fn switch(
             literal(host)
         ));
     }
-    // The locks and the sessions to kill in one client run.
     sql.push_str(&format!(
         "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
         spare.unwrap_or(0)
     ));
+    for _ in 0..2 {
+        for user in users {
+            // Every host's sessions of that user name.
+            sql.push_str(&format!("KILL CONNECTION USER {};\n", literal(user)));
+        }
+    }
     let sessions = client::query(server, &sql, Some(client::SHORT)).await?;
-    let mut killed = 0;
-    let ids = account_sessions(&sessions, account);
-    killed += kill(server, &ids).await;
-    // Again: a session that logged in while the users were being locked.
-    let sessions = client::query(
-        server,
-        &format!(
-            "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
-            spare.unwrap_or(0)
-        ),
-        Some(client::SHORT),
-    )
-    .await?;
-    let again: Vec<u64> = account_sessions(&sessions, account)
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    killed += kill(server, &again).await;
-    Ok(killed)
+    Ok(account_sessions(&sessions, account).len() as u32)
 }
 
 /// The ids among `sessions` (id, user) whose user is one of `account`'s.
@@ -290,37 +280,23 @@ fn account_sessions(sessions: &[Vec<String>], account: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Kills the sessions `ids` at once; returns how many it killed (one that
-/// ended meanwhile answers "Unknown thread id").
-async fn kill(server: &MariadbServer, ids: &[u64]) -> u32 {
-    let kills = ids.iter().map(|id| async move {
-        client::run(
-            server,
-            &format!("KILL CONNECTION {id};\n"),
-            Some(client::SHORT),
-        )
-        .await
-        .is_ok()
-    });
-    futures_util::future::join_all(kills)
-        .await
-        .into_iter()
-        .filter(|killed| *killed)
-        .count() as u32
-}
-
 /// The users of `account` on `server` that a switch would lock (those not
-/// locked already).
+/// locked already), and the names of all its users (whose sessions the
+/// switch kills).
 pub async fn locked_by_switch(
     server: &MariadbServer,
     account: &str,
-) -> Result<Vec<(String, String)>, CutoverError> {
-    Ok(account_users(server, account)
-        .await?
+) -> Result<(Vec<(String, String)>, Vec<String>), CutoverError> {
+    let users = account_users(server, account).await?;
+    let mut names: Vec<String> = users.iter().map(|(user, _, _)| user.clone()).collect();
+    names.sort();
+    names.dedup();
+    let to_lock = users
         .into_iter()
         .filter(|(_, _, locked)| !locked)
         .map(|(user, host, _)| (user, host))
-        .collect())
+        .collect();
+    Ok((to_lock, names))
 }
 
 /// Undoes [`switch`]: the users it locked are unlocked.
