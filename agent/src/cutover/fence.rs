@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use super::fence_mariadb::{self, MyFence};
 use super::fence_postgres::{self, PgFence};
@@ -179,27 +179,69 @@ impl Cutover {
         deadline: Duration,
         acquire: Duration,
     ) -> Result<(), CutoverError> {
+        let mut postgres = Vec::new();
         for (server_name, names) in by_server(&databases.postgres) {
-            let server = self.postgres_server(&server_name)?;
-            let first = fence.postgres.len();
-            for database in &names {
-                fence.postgres.push(
-                    fence_postgres::fence(&server, database, migration_id, deadline, acquire)
-                        .await?,
-                );
-            }
-            // Every database of this server is fenced: the position after.
-            let lsn = fence_postgres::position(&fence.postgres[first], migration_id).await?;
-            fence.postgres_positions.push((server_name, lsn));
+            postgres.push((self.postgres_server(&server_name)?, names));
         }
+        let mut mariadb = Vec::new();
         for (server_name, names) in by_server(&databases.mariadb) {
-            let server = self.mariadb_server(&server_name)?;
-            let (held, position) =
-                fence_mariadb::fence(&server, &names, migration_id, deadline, acquire).await?;
-            fence.mariadb.push(held);
-            fence.mariadb_positions.push((server_name, position));
+            mariadb.push((self.mariadb_server(&server_name)?, names));
         }
-        Ok(())
+        // Every database and server at once (their locks are on different
+        // tables); a server's position only once all its databases are
+        // fenced. Whatever was taken is kept in `fence`, even on an error,
+        // so that the caller releases it.
+        let postgres_fences = join_all(postgres.iter().map(|(server, names)| async move {
+            let taken = join_all(names.iter().map(|database| {
+                fence_postgres::fence(server, database, migration_id, deadline, acquire)
+            }))
+            .await;
+            let mut held = Vec::with_capacity(taken.len());
+            let mut failed = None;
+            for result in taken {
+                match result {
+                    Ok(one) => held.push(one),
+                    Err(error) => failed = failed.or(Some(error)),
+                }
+            }
+            let position = match (failed, held.first()) {
+                (Some(error), _) => Err(error),
+                (None, Some(first)) => fence_postgres::position(first, migration_id).await,
+                (None, None) => Err(CutoverError::BadRequest(format!(
+                    "no database given for PostgreSQL server {}",
+                    server.name
+                ))),
+            };
+            (held, position.map(|lsn| (server.name.clone(), lsn)))
+        }));
+        let mariadb_fences = join_all(mariadb.iter().map(|(server, names)| async move {
+            fence_mariadb::fence(server, names, migration_id, deadline, acquire)
+                .await
+                .map(|(held, position)| (held, (server.name.clone(), position)))
+        }));
+        let (postgres_taken, mariadb_taken) =
+            futures_util::future::join(postgres_fences, mariadb_fences).await;
+        let mut failed = None;
+        for (held, position) in postgres_taken {
+            fence.postgres.extend(held);
+            match position {
+                Ok(position) => fence.postgres_positions.push(position),
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        for taken in mariadb_taken {
+            match taken {
+                Ok((held, position)) => {
+                    fence.mariadb.push(held);
+                    fence.mariadb_positions.push(position);
+                }
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Releases fence `number` of `account` at `at`, if still in force.

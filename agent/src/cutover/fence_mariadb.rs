@@ -51,28 +51,40 @@ fn seconds(duration: Duration) -> u64 {
 }
 
 /// `databases`' base tables on `server`, as `db`.`table`.
-async fn tables(server: &MariadbServer, databases: &[String]) -> Result<Vec<String>, CutoverError> {
-    if databases.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
-    let rows = client::query(
-        server,
-        &format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+/// The line the fence session prints after the account's tables.
+const LISTED: &str = "navette-listed";
+
+/// The query of `databases`' base tables, in hexadecimal (so that no name
+/// needs the client's escapes undone), then [`LISTED`].
+fn tables_query(databases: &[String]) -> String {
+    let mut sql = String::new();
+    if !databases.is_empty() {
+        let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
+        sql.push_str(&format!(
+            "SELECT HEX(TABLE_SCHEMA), HEX(TABLE_NAME) FROM information_schema.TABLES \
              WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN ({}) ORDER BY 1, 2;\n",
             list.join(", ")
-        ),
-        Some(client::SHORT),
-    )
-    .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| match row.as_slice() {
-            [schema, table] => Some(format!("{}.{}", ident(schema), ident(table))),
-            _ => None,
-        })
-        .collect())
+        ));
+    }
+    sql.push_str(&format!("SELECT {LISTED:?};\n"));
+    sql
+}
+
+/// A row of [`tables_query`] as `schema`.`table`.
+fn table_of(line: &str) -> Option<String> {
+    let (schema, table) = line.split_once('\t')?;
+    let decode = |hex: &str| -> Option<String> {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    };
+    Some(format!(
+        "{}.{}",
+        ident(&decode(schema)?),
+        ident(&decode(table)?)
+    ))
 }
 
 /// Fences `databases` of `server`: writers to their tables wait, readers
@@ -86,7 +98,6 @@ pub async fn fence(
     deadline: Duration,
     acquire: Duration,
 ) -> Result<(MyFence, String), CutoverError> {
-    let tables = tables(server, databases).await?;
     let program = server.client.display().to_string();
     let mut command = client::batch_client(server);
     command
@@ -107,32 +118,48 @@ pub async fn fence(
             server.name
         )));
     };
-    let lock = match tables.is_empty() {
-        true => String::new(),
-        false => format!(
-            "LOCK TABLES {};\n",
-            tables
-                .iter()
-                .map(|t| format!("{t} READ"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let script = format!(
-        "{SESSION_SETUP}SET SESSION lock_wait_timeout = {acquire_s}, SESSION wait_timeout = {deadline_s}, SESSION interactive_timeout = {deadline_s};\n\
-         {lock}SELECT {FENCED:?}, CONNECTION_ID(), @@gtid_binlog_pos;\n",
-        acquire_s = seconds(acquire),
-        deadline_s = seconds(deadline),
-    );
     let io = |source| ClientError::Io {
         program: program.clone(),
         server: server.name.clone(),
         source,
     };
-    stdin.write_all(script.as_bytes()).await.map_err(io)?;
-    let started = Instant::now();
+    // One session lists the tables, then locks them: one client and one
+    // connection.
+    let setup = format!(
+        "{SESSION_SETUP}SET SESSION lock_wait_timeout = {acquire_s}, SESSION wait_timeout = {deadline_s}, SESSION interactive_timeout = {deadline_s};\n{}",
+        tables_query(databases),
+        acquire_s = seconds(acquire),
+        deadline_s = seconds(deadline),
+    );
     let mut lines = BufReader::new(stdout).lines();
+    let mut tables = Vec::new();
+    let mut started = Instant::now();
     let answer = tokio::time::timeout(acquire + Duration::from_secs(10), async {
+        stdin.write_all(setup.as_bytes()).await?;
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with(LISTED) {
+                break;
+            }
+            tables.extend(table_of(&line));
+        }
+        let lock = match tables.is_empty() {
+            true => String::new(),
+            false => format!(
+                "LOCK TABLES {};\n",
+                tables
+                    .iter()
+                    .map(|t| format!("{t} READ"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        stdin
+            .write_all(
+                format!("{lock}SELECT {FENCED:?}, CONNECTION_ID(), @@gtid_binlog_pos;\n")
+                    .as_bytes(),
+            )
+            .await?;
+        started = Instant::now();
         while let Some(line) = lines.next_line().await? {
             if let Some(rest) = line.strip_prefix(FENCED) {
                 return Ok(Some(rest.to_owned()));
@@ -143,6 +170,11 @@ pub async fn fence(
     .await;
     let line = match answer {
         Ok(Ok(Some(line))) => line,
+        Ok(Err(error)) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(io(error).into());
+        }
         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -316,4 +348,20 @@ pub async fn unswitch(
         client::run(server, &sql, Some(client::SHORT)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_table_is_decoded_and_quoted() {
+        // `shop`, `we`ird` in hexadecimal.
+        assert_eq!(
+            table_of("73686F70\t7765606972640A").as_deref(),
+            Some("`shop`.`we``ird\n`")
+        );
+        assert_eq!(table_of("7A\tZZ"), None);
+        assert_eq!(table_of("navette-listed"), None);
+    }
 }
