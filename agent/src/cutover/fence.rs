@@ -387,9 +387,11 @@ impl Cutover {
             futures_util::future::try_join(postgres_switches, mariadb_switches).await?;
         let ended: u32 = postgres_ended.iter().chain(&mariadb_ended).sum();
         let switched_us = started.elapsed().as_micros() as u64;
-        // The held writers are gone: the fence has nothing left to hold.
+        // The held writers are gone: the fence has nothing left to hold,
+        // and no session of the account can come back to wait for it, so
+        // its release does not hold up the answer.
         if let Some(fence) = fences.remove(account) {
-            fence.release().await;
+            tokio::spawn(fence.release());
         }
         tracing::info!(
             message = "account's databases switched to the new host",
