@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{join_all, try_join_all};
 
 use super::fence_mariadb::{self, MyFence};
 use super::fence_postgres::{self, PgFence};
@@ -179,27 +179,69 @@ impl Cutover {
         deadline: Duration,
         acquire: Duration,
     ) -> Result<(), CutoverError> {
+        let mut postgres = Vec::new();
         for (server_name, names) in by_server(&databases.postgres) {
-            let server = self.postgres_server(&server_name)?;
-            let first = fence.postgres.len();
-            for database in &names {
-                fence.postgres.push(
-                    fence_postgres::fence(&server, database, migration_id, deadline, acquire)
-                        .await?,
-                );
-            }
-            // Every database of this server is fenced: the position after.
-            let lsn = fence_postgres::position(&fence.postgres[first], migration_id).await?;
-            fence.postgres_positions.push((server_name, lsn));
+            postgres.push((self.postgres_server(&server_name)?, names));
         }
+        let mut mariadb = Vec::new();
         for (server_name, names) in by_server(&databases.mariadb) {
-            let server = self.mariadb_server(&server_name)?;
-            let (held, position) =
-                fence_mariadb::fence(&server, &names, migration_id, deadline, acquire).await?;
-            fence.mariadb.push(held);
-            fence.mariadb_positions.push((server_name, position));
+            mariadb.push((self.mariadb_server(&server_name)?, names));
         }
-        Ok(())
+        // Every database and server at once (their locks are on different
+        // tables); a server's position only once all its databases are
+        // fenced. Whatever was taken is kept in `fence`, even on an error,
+        // so that the caller releases it.
+        let postgres_fences = join_all(postgres.iter().map(|(server, names)| async move {
+            let taken = join_all(names.iter().map(|database| {
+                fence_postgres::fence(server, database, migration_id, deadline, acquire)
+            }))
+            .await;
+            let mut held = Vec::with_capacity(taken.len());
+            let mut failed = None;
+            for result in taken {
+                match result {
+                    Ok(one) => held.push(one),
+                    Err(error) => failed = failed.or(Some(error)),
+                }
+            }
+            let position = match (failed, held.first()) {
+                (Some(error), _) => Err(error),
+                (None, Some(first)) => fence_postgres::position(first, migration_id).await,
+                (None, None) => Err(CutoverError::BadRequest(format!(
+                    "no database given for PostgreSQL server {}",
+                    server.name
+                ))),
+            };
+            (held, position.map(|lsn| (server.name.clone(), lsn)))
+        }));
+        let mariadb_fences = join_all(mariadb.iter().map(|(server, names)| async move {
+            fence_mariadb::fence(server, names, migration_id, deadline, acquire)
+                .await
+                .map(|(held, position)| (held, (server.name.clone(), position)))
+        }));
+        let (postgres_taken, mariadb_taken) =
+            futures_util::future::join(postgres_fences, mariadb_fences).await;
+        let mut failed = None;
+        for (held, position) in postgres_taken {
+            fence.postgres.extend(held);
+            match position {
+                Ok(position) => fence.postgres_positions.push(position),
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        for taken in mariadb_taken {
+            match taken {
+                Ok((held, position)) => {
+                    fence.mariadb.push(held);
+                    fence.mariadb_positions.push(position);
+                }
+                Err(error) => failed = failed.or(Some(error)),
+            }
+        }
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Releases fence `number` of `account` at `at`, if still in force.
@@ -262,33 +304,30 @@ impl Cutover {
         // What each step changes is recorded before the change, for every
         // server at once; then every database and server is switched at
         // once (each on its own sessions).
+        // One session per PostgreSQL server, opened at once: it reads the
+        // limits not recorded yet, then switches the server's databases.
         let mut postgres = Vec::new();
-        let mut unknown = Vec::new();
         for (server_name, names) in by_server(&databases.postgres) {
-            let server = self.postgres_server(&server_name)?;
-            for database in names {
-                let previous = record
-                    .postgres
-                    .iter()
-                    .find(|(s, d, _)| *s == server_name && *d == database)
-                    .map(|(_, _, limit)| *limit);
-                if previous.is_none() {
-                    unknown.push((server.clone(), database.clone()));
-                }
-                postgres.push((server.clone(), database));
-            }
+            postgres.push((self.postgres_server(&server_name)?, names));
         }
-        let limits = try_join_all(
-            unknown
+        let recorded = &record.postgres;
+        let sessions = try_join_all(postgres.iter().map(|(server, names)| async move {
+            let client = fence_postgres::switch_session(server, &names[0]).await?;
+            let unknown: Vec<String> = names
                 .iter()
-                .map(|(server, database)| current_limit(server, database)),
-        )
-        .await?;
-        for ((server, database), limit) in unknown.iter().zip(limits) {
-            record
-                .postgres
-                .push((server.name.clone(), database.clone(), limit));
-        }
+                .filter(|database| {
+                    !recorded
+                        .iter()
+                        .any(|(s, d, _)| *s == server.name && d == *database)
+                })
+                .cloned()
+                .collect();
+            let limits = match unknown.is_empty() {
+                true => Vec::new(),
+                false => fence_postgres::connection_limits(&client, &server.name, &unknown).await?,
+            };
+            Ok::<_, CutoverError>((client, unknown, limits))
+        }));
         let mut mariadb = Vec::new();
         for server_name in by_server(&databases.mariadb).into_keys() {
             mariadb.push(self.mariadb_server(&server_name)?);
@@ -297,9 +336,16 @@ impl Cutover {
             mariadb
                 .iter()
                 .map(|server| fence_mariadb::locked_by_switch(server, account)),
-        )
-        .await?;
-        for (server, users) in mariadb.iter().zip(&to_lock) {
+        );
+        let (sessions, to_lock) = futures_util::future::try_join(sessions, to_lock).await?;
+        let mut clients = Vec::with_capacity(sessions.len());
+        for ((server, _), (client, unknown, limits)) in postgres.iter().zip(sessions) {
+            for (database, limit) in unknown.into_iter().zip(limits) {
+                record.postgres.push((server.name.clone(), database, limit));
+            }
+            clients.push(client);
+        }
+        for (server, (users, _)) in mariadb.iter().zip(&to_lock) {
             for (user, host) in users {
                 let entry = (server.name.clone(), user.clone(), host.clone());
                 if !record.mariadb.contains(&entry) {
@@ -318,32 +364,34 @@ impl Cutover {
                     .collect()
             })
             .unwrap_or_default();
-        let record_ref = &record;
-        let postgres_switches =
-            try_join_all(postgres.iter().map(|(server, database)| async move {
-                let limit = record_ref
-                    .postgres
-                    .iter()
-                    .find(|(s, d, _)| *s == server.name && d == database)
-                    .map(|(_, _, limit)| *limit);
-                let (_, count) = fence_postgres::switch(server, database, limit).await?;
-                Ok::<_, CutoverError>(count)
-            }));
-        let mariadb_switches = try_join_all(mariadb.iter().zip(&to_lock).map(|(server, users)| {
-            fence_mariadb::switch(
-                server,
-                account,
-                users,
-                fence_sessions.get(&server.name).copied(),
-            )
-        }));
+        let postgres_switches = try_join_all(
+            postgres
+                .iter()
+                .zip(&clients)
+                .map(|((server, names), client)| {
+                    fence_postgres::switch(client, &server.name, names)
+                }),
+        );
+        let mariadb_switches = try_join_all(mariadb.iter().zip(&to_lock).map(
+            |(server, (users, names))| {
+                fence_mariadb::switch(
+                    server,
+                    account,
+                    users,
+                    names,
+                    fence_sessions.get(&server.name).copied(),
+                )
+            },
+        ));
         let (postgres_ended, mariadb_ended) =
             futures_util::future::try_join(postgres_switches, mariadb_switches).await?;
         let ended: u32 = postgres_ended.iter().chain(&mariadb_ended).sum();
         let switched_us = started.elapsed().as_micros() as u64;
-        // The held writers are gone: the fence has nothing left to hold.
+        // The held writers are gone: the fence has nothing left to hold,
+        // and no session of the account can come back to wait for it, so
+        // its release does not hold up the answer.
         if let Some(fence) = fences.remove(account) {
-            fence.release().await;
+            tokio::spawn(fence.release());
         }
         tracing::info!(
             message = "account's databases switched to the new host",
@@ -453,23 +501,4 @@ fn in_force(
 
 fn fence_deadline(started: Instant, deadline: Duration) -> tokio::time::Instant {
     tokio::time::Instant::from_std(started + deadline)
-}
-
-async fn current_limit(server: &PostgresqlServer, database: &str) -> Result<i32, CutoverError> {
-    let name = server.name.as_str();
-    let client = crate::transfer::postgres::session::connect(server, database)
-        .await
-        .map_err(CutoverError::postgres(name, database, "connecting"))?;
-    client
-        .query_one(
-            "SELECT datconnlimit FROM pg_database WHERE datname = $1",
-            &[&database],
-        )
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(CutoverError::postgres(
-            name,
-            database,
-            "reading the connection limit",
-        ))
 }

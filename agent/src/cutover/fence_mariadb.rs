@@ -51,28 +51,40 @@ fn seconds(duration: Duration) -> u64 {
 }
 
 /// `databases`' base tables on `server`, as `db`.`table`.
-async fn tables(server: &MariadbServer, databases: &[String]) -> Result<Vec<String>, CutoverError> {
-    if databases.is_empty() {
-        return Ok(Vec::new());
-    }
-    let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
-    let rows = client::query(
-        server,
-        &format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES \
+/// The line the fence session prints after the account's tables.
+const LISTED: &str = "navette-listed";
+
+/// The query of `databases`' base tables, in hexadecimal (so that no name
+/// needs the client's escapes undone), then [`LISTED`].
+fn tables_query(databases: &[String]) -> String {
+    let mut sql = String::new();
+    if !databases.is_empty() {
+        let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
+        sql.push_str(&format!(
+            "SELECT HEX(TABLE_SCHEMA), HEX(TABLE_NAME) FROM information_schema.TABLES \
              WHERE TABLE_TYPE = 'BASE TABLE' AND TABLE_SCHEMA IN ({}) ORDER BY 1, 2;\n",
             list.join(", ")
-        ),
-        Some(client::SHORT),
-    )
-    .await?;
-    Ok(rows
-        .iter()
-        .filter_map(|row| match row.as_slice() {
-            [schema, table] => Some(format!("{}.{}", ident(schema), ident(table))),
-            _ => None,
-        })
-        .collect())
+        ));
+    }
+    sql.push_str(&format!("SELECT {LISTED:?};\n"));
+    sql
+}
+
+/// A row of [`tables_query`] as `schema`.`table`.
+fn table_of(line: &str) -> Option<String> {
+    let (schema, table) = line.split_once('\t')?;
+    let decode = |hex: &str| -> Option<String> {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect();
+        String::from_utf8(bytes?).ok()
+    };
+    Some(format!(
+        "{}.{}",
+        ident(&decode(schema)?),
+        ident(&decode(table)?)
+    ))
 }
 
 /// Fences `databases` of `server`: writers to their tables wait, readers
@@ -86,7 +98,6 @@ pub async fn fence(
     deadline: Duration,
     acquire: Duration,
 ) -> Result<(MyFence, String), CutoverError> {
-    let tables = tables(server, databases).await?;
     let program = server.client.display().to_string();
     let mut command = client::batch_client(server);
     command
@@ -107,32 +118,48 @@ pub async fn fence(
             server.name
         )));
     };
-    let lock = match tables.is_empty() {
-        true => String::new(),
-        false => format!(
-            "LOCK TABLES {};\n",
-            tables
-                .iter()
-                .map(|t| format!("{t} READ"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    let script = format!(
-        "{SESSION_SETUP}SET SESSION lock_wait_timeout = {acquire_s}, SESSION wait_timeout = {deadline_s}, SESSION interactive_timeout = {deadline_s};\n\
-         {lock}SELECT {FENCED:?}, CONNECTION_ID(), @@gtid_binlog_pos;\n",
-        acquire_s = seconds(acquire),
-        deadline_s = seconds(deadline),
-    );
     let io = |source| ClientError::Io {
         program: program.clone(),
         server: server.name.clone(),
         source,
     };
-    stdin.write_all(script.as_bytes()).await.map_err(io)?;
-    let started = Instant::now();
+    // One session lists the tables, then locks them: one client and one
+    // connection.
+    let setup = format!(
+        "{SESSION_SETUP}SET SESSION lock_wait_timeout = {acquire_s}, SESSION wait_timeout = {deadline_s}, SESSION interactive_timeout = {deadline_s};\n{}",
+        tables_query(databases),
+        acquire_s = seconds(acquire),
+        deadline_s = seconds(deadline),
+    );
     let mut lines = BufReader::new(stdout).lines();
+    let mut tables = Vec::new();
+    let mut started = Instant::now();
     let answer = tokio::time::timeout(acquire + Duration::from_secs(10), async {
+        stdin.write_all(setup.as_bytes()).await?;
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with(LISTED) {
+                break;
+            }
+            tables.extend(table_of(&line));
+        }
+        let lock = match tables.is_empty() {
+            true => String::new(),
+            false => format!(
+                "LOCK TABLES {};\n",
+                tables
+                    .iter()
+                    .map(|t| format!("{t} READ"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        stdin
+            .write_all(
+                format!("{lock}SELECT {FENCED:?}, CONNECTION_ID(), @@gtid_binlog_pos;\n")
+                    .as_bytes(),
+            )
+            .await?;
+        started = Instant::now();
         while let Some(line) = lines.next_line().await? {
             if let Some(rest) = line.strip_prefix(FENCED) {
                 return Ok(Some(rest.to_owned()));
@@ -143,6 +170,11 @@ pub async fn fence(
     .await;
     let line = match answer {
         Ok(Ok(Some(line))) => line,
+        Ok(Err(error)) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(io(error).into());
+        }
         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -234,14 +266,17 @@ async fn account_users(
         .collect())
 }
 
-/// The switch on `server`: each of `account`'s users not locked yet is
-/// locked (returned, to record: call [`locked_by_switch`] first and
-/// record it), then every session of its users is killed except
-/// `spare` (the fence's). Returns the sessions killed.
+/// The switch on `server`, in one client run: each of `account`'s users
+/// not locked yet (`to_lock`: call [`locked_by_switch`] first and record
+/// it) is locked, then every session of its users (`users`, by name) is
+/// killed; the fence's (`spare`) is the agent's own user's, never theirs.
+/// Twice: a session that logged in while the users were being locked.
+/// Returns the sessions there were to kill.
 pub async fn switch(
     server: &MariadbServer,
     account: &str,
     to_lock: &[(String, String)],
+    users: &[String],
     spare: Option<u64>,
 ) -> Result<u32, CutoverError> {
     let mut sql = String::new();
@@ -252,31 +287,18 @@ pub async fn switch(
             literal(host)
         ));
     }
-    // The locks and the sessions to kill in one client run.
     sql.push_str(&format!(
         "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
         spare.unwrap_or(0)
     ));
+    for _ in 0..2 {
+        for user in users {
+            // Every host's sessions of that user name.
+            sql.push_str(&format!("KILL CONNECTION USER {};\n", literal(user)));
+        }
+    }
     let sessions = client::query(server, &sql, Some(client::SHORT)).await?;
-    let mut killed = 0;
-    let ids = account_sessions(&sessions, account);
-    killed += kill(server, &ids).await;
-    // Again: a session that logged in while the users were being locked.
-    let sessions = client::query(
-        server,
-        &format!(
-            "SELECT ID, User FROM information_schema.PROCESSLIST WHERE ID <> {};\n",
-            spare.unwrap_or(0)
-        ),
-        Some(client::SHORT),
-    )
-    .await?;
-    let again: Vec<u64> = account_sessions(&sessions, account)
-        .into_iter()
-        .filter(|id| !ids.contains(id))
-        .collect();
-    killed += kill(server, &again).await;
-    Ok(killed)
+    Ok(account_sessions(&sessions, account).len() as u32)
 }
 
 /// The ids among `sessions` (id, user) whose user is one of `account`'s.
@@ -290,37 +312,23 @@ fn account_sessions(sessions: &[Vec<String>], account: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Kills the sessions `ids` at once; returns how many it killed (one that
-/// ended meanwhile answers "Unknown thread id").
-async fn kill(server: &MariadbServer, ids: &[u64]) -> u32 {
-    let kills = ids.iter().map(|id| async move {
-        client::run(
-            server,
-            &format!("KILL CONNECTION {id};\n"),
-            Some(client::SHORT),
-        )
-        .await
-        .is_ok()
-    });
-    futures_util::future::join_all(kills)
-        .await
-        .into_iter()
-        .filter(|killed| *killed)
-        .count() as u32
-}
-
 /// The users of `account` on `server` that a switch would lock (those not
-/// locked already).
+/// locked already), and the names of all its users (whose sessions the
+/// switch kills).
 pub async fn locked_by_switch(
     server: &MariadbServer,
     account: &str,
-) -> Result<Vec<(String, String)>, CutoverError> {
-    Ok(account_users(server, account)
-        .await?
+) -> Result<(Vec<(String, String)>, Vec<String>), CutoverError> {
+    let users = account_users(server, account).await?;
+    let mut names: Vec<String> = users.iter().map(|(user, _, _)| user.clone()).collect();
+    names.sort();
+    names.dedup();
+    let to_lock = users
         .into_iter()
         .filter(|(_, _, locked)| !locked)
         .map(|(user, host, _)| (user, host))
-        .collect())
+        .collect();
+    Ok((to_lock, names))
 }
 
 /// Undoes [`switch`]: the users it locked are unlocked.
@@ -340,4 +348,20 @@ pub async fn unswitch(
         client::run(server, &sql, Some(client::SHORT)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listed_table_is_decoded_and_quoted() {
+        // `shop`, `we`ird` in hexadecimal.
+        assert_eq!(
+            table_of("73686F70\t7765606972640A").as_deref(),
+            Some("`shop`.`we``ird\n`")
+        );
+        assert_eq!(table_of("7A\tZZ"), None);
+        assert_eq!(table_of("navette-listed"), None);
+    }
 }

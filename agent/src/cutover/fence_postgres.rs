@@ -193,74 +193,147 @@ pub async fn release(fence: PgFence) {
     }
 }
 
-/// The switch of `database`: its connection limit before (to record), set
-/// to 0 (superusers are exempt), then every non-superuser client session
-/// on it ended. Returns (previous limit, sessions ended). `previous`:
-/// the limit recorded by an earlier attempt, kept as it is.
-pub async fn switch(
+/// How long the switch waits for the sessions it ended to be gone before
+/// it fails (and may be retried): a backend leaves at its next interrupt
+/// check, so this is only reached by a server in trouble.
+const TERMINATION_WAIT: Duration = Duration::from_secs(5);
+
+/// One server's session for the switch, connected to one of the account's
+/// databases (superusers pass `CONNECTION LIMIT 0`, so it stays usable).
+pub async fn switch_session(
     server: &PostgresqlServer,
     database: &str,
-    previous: Option<i32>,
-) -> Result<(i32, u32), CutoverError> {
-    let name = server.name.as_str();
-    let client = crate::transfer::postgres::session::connect(server, database)
+) -> Result<Client, CutoverError> {
+    crate::transfer::postgres::session::connect(server, database)
         .await
-        .map_err(CutoverError::postgres(name, database, "connecting"))?;
-    let limit = match previous {
-        Some(limit) => limit,
-        None => connection_limit(&client, name, database).await?,
-    };
+        .map_err(CutoverError::postgres(&server.name, database, "connecting"))
+}
+
+/// The connection limits of `databases` now, in their order.
+pub async fn connection_limits(
+    client: &Client,
+    server: &str,
+    databases: &[String],
+) -> Result<Vec<i32>, CutoverError> {
+    let what = "reading the connection limits";
+    let rows = client
+        .query(
+            "SELECT datname, datconnlimit FROM pg_database WHERE datname = ANY($1)",
+            &[&databases],
+        )
+        .await
+        .map_err(CutoverError::postgres(server, &databases.join(", "), what))?;
+    let mut limits = Vec::with_capacity(databases.len());
+    for database in databases {
+        let row = rows
+            .iter()
+            .find(|row| {
+                row.try_get::<_, String>(0)
+                    .is_ok_and(|name| name == *database)
+            })
+            .ok_or_else(|| {
+                CutoverError::Precondition(format!(
+                    "PostgreSQL server {server} has no database {database:?}"
+                ))
+            })?;
+        limits.push(
+            row.try_get(1)
+                .map_err(CutoverError::postgres(server, database, what))?,
+        );
+    }
+    Ok(limits)
+}
+
+/// The switch of `databases` on one server, on its [`switch_session`]:
+/// `CONNECTION LIMIT 0` for each (superusers are exempt), then every
+/// non-superuser client session on them ended, and waited for until gone
+/// (so no held writer outlives the fence). Twice: a session that passed
+/// the limit check while it changed. Returns the sessions ended.
+pub async fn switch(
+    client: &Client,
+    server: &str,
+    databases: &[String],
+) -> Result<u32, CutoverError> {
+    let listed = databases.join(", ");
+    let alter: String = databases
+        .iter()
+        .map(|database| {
+            format!(
+                "ALTER DATABASE {} CONNECTION LIMIT 0;",
+                quote_ident(database)
+            )
+        })
+        .collect();
     client
-        .batch_execute(&format!(
-            "ALTER DATABASE {} CONNECTION LIMIT 0",
-            quote_ident(database)
-        ))
+        .batch_execute(&alter)
         .await
         .map_err(CutoverError::postgres(
-            name,
-            database,
+            server,
+            &listed,
             "refusing new sessions",
         ))?;
     let mut ended = 0;
-    // Twice: a session that passed the limit check while it changed.
     for _ in 0..2 {
-        let count: i64 = client
+        // Signalled without waiting (`pg_terminate_backend`'s own wait
+        // checks each backend in turn, every 100 ms); then one wait for
+        // them all.
+        let pids: Vec<i32> = client
+            .query(
+                "WITH s AS MATERIALIZED ( \
+                   SELECT a.pid FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
+                   WHERE a.datname = ANY($1) AND a.backend_type = 'client backend' \
+                     AND NOT r.rolsuper AND a.pid <> pg_backend_pid()) \
+                 SELECT pid FROM s WHERE pg_terminate_backend(pid)",
+                &[&databases],
+            )
+            .await
+            .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
+            .map_err(CutoverError::postgres(
+                server,
+                &listed,
+                "ending the account's sessions",
+            ))?;
+        wait_gone(client, server, &listed, &pids).await?;
+        ended += pids.len() as u32;
+    }
+    Ok(ended)
+}
+
+/// Waits until none of `pids` is a backend any more: a backend leaves
+/// `pg_stat_activity` after its transaction was aborted.
+async fn wait_gone(
+    client: &Client,
+    server: &str,
+    databases: &str,
+    pids: &[i32],
+) -> Result<(), CutoverError> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    loop {
+        let left: i64 = client
             .query_one(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(a.pid, 2000)) \
-                 FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
-                 WHERE a.datname = $1 AND a.backend_type = 'client backend' \
-                   AND NOT r.rolsuper AND a.pid <> pg_backend_pid()",
-                &[&database],
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&pids],
             )
             .await
             .and_then(|row| row.try_get(0))
             .map_err(CutoverError::postgres(
-                name,
-                database,
-                "ending the account's sessions",
+                server,
+                databases,
+                "waiting for the ended sessions to go",
             ))?;
-        ended += u32::try_from(count).unwrap_or(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= TERMINATION_WAIT {
+            return Err(CutoverError::Precondition(format!(
+                "PostgreSQL server {server}, databases {databases}: {left} ended session(s) still there after {TERMINATION_WAIT:?}; retry the switch"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok((limit, ended))
-}
-
-async fn connection_limit(
-    client: &Client,
-    server: &str,
-    database: &str,
-) -> Result<i32, CutoverError> {
-    client
-        .query_one(
-            "SELECT datconnlimit FROM pg_database WHERE datname = $1",
-            &[&database],
-        )
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(CutoverError::postgres(
-            server,
-            database,
-            "reading the connection limit",
-        ))
 }
 
 /// Undoes [`switch`]: the connection limit back to `previous`.

@@ -208,6 +208,7 @@ impl Cutover {
         address: &str,
         port: u16,
     ) -> Result<ForwardOutcome, CutoverError> {
+        let started = std::time::Instant::now();
         let sites = &self.config.sites;
         let upstream = upstream(address, port)?;
         let path = state::path(&self.config.state_dir, "forward", account);
@@ -264,9 +265,11 @@ impl Cutover {
             let _ = std::fs::remove_file(&moved);
         }
         let block = render(migration_id, account, &record.domains, &upstream, &moved)?;
+        let written_us = started.elapsed().as_micros() as u64;
         if nginx::write_blocks(&sites.server_blocks_dir, account, &[block])? {
             self.reload_web_server()?;
         }
+        let reloaded_us = started.elapsed().as_micros() as u64;
         let killed = kill_pool(account, &PoolPaths::new(&sites.run_dir, account));
         tracing::info!(
             message = "account's sites forwarded to the new host",
@@ -275,7 +278,10 @@ impl Cutover {
             upstream = %upstream,
             domains = ?record.domains,
             pool_processes_killed = killed,
-            already
+            already,
+            written_us,
+            reloaded_us,
+            killed_us = started.elapsed().as_micros() as u64
         );
         Ok(ForwardOutcome {
             domains: record.domains,

@@ -90,7 +90,9 @@
 //!   `ReleaseDatabases`), then `pg_terminate_backend` for every
 //!   non-superuser client session on them (the agent's own sessions, the
 //!   replication's walsender and other accounts' databases are left
-//!   alone). A superuser is exempt from the limit, so the agent can still
+//!   alone), and one wait until all of them have left
+//!   `pg_stat_activity`, so no held writer outlives the fence; one
+//!   session per server does it all. A superuser is exempt from the limit, so the agent can still
 //!   read the sequences and tear replication down. What the client reads
 //!   is PostgreSQL's own `FATAL: too many connections for database
 //!   "<name>"`: PostgreSQL 15 has no hook that lets a refusal carry a text
@@ -100,7 +102,8 @@
 //! - MariaDB: `ALTER USER … ACCOUNT LOCK` for each of the account's users
 //!   (its name, or `<name>_…`, as the copy counts them) not locked
 //!   already (those are recorded and unlocked by `ReleaseDatabases`),
-//!   then `KILL CONNECTION` for each of their sessions. A refused client
+//!   then `KILL CONNECTION USER` for each of their names, in the same
+//!   client run. A refused client
 //!   reads MariaDB's own `Access denied, this account is locked`: a
 //!   server-wide `init_connect` could raise a message naming the new
 //!   address, but it runs for every account of the server and ends the

@@ -207,14 +207,14 @@ pub async fn drain_to_positions(
     positions: &FencePositions,
     deadline: Instant,
 ) -> Result<Vec<(String, Duration)>, CallFailure> {
-    let mut parts = Vec::new();
-    for database in databases {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(CallFailure::Retry(
-                "the freeze's deadline passed before the drain".to_owned(),
-            ));
-        }
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(CallFailure::Retry(
+            "the freeze's deadline passed before the drain".to_owned(),
+        ));
+    }
+    // Every database at once: each waits for its own replication only.
+    futures_util::future::try_join_all(databases.iter().map(|database| async move {
         let started = Instant::now();
         match database {
             Drained::Postgres { server, database } => {
@@ -234,7 +234,7 @@ pub async fn drain_to_positions(
                     left,
                 )
                 .await?;
-                parts.push((format!("drain postgresql {database}"), started.elapsed()));
+                Ok((format!("drain postgresql {database}"), started.elapsed()))
             }
             Drained::Mariadb {
                 source_server,
@@ -256,11 +256,11 @@ pub async fn drain_to_positions(
                     left,
                 )
                 .await?;
-                parts.push((format!("drain mariadb {target_server}"), started.elapsed()));
+                Ok((format!("drain mariadb {target_server}"), started.elapsed()))
             }
         }
-    }
-    Ok(parts)
+    }))
+    .await
 }
 
 /// Ends the account's sessions on the source's servers (the fence's held
@@ -403,28 +403,31 @@ pub async fn carry_sequences(
     migration_id: &str,
     databases: &[(String, String, String, String)],
 ) -> Result<usize, CallFailure> {
-    let mut carried = 0;
-    for (database, server, target_database, target_server) in databases {
-        let values: Vec<SequenceValue> = replication::read_postgres_sequences(
-            controller,
-            source,
-            migration_id,
-            server,
-            database,
-        )
-        .await?;
-        replication::write_postgres_sequences(
-            controller,
-            target,
-            migration_id,
-            target_server,
-            target_database,
-            &values,
-        )
-        .await?;
-        carried += values.len();
-    }
-    Ok(carried)
+    // Every database at once: each is read, then written, on its own.
+    let carried = futures_util::future::try_join_all(databases.iter().map(
+        |(database, server, target_database, target_server)| async move {
+            let values: Vec<SequenceValue> = replication::read_postgres_sequences(
+                controller,
+                source,
+                migration_id,
+                server,
+                database,
+            )
+            .await?;
+            replication::write_postgres_sequences(
+                controller,
+                target,
+                migration_id,
+                target_server,
+                target_database,
+                &values,
+            )
+            .await?;
+            Ok::<_, CallFailure>(values.len())
+        },
+    ))
+    .await?;
+    Ok(carried.into_iter().sum())
 }
 
 /// Where the target's copy of the home stands against the source's change
