@@ -266,8 +266,26 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 }
 
 /// Makes the test user and group unless they exist.
+///
+/// Tests of one binary run as threads and the rig's tests as processes:
+/// concurrent `useradd` calls rewrite /etc/passwd over each other (a user
+/// made twice, with two uids), so the check and the creation run under a
+/// lock of this process and the rig's machine-wide lock file.
 pub fn ensure_user() -> anyhow::Result<(u32, u32)> {
+    use nix::fcntl::{Flock, FlockArg};
     use nix::unistd::{Group, User};
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = IN_PROCESS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/run/navette-rig.lock")
+        .context("opening /run/navette-rig.lock")?;
+    let _lock = Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| anyhow::anyhow!("locking /run/navette-rig.lock: {errno}"))?;
     if Group::from_name(GROUP)?.is_none() {
         let _ = Command::new("groupadd").args(["--system", GROUP]).status();
     }
