@@ -208,10 +208,15 @@ fn migrate(platform: &Platform, name: &str, tampered: bool) -> anyhow::Result<Va
             }
         });
         // The mode it has: the journal names the path, nothing changes.
+        // Once a completed migration's grace period ends, the old home is
+        // removed: the file going then is not the toucher's error.
         let toucher = scope.spawn(|| -> anyhow::Result<()> {
             while !stop.load(Ordering::Relaxed) {
-                std::fs::set_permissions(&source_file, std::fs::Permissions::from_mode(0o644))
-                    .with_context(|| format!("chmod {}", source_file.display()))?;
+                match std::fs::set_permissions(&source_file, std::fs::Permissions::from_mode(0o644))
+                {
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => break,
+                    result => result.with_context(|| format!("chmod {}", source_file.display()))?,
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(())
