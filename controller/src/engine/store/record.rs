@@ -4,7 +4,9 @@
 //!
 //! Invariant: nothing is written unless the caller's fencing token is the
 //! workflow's current one and it still holds the lease; the audit entries
-//! are written by the same statement.
+//! are written by the same statement. A workflow with an unconsumed
+//! event is due once its record committed, even when the event committed
+//! while the record waited for the row ([`wake_if_events`]).
 
 use std::time::Duration;
 
@@ -74,9 +76,13 @@ pub(crate) async fn record_projected(
     let parent_to_tell = r.end.is_some();
     if r.children.is_empty() && !parent_to_tell && projection.is_none() {
         let statement = client.prepare_cached(RECORD).await?;
-        return Ok(record_statement(&***client, &statement, r)
+        let recorded = record_statement(&***client, &statement, r)
             .await?
-            .map(|(recorded, _)| recorded));
+            .map(|(recorded, _)| recorded);
+        if recorded.as_ref().is_some_and(|r| !r.has_events) {
+            wake_if_events(&***client, r.id.as_str()).await?;
+        }
+        return Ok(recorded);
     }
     let transaction = client.transaction().await?;
     let statement = transaction.prepare_cached(RECORD).await?;
@@ -113,7 +119,30 @@ pub(crate) async fn record_projected(
             .await?;
     }
     transaction.commit().await?;
+    if !recorded.has_events {
+        wake_if_events(&***client, r.id.as_str()).await?;
+    }
     Ok(Some(recorded))
+}
+
+/// An event that committed while the record waited for the workflow's
+/// row (a child ending as its parent records) is not seen by the record's
+/// snapshot, which then sets the next run from the kind alone: once the
+/// record committed, a workflow with an unconsumed event is made due, and
+/// the runners told, as the event's sender does.
+async fn wake_if_events(client: &impl GenericClient, id: &str) -> Result<()> {
+    client
+        .execute(
+            "WITH w AS (UPDATE workflows SET next_run_at = now()
+                 WHERE id = $1 AND NOT done AND next_run_at > now()
+                   AND EXISTS (SELECT 1 FROM workflow_events e
+                               WHERE e.workflow_id = $1 AND e.consumed_at IS NULL)
+                 RETURNING id)
+             SELECT count(*) FROM w, LATERAL (SELECT pg_notify('navette_workflows', w.id)) n",
+            &[&id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The statement of [`record`]: see the module's invariants.
