@@ -25,22 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use super::replication::{self, SequenceValue};
 use super::transfer::TransferSpec;
-use super::{CALL_TIMEOUT, CallFailure, call_outcome, client, wire};
+use super::{CALL_TIMEOUT, CallFailure, agent, call_outcome, request, wire};
 use crate::model::Host;
 use crate::state::Controller;
-
-fn agent(
-    controller: &Controller,
-    host: &Host,
-) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, CallFailure> {
-    client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))
-}
-
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
 
 fn millis(duration: Duration) -> u32 {
     u32::try_from(duration.as_millis())

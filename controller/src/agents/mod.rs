@@ -87,6 +87,22 @@ pub async fn get_inventory_measuring(
     wire::inventory_from(&report)
 }
 
+/// The agent of `host` for a workflow's step: a host the controller
+/// cannot dial refuses the step (retrying would not change it).
+pub(super) fn agent(
+    controller: &Controller,
+    host: &Host,
+) -> std::result::Result<v1::agent_client::AgentClient<tonic::transport::Channel>, CallFailure> {
+    client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))
+}
+
+/// A request the agent answers within `timeout`, or the call fails.
+pub(super) fn request<T>(message: T, timeout: std::time::Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
 /// Maps a failed agent call to a step outcome: transport trouble is worth
 /// retrying, an answer that refuses is not.
 pub fn call_outcome(host: &Host, status: &tonic::Status) -> CallFailure {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use navette_proto::v1;
 
-use super::{CALL_TIMEOUT, CallFailure, call_outcome, client};
+use super::{CALL_TIMEOUT, CallFailure, agent, call_outcome, request};
 use crate::model::Host;
 use crate::state::Controller;
 
@@ -58,25 +58,12 @@ pub struct MariadbReplication {
     pub databases: Vec<String>,
 }
 
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
-}
-
 fn pg(migration_id: &str, server: &str, database: &str) -> v1::PostgresReplicationRequest {
     v1::PostgresReplicationRequest {
         migration_id: migration_id.to_owned(),
         server: server.to_owned(),
         database: database.to_owned(),
     }
-}
-
-fn agent(
-    controller: &Controller,
-    host: &Host,
-) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, CallFailure> {
-    client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))
 }
 
 /// Source: the publication and slot of one database (tables without a

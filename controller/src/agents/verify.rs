@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use navette_proto::v1;
 
-use super::{CallFailure, call_outcome, client};
+use super::{CallFailure, agent, call_outcome, request};
 use crate::model::Host;
 use crate::state::Controller;
 
@@ -19,19 +19,6 @@ pub struct FilesVerified {
     pub paths: usize,
     /// Each path that differs, with what differs (empty: all equal).
     pub mismatches: Vec<String>,
-}
-
-fn agent(
-    controller: &Controller,
-    host: &Host,
-) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, CallFailure> {
-    client(controller, host).map_err(|e| CallFailure::Refused(e.to_string()))
-}
-
-fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
-    request
 }
 
 /// Fingerprints `paths` of `account`'s home on `source`, then has
