@@ -939,6 +939,16 @@ impl Agent for AgentService {
         Ok(Response::new(catch_up_response(report)))
     }
 
+    async fn verify_rows(
+        &self,
+        request: Request<navette_proto::v1::VerifyRowsRequest>,
+    ) -> Result<Response<navette_proto::v1::VerifyRowsResponse>, Status> {
+        let config = self.transfers.config();
+        replication::verify_rows(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn verify_files(
         &self,
         request: Request<navette_proto::v1::VerifyFilesRequest>,

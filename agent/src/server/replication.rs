@@ -11,13 +11,14 @@ use navette_proto::v1::{
     DrainPostgresReplicationResponse, PostgresReplicationLag, PostgresReplicationRequest,
     PostgresSequenceValue, PostgresSequences, PreparePostgresReplicationResponse, ReplicationSide,
     SubscribePostgresRequest, SubscribePostgresResponse, TeardownPostgresReplicationRequest,
-    TeardownPostgresReplicationResponse, WritePostgresSequencesRequest,
-    WritePostgresSequencesResponse,
+    TeardownPostgresReplicationResponse, VerifyRowsRequest, VerifyRowsResponse,
+    WritePostgresSequencesRequest, WritePostgresSequencesResponse,
 };
 use tonic::Status;
 
 use crate::config::{Config, PostgresqlServer};
 use crate::replication::postgres::{Names, source, status, target};
+use crate::verify::postgres_rows;
 
 /// The default and longest drain wait.
 const DRAIN_DEFAULT: Duration = Duration::from_secs(10);
@@ -141,6 +142,22 @@ pub(super) async fn lag(
         source_lsn: lag.source_lsn,
         confirmed_lsn: lag.confirmed_lsn,
     })
+}
+
+/// `VerifyRows`: a round on the source, or the comparison on the target
+/// (`compare`); see [`crate::verify::postgres_rows`].
+pub(super) async fn verify_rows(
+    config: &Config,
+    request: VerifyRowsRequest,
+) -> Result<VerifyRowsResponse, Status> {
+    let server = server(config, &request.migration_id, &request.server)?;
+    name("database", &request.database)?;
+    let answer = if request.compare {
+        postgres_rows::target_compare(server, &request).await
+    } else {
+        postgres_rows::source_round(server, &request).await
+    };
+    answer.map_err(|e| status(&e))
 }
 
 pub(super) async fn drain(

@@ -2,16 +2,19 @@
 //! verification, not of whole trees or tables, so that its cost follows the
 //! changes and not the account's size (as Ghostferry's inline verifier).
 //!
-//! So far: [`files`], the fingerprint of each path the last journal pass
-//! saw change, taken on one side, and the comparison of the two sides'
-//! fingerprints into a list of mismatches; [`postgres`], the touched keys
-//! read from a `test_decoding` slot's lines and the query fingerprinting
-//! those rows on each side. The files' part is served by `VerifyFiles`
-//! ([`files::answer`]) and called from the freeze by the controller; the
-//! PostgreSQL slot itself and the MariaDB binlog check are not written
-//! yet.
+//! - [`files`]: the fingerprint of each path the last journal pass saw
+//!   change, taken on one side, and the comparison of the two sides'
+//!   fingerprints into a list of mismatches (`VerifyFiles`,
+//!   [`files::answer`]), called inside the freeze.
+//! - [`postgres`]: the touched keys read from a `test_decoding` slot's
+//!   lines; [`postgres_rows`]: that slot, the rounds reading it, and the
+//!   touched rows' fingerprints on each side and their comparison
+//!   (`VerifyRows`), called at each converge round and inside the freeze.
+//!
+//! MariaDB's rows are not verified yet.
 //!
 //! This room only reads the host; it never repairs what it finds.
 
 pub mod files;
 pub mod postgres;
+pub mod postgres_rows;

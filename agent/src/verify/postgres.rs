@@ -12,10 +12,8 @@
 //! names (the old key when the key changed, and the new tuple), so that the
 //! caller can fingerprint the touched keys' rows on both sides. A line it
 //! cannot read is an error naming the table when it can, so that table is
-//! reported as not verified rather than silently skipped. [`Touched`]
-//! gathers the touched keys per table and [`fingerprint_sql`] is the query
-//! run on both sides for them (count and MD5 in key order). Not yet called:
-//! the slot, the row fingerprints and the rpc are still to be written.
+//! compared whole rather than silently skipped. [`Touched`] gathers the
+//! touched keys per table; [`super::postgres_rows`] fingerprints them.
 
 /// A table as `test_decoding` names it (identifiers unquoted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -132,7 +130,7 @@ pub fn parse_change(line: &str) -> Result<Option<Change>, ParseError> {
 }
 
 /// `schema.name`, each part possibly double-quoted, split in two.
-fn split_table(table: &str) -> Option<(String, String)> {
+pub(crate) fn split_table(table: &str) -> Option<(String, String)> {
     let (schema, rest) = read_ident(table)?;
     let (name, rest) = read_ident(rest.strip_prefix('.')?)?;
     rest.is_empty().then_some((schema, name))
@@ -224,6 +222,10 @@ fn read_value(text: &str) -> Option<(Value, &str)> {
     let end = text.find(' ').unwrap_or(text.len());
     let token = &text[..end];
     let value = match token {
+        // Bit strings are written B'0101'.
+        _ if token.len() >= 3 && token.starts_with("B'") && token.ends_with('\'') => {
+            Value::Text(token[2..token.len() - 1].to_owned())
+        }
         "null" => Value::Null,
         "unchanged-toast-datum" => Value::UnchangedToast,
         "" => return None,
@@ -237,8 +239,10 @@ fn read_value(text: &str) -> Option<(Value, &str)> {
 /// without a known key, or whose key could not be read from a change.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Touched {
-    /// Each touched key as its columns' text values, in the key's order.
-    pub keys: std::collections::BTreeMap<TableName, std::collections::BTreeSet<Vec<String>>>,
+    /// Each touched key as its columns' text values (`None`: NULL, which
+    /// only a table without a key has), in the key's order.
+    pub keys:
+        std::collections::BTreeMap<TableName, std::collections::BTreeSet<Vec<Option<String>>>>,
     pub whole: std::collections::BTreeSet<TableName>,
 }
 
@@ -254,20 +258,25 @@ impl Touched {
             self.whole.insert(change.table.clone());
             return;
         }
-        for row in [&change.old, &change.new] {
+        for (row, old) in [(&change.old, true), (&change.new, false)] {
             if row.is_empty() {
                 continue;
             }
-            let values: Option<Vec<String>> = key
+            // An old tuple leaves out its NULL columns (a new one writes
+            // them as `null`).
+            let values: Option<Vec<Option<String>>> = key
                 .iter()
-                .map(|name| {
-                    row.iter()
-                        .find(|column| &column.name == name)
-                        .and_then(|column| match &column.value {
-                            Value::Text(text) => Some(text.clone()),
-                            Value::Null | Value::UnchangedToast => None,
-                        })
-                })
+                .map(
+                    |name| match row.iter().find(|column| &column.name == name) {
+                        Some(column) => match &column.value {
+                            Value::Text(text) => Some(Some(text.clone())),
+                            Value::Null => Some(None),
+                            Value::UnchangedToast => None,
+                        },
+                        None if old => Some(None),
+                        None => None,
+                    },
+                )
                 .collect();
             match values {
                 Some(values) => {
@@ -282,42 +291,6 @@ impl Touched {
             }
         }
     }
-}
-
-/// A double-quoted identifier.
-fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// The query fingerprinting `rows` keys of `table` on one side: the count
-/// and the MD5 of the rows' text forms in key order, each key bound as text
-/// parameters (`$1`...) cast to its column's type. The same query on the
-/// source and the target gives the same answer when the rows are equal.
-/// `key`'s names and types must come from the catalog (`format_type`),
-/// never from a change line: they are written into the query.
-pub fn fingerprint_sql(table: &TableName, key: &[(String, String)], rows: usize) -> String {
-    let columns: Vec<String> = key.iter().map(|(name, _)| quote(name)).collect();
-    let mut tuples = Vec::with_capacity(rows);
-    let mut parameter = 0;
-    for _ in 0..rows {
-        let values: Vec<String> = key
-            .iter()
-            .map(|(_, type_name)| {
-                parameter += 1;
-                format!("(${parameter}::text)::{type_name}")
-            })
-            .collect();
-        tuples.push(format!("({})", values.join(", ")));
-    }
-    format!(
-        "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY {order})), '') \
-         FROM {schema}.{name} AS t WHERE ({columns}) IN ({tuples})",
-        order = columns.join(", "),
-        schema = quote(&table.schema),
-        name = quote(&table.name),
-        columns = columns.join(", "),
-        tuples = tuples.join(", "),
-    )
 }
 
 #[cfg(test)]
@@ -403,18 +376,16 @@ mod tests {
             schema: "public".into(),
             name: "orders".into(),
         };
-        let keys: Vec<Vec<String>> = touched.keys[&orders].iter().cloned().collect();
+        let keys: Vec<Vec<Option<String>>> = touched.keys[&orders].iter().cloned().collect();
         assert_eq!(
             keys,
-            [vec!["7".to_owned()], vec!["8".into()], vec!["9".into()]]
+            [
+                vec![Some("7".to_owned())],
+                vec![Some("8".into())],
+                vec![Some("9".into())]
+            ]
         );
         assert!(touched.whole.iter().any(|table| table.name == "log"));
-        let sql = fingerprint_sql(&orders, &[("id".into(), "integer".into())], 2);
-        assert_eq!(
-            sql,
-            "SELECT count(*), coalesce(md5(string_agg(t::text, E'\\n' ORDER BY \"id\")), '') \
-             FROM \"public\".\"orders\" AS t WHERE (\"id\") IN ((($1::text)::integer), (($2::text)::integer))"
-        );
         Ok(())
     }
 }

@@ -16,8 +16,9 @@
 //!    rewritten; the target matches rows by all columns, which is slow on
 //!    big tables, and a column type without an equality operator cannot
 //!    be matched: such a table should get a key); a publication for the
-//!    account's tables; after the copy, a replication role of its own
-//!    ([`source::admit_subscriber`]).
+//!    account's tables; the slot naming the changes the freeze verifies
+//!    (`test_decoding`, [`crate::verify::postgres_rows`]); after the copy,
+//!    a replication role of its own ([`source::admit_subscriber`]).
 //! 2. **The copy's snapshot** ([`slot`]): the copy asks the source for
 //!    `SnapshotMethod::REPLICATION_SLOT` with [`Names::slot`]; the slot is
 //!    created with an exported snapshot, and the whole copy (schema, data,
@@ -40,7 +41,8 @@
 //!    [`target::write_sequences`] carry their values, inside the freeze.
 //! 6. **Teardown** ([`target::teardown`], then [`source::teardown`]): the
 //!    subscription (detached from its slot first, so a slot already gone
-//!    does not block it), the slot, the publication, the role. Each is
+//!    does not block it), the slot, the verification's slot, the
+//!    publication, the role. Each is
 //!    "drop if present": retrying is harmless; customer data is untouched.
 //!
 //! # The replication role, and what it can see
@@ -82,6 +84,9 @@ pub struct Names {
     pub subscription: String,
     /// The role the subscription connects to the source as.
     pub role: String,
+    /// The source's `test_decoding` slot naming the changes to verify
+    /// ([`crate::verify::postgres_rows`]).
+    pub verify_slot: String,
 }
 
 impl Names {
@@ -104,6 +109,7 @@ impl Names {
             slot: object.clone(),
             subscription: object,
             role: format!("navette_r_{hex}"),
+            verify_slot: format!("navette_v_{hex}"),
         }
     }
 }
@@ -250,7 +256,13 @@ mod tests {
         assert_eq!(a, Names::new("mig-1", "shop"));
         assert_ne!(a.slot, Names::new("mig-1", "blog").slot);
         assert_ne!(a.slot, Names::new("mig-2", "shop").slot);
-        for name in [&a.publication, &a.slot, &a.subscription, &a.role] {
+        for name in [
+            &a.publication,
+            &a.slot,
+            &a.subscription,
+            &a.role,
+            &a.verify_slot,
+        ] {
             assert!(check_object_name(name).is_ok(), "{name}");
         }
         assert!(check_object_name("Bad-Name").is_err());

@@ -86,6 +86,9 @@ pub async fn prepare(
             .await
             .map_err(ReplicationError::query(name, "creating the publication"))?;
     }
+    // Before the copy's slot: every change after the copy's snapshot is
+    // in it (and a few before, verified for nothing).
+    crate::verify::postgres_rows::create_slot(&client, name, &names.verify_slot).await?;
     tracing::info!(
         message = "replication prepared on the source",
         migration = %migration_id,
@@ -369,7 +372,7 @@ pub async fn drain(
 }
 
 /// `X/Y` in hexadecimal.
-fn check_lsn(lsn: &str) -> Result<(), ReplicationError> {
+pub(crate) fn check_lsn(lsn: &str) -> Result<(), ReplicationError> {
     let valid = lsn.len() <= 17
         && lsn.split_once('/').is_some_and(|(a, b)| {
             !a.is_empty()
@@ -445,8 +448,8 @@ pub async fn read_sequences(
 }
 
 /// Drops what [`prepare`] and the copy's slot made for `migration_id` on
-/// `database`: the slot (ending its walsender), the publication, the
-/// role. Each only if present. The replica identities given stay (they
+/// `database`: the slot (ending its walsender), the verification's slot,
+/// the publication, the role. Each only if present. The replica identities given stay (they
 /// change no data, and the source's copy is soon retired).
 pub async fn teardown(
     server: &PostgresqlServer,
@@ -457,6 +460,7 @@ pub async fn teardown(
     let client = connect(server, database).await?;
     let name = server.name.as_str();
     slot::drop_slot(&client, name, &names.slot).await?;
+    slot::drop_slot(&client, name, &names.verify_slot).await?;
     client
         .batch_execute(&format!(
             "DROP PUBLICATION IF EXISTS {}",
