@@ -39,12 +39,13 @@
 //!   connection per migration from the copy's snapshot position, filtered
 //!   to the account's databases (backlog, drain, teardown, the source's
 //!   replication user).
-//! - [`verify`]: verification inside a freeze of what changed since the
-//!   last verification; so far [`verify::files`], the fingerprints of the
+//! - [`verify`]: verification of a migration's copy, of what changed since
+//!   the last verification: [`verify::files`], the fingerprints of the
 //!   paths a catch-up pass changed and their comparison between the two
-//!   sides, and [`verify::postgres`], the touched keys read from
-//!   `test_decoding` lines and the query fingerprinting their rows (not
-//!   yet called). `VerifyFiles` is served by [`verify::files::answer`].
+//!   sides (`VerifyFiles`); [`verify::postgres`], the touched keys read
+//!   from `test_decoding` lines, and [`verify::postgres_rows`], the
+//!   verification slot, its rounds and the rows' fingerprints on each side
+//!   (`VerifyRows`, served through `server/replication.rs`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`addresses`]: IP rerouting on this host: an address held or not

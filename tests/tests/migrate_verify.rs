@@ -1,8 +1,9 @@
 //! The verification inside a migration's freeze (issue 10, "Must show"):
 //! a copy that differs from the source on a path the freeze's last pass
-//! names rolls the migration back, the reason naming the path, with the
-//! source serving and nothing acknowledged lost; an untampered migration
-//! completes with its "verify" part recorded.
+//! names, or on a PostgreSQL row changed since the last verification,
+//! rolls the migration back, the reason naming the path or the row, with
+//! the source serving and nothing acknowledged lost; an untampered
+//! migration completes with its "verify" part recorded.
 //!
 //! How the tamper stays until the freeze and is verified there: once the
 //! migration converges (the full copy made), the target's copy of
@@ -13,6 +14,14 @@
 //! in every pass (the freeze's last one too), and nothing a fingerprint
 //! holds changes on the source. The untampered account gets the same
 //! toucher.
+//!
+//! A row stays tampered with the same way: `profile`'s row 1 holds a
+//! large `bio` stored out of line (TOAST), and a thread of the test bumps
+//! its small `n` on the source every 50 ms. Once the migration converges,
+//! the target's `bio` of that row is changed; replication sends each
+//! update with the unchanged out-of-line value left out, so the target
+//! keeps the tampered one (a real way for a copy to drift), while every
+//! round of the verification finds the row touched again.
 //!
 //! One rig, two small accounts, one after the other. A writer commits
 //! numbered rows on the source and the account's own process appends
@@ -36,6 +45,7 @@ use serde_json::{Value, json};
 use support::{enrol, str_of};
 
 const TAMPERED: &str = "nvv_tamper";
+const ROWS: &str = "nvv_rows";
 const CLEAN: &str = "nvv_clean";
 const FILE: &str = "tampered.txt";
 
@@ -74,7 +84,7 @@ fn platform() -> anyhow::Result<Platform> {
         Ok((join("pg15", a.join())?, join("pg18", b.join())?))
     })?;
     let mut accounts = Vec::new();
-    for name in [TAMPERED, CLEAN] {
+    for name in [TAMPERED, ROWS, CLEAN] {
         let database = format!("{name}_db");
         let account = rig.add_account(
             &old,
@@ -96,7 +106,10 @@ fn platform() -> anyhow::Result<Platform> {
             &format!(
                 "SET ROLE {name};
                  CREATE TABLE orders (id bigserial PRIMARY KEY, item text NOT NULL);
-                 INSERT INTO orders (item) SELECT 'seed ' || g FROM generate_series(1, 500) g;"
+                 INSERT INTO orders (item) SELECT 'seed ' || g FROM generate_series(1, 500) g;
+                 CREATE TABLE profile (id int PRIMARY KEY, n int NOT NULL, bio text);
+                 ALTER TABLE profile ALTER bio SET STORAGE EXTERNAL;
+                 INSERT INTO profile SELECT 1, 0, string_agg(md5(g::text), '') FROM generate_series(1, 256) g;"
             ),
         )?;
     }
@@ -127,7 +140,7 @@ impl Platform {
 
 /// Other bytes of the same size in the target's copy, its times put back:
 /// no pass rewrites it.
-fn tamper(path: &std::path::Path) -> anyhow::Result<()> {
+fn tamper_file(path: &std::path::Path) -> anyhow::Result<()> {
     let before = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     let mut bytes = std::fs::read(path)?;
     for byte in bytes.iter_mut() {
@@ -154,9 +167,19 @@ fn numbers(server: &Postgres, database: &str) -> anyhow::Result<Vec<u64>> {
         .collect())
 }
 
-/// Migrates `name` (its target copy tampered with when `tampered`) to its
+/// What the test changes in the target's copy once the migration
+/// converges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tamper {
+    Nothing,
+    File,
+    Row,
+}
+
+/// Migrates `name` (its target copy tampered with as `tamper` says) to its
 /// end; GetMigration's last answer, and what was acknowledged.
-fn migrate(platform: &Platform, name: &str, tampered: bool) -> anyhow::Result<Value> {
+fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Value> {
+    let tampered = tamper != Tamper::Nothing;
     let (rig, pg15) = (&platform.rig, &platform.pg15);
     let database = format!("{name}_db");
     let account = platform
@@ -221,6 +244,14 @@ fn migrate(platform: &Platform, name: &str, tampered: bool) -> anyhow::Result<Va
             }
             Ok(())
         });
+        // Row 1's small column, again and again (errors once the old
+        // database is retired are not the bumper's).
+        let bumper = scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = pg15.psql(&database, "UPDATE profile SET n = n + 1 WHERE id = 1");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
         let driven = (|| -> anyhow::Result<String> {
             let started = platform.migrations(
                 "Migrate",
@@ -235,7 +266,18 @@ fn migrate(platform: &Platform, name: &str, tampered: bool) -> anyhow::Result<Va
                     "state = 'converging'",
                     Duration::from_secs(240),
                 )?;
-                tamper(&platform.new.accounts_dir().join(name).join(FILE))?;
+                match tamper {
+                    Tamper::File => {
+                        tamper_file(&platform.new.accounts_dir().join(name).join(FILE))?
+                    }
+                    Tamper::Row => {
+                        platform.pg18.psql(
+                            &database,
+                            "UPDATE profile SET bio = upper(bio) WHERE id = 1",
+                        )?;
+                    }
+                    Tamper::Nothing => {}
+                }
             }
             let mut last = Value::Null;
             rig.wait_until(
@@ -254,6 +296,7 @@ fn migrate(platform: &Platform, name: &str, tampered: bool) -> anyhow::Result<Va
         })();
         stop.store(true, Ordering::Relaxed);
         let _ = writer.join();
+        let _ = bumper.join();
         join("the toucher", toucher.join())?;
         driven
     })?;
@@ -317,50 +360,64 @@ fn verify_ms(window: &Value) -> Option<String> {
         })
 }
 
-/// A tampered copy rolls back naming the path, the source serving; an
-/// untampered one completes, verified.
-#[test]
-fn a_copy_that_differs_inside_the_freeze_rolls_back() -> anyhow::Result<()> {
-    let platform = platform()?;
-    support::wait_online_with_inventory(&platform.rig, &["shared-old", "shared-new"])?;
-    let rig = &platform.rig;
-
-    let last = migrate(&platform, TAMPERED, true)?;
+/// A migration rolled back by its verification: failed, the reason
+/// naming each of `named`, one freeze (not tried again), the account on
+/// its source, thawed, writable, the target's copy removed.
+fn rolled_back(
+    platform: &Platform,
+    name: &str,
+    last: &Value,
+    named: &[&str],
+) -> anyhow::Result<()> {
     ensure!(
-        str_of(&last, "state") == "STATE_FAILED",
-        "the tampered copy rolls back: {last}"
+        str_of(last, "state") == "STATE_FAILED",
+        "{name}: the tampered copy rolls back: {last}"
     );
-    let error = str_of(&last, "error");
+    let error = str_of(last, "error");
     ensure!(
-        error.contains(FILE) && error.contains("contents"),
-        "the reason names the path and what differs: {last}"
+        named.iter().all(|part| error.contains(part)),
+        "{name}: the reason names {named:?}: {last}"
     );
-    let missed = support::list(&last, "missedFreezes");
+    let missed = support::list(last, "missedFreezes");
     ensure!(
         missed.len() == 1,
-        "one freeze, undone at its verification, not tried again: {last}"
+        "{name}: one freeze, undone at its verification, not tried again: {last}"
     );
-    eprintln!("rolled back: {error}");
-    let placed = rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": TAMPERED}))?;
+    eprintln!("{name} rolled back: {error}");
+    let placed = platform
+        .rig
+        .grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": name}))?;
     ensure!(
         str_of(&placed, "hostId") == "shared-old",
-        "rolled back, the account stays on its source: {placed}"
+        "{name}: rolled back, the account stays on its source: {placed}"
     );
     ensure!(
-        !support::group_frozen(&support::account_cgroup(&platform.old, TAMPERED)),
-        "the account's group is thawed on the source"
+        !support::group_frozen(&support::account_cgroup(&platform.old, name)),
+        "{name}: the account's group is thawed on the source"
     );
     platform.pg15.psql(
-        &format!("{TAMPERED}_db"),
+        &format!("{name}_db"),
         "INSERT INTO orders (item) VALUES ('after the rollback')",
     )?;
     ensure!(
         platform.pg18.psql(
             "postgres",
-            &format!("SELECT count(*) FROM pg_database WHERE datname = '{TAMPERED}_db'"),
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}_db'"),
         )? == "0",
-        "the target's copy is removed"
+        "{name}: the target's copy is removed"
     );
+    Ok(())
+}
+
+/// A copy tampered with (a file, a row) rolls back naming what differs,
+/// the source serving; an untampered one completes, verified.
+#[test]
+fn a_copy_that_differs_inside_the_freeze_rolls_back() -> anyhow::Result<()> {
+    let platform = platform()?;
+    support::wait_online_with_inventory(&platform.rig, &["shared-old", "shared-new"])?;
+
+    let last = migrate(&platform, TAMPERED, Tamper::File)?;
+    rolled_back(&platform, TAMPERED, &last, &[FILE, "contents"])?;
     let source_bytes = std::fs::read(
         platform
             .accounts
@@ -375,7 +432,20 @@ fn a_copy_that_differs_inside_the_freeze_rolls_back() -> anyhow::Result<()> {
         "the source's file is untouched"
     );
 
-    let last = migrate(&platform, CLEAN, false)?;
+    let last = migrate(&platform, ROWS, Tamper::Row)?;
+    rolled_back(
+        &platform,
+        ROWS,
+        &last,
+        &["rows differ", "profile id=\"1\" (row differs)"],
+    )?;
+    let bio = platform.pg15.psql(
+        &format!("{ROWS}_db"),
+        "SELECT bio = lower(bio) FROM profile WHERE id = 1",
+    )?;
+    ensure!(bio == "t", "the source's row is untouched");
+
+    let last = migrate(&platform, CLEAN, Tamper::Nothing)?;
     ensure!(
         str_of(&last, "state") == "STATE_COMPLETED",
         "the untampered migration completes: {last}"

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::cutover::JournalMark;
+use crate::agents::verify::RowsMark;
 use crate::config;
 use crate::dns::{AccountRecords, TtlLowering};
 use crate::model::{CopyPlan, CopyProgress};
@@ -196,14 +197,25 @@ pub struct Backlog {
     /// What the next catch-up pass names; `None` before the first.
     #[serde(default)]
     pub journal: Option<JournalMark>,
+    /// Where each PostgreSQL database's rows verification stands (by
+    /// database name): what the next round reads from and checks again.
+    #[serde(default)]
+    pub rows: BTreeMap<String, RowsMark>,
     #[serde(with = "crate::model::rfc3339")]
     pub measured_at: DateTime<Utc>,
 }
 
 impl Backlog {
+    /// WAL bytes the rows' verification has not read yet, over every
+    /// database: the freeze's round reads them.
+    pub fn rows_unread_bytes(&self) -> u64 {
+        self.rows.values().map(|mark| mark.unread_bytes).sum()
+    }
+
     /// Whether the freeze may begin with this backlog.
     pub fn below(&self, settings: &MigrateSettings) -> bool {
         self.postgres_lag_bytes <= settings.backlog_threshold_bytes
+            && self.rows_unread_bytes() <= settings.backlog_threshold_bytes
             && self.mariadb_transactions <= settings.backlog_threshold_transactions
             && self.files_pending <= settings.backlog_threshold_paths
             && !self.files_full_comparison

@@ -66,7 +66,24 @@ fn outcome_of(failure: CallFailure) -> MigrateOutcome {
     }
 }
 
-fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan> {
+/// The most change lines a converge round's rows verification reads (the
+/// rest waits for the next round).
+const LIVE_ROUND_CHANGES: u32 = 50_000;
+
+/// A database's place on each host, for its rows verification.
+pub(super) fn rows_database<'a>(
+    run: &'a MigrationRun,
+    database: &'a DatabasePlan,
+) -> agents::verify::RowsDatabase<'a> {
+    agents::verify::RowsDatabase {
+        migration_id: &run.id,
+        database: &database.name,
+        source_server: &database.source_server,
+        target_server: &database.target_server,
+    }
+}
+
+pub(super) fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan> {
     run.plan
         .databases
         .iter()
@@ -433,6 +450,7 @@ impl Steps<'_> {
             files_pending: 0,
             files_full_comparison: false,
             journal: None,
+            rows: BTreeMap::new(),
             measured_at: Utc::now(),
         };
         if !run.plan.source_home.is_empty() {
@@ -470,6 +488,32 @@ impl Steps<'_> {
                 &database.name,
             )
             .await?;
+        }
+        // A round of each database's rows verification: what changed
+        // since the last one, compared while the account writes (what
+        // differs is checked again next round, and inside the freeze).
+        for database in postgres(run) {
+            let mark = run
+                .backlog
+                .as_ref()
+                .and_then(|b| b.rows.get(&database.name))
+                .cloned()
+                .unwrap_or_default();
+            let round = agents::verify::verify_rows(
+                c,
+                self.source,
+                self.target,
+                &rows_database(run, database),
+                &mark,
+                LIVE_ROUND_CHANGES,
+                CATCH_UP_TIMEOUT,
+            )
+            .await?;
+            tracing::debug!(message = "rows verified while converging", migration = %run.id, database = %database.name, changes = round.changes, rows = round.rows, pending = round.mark.pending.iter().map(|p| p.keys.len()).sum::<usize>(), unread_bytes = round.mark.unread_bytes);
+            for table in &round.unverified {
+                tracing::warn!(message = "rows not verified", migration = %run.id, database = %database.name, table = %table);
+            }
+            backlog.rows.insert(database.name.clone(), round.mark);
         }
         for (source_server, target_server, _) in
             mariadb_groups(run).map_err(CallFailure::Refused)?
@@ -654,8 +698,7 @@ impl Steps<'_> {
                 c,
                 self.source,
                 self.target,
-                &run.id,
-                &run.account,
+                run,
                 &changed_paths,
                 deadline,
             )

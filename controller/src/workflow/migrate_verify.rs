@@ -2,76 +2,135 @@
 //! last verification, not of the whole account: the paths the freeze's
 //! last catch-up pass changed (with the directories they are in, and
 //! those gone) are fingerprinted on the source and compared on the target
-//! with its copy ([`agents::verify`]). A difference means the copy is not
-//! what the source holds; the freeze then undoes itself and the migration
-//! rolls back (another try would copy the same way), the reason naming
-//! the paths. PostgreSQL rows and MariaDB are not verified yet.
+//! with its copy ([`agents::verify::verify_files`]); each PostgreSQL
+//! database's rows changed since the last converge round, with those that
+//! differed then, likewise ([`agents::verify::verify_rows`], after the
+//! target drained to the fenced position, so any difference is one). A
+//! difference means the copy is not what the source holds; the freeze
+//! then undoes itself and the migration rolls back (another try would
+//! copy the same way), the reason naming the paths and rows. MariaDB's
+//! rows are not verified yet.
 
 use std::time::{Duration, Instant};
 
+use super::migrate_run::MigrationRun;
+use super::migrate_steps::{postgres, rows_database};
 use crate::agents::{self, CallFailure};
 use crate::model::Host;
 use crate::state::Controller;
 
-/// The most mismatched paths a reason names.
+/// The most mismatched paths (or rows) a reason names.
 const NAMED: usize = 5;
 
 /// What the verification found: `Ok(None)` all equal, `Ok(Some(why))` a
-/// mismatch (`why` names the paths), `Err` a call that failed (a missed
-/// freeze, as any other part's). Every call ends by `deadline`.
+/// mismatch (`why` names the paths and rows), `Err` a call that failed (a
+/// missed freeze, as any other part's). Every call ends by `deadline`.
 pub async fn verify_changes(
     controller: &Controller,
     source: &Host,
     target: &Host,
-    migration_id: &str,
-    account: &str,
+    run: &MigrationRun,
     changed_paths: &[Vec<u8>],
     deadline: Instant,
 ) -> Result<Option<String>, CallFailure> {
-    if changed_paths.is_empty() {
-        return Ok(None);
-    }
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    let files = tokio::time::timeout_at(
-        deadline.into(),
-        agents::verify::verify_files(
-            controller,
-            source,
-            target,
-            migration_id,
-            account,
-            changed_paths,
-            left,
-        ),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(CallFailure::Retry(
-            "verifying the files did not answer before the freeze's deadline".to_owned(),
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let late = |what: &str| {
+        CallFailure::Retry(format!(
+            "verifying the {what} did not answer before the freeze's deadline"
         ))
-    })?;
-    tracing::info!(
-        message = "files verified",
-        migration = migration_id,
-        paths = files.paths,
-        mismatches = files.mismatches.len()
-    );
-    if files.mismatches.is_empty() {
+    };
+    let files = async {
+        if changed_paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = tokio::time::timeout_at(
+            deadline.into(),
+            agents::verify::verify_files(
+                controller,
+                source,
+                target,
+                &run.id,
+                &run.account,
+                changed_paths,
+                left(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(late("files")))?;
+        tracing::info!(
+            message = "files verified",
+            migration = %run.id,
+            paths = files.paths,
+            mismatches = files.mismatches.len()
+        );
+        Ok::<_, CallFailure>(files.mismatches)
+    };
+    let rows = futures_util::future::try_join_all(postgres(run).map(|database| async move {
+        let mark = run
+            .backlog
+            .as_ref()
+            .and_then(|b| b.rows.get(&database.name))
+            .cloned()
+            .unwrap_or_default();
+        let rows = tokio::time::timeout_at(
+            deadline.into(),
+            agents::verify::verify_rows(
+                controller,
+                source,
+                target,
+                &rows_database(run, database),
+                &mark,
+                0,
+                left(),
+            ),
+        )
+        .await
+        .unwrap_or_else(|_| Err(late("rows")))?;
+        tracing::info!(
+            message = "rows verified",
+            migration = %run.id,
+            database = %database.name,
+            changes = rows.changes,
+            rows = rows.rows,
+            mismatches = rows.mismatches.len()
+        );
+        for table in &rows.unverified {
+            tracing::warn!(message = "rows not verified", migration = %run.id, database = %database.name, table = %table);
+        }
+        Ok::<_, CallFailure>(
+            rows.mismatches
+                .into_iter()
+                .map(|words| format!("{}: {words}", database.name))
+                .collect::<Vec<_>>(),
+        )
+    }));
+    let (files, rows) = tokio::try_join!(files, rows)?;
+    let rows: Vec<String> = rows.into_iter().flatten().collect();
+    if files.is_empty() && rows.is_empty() {
         return Ok(None);
     }
-    Ok(Some(reason(&files.mismatches)))
+    let mut why = Vec::new();
+    if !files.is_empty() {
+        why.push(reason("files differ", &files));
+    }
+    if !rows.is_empty() {
+        why.push(reason("rows differ", &rows));
+    }
+    Ok(Some(why.join("; ")))
 }
 
-/// The failure's reason: the first few paths and what differs.
-fn reason(mismatches: &[String]) -> String {
+/// The failure's reason: the first few paths (or rows) and what differs.
+fn reason(what: &str, mismatches: &[String]) -> String {
     let named = mismatches[..mismatches.len().min(NAMED)].join("; ");
     let more = mismatches.len().saturating_sub(NAMED);
     if more > 0 {
-        format!("files differ: {named}; and {more} more")
+        format!("{what}: {named}; and {more} more")
     } else {
-        format!("files differ: {named}")
+        format!("{what}: {named}")
     }
 }
 
@@ -81,10 +140,10 @@ mod tests {
 
     #[test]
     fn the_reason_names_the_first_paths_and_counts_the_rest() {
-        let one = reason(&["www/index.php (contents)".to_owned()]);
+        let one = reason("files differ", &["www/index.php (contents)".to_owned()]);
         assert_eq!(one, "files differ: www/index.php (contents)");
         let many: Vec<String> = (0..7).map(|i| format!("f{i} (mode)")).collect();
-        let why = reason(&many);
+        let why = reason("files differ", &many);
         assert!(why.contains("f4 (mode)") && !why.contains("f5"), "{why}");
         assert!(why.ends_with("and 2 more"), "{why}");
     }

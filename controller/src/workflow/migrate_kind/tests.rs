@@ -83,6 +83,7 @@ fn backlog(bytes: u64, transactions: u64) -> Backlog {
         files_pending: 0,
         files_full_comparison: false,
         journal: None,
+        rows: Default::default(),
         measured_at: at(10),
     }
 }
