@@ -62,15 +62,7 @@ pub async fn create_slot(
     server: &str,
     slot: &str,
 ) -> Result<(), ReplicationError> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(query(server, "looking for the verification slot"))?
-        .is_some();
-    if !exists {
+    if !slot_exists(client, server, slot).await? {
         client
             .execute(
                 "SELECT 1 FROM pg_catalog.pg_create_logical_replication_slot($1, 'test_decoding')",
@@ -80,6 +72,17 @@ pub async fn create_slot(
             .map_err(query(server, "creating the verification slot"))?;
     }
     Ok(())
+}
+
+async fn slot_exists(client: &Client, server: &str, slot: &str) -> Result<bool, ReplicationError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(query(server, "looking for the verification slot"))?
+        .is_some())
 }
 
 /// A table as one side's catalog describes it.
@@ -199,15 +202,7 @@ pub async fn source_round(
     let name = server.name.as_str();
     let slot = Names::new(&ask.migration_id, &ask.database).verify_slot;
     let client = connect(server, &ask.database).await?;
-    let present = client
-        .query_opt(
-            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .map_err(query(name, "looking for the verification slot"))?
-        .is_some();
-    if !present {
+    if !slot_exists(&client, name, &slot).await? {
         return Err(ReplicationError::NoSlot {
             server: name.to_owned(),
             slot,

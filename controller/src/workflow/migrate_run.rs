@@ -351,6 +351,16 @@ pub struct MigrationRun {
 }
 
 impl MigrationRun {
+    /// Where `database`'s rows verification stands (nothing read yet
+    /// before the first round).
+    pub fn rows_mark(&self, database: &str) -> RowsMark {
+        self.backlog
+            .as_ref()
+            .and_then(|backlog| backlog.rows.get(database))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The transfer id of the durable copy.
     pub fn copy_transfer_id(&self) -> String {
         format!("{}-copy", self.id)

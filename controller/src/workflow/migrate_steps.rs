@@ -493,12 +493,7 @@ impl Steps<'_> {
         // since the last one, compared while the account writes (what
         // differs is checked again next round, and inside the freeze).
         for database in postgres(run) {
-            let mark = run
-                .backlog
-                .as_ref()
-                .and_then(|b| b.rows.get(&database.name))
-                .cloned()
-                .unwrap_or_default();
+            let mark = run.rows_mark(&database.name);
             let round = agents::verify::verify_rows(
                 c,
                 self.source,

@@ -70,12 +70,7 @@ pub async fn verify_changes(
         Ok::<_, CallFailure>(files.mismatches)
     };
     let rows = futures_util::future::try_join_all(postgres(run).map(|database| async move {
-        let mark = run
-            .backlog
-            .as_ref()
-            .and_then(|b| b.rows.get(&database.name))
-            .cloned()
-            .unwrap_or_default();
+        let mark = run.rows_mark(&database.name);
         let rows = tokio::time::timeout_at(
             deadline.into(),
             agents::verify::verify_rows(
