@@ -115,9 +115,10 @@ pub async fn planned_copies(client: &impl GenericClient) -> Result<Vec<Account>>
 }
 
 /// The account called `name`, where it lives. An account lives on one
-/// host; copies made by tests on test hosts do not count. If several other
-/// hosts report it, that is a state an operator must look at, and it says
-/// so.
+/// host; copies made by tests on test hosts do not count, nor the copy on
+/// the target of a migration that has not switched (in flight, or rolled
+/// back and being removed). If several other hosts report it, that is a
+/// state an operator must look at, and it says so.
 pub async fn get(client: &impl GenericClient, name: &str) -> Result<Account> {
     // A migration that switched the account decided where it lives: the
     // old host may still report its stopped copy for a grace period.
@@ -144,6 +145,29 @@ pub async fn get(client: &impl GenericClient, name: &str) -> Result<Account> {
         .iter()
         .map(from_row)
         .collect::<Result<Vec<_>>>()?;
+    if accounts.len() > 1 {
+        // The target of a migration that has not switched holds a partial
+        // copy (or one being removed after a rollback): it is not where
+        // the account lives.
+        let partial: Vec<String> = client
+            .query(
+                "SELECT DISTINCT target_host_id FROM migrations WHERE account = $1 \
+                 AND state NOT IN ('switched', 'completed')",
+                &[&name],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let living: Vec<Account> = accounts
+            .iter()
+            .filter(|a| !partial.contains(&a.host_id))
+            .cloned()
+            .collect();
+        if living.len() == 1 {
+            accounts = living;
+        }
+    }
     match accounts.len() {
         0 => Err(Error::NotFound {
             what: "account",
