@@ -20,8 +20,11 @@
 //! Without the record, or with a record of another migration, nothing is
 //! removed (FAILED_PRECONDITION). Each drop is "if it exists", so a call
 //! killed half-way is finished by the next; once all is gone a
-//! `retired-<account>.json` record answers repeats. Calls run under the
-//! fences' lock, so no switch of the account runs meanwhile.
+//! `retired-<account>.json` record answers repeats and the switch record
+//! is removed (the account may come back to this host and be switched
+//! away again by another migration; a retired record of an earlier
+//! migration does not stand in the way). Calls run under the fences'
+//! lock, so no switch of the account runs meanwhile.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -64,13 +67,12 @@ pub async fn retire(
     let config = cutover.config.clone();
     let _no_switch_meanwhile = cutover.fences.lock().await;
     let retired_path = state::path(&config.state_dir, "retired", account);
-    if let Some(done) = state::read::<RetiredRecord>(&retired_path)? {
-        if done.migration_id != migration_id {
-            return Err(failed(format!(
-                "{account}'s old copy was retired by migration {}, not {migration_id}; nothing is removed",
-                done.migration_id
-            )));
-        }
+    // A record of an earlier migration's retirement (the account came
+    // back to this host since, and leaves it again) does not stand in the
+    // way: this migration's switch record decides.
+    if let Some(done) = state::read::<RetiredRecord>(&retired_path)?
+        && done.migration_id == migration_id
+    {
         return Ok(Retired {
             removed: done.removed,
             kept: done.kept,
@@ -161,6 +163,10 @@ pub async fn retire(
         kept,
     };
     state::write(&retired_path, &done)?;
+    // The switch is over for good: what it changed is gone or is named in
+    // the retired record, and the account may live here again one day and
+    // be switched away by another migration.
+    state::remove(&switch_path)?;
     tracing::info!(
         message = "the old copy is retired",
         migration = %migration_id,

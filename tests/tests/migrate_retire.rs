@@ -262,6 +262,17 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
         pg_database(&pg15)? == "0" && maria_database(&maria_old)? == "0",
         "the old host's databases of the account are gone"
     );
+    // The switch is over for good: its record goes, so that the account
+    // may one day come back and be switched away by another migration.
+    let cutover = agent.state_dir().join("cutover");
+    ensure!(
+        !cutover.join(format!("switch-{ACCOUNT}.json")).exists()
+            && cutover.join(format!("retired-{ACCOUNT}.json")).exists(),
+        "the old host keeps a retired record, not the switch's: {:?}",
+        std::fs::read_dir(&cutover).map(|dir| dir
+            .filter_map(|entry| entry.ok().map(|e| e.file_name()))
+            .collect::<Vec<_>>())
+    );
     let removed = list(&retired, "removed");
     let removed: Vec<&str> = removed.iter().filter_map(|v| v.as_str()).collect();
     ensure!(
