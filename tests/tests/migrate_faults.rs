@@ -256,17 +256,6 @@ fn before(writes: &[(u64, SystemTime)], at: Option<SystemTime>) -> Vec<u64> {
         .collect()
 }
 
-fn numbers(server: &Postgres, database: &str) -> anyhow::Result<Vec<u64>> {
-    Ok(server
-        .psql(
-            database,
-            "SELECT substr(item, 6, strpos(item, ':') - 6) FROM orders WHERE item LIKE 'live %'",
-        )?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
-}
-
 /// The md5 of a file, by `md5sum`.
 fn md5(path: &Path) -> anyhow::Result<String> {
     let out = std::process::Command::new("md5sum").arg(path).output()?;
@@ -302,15 +291,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("account {name}"))?;
-    rig.wait_until(
-        "the account's database in the inventory",
-        Duration::from_secs(60),
-        || {
-            let answer =
-                rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": name}))?;
-            Ok(support::list(&answer, "databases").len() == 1)
-        },
-    )?;
+    support::wait_account_databases(rig, &name, 1)?;
 
     let stop = AtomicBool::new(false);
     let acknowledged = Mutex::new(Acknowledged::default());
@@ -501,7 +482,7 @@ fn scenario(platform: &Platform, fault: Fault, phase: Phase) -> anyhow::Result<S
     };
     let orders = before(&acknowledged.orders, frozen_at);
     ensure!(!orders.is_empty(), "{name}: the writer wrote");
-    let found = numbers(server, &database)?;
+    let found = support::live_orders(server, &database)?;
     for n in &orders {
         ensure!(
             found.contains(n),

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use navette_tests::load::{LineAppender, check_lines};
+use navette_tests::load::check_lines;
 use navette_tests::{
     Account, AccountSpec, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Postgres, Rig,
     WebServer,
@@ -234,17 +234,6 @@ impl Platform {
     }
 }
 
-fn numbers(server: &Postgres, database: &str) -> anyhow::Result<Vec<u64>> {
-    Ok(server
-        .psql(
-            database,
-            "SELECT substr(item, 6, strpos(item, ':') - 6) FROM orders WHERE item LIKE 'live %'",
-        )?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
-}
-
 /// What one scenario saw, printed at the end.
 struct Seen {
     fault: Fault,
@@ -264,26 +253,10 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("account {name}"))?;
-    rig.wait_until(
-        "the account's database in the inventory",
-        Duration::from_secs(60),
-        || {
-            let answer =
-                rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": name}))?;
-            Ok(support::list(&answer, "databases").len() == 1)
-        },
-    )?;
+    support::wait_account_databases(rig, name, 1)?;
     let group = support::account_cgroup(&platform.old, name);
+    let lines = support::account_lines(rig, &platform.old, account)?;
     let lines_file = account.home.join("lines.txt");
-    let lines = LineAppender::start(
-        rig,
-        &platform.old,
-        account.uid,
-        account.gid,
-        Some(&group),
-        &lines_file,
-        Duration::from_millis(10),
-    )?;
     let frozen = support::FrozenWatch::start(group);
 
     let stop = AtomicBool::new(false);
@@ -442,7 +415,7 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
     // Nothing acknowledged lost.
     let acknowledged = orders.lock().unwrap_or_else(|p| p.into_inner()).clone();
     ensure!(!acknowledged.is_empty(), "{name}: the writer wrote");
-    let found = numbers(pg15, &database)?;
+    let found = support::live_orders(pg15, &database)?;
     for n in &acknowledged {
         ensure!(
             found.contains(n),

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, ensure};
-use navette_tests::load::{LineAppender, check_lines};
+use navette_tests::load::check_lines;
 use navette_tests::{
     Account, AccountSpec, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Postgres, Rig,
     WebServer,
@@ -156,17 +156,6 @@ fn tamper_file(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn numbers(server: &Postgres, database: &str) -> anyhow::Result<Vec<u64>> {
-    Ok(server
-        .psql(
-            database,
-            "SELECT substr(item, 6, strpos(item, ':') - 6) FROM orders WHERE item LIKE 'live %'",
-        )?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
-}
-
 /// What the test changes in the target's copy once the migration
 /// converges.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,26 +176,8 @@ fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Va
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("account {name}"))?;
-    rig.wait_until(
-        "the account's database in the inventory",
-        Duration::from_secs(60),
-        || {
-            let answer =
-                rig.grpcurl_json("navette.v1.Accounts/GetAccount", &json!({"name": name}))?;
-            Ok(support::list(&answer, "databases").len() == 1)
-        },
-    )?;
-    let group = support::account_cgroup(&platform.old, name);
-    let lines_file = account.home.join("lines.txt");
-    let lines = LineAppender::start(
-        rig,
-        &platform.old,
-        account.uid,
-        account.gid,
-        Some(&group),
-        &lines_file,
-        Duration::from_millis(10),
-    )?;
+    support::wait_account_databases(rig, name, 1)?;
+    let lines = support::account_lines(rig, &platform.old, account)?;
     let stop = AtomicBool::new(false);
     let orders: Mutex<Vec<(u64, SystemTime)>> = Mutex::new(Vec::new());
     let source_file = account.home.join(FILE);
@@ -331,7 +302,7 @@ fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Va
         .map(|(n, _)| *n)
         .collect();
     ensure!(!acknowledged.is_empty(), "{name}: the writer wrote");
-    let found = numbers(server, &database)?;
+    let found = support::live_orders(server, &database)?;
     for n in &acknowledged {
         ensure!(
             found.contains(n),

@@ -271,3 +271,51 @@ pub fn wait_migration_row(
     }
     Ok(())
 }
+
+/// Waits until the controller's inventory lists `count` databases for
+/// `account` (its host reported them).
+pub fn wait_account_databases(rig: &Rig, account: &str, count: usize) -> anyhow::Result<()> {
+    rig.wait_until(
+        "the account's database in the inventory",
+        Duration::from_secs(60),
+        || {
+            let answer = rig.grpcurl_json(
+                "navette.v1.Accounts/GetAccount",
+                &serde_json::json!({"name": account}),
+            )?;
+            Ok(list(&answer, "databases").len() == count)
+        },
+    )
+}
+
+/// The numbers of the `live <n>:...` orders in `database`'s `orders`
+/// table (the rows a test's writer committed).
+pub fn live_orders(server: &navette_tests::Postgres, database: &str) -> anyhow::Result<Vec<u64>> {
+    Ok(server
+        .psql(
+            database,
+            "SELECT substr(item, 6, strpos(item, ':') - 6) FROM orders WHERE item LIKE 'live %'",
+        )?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// The account's own process appending numbered lines to `lines.txt` in
+/// its home every 10 ms, in the account's group on `host`.
+pub fn account_lines(
+    rig: &Rig,
+    host: &Netns,
+    account: &navette_tests::Account,
+) -> anyhow::Result<navette_tests::load::LineAppender> {
+    let group = account_cgroup(host, &account.name);
+    navette_tests::load::LineAppender::start(
+        rig,
+        host,
+        account.uid,
+        account.gid,
+        Some(&group),
+        &account.home.join("lines.txt"),
+        Duration::from_millis(10),
+    )
+}
