@@ -190,10 +190,12 @@ impl KeyValue {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -322,9 +324,10 @@ pub async fn read_catalog(
                 let name = text(&row[3]).ok_or_else(|| unexpected(row))?;
                 let data_type = row[4].to_ascii_lowercase();
                 let charset = (!row[6].is_empty() && row[6] != "binary").then(|| row[6].clone());
-                if charset.as_deref().is_some_and(|cs| {
-                    !cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                }) {
+                if charset
+                    .as_deref()
+                    .is_some_and(|cs| !cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+                {
                     return Err(unexpected(row));
                 }
                 let fixed_binary_length = (data_type == "binary")
@@ -493,7 +496,10 @@ pub async fn touched_between(
     let tool = binlog_tool(server);
     let program = tool.display().to_string();
     let mut command = tokio::process::Command::new(&tool);
-    if server.user.starts_with(crate::transfer::mariadb::users::LOADER_PREFIX) {
+    if server
+        .user
+        .starts_with(crate::transfer::mariadb::users::LOADER_PREFIX)
+    {
         command.arg("--no-defaults");
     }
     command
@@ -642,7 +648,10 @@ pub async fn fingerprint(
             .then(|| {
                 let key: Option<Vec<Vec<u8>>> = row[..width].iter().map(|h| unhex(h)).collect();
                 let md5 = &row[width];
-                (md5.len() == 32).then_some(()).and(key).map(|key| (key, md5.clone()))
+                (md5.len() == 32)
+                    .then_some(())
+                    .and(key)
+                    .map(|key| (key, md5.clone()))
             })
             .flatten();
         let Some((key, md5)) = parsed else {
@@ -667,7 +676,10 @@ pub fn compare(
     target: &Fingerprints,
 ) -> Vec<String> {
     let names: Vec<&str> = match &shape.key {
-        Ok(key) => key.iter().map(|&i| shape.columns[i].name.as_str()).collect(),
+        Ok(key) => key
+            .iter()
+            .map(|&i| shape.columns[i].name.as_str())
+            .collect(),
         Err(_) => Vec::new(),
     };
     let describe = |key: &Vec<Vec<u8>>, what: &str| {
@@ -860,7 +872,10 @@ INSERT INTO orders SELECT 1
             database: "shop".into(),
             name: "log".into(),
         };
-        assert_eq!(touched.whole.get(&log).map(String::as_str), Some("no primary key"));
+        assert_eq!(
+            touched.whole.get(&log).map(String::as_str),
+            Some("no primary key")
+        );
         let t2 = TableName {
             database: "shop".into(),
             name: "t2".into(),

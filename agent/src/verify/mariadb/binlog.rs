@@ -169,7 +169,8 @@ impl<'a> Reader<'a> {
             _ => {
                 let parsed = rest.strip_prefix(b"  @").and_then(|column| {
                     let equals = column.iter().position(|&b| b == b'=')?;
-                    let number: usize = std::str::from_utf8(&column[..equals]).ok()?.parse().ok()?;
+                    let number: usize =
+                        std::str::from_utf8(&column[..equals]).ok()?.parse().ok()?;
                     Some((number, column[equals + 1..].to_vec()))
                 });
                 match parsed {
@@ -260,10 +261,9 @@ impl<'a> Reader<'a> {
             }
             Statement::Database(name) => {
                 if self.databases.contains(&name) {
-                    self.touched.notes.push(format!(
-                        "database {name}: {}",
-                        abbreviate(trimmed)
-                    ));
+                    self.touched
+                        .notes
+                        .push(format!("database {name}: {}", abbreviate(trimmed)));
                 }
             }
             Statement::Unknown => {
@@ -271,7 +271,10 @@ impl<'a> Reader<'a> {
                     .current_database
                     .as_ref()
                     .is_some_and(|db| self.databases.contains(db))
-                    || self.databases.iter().any(|db| trimmed.contains(db.as_str()));
+                    || self
+                        .databases
+                        .iter()
+                        .any(|db| trimmed.contains(db.as_str()));
                 if in_database {
                     self.touched.notes.push(format!(
                         "a statement not tied to a table: {}",
@@ -662,7 +665,14 @@ fn statement_tables(mut words: Words<'_>, current: Option<&str>) -> Statement {
                 _ => "DROP TABLE",
             };
             let Some(Word::Bare(object, _)) = words.skip(&[
-                "OR", "REPLACE", "TEMPORARY", "ONLINE", "IGNORE", "UNIQUE", "FULLTEXT", "SPATIAL",
+                "OR",
+                "REPLACE",
+                "TEMPORARY",
+                "ONLINE",
+                "IGNORE",
+                "UNIQUE",
+                "FULLTEXT",
+                "SPATIAL",
             ]) else {
                 return Statement::Unknown;
             };
