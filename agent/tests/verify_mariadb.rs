@@ -19,7 +19,7 @@
 //!   whole; a range of 10,000 inserted rows gives its 10,000 keys (its
 //!   timings are printed).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -49,12 +49,20 @@ CREATE TABLE `we``ird db`.`li"nes t` (
 ) ENGINE=InnoDB;
 CREATE TABLE shop.log (at TEXT) ENGINE=InnoDB;
 CREATE TABLE shop.ukey (a INT NOT NULL, b VARCHAR(10) NOT NULL, c INT, UNIQUE KEY bk (b, a)) ENGINE=InnoDB;
+CREATE TABLE shop.typed (
+  d DATE NOT NULL, dt DATETIME(3) NOT NULL, ts TIMESTAMP NOT NULL DEFAULT '2024-01-01 00:00:00', amount DECIMAL(6,2) NOT NULL,
+  e ENUM('x','y') NOT NULL, bin BINARY(4) NOT NULL, ch CHAR(5) CHARACTER SET latin1 NOT NULL,
+  big BIGINT UNSIGNED NOT NULL, n INT, PRIMARY KEY (d, dt, ts, amount, e, bin, ch, big)
+) ENGINE=InnoDB;
 CREATE TABLE other.orders (id INT PRIMARY KEY) ENGINE=InnoDB;
 INSERT INTO shop.orders
   SELECT seq, CONCAT('note ', seq), seq * 1.5, '2024-01-02 03:04:05', '2024-01-02', X'00FF27', seq / 3, '2024-05-06 07:08:09'
   FROM shop.seq_1_to_20;
 INSERT INTO `we``ird db`.`li"nes t` VALUES (1, 'x', X'01'), (4294967295, 'max', NULL);
 INSERT INTO shop.ukey VALUES (1, 'b1', 10), (2, 'b2', 20);
+INSERT INTO shop.typed VALUES
+  ('2024-01-02', '2024-01-02 03:04:05.125', '2024-05-06 07:08:09', -12.50, 'y', 'ab', 'é', 18446744073709551615, 1),
+  ('2024-01-02', '2024-01-02 03:04:05.125', '2024-05-06 07:08:09', -12.50, 'y', 'ab', 'zz', 5, 1);
 "#;
 
 fn server_config(server: &MariaDb) -> MariadbServer {
@@ -118,15 +126,15 @@ impl Sides<'_> {
     }
 
     /// Every keyed table's mismatches, and the number of touched rows
-    /// present on the source.
+    /// present on the source per table.
     fn mismatches(
         &self,
         catalog: &Catalog,
         touched: &Touched,
-    ) -> anyhow::Result<(Vec<String>, usize)> {
+    ) -> anyhow::Result<(Vec<String>, BTreeMap<TableName, usize>)> {
         self.host.run_in(|| async {
             let mut mismatches = Vec::new();
-            let mut rows = 0;
+            let mut rows = BTreeMap::new();
             for (name, keys) in &touched.keys {
                 let shape = catalog
                     .tables
@@ -139,7 +147,7 @@ impl Sides<'_> {
                     "{name}: two fingerprints of the source differ"
                 );
                 let target = fingerprint(&self.target, name, shape, keys).await?;
-                rows += source.len();
+                rows.insert(name.clone(), source.len());
                 mismatches.extend(compare(name, shape, &source, &target));
             }
             Ok((mismatches, rows))
@@ -195,6 +203,7 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         UPDATE `we``ird db`.`li"nes t` SET v = X'02' WHERE `order` = 4294967295;
         INSERT INTO shop.log VALUES ('now');
         UPDATE shop.ukey SET c = c + 1 WHERE a = 1;
+        UPDATE shop.typed SET n = 2 WHERE big = 18446744073709551615;
         INSERT INTO other.orders VALUES (1);"#,
     )?;
     let to = position(&source)?;
@@ -250,8 +259,14 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         "shop.ukey's touched keys (its unique key is (b, a)): {:?}",
         touched.keys.get(&ukey)
     );
+    let typed = table("shop", "typed");
     ensure!(
-        touched.keys.len() == 3
+        touched.keys.get(&typed).map(BTreeSet::len) == Some(1),
+        "shop.typed's touched keys: {:?}",
+        touched.keys.get(&typed)
+    );
+    ensure!(
+        touched.keys.len() == 4
             && touched.whole.keys().collect::<Vec<_>>() == [&table("shop", "log")]
             && touched.notes.is_empty(),
         "other tables or notes: {touched:?}"
@@ -262,8 +277,16 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         mismatches.is_empty(),
         "10.11 and 11.8 differ after replication: {mismatches:?}"
     );
-    // orders 3, 6, 7, 100, 200; weird (1, x), (max), (7, a'b\x0a<LF>c), (7, é); ukey (b1, 1).
-    ensure!(rows == 10, "{rows} touched rows found on the source");
+    // The rows still there of the touched keys, each found by the literals
+    // built from the binary log (shop.typed's: one of each kind of key).
+    let found: Vec<usize> = [&orders, &weird, &ukey, &typed]
+        .iter()
+        .map(|name| rows.get(*name).copied().unwrap_or(0))
+        .collect();
+    ensure!(
+        found == [5, 4, 1, 1],
+        "touched rows found on the source: {rows:?}"
+    );
 
     // Behind replication's back.
     target.sql(
@@ -302,8 +325,9 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
 
     // A range of 10,000 rows: its keys, and the time it takes.
     let bulk_from = position(&source)?;
-    source
-        .sql("INSERT INTO shop.orders (id, note) SELECT 1000 + seq, 'bulk' FROM shop.seq_1_to_10000")?;
+    source.sql(
+        "INSERT INTO shop.orders (id, note) SELECT 1000 + seq, 'bulk' FROM shop.seq_1_to_10000",
+    )?;
     let bulk_to = position(&source)?;
     drained(&target, &bulk_to)?;
     let catalog = sides.catalog()?;
@@ -316,8 +340,8 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
     let (mismatches, rows) = sides.mismatches(&catalog, &touched)?;
     let fingerprinted_in = started.elapsed();
     ensure!(
-        mismatches.is_empty() && rows == 10_000,
-        "bulk: {rows} rows, {mismatches:?}"
+        mismatches.is_empty() && rows.get(&orders) == Some(&10_000),
+        "bulk: {rows:?} rows, {mismatches:?}"
     );
     println!(
         "verify_mariadb: small range read in {read_in:?}; 10,000-row range read in {bulk_read_in:?}, \

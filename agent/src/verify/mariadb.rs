@@ -61,6 +61,12 @@
 //! This room only reads; it never repairs what it finds.
 
 pub mod binlog;
+mod catalog;
+mod fingerprint;
+mod statement;
+
+pub use catalog::read_catalog;
+pub use fingerprint::{Fingerprints, compare, fingerprint, fingerprint_sql};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -71,10 +77,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::config::MariadbServer;
 use crate::transfer::mariadb::ClientError;
-use crate::transfer::mariadb::client::{self, ident, literal};
-
-/// Keys per `IN` list of a fingerprint query.
-const CHUNK: usize = 500;
+use crate::transfer::mariadb::client;
 
 /// A table: its database and name, unquoted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -198,8 +201,8 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -210,7 +213,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 /// Printable UTF-8 as `'text'` (`'` and `\` escaped), anything else as
 /// `X'hex'`.
-fn shown_bytes(bytes: &[u8]) -> String {
+pub(super) fn shown_bytes(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) if !text.chars().any(char::is_control) => {
             format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
@@ -277,119 +280,6 @@ pub enum VerifyError {
         what: &'static str,
         line: String,
     },
-}
-
-/// Reads the base tables of `databases`, their columns and keys.
-pub async fn read_catalog(
-    server: &MariadbServer,
-    databases: &[String],
-) -> Result<Catalog, VerifyError> {
-    if databases.is_empty() {
-        return Ok(Catalog::default());
-    }
-    let list: Vec<String> = databases.iter().map(|d| literal(d)).collect();
-    let list = list.join(", ");
-    let sql = format!(
-        "SELECT 'c', HEX(c.TABLE_SCHEMA), HEX(c.TABLE_NAME), HEX(c.COLUMN_NAME), c.DATA_TYPE, \
-         c.COLUMN_TYPE LIKE '%unsigned%', IFNULL(c.CHARACTER_SET_NAME, ''), \
-         IFNULL(c.CHARACTER_OCTET_LENGTH, 0), c.IS_NULLABLE \
-         FROM information_schema.COLUMNS c JOIN information_schema.TABLES t \
-         ON t.TABLE_SCHEMA = c.TABLE_SCHEMA AND t.TABLE_NAME = c.TABLE_NAME \
-         WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA IN ({list}) \
-         ORDER BY c.TABLE_SCHEMA, c.TABLE_NAME, c.ORDINAL_POSITION;\n\
-         SELECT 'k', HEX(TABLE_SCHEMA), HEX(TABLE_NAME), HEX(INDEX_NAME), HEX(COLUMN_NAME) \
-         FROM information_schema.STATISTICS WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA IN ({list}) \
-         ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME <> 'PRIMARY', INDEX_NAME, SEQ_IN_INDEX;\n"
-    );
-    let rows = client::query(server, &sql, Some(client::SHORT)).await?;
-    let unexpected = |row: &[String]| VerifyError::Unexpected {
-        server: server.name.clone(),
-        what: "the catalog query",
-        line: row.join("\t"),
-    };
-    let text = |field: &str| unhex(field).and_then(|bytes| String::from_utf8(bytes).ok());
-    let mut columns: BTreeMap<TableName, Vec<(Column, bool)>> = BTreeMap::new();
-    // Unique indexes per table, in the query's order (PRIMARY first).
-    let mut indexes: BTreeMap<TableName, Vec<(String, Vec<String>)>> = BTreeMap::new();
-    for row in &rows {
-        let table = match (row.get(1), row.get(2)) {
-            (Some(database), Some(name)) => text(database)
-                .zip(text(name))
-                .map(|(database, name)| TableName { database, name }),
-            _ => None,
-        }
-        .ok_or_else(|| unexpected(row))?;
-        match (row.first().map(String::as_str), row.len()) {
-            (Some("c"), 9) => {
-                let name = text(&row[3]).ok_or_else(|| unexpected(row))?;
-                let data_type = row[4].to_ascii_lowercase();
-                let charset = (!row[6].is_empty() && row[6] != "binary").then(|| row[6].clone());
-                if charset
-                    .as_deref()
-                    .is_some_and(|cs| !cs.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-                {
-                    return Err(unexpected(row));
-                }
-                let fixed_binary_length = (data_type == "binary")
-                    .then(|| row[7].parse().ok())
-                    .flatten();
-                let column = Column {
-                    name,
-                    data_type,
-                    unsigned: row[5] == "1",
-                    charset,
-                    fixed_binary_length,
-                };
-                columns
-                    .entry(table)
-                    .or_default()
-                    .push((column, row[8] == "YES"));
-            }
-            (Some("k"), 5) => {
-                let index = text(&row[3]).ok_or_else(|| unexpected(row))?;
-                let column = text(&row[4]).ok_or_else(|| unexpected(row))?;
-                let table_indexes = indexes.entry(table).or_default();
-                match table_indexes.last_mut() {
-                    Some((name, columns)) if *name == index => columns.push(column),
-                    _ => table_indexes.push((index, vec![column])),
-                }
-            }
-            _ => return Err(unexpected(row)),
-        }
-    }
-    let mut catalog = Catalog::default();
-    for (table, columns) in columns {
-        let key = choose_key(&columns, indexes.get(&table).map(Vec::as_slice));
-        let columns = columns.into_iter().map(|(column, _)| column).collect();
-        catalog.tables.insert(table, Table { columns, key });
-    }
-    Ok(catalog)
-}
-
-/// The primary key, else the first unique key of NOT NULL columns; its
-/// columns' kinds must be readable.
-fn choose_key(
-    columns: &[(Column, bool)],
-    indexes: Option<&[(String, Vec<String>)]>,
-) -> Result<Vec<usize>, String> {
-    let position = |name: &str| columns.iter().position(|(column, _)| column.name == name);
-    let usable = indexes.unwrap_or_default().iter().find_map(|(_, names)| {
-        let positions: Option<Vec<usize>> = names.iter().map(|name| position(name)).collect();
-        positions.filter(|positions| positions.iter().all(|&i| !columns[i].1))
-    });
-    let Some(key) = usable else {
-        return Err("no primary key and no unique key of NOT NULL columns".to_owned());
-    };
-    for &index in &key {
-        let column = &columns[index].0;
-        if column.kind().is_none() {
-            return Err(format!(
-                "key column {} is of type {}, which the binary log's text is not read for",
-                column.name, column.data_type
-            ));
-        }
-    }
-    Ok(key)
 }
 
 /// `domain -> (server, sequence)` of a GTID position; checked.
@@ -573,148 +463,6 @@ pub async fn touched_between(
     Ok(reader.finish())
 }
 
-/// The fingerprint query of `keys` of `table` (at most [`CHUNK`] of them
-/// per call is the caller's choice): per present key, its columns' text
-/// forms in hex, then the row's MD5. `shape` must come from the catalog:
-/// its names are written into the query (quoted).
-pub fn fingerprint_sql(
-    table: &TableName,
-    shape: &Table,
-    keys: &[Vec<KeyValue>],
-) -> Result<String, VerifyError> {
-    let key = shape.key.as_ref().map_err(|reason| VerifyError::NoKey {
-        table: table.clone(),
-        reason: reason.clone(),
-    })?;
-    let key_columns: Vec<&Column> = key.iter().map(|&i| &shape.columns[i]).collect();
-    let shown_keys: Vec<String> = key_columns
-        .iter()
-        .map(|column| format!("HEX(CAST({} AS BINARY))", ident(&column.name)))
-        .collect();
-    let hashed: Vec<String> = shape
-        .columns
-        .iter()
-        .map(|column| format!("IFNULL(MD5({}), 'N')", ident(&column.name)))
-        .collect();
-    let names: Vec<String> = key_columns.iter().map(|c| ident(&c.name)).collect();
-    let tuples: Vec<String> = keys
-        .iter()
-        .filter(|values| values.len() == key_columns.len())
-        .map(|values| {
-            let literals: Vec<String> = values
-                .iter()
-                .zip(&key_columns)
-                .map(|(value, column)| value.literal(column))
-                .collect();
-            format!("({})", literals.join(", "))
-        })
-        .collect();
-    Ok(format!(
-        "SELECT {shown}, MD5(CONCAT_WS('|', {hashed})) FROM {database}.{name} \
-         WHERE ({names}) IN ({tuples});\n",
-        shown = shown_keys.join(", "),
-        hashed = hashed.join(", "),
-        database = ident(&table.database),
-        name = ident(&table.name),
-        names = names.join(", "),
-        tuples = tuples.join(", "),
-    ))
-}
-
-/// A row's fingerprints on one side: the key as the server renders it
-/// (each column's text form, as bytes) to the row's MD5.
-pub type Fingerprints = BTreeMap<Vec<Vec<u8>>, String>;
-
-/// The fingerprints of `keys` of `table` on one side, in one client run.
-pub async fn fingerprint(
-    server: &MariadbServer,
-    table: &TableName,
-    shape: &Table,
-    keys: &BTreeSet<Vec<KeyValue>>,
-) -> Result<Fingerprints, VerifyError> {
-    let keys: Vec<Vec<KeyValue>> = keys.iter().cloned().collect();
-    let mut sql = String::new();
-    for chunk in keys.chunks(CHUNK) {
-        sql.push_str(&fingerprint_sql(table, shape, chunk)?);
-    }
-    if sql.is_empty() {
-        return Ok(Fingerprints::new());
-    }
-    let width = shape.key.as_ref().map_or(0, Vec::len);
-    let rows = client::query(server, &sql, None).await?;
-    let mut fingerprints = Fingerprints::new();
-    for row in rows {
-        let parsed = (row.len() == width + 1)
-            .then(|| {
-                let key: Option<Vec<Vec<u8>>> = row[..width].iter().map(|h| unhex(h)).collect();
-                let md5 = &row[width];
-                (md5.len() == 32)
-                    .then_some(())
-                    .and(key)
-                    .map(|key| (key, md5.clone()))
-            })
-            .flatten();
-        let Some((key, md5)) = parsed else {
-            return Err(VerifyError::Unexpected {
-                server: server.name.clone(),
-                what: "a fingerprint query",
-                line: row.join("\t"),
-            });
-        };
-        fingerprints.insert(key, md5);
-    }
-    Ok(fingerprints)
-}
-
-/// The mismatches between the source's and the target's fingerprints of
-/// `table`: `shop.orders id=7 (row differs)`, `(missing on the target)`,
-/// `(only on the target)`; in key order.
-pub fn compare(
-    table: &TableName,
-    shape: &Table,
-    source: &Fingerprints,
-    target: &Fingerprints,
-) -> Vec<String> {
-    let names: Vec<&str> = match &shape.key {
-        Ok(key) => key
-            .iter()
-            .map(|&i| shape.columns[i].name.as_str())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    let describe = |key: &Vec<Vec<u8>>, what: &str| {
-        let parts: Vec<String> = key
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let shown = match std::str::from_utf8(value) {
-                    Ok(text) if is_plain_number(text) => text.to_owned(),
-                    _ => shown_bytes(value),
-                };
-                format!("{}={shown}", names.get(i).copied().unwrap_or("?"))
-            })
-            .collect();
-        format!("{table} {} ({what})", parts.join(" "))
-    };
-    let keys: BTreeSet<&Vec<Vec<u8>>> = source.keys().chain(target.keys()).collect();
-    keys.into_iter()
-        .filter_map(|key| match (source.get(key), target.get(key)) {
-            (Some(a), Some(b)) if a == b => None,
-            (Some(_), Some(_)) => Some(describe(key, "row differs")),
-            (Some(_), None) => Some(describe(key, "missing on the target")),
-            (None, Some(_)) => Some(describe(key, "only on the target")),
-            (None, None) => None,
-        })
-        .collect()
-}
-
-fn is_plain_number(text: &str) -> bool {
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && !digits.starts_with('.')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -886,6 +634,85 @@ INSERT INTO orders SELECT 1
         );
         assert_eq!(touched.notes.len(), 1, "{:?}", touched.notes);
         assert!(touched.notes[0].contains("INSERT INTO orders SELECT 1"));
+    }
+
+    /// `shop.typed`'s row as 10.11 printed it: a key of each kind (DATE,
+    /// DATETIME(3), TIMESTAMP, DECIMAL, ENUM, BINARY(4), latin1 CHAR,
+    /// BIGINT UNSIGNED), and the literals written for it.
+    #[test]
+    fn every_kind_of_key_is_read_and_written() -> Result<(), VerifyError> {
+        let kinds = [
+            ("d", "date", None),
+            ("dt", "datetime", None),
+            ("ts", "timestamp", None),
+            ("amount", "decimal", None),
+            ("e", "enum", None),
+            ("bin", "binary", None),
+            ("ch", "char", Some("latin1")),
+            ("big", "bigint", None),
+            ("n", "int", None),
+        ];
+        let mut columns: Vec<Column> = kinds
+            .iter()
+            .map(|(name, data_type, charset)| column(name, data_type, *charset))
+            .collect();
+        columns[5].fixed_binary_length = Some(4);
+        columns[7].unsigned = true;
+        let typed = TableName {
+            database: "shop".into(),
+            name: "typed".into(),
+        };
+        let mut catalog = Catalog::default();
+        catalog.tables.insert(
+            typed.clone(),
+            Table {
+                columns,
+                key: Ok((0..8).collect()),
+            },
+        );
+        let databases: BTreeSet<String> = ["shop".to_owned()].into();
+        let mut reader = binlog::Reader::new(&databases, &catalog);
+        for line in [
+            &b"### INSERT INTO `shop`.`typed`"[..],
+            b"### SET",
+            b"###   @1='2024:01:02'",
+            b"###   @2='2024-01-02 03:04:05.125'",
+            b"###   @3=1714979289",
+            b"###   @4=-12.50",
+            b"###   @5=2",
+            b"###   @6='ab'",
+            b"###   @7='\xe9'",
+            b"###   @8=-1 (18446744073709551615)",
+            b"###   @9=1",
+            b"# Number of rows: 1",
+        ] {
+            reader.line(line);
+        }
+        let touched = reader.finish();
+        let keys: Vec<&Vec<KeyValue>> = touched.keys[&typed].iter().collect();
+        assert_eq!(
+            keys,
+            [&vec![
+                KeyValue::Temporal("2024-01-02".into()),
+                KeyValue::Temporal("2024-01-02 03:04:05.125".into()),
+                KeyValue::UnixTime("1714979289".into()),
+                KeyValue::Number("-12.50".into()),
+                KeyValue::Number("2".into()),
+                KeyValue::Bytes(b"ab\0\0".to_vec()),
+                KeyValue::Bytes(vec![0xe9]),
+                KeyValue::Number("18446744073709551615".into()),
+            ]]
+        );
+        let keys: Vec<Vec<KeyValue>> = touched.keys[&typed].iter().cloned().collect();
+        let sql = fingerprint_sql(&typed, &catalog.tables[&typed], &keys)?;
+        assert!(
+            sql.ends_with(
+                "IN (('2024-01-02', '2024-01-02 03:04:05.125', FROM_UNIXTIME(1714979289), -12.50, 2, \
+                 X'61620000', _latin1 X'e9', 18446744073709551615));\n"
+            ),
+            "{sql}"
+        );
+        Ok(())
     }
 
     #[test]
