@@ -43,11 +43,15 @@
 //! - The columns are the catalog's at verification time: a table changed
 //!   by DDL inside the range is marked whole by that DDL's statement.
 //! - `mariadb-binlog` prints statements verbatim: a statement's own text
-//!   (a comment in a `CREATE TABLE`) can hold lines that look like row or
-//!   `use` lines. They can add keys or whole tables, never hide a real row
-//!   event (each prints its own header); a forged `use` line can make a
-//!   later statement of the same session be attributed to another
-//!   database (only the account's own statements, on its own tables).
+//!   (a comment in a `CREATE TABLE`) can hold any line. Up to the next
+//!   event's `# at` line, a statement's lines are read as its text (row-
+//!   like lines included); a statement whose text holds a `# at` or
+//!   `DELIMITER` line is attributed by its first words and the rest of its
+//!   text is read as the tool's own lines. Such forged lines can add keys
+//!   or whole tables, never hide a real row event (each prints its own
+//!   header); a forged `use` line can make a later statement of the same
+//!   session be attributed to another database (only the account's own
+//!   statements, on its own tables).
 //! - Strings print bytes below 0x20 as `\xHH` and everything else as it
 //!   is, so `\x0a` is a newline or four characters: both readings are
 //!   fingerprinted (a key that does not exist matches no row on either
@@ -713,6 +717,59 @@ INSERT INTO orders SELECT 1
             "{sql}"
         );
         Ok(())
+    }
+
+    /// A statement's own text that looks like row lines is read as the
+    /// statement; one holding a `# at` line is still attributed by its
+    /// first words; a MINIMAL after image keeps the before image's key.
+    #[test]
+    fn statement_text_is_not_rows_and_minimal_images_keep_their_key() {
+        let catalog = catalog();
+        let databases: BTreeSet<String> = ["shop".to_owned()].into();
+        let mut reader = binlog::Reader::new(&databases, &catalog);
+        let lines: &[&[u8]] = &[
+            b"# at 538",
+            b"#261202 16:29:36 server id 1  end_log_pos 3327 CRC32 0xe54ac2d7 \tQuery\tthread_id=7\texec_time=0\terror_code=0\txid=24",
+            b"use `shop`/*!*/;",
+            b"CREATE TABLE t2 (a int primary key) COMMENT 'x",
+            b"### INSERT INTO `shop`.`orders`",
+            b"### SET",
+            b"###   @1=666",
+            b"'",
+            b"/*!*/;",
+            b"# at 697",
+            b"#261202 16:29:36 server id 1  end_log_pos 3327 CRC32 0xe54ac2d7 \tQuery\tthread_id=7\texec_time=0\terror_code=0\txid=25",
+            b"ALTER TABLE t3 COMMENT 'a",
+            b"# at 12",
+            b"'",
+            b"/*!*/;",
+            b"# at 739",
+            b"#261202 16:29:36 server id 1  end_log_pos 3500 CRC32 0xc75ff535 \tUpdate_rows: table id 25 flags: STMT_END_F",
+            b"### UPDATE `shop`.`orders`",
+            b"### WHERE",
+            b"###   @1=5",
+            b"### SET",
+            b"###   @2='minimal'",
+            b"# at 800",
+            b"DELIMITER ;",
+            b"# End of log file",
+            b"ROLLBACK /* added by mysqlbinlog */;",
+        ];
+        for line in lines {
+            reader.line(line);
+        }
+        let touched = reader.finish();
+        let table = |name: &str| TableName {
+            database: "shop".into(),
+            name: name.into(),
+        };
+        let orders: Vec<&Vec<KeyValue>> = touched.keys[&table("orders")].iter().collect();
+        assert_eq!(orders, [&vec![KeyValue::Number("5".into())]]);
+        assert_eq!(
+            touched.whole.keys().collect::<Vec<_>>(),
+            [&table("t2"), &table("t3")]
+        );
+        assert!(touched.notes.is_empty(), "{:?}", touched.notes);
     }
 
     #[test]

@@ -25,12 +25,12 @@
 //! exist matches no row on either side). DATE is `'YYYY:MM:DD'`, TIMESTAMP
 //! seconds since the epoch, ENUM its index.
 //!
-//! Statement (Query) events are printed verbatim, so a statement's own
-//! text can hold lines that look like row lines or `use` lines. A row
-//! event always prints its own `### INSERT/UPDATE/DELETE` header, so such
-//! text can only add keys or whole tables, never hide a row; it can
-//! mislead the attribution of later statements to a database (module
-//! documentation of the parent).
+//! Statement (Query) events are printed verbatim: every line up to the
+//! next `# at` is read as the statement's text, so a statement holding
+//! lines that look like rows adds none; one holding a `# at` line is cut
+//! there (attributed by its first words) and the rest of its text can add
+//! keys or whole tables, never hide a row (module documentation of the
+//! parent).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -86,25 +86,16 @@ impl<'a> Reader<'a> {
     /// Reads one line (without its `\n`).
     pub fn line(&mut self, line: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if let Some(rest) = line.strip_prefix(b"### ") {
-            self.row_line(rest);
-            return;
-        }
-        self.end_row();
-        if line.starts_with(b"# at ") {
-            self.state = State::Outside;
-            return;
-        }
-        if line.starts_with(b"#") {
-            // An event header: `#261202 16:29:20 server id 1 ... \tQuery\t...`.
-            if line.windows(7).any(|w| w == b"\tQuery\t") {
-                self.state = State::Query {
-                    statement: Vec::new(),
-                };
-            }
+        if line.starts_with(b"# at ")
+            || line == b"# End of log file"
+            || line.starts_with(b"DELIMITER ")
+        {
+            self.end_event();
             return;
         }
         if let State::Query { statement } = &mut self.state {
+            // Up to the next event, everything is statement text, lines
+            // that look like rows included.
             match line.strip_suffix(b"/*!*/;") {
                 Some(last) => {
                     statement.extend_from_slice(last);
@@ -116,13 +107,40 @@ impl<'a> Reader<'a> {
                     statement.push(b'\n');
                 }
             }
+            return;
+        }
+        if let Some(rest) = line.strip_prefix(b"### ") {
+            self.row_line(rest);
+            return;
+        }
+        self.end_row();
+        if line.starts_with(b"#") {
+            // An event header: `#261202 16:29:20 server id 1 ... \tQuery\t...`.
+            if line.windows(7).any(|w| w == b"\tQuery\t") {
+                self.state = State::Query {
+                    statement: Vec::new(),
+                };
+            }
         }
     }
 
     /// The touched keys of every line read.
     pub fn finish(mut self) -> Touched {
-        self.end_row();
+        self.end_event();
         self.touched
+    }
+
+    /// Ends the event being read: its row, or its statement left without
+    /// its terminator (a statement whose own text holds a `# at` line is
+    /// still read from its first words; the text after that line is read
+    /// as the tool's own, which can add keys or whole tables only).
+    fn end_event(&mut self) {
+        self.end_row();
+        if let State::Query { statement } = std::mem::take(&mut self.state)
+            && statement.iter().any(|b| !b.is_ascii_whitespace())
+        {
+            self.statement(&statement);
+        }
     }
 
     fn row_line(&mut self, rest: &[u8]) {
@@ -219,6 +237,29 @@ impl<'a> Reader<'a> {
             );
             return;
         };
+        let columns = shape.columns.len();
+        let widest = before_values.keys().chain(after_values.keys()).max();
+        if widest.is_some_and(|&widest| widest > columns) {
+            self.touched.mark_whole(
+                &table,
+                format!(
+                    "a row of the binary log has more columns than the catalog's {columns} (changed since?)"
+                ),
+            );
+            return;
+        }
+        // An after image without the key's columns (binlog_row_image
+        // MINIMAL or NOBLOB) kept the before image's key.
+        let mut after_values = after_values;
+        if let (Ok(key), false) = (&shape.key, after_values.is_empty()) {
+            for &index in key {
+                if let Some(value) = before_values.get(&(index + 1)) {
+                    after_values
+                        .entry(index + 1)
+                        .or_insert_with(|| value.clone());
+                }
+            }
+        }
         for image in [&before_values, &after_values] {
             if image.is_empty() {
                 continue;
