@@ -15,6 +15,8 @@
 //!   has applied the second position;
 //! - rows altered behind replication's back (a changed row, a deleted row
 //!   on the target, a row deleted on the source only) are each named;
+//! - compared whole, the keyed table names the same rows, and a keyless
+//!   table the row added on the target only;
 //! - a range holding an ALTER TABLE and a TRUNCATE marks those tables
 //!   whole; a range of 10,000 inserted rows gives its 10,000 keys (its
 //!   timings are printed).
@@ -26,7 +28,8 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use navette_agent::config::MariadbServer;
 use navette_agent::verify::mariadb::{
-    Catalog, KeyValue, TableName, Touched, compare, fingerprint, read_catalog, touched_between,
+    Catalog, KeyValue, TableName, Touched, compare, fingerprint, fingerprint_whole, read_catalog,
+    touched_between,
 };
 use navette_tests::{MariaDb, MariaDbRelease, MariaDbSpec, Netns, Rig};
 
@@ -122,6 +125,16 @@ impl Sides<'_> {
     fn touched(&self, catalog: &Catalog, from: &str, to: &str) -> anyhow::Result<Touched> {
         self.host.run_in(|| async {
             Ok(touched_between(&self.source, &self.databases, catalog, from, to).await?)
+        })
+    }
+
+    /// The mismatches of `name` compared whole.
+    fn whole(&self, catalog: &Catalog, name: &TableName) -> anyhow::Result<Vec<String>> {
+        self.host.run_in(|| async {
+            let shape = catalog.tables.get(name).context("not in the catalog")?;
+            let source = fingerprint_whole(&self.source, name, shape).await?;
+            let target = fingerprint_whole(&self.target, name, shape).await?;
+            Ok(compare(name, shape, &source, &target))
         })
     }
 
@@ -303,6 +316,25 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
                 "we`ird db.li\"nes t order=7 k` q='é' (missing on the target)",
             ],
         "mismatches: {mismatches:?}"
+    );
+
+    // Compared whole, the keyed table shows the same two rows; the keyless
+    // one its row added on the target only.
+    let whole_orders = sides.whole(&catalog, &orders)?;
+    ensure!(
+        whole_orders == mismatches[..2],
+        "shop.orders compared whole: {whole_orders:?}"
+    );
+    let log = table("shop", "log");
+    ensure!(
+        sides.whole(&catalog, &log)?.is_empty(),
+        "shop.log differs before it is tampered with"
+    );
+    target.sql("INSERT INTO shop.log VALUES ('target only')")?;
+    let whole_log = sides.whole(&catalog, &log)?;
+    ensure!(
+        whole_log.len() == 1 && whole_log[0].ends_with("(0 on the source, 1 on the target)"),
+        "shop.log compared whole: {whole_log:?}"
     );
 
     // DDL in a range marks its tables whole.

@@ -24,6 +24,9 @@
 //!    values go into the query as literals this module builds from checked
 //!    digits or `X'hex'` bytes with the column's character set, never as
 //!    the binary log's text.
+//!    [`fingerprint_whole`] is the same for every row of a table (a
+//!    keyless one's rows counted by MD5), for the tables marked whole
+//!    that the caller chooses to compare.
 //! 3. [`compare`]: the two sides' fingerprints of a table into mismatches
 //!    such as `shop.orders id=7 (row differs)`.
 //!
@@ -70,7 +73,7 @@ mod fingerprint;
 mod statement;
 
 pub use catalog::read_catalog;
-pub use fingerprint::{Fingerprints, compare, fingerprint, fingerprint_sql};
+pub use fingerprint::{Fingerprints, compare, fingerprint, fingerprint_sql, fingerprint_whole};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
@@ -878,6 +881,20 @@ INSERT INTO orders SELECT 1
                 "we`ird db.li\"nes t order=8 k` q='it\\'s' (missing on the target)",
                 "we`ird db.li\"nes t order=9 k` q='z' (only on the target)",
             ]
+        );
+        let log = TableName {
+            database: "shop".into(),
+            name: "log".into(),
+        };
+        let md5 = |c: &str| vec![c.repeat(32).into_bytes()];
+        let source: Fingerprints = [(md5("a"), "2".to_owned()), (md5("b"), "1".to_owned())].into();
+        let target: Fingerprints = [(md5("a"), "1".to_owned()), (md5("b"), "1".to_owned())].into();
+        assert_eq!(
+            compare(&log, &catalog.tables[&log], &source, &target),
+            [format!(
+                "shop.log rows with MD5 {} (2 on the source, 1 on the target)",
+                "a".repeat(32)
+            )]
         );
     }
 }

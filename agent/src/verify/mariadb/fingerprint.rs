@@ -1,5 +1,6 @@
 //! The fingerprint of touched rows on one side (one client run per table,
-//! chunked `IN` lists of literals this module writes) and the comparison
+//! chunked `IN` lists of literals this module writes), of a whole table
+//! (for the tables [`super::Touched::whole`] names), and the comparison
 //! of two sides' fingerprints.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,11 +30,6 @@ pub fn fingerprint_sql(
         .iter()
         .map(|column| format!("HEX(CAST({} AS BINARY))", ident(&column.name)))
         .collect();
-    let hashed: Vec<String> = shape
-        .columns
-        .iter()
-        .map(|column| format!("IFNULL(MD5({}), 'N')", ident(&column.name)))
-        .collect();
     let names: Vec<String> = key_columns.iter().map(|c| ident(&c.name)).collect();
     let tuples: Vec<String> = keys
         .iter()
@@ -48,10 +44,9 @@ pub fn fingerprint_sql(
         })
         .collect();
     Ok(format!(
-        "SELECT {shown}, MD5(CONCAT_WS('|', {hashed})) FROM {database}.{name} \
-         WHERE ({names}) IN ({tuples});\n",
+        "SELECT {shown}, {md5} FROM {database}.{name} WHERE ({names}) IN ({tuples});\n",
         shown = shown_keys.join(", "),
-        hashed = hashed.join(", "),
+        md5 = row_md5(shape),
         database = ident(&table.database),
         name = ident(&table.name),
         names = names.join(", "),
@@ -59,9 +54,90 @@ pub fn fingerprint_sql(
     ))
 }
 
-/// A row's fingerprints on one side: the key as the server renders it
-/// (each column's text form, as bytes) to the row's MD5.
+/// The row's MD5: of each column's MD5 in column order (`N` for NULL),
+/// joined by `|` (no column's value is copied whole into one string, so
+/// no row is too long for `max_allowed_packet`).
+fn row_md5(shape: &Table) -> String {
+    let hashed: Vec<String> = shape
+        .columns
+        .iter()
+        .map(|column| format!("IFNULL(MD5({}), 'N')", ident(&column.name)))
+        .collect();
+    format!("MD5(CONCAT_WS('|', {}))", hashed.join(", "))
+}
+
+/// A table's rows on one side: the key as the server renders it (each
+/// column's text form, as bytes) to the row's MD5; for a table without a
+/// key ([`fingerprint_whole`] only), the row's MD5 to how many rows have
+/// it.
 pub type Fingerprints = BTreeMap<Vec<Vec<u8>>, String>;
+
+/// The fingerprints of every row of `table` on one side, in one client
+/// run: the cost is the table's size, so the caller bounds which tables
+/// it verifies whole. A keyed table's are keyed as [`fingerprint`]'s; a
+/// keyless table's are its rows' MD5s, counted.
+pub async fn fingerprint_whole(
+    server: &MariadbServer,
+    table: &TableName,
+    shape: &Table,
+) -> Result<Fingerprints, VerifyError> {
+    let from = format!("{}.{}", ident(&table.database), ident(&table.name));
+    let md5 = row_md5(shape);
+    let (sql, width) = match &shape.key {
+        Ok(key) => {
+            let shown: Vec<String> = key
+                .iter()
+                .map(|&i| format!("HEX(CAST({} AS BINARY))", ident(&shape.columns[i].name)))
+                .collect();
+            (
+                format!("SELECT {}, {md5} FROM {from};\n", shown.join(", ")),
+                key.len(),
+            )
+        }
+        Err(_) => (
+            format!("SELECT {md5}, COUNT(*) FROM {from} GROUP BY 1;\n"),
+            0,
+        ),
+    };
+    let rows = client::query(server, &sql, None).await?;
+    let mut fingerprints = Fingerprints::new();
+    for row in rows {
+        let parsed = match &shape.key {
+            Ok(_) => keyed_row(&row, width),
+            Err(_) => (row.len() == 2
+                && is_md5(&row[0])
+                && !row[1].is_empty()
+                && row[1].bytes().all(|b| b.is_ascii_digit()))
+            .then(|| (vec![row[0].as_bytes().to_vec()], row[1].clone())),
+        };
+        let Some((key, value)) = parsed else {
+            return Err(unexpected(server, &row));
+        };
+        fingerprints.insert(key, value);
+    }
+    Ok(fingerprints)
+}
+
+fn is_md5(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// A keyed fingerprint row: `width` hex key columns, then the MD5.
+fn keyed_row(row: &[String], width: usize) -> Option<(Vec<Vec<u8>>, String)> {
+    if row.len() != width + 1 || !is_md5(&row[width]) {
+        return None;
+    }
+    let key: Option<Vec<Vec<u8>>> = row[..width].iter().map(|h| unhex(h)).collect();
+    key.map(|key| (key, row[width].clone()))
+}
+
+fn unexpected(server: &MariadbServer, row: &[String]) -> VerifyError {
+    VerifyError::Unexpected {
+        server: server.name.clone(),
+        what: "a fingerprint query",
+        line: row.join("\t"),
+    }
+}
 
 /// The fingerprints of `keys` of `table` on one side, in one client run.
 pub async fn fingerprint(
@@ -82,23 +158,7 @@ pub async fn fingerprint(
     let rows = client::query(server, &sql, None).await?;
     let mut fingerprints = Fingerprints::new();
     for row in rows {
-        let parsed = (row.len() == width + 1)
-            .then(|| {
-                let key: Option<Vec<Vec<u8>>> = row[..width].iter().map(|h| unhex(h)).collect();
-                let md5 = &row[width];
-                (md5.len() == 32)
-                    .then_some(())
-                    .and(key)
-                    .map(|key| (key, md5.clone()))
-            })
-            .flatten();
-        let Some((key, md5)) = parsed else {
-            return Err(VerifyError::Unexpected {
-                server: server.name.clone(),
-                what: "a fingerprint query",
-                line: row.join("\t"),
-            });
-        };
+        let (key, md5) = keyed_row(&row, width).ok_or_else(|| unexpected(server, &row))?;
         fingerprints.insert(key, md5);
     }
     Ok(fingerprints)
@@ -135,6 +195,22 @@ pub fn compare(
         format!("{table} {} ({what})", parts.join(" "))
     };
     let keys: BTreeSet<&Vec<Vec<u8>>> = source.keys().chain(target.keys()).collect();
+    if shape.key.is_err() {
+        // Counted row MD5s ([`fingerprint_whole`] of a keyless table).
+        return keys
+            .into_iter()
+            .filter_map(|md5| {
+                let count = |side: &Fingerprints| side.get(md5).map_or("0", String::as_str).to_owned();
+                let (on_source, on_target) = (count(source), count(target));
+                (on_source != on_target).then(|| {
+                    format!(
+                        "{table} rows with MD5 {} ({on_source} on the source, {on_target} on the target)",
+                        String::from_utf8_lossy(md5.first().map_or(&[][..], Vec::as_slice))
+                    )
+                })
+            })
+            .collect();
+    }
     keys.into_iter()
         .filter_map(|key| match (source.get(key), target.get(key)) {
             (Some(a), Some(b)) if a == b => None,
