@@ -30,6 +30,18 @@
 //! 3. [`compare`]: the two sides' fingerprints of a table into mismatches
 //!    such as `shop.orders id=7 (row differs)`.
 //!
+//! # Wiring
+//!
+//! On the SOURCE's agent: [`read_catalog`] of the account's databases,
+//! [`touched_between`] from the last verification's position (the first
+//! time: the copy's snapshot position) to the fence's, and [`fingerprint`]
+//! of each table's touched keys. On the TARGET's agent, once its replica
+//! has applied the fence's position (the drain): [`fingerprint`] of the
+//! same keys with the SOURCE's [`Table`] shapes (the same columns in the
+//! same order on both sides; a column the target lacks fails the query,
+//! which is a mismatch to report). Then [`compare`] on either side. The
+//! fence's position becomes the next verification's start.
+//!
 //! # Limits (reported, never skipped silently)
 //!
 //! - A table without a usable key (no primary key, no unique key of NOT
@@ -44,7 +56,10 @@
 //!   logged DML, `CREATE/DROP DATABASE`, anything unknown) is in
 //!   [`Touched::notes`].
 //! - The columns are the catalog's at verification time: a table changed
-//!   by DDL inside the range is marked whole by that DDL's statement.
+//!   by DDL inside the range is marked whole by that DDL's statement, and
+//!   a row wider than the catalog's table marks it whole. After images
+//!   without the key's columns (`binlog_row_image=MINIMAL`) keep the
+//!   before image's key.
 //! - `mariadb-binlog` prints statements verbatim: a statement's own text
 //!   (a comment in a `CREATE TABLE`) can hold any line. Up to the next
 //!   event's `# at` line, a statement's lines are read as its text (row-
@@ -61,8 +76,8 @@
 //!   side); more than 64 readings of one key make the table whole.
 //! - Rows are read as the server's administrator (the agent's configured
 //!   user): only `SELECT` of base tables, with nothing of the customer's
-//!   run (no view, no routine; generated columns are the server's own
-//!   expressions). The binary log read holds every account's changes:
+//!   run (no view, no routine; generated columns' expressions are built-in
+//!   functions only). The binary log read holds every account's changes:
 //!   only the requested databases' are kept, in memory, and dropped.
 //!
 //! This room only reads; it never repairs what it finds.
