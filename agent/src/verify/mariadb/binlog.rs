@@ -449,8 +449,8 @@ fn is_temporal(text: &str) -> bool {
 }
 
 /// Every reading of a printed string's bytes: each `\xHH` with HH below
-/// 0x20 is that byte or the four characters as they are. At most
-/// 65 readings (more say "too many" to the caller).
+/// 0x20 is that byte or the four characters as they are. Stops as soon
+/// as there are more than 64 (the caller's "too many").
 pub fn candidates(printed: &[u8]) -> Vec<Vec<u8>> {
     let mut readings: Vec<Vec<u8>> = vec![Vec::with_capacity(printed.len())];
     let mut at = 0;
