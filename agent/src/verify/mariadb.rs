@@ -11,7 +11,10 @@
 //!    `--start-position`/`--stop-position` as GTID lists (the tool's own
 //!    semantics: start exclusive, stop inclusive; only the domains that
 //!    advanced are named, `--do-domain-ids`, since a domain whose start
-//!    and stop are equal makes the tool fail). Its `--verbose` pseudo-SQL
+//!    and stop are equal makes the tool fail). The tool's dump asks as
+//!    server id 0 (the source logs `Start binlog_dump to slave_server(0)`),
+//!    so it never replaces the target replica's connection; it needs the
+//!    configured user's `REPLICATION SLAVE`. Its `--verbose` pseudo-SQL
 //!    is parsed by [`binlog::Reader`] into [`Touched`]: per table of the
 //!    requested databases, the key of each row image (before and after, so
 //!    a key change touches both keys), the `@N` column positions mapped to
