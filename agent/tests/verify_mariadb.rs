@@ -22,18 +22,19 @@
 //! - compared whole, the keyed table names the same rows, and a keyless
 //!   table the row added on the target only;
 //! - a range holding an ALTER TABLE and a TRUNCATE marks those tables
-//!   whole; a range of 10,000 inserted rows gives its 10,000 keys (its
+//!   whole; a start whose logs were purged is an error; a range of 10,000
+//!   inserted rows gives its 10,000 keys (its
 //!   timings are printed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use navette_agent::config::MariadbServer;
 use navette_agent::verify::mariadb::{
-    Catalog, KeyValue, TableName, Touched, compare, fingerprint, fingerprint_whole, read_catalog,
-    touched_between,
+    Catalog, KeyValue, TableName, Touched, VerifyError, compare, fingerprint, fingerprint_whole,
+    read_catalog, touched_between,
 };
 use navette_tests::{MariaDb, MariaDbRelease, MariaDbSpec, Netns, Rig};
 
@@ -391,6 +392,37 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         mismatches.is_empty() && rows.get(&orders) == Some(&10_000),
         "bulk: {rows:?} rows, {mismatches:?}"
     );
+    // A start the server no longer has (its logs purged) is an error that
+    // says so, not an empty range.
+    source.sql("FLUSH BINARY LOGS")?;
+    let last_log = source.sql("SHOW BINARY LOGS")?;
+    let last_log = last_log
+        .lines()
+        .last()
+        .and_then(|line| line.split('\t').next())
+        .context("no binary log")?
+        .to_owned();
+    // A log is purged once the engines' checkpoint has passed it (within
+    // a second or so here: InnoDB flushes its log once a second).
+    rig.wait_until(
+        "the older binary logs purged",
+        Duration::from_secs(20),
+        || {
+            let logs = source.sql(&format!(
+                "PURGE BINARY LOGS TO '{last_log}'; SHOW BINARY LOGS"
+            ))?;
+            Ok(logs.lines().count() == 1)
+        },
+    )?;
+    let purged = sides.host.run_in(|| async {
+        Ok(touched_between(&sides.source, &sides.databases, &catalog, &from, &bulk_to).await)
+    })?;
+    ensure!(
+        matches!(&purged, Err(VerifyError::Binlog { stderr, .. }) if !stderr.is_empty()),
+        "a purged start gave {:?}",
+        purged.map(|touched| touched.keys.len())
+    );
+
     println!(
         "verify_mariadb: small range read in {read_in:?}; 10,000-row range read in {bulk_read_in:?}, \
          fingerprinted (source twice, target once) in {fingerprinted_in:?}"
