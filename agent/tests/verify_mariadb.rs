@@ -22,7 +22,8 @@
 //! - compared whole, the keyed table names the same rows, and a keyless
 //!   table the row added on the target only;
 //! - a range holding an ALTER TABLE and a TRUNCATE marks those tables
-//!   whole; a start whose logs were purged is an error; a range of 10,000
+//!   whole; a start whose logs were purged, or a stop the log never
+//!   reaches, is an error; a range of 10,000
 //!   inserted rows gives its 10,000 keys (its
 //!   timings are printed).
 
@@ -392,6 +393,26 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         mismatches.is_empty() && rows.get(&orders) == Some(&10_000),
         "bulk: {rows:?} rows, {mismatches:?}"
     );
+    // A stop position the log never reaches (the tool exits 0 there, with
+    // a warning) is an error too.
+    let domain_server = bulk_to.rsplit_once('-').map_or("0-1", |(prefix, _)| prefix);
+    let beyond = format!("{domain_server}-999999");
+    let unreached = sides.host.run_in(|| async {
+        Ok(touched_between(
+            &sides.source,
+            &sides.databases,
+            &catalog,
+            &bulk_from,
+            &beyond,
+        )
+        .await)
+    })?;
+    ensure!(
+        matches!(&unreached, Err(VerifyError::Binlog { stderr, .. }) if stderr.contains("stop position")),
+        "an unreached stop gave {:?}",
+        unreached.map(|touched| touched.keys.len())
+    );
+
     // A start the server no longer has (its logs purged) is an error that
     // says so, not an empty range.
     source.sql("FLUSH BINARY LOGS")?;

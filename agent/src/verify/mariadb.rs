@@ -477,15 +477,25 @@ pub async fn touched_between(
     lines.map_err(io)?;
     let errors = errors.map_err(io)?;
     let status = child.wait().await.map_err(io)?;
-    if !status.success() {
+    let stderr = String::from_utf8_lossy(&errors).trim().to_owned();
+    // The tool exits 0 when the log ends before the stop position (a
+    // position from another server, a log reset): only a warning says so.
+    if !status.success() || incomplete(&stderr) {
         return Err(VerifyError::Binlog {
             program,
             server: server.name.clone(),
             status: status.to_string(),
-            stderr: String::from_utf8_lossy(&errors).trim().to_owned(),
+            stderr,
         });
     }
     Ok(reader.finish())
+}
+
+/// Whether the tool's standard error says it did not read the whole range.
+fn incomplete(stderr: &str) -> bool {
+    stderr
+        .lines()
+        .any(|line| line.starts_with("ERROR") || line.contains("Did not reach stop position"))
 }
 
 #[cfg(test)]
