@@ -2,7 +2,8 @@
 //! 10.11 source with its binary log in ROW format, replicated with GTIDs
 //! to an 11.8 target (two hosts of the rig).
 //!
-//! - the source's own binary log between two GTID positions gives exactly
+//! - the source's own binary log between two GTID positions (the second
+//!   with a second replication domain) gives exactly
 //!   the keys that inserts, updates (a key change: both keys), deletes and
 //!   a multi-row update touched, in a table with a primary key, one with
 //!   a composite key of odd names holding quotes, backslashes, a newline
@@ -243,7 +244,10 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         INSERT INTO shop.log VALUES ('now');
         UPDATE shop.ukey SET c = c + 1 WHERE a = 1;
         UPDATE shop.typed SET n = 2 WHERE big = 18446744073709551615;
-        INSERT INTO other.orders VALUES (1);"#,
+        INSERT INTO other.orders VALUES (1);
+        SET SESSION gtid_domain_id = 1;
+        UPDATE shop.orders SET note = 'in another domain' WHERE id = 9;
+        SET SESSION gtid_domain_id = 0;"#,
     )?;
     let to = position(&source)?;
     source.sql("UPDATE shop.orders SET note = 'after the range' WHERE id = 8")?;
@@ -255,7 +259,7 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
     let weird = table(WEIRD_DB, "li\"nes t");
     let ukey = table("shop", "ukey");
     ensure!(
-        touched.keys.get(&orders) == Some(&numbers(&[3, 4, 5, 6, 7, 100, 200])),
+        touched.keys.get(&orders) == Some(&numbers(&[3, 4, 5, 6, 7, 9, 100, 200])),
         "shop.orders' touched keys: {:?}",
         touched.keys.get(&orders)
     );
@@ -308,14 +312,15 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
         mismatches.is_empty(),
         "10.11 and 11.8 differ after replication: {mismatches:?}"
     );
-    // The rows still there of the touched keys, each found by the literals
+    // The rows still there of the touched keys (orders 3, 6, 7, 9, 100,
+    // 200), each found by the literals
     // built from the binary log (shop.typed's: one of each kind of key).
     let found: Vec<usize> = [&orders, &weird, &ukey, &typed]
         .iter()
         .map(|name| rows.get(*name).copied().unwrap_or(0))
         .collect();
     ensure!(
-        found == [5, 4, 1, 1],
+        found == [6, 4, 1, 1],
         "touched rows found on the source: {rows:?}"
     );
 
@@ -395,8 +400,8 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
     );
     // A stop position the log never reaches (the tool exits 0 there, with
     // a warning) is an error too.
-    let domain_server = bulk_to.rsplit_once('-').map_or("0-1", |(prefix, _)| prefix);
-    let beyond = format!("{domain_server}-999999");
+    // (a domain the log never had).
+    let beyond = format!("{bulk_to},5-1-1");
     let unreached = sides.host.run_in(|| async {
         Ok(touched_between(
             &sides.source,
