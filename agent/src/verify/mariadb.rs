@@ -171,6 +171,22 @@ pub struct Table {
     pub key: Result<Vec<usize>, String>,
 }
 
+impl Table {
+    /// The key's columns, in the key's order; why there is no usable key
+    /// (also when the key names a column the table lacks: a shape built
+    /// elsewhere than [`read_catalog`]).
+    pub fn key_columns(&self) -> Result<Vec<&Column>, String> {
+        let key = self.key.as_ref().map_err(Clone::clone)?;
+        key.iter()
+            .map(|&index| {
+                self.columns
+                    .get(index)
+                    .ok_or_else(|| format!("the key names column {index}, which the table lacks"))
+            })
+            .collect()
+    }
+}
+
 /// The base tables of some databases.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Catalog {

@@ -340,9 +340,9 @@ fn image_keys(
     image: &BTreeMap<usize, Vec<u8>>,
 ) -> Result<Vec<Vec<KeyValue>>, String> {
     let key = shape.key.as_ref().map_err(Clone::clone)?;
+    let columns = shape.key_columns()?;
     let mut keys: Vec<Vec<KeyValue>> = vec![Vec::new()];
-    for &index in key {
-        let column = &shape.columns[index];
+    for (&index, column) in key.iter().zip(columns) {
         let printed = image
             .get(&(index + 1))
             .ok_or_else(|| format!("key column {} missing from a row image", column.name))?;

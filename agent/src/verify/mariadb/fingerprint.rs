@@ -21,11 +21,10 @@ pub fn fingerprint_sql(
     shape: &Table,
     keys: &[Vec<KeyValue>],
 ) -> Result<String, VerifyError> {
-    let key = shape.key.as_ref().map_err(|reason| VerifyError::NoKey {
+    let key_columns: Vec<&Column> = shape.key_columns().map_err(|reason| VerifyError::NoKey {
         table: table.clone(),
-        reason: reason.clone(),
+        reason,
     })?;
-    let key_columns: Vec<&Column> = key.iter().map(|&i| &shape.columns[i]).collect();
     let shown_keys: Vec<String> = key_columns
         .iter()
         .map(|column| format!("HEX(CAST({} AS BINARY))", ident(&column.name)))
@@ -83,18 +82,25 @@ pub async fn fingerprint_whole(
 ) -> Result<Fingerprints, VerifyError> {
     let from = format!("{}.{}", ident(&table.database), ident(&table.name));
     let md5 = row_md5(shape);
-    let (sql, width) = match &shape.key {
-        Ok(key) => {
-            let shown: Vec<String> = key
+    let key = match &shape.key {
+        Ok(_) => Some(shape.key_columns().map_err(|reason| VerifyError::NoKey {
+            table: table.clone(),
+            reason,
+        })?),
+        Err(_) => None,
+    };
+    let (sql, width) = match &key {
+        Some(columns) => {
+            let shown: Vec<String> = columns
                 .iter()
-                .map(|&i| format!("HEX(CAST({} AS BINARY))", ident(&shape.columns[i].name)))
+                .map(|column| format!("HEX(CAST({} AS BINARY))", ident(&column.name)))
                 .collect();
             (
                 format!("SELECT {}, {md5} FROM {from};\n", shown.join(", ")),
-                key.len(),
+                columns.len(),
             )
         }
-        Err(_) => (
+        None => (
             format!("SELECT {md5}, COUNT(*) FROM {from} GROUP BY 1;\n"),
             0,
         ),
@@ -102,9 +108,9 @@ pub async fn fingerprint_whole(
     let rows = client::query(server, &sql, None).await?;
     let mut fingerprints = Fingerprints::new();
     for row in rows {
-        let parsed = match &shape.key {
-            Ok(_) => keyed_row(&row, width),
-            Err(_) => (row.len() == 2
+        let parsed = match &key {
+            Some(_) => keyed_row(&row, width),
+            None => (row.len() == 2
                 && is_md5(&row[0])
                 && !row[1].is_empty()
                 && row[1].bytes().all(|b| b.is_ascii_digit()))
@@ -173,13 +179,10 @@ pub fn compare(
     source: &Fingerprints,
     target: &Fingerprints,
 ) -> Vec<String> {
-    let names: Vec<&str> = match &shape.key {
-        Ok(key) => key
-            .iter()
-            .map(|&i| shape.columns[i].name.as_str())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
+    let names: Vec<&str> = shape
+        .key_columns()
+        .map(|columns| columns.iter().map(|column| column.name.as_str()).collect())
+        .unwrap_or_default();
     let describe = |key: &Vec<Vec<u8>>, what: &str| {
         let parts: Vec<String> = key
             .iter()
