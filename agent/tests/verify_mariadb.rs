@@ -3,14 +3,15 @@
 //! to an 11.8 target (two hosts of the rig).
 //!
 //! - the source's own binary log between two GTID positions (the second
-//!   with a second replication domain) gives exactly
-//!   the keys that inserts, updates (a key change: both keys), deletes and
-//!   a multi-row update touched, in a table with a primary key, one with
-//!   a composite key of odd names holding quotes, backslashes, a newline
-//!   (both readings of the printed `\x0a`) and non-ASCII, and one keyed by
-//!   a unique key of NOT NULL columns; a table without a key is reported
-//!   whole; changes before the first position, after the second, and in
-//!   another database are not included;
+//!   with a second replication domain) gives exactly the keys that
+//!   inserts, updates (a key change: both keys), deletes and a multi-row
+//!   update touched, in a table with a primary key, one with a composite
+//!   key of odd names holding quotes, backslashes, a newline (both
+//!   readings of the printed `\x0a`) and non-ASCII, one keyed by a unique
+//!   key of NOT NULL columns, and one keyed by a column of each kind; a
+//!   table without a key is reported whole; changes before the first
+//!   position, after the second, and in another database are not
+//!   included;
 //! - the fingerprints of those keys are the same twice on the source, and
 //!   the same on the 11.8 target as on the 10.11 source once replication
 //!   has applied the second position (columns of most types: integers,
@@ -23,10 +24,9 @@
 //! - compared whole, the keyed table names the same rows, and a keyless
 //!   table the row added on the target only;
 //! - a range holding an ALTER TABLE and a TRUNCATE marks those tables
-//!   whole; a start whose logs were purged, or a stop the log never
-//!   reaches, is an error; a range of 10,000
-//!   inserted rows gives its 10,000 keys (its
-//!   timings are printed).
+//!   whole; a stop the log never reaches, or a start whose logs were
+//!   purged, is an error; a range of 10,000 inserted rows gives its 10,000
+//!   keys (the timings are printed).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
