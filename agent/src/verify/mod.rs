@@ -10,11 +10,15 @@
 //!   lines; [`postgres_rows`]: that slot, the rounds reading it, and the
 //!   touched rows' fingerprints on each side and their comparison
 //!   (`VerifyRows`), called at each converge round and inside the freeze.
-//!
-//! MariaDB's rows are not verified yet.
+//! - [`mariadb`]: the touched keys read from the source's binary log
+//!   between two GTID positions (`mariadb-binlog`'s decoded rows), the
+//!   query fingerprinting those rows on each side and the comparison of
+//!   the two. Not called yet: its rpc and the controller's rounds are
+//!   still to be written, so MariaDB's rows are not verified yet.
 //!
 //! This room only reads the host; it never repairs what it finds.
 
 pub mod files;
+pub mod mariadb;
 pub mod postgres;
 pub mod postgres_rows;
