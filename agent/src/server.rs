@@ -949,6 +949,23 @@ impl Agent for AgentService {
             .map(Response::new)
     }
 
+    async fn verify_mariadb_rows(
+        &self,
+        request: Request<navette_proto::v1::VerifyMariadbRowsRequest>,
+    ) -> Result<Response<navette_proto::v1::VerifyMariadbRowsResponse>, Status> {
+        let ask = request.into_inner();
+        TransferId::parse("migration_id", &ask.migration_id).map_err(field_status)?;
+        let server = self.mariadb_server(&ask.server)?;
+        let answer = if ask.compare {
+            crate::verify::mariadb_rows::target_compare(&server, &ask).await
+        } else {
+            crate::verify::mariadb_rows::source_round(&server, &ask).await
+        };
+        answer
+            .map(Response::new)
+            .map_err(|error| crate::verify::mariadb_rows::status(&error))
+    }
+
     async fn verify_files(
         &self,
         request: Request<navette_proto::v1::VerifyFilesRequest>,

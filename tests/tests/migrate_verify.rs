@@ -21,7 +21,10 @@
 //! the target's `bio` of that row is changed; replication sends each
 //! update with the unchanged out-of-line value left out, so the target
 //! keeps the tampered one (a real way for a copy to drift), while every
-//! round of the verification finds the row touched again.
+//! round of the verification finds the row touched again. MariaDB's row
+//! likewise: the source's updates of its `n` are logged with a MINIMAL row
+//! image (the key and the changed column), so the replica keeps the
+//! tampered `bio`.
 //!
 //! One rig, two small accounts, one after the other. A writer commits
 //! numbered rows on the source and the account's own process appends
@@ -38,14 +41,15 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, ensure};
 use navette_tests::load::check_lines;
 use navette_tests::{
-    Account, AccountSpec, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Postgres, Rig,
-    WebServer,
+    Account, AccountSpec, AgentKind, Controller, ControllerSpec, MariaDb, MariaDbRelease,
+    MariaDbSpec, Netns, PgVersion, Postgres, Rig, WebServer,
 };
 use serde_json::{Value, json};
 use support::{enrol, str_of};
 
 const TAMPERED: &str = "nvv_tamper";
 const ROWS: &str = "nvv_rows";
+const MROWS: &str = "nvv_mrows";
 const CLEAN: &str = "nvv_clean";
 const FILE: &str = "tampered.txt";
 
@@ -56,6 +60,8 @@ struct Platform {
     new: Netns,
     pg15: Postgres,
     pg18: Postgres,
+    maria_old: MariaDb,
+    maria_new: MariaDb,
     accounts: Vec<Account>,
     _web: Vec<WebServer>,
 }
@@ -78,22 +84,47 @@ fn platform() -> anyhow::Result<Platform> {
     let old = rig.add_namespace("shared-old", Ipv4Addr::new(192, 0, 2, 10))?;
     let new = rig.add_namespace("shared-new", Ipv4Addr::new(192, 0, 2, 11))?;
     let web = vec![old.start_web_server(&rig)?, new.start_web_server(&rig)?];
-    let (pg15, pg18) = std::thread::scope(|s| -> anyhow::Result<_> {
+    let (pg15, pg18, maria_old, maria_new) = std::thread::scope(|s| -> anyhow::Result<_> {
         let a = s.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
         let b = s.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
-        Ok((join("pg15", a.join())?, join("pg18", b.join())?))
+        let c = s.spawn(|| {
+            old.start_mariadb_with(
+                &rig,
+                MariaDbSpec {
+                    row_binlog: Some(1),
+                    ..MariaDbSpec::default()
+                },
+            )
+        });
+        let d = s.spawn(|| {
+            new.start_mariadb_with(
+                &rig,
+                MariaDbSpec {
+                    release: MariaDbRelease::V11_8,
+                    extra_args: vec!["--server-id=2".to_owned()],
+                    ..MariaDbSpec::default()
+                },
+            )
+        });
+        Ok((
+            join("pg15", a.join())?,
+            join("pg18", b.join())?,
+            join("mariadb 10.11", c.join())?,
+            join("mariadb 11.8", d.join())?,
+        ))
     })?;
     let mut accounts = Vec::new();
-    for name in [TAMPERED, ROWS, CLEAN] {
+    for name in [TAMPERED, ROWS, MROWS, CLEAN] {
         let database = format!("{name}_db");
+        let blog = has_blog(name).then(|| format!("{name}_blog"));
         let account = rig.add_account(
             &old,
             AccountSpec {
                 name: name.to_owned(),
                 password: format!("{name}-S3cret"),
                 pg_databases: vec![database.clone()],
+                mariadb_databases: blog.iter().cloned().collect(),
                 files: true,
-                ..AccountSpec::default()
             },
         )?;
         let file = account.home.join(FILE);
@@ -112,6 +143,12 @@ fn platform() -> anyhow::Result<Platform> {
                  INSERT INTO profile SELECT 1, 0, string_agg(md5(g::text), '') FROM generate_series(1, 256) g;"
             ),
         )?;
+        if let Some(blog) = &blog {
+            maria_old.sql(&format!(
+                "CREATE TABLE {blog}.profile (id INT PRIMARY KEY, n INT NOT NULL, bio TEXT);
+                 INSERT INTO {blog}.profile VALUES (1, 0, REPEAT('abcdefgh', 64));"
+            ))?;
+        }
     }
     enrol(&rig, &old, AgentKind::Shared, "2024.1")?;
     enrol(&rig, &new, AgentKind::Shared, "2026.1")?;
@@ -122,6 +159,8 @@ fn platform() -> anyhow::Result<Platform> {
         new,
         pg15,
         pg18,
+        maria_old,
+        maria_new,
         accounts,
         _web: web,
     })
@@ -156,6 +195,11 @@ fn tamper_file(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The accounts with a MariaDB database (`<name>_blog`).
+fn has_blog(name: &str) -> bool {
+    name == MROWS || name == CLEAN
+}
+
 /// What the test changes in the target's copy once the migration
 /// converges.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -163,6 +207,7 @@ enum Tamper {
     Nothing,
     File,
     Row,
+    MariadbRow,
 }
 
 /// Migrates `name` (its target copy tampered with as `tamper` says) to its
@@ -176,7 +221,7 @@ fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Va
         .iter()
         .find(|a| a.name == name)
         .with_context(|| format!("account {name}"))?;
-    support::wait_account_databases(rig, name, 1)?;
+    support::wait_account_databases(rig, name, 1 + usize::from(has_blog(name)))?;
     let lines = support::account_lines(rig, &platform.old, account)?;
     let stop = AtomicBool::new(false);
     let orders: Mutex<Vec<(u64, SystemTime)>> = Mutex::new(Vec::new());
@@ -217,9 +262,17 @@ fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Va
         });
         // Row 1's small column, again and again (errors once the old
         // database is retired are not the bumper's).
+        // In MariaDB, logged with the changed column only (a MINIMAL row
+        // image): the replica keeps the rest of the row as it has it.
         let bumper = scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 let _ = pg15.psql(&database, "UPDATE profile SET n = n + 1 WHERE id = 1");
+                if has_blog(name) {
+                    let _ = platform.maria_old.sql(&format!(
+                        "SET SESSION binlog_row_image = 'MINIMAL'; \
+                         UPDATE {name}_blog.profile SET n = n + 1 WHERE id = 1"
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -246,6 +299,12 @@ fn migrate(platform: &Platform, name: &str, tamper: Tamper) -> anyhow::Result<Va
                             &database,
                             "UPDATE profile SET bio = upper(bio) WHERE id = 1",
                         )?;
+                    }
+                    Tamper::MariadbRow => {
+                        platform.maria_new.sql(&format!(
+                            "SET SESSION sql_log_bin = 0; \
+                             UPDATE {name}_blog.profile SET bio = UPPER(bio) WHERE id = 1"
+                        ))?;
                     }
                     Tamper::Nothing => {}
                 }
@@ -415,6 +474,21 @@ fn a_copy_that_differs_inside_the_freeze_rolls_back() -> anyhow::Result<()> {
         "SELECT bio = lower(bio) FROM profile WHERE id = 1",
     )?;
     ensure!(bio == "t", "the source's row is untouched");
+
+    let last = migrate(&platform, MROWS, Tamper::MariadbRow)?;
+    rolled_back(
+        &platform,
+        MROWS,
+        &last,
+        &["rows differ", "profile id=1 (row differs)"],
+    )?;
+    let bio = platform.maria_old.sql(&format!(
+        "SELECT CAST(bio AS BINARY) = CAST(LOWER(bio) AS BINARY) FROM {MROWS}_blog.profile WHERE id = 1"
+    ))?;
+    ensure!(
+        bio.trim() == "1",
+        "the source's MariaDB row is untouched: {bio}"
+    );
 
     let last = migrate(&platform, CLEAN, Tamper::Nothing)?;
     ensure!(

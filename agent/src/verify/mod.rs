@@ -13,12 +13,14 @@
 //! - [`mariadb`]: the touched keys read from the source's binary log
 //!   between two GTID positions (`mariadb-binlog`'s decoded rows), the
 //!   query fingerprinting those rows on each side and the comparison of
-//!   the two. Not called yet: its rpc and the controller's rounds are
-//!   still to be written, so MariaDB's rows are not verified yet.
+//!   the two; [`mariadb_rows`]: the rounds on each side
+//!   (`VerifyMariadbRows`), called at each converge round and inside the
+//!   freeze.
 //!
 //! This room only reads the host; it never repairs what it finds.
 
 pub mod files;
 pub mod mariadb;
+pub mod mariadb_rows;
 pub mod postgres;
 pub mod postgres_rows;

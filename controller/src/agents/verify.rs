@@ -207,3 +207,157 @@ pub async fn verify_rows(
         unverified,
     })
 }
+
+/// One key value of a MariaDB row, as the source's binary log gave it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MariadbKey {
+    Number(String),
+    Temporal(String),
+    UnixTime(String),
+    Bytes(Vec<u8>),
+}
+
+/// A MariaDB table whose rows differed at the last round, with its keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MariadbPending {
+    pub database: String,
+    pub name: String,
+    pub keys: Vec<Vec<MariadbKey>>,
+}
+
+/// Where the verification of the account's databases on one MariaDB
+/// server stands between rounds: the next round reads the source's binary
+/// log after `through_gtid` and checks the `pending` tables' keys again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MariadbRowsMark {
+    pub through_gtid: String,
+    pub pending: Vec<MariadbPending>,
+}
+
+fn key_to_wire(key: &[MariadbKey]) -> v1::MariadbRowKey {
+    use v1::mariadb_key_value::Value;
+    v1::MariadbRowKey {
+        values: key
+            .iter()
+            .map(|value| v1::MariadbKeyValue {
+                value: Some(match value {
+                    MariadbKey::Number(text) => Value::Number(text.clone()),
+                    MariadbKey::Temporal(text) => Value::Temporal(text.clone()),
+                    MariadbKey::UnixTime(text) => Value::UnixTime(text.clone()),
+                    MariadbKey::Bytes(bytes) => Value::Bytes(bytes.clone()),
+                }),
+            })
+            .collect(),
+    }
+}
+
+fn key_from_wire(key: &v1::MariadbRowKey) -> Option<Vec<MariadbKey>> {
+    use v1::mariadb_key_value::Value;
+    key.values
+        .iter()
+        .map(|value| {
+            Some(match value.value.as_ref()? {
+                Value::Number(text) => MariadbKey::Number(text.clone()),
+                Value::Temporal(text) => MariadbKey::Temporal(text.clone()),
+                Value::UnixTime(text) => MariadbKey::UnixTime(text.clone()),
+                Value::Bytes(bytes) => MariadbKey::Bytes(bytes.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The account's databases on one MariaDB server of each host.
+pub struct MariadbRowsDatabases<'a> {
+    pub migration_id: &'a str,
+    pub source_server: &'a str,
+    pub target_server: &'a str,
+    pub databases: &'a [String],
+}
+
+/// What a round of a MariaDB server's rows verification came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MariadbRowsVerified {
+    pub mark: MariadbRowsMark,
+    /// Rows compared.
+    pub rows: usize,
+    pub mismatches: Vec<String>,
+    /// Tables not verified, with why, and what could not be tied to one.
+    pub unverified: Vec<String>,
+}
+
+/// A round of the verification of `databases`' MariaDB rows: the source
+/// reads its binary log after `mark` and fingerprints the touched and
+/// pending keys, the target compares; each call at most `timeout`.
+pub async fn verify_mariadb_rows(
+    controller: &Controller,
+    source: &Host,
+    target: &Host,
+    databases: &MariadbRowsDatabases<'_>,
+    mark: &MariadbRowsMark,
+    timeout: Duration,
+) -> Result<MariadbRowsVerified, CallFailure> {
+    let read = agent(controller, source)?
+        .verify_mariadb_rows(request(
+            v1::VerifyMariadbRowsRequest {
+                migration_id: databases.migration_id.to_owned(),
+                server: databases.source_server.to_owned(),
+                databases: databases.databases.to_vec(),
+                from_gtid: mark.through_gtid.clone(),
+                pending: mark
+                    .pending
+                    .iter()
+                    .map(|pending| v1::MariadbTableRows {
+                        database: pending.database.clone(),
+                        name: pending.name.clone(),
+                        keys: pending.keys.iter().map(|key| key_to_wire(key)).collect(),
+                        ..v1::MariadbTableRows::default()
+                    })
+                    .collect(),
+                ..v1::VerifyMariadbRowsRequest::default()
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|status| call_outcome(source, &status))?
+        .into_inner();
+    let rows = read.tables.iter().map(|table| table.keys.len()).sum();
+    let mut unverified: Vec<String> = read
+        .tables
+        .iter()
+        .filter(|table| !table.unverified.is_empty())
+        .map(|table| format!("{}.{}: {}", table.database, table.name, table.unverified))
+        .collect();
+    unverified.extend(read.notes.iter().cloned());
+    let compared = agent(controller, target)?
+        .verify_mariadb_rows(request(
+            v1::VerifyMariadbRowsRequest {
+                migration_id: databases.migration_id.to_owned(),
+                server: databases.target_server.to_owned(),
+                databases: databases.databases.to_vec(),
+                compare: true,
+                source: read.tables,
+                ..v1::VerifyMariadbRowsRequest::default()
+            },
+            timeout,
+        ))
+        .await
+        .map_err(|status| call_outcome(target, &status))?
+        .into_inner();
+    Ok(MariadbRowsVerified {
+        mark: MariadbRowsMark {
+            through_gtid: read.through_gtid,
+            pending: compared
+                .differing
+                .iter()
+                .map(|table| MariadbPending {
+                    database: table.database.clone(),
+                    name: table.name.clone(),
+                    keys: table.keys.iter().filter_map(key_from_wire).collect(),
+                })
+                .collect(),
+        },
+        rows,
+        mismatches: compared.mismatches,
+        unverified,
+    })
+}

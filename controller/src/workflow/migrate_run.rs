@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::agents::cutover::JournalMark;
-use crate::agents::verify::RowsMark;
+use crate::agents::verify::{MariadbRowsMark, RowsMark};
 use crate::config;
 use crate::dns::{AccountRecords, TtlLowering};
 use crate::model::{CopyPlan, CopyProgress};
@@ -201,6 +201,10 @@ pub struct Backlog {
     /// database name): what the next round reads from and checks again.
     #[serde(default)]
     pub rows: BTreeMap<String, RowsMark>,
+    /// Where each source MariaDB server's rows verification stands (by
+    /// source server name).
+    #[serde(default)]
+    pub mariadb_rows: BTreeMap<String, MariadbRowsMark>,
     #[serde(with = "crate::model::rfc3339")]
     pub measured_at: DateTime<Utc>,
 }
@@ -353,6 +357,13 @@ pub struct MigrationRun {
 impl MigrationRun {
     /// Where `database`'s rows verification stands (nothing read yet
     /// before the first round).
+    pub fn mariadb_rows_mark(&self, source_server: &str) -> Option<MariadbRowsMark> {
+        self.backlog
+            .as_ref()
+            .and_then(|backlog| backlog.mariadb_rows.get(source_server))
+            .cloned()
+    }
+
     pub fn rows_mark(&self, database: &str) -> RowsMark {
         self.backlog
             .as_ref()

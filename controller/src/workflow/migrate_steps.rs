@@ -83,6 +83,26 @@ pub(super) fn rows_database<'a>(
     }
 }
 
+/// Where the MariaDB rows verification of `databases` on `source_server`
+/// stands: the last round's mark, or before the first the copy's
+/// snapshot position (the databases of a server are read in one
+/// snapshot).
+pub(super) fn mariadb_rows_mark(
+    run: &MigrationRun,
+    source_server: &str,
+    databases: &[String],
+) -> agents::verify::MariadbRowsMark {
+    run.mariadb_rows_mark(source_server)
+        .unwrap_or_else(|| agents::verify::MariadbRowsMark {
+            through_gtid: databases
+                .iter()
+                .find_map(|d| run.snapshot_positions.get(&format!("mariadb:{d}")))
+                .cloned()
+                .unwrap_or_default(),
+            pending: Vec::new(),
+        })
+}
+
 pub(super) fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan> {
     run.plan
         .databases
@@ -93,7 +113,9 @@ pub(super) fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan
 /// The account's MariaDB databases by target server: each target server
 /// runs one replication connection for the migration, from one source
 /// server. (source server, target server, databases).
-fn mariadb_groups(run: &MigrationRun) -> Result<Vec<(String, String, Vec<String>)>, String> {
+pub(super) fn mariadb_groups(
+    run: &MigrationRun,
+) -> Result<Vec<(String, String, Vec<String>)>, String> {
     let mut groups: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for database in run
         .plan
@@ -451,6 +473,7 @@ impl Steps<'_> {
             files_full_comparison: false,
             journal: None,
             rows: BTreeMap::new(),
+            mariadb_rows: BTreeMap::new(),
             measured_at: Utc::now(),
         };
         if !run.plan.source_home.is_empty() {
@@ -529,6 +552,42 @@ impl Steps<'_> {
                 )));
             }
             backlog.mariadb_transactions += status.backlog_transactions;
+        }
+        // A round of each MariaDB server's rows verification, as for
+        // PostgreSQL. One that fails is logged and its mark kept: the
+        // freeze's round reads from there.
+        for (source_server, target_server, databases) in
+            mariadb_groups(run).map_err(CallFailure::Refused)?
+        {
+            let mark = mariadb_rows_mark(run, &source_server, &databases);
+            let round = agents::verify::verify_mariadb_rows(
+                c,
+                self.source,
+                self.target,
+                &agents::verify::MariadbRowsDatabases {
+                    migration_id: &run.id,
+                    source_server: &source_server,
+                    target_server: &target_server,
+                    databases: &databases,
+                },
+                &mark,
+                CATCH_UP_TIMEOUT,
+            )
+            .await;
+            let mark = match round {
+                Ok(round) => {
+                    tracing::debug!(message = "MariaDB rows verified while converging", migration = %run.id, server = %source_server, rows = round.rows, pending = round.mark.pending.len(), through = %round.mark.through_gtid);
+                    for table in &round.unverified {
+                        tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
+                    }
+                    round.mark
+                }
+                Err(failure) => {
+                    tracing::warn!(message = "a round of the MariaDB rows verification failed", migration = %run.id, server = %source_server, ?failure);
+                    mark
+                }
+            };
+            backlog.mariadb_rows.insert(source_server, mark);
         }
         backlog.measured_at = Utc::now();
         Ok(MigrateOutcome::Measured(backlog))

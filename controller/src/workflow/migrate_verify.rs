@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::migrate_run::MigrationRun;
-use super::migrate_steps::{postgres, rows_database};
+use super::migrate_steps::{mariadb_groups, mariadb_rows_mark, postgres, rows_database};
 use crate::agents::{self, CallFailure};
 use crate::model::Host;
 use crate::state::Controller;
@@ -103,8 +103,47 @@ pub async fn verify_changes(
                 .collect::<Vec<_>>(),
         )
     }));
-    let (files, rows) = tokio::try_join!(files, rows)?;
-    let rows: Vec<String> = rows.into_iter().flatten().collect();
+    let groups = mariadb_groups(run).map_err(CallFailure::Refused)?;
+    let mariadb = futures_util::future::try_join_all(groups.iter().map(
+        |(source_server, target_server, databases)| async move {
+            let mark = mariadb_rows_mark(run, source_server, databases);
+            let rows = tokio::time::timeout_at(
+                deadline.into(),
+                agents::verify::verify_mariadb_rows(
+                    controller,
+                    source,
+                    target,
+                    &agents::verify::MariadbRowsDatabases {
+                        migration_id: &run.id,
+                        source_server,
+                        target_server,
+                        databases,
+                    },
+                    &mark,
+                    left(),
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| Err(late("MariaDB rows")))?;
+            tracing::info!(
+                message = "MariaDB rows verified",
+                migration = %run.id,
+                server = %source_server,
+                rows = rows.rows,
+                mismatches = rows.mismatches.len()
+            );
+            for table in &rows.unverified {
+                tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
+            }
+            Ok::<_, CallFailure>(rows.mismatches)
+        },
+    ));
+    let (files, rows, mariadb) = tokio::try_join!(files, rows, mariadb)?;
+    let rows: Vec<String> = rows
+        .into_iter()
+        .flatten()
+        .chain(mariadb.into_iter().flatten())
+        .collect();
     if files.is_empty() && rows.is_empty() {
         return Ok(None);
     }

@@ -84,6 +84,7 @@ fn backlog(bytes: u64, transactions: u64) -> Backlog {
         files_full_comparison: false,
         journal: None,
         rows: Default::default(),
+        mariadb_rows: Default::default(),
         measured_at: at(10),
     }
 }
