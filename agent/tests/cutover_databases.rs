@@ -245,13 +245,7 @@ fn fenced_writers_wait_the_position_covers_them_and_the_switch_ends_them() -> an
     let world = World::new("cutover_fence")?;
     let host = world.rig.add_namespace("old-1", HOST)?;
     let pg = host.start_postgres(&world.rig, PgVersion::V15, 5432)?;
-    let my = host.start_mariadb_with(
-        &world.rig,
-        MariaDbSpec {
-            row_binlog: Some(1),
-            ..MariaDbSpec::default()
-        },
-    )?;
+    let my = host.start_mariadb_with(&world.rig, MariaDbSpec::replication_source())?;
     let mut accounts = Vec::new();
     for name in ["cutalice", "cutbob"] {
         accounts.push(world.rig.add_account(

@@ -38,7 +38,7 @@ use navette_agent::replication::mariadb::{
 };
 use navette_agent::transfer::mariadb::{PullOptions, pull_with_options};
 use navette_agent::transfer::progress::Progress;
-use navette_tests::{MariaDb, MariaDbRelease, MariaDbSpec, Netns};
+use navette_tests::{MariaDb, MariaDbSpec, Netns};
 
 const MIGRATION: &str = "m-repl-1";
 /// Another account's database on the same source.
@@ -176,16 +176,8 @@ fn sorted_rows(server: &MariaDb, tables: &[&str]) -> anyhow::Result<Vec<String>>
 fn a_copy_converges_by_replication_from_its_snapshot_and_tears_down() -> anyhow::Result<()> {
     let world = World::with_specs(
         "mariadb_replication",
-        MariaDbSpec {
-            row_binlog: Some(1),
-            ..MariaDbSpec::default()
-        },
-        MariaDbSpec {
-            release: MariaDbRelease::V11_8,
-            // Not the source's: a replica skips events of its own id.
-            extra_args: vec!["--server-id=2".to_owned()],
-            ..MariaDbSpec::default()
-        },
+        MariaDbSpec::replication_source(),
+        MariaDbSpec::replica_11_8(),
     )?;
     let (source_db, target_db) = (&world.source_db, &world.target_db);
     let source_server = server_config(source_db);
@@ -446,21 +438,8 @@ fn the_agents_api_runs_replication_idempotently() -> anyhow::Result<()> {
     let target_addr = Ipv4Addr::new(192, 0, 2, 62);
     let source = rig.add_namespace("repl-src", source_addr)?;
     let target = rig.add_namespace("repl-dst", target_addr)?;
-    let source_db = source.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            row_binlog: Some(1),
-            ..MariaDbSpec::default()
-        },
-    )?;
-    let target_db = target.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            release: MariaDbRelease::V11_8,
-            extra_args: vec!["--server-id=2".to_owned()],
-            ..MariaDbSpec::default()
-        },
-    )?;
+    let source_db = source.start_mariadb_with(&rig, MariaDbSpec::replication_source())?;
+    let target_db = target.start_mariadb_with(&rig, MariaDbSpec::replica_11_8())?;
     let schema = format!(
         "CREATE DATABASE {API_DATABASE}; CREATE TABLE {API_DATABASE}.t (n INT PRIMARY KEY) ENGINE=InnoDB"
     );

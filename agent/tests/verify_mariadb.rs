@@ -28,6 +28,8 @@
 //!   purged, is an error; a range of 10,000 inserted rows gives its 10,000
 //!   keys (the timings are printed).
 
+mod mariadb_support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -38,7 +40,8 @@ use navette_agent::verify::mariadb::{
     Catalog, KeyValue, TableName, Touched, VerifyError, compare, fingerprint, fingerprint_whole,
     read_catalog, touched_between,
 };
-use navette_tests::{MariaDb, MariaDbRelease, MariaDbSpec, Netns, Rig};
+use mariadb_support::server_config;
+use navette_tests::{MariaDb, MariaDbSpec, Netns, Rig};
 
 const SOURCE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 44);
 const TARGET_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 45);
@@ -78,18 +81,6 @@ INSERT INTO shop.typed VALUES
   ('2024-01-02', '2024-01-02 03:04:05.125', '2024-05-06 07:08:09', -12.50, 'y', 'ab', 'zz', 5, 1,
    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
 "#;
-
-fn server_config(server: &MariaDb) -> MariadbServer {
-    MariadbServer {
-        name: "main".to_owned(),
-        socket: server.socket().to_owned(),
-        user: "root".to_owned(),
-        password: None,
-        client: "mariadb".into(),
-        public_address: None,
-        port: server.port(),
-    }
-}
 
 fn table(database: &str, name: &str) -> TableName {
     TableName {
@@ -184,21 +175,8 @@ fn the_binary_log_between_two_positions_gives_the_rows_to_compare() -> anyhow::R
     let rig = Rig::new("verify_mariadb")?;
     let source_host = rig.add_namespace("mvsrc", SOURCE_ADDR)?;
     let target_host = rig.add_namespace("mvdst", TARGET_ADDR)?;
-    let source = source_host.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            row_binlog: Some(1),
-            ..MariaDbSpec::default()
-        },
-    )?;
-    let target = target_host.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            release: MariaDbRelease::V11_8,
-            extra_args: vec!["--server-id=2".to_owned()],
-            ..MariaDbSpec::default()
-        },
-    )?;
+    let source = source_host.start_mariadb_with(&rig, MariaDbSpec::replication_source())?;
+    let target = target_host.start_mariadb_with(&rig, MariaDbSpec::replica_11_8())?;
     // The whole binary log replicates, from its start.
     source.sql(
         "CREATE USER repl@'%' IDENTIFIED BY 'repl-pw'; GRANT REPLICATION SLAVE ON *.* TO repl@'%';",

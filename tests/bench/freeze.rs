@@ -34,9 +34,10 @@ use anyhow::{Context, bail, ensure};
 use navette_proto::v1::agent_client::AgentClient;
 use navette_proto::v1::{StartSitesRequest, StopSitesRequest};
 use navette_tests::load::{PgbenchLoad, PgbenchTarget, pgbench_init_scaled};
+use navette_tests::migration_load;
 use navette_tests::{
-    Agent, AgentKind, Controller, ControllerSpec, MariaDb, MariaDbRelease, MariaDbSpec, PgSpec,
-    PgVersion, Postgres, Rig, ZoneSpec, sample_domains,
+    Agent, AgentKind, Controller, ControllerSpec, MariaDb, PgSpec, PgVersion, Postgres, Rig,
+    ZoneSpec, sample_domains,
 };
 use serde_json::{Value, json};
 use support::{list, str_of};
@@ -487,22 +488,8 @@ fn main() -> anyhow::Result<()> {
     spec.extra_conf.push("synchronous_commit = on".into());
     let pg15 = old.start_postgres_with(&rig, spec)?;
     let pg18 = new.start_postgres(&rig, PgVersion::V18, 5432)?;
-    let maria_old = old.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            row_binlog: Some(1),
-            extra_args: vec!["--innodb-flush-log-at-trx-commit=1".into()],
-            ..MariaDbSpec::default()
-        },
-    )?;
-    let maria_new = new.start_mariadb_with(
-        &rig,
-        MariaDbSpec {
-            release: MariaDbRelease::V11_8,
-            extra_args: vec!["--server-id=2".to_owned()],
-            ..MariaDbSpec::default()
-        },
-    )?;
+    let maria_old = old.start_mariadb_with(&rig, migration_load::source_mariadb_spec())?;
+    let maria_new = new.start_mariadb_with(&rig, migration_load::target_mariadb_spec())?;
     let _old_web = old.start_web_server(&rig)?;
     let _new_web = new.start_web_server(&rig)?;
     let old_agent = support::enrol(&rig, &old, AgentKind::Shared, "2024.1")?;

@@ -58,6 +58,27 @@ pub struct MariaDbSpec {
     pub row_binlog: Option<u32>,
 }
 
+impl MariaDbSpec {
+    /// A migration's source: 10.11 with the binary log in ROW format,
+    /// server id 1.
+    pub fn replication_source() -> MariaDbSpec {
+        MariaDbSpec {
+            row_binlog: Some(1),
+            ..MariaDbSpec::default()
+        }
+    }
+
+    /// A migration's target: 11.8 with a server id of its own (2: a
+    /// replica skips the events of its own id as its own).
+    pub fn replica_11_8() -> MariaDbSpec {
+        MariaDbSpec {
+            release: MariaDbRelease::V11_8,
+            extra_args: vec!["--server-id=2".to_owned()],
+            ..MariaDbSpec::default()
+        }
+    }
+}
+
 impl Default for MariaDbSpec {
     fn default() -> Self {
         MariaDbSpec {

@@ -30,8 +30,8 @@ use crate::load::{
     PgbenchTarget, RowInserter, check_lines, parse_history_counts, pgbench_init,
 };
 use crate::{
-    Account, AccountSpec, DnsServer, MariaDb, MariaDbRelease, MariaDbSpec, Netns, PgSpec,
-    PgVersion, Postgres, Rig, ZoneSpec, sample_domains,
+    Account, AccountSpec, DnsServer, MariaDb, MariaDbSpec, Netns, PgSpec, PgVersion, Postgres, Rig,
+    ZoneSpec, sample_domains,
 };
 
 /// The source host's address, and the target's.
@@ -73,20 +73,15 @@ pub fn source_pg_spec() -> PgSpec {
 /// commits.
 pub fn source_mariadb_spec() -> MariaDbSpec {
     MariaDbSpec {
-        row_binlog: Some(1),
         extra_args: vec!["--innodb-flush-log-at-trx-commit=1".into()],
-        ..MariaDbSpec::default()
+        ..MariaDbSpec::replication_source()
     }
 }
 
 /// The target's MariaDB 11.8, with a server id of its own (the source's
 /// events would be skipped as its own otherwise).
 pub fn target_mariadb_spec() -> MariaDbSpec {
-    MariaDbSpec {
-        release: MariaDbRelease::V11_8,
-        extra_args: vec!["--server-id=2".to_owned()],
-        ..MariaDbSpec::default()
-    }
+    MariaDbSpec::replica_11_8()
 }
 
 /// The zones the platform's DNS serves for `account` on the source: its

@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, ensure};
 use navette_tests::{
-    AccountSpec, AgentKind, ControllerSpec, MariaDb, MariaDbRelease, MariaDbSpec, PgVersion,
-    Postgres, Rig,
+    AccountSpec, AgentKind, ControllerSpec, MariaDb, MariaDbSpec, PgVersion, Postgres, Rig,
 };
 use serde_json::{Value, json};
 use support::{enrol, list, str_of};
@@ -116,25 +115,8 @@ fn an_account_migrates_to_postgresql_18_and_mariadb_11_8_with_nothing_acknowledg
         std::thread::scope(|s| -> anyhow::Result<_> {
             let a = s.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
             let b = s.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
-            let c = s.spawn(|| {
-                old.start_mariadb_with(
-                    &rig,
-                    MariaDbSpec {
-                        row_binlog: Some(1),
-                        ..MariaDbSpec::default()
-                    },
-                )
-            });
-            let d = s.spawn(|| {
-                new.start_mariadb_with(
-                    &rig,
-                    MariaDbSpec {
-                        release: MariaDbRelease::V11_8,
-                        extra_args: vec!["--server-id=2".to_owned()],
-                        ..MariaDbSpec::default()
-                    },
-                )
-            });
+            let c = s.spawn(|| old.start_mariadb_with(&rig, MariaDbSpec::replication_source()));
+            let d = s.spawn(|| new.start_mariadb_with(&rig, MariaDbSpec::replica_11_8()));
             Ok((
                 join("pg15", a.join())?,
                 join("pg18", b.join())?,

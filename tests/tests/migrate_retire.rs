@@ -27,8 +27,7 @@ use anyhow::{Context, ensure};
 use navette_proto::v1::StartSitesRequest;
 use navette_proto::v1::agent_client::AgentClient;
 use navette_tests::{
-    AccountSpec, AgentKind, ControllerSpec, MariaDbRelease, MariaDbSpec, PgVersion, Rig,
-    sample_domains,
+    AccountSpec, AgentKind, ControllerSpec, MariaDbSpec, PgVersion, Rig, sample_domains,
 };
 use serde_json::{Value, json};
 use support::{list, str_of};
@@ -99,25 +98,8 @@ fn the_old_host_forwards_past_the_retirement_until_its_own_time() -> anyhow::Res
     let (pg15, pg18, maria_old, maria_new) = std::thread::scope(|s| -> anyhow::Result<_> {
         let a = s.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
         let b = s.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
-        let c = s.spawn(|| {
-            old.start_mariadb_with(
-                &rig,
-                MariaDbSpec {
-                    row_binlog: Some(1),
-                    ..MariaDbSpec::default()
-                },
-            )
-        });
-        let d = s.spawn(|| {
-            new.start_mariadb_with(
-                &rig,
-                MariaDbSpec {
-                    release: MariaDbRelease::V11_8,
-                    extra_args: vec!["--server-id=2".to_owned()],
-                    ..MariaDbSpec::default()
-                },
-            )
-        });
+        let c = s.spawn(|| old.start_mariadb_with(&rig, MariaDbSpec::replication_source()));
+        let d = s.spawn(|| new.start_mariadb_with(&rig, MariaDbSpec::replica_11_8()));
         Ok((
             join("pg15", a.join())?,
             join("pg18", b.join())?,

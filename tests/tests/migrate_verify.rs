@@ -41,8 +41,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, ensure};
 use navette_tests::load::check_lines;
 use navette_tests::{
-    Account, AccountSpec, AgentKind, Controller, ControllerSpec, MariaDb, MariaDbRelease,
-    MariaDbSpec, Netns, PgVersion, Postgres, Rig, WebServer,
+    Account, AccountSpec, AgentKind, Controller, ControllerSpec, MariaDb, MariaDbSpec, Netns,
+    PgVersion, Postgres, Rig, WebServer,
 };
 use serde_json::{Value, json};
 use support::{enrol, str_of};
@@ -87,25 +87,8 @@ fn platform() -> anyhow::Result<Platform> {
     let (pg15, pg18, maria_old, maria_new) = std::thread::scope(|s| -> anyhow::Result<_> {
         let a = s.spawn(|| old.start_postgres(&rig, PgVersion::V15, 5432));
         let b = s.spawn(|| new.start_postgres(&rig, PgVersion::V18, 5432));
-        let c = s.spawn(|| {
-            old.start_mariadb_with(
-                &rig,
-                MariaDbSpec {
-                    row_binlog: Some(1),
-                    ..MariaDbSpec::default()
-                },
-            )
-        });
-        let d = s.spawn(|| {
-            new.start_mariadb_with(
-                &rig,
-                MariaDbSpec {
-                    release: MariaDbRelease::V11_8,
-                    extra_args: vec!["--server-id=2".to_owned()],
-                    ..MariaDbSpec::default()
-                },
-            )
-        });
+        let c = s.spawn(|| old.start_mariadb_with(&rig, MariaDbSpec::replication_source()));
+        let d = s.spawn(|| new.start_mariadb_with(&rig, MariaDbSpec::replica_11_8()));
         Ok((
             join("pg15", a.join())?,
             join("pg18", b.join())?,
