@@ -35,12 +35,12 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
+use mariadb_support::server_config;
 use navette_agent::config::MariadbServer;
 use navette_agent::verify::mariadb::{
     Catalog, KeyValue, TableName, Touched, VerifyError, compare, fingerprint, fingerprint_whole,
     read_catalog, touched_between,
 };
-use mariadb_support::server_config;
 use navette_tests::{MariaDb, MariaDbSpec, Netns, Rig};
 
 const SOURCE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 44);

@@ -305,17 +305,7 @@ pub async fn drop_source_user(
 
 /// `@@gtid_binlog_pos` of the source: everything it has logged so far.
 pub async fn source_position(server: &MariadbServer) -> Result<String, ReplicationError> {
-    let rows = client::query(
-        server,
-        "SELECT @@GLOBAL.gtid_binlog_pos;\n",
-        Some(client::SHORT),
-    )
-    .await?;
-    Ok(rows
-        .first()
-        .and_then(|row| row.first())
-        .cloned()
-        .unwrap_or_default())
+    Ok(client::gtid_binlog_pos(server).await?)
 }
 
 /// Whether a source server can be replicated from: binary log on, in ROW

@@ -95,7 +95,6 @@ pub use fingerprint::{Fingerprints, compare, fingerprint, fingerprint_sql, finge
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::{self, Write as _};
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -385,19 +384,6 @@ pub fn binlog_range(from: &str, to: &str) -> Result<Option<BinlogRange>, VerifyE
     }))
 }
 
-/// The binary log tool that goes with the server's client: `mysqlbinlog`
-/// next to a `mysql` client, `mariadb-binlog` otherwise.
-fn binlog_tool(server: &MariadbServer) -> PathBuf {
-    let name = match server.client.file_name().and_then(|n| n.to_str()) {
-        Some("mysql") => "mysqlbinlog",
-        _ => "mariadb-binlog",
-    };
-    match server.client.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
-        _ => PathBuf::from(name),
-    }
-}
-
 /// The keys the source `server`'s binary log touched in `databases`
 /// between GTID positions `from` (exclusive: the last verification's) and
 /// `to` (inclusive: the fence's `@@gtid_binlog_pos`), with `catalog`
@@ -424,19 +410,11 @@ pub async fn touched_between(
             what: "SHOW BINARY LOGS",
             line: String::new(),
         })?;
-    let tool = binlog_tool(server);
+    let tool = client::companion_tool(server, "mysqlbinlog", "mariadb-binlog");
     let program = tool.display().to_string();
-    let mut command = tokio::process::Command::new(&tool);
-    if server
-        .user
-        .starts_with(crate::transfer::mariadb::users::LOADER_PREFIX)
-    {
-        command.arg("--no-defaults");
-    }
+    let mut command = client::connected(server, &tool);
     command
         .arg("--read-from-remote-server")
-        .arg(format!("--socket={}", server.socket.display()))
-        .arg(format!("--user={}", server.user))
         .args([
             "--base64-output=DECODE-ROWS",
             "--verbose",
@@ -452,12 +430,7 @@ pub async fn touched_between(
         .arg(&first_log)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    match server.password.as_deref() {
-        Some(password) => command.env("MYSQL_PWD", password),
-        None => command.env_remove("MYSQL_PWD"),
-    };
+        .stderr(Stdio::piped());
     let mut child = command.spawn().map_err(|source| VerifyError::Spawn {
         program: program.clone(),
         server: server.name.clone(),

@@ -79,21 +79,6 @@ fn table_of(rows: &MariadbTableRows) -> TableName {
     }
 }
 
-/// `@@gtid_binlog_pos` now.
-async fn position(server: &MariadbServer) -> Result<String, VerifyError> {
-    let rows = client::query(
-        server,
-        "SELECT @@GLOBAL.gtid_binlog_pos;\n",
-        Some(client::SHORT),
-    )
-    .await?;
-    Ok(rows
-        .first()
-        .and_then(|row| row.first())
-        .cloned()
-        .unwrap_or_default())
-}
-
 /// A round on the source.
 pub async fn source_round(
     server: &MariadbServer,
@@ -101,7 +86,7 @@ pub async fn source_round(
 ) -> Result<VerifyMariadbRowsResponse, VerifyError> {
     let started = Instant::now();
     let catalog = mariadb::read_catalog(server, &ask.databases).await?;
-    let to = position(server).await?;
+    let to = client::gtid_binlog_pos(server).await?;
     let mut touched =
         mariadb::touched_between(server, &ask.databases, &catalog, &ask.from_gtid, &to).await?;
     for pending in &ask.pending {

@@ -70,9 +70,20 @@ pub enum ClientError {
 /// next to a `mysql` client, `mariadb-dump` otherwise, in the same directory
 /// when the client is given as a path.
 pub(super) fn dump_tool(server: &MariadbServer) -> PathBuf {
+    companion_tool(server, "mysqldump", "mariadb-dump")
+}
+
+/// The tool of the server's client suite: `mysql_name` next to a `mysql`
+/// client, `mariadb_name` otherwise, in the client's directory when it is
+/// given as a path.
+pub(crate) fn companion_tool(
+    server: &MariadbServer,
+    mysql_name: &str,
+    mariadb_name: &str,
+) -> PathBuf {
     let name = match server.client.file_name().and_then(|n| n.to_str()) {
-        Some("mysql") => "mysqldump",
-        _ => "mariadb-dump",
+        Some("mysql") => mysql_name,
+        _ => mariadb_name,
     };
     match server.client.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
@@ -84,6 +95,14 @@ pub(super) fn dump_tool(server: &MariadbServer) -> PathBuf {
 /// A copy's loader reads no option file: a `password=` of the host's
 /// `[client]` section would override its own (`MYSQL_PWD` comes last).
 pub(crate) fn command(server: &MariadbServer, program: &Path) -> Command {
+    let mut command = connected(server, program);
+    command.arg("--default-character-set=utf8mb4");
+    command
+}
+
+/// [`command`] without a character set, for a tool that takes none
+/// (`mariadb-binlog`).
+pub(crate) fn connected(server: &MariadbServer, program: &Path) -> Command {
     let mut command = Command::new(program);
     if server.user.starts_with(super::users::LOADER_PREFIX) {
         command.arg("--no-defaults");
@@ -91,7 +110,6 @@ pub(crate) fn command(server: &MariadbServer, program: &Path) -> Command {
     command
         .arg(format!("--socket={}", server.socket.display()))
         .arg(format!("--user={}", server.user))
-        .arg("--default-character-set=utf8mb4")
         .kill_on_drop(true);
     match server.password.as_deref() {
         Some(password) => command.env("MYSQL_PWD", password),
@@ -126,6 +144,16 @@ pub(crate) async fn query(
         .filter(|line| !line.is_empty())
         .map(|line| line.split('\t').map(unescape_str).collect())
         .collect())
+}
+
+/// `@@gtid_binlog_pos`: everything the server has logged so far.
+pub(crate) async fn gtid_binlog_pos(server: &MariadbServer) -> Result<String, ClientError> {
+    let rows = query(server, "SELECT @@GLOBAL.gtid_binlog_pos;\n", Some(SHORT)).await?;
+    Ok(rows
+        .first()
+        .and_then(|row| row.first())
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// Runs `sql` (after [`SESSION_SETUP`]) and returns standard output.
