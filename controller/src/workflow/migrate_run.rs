@@ -357,11 +357,23 @@ pub struct MigrationRun {
 impl MigrationRun {
     /// Where `database`'s rows verification stands (nothing read yet
     /// before the first round).
-    pub fn mariadb_rows_mark(&self, source_server: &str) -> Option<MariadbRowsMark> {
+    /// Where the MariaDB rows verification of `databases` on
+    /// `source_server` stands: the last round's mark, or before the first
+    /// the copy's snapshot position (a server's databases are read in one
+    /// snapshot).
+    pub fn mariadb_rows_mark(&self, source_server: &str, databases: &[String]) -> MariadbRowsMark {
         self.backlog
             .as_ref()
             .and_then(|backlog| backlog.mariadb_rows.get(source_server))
             .cloned()
+            .unwrap_or_else(|| MariadbRowsMark {
+                through_gtid: databases
+                    .iter()
+                    .find_map(|d| self.snapshot_positions.get(&format!("mariadb:{d}")))
+                    .cloned()
+                    .unwrap_or_default(),
+                pending: Vec::new(),
+            })
     }
 
     pub fn rows_mark(&self, database: &str) -> RowsMark {

@@ -83,26 +83,6 @@ pub(super) fn rows_database<'a>(
     }
 }
 
-/// Where the MariaDB rows verification of `databases` on `source_server`
-/// stands: the last round's mark, or before the first the copy's
-/// snapshot position (the databases of a server are read in one
-/// snapshot).
-pub(super) fn mariadb_rows_mark(
-    run: &MigrationRun,
-    source_server: &str,
-    databases: &[String],
-) -> agents::verify::MariadbRowsMark {
-    run.mariadb_rows_mark(source_server)
-        .unwrap_or_else(|| agents::verify::MariadbRowsMark {
-            through_gtid: databases
-                .iter()
-                .find_map(|d| run.snapshot_positions.get(&format!("mariadb:{d}")))
-                .cloned()
-                .unwrap_or_default(),
-            pending: Vec::new(),
-        })
-}
-
 pub(super) fn postgres(run: &MigrationRun) -> impl Iterator<Item = &DatabasePlan> {
     run.plan
         .databases
@@ -559,7 +539,7 @@ impl Steps<'_> {
         for (source_server, target_server, databases) in
             mariadb_groups(run).map_err(CallFailure::Refused)?
         {
-            let mark = mariadb_rows_mark(run, &source_server, &databases);
+            let mark = run.mariadb_rows_mark(&source_server, &databases);
             let round = agents::verify::verify_mariadb_rows(
                 c,
                 self.source,

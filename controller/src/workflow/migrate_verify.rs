@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use super::migrate_run::MigrationRun;
-use super::migrate_steps::{mariadb_groups, mariadb_rows_mark, postgres, rows_database};
+use super::migrate_steps::{mariadb_groups, postgres, rows_database};
 use crate::agents::{self, CallFailure};
 use crate::model::Host;
 use crate::state::Controller;
@@ -106,7 +106,7 @@ pub async fn verify_changes(
     let groups = mariadb_groups(run).map_err(CallFailure::Refused)?;
     let mariadb = futures_util::future::try_join_all(groups.iter().map(
         |(source_server, target_server, databases)| async move {
-            let mark = mariadb_rows_mark(run, source_server, databases);
+            let mark = run.mariadb_rows_mark(source_server, databases);
             let rows = tokio::time::timeout_at(
                 deadline.into(),
                 agents::verify::verify_mariadb_rows(
