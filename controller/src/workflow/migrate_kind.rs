@@ -426,8 +426,15 @@ fn after(run: &MigrationRun, outcome: MigrateOutcome) -> Transition<MigrationRun
                 after.attempts = 0;
                 after.error = String::new();
                 after.phase = format!(
-                    "converging: backlog {}, {} MariaDB transactions and {} paths{}, above the threshold ({}, {} and {}); the freeze waits",
+                    "converging: backlog {}{}, {} MariaDB transactions and {} paths{}, above the threshold ({}, {} and {}); the freeze waits",
                     human_bytes(backlog.postgres_lag_bytes),
+                    match backlog.rows_unread_bytes() {
+                        0 => String::new(),
+                        unread => format!(
+                            " ({} of WAL the rows' verification has not read)",
+                            human_bytes(unread)
+                        ),
+                    },
                     backlog.mariadb_transactions,
                     backlog.files_pending,
                     if backlog.files_full_comparison {

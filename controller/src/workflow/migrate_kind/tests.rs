@@ -389,6 +389,40 @@ fn a_large_backlog_keeps_converging_and_says_so() {
 }
 
 #[test]
+fn wal_the_rows_verification_has_not_read_keeps_converging_and_the_marks_are_kept() {
+    let converging = run(MigrateState::Converging, MigrateStep::Converge);
+    let mut unread = backlog(0, 0);
+    unread.rows.insert(
+        "shop".into(),
+        crate::agents::verify::RowsMark {
+            through_lsn: "0/1A2B3C4".into(),
+            pending: Vec::new(),
+            unread_bytes: 2 << 20,
+        },
+    );
+    let t = decide(
+        &converging,
+        outcome(MigrateOutcome::Measured(unread.clone())),
+    );
+    assert_eq!(t.state.state, MigrateState::Converging);
+    assert!(
+        t.state
+            .phase
+            .contains("the rows' verification has not read"),
+        "{}",
+        t.state.phase
+    );
+    // The next round reads from the recorded position.
+    assert_eq!(t.state.rows_mark("shop").through_lsn, "0/1A2B3C4");
+    if let Some(mark) = unread.rows.get_mut("shop") {
+        mark.unread_bytes = 10;
+    }
+    let t = decide(&converging, outcome(MigrateOutcome::Measured(unread)));
+    assert_eq!(t.state.state, MigrateState::Freezing);
+    assert_eq!(t.state.rows_mark("shop").through_lsn, "0/1A2B3C4");
+}
+
+#[test]
 fn the_files_backlog_and_an_untrusted_journal_keep_converging() {
     let converging = run(MigrateState::Converging, MigrateStep::Converge);
     let mut pending = backlog(0, 0);
