@@ -45,7 +45,10 @@
 //!   sides (`VerifyFiles`); [`verify::postgres`], the touched keys read
 //!   from `test_decoding` lines, and [`verify::postgres_rows`], the
 //!   verification slot, its rounds and the rows' fingerprints on each side
-//!   (`VerifyRows`, served through `server/replication.rs`).
+//!   (`VerifyRows`, served through `server/replication.rs`);
+//!   [`verify::mariadb`], the touched keys read from the binary log between
+//!   two GTID positions and their fingerprints, and
+//!   [`verify::mariadb_rows`], its rounds on each side (`VerifyMariadbRows`).
 //! - [`inventory`]: what the host holds (addresses, disk, accounts, database
 //!   servers and databases), one small module per part.
 //! - [`addresses`]: IP rerouting on this host: an address held or not

@@ -5,11 +5,13 @@
 //! with its copy ([`agents::verify::verify_files`]); each PostgreSQL
 //! database's rows changed since the last converge round, with those that
 //! differed then, likewise ([`agents::verify::verify_rows`], after the
-//! target drained to the fenced position, so any difference is one). A
-//! difference means the copy is not what the source holds; the freeze
-//! then undoes itself and the migration rolls back (another try would
-//! copy the same way), the reason naming the paths and rows. MariaDB's
-//! rows are not verified yet.
+//! target drained to the fenced position, so any difference is one), and
+//! each MariaDB server's from its binary log since the last round
+//! ([`agents::verify::verify_mariadb_rows`]); all at once. A difference
+//! means the copy is not what the source holds; the freeze then undoes
+//! itself and the migration rolls back (another try would copy the same
+//! way), the reason naming the paths and rows. The converge rounds of the
+//! rows' verification run in the `measure` step ([`super::migrate_steps`]).
 
 use std::time::{Duration, Instant};
 
