@@ -21,9 +21,10 @@
 //! Then it is a pull restricted to those paths: the target's entries at
 //! the same paths are read ([`Lookup`]), compared and brought in line by
 //! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan). A
-//! durable copy's pass syncs those entries one by one (files and
-//! directories, on a few threads) instead of the whole filesystem, whose
-//! other writers a pass inside the freeze must not wait for.
+//! durable copy's pass syncs what it changed one by one (the files it
+//! wrote, the directories it named or removed something in: not the
+//! untouched ancestors; on a few threads) instead of the whole filesystem,
+//! whose other writers a pass inside the freeze must not wait for.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -40,7 +41,7 @@ use tonic::transport::Channel;
 use super::apply::ApplyError;
 use super::beneath::Root;
 use super::path::RelPath;
-use super::plan::{self, Sizes};
+use super::plan::{self, Changes, Sizes};
 use super::pull::{FilesReport, PullConfig, apply_plan, open, pull_with};
 use super::receive::blocking;
 use super::scan::{Entry, Kind, Lookup};
@@ -348,14 +349,14 @@ pub async fn catch_up(
         .map_err(failed)?
     };
     let planned = started.elapsed();
+    let changes = plan.changes();
     apply_plan(&shared, &mut files, plan, started)
         .await
         .map_err(failed)?;
     let applied = started.elapsed();
     if durable {
         let root = shared.root.clone();
-        let entries = entries.clone();
-        blocking(move || sync_entries(&root, &entries))
+        blocking(move || sync_changes(&root, &changes))
             .await
             .map_err(failed)?
             .map_err(|error| failed(Problem::Apply(error)))?;
@@ -389,20 +390,29 @@ const PASS_BATCH_FILES: usize = 16;
 /// filesystem's journal commits.
 const SYNC_THREADS: usize = 8;
 
-/// Makes the pass's entries durable: each regular file and each directory
-/// (a directory's sync carries the names made, renamed or removed in it;
-/// links, fifos and sockets are such names). Through the root, never
-/// following a link; an entry gone meanwhile is not an error.
-fn sync_entries(root: &Root, entries: &[Entry]) -> Result<(), ApplyError> {
-    let wanted: Vec<&Entry> = entries
+/// Makes what the pass changed durable: each file it wrote and each
+/// directory in which it named or removed something or whose metadata it
+/// set (not the untouched ancestors the source lists: each `fsync` costs a
+/// write to the device and a flush of its cache, even with nothing to
+/// write). Through the root, never following a link; an entry gone
+/// meanwhile is not an error.
+fn sync_changes(root: &Root, changes: &Changes) -> Result<(), ApplyError> {
+    let wanted: Vec<(&RelPath, bool)> = changes
+        .files
         .iter()
-        .filter(|e| matches!(e.kind, Kind::File | Kind::Dir))
+        .map(|path| (path, false))
+        .chain(changes.dirs.iter().map(|path| (path, true)))
         .collect();
     let chunk = wanted.len().div_ceil(SYNC_THREADS).max(1);
     std::thread::scope(|scope| {
         let workers: Vec<_> = wanted
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().try_for_each(|e| sync_one(root, e))))
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .try_for_each(|(path, is_dir)| sync_one(root, path, *is_dir))
+                })
+            })
             .collect();
         workers.into_iter().try_for_each(|worker| {
             worker.join().unwrap_or_else(|_| {
@@ -416,9 +426,8 @@ fn sync_entries(root: &Root, entries: &[Entry]) -> Result<(), ApplyError> {
     })
 }
 
-fn sync_one(root: &Root, entry: &Entry) -> Result<(), ApplyError> {
-    let path = &entry.path;
-    let synced = if entry.kind == Kind::Dir {
+fn sync_one(root: &Root, path: &RelPath, is_dir: bool) -> Result<(), ApplyError> {
+    let synced = if is_dir {
         root.dir(path).and_then(|fd| nix::unistd::fsync(fd.as_fd()))
     } else {
         root.open_file(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK)

@@ -8,7 +8,7 @@
 //! attributes match is left alone, unread: a refresh of an unchanged tree
 //! costs two directory walks and no hashing.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::apply::{self, ApplyError};
 use super::beneath::Root;
@@ -43,6 +43,62 @@ pub struct Plan {
     pub replaced: u64,
     /// Directories created.
     pub created: u64,
+}
+
+/// What carrying out a [`Plan`] changes, for making exactly that durable:
+/// the regular files whose content or metadata it writes, and the
+/// directories in which it makes, renames or removes a name (content
+/// arrives in a temporary file renamed into place) or whose own metadata
+/// it sets. Directories found as wanted in which nothing is named anew are
+/// not in it (a catch-up pass lists every changed path's ancestors).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub files: Vec<RelPath>,
+    pub dirs: BTreeSet<RelPath>,
+}
+
+impl Plan {
+    /// What carrying out this plan changes (the structural part, already
+    /// done, included: a directory made or a replaced entry is named in
+    /// its parent).
+    pub fn changes(&self) -> Changes {
+        let mut changes = Changes::default();
+        let named_in = |path: &RelPath, dirs: &mut BTreeSet<RelPath>| {
+            if let Some((parent, _)) = path.split_last() {
+                dirs.insert(parent);
+            }
+        };
+        for entry in self.large.iter().map(|(e, _)| e).chain(&self.small) {
+            changes.files.push(entry.path.clone());
+            named_in(&entry.path, &mut changes.dirs);
+        }
+        for entry in &self.metadata {
+            if entry.kind == Kind::File {
+                changes.files.push(entry.path.clone());
+            } else {
+                // Links and specials cannot be opened: their inode's
+                // change goes with their directory's.
+                named_in(&entry.path, &mut changes.dirs);
+            }
+        }
+        let named = self
+            .symlinks
+            .iter()
+            .chain(&self.specials)
+            .map(|e| &e.path)
+            .chain(self.hardlinks.iter().map(|(path, _)| path))
+            .chain(&self.extraneous);
+        for path in named {
+            named_in(path, &mut changes.dirs);
+        }
+        for (dir, _) in &self.dirs {
+            if !self.dirs_as_wanted.contains(&dir.path) {
+                changes.dirs.insert(dir.path.clone());
+                named_in(&dir.path, &mut changes.dirs);
+            }
+        }
+        changes
+    }
 }
 
 /// Tells small files from large ones.
@@ -184,4 +240,66 @@ pub fn prepare(
         .cloned()
         .collect();
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, kind: Kind) -> Entry {
+        Entry {
+            path: self::path(path),
+            kind,
+            mode: 0o644,
+            uid: 1000,
+            gid: 1000,
+            mtime: Default::default(),
+            size: 10,
+            xattrs: Vec::new(),
+            extents: None,
+            inode: (0, 0),
+        }
+    }
+
+    fn path(path: &str) -> RelPath {
+        RelPath::parse(path.as_bytes()).expect("a valid path")
+    }
+
+    fn paths(list: &[&str]) -> Vec<RelPath> {
+        list.iter().map(|p| path(p)).collect()
+    }
+
+    /// A pass over `a/b/f` (rewritten) lists `a` and `a/b` too: neither is
+    /// synced for itself, only `a/b`, where the new content is renamed in.
+    #[test]
+    fn the_changes_leave_out_ancestors_found_as_wanted() {
+        let mut plan = Plan::default();
+        for dir in ["", "a", "a/b", "a/c", "n"] {
+            plan.dirs.push((entry(dir, Kind::Dir), true));
+        }
+        for dir in ["", "a", "a/b", "a/c"] {
+            plan.dirs_as_wanted.insert(path(dir));
+        }
+        plan.small.push(entry("a/b/f", Kind::File));
+        plan.metadata.push(entry("a/c/g", Kind::File));
+        plan.metadata
+            .push(entry("a/c/l", Kind::Symlink(b"g".to_vec())));
+        plan.extraneous.push(path("a/gone"));
+        let changes = plan.changes();
+        assert_eq!(changes.files, paths(&["a/b/f", "a/c/g"]));
+        assert_eq!(
+            changes.dirs.into_iter().collect::<Vec<_>>(),
+            // "n" was made (not found as wanted), and named in the root.
+            paths(&["", "a", "a/b", "a/c", "n"])
+        );
+    }
+
+    #[test]
+    fn a_plan_that_writes_nothing_changes_nothing() {
+        let mut plan = Plan::default();
+        plan.dirs.push((entry("", Kind::Dir), true));
+        plan.dirs_as_wanted.insert(RelPath::root());
+        plan.unchanged.push((path("f"), 10));
+        assert_eq!(plan.changes(), Changes::default());
+    }
 }
