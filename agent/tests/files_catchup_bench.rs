@@ -155,7 +155,6 @@ async fn a_catch_up_pass_against_rsync() -> anyhow::Result<()> {
     let full_copy = started.elapsed();
     let rsync_full = rsync(&home, &rsync_copy)?;
     rsync(&home, &rsync_synced_copy)?;
-    let fsync = ["--fsync"];
 
     let mut sequence = 0;
     let pass = async |epoch: u64, sequence: u64| -> anyhow::Result<(Duration, CatchUpReport)> {
@@ -195,7 +194,7 @@ async fn a_catch_up_pass_against_rsync() -> anyhow::Result<()> {
         compared.1 = report.entries_compared;
         busy.push(time);
         busy_rsync.push(rsync(&home, &rsync_copy)?);
-        busy_rsync_synced.push(rsync_with(&home, &rsync_synced_copy, &fsync)?);
+        busy_rsync_synced.push(rsync_with(&home, &rsync_synced_copy, &["--fsync"])?);
         println!(
             "round {}: nothing changed {} / rsync {}; 1% changed {} / rsync {} / rsync --fsync {}",
             round + 1,

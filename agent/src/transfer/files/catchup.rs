@@ -29,7 +29,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use navette_proto::v1::ListChangesRequest;
@@ -322,11 +321,9 @@ pub async fn catch_up(
     files.files = regular.len() as u64;
     files.bytes = regular.iter().map(|e| e.data_bytes()).sum();
     shared.set_totals(files.bytes, files.files);
-    let entries = Arc::new(entries);
     let plan = {
         let root = shared.root.clone();
         let cache = shared.cache.clone();
-        let entries = entries.clone();
         let sizes = Sizes {
             small_file_max: shared.config.small_file_max,
         };
@@ -349,12 +346,12 @@ pub async fn catch_up(
         .map_err(failed)?
     };
     let planned = started.elapsed();
-    let changes = plan.changes();
+    let changes = durable.then(|| plan.changes());
     apply_plan(&shared, &mut files, plan, started)
         .await
         .map_err(failed)?;
     let applied = started.elapsed();
-    if durable {
+    if let Some(changes) = changes {
         let root = shared.root.clone();
         blocking(move || sync_changes(&root, &changes))
             .await

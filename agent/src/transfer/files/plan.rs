@@ -269,8 +269,11 @@ mod tests {
         list.iter().map(|p| path(p)).collect()
     }
 
-    /// A pass over `a/b/f` (rewritten) lists `a` and `a/b` too: neither is
-    /// synced for itself, only `a/b`, where the new content is renamed in.
+    /// A pass lists every changed path's ancestors: only the directories a
+    /// name changed in are kept (`a/b`, where `a/b/f`'s new content is
+    /// renamed in; `a/c`, holding the link whose owner changes; `a`, where
+    /// `a/gone` is removed; the root, where `n` is made; `n` itself), and
+    /// of files only those written (`a/b/f`, and `a/c/g` for its metadata).
     #[test]
     fn the_changes_leave_out_ancestors_found_as_wanted() {
         let mut plan = Plan::default();
