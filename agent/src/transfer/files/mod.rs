@@ -27,7 +27,7 @@
 //! Target: [`pull`] (the entry point, its attempts and retries),
 //! [`shared`] (what an attempt's parts share, and the counters),
 //! [`manifest`] (the checks that make the manifest a tree that can be built
-//! safely), [`plan`] (comparison and structural changes), [`receive`]
+//! safely), [`plan`] (comparison, structural changes, and what a plan changes), [`receive`]
 //! (content streams) and [`part`] (one large file: delta, verification,
 //! rename into place), [`apply`] (every change made to the target tree)
 //! and [`journal`] (what a resumed pull picks up); [`catchup`], a pass
