@@ -179,6 +179,49 @@ async fn changes_arrive_with_one_pass_that_compares_only_them() -> anyhow::Resul
     Ok(())
 }
 
+/// A small file's new content is written over its old version (the same
+/// inode, nothing renamed in its directory), shorter or longer, unless the
+/// copy's file has another name: writing through it would change that
+/// name's content too, so the content then arrives in a file of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_content_goes_over_the_old_unless_the_file_has_another_name() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let copy = copied("catchup-in-place").await?;
+    let (home, target) = (copy.home(), copy.target());
+    let inode = |path: &Path| -> anyhow::Result<u64> { Ok(std::fs::metadata(path)?.ino()) };
+    let index_inode = inode(&target.join("www/index.html"))?;
+    let secret_inode = inode(&target.join("secret.txt"))?;
+    // A name the source does not have, on the copy's inode of 0003.txt.
+    let old_0003 = std::fs::read(target.join("many/0003.txt"))?;
+    std::fs::hard_link(target.join("many/0003.txt"), target.join("linked-0003"))?;
+
+    std::fs::write(home.join("www/index.html"), b"<h1>hi</h1>\n")?;
+    std::fs::write(
+        home.join("secret.txt"),
+        b"private, and much longer than before\n",
+    )?;
+    std::fs::write(home.join("many/0003.txt"), b"new content\n")?;
+    let pass = copy.pass(copy.epoch, 0, true).await?;
+    ensure!(
+        pass.mode == Mode::Journal && pass.files.files_sent == 3,
+        "{pass:?}"
+    );
+    ensure!(
+        inode(&target.join("www/index.html"))? == index_inode
+            && inode(&target.join("secret.txt"))? == secret_inode,
+        "a changed file with one name was not written over its old version"
+    );
+    ensure!(
+        std::fs::read(target.join("linked-0003"))? == old_0003,
+        "the copy's other name of many/0003.txt changed with it"
+    );
+    ensure!(inode(&target.join("many/0003.txt"))? != inode(&target.join("linked-0003"))?);
+    std::fs::remove_file(target.join("linked-0003"))?;
+    let differences = rsync_differences(&home, &target)?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_journal_makes_the_pass_compare_the_whole_tree() -> anyhow::Result<()> {
     let copy = copied("catchup-untrusted").await?;

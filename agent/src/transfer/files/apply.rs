@@ -2,7 +2,9 @@
 //! directory fd of the [`Root`] and a plain name, never following a link.
 //! New content and new links are made under a temporary name in the same
 //! directory and renamed over the old entry, so the old entry is replaced
-//! whole or not at all.
+//! whole or not at all; except that a catch-up pass may write a small
+//! file's new content over its old version ([`open_in_place`]), as
+//! `rsync --inplace` does, where nothing reads the copy yet.
 //!
 //! Metadata goes on in a fixed order: owner (which clears setuid, setgid
 //! and file capabilities), extended attributes, mode, modification time.
@@ -424,6 +426,38 @@ pub fn open_part(
     }
     let length = u64::try_from(stat.st_size).unwrap_or(0);
     Ok((std::fs::File::from(fd), length, dir))
+}
+
+/// Opens the regular file at `path` for its new content to be written
+/// over the old, when that can be done: a regular file with no other name
+/// (writing through a hard link would change its other names too), which
+/// the agent may write. `None` otherwise (nothing there, or it is busy,
+/// immutable or linked): the content then goes through a temporary file.
+///
+/// Writing over the old content keeps the file's blocks where they are,
+/// instead of allocating a new inode and freeing the old one's blocks
+/// (each freed block is discarded on a filesystem mounted with `discard`).
+/// A write cut short leaves a file whose modification time is the time of
+/// the write, which no source has: the next comparison sends it again.
+pub fn open_in_place(root: &Root, path: &RelPath) -> Result<Option<std::fs::File>, ApplyError> {
+    let fd = match root.open_file(path, OFlag::O_RDWR | OFlag::O_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(
+            Errno::ENOENT
+            | Errno::ELOOP
+            | Errno::EISDIR
+            | Errno::ENXIO
+            | Errno::EWOULDBLOCK
+            | Errno::ETXTBSY
+            | Errno::EACCES
+            | Errno::EPERM
+            | Errno::EROFS,
+        ) => return Ok(None),
+        Err(errno) => return Err(at(path, "open for writing in place")(errno)),
+    };
+    let stat = nix::sys::stat::fstat(&fd).map_err(at(path, "stat"))?;
+    let regular = stat.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+    Ok((regular && stat.st_nlink == 1).then(|| std::fs::File::from(fd)))
 }
 
 /// Gives the finished temporary file of `path` its metadata, makes it

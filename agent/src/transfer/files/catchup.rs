@@ -20,11 +20,15 @@
 //!
 //! Then it is a pull restricted to those paths: the target's entries at
 //! the same paths are read ([`Lookup`]), compared and brought in line by
-//! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan). A
-//! durable copy's pass syncs what it changed one by one (the files it
-//! wrote, the directories it named or removed something in: not the
-//! untouched ancestors; on a few threads) instead of the whole filesystem,
-//! whose other writers a pass inside the freeze must not wait for.
+//! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan),
+//! except that a small file's new content is written over its old version
+//! where [`open_in_place`](super::apply::open_in_place) allows: nothing
+//! serves from the copy before the switch. A durable copy's pass syncs
+//! what it changed one by one (the files it wrote, the directories it
+//! named or removed something in: not the untouched ancestors, nor the
+//! directory of a file written over its old version; on a few threads)
+//! instead of the whole filesystem, whose other writers a pass inside the
+//! freeze must not wait for.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsFd;
@@ -281,8 +285,11 @@ pub async fn catch_up(
     let durable = config.durable;
     // A pass moves few files: in small batches, so that they are written
     // on several streams at once rather than one after the other.
+    // Nothing serves from the copy before the switch: a small file's new
+    // content is written over its old version (see `open_in_place`).
     let config = PullConfig {
         durable: false,
+        in_place: true,
         batch_files: config.batch_files.min(PASS_BATCH_FILES),
         ..config
     };
@@ -353,7 +360,8 @@ pub async fn catch_up(
     let applied = started.elapsed();
     if let Some(changes) = changes {
         let root = shared.root.clone();
-        blocking(move || sync_changes(&root, &changes))
+        let over_old = shared.tally.written_over_old();
+        blocking(move || sync_changes(&root, &changes, &over_old))
             .await
             .map_err(failed)?
             .map_err(|error| failed(Problem::Apply(error)))?;
@@ -389,16 +397,21 @@ const SYNC_THREADS: usize = 8;
 
 /// Makes what the pass changed durable: each file it wrote and each
 /// directory in which it named or removed something or whose metadata it
-/// set (not the untouched ancestors the source lists: each `fsync` costs a
-/// write to the device and a flush of its cache, even with nothing to
+/// set (not the untouched ancestors the source lists, nor the directory
+/// of a file written over its old version, `over_old`: each `fsync` costs
+/// a write to the device and a flush of its cache, even with nothing to
 /// write). Through the root, never following a link; an entry gone
 /// meanwhile is not an error.
-fn sync_changes(root: &Root, changes: &Changes) -> Result<(), ApplyError> {
+fn sync_changes(
+    root: &Root,
+    changes: &Changes,
+    over_old: &HashSet<RelPath>,
+) -> Result<(), ApplyError> {
     let wanted: Vec<(&RelPath, bool)> = changes
         .files
         .iter()
         .map(|path| (path, false))
-        .chain(changes.dirs.iter().map(|path| (path, true)))
+        .chain(changes.dirs_to_sync(over_old).map(|path| (path, true)))
         .collect();
     let chunk = wanted.len().div_ceil(SYNC_THREADS).max(1);
     std::thread::scope(|scope| {

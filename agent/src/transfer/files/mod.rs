@@ -32,8 +32,9 @@
 //! rename into place), [`apply`] (every change made to the target tree)
 //! and [`journal`] (what a resumed pull picks up); [`catchup`], a pass
 //! that compares only the paths a source's journal names, with the same
-//! checks as a manifest's, or the whole tree when the journal cannot be
-//! trusted.
+//! checks as a manifest's (a small file's new content written over its
+//! old version, [`apply::open_in_place`]), or the whole tree when the
+//! journal cannot be trusted.
 //!
 //! # Invariants
 //!

@@ -47,14 +47,35 @@ pub struct Plan {
 
 /// What carrying out a [`Plan`] changes, for making exactly that durable:
 /// the regular files whose content or metadata it writes, and the
-/// directories in which it makes, renames or removes a name (content
-/// arrives in a temporary file renamed into place) or whose own metadata
-/// it sets. Directories found as wanted in which nothing is named anew are
-/// not in it (a catch-up pass lists every changed path's ancestors).
+/// directories in which it makes, renames or removes a name or whose own
+/// metadata it sets. Directories found as wanted in which nothing is named
+/// anew are not in it (a catch-up pass lists every changed path's
+/// ancestors).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub files: Vec<RelPath>,
     pub dirs: BTreeSet<RelPath>,
+    /// Directories (not in `dirs`) changed only by new content, which
+    /// arrives in a temporary file renamed into place, with those files:
+    /// a directory whose files were all written over their old version
+    /// instead had no name changed ([`Changes::dirs_to_sync`]).
+    pub content_dirs: BTreeMap<RelPath, Vec<RelPath>>,
+}
+
+impl Changes {
+    /// The directories to sync once the plan is carried out, given the
+    /// files whose content was written over the old.
+    pub fn dirs_to_sync<'c>(
+        &'c self,
+        over_old: &'c HashSet<RelPath>,
+    ) -> impl Iterator<Item = &'c RelPath> + 'c {
+        let renamed_into = self
+            .content_dirs
+            .iter()
+            .filter(|(_, files)| files.iter().any(|file| !over_old.contains(file)))
+            .map(|(dir, _)| dir);
+        self.dirs.iter().chain(renamed_into)
+    }
 }
 
 impl Plan {
@@ -70,7 +91,13 @@ impl Plan {
         };
         for entry in self.large.iter().map(|(e, _)| e).chain(&self.small) {
             changes.files.push(entry.path.clone());
-            named_in(&entry.path, &mut changes.dirs);
+            if let Some((parent, _)) = entry.path.split_last() {
+                changes
+                    .content_dirs
+                    .entry(parent)
+                    .or_default()
+                    .push(entry.path.clone());
+            }
         }
         for entry in &self.metadata {
             if entry.kind == Kind::File {
@@ -97,6 +124,8 @@ impl Plan {
                 named_in(&dir.path, &mut changes.dirs);
             }
         }
+        let dirs = &changes.dirs;
+        changes.content_dirs.retain(|dir, _| !dirs.contains(dir));
         changes
     }
 }
@@ -271,7 +300,7 @@ mod tests {
 
     /// A pass lists every changed path's ancestors: only the directories a
     /// name changed in are kept (`a/b`, where `a/b/f`'s new content is
-    /// renamed in; `a/c`, holding the link whose owner changes; `a`, where
+    /// renamed in, unless it was written over the old; `a/c`, holding the link whose owner changes; `a`, where
     /// `a/gone` is removed; the root, where `n` is made; `n` itself), and
     /// of files only those written (`a/b/f`, and `a/c/g` for its metadata).
     #[test]
@@ -290,11 +319,15 @@ mod tests {
         plan.extraneous.push(path("a/gone"));
         let changes = plan.changes();
         assert_eq!(changes.files, paths(&["a/b/f", "a/c/g"]));
-        assert_eq!(
-            changes.dirs.into_iter().collect::<Vec<_>>(),
-            // "n" was made (not found as wanted), and named in the root.
-            paths(&["", "a", "a/b", "a/c", "n"])
-        );
+        let mut dirs: Vec<RelPath> = changes.dirs_to_sync(&HashSet::new()).cloned().collect();
+        dirs.sort();
+        // "n" was made (not found as wanted), and named in the root.
+        assert_eq!(dirs, paths(&["", "a", "a/b", "a/c", "n"]));
+        // Written over its old version, "a/b/f" named nothing in "a/b".
+        let over_old = HashSet::from([path("a/b/f")]);
+        let mut dirs: Vec<RelPath> = changes.dirs_to_sync(&over_old).cloned().collect();
+        dirs.sort();
+        assert_eq!(dirs, paths(&["", "a", "a/c", "n"]));
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub struct PullConfig {
     /// set-user-id and set-group-id bits (see [`setid`](super::setid)). A
     /// name this host does not know: no entry keeps them.
     pub account_user: AccountUser,
+    /// Write a small file's new content over its old version where
+    /// [`open_in_place`](super::apply::open_in_place) allows, rather than
+    /// into a temporary file renamed over it: for catch-up passes into a
+    /// copy nothing serves from yet, where a half-written file is read by
+    /// no one and sent again by the next pass.
+    pub in_place: bool,
 }
 
 impl Default for PullConfig {
@@ -82,6 +88,7 @@ impl Default for PullConfig {
             content_tries: 3,
             durable: true,
             account_user: AccountUser::default(),
+            in_place: false,
         }
     }
 }

@@ -33,7 +33,9 @@ use super::{Problem, path::RelPath};
 pub enum Received {
     /// In place. `changed`: it kept changing while read, and the copy is
     /// dated just before the source's time so a refresh sends it again.
-    Done { changed: bool },
+    /// `over_old`: written over its old version, no name changed in its
+    /// directory ([`apply::open_in_place`]).
+    Done { changed: bool, over_old: bool },
     /// No longer a regular file on the source: removed here too.
     Vanished,
 }
@@ -125,7 +127,12 @@ pub async fn receive_large(
             .map_err(|error| Problem::Internal(format!("file writer: {error}")))??;
         shared.resent(resent);
         match written {
-            Written::Done { changed } => return Ok(Received::Done { changed }),
+            Written::Done { changed } => {
+                return Ok(Received::Done {
+                    changed,
+                    over_old: false,
+                });
+            }
             Written::Vanished => {
                 let root = shared.root.clone();
                 let path = wanted.path.clone();
@@ -192,6 +199,7 @@ pub async fn receive_batch(
     let root = shared.root.clone();
     let cache = shared.cache.clone();
     let transfer_id = shared.transfer_id.clone();
+    let in_place = shared.config.in_place;
     let batch = files.clone();
     let writing = tokio::task::spawn_blocking(move || {
         let mut outcome = BatchOutcome::default();
@@ -205,7 +213,7 @@ pub async fn receive_batch(
                         reason: format!("a file numbered {} that was not asked for", file.index),
                     });
                 };
-                match write_whole(&root, &cache, &transfer_id, wanted, file)? {
+                match write_whole(&root, &cache, &transfer_id, wanted, file, in_place)? {
                     Some(received) => results.push((file_index, received)),
                     None => outcome.requeue.push(wanted.clone()),
                 }
@@ -249,14 +257,16 @@ pub async fn receive_batch(
     }
 }
 
-/// Writes one whole small file; `None` if it must be fetched again on its
-/// own (too large now, or it did not verify).
+/// Writes one whole small file (over its old version when `in_place` and
+/// [`apply::open_in_place`] allows it); `None` if it must be fetched again
+/// on its own (too large now, or it did not verify).
 fn write_whole(
     root: &Root,
     cache: &XattrCache,
     transfer_id: &str,
     wanted: &Entry,
     file: WholeFile,
+    in_place: bool,
 ) -> Result<Option<Received>, ApplyError> {
     let path = &wanted.path;
     if file.vanished {
@@ -270,9 +280,6 @@ fn write_whole(
         tracing::warn!(message = "small file did not verify; fetching it again", path = %path);
         return Ok(None);
     }
-    let (part, _, dir) = apply::open_part(root, transfer_id, path, true)?;
-    part.write_all_at(&file.data, 0)
-        .map_err(at(path, "write temporary file"))?;
     let seen = Mtime {
         sec: file.mtime_sec,
         nsec: file.mtime_nsec.min(999_999_999),
@@ -282,8 +289,28 @@ fn write_whole(
     } else {
         seen
     };
-    apply::finish_part(dir.as_fd(), &part, transfer_id, wanted, mtime, false, cache)?;
+    let over = in_place
+        .then(|| apply::open_in_place(root, path))
+        .transpose()?
+        .flatten();
+    let over_old = over.is_some();
+    if let Some(old) = over {
+        old.write_all_at(&file.data, 0)
+            .map_err(at(path, "write in place"))?;
+        old.set_len(file.data.len() as u64)
+            .map_err(at(path, "set the length"))?;
+        apply::apply_meta(old.as_fd(), wanted, mtime, path)?;
+        if let Ok(stat) = nix::sys::stat::fstat(old.as_fd()) {
+            cache.record(&stat, wanted.xattrs.clone());
+        }
+    } else {
+        let (part, _, dir) = apply::open_part(root, transfer_id, path, true)?;
+        part.write_all_at(&file.data, 0)
+            .map_err(at(path, "write temporary file"))?;
+        apply::finish_part(dir.as_fd(), &part, transfer_id, wanted, mtime, false, cache)?;
+    }
     Ok(Some(Received::Done {
         changed: file.changed,
+        over_old,
     }))
 }

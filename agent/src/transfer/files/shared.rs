@@ -34,6 +34,8 @@ pub struct Tally {
     counted: Mutex<HashMap<RelPath, u64>>,
     /// Files completed in this pull.
     finished: Mutex<HashSet<RelPath>>,
+    /// Files whose new content was written over the old.
+    over_old: Mutex<HashSet<RelPath>>,
     /// This pull's share of the progress totals (other phases share them).
     totals: Mutex<(u64, u64)>,
 }
@@ -116,8 +118,15 @@ impl Shared<'_> {
             return;
         }
         match received {
-            Received::Done { changed } => {
+            Received::Done { changed, over_old } => {
                 self.tally.files_sent.fetch_add(1, Ordering::Relaxed);
+                if *over_old {
+                    self.tally
+                        .over_old
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(entry.path.clone());
+                }
                 crate::metrics::copied_files(1);
                 if *changed {
                     self.tally.changed.fetch_add(1, Ordering::Relaxed);
@@ -204,6 +213,12 @@ impl Tally {
         report.files_unchanged = self.files_unchanged.load(Ordering::Relaxed);
         report.files_changed_during_copy = self.changed.load(Ordering::Relaxed);
         report.files_vanished = self.vanished.load(Ordering::Relaxed);
+    }
+
+    /// Files whose new content was written over the old (no name changed
+    /// in their directory).
+    pub fn written_over_old(&self) -> HashSet<RelPath> {
+        std::mem::take(&mut *self.over_old.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Files whose content was received or found gone so far.
