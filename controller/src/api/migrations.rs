@@ -330,6 +330,7 @@ fn freeze_window(window: &FreezeWindow) -> v1::FreezeWindow {
             .collect(),
         frozen_at: Some(timestamp(window.frozen_at)),
         missed_because: window.missed_because.clone(),
+        unverified_tables: window.unverified.clone(),
     }
 }
 
@@ -356,6 +357,7 @@ pub fn migration(run: &MigrationRun) -> v1::MigrationRun {
             mariadb_transactions: b.mariadb_transactions,
             below_threshold: b.below(&run.settings),
             measured_at: Some(timestamp(b.measured_at)),
+            unverified_tables: b.unverified.clone(),
         }),
         // The window is the migration's once it switched; a freeze under
         // way shows in `phase`.

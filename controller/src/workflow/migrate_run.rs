@@ -205,11 +205,23 @@ pub struct Backlog {
     /// source server name).
     #[serde(default)]
     pub mariadb_rows: BTreeMap<String, MariadbRowsMark>,
+    /// Tables whose changed rows a round could not verify since the
+    /// migration began, with why, each once (shown on the migration;
+    /// carried all the same).
+    #[serde(default)]
+    pub unverified: Vec<String>,
     #[serde(with = "crate::model::rfc3339")]
     pub measured_at: DateTime<Utc>,
 }
 
 impl Backlog {
+    /// Names a table whose rows were not verified, once.
+    pub fn name_unverified(&mut self, table: String) {
+        if !self.unverified.contains(&table) {
+            self.unverified.push(table);
+        }
+    }
+
     /// WAL bytes the rows' verification has not read yet, over every
     /// database: the freeze's round reads them.
     pub fn rows_unread_bytes(&self) -> u64 {
@@ -249,6 +261,10 @@ pub struct FreezeWindow {
     /// the switch forwards its sites and thaws it.
     #[serde(default)]
     pub sites_frozen: bool,
+    /// Tables whose changed rows the freeze's verification could not
+    /// check, with why.
+    #[serde(default)]
+    pub unverified: Vec<String>,
 }
 
 /// The platform DNS's records of the account, as read when the migration

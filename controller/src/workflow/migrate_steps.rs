@@ -454,6 +454,13 @@ impl Steps<'_> {
             journal: None,
             rows: BTreeMap::new(),
             mariadb_rows: BTreeMap::new(),
+            // Those of earlier rounds stay named: their rows are not
+            // checked again.
+            unverified: run
+                .backlog
+                .as_ref()
+                .map(|b| b.unverified.clone())
+                .unwrap_or_default(),
             measured_at: Utc::now(),
         };
         if !run.plan.source_home.is_empty() {
@@ -510,6 +517,7 @@ impl Steps<'_> {
             tracing::debug!(message = "rows verified while converging", migration = %run.id, database = %database.name, changes = round.changes, rows = round.rows, pending = round.mark.pending.iter().map(|p| p.keys.len()).sum::<usize>(), unread_bytes = round.mark.unread_bytes);
             for table in &round.unverified {
                 tracing::warn!(message = "rows not verified", migration = %run.id, database = %database.name, table = %table);
+                backlog.name_unverified(format!("{}: {table}", database.name));
             }
             backlog.rows.insert(database.name.clone(), round.mark);
         }
@@ -559,6 +567,9 @@ impl Steps<'_> {
                     tracing::debug!(message = "MariaDB rows verified while converging", migration = %run.id, server = %source_server, rows = round.rows, pending = round.mark.pending.len(), through = %round.mark.through_gtid);
                     for table in &round.unverified {
                         tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
+                    }
+                    for table in round.unverified {
+                        backlog.name_unverified(table);
                     }
                     round.mark
                 }
@@ -616,6 +627,7 @@ impl Steps<'_> {
                             run.target_host_id
                         ),
                         sites_frozen: false,
+                        unverified: Vec::new(),
                     });
                 }
             }
@@ -636,6 +648,7 @@ impl Steps<'_> {
         // when the copy differs (a rollback, not another try).
         let mut changed_paths: Vec<Vec<u8>> = Vec::new();
         let mut mismatch: Option<String> = None;
+        let mut unverified: Vec<String> = Vec::new();
         let result = async {
             let part = Instant::now();
             let account = bounded(
@@ -728,7 +741,7 @@ impl Steps<'_> {
             // Before the switch ends the held writers: a mismatch then
             // leaves the source exactly as it served.
             let part = Instant::now();
-            if let Some(why) = super::migrate_verify::verify_changes(
+            let verified = super::migrate_verify::verify_changes(
                 c,
                 self.source,
                 self.target,
@@ -736,8 +749,9 @@ impl Steps<'_> {
                 &changed_paths,
                 deadline,
             )
-            .await?
-            {
+            .await?;
+            unverified = verified.unverified;
+            if let Some(why) = verified.mismatch {
                 mismatch = Some(why.clone());
                 return Err(CallFailure::Refused(why));
             }
@@ -795,6 +809,7 @@ impl Steps<'_> {
             parts,
             missed_because,
             sites_frozen,
+            unverified: unverified.clone(),
         };
         match result {
             Ok(()) => MigrateOutcome::Frozen(window(parts, String::new(), frozen)),
@@ -892,6 +907,7 @@ impl Steps<'_> {
             parts,
             missed_because: why,
             sites_frozen: false,
+            unverified: Vec::new(),
         })))
     }
 

@@ -24,9 +24,19 @@ use crate::state::Controller;
 /// The most mismatched paths (or rows) a reason names.
 const NAMED: usize = 5;
 
-/// What the verification found: `Ok(None)` all equal, `Ok(Some(why))` a
-/// mismatch (`why` names the paths and rows), `Err` a call that failed (a
-/// missed freeze, as any other part's). Every call ends by `deadline`.
+/// What the verification found.
+#[derive(Debug, Default)]
+pub struct Verified {
+    /// `None` all equal; else what differs, naming the paths and rows.
+    pub mismatch: Option<String>,
+    /// Tables whose changed rows could not be checked, with why
+    /// (`database: schema.table: why` for PostgreSQL, `database.table:
+    /// why` for MariaDB).
+    pub unverified: Vec<String>,
+}
+
+/// What the verification found (`Err`: a call that failed, a missed
+/// freeze as any other part's). Every call ends by `deadline`.
 pub async fn verify_changes(
     controller: &Controller,
     source: &Host,
@@ -34,7 +44,7 @@ pub async fn verify_changes(
     run: &MigrationRun,
     changed_paths: &[Vec<u8>],
     deadline: Instant,
-) -> Result<Option<String>, CallFailure> {
+) -> Result<Verified, CallFailure> {
     let left = || {
         deadline
             .saturating_duration_since(Instant::now())
@@ -98,12 +108,11 @@ pub async fn verify_changes(
         for table in &rows.unverified {
             tracing::warn!(message = "rows not verified", migration = %run.id, database = %database.name, table = %table);
         }
-        Ok::<_, CallFailure>(
-            rows.mismatches
-                .into_iter()
-                .map(|words| format!("{}: {words}", database.name))
-                .collect::<Vec<_>>(),
-        )
+        let named = |words: &String| format!("{}: {words}", database.name);
+        Ok::<_, CallFailure>((
+            rows.mismatches.iter().map(named).collect::<Vec<_>>(),
+            rows.unverified.iter().map(named).collect::<Vec<_>>(),
+        ))
     }));
     let groups = mariadb_groups(run).map_err(CallFailure::Refused)?;
     let mariadb = futures_util::future::try_join_all(groups.iter().map(
@@ -137,26 +146,26 @@ pub async fn verify_changes(
             for table in &rows.unverified {
                 tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
             }
-            Ok::<_, CallFailure>(rows.mismatches)
+            Ok::<_, CallFailure>((rows.mismatches, rows.unverified))
         },
     ));
     let (files, rows, mariadb) = tokio::try_join!(files, rows, mariadb)?;
-    let rows: Vec<String> = rows
-        .into_iter()
-        .flatten()
-        .chain(mariadb.into_iter().flatten())
-        .collect();
-    if files.is_empty() && rows.is_empty() {
-        return Ok(None);
+    let (mut differ, mut unverified) = (Vec::new(), Vec::new());
+    for (mismatches, tables) in rows.into_iter().chain(mariadb) {
+        differ.extend(mismatches);
+        unverified.extend(tables);
     }
     let mut why = Vec::new();
     if !files.is_empty() {
         why.push(reason("files differ", &files));
     }
-    if !rows.is_empty() {
-        why.push(reason("rows differ", &rows));
+    if !differ.is_empty() {
+        why.push(reason("rows differ", &differ));
     }
-    Ok(Some(why.join("; ")))
+    Ok(Verified {
+        mismatch: (!why.is_empty()).then(|| why.join("; ")),
+        unverified,
+    })
 }
 
 /// The failure's reason: the first few paths (or rows) and what differs.

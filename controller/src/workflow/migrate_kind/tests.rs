@@ -85,6 +85,7 @@ fn backlog(bytes: u64, transactions: u64) -> Backlog {
         journal: None,
         rows: Default::default(),
         mariadb_rows: Default::default(),
+        unverified: Vec::new(),
         measured_at: at(10),
     }
 }
@@ -99,6 +100,7 @@ fn window(missed: &str) -> FreezeWindow {
         }],
         missed_because: missed.into(),
         sites_frozen: false,
+        unverified: Vec::new(),
     }
 }
 
