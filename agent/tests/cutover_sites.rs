@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use cutover_support::World;
 use navette_proto::v1::{
-    ForwardSitesRequest, FreezeAccountRequest, StartSitesRequest, ThawAccountRequest,
-    UnforwardSitesRequest,
+    ForwardSitesRequest, FreezeAccountRequest, FreezeAccountResponse, StartSitesRequest,
+    ThawAccountRequest, UnforwardSitesRequest,
 };
 use navette_tests::rig::CLIENT_ADDR;
 use navette_tests::{AccountSpec, sample_domains};
@@ -69,6 +69,39 @@ fn freeze(migration: &str, account: &str, deadline_ms: u32) -> FreezeAccountRequ
         migration_id: migration.into(),
         account: account.into(),
         deadline_ms,
+    }
+}
+
+/// Freezes `account` for `migration`. A freeze the kernel could not
+/// complete within the agent's time (a task of the loop caught in an
+/// uninterruptible wait on a loaded machine) is refused and thawed, and is
+/// asked once more, as the migration's freeze step does. Returns the answer
+/// and when the call that held began.
+fn freeze_held(
+    world: &World,
+    agent: &navette_tests::Agent,
+    migration: &str,
+    account: &str,
+    deadline_ms: u32,
+) -> anyhow::Result<(FreezeAccountResponse, Instant)> {
+    let ask = || {
+        world.call(agent, async |c| {
+            c.freeze_account(freeze(migration, account, deadline_ms))
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    let started = Instant::now();
+    match ask()? {
+        Err(status) if status.message().contains("did not freeze within") => {
+            eprintln!(
+                "freeze {migration} refused, asked again: {}",
+                status.message()
+            );
+            let started = Instant::now();
+            Ok((ask()??, started))
+        }
+        answer => Ok((answer?, started)),
     }
 }
 
@@ -117,11 +150,7 @@ fn every_process_of_the_account_freezes_and_thaws_and_a_freeze_ends_at_its_deadl
         .wait_until("the loop writes", Duration::from_secs(5), || Ok(size() > 0))?;
     ensure!(grows(Duration::from_millis(300)), "the loop does not write");
 
-    let frozen = world.call(&agent, async |c| {
-        c.freeze_account(freeze("m-frz-1", &account.name, 10_000))
-            .await
-            .map(|r| r.into_inner())
-    })??;
+    let (frozen, _) = freeze_held(&world, &agent, "m-frz-1", &account.name, 10_000)?;
     eprintln!("frozen: {frozen:?}");
     ensure!(
         frozen.moved_processes >= 1,
@@ -176,30 +205,8 @@ fn every_process_of_the_account_freezes_and_thaws_and_a_freeze_ends_at_its_deadl
         "a thawed loop does not write"
     );
 
-    // Nobody thaws: the deadline does. A freeze the kernel could not
-    // complete in time (a task of the loop caught in an uninterruptible
-    // wait on a loaded machine) is refused and thawed, and asked again,
-    // as the migration's freeze step does.
-    let mut started = Instant::now();
-    let short = || {
-        world.call(&agent, async |c| {
-            c.freeze_account(freeze("m-frz-2", &account.name, 1200))
-                .await
-        })
-    };
-    match short()? {
-        Err(status) if status.message().contains("did not freeze within") => {
-            eprintln!(
-                "the short freeze was refused, asked again: {}",
-                status.message()
-            );
-            started = Instant::now();
-            short()??;
-        }
-        other => {
-            other?;
-        }
-    }
+    // Nobody thaws: the deadline does.
+    let (_, started) = freeze_held(&world, &agent, "m-frz-2", &account.name, 1200)?;
     ensure!(
         !grows(Duration::from_millis(500)),
         "the short freeze did not hold"
