@@ -565,10 +565,8 @@ impl Steps<'_> {
             let mark = match round {
                 Ok(round) => {
                     tracing::debug!(message = "MariaDB rows verified while converging", migration = %run.id, server = %source_server, rows = round.rows, pending = round.mark.pending.len(), through = %round.mark.through_gtid);
-                    for table in &round.unverified {
-                        tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
-                    }
                     for table in round.unverified {
+                        tracing::warn!(message = "rows not verified", migration = %run.id, server = %source_server, table = %table);
                         backlog.name_unverified(table);
                     }
                     round.mark

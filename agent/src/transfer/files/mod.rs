@@ -27,14 +27,14 @@
 //! Target: [`pull`] (the entry point, its attempts and retries),
 //! [`shared`] (what an attempt's parts share, and the counters),
 //! [`manifest`] (the checks that make the manifest a tree that can be built
-//! safely), [`plan`] (comparison, structural changes, and what a plan changes), [`receive`]
-//! (content streams) and [`part`] (one large file: delta, verification,
-//! rename into place), [`apply`] (every change made to the target tree)
-//! and [`journal`] (what a resumed pull picks up); [`catchup`], a pass
-//! that compares only the paths a source's journal names, with the same
-//! checks as a manifest's (a small file's new content written over its
-//! old version, [`apply::open_in_place`]), or the whole tree when the
-//! journal cannot be trusted.
+//! safely), [`plan`] (comparison, structural changes, and what a plan
+//! changes), [`receive`] (content streams) and [`part`] (one large file:
+//! delta, verification, rename into place), [`apply`] (every change made
+//! to the target tree) and [`journal`] (what a resumed pull picks up);
+//! [`catchup`], a pass that compares only the paths a source's journal
+//! names, with the same checks as a manifest's (a small file's new content
+//! written over its old version, [`apply::open_in_place`]), or the whole
+//! tree when the journal cannot be trusted.
 //!
 //! # Invariants
 //!

@@ -89,6 +89,8 @@ impl Plan {
                 dirs.insert(parent);
             }
         };
+        // New content is renamed into its directory, unless it is written
+        // over the old version: which one is known once it is written.
         for entry in self.large.iter().map(|(e, _)| e).chain(&self.small) {
             changes.files.push(entry.path.clone());
             if let Some((parent, _)) = entry.path.split_last() {
@@ -300,9 +302,10 @@ mod tests {
 
     /// A pass lists every changed path's ancestors: only the directories a
     /// name changed in are kept (`a/b`, where `a/b/f`'s new content is
-    /// renamed in, unless it was written over the old; `a/c`, holding the link whose owner changes; `a`, where
-    /// `a/gone` is removed; the root, where `n` is made; `n` itself), and
-    /// of files only those written (`a/b/f`, and `a/c/g` for its metadata).
+    /// renamed in, unless it was written over the old; `a/c`, holding the
+    /// link whose owner changes; `a`, where `a/gone` is removed; the root,
+    /// where `n` is made; `n` itself), and of files only those written
+    /// (`a/b/f`, and `a/c/g` for its metadata).
     #[test]
     fn the_changes_leave_out_ancestors_found_as_wanted() {
         let mut plan = Plan::default();
