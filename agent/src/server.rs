@@ -930,6 +930,7 @@ impl Agent for AgentService {
             journal_epoch: ask.journal_epoch,
             applied_sequence: ask.applied_sequence,
             allow_full_comparison: ask.allow_full_comparison,
+            defer_sync: ask.defer_sync,
         };
         let report = self
             .transfers
@@ -1039,6 +1040,8 @@ fn catch_up_response(report: CatchUpReport) -> CatchUpFilesResponse {
             .iter()
             .map(|path| path.as_bytes().to_vec())
             .collect(),
+        entries_synced: report.synced,
+        files_unsynced: report.unsynced,
     }
 }
 

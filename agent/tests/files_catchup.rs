@@ -59,6 +59,18 @@ impl Copied {
         applied_sequence: u64,
         allow_full_comparison: bool,
     ) -> anyhow::Result<CatchUpReport> {
+        self.pass_deferring(epoch, applied_sequence, allow_full_comparison, false)
+            .await
+    }
+
+    /// A pass that leaves its writes unsynced when `defer_sync`.
+    async fn pass_deferring(
+        &self,
+        epoch: u64,
+        applied_sequence: u64,
+        allow_full_comparison: bool,
+        defer_sync: bool,
+    ) -> anyhow::Result<CatchUpReport> {
         Ok(catch_up(
             account_config(),
             self.channel.clone(),
@@ -68,6 +80,7 @@ impl Copied {
                 journal_epoch: epoch,
                 applied_sequence,
                 allow_full_comparison,
+                defer_sync,
             },
             &self.target(),
             &self.scratch.join("state"),
@@ -221,6 +234,146 @@ async fn new_content_goes_over_the_old_unless_the_file_has_another_name() -> any
     let root_time = std::fs::metadata(&target)?.modified()?;
     std::fs::remove_file(target.join("linked-0003"))?;
     std::fs::File::open(&target)?.set_modified(root_time)?;
+    let differences = rsync_differences(&home, &target)?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
+    Ok(())
+}
+
+/// What the copy's record of unsynced writes holds: its boot line and
+/// the paths, hex-decoded.
+fn unsynced_record(copy: &Copied) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    let file = copy
+        .scratch
+        .join("state/transfers")
+        .join(TRANSFER)
+        .join("unsynced");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let mut lines = text.lines();
+    let boot = lines.next().context("an empty record")?.to_owned();
+    let paths = lines
+        .map(|line| {
+            let (kind, hex) = line.split_once(' ').context("a line without a kind")?;
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                .collect::<Result<_, _>>()?;
+            Ok(format!("{kind} {}", String::from_utf8(bytes)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some((boot, paths)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_left_unsynced_are_synced_by_the_next_durable_pass_or_sent_again_after_a_restart()
+-> anyhow::Result<()> {
+    let copy = copied("catchup-deferred").await?;
+    let (home, target) = (copy.home(), copy.target());
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+
+    // Converging: two passes leave their writes unsynced, and say so.
+    std::fs::write(home.join("www/index.html"), b"<h1>first</h1>\n")?;
+    std::fs::write(home.join("www/new.html"), b"<p>new</p>\n")?;
+    let first = copy.pass_deferring(copy.epoch, 0, true, true).await?;
+    ensure!(
+        first.mode == Mode::Journal && first.synced == 0 && first.unsynced == 2,
+        "{first:?}"
+    );
+    let (recorded_boot, paths) = unsynced_record(&copy)?.context("no record of the writes")?;
+    ensure!(
+        recorded_boot == format!("boot {}", boot.trim()),
+        "{recorded_boot}"
+    );
+    ensure!(
+        paths.contains(&"f www/index.html".to_owned())
+            && paths.contains(&"f www/new.html".to_owned())
+            // Renamed into it: a name changed there.
+            && paths.contains(&"d www".to_owned()),
+        "{paths:?}"
+    );
+    std::fs::write(home.join("many/0004.txt"), b"second\n")?;
+    let second = copy
+        .pass_deferring(first.journal_epoch, first.applied_sequence, true, true)
+        .await?;
+    ensure!(second.unsynced == 3 && second.synced == 0, "{second:?}");
+    let differences = rsync_differences(&home, &target)?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
+
+    // The pass before the freeze syncs them all, with nothing of its own
+    // to write, and forgets them.
+    let barrier = copy
+        .pass(second.journal_epoch, second.applied_sequence, true)
+        .await?;
+    ensure!(
+        barrier.mode == Mode::Journal
+            && barrier.files.files_sent == 0
+            && barrier.synced >= 3
+            && barrier.unsynced == 0,
+        "{barrier:?}"
+    );
+    ensure!(unsynced_record(&copy)?.is_none(), "the record stayed");
+
+    // A pass writes, then this host restarts before anything syncs it:
+    // the copy's file comes back with its new size and time and the old
+    // bytes (as a filesystem without a journal may bring it back).
+    let content = b"<h1>third, and lost</h1>\n";
+    std::fs::write(home.join("www/index.html"), content)?;
+    let third = copy
+        .pass_deferring(barrier.journal_epoch, barrier.applied_sequence, true, true)
+        .await?;
+    ensure!(third.unsynced == 1, "{third:?}");
+    let record = copy
+        .scratch
+        .join("state/transfers")
+        .join(TRANSFER)
+        .join("unsynced");
+    let text = std::fs::read_to_string(&record)?;
+    std::fs::write(
+        &record,
+        text.replace(boot.trim(), "00000000-0000-0000-0000-000000000000"),
+    )?;
+    let copied_file = target.join("www/index.html");
+    let time = std::fs::metadata(&copied_file)?.modified()?;
+    std::fs::write(&copied_file, vec![b'?'; content.len()])?;
+    std::fs::File::options()
+        .write(true)
+        .open(&copied_file)?
+        .set_modified(time)?;
+    ensure!(
+        rsync_differences(&home, &target)?.is_empty(),
+        "the lost write shows in size or time: the test would not test the record"
+    );
+
+    // Inside the freeze: nothing is written, and the pass says why.
+    let frozen = copy
+        .pass(third.journal_epoch, third.applied_sequence, false)
+        .await?;
+    ensure!(
+        frozen.mode == Mode::FullComparisonNeeded
+            && frozen
+                .untrusted
+                .as_deref()
+                .is_some_and(|why| why.contains("restarted")),
+        "{frozen:?}"
+    );
+    ensure!(std::fs::read(&copied_file)? != content);
+    // Before the freeze: the whole tree is compared and the recorded file
+    // sent again, though its size and time matched.
+    let full = copy
+        .pass(frozen.journal_epoch, frozen.applied_sequence, true)
+        .await?;
+    ensure!(
+        full.mode == Mode::FullComparison && full.files.files_sent == 1,
+        "{full:?}"
+    );
+    ensure!(
+        std::fs::read(&copied_file)? == content,
+        "the file whose write was lost was not sent again"
+    );
+    ensure!(unsynced_record(&copy)?.is_none(), "the record stayed");
     let differences = rsync_differences(&home, &target)?;
     ensure!(differences.is_empty(), "the copy differs:\n{differences}");
     Ok(())
@@ -424,6 +577,7 @@ async fn pass_from_hostile(
             journal_epoch: 7,
             applied_sequence: 0,
             allow_full_comparison: true,
+            defer_sync: false,
         },
         target,
         state,

@@ -526,18 +526,31 @@ pub struct CatchUp {
     pub changed_paths: Vec<Vec<u8>>,
 }
 
+/// Which catch-up pass of a migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// While the account runs: compares the whole tree when the journal
+    /// cannot be trusted, and leaves its writes unsynced (recorded on the
+    /// target, for a later pass to sync).
+    Converging,
+    /// Just before the freeze: as converging, but syncs what it and every
+    /// converging pass wrote, so that the freeze's pass syncs only its own.
+    BeforeFreeze,
+    /// Inside the freeze: a journal that cannot be trusted changes nothing
+    /// and says [`CatchUpMode::FullComparisonNeeded`]; synced.
+    Frozen,
+}
+
 /// One catch-up pass on the target of the migration's copy (`spec`, the
 /// full copy's), from the source's journal `journal_id`, starting from
-/// `mark`. Inside the freeze `allow_full_comparison` is false: a journal
-/// that cannot be trusted then changes nothing and says
-/// [`CatchUpMode::FullComparisonNeeded`]. At most `timeout`.
+/// `mark`. At most `timeout`.
 pub async fn catch_up_files(
     controller: &Controller,
     target: &Host,
     spec: &TransferSpec,
     journal_id: &str,
     mark: JournalMark,
-    allow_full_comparison: bool,
+    pass: Pass,
     timeout: Duration,
 ) -> Result<CatchUp, CallFailure> {
     agent(controller, target)?
@@ -547,7 +560,8 @@ pub async fn catch_up_files(
                 journal_id: journal_id.to_owned(),
                 journal_epoch: mark.epoch,
                 applied_sequence: mark.applied_sequence,
-                allow_full_comparison,
+                allow_full_comparison: pass != Pass::Frozen,
+                defer_sync: pass == Pass::Converging,
             },
             timeout,
         ))

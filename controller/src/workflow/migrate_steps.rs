@@ -31,7 +31,7 @@ use super::migrate_run::{
     Backlog, FreezePart, FreezeWindow, MigrateOutcome, MigrateStep, MigrationRun,
 };
 use crate::agents::cutover::{
-    self, AfterThaw, CatchUpMode, CutoverDatabases, Drained, JournalMark,
+    self, AfterThaw, CatchUpMode, CutoverDatabases, Drained, JournalMark, Pass,
 };
 use crate::agents::replication::{self, MariadbReplication, PostgresSource, Side};
 use crate::agents::sites::{SiteDatabases, SitesSpec};
@@ -470,7 +470,7 @@ impl Steps<'_> {
                 &copy_spec(run, &run.slots),
                 &run.id,
                 journal_mark(run),
-                true,
+                Pass::Converging,
                 CATCH_UP_TIMEOUT,
             )
             .await?;
@@ -630,6 +630,29 @@ impl Steps<'_> {
                 }
             }
         }
+        // What the converging passes left unsynced is synced now, with
+        // the changes since, before anything is frozen: the freeze's pass
+        // then syncs only its own.
+        let mut mark = journal_mark(run);
+        if !run.plan.source_home.is_empty() {
+            match cutover::catch_up_files(
+                c,
+                self.target,
+                &copy_spec(run, &run.slots),
+                &run.id,
+                mark,
+                Pass::BeforeFreeze,
+                CATCH_UP_TIMEOUT,
+            )
+            .await
+            {
+                Ok(pass) => {
+                    tracing::debug!(message = "files synced before the freeze", migration = %run.id, mode = ?pass.mode, files_sent = pass.files_sent, elapsed_ms = pass.elapsed.as_millis() as u64);
+                    mark = pass.mark;
+                }
+                Err(failure) => return outcome_of(failure),
+            }
+        }
         let frozen_at = Utc::now();
         if let Err(failure) = self.mark_freeze_started(frozen_at).await {
             return outcome_of(failure);
@@ -717,8 +740,8 @@ impl Steps<'_> {
                         self.target,
                         &copy_spec(run, &run.slots),
                         &run.id,
-                        journal_mark(run),
-                        false,
+                        mark,
+                        Pass::Frozen,
                         left.max(Duration::from_millis(1)),
                     ),
                 )

@@ -28,9 +28,13 @@
 //! named or removed something in: not the untouched ancestors, nor the
 //! directory of a file written over its old version; on a few threads)
 //! instead of the whole filesystem, whose other writers a pass inside the
-//! freeze must not wait for.
+//! freeze must not wait for. A pass asked to defer its sync (converging,
+//! long before the switch) records the files it is about to write instead
+//! ([`unsynced`](super::unsynced)), and the next pass that syncs syncs
+//! them too; after a restart of this host, the record makes the pass
+//! compare the whole tree and send those files again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -49,6 +53,7 @@ use super::pull::{FilesReport, PullConfig, apply_plan, open, pull_with};
 use super::receive::blocking;
 use super::scan::{Entry, Kind, Lookup};
 use super::setid::SetIdRule;
+use super::unsynced::Unsynced;
 use super::wire::from_wire;
 use super::{FilesError, MAX_MESSAGE_SIZE, Problem, ids::IdMap};
 use crate::transfer::progress::Progress;
@@ -63,6 +68,9 @@ pub struct CatchUp {
     pub applied_sequence: u64,
     /// Compare the whole tree when the journal cannot be trusted.
     pub allow_full_comparison: bool,
+    /// Leave what is written unsynced, recorded for the next pass without
+    /// it to sync (see [`unsynced`](super::unsynced)).
+    pub defer_sync: bool,
 }
 
 /// How a pass went about it.
@@ -95,6 +103,11 @@ pub struct CatchUpReport {
     pub changed: Vec<RelPath>,
     /// What was sent, written and removed (as a pull reports it).
     pub files: FilesReport,
+    /// Entries synced by this pass (its changes and those left unsynced
+    /// before it).
+    pub synced: u64,
+    /// Files written by passes that deferred their sync, not synced yet.
+    pub unsynced: u64,
     pub elapsed: Duration,
 }
 
@@ -218,6 +231,26 @@ pub async fn catch_up(
     .map_err(|status| failed(Problem::Source(status)))?
     .into_inner();
     let listed = started.elapsed();
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| failed(Problem::Local { path, source })
+    };
+    // What earlier passes wrote without syncing: after a restart of this
+    // host, the copy cannot be trusted at those files.
+    let durable = config.durable;
+    let mut unsynced = match durable {
+        true => Some(Unsynced::open(state_dir, transfer_id).map_err(local(state_dir))?),
+        false => None,
+    };
+    let lost = unsynced
+        .as_ref()
+        .filter(|record| record.lost_with_a_restart())
+        .map(|record| {
+            format!(
+                "this host restarted while files written by earlier passes ({}) were not synced to its disk (their content may be lost whatever their size and time say): they are sent again",
+                record.files.len()
+            )
+        });
     let report = |mode, files: FilesReport, compared| CatchUpReport {
         mode,
         untrusted: None,
@@ -227,16 +260,20 @@ pub async fn catch_up(
         entries_compared: compared,
         changed: Vec::new(),
         files,
+        synced: 0,
+        unsynced: 0,
         elapsed: started.elapsed(),
     };
-    if answer.journal_missing || !answer.untrusted.is_empty() {
+    if answer.journal_missing || !answer.untrusted.is_empty() || lost.is_some() {
         let why = if answer.journal_missing {
             format!(
                 "no change journal {} runs on the source (never started, stopped, or lost when its agent restarted): start it again, then pass again",
                 request.journal_id
             )
-        } else {
+        } else if !answer.untrusted.is_empty() {
             answer.untrusted.clone()
+        } else {
+            lost.clone().unwrap_or_default()
         };
         // Without a journal running, a full comparison now would not make
         // the next pass trustworthy: the journal must start first.
@@ -263,8 +300,18 @@ pub async fn catch_up(
             journal_id = request.journal_id,
             why
         );
+        // A durable full pull ends with the filesystem synced: what was
+        // recorded unsynced is then on disk, or was sent again.
+        let resend = unsynced
+            .as_ref()
+            .filter(|record| record.lost_with_a_restart())
+            .map(|record| record.files.clone())
+            .unwrap_or_default();
         let files = pull_with(
-            config,
+            PullConfig {
+                resend: resend.into(),
+                ..config
+            },
             channel,
             transfer_id,
             target_root,
@@ -272,6 +319,9 @@ pub async fn catch_up(
             progress,
         )
         .await?;
+        if let Some(record) = &mut unsynced {
+            record.clear().map_err(local(record.path()))?;
+        }
         let entries = files.entries;
         return Ok(CatchUpReport {
             untrusted: Some(why),
@@ -281,8 +331,9 @@ pub async fn catch_up(
 
     // Made durable below, entry by entry: `syncfs` would flush every
     // other write waiting on the filesystem too (other accounts' on a
-    // shared host), which a pass of a few paths must not wait for.
-    let durable = config.durable;
+    // shared host), which a pass of a few paths must not wait for. Or
+    // recorded, for a later pass to sync.
+    let defer = request.defer_sync;
     // A pass moves few files: in small batches, so that they are written
     // on several streams at once rather than one after the other.
     // Nothing serves from the copy before the switch: a small file's new
@@ -328,13 +379,13 @@ pub async fn catch_up(
     files.files = regular.len() as u64;
     files.bytes = regular.iter().map(|e| e.data_bytes()).sum();
     shared.set_totals(files.bytes, files.files);
-    let plan = {
+    let (plan, changes, unsynced) = {
         let root = shared.root.clone();
         let cache = shared.cache.clone();
         let sizes = Sizes {
             small_file_max: shared.config.small_file_max,
         };
-        blocking(move || {
+        blocking(move || -> Result<_, Problem> {
             // The copy's entries at the same paths, and nothing else.
             let mut lookup = Lookup::new(Some(&*cache));
             let mut local = BTreeMap::new();
@@ -346,25 +397,52 @@ pub async fn catch_up(
                     local.insert(path.clone(), entry);
                 }
             }
-            plan::prepare(&root, &entries, local, sizes).map_err(Problem::Apply)
+            let plan = plan::prepare(&root, &entries, local, sizes).map_err(Problem::Apply)?;
+            // The files about to be written, on disk before they are.
+            let changes = unsynced.is_some().then(|| plan.changes());
+            if let (Some(record), Some(changes)) = (&mut unsynced, &changes) {
+                record
+                    .record_files(&changes.files)
+                    .map_err(|source| Problem::Local {
+                        path: record.path().to_path_buf(),
+                        source,
+                    })?;
+            }
+            Ok((plan, changes, unsynced))
         })
         .await
         .map_err(failed)?
         .map_err(failed)?
     };
     let planned = started.elapsed();
-    let changes = durable.then(|| plan.changes());
     apply_plan(&shared, &mut files, plan, started)
         .await
         .map_err(failed)?;
     let applied = started.elapsed();
-    if let Some(changes) = changes {
+    let (mut synced, mut left_unsynced) = (0, 0);
+    if let (Some(changes), Some(mut record)) = (changes, unsynced) {
         let root = shared.root.clone();
         let over_old = shared.tally.written_over_old();
-        blocking(move || sync_changes(&root, &changes, &over_old))
-            .await
-            .map_err(failed)?
-            .map_err(|error| failed(Problem::Apply(error)))?;
+        (synced, left_unsynced) = blocking(move || -> Result<(u64, u64), Problem> {
+            let record_path = record.path().to_path_buf();
+            let at_record = |source| Problem::Local {
+                path: record_path.clone(),
+                source,
+            };
+            if defer {
+                record
+                    .record_dirs(changes.dirs_to_sync(&over_old))
+                    .map_err(at_record)?;
+                return Ok((0, record.files.len() as u64));
+            }
+            let synced =
+                sync_changes(&root, &changes, &over_old, &record).map_err(Problem::Apply)?;
+            record.clear().map_err(at_record)?;
+            Ok((synced, 0))
+        })
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
     }
     let _ = shared.journal.complete();
     shared.tally.fill(&mut files);
@@ -377,6 +455,8 @@ pub async fn catch_up(
         listed_ms = listed.as_millis() as u64,
         compared_ms = planned.as_millis() as u64,
         applied_ms = applied.as_millis() as u64,
+        synced,
+        unsynced = left_unsynced,
         files_sent = files.files_sent,
         bytes_sent = files.bytes_sent,
         deleted = files.deleted,
@@ -384,6 +464,8 @@ pub async fn catch_up(
     );
     Ok(CatchUpReport {
         changed,
+        synced,
+        unsynced: left_unsynced,
         ..report(Mode::Journal, files, compared)
     })
 }
@@ -395,23 +477,26 @@ const PASS_BATCH_FILES: usize = 16;
 /// filesystem's journal commits.
 const SYNC_THREADS: usize = 8;
 
-/// Makes what the pass changed durable: each file it wrote and each
-/// directory in which it named or removed something or whose metadata it
-/// set (not the untouched ancestors the source lists, nor the directory
-/// of a file written over its old version, `over_old`: each `fsync` costs
-/// a write to the device and a flush of its cache, even with nothing to
-/// write). Through the root, never following a link; an entry gone
-/// meanwhile is not an error.
+/// Makes what the pass changed durable, with what earlier passes left
+/// unsynced (`record`): each file written and each directory in which a
+/// name was made or removed or whose metadata was set (not the untouched
+/// ancestors the source lists, nor the directory of a file written over
+/// its old version, `over_old`: each `fsync` costs a write to the device
+/// and a flush of its cache, even with nothing to write). Through the
+/// root, never following a link; an entry gone meanwhile is not an error.
+/// Returns how many entries it synced.
 fn sync_changes(
     root: &Root,
     changes: &Changes,
     over_old: &HashSet<RelPath>,
-) -> Result<(), ApplyError> {
-    let wanted: Vec<(&RelPath, bool)> = changes
-        .files
-        .iter()
+    record: &Unsynced,
+) -> Result<u64, ApplyError> {
+    let files: BTreeSet<&RelPath> = changes.files.iter().chain(&record.files).collect();
+    let dirs: BTreeSet<&RelPath> = changes.dirs_to_sync(over_old).chain(&record.dirs).collect();
+    let wanted: Vec<(&RelPath, bool)> = files
+        .into_iter()
         .map(|path| (path, false))
-        .chain(changes.dirs_to_sync(over_old).map(|path| (path, true)))
+        .chain(dirs.into_iter().map(|path| (path, true)))
         .collect();
     let chunk = wanted.len().div_ceil(SYNC_THREADS).max(1);
     std::thread::scope(|scope| {
@@ -433,7 +518,8 @@ fn sync_changes(
                 })
             })
         })
-    })
+    })?;
+    Ok(wanted.len() as u64)
 }
 
 fn sync_one(root: &Root, path: &RelPath, is_dir: bool) -> Result<(), ApplyError> {

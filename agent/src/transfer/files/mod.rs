@@ -34,7 +34,9 @@
 //! [`catchup`], a pass that compares only the paths a source's journal
 //! names, with the same checks as a manifest's (a small file's new content
 //! written over its old version, [`apply::open_in_place`]), or the whole
-//! tree when the journal cannot be trusted.
+//! tree when the journal cannot be trusted; [`unsynced`], what passes
+//! wrote without syncing (recorded with the boot before it is written),
+//! for the next durable pass to sync, or to send again after a restart.
 //!
 //! # Invariants
 //!
@@ -57,6 +59,9 @@
 //!   written.
 //! - Every step can be repeated: a pull after a failed one continues where
 //!   it stopped.
+//! - A file a catch-up pass writes is recorded durably before it is
+//!   written, until a sync covers it: a copy's size and time never vouch
+//!   for content a restart of its host may have lost.
 
 pub mod apply;
 pub mod beneath;
@@ -77,6 +82,7 @@ pub mod scan;
 pub mod setid;
 pub mod shared;
 pub mod source;
+pub mod unsynced;
 pub mod wire;
 pub mod xattr;
 

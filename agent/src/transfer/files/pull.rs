@@ -13,7 +13,7 @@
 //! `syncfs`. A failed attempt leaves partial files and the journal for the
 //! next one.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,6 +74,10 @@ pub struct PullConfig {
     /// copy nothing serves from yet, where a half-written file is read by
     /// no one and sent again by the next pass.
     pub in_place: bool,
+    /// Files whose content is sent again whatever their size and time say
+    /// (written by passes whose writes this host may have lost in a
+    /// restart, see [`unsynced`](super::unsynced)). A full pull only.
+    pub resend: Arc<BTreeSet<RelPath>>,
 }
 
 impl Default for PullConfig {
@@ -89,6 +93,7 @@ impl Default for PullConfig {
             durable: true,
             account_user: AccountUser::default(),
             in_place: false,
+            resend: Arc::default(),
         }
     }
 }
@@ -357,7 +362,12 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
     {
         shared.progress.set_waiting(None);
     }
-    let local = local?.map_err(Problem::Scan)?;
+    let mut local = local?.map_err(Problem::Scan)?;
+    for path in shared.config.resend.iter() {
+        if let Some(entry) = local.get_mut(path) {
+            entry.mtime = scan::Mtime::UNKNOWN;
+        }
+    }
     let entries = Arc::new(manifest.entries);
     report.entries = entries.len() as u64;
     report.set_id_removed = manifest.set_id_removed;

@@ -40,6 +40,14 @@ pub struct Mtime {
 }
 
 impl Mtime {
+    /// A time no file has (nanoseconds past a second): given to a copy's
+    /// entry whose time no longer vouches for its content, so that the
+    /// comparison sends it again.
+    pub const UNKNOWN: Mtime = Mtime {
+        sec: i64::MIN,
+        nsec: u32::MAX,
+    };
+
     pub fn of(stat: &FileStat) -> Mtime {
         Mtime {
             sec: stat.st_mtime,
