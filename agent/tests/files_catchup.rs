@@ -27,7 +27,7 @@ use navette_agent::transfer::files::{
 };
 use navette_agent::transfer::progress::Progress;
 use navette_proto::v1::file_changes_server::{FileChanges, FileChangesServer};
-use navette_proto::v1::{ChangedEntries, EntryKind, ListChangesRequest, TreeEntry};
+use navette_proto::v1::{ChangedEntries, EntryKind, ListChangesRequest, TreeEntry, WholeFile};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -553,13 +553,28 @@ async fn pass_from_hostile(
     target: &Path,
     state: &Path,
 ) -> anyhow::Result<Result<CatchUpReport, navette_agent::transfer::files::FilesError>> {
+    let answer = ChangedEntries {
+        entries,
+        gone,
+        ..ChangedEntries::default()
+    };
+    pass_answered(pki, answer, target, state).await
+}
+
+/// A pass into `target` from a source that answers `answer` (its epoch
+/// and sequence set here) and serves no `FileSource`: nothing can be read
+/// but what the answer carries.
+async fn pass_answered(
+    pki: &Pki,
+    answer: ChangedEntries,
+    target: &Path,
+    state: &Path,
+) -> anyhow::Result<Result<CatchUpReport, navette_agent::transfer::files::FilesError>> {
     let hostile = HostileChanges {
         answer: ChangedEntries {
             journal_epoch: 7,
             sequence: 1,
-            entries,
-            gone,
-            ..ChangedEntries::default()
+            ..answer
         },
     };
     let server = serve(
@@ -681,5 +696,115 @@ async fn a_hostile_catch_up_is_refused_before_anything_is_written() -> anyhow::R
     .await??;
     ensure!(pass.files.deleted == 0, "{pass:?}");
     ensure!(outside.join("secret").exists(), "removed through the link");
+    Ok(())
+}
+
+/// Content as the source sends it with the changes, for entry `index`.
+fn content(index: u32, data: &[u8]) -> WholeFile {
+    WholeFile {
+        index,
+        data: data.to_vec(),
+        sha256: ring::digest::digest(&ring::digest::SHA256, data)
+            .as_ref()
+            .to_vec(),
+        size: data.len() as u64,
+        mtime_sec: 1_700_000_000,
+        ..WholeFile::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_sent_with_the_changes_is_written_only_for_the_files_listed() -> anyhow::Result<()>
+{
+    let scratch = Scratch::new("catchup-content")?;
+    let target = scratch.join("target");
+    std::fs::create_dir_all(target.join("sub"))?;
+    std::fs::write(target.join("kept.txt"), b"the copy's\n")?;
+    let pki = Pki::new()?;
+    let state = scratch.join("state");
+    let data = b"new content, sent with the changes\n";
+    let listed = || {
+        vec![
+            entry(b"", EntryKind::Directory),
+            TreeEntry {
+                size: data.len() as u64,
+                mode: 0o644,
+                ..entry(b"new.txt", EntryKind::File)
+            },
+            entry(b"sub", EntryKind::Directory),
+        ]
+    };
+    // (what, content sent, the path and reason the refusal gives)
+    let cases = [
+        (
+            "content for a directory",
+            vec![content(2, data)],
+            "sub",
+            "content was sent for it, and it is not a regular file of the answer",
+        ),
+        (
+            "content for an entry not listed",
+            vec![content(9, data)],
+            "entry 9",
+            "content was sent for it",
+        ),
+        (
+            "content sent twice",
+            vec![content(1, data), content(1, data)],
+            "new.txt",
+            "its content was sent twice",
+        ),
+    ];
+    let before = listing(&target)?;
+    for (what, contents, path, reason) in cases {
+        let answer = ChangedEntries {
+            entries: listed(),
+            contents,
+            ..ChangedEntries::default()
+        };
+        let refused = pass_answered(&pki, answer, &target, &state)
+            .await?
+            .err()
+            .with_context(|| format!("{what}: accepted"))?;
+        ensure!(
+            matches!(&refused.problem, Problem::Unsafe { path: p, reason: r } if p == path && r.contains(reason)),
+            "{what}: {refused}"
+        );
+        ensure!(listing(&target)? == before, "{what}: the copy changed");
+    }
+    // Content that does not match its digest is not written: the pass
+    // would read the file again, from a source that serves no file.
+    let mut corrupt = content(1, data);
+    corrupt.data[0] ^= 1;
+    let answer = ChangedEntries {
+        entries: listed(),
+        contents: vec![corrupt],
+        ..ChangedEntries::default()
+    };
+    let failed = pass_answered(&pki, answer, &target, &state)
+        .await?
+        .err()
+        .context("content that does not verify: accepted")?;
+    ensure!(matches!(&failed.problem, Problem::Source(_)), "{failed}");
+    ensure!(!target.join("new.txt").exists(), "written unverified");
+    // Sent right, it is written from the answer alone (the source serves
+    // no file to read it from), with the time it was read at.
+    let answer = ChangedEntries {
+        entries: listed(),
+        contents: vec![content(1, data)],
+        ..ChangedEntries::default()
+    };
+    let pass = pass_answered(&pki, answer, &target, &state).await??;
+    ensure!(pass.files.files_sent == 1, "{pass:?}");
+    ensure!(std::fs::read(target.join("new.txt"))? == data, "content");
+    let written = std::fs::symlink_metadata(target.join("new.txt"))?;
+    ensure!(
+        std::os::unix::fs::MetadataExt::mtime(&written) == 1_700_000_000,
+        "time: {written:?}"
+    );
+    ensure!(
+        std::fs::read(target.join("kept.txt"))? == b"the copy's\n",
+        "kept.txt"
+    );
     Ok(())
 }

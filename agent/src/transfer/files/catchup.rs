@@ -12,14 +12,18 @@
 //! unknown here), its set-id bits go through [`SetIdRule`], and the
 //! entries must form a tree: each one's parent a directory listed before
 //! it in the same answer (the source lists the directories every changed
-//! path is in, up to the home), hard links to an earlier file of the answer, no path twice. A
-//! path under a symbolic link therefore never reaches the target, and
-//! every write goes through the same [`Root`](super::beneath::Root) as a
-//! full pull's. Paths gone on the source are removed from the copy, only
-//! inside it (never through a link).
+//! path is in, up to the home), hard links to an earlier file of the
+//! answer, no path twice. A path under a symbolic link therefore never
+//! reaches the target, and every write goes through the same
+//! [`Root`](super::beneath::Root) as a full pull's. Content the source
+//! sends with the answer must be of a regular file it lists, once, and is
+//! written only if it verifies, as `ReadFiles`' content is. Paths gone on
+//! the source are removed from the copy, only inside it (never through a
+//! link).
 //!
-//! Then it is a pull restricted to those paths: the target's entries at
-//! the same paths are read ([`Lookup`]), compared and brought in line by
+//! Then it is a pull restricted to those paths, most changed small files'
+//! content already in the answer: the target's entries at the same paths
+//! are read ([`Lookup`]), compared and brought in line by
 //! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan),
 //! except that a small file's new content is written over its old version
 //! where [`open_in_place`](super::apply::open_in_place) allows: nothing
@@ -39,8 +43,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use navette_proto::v1::ListChangesRequest;
 use navette_proto::v1::file_changes_client::FileChangesClient;
+use navette_proto::v1::{ChangedEntries, ListChangesRequest, WholeFile};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use tonic::transport::Channel;
@@ -119,14 +123,26 @@ pub fn file_changes_client(channel: Channel) -> FileChangesClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
+/// The answer's entries, paths gone and content, checked.
+struct Checked {
+    entries: Vec<Entry>,
+    gone: Vec<RelPath>,
+    /// Content sent with the answer, by path: each of a regular file
+    /// among the entries.
+    contents: HashMap<RelPath, WholeFile>,
+}
+
 /// The answer's entries and paths gone, checked: owners mapped, set-id
 /// bits the rule does not keep removed, and every entry's parent a
-/// directory listed before it. The error names the path and why.
-fn checked(
-    wire: Vec<navette_proto::v1::TreeEntry>,
-    gone: Vec<Vec<u8>>,
-    rule: &mut SetIdRule,
-) -> Result<(Vec<Entry>, Vec<RelPath>), Problem> {
+/// directory listed before it; and its content, each of a regular file
+/// listed, once. The error names the path and why.
+fn checked(answer: ChangedEntries, rule: &mut SetIdRule) -> Result<Checked, Problem> {
+    let ChangedEntries {
+        entries: wire,
+        gone,
+        contents: sent,
+        ..
+    } = answer;
     let refused = |path: &[u8], reason: String| Problem::Unsafe {
         path: String::from_utf8_lossy(path).into_owned(),
         reason,
@@ -186,7 +202,31 @@ fn checked(
         last = Some(entry.path.clone());
         entries.push(entry);
     }
-    Ok((entries, gone_paths))
+    let mut contents = HashMap::with_capacity(sent.len());
+    for content in sent {
+        let listed = entries.get(content.index as usize);
+        let Some(file) = listed.filter(|entry| entry.kind == Kind::File) else {
+            let named = listed.map_or_else(
+                || format!("entry {}", content.index).into_bytes(),
+                |entry| entry.path.as_bytes().to_vec(),
+            );
+            return Err(refused(
+                &named,
+                "content was sent for it, and it is not a regular file of the answer".to_owned(),
+            ));
+        };
+        if contents.insert(file.path.clone(), content).is_some() {
+            return Err(refused(
+                file.path.as_bytes(),
+                "its content was sent twice".to_owned(),
+            ));
+        }
+    }
+    Ok(Checked {
+        entries,
+        gone: gone_paths,
+        contents,
+    })
 }
 
 /// One catch-up pass of the home granted for `transfer_id` into
@@ -224,6 +264,8 @@ pub async fn catch_up(
             journal_id: request.journal_id.clone(),
             journal_epoch: request.journal_epoch,
             applied_sequence: request.applied_sequence,
+            content_bytes: PASS_CONTENT_BYTES,
+            content_file_max: config.small_file_max,
         }),
     )
     .await
@@ -251,12 +293,13 @@ pub async fn catch_up(
                 record.files.len()
             )
         });
+    let (journal_epoch, sequence) = (answer.journal_epoch, answer.sequence);
     let report = |mode, files: FilesReport, compared| CatchUpReport {
         mode,
         untrusted: None,
         journal_missing: false,
-        journal_epoch: answer.journal_epoch,
-        applied_sequence: answer.sequence,
+        journal_epoch,
+        applied_sequence: sequence,
         entries_compared: compared,
         changed: Vec::new(),
         files,
@@ -354,7 +397,11 @@ pub async fn catch_up(
     )
     .await?;
     let mut rule = SetIdRule::new(shared.account.clone());
-    let (entries, gone) = checked(answer.entries, answer.gone, &mut rule).map_err(failed)?;
+    let Checked {
+        entries,
+        gone,
+        contents,
+    } = checked(answer, &mut rule).map_err(failed)?;
     let mut files = FilesReport {
         entries: entries.len() as u64,
         set_id_removed: rule.removed,
@@ -415,7 +462,7 @@ pub async fn catch_up(
         .map_err(failed)?
     };
     let planned = started.elapsed();
-    apply_plan(&shared, &mut files, plan, started)
+    apply_plan(&shared, &mut files, plan, contents, started)
         .await
         .map_err(failed)?;
     let applied = started.elapsed();
@@ -450,7 +497,7 @@ pub async fn catch_up(
         message = "caught up from the journal",
         transfer_id,
         journal_id = request.journal_id,
-        sequence = answer.sequence,
+        sequence,
         entries_compared = compared,
         listed_ms = listed.as_millis() as u64,
         compared_ms = planned.as_millis() as u64,
@@ -472,6 +519,11 @@ pub async fn catch_up(
 
 /// Most small files in one batch of a pass.
 const PASS_BATCH_FILES: usize = 16;
+
+/// How much of the changed small files' content a pass asks to come with
+/// the changes (one message, no round trip per batch); the rest is read
+/// in batches.
+const PASS_CONTENT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How many threads sync a pass's entries: concurrent `fsync`s share the
 /// filesystem's journal commits.

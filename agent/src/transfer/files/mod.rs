@@ -19,7 +19,8 @@
 //!   from `navette.v1.TreeEntry`.
 //!
 //! Source: [`source`] (the `FileSource` gRPC service, authorised by the
-//! transfer's grant, and `FileChanges`, a journal's changes as entries)
+//! transfer's grant, and `FileChanges`, a journal's changes as entries,
+//! with the small files' content)
 //! and [`read`] (reading blocks and whole files); [`journals`], the
 //! change journals of homes being migrated, by migration, with their
 //! epochs and the paths sent but not yet confirmed.

@@ -13,14 +13,14 @@
 //! `syncfs`. A failed attempt leaves partial files and the journal for the
 //! next one.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use navette_proto::v1::TransferWaiting;
 use navette_proto::v1::file_source_client::FileSourceClient;
+use navette_proto::v1::{TransferWaiting, WholeFile};
 use tonic::transport::Channel;
 
 use super::apply;
@@ -334,7 +334,13 @@ pub(super) async fn open<'p>(
 enum Job {
     Large(Entry, bool),
     Batch(Vec<Entry>),
+    /// Small files whose content came with the changes: written, nothing
+    /// read from the source.
+    Sent(Vec<(Entry, WholeFile)>),
 }
+
+/// Most files of content already here written by one job.
+const SENT_FILES_PER_JOB: usize = 64;
 
 /// One attempt at the whole tree.
 async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Problem> {
@@ -396,16 +402,20 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
         };
         blocking(move || plan::prepare(&root, &entries, local, sizes)).await??
     };
-    apply_plan(shared, report, plan, started).await
+    apply_plan(shared, report, plan, HashMap::new(), started).await
 }
 
 /// Carries out a [`Plan`] (its structural part is done): content on
 /// several streams, then links, metadata, deletions, directories, and the
 /// final sync. Shared by full pulls and catch-up passes.
+/// Carries out `plan`; the small files of `sent` (content the source sent
+/// ahead, checked to be of files of the plan's entries) are written from
+/// it rather than read.
 pub(super) async fn apply_plan(
     shared: &Shared<'_>,
     report: &mut FilesReport,
     plan: Plan,
+    mut sent: HashMap<RelPath, WholeFile>,
     started: Instant,
 ) -> Result<(), Problem> {
     let structure_changed = plan.replaced + plan.created > 0;
@@ -440,7 +450,15 @@ pub(super) async fn apply_plan(
         .collect();
     let mut batch = Vec::new();
     let mut batch_bytes = 0;
+    let mut here = Vec::new();
     for entry in small {
+        if let Some(content) = sent.remove(&entry.path) {
+            here.push((entry, content));
+            if here.len() >= SENT_FILES_PER_JOB {
+                jobs.push_front(Job::Sent(std::mem::take(&mut here)));
+            }
+            continue;
+        }
         batch_bytes += entry.size;
         batch.push(entry);
         if batch.len() >= shared.config.batch_files || batch_bytes >= shared.config.batch_bytes {
@@ -450,6 +468,9 @@ pub(super) async fn apply_plan(
     }
     if !batch.is_empty() {
         jobs.push_back(Job::Batch(batch));
+    }
+    if !here.is_empty() {
+        jobs.push_front(Job::Sent(here));
     }
     let queue = Mutex::new(jobs);
     let workers = (0..shared.config.streams.max(1)).map(|_| worker(shared, &queue));
@@ -551,6 +572,9 @@ async fn worker(shared: &Shared<'_>, queue: &Mutex<VecDeque<Job>>) -> Result<(),
                     })
             }
             Job::Batch(files) => receive::receive_batch(shared, files)
+                .await
+                .map(|outcome| outcome.requeue),
+            Job::Sent(files) => receive::write_sent(shared, files)
                 .await
                 .map(|outcome| outcome.requeue),
         };

@@ -221,7 +221,8 @@ pub fn read_whole_files(
     Ok(())
 }
 
-fn read_whole(root: &Root, path: &RelPath, index: u32) -> Result<WholeFile, ReadError> {
+/// `path` whole, as `ReadFiles` sends it, numbered `index`.
+pub(super) fn read_whole(root: &Root, path: &RelPath, index: u32) -> Result<WholeFile, ReadError> {
     let mut tries = 0;
     loop {
         tries += 1;

@@ -257,6 +257,35 @@ pub async fn receive_batch(
     }
 }
 
+/// Writes small files whose content the source already sent (with a
+/// pass's changes), as a batch received: through [`write_whole`].
+pub async fn write_sent(
+    shared: &Shared<'_>,
+    files: Vec<(Entry, WholeFile)>,
+) -> Result<BatchOutcome, Problem> {
+    shared.sent(files.iter().map(|(_, f)| f.data.len() as u64).sum());
+    let root = shared.root.clone();
+    let cache = shared.cache.clone();
+    let transfer_id = shared.transfer_id.clone();
+    let in_place = shared.config.in_place;
+    let (outcome, results) = blocking(move || {
+        let mut outcome = BatchOutcome::default();
+        let mut results = Vec::with_capacity(files.len());
+        for (wanted, file) in files {
+            match write_whole(&root, &cache, &transfer_id, &wanted, file, in_place)? {
+                Some(received) => results.push((wanted, received)),
+                None => outcome.requeue.push(wanted),
+            }
+        }
+        Ok::<_, ApplyError>((outcome, results))
+    })
+    .await??;
+    for (wanted, received) in &results {
+        shared.finished(wanted, received);
+    }
+    Ok(outcome)
+}
+
 /// Writes one whole small file (over its old version when `in_place` and
 /// [`apply::open_in_place`] allows it); `None` if it must be fetched again
 /// on its own (too large now, or it did not verify).

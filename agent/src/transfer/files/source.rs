@@ -1,7 +1,8 @@
 //! The source's side: `navette.v1.FileSource`, served to the target agent
 //! named by the transfer's grant, over the granted home only; and
 //! `navette.v1.FileChanges`, the changes a [journal](super::journals) of
-//! that home recorded, read as entries of it for a catch-up pass.
+//! that home recorded, read as entries of it for a catch-up pass, with the
+//! content of the small files among them (as much as the target asks).
 //!
 //! Every call starts with [`Grants::authorise`]; walking and reading run
 //! on blocking threads and stream through bounded channels, so a slow
@@ -18,7 +19,7 @@ use navette_proto::v1::file_changes_server::{FileChanges, FileChangesServer};
 use navette_proto::v1::file_source_server::{FileSource, FileSourceServer};
 use navette_proto::v1::{
     ChangedEntries, FileChunk, ListChangesRequest, ListTreeRequest, ReadFileRequest,
-    ReadFilesRequest, TreeEntries, TreeEntry, WholeFiles,
+    ReadFilesRequest, TreeEntries, TreeEntry, WholeFile, WholeFiles,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -313,6 +314,9 @@ struct Changed {
     gone: Vec<Vec<u8>>,
     /// Why a pass cannot rest on these entries alone, if it cannot.
     untrusted: Option<String>,
+    /// The regular files among `entries` that are not sparse: their
+    /// position there, path and size.
+    files: Vec<(u32, RelPath, u64)>,
 }
 
 /// Reads the changed paths below `root` as entries; paths gone apart. A
@@ -325,10 +329,16 @@ fn changed_entries(
 ) -> Result<Changed, scan::ScanError> {
     let mut lookup = scan::Lookup::new(Some(cache));
     let mut names = IdNames::default();
-    let (mut entries, mut gone) = (Vec::new(), Vec::new());
+    let (mut entries, mut gone, mut files) = (Vec::new(), Vec::new(), Vec::new());
     for path in paths {
         match lookup.entry(root, path)? {
-            Some(entry) => entries.push(to_wire(entry, &mut names)),
+            Some(entry) => {
+                if entry.kind == scan::Kind::File && entry.extents.is_none() {
+                    let index = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+                    files.push((index, entry.path.clone(), entry.size));
+                }
+                entries.push(to_wire(entry, &mut names));
+            }
             None => gone.push(path.as_bytes().to_vec()),
         }
     }
@@ -341,7 +351,40 @@ fn changed_entries(
         entries,
         gone,
         untrusted,
+        files,
     })
+}
+
+/// Most content an answer of `ListChanges` carries, whatever is asked: the
+/// rest of the message limit is for its entries.
+const MAX_CONTENT_BYTES: u64 = MAX_MESSAGE_SIZE as u64 / 2;
+
+/// The content of the `files` (position in the answer, path, size listed)
+/// of at most `file_max` bytes, in order, while their listed sizes add up
+/// to at most `budget` (capped at [`MAX_CONTENT_BYTES`]). A file gone or
+/// grown too large since it was listed is left out: the target reads it
+/// with `ReadFiles`, which says so.
+fn contents(
+    root: &Root,
+    files: &[(u32, RelPath, u64)],
+    budget: u64,
+    file_max: u64,
+) -> Result<Vec<WholeFile>, read::ReadError> {
+    let mut left = budget.min(MAX_CONTENT_BYTES);
+    let file_max = file_max.min(read::WHOLE_FILE_MAX);
+    let mut contents = Vec::new();
+    for (index, path, size) in files {
+        if *size > file_max || *size > left {
+            continue;
+        }
+        let content = read::read_whole(root, path, *index)?;
+        if content.vanished || content.too_large || content.size > left {
+            continue;
+        }
+        left -= content.size;
+        contents.push(content);
+    }
+    Ok(contents)
 }
 
 #[tonic::async_trait]
@@ -356,6 +399,8 @@ impl FileChanges for FileChangesService {
             journal_id,
             journal_epoch,
             applied_sequence,
+            content_bytes,
+            content_file_max,
             ..
         } = request.into_inner();
         crate::ids::TransferId::parse("journal_id", &journal_id)
@@ -401,14 +446,26 @@ impl FileChanges for FileChangesService {
         // A pass reads few entries: no attributes cache is worth keeping.
         let cache = XattrCache::default();
         let started = std::time::Instant::now();
-        let read = tokio::task::spawn_blocking(move || changed_entries(&root, &paths, &cache))
-            .await
-            .map_err(|error| Status::internal(format!("reading the changes: {error}")))?;
-        let Changed {
-            entries,
-            gone,
-            untrusted,
-        } = read.map_err(|error| {
+        let read = tokio::task::spawn_blocking(move || {
+            let changed = changed_entries(&root, &paths, &cache).map_err(|e| e.to_string())?;
+            let content = match changed.untrusted {
+                Some(_) => Vec::new(),
+                None => contents(&root, &changed.files, content_bytes, content_file_max)
+                    .map_err(|e| e.to_string())?,
+            };
+            Ok::<_, String>((changed, content))
+        })
+        .await
+        .map_err(|error| Status::internal(format!("reading the changes: {error}")))?;
+        let (
+            Changed {
+                entries,
+                gone,
+                untrusted,
+                ..
+            },
+            content,
+        ) = read.map_err(|error| {
             tracing::warn!(message = "reading the changed paths failed", transfer_id, %error);
             Status::internal(format!(
                 "transfer {transfer_id}: reading the changed paths failed: {error}"
@@ -421,6 +478,8 @@ impl FileChanges for FileChangesService {
             sequence = taken.sequence,
             entries = entries.len(),
             gone = gone.len(),
+            files_sent = content.len(),
+            bytes_sent = content.iter().map(|c| c.size).sum::<u64>(),
             seconds = started.elapsed().as_secs_f64()
         );
         if let Some(why) = untrusted {
@@ -429,6 +488,7 @@ impl FileChanges for FileChangesService {
         }
         answer.entries = entries;
         answer.gone = gone;
+        answer.contents = content;
         Ok(Response::new(answer))
     }
 }
