@@ -360,32 +360,73 @@ fn changed_entries(
 const MAX_CONTENT_BYTES: u64 = MAX_MESSAGE_SIZE as u64 / 2;
 
 /// The content of the `files` (position in the answer, path, size listed)
-/// of at most `file_max` bytes, in order, while their listed sizes add up
-/// to at most `budget` (capped at [`MAX_CONTENT_BYTES`]). A file gone or
-/// grown too large since it was listed is left out: the target reads it
-/// with `ReadFiles`, which says so.
+/// of at most `file_max` bytes, in order, while their sizes add up to at
+/// most `budget` (capped at [`MAX_CONTENT_BYTES`]). A file gone or grown
+/// too large since it was listed is left out: the target reads it with
+/// `ReadFiles`, which says so. Read on a few threads: a pass waits for it.
 fn contents(
     root: &Root,
     files: &[(u32, RelPath, u64)],
     budget: u64,
     file_max: u64,
 ) -> Result<Vec<WholeFile>, read::ReadError> {
-    let mut left = budget.min(MAX_CONTENT_BYTES);
+    let budget = budget.min(MAX_CONTENT_BYTES);
     let file_max = file_max.min(read::WHOLE_FILE_MAX);
-    let mut contents = Vec::new();
+    let mut left = budget;
+    let mut wanted = Vec::new();
     for (index, path, size) in files {
-        if *size > file_max || *size > left {
-            continue;
+        if *size <= file_max && *size <= left {
+            left -= size;
+            wanted.push((*index, path));
         }
-        let content = read::read_whole(root, path, *index)?;
-        if content.vanished || content.too_large || content.size > left {
-            continue;
-        }
-        left -= content.size;
-        contents.push(content);
     }
-    Ok(contents)
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, CONTENT_THREADS);
+    let chunk = wanted.len().div_ceil(threads).max(CONTENT_FILES_PER_THREAD);
+    let read: Vec<Vec<WholeFile>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = wanted
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(index, path)| read::read_whole(root, path, *index))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| {
+                reader.join().unwrap_or_else(|_| {
+                    Err(read::ReadError {
+                        path: RelPath::root(),
+                        op: "read",
+                        source: std::io::Error::other("a thread reading the content panicked"),
+                    })
+                })
+            })
+            .collect::<Result<_, _>>()
+    })?;
+    // Sizes as read, which may have grown since the listing.
+    let mut left = budget;
+    Ok(read
+        .into_iter()
+        .flatten()
+        .filter(|content| {
+            let keep = !content.vanished && !content.too_large && content.size <= left;
+            if keep {
+                left -= content.size;
+            }
+            keep
+        })
+        .collect())
 }
+
+/// Threads reading an answer's content, at most; each reads at least
+/// [`CONTENT_FILES_PER_THREAD`] files.
+const CONTENT_THREADS: usize = 4;
+const CONTENT_FILES_PER_THREAD: usize = 32;
 
 #[tonic::async_trait]
 impl FileChanges for FileChangesService {
