@@ -28,7 +28,8 @@ use navette_proto::v1::{
     MariadbReplicationUserRequest, MariadbSourcePosition, MariadbSourcePositionRequest,
     PostgresReplicationLag, PostgresReplicationRequest, PostgresSequences,
     PreparePostgresReplicationResponse, RemoveCopyRequest, RemoveCopyResponse, RevokeGrantRequest,
-    RevokeGrantResponse, SetSitesFrozenRequest, SetSitesFrozenResponse, StartChangeJournalRequest,
+    RevokeGrantResponse, SetPostgresApplyFlushRequest, SetPostgresApplyFlushResponse,
+    SetSitesFrozenRequest, SetSitesFrozenResponse, StartChangeJournalRequest,
     StartMariadbReplicationRequest, StartSitesRequest, StartSitesResponse,
     StopChangeJournalResponse, StopMariadbReplicationRequest, StopMariadbReplicationResponse,
     StopSitesRequest, StopSitesResponse, SubscribePostgresRequest, SubscribePostgresResponse,
@@ -518,6 +519,16 @@ impl Agent for AgentService {
     ) -> Result<Response<SubscribePostgresResponse>, Status> {
         let config = self.transfers.config();
         replication::subscribe(&config, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_postgres_apply_flush(
+        &self,
+        request: Request<SetPostgresApplyFlushRequest>,
+    ) -> Result<Response<SetPostgresApplyFlushResponse>, Status> {
+        let config = self.transfers.config();
+        replication::set_apply_flush(&config, request.into_inner())
             .await
             .map(Response::new)
     }

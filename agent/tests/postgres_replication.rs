@@ -288,6 +288,15 @@ fn a_copy_from_the_slot_snapshot_converges_with_a_live_source() -> anyhow::Resul
     let lag_while_writing = run_multi_threaded(&source_host, || async {
         Ok(source::lag(&source_server, MIGRATION, SHOP).await?)
     })?;
+    // Each applied transaction flushed before it is confirmed (as for the
+    // freeze), and not (converging): the apply goes on through both.
+    for (flush, wanted) in [(true, "on"), (false, "off"), (true, "on")] {
+        run_multi_threaded(&target_host, || async {
+            Ok(target::set_apply_flush(&target_server, MIGRATION, SHOP, SHOP, flush).await?)
+        })?;
+        let set = pg18.psql(SHOP, "SELECT subsynccommit FROM pg_subscription")?;
+        ensure!(set == wanted, "synchronous_commit {set}, wanted {wanted}");
+    }
     std::thread::sleep(Duration::from_secs(2));
     let (rounds, errors) = writer.stop()?;
     ensure!(errors.is_empty(), "the writer saw errors: {errors:?}");

@@ -10,7 +10,8 @@ use navette_proto::v1::{
     AdmitPostgresSubscriberResponse, DrainPostgresReplicationRequest,
     DrainPostgresReplicationResponse, PostgresReplicationLag, PostgresReplicationRequest,
     PostgresSequenceValue, PostgresSequences, PreparePostgresReplicationResponse, ReplicationSide,
-    SubscribePostgresRequest, SubscribePostgresResponse, TeardownPostgresReplicationRequest,
+    SetPostgresApplyFlushRequest, SetPostgresApplyFlushResponse, SubscribePostgresRequest,
+    SubscribePostgresResponse, TeardownPostgresReplicationRequest,
     TeardownPostgresReplicationResponse, VerifyRowsRequest, VerifyRowsResponse,
     WritePostgresSequencesRequest, WritePostgresSequencesResponse,
 };
@@ -127,6 +128,25 @@ pub(super) async fn subscribe(
     Ok(SubscribePostgresResponse {
         subscription: Names::new(&request.migration_id, &request.source_database).subscription,
     })
+}
+
+pub(super) async fn set_apply_flush(
+    config: &Config,
+    request: SetPostgresApplyFlushRequest,
+) -> Result<SetPostgresApplyFlushResponse, Status> {
+    let server = server(config, &request.migration_id, &request.server)?;
+    name("target_database", &request.target_database)?;
+    name("source_database", &request.source_database)?;
+    target::set_apply_flush(
+        server,
+        &request.migration_id,
+        &request.target_database,
+        &request.source_database,
+        request.flush_each_transaction,
+    )
+    .await
+    .map_err(|e| status(&e))?;
+    Ok(SetPostgresApplyFlushResponse {})
 }
 
 pub(super) async fn lag(

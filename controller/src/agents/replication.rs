@@ -136,6 +136,32 @@ pub async fn subscribe_postgres(
         .map_err(|status| call_outcome(host, &status))
 }
 
+/// Target: whether the subscription flushes each transaction it applies
+/// before confirming it (see `SetPostgresApplyFlush`).
+pub async fn set_postgres_apply_flush(
+    controller: &Controller,
+    host: &Host,
+    migration_id: &str,
+    server: &str,
+    database: &str,
+    flush_each_transaction: bool,
+) -> Result<(), CallFailure> {
+    agent(controller, host)?
+        .set_postgres_apply_flush(request(
+            v1::SetPostgresApplyFlushRequest {
+                migration_id: migration_id.to_owned(),
+                server: server.to_owned(),
+                target_database: database.to_owned(),
+                source_database: database.to_owned(),
+                flush_each_transaction,
+            },
+            CALL_TIMEOUT,
+        ))
+        .await
+        .map(drop)
+        .map_err(|status| call_outcome(host, &status))
+}
+
 /// Source: WAL bytes the target has not confirmed applying.
 pub async fn postgres_lag(
     controller: &Controller,

@@ -489,6 +489,11 @@ impl Steps<'_> {
             }
             tracing::debug!(message = "files caught up", migration = %run.id, mode = ?pass.mode, files_sent = pass.files_sent, entries_compared = pass.entries_compared, pending = journal.pending_paths);
         }
+        // Back from a missed freeze: the target applies without a flush
+        // per transaction again, to keep ahead of the source.
+        if run.freeze_tries > 0 {
+            self.set_apply_flush(false).await?;
+        }
         for database in postgres(run) {
             backlog.postgres_lag_bytes += replication::postgres_lag(
                 c,
@@ -652,6 +657,12 @@ impl Steps<'_> {
                 }
                 Err(failure) => return outcome_of(failure),
             }
+        }
+        // Each transaction the target applies from now is flushed before
+        // it is confirmed: the drain inside the freeze then waits for the
+        // last ones alone, not for the target's WAL writer.
+        if let Err(failure) = self.set_apply_flush(true).await {
+            return outcome_of(failure);
         }
         let frozen_at = Utc::now();
         if let Err(failure) = self.mark_freeze_started(frozen_at).await {
@@ -879,6 +890,24 @@ impl Steps<'_> {
     }
 
     /// Records, before anything is frozen, that this try's freeze begins.
+    /// Sets each PostgreSQL subscription of the migration to flush every
+    /// transaction it applies before confirming it, or not.
+    async fn set_apply_flush(&self, flush_each_transaction: bool) -> Result<(), CallFailure> {
+        let (c, run) = (self.controller.as_ref(), self.run);
+        for database in postgres(run) {
+            replication::set_postgres_apply_flush(
+                c,
+                self.target,
+                &run.id,
+                &database.target_server,
+                &database.name,
+                flush_each_transaction,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn mark_freeze_started(
         &self,
         frozen_at: chrono::DateTime<Utc>,

@@ -35,8 +35,13 @@
 //!    WAL between the source's current position and what the target
 //!    confirmed having applied (the slot's `confirmed_flush_lsn`), and a
 //!    wait, with a deadline, until the target applied everything up to a
-//!    position (a WAL message is written after it, so an idle source does
-//!    not stall the wait).
+//!    position (a WAL message is written after it and flushed, so an idle
+//!    or fenced source does not stall the wait on its WAL writer). While
+//!    converging the subscription commits what it applies without a flush
+//!    (`synchronous_commit = off`, to keep ahead of a busy source); just
+//!    before the freeze [`target::set_apply_flush`] turns that on, so that
+//!    the target confirms each transaction as soon as it is applied rather
+//!    than when its WAL writer flushes.
 //! 5. **Sequences** are not replicated: [`source::read_sequences`] and
 //!    [`target::write_sequences`] carry their values, inside the freeze.
 //! 6. **Teardown** ([`target::teardown`], then [`source::teardown`]): the

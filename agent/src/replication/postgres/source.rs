@@ -300,9 +300,9 @@ async fn slot_lag(client: &Client, server: &str, slot: &str) -> Result<Lag, Repl
 
 /// Waits until the target confirmed having applied everything up to
 /// `lsn` (empty: the source's current position), for at most `deadline`.
-/// A WAL message is written after that position (and again every second),
-/// so the slot moves past it even if the source is idle. Returns the
-/// position waited for.
+/// A WAL message is written and flushed after that position (and again
+/// every second), so the slot moves past it even if the source is idle.
+/// Returns the position waited for.
 pub async fn drain(
     server: &PostgresqlServer,
     migration_id: &str,
@@ -327,12 +327,21 @@ pub async fn drain(
         lsn.to_owned()
     };
     let started = Instant::now();
+    // The message is transactional and committed with a flush: the WAL
+    // sender decodes only WAL flushed, and with writers fenced nothing
+    // else would flush it before the source's WAL writer does (every
+    // `wal_writer_delay`, 200 ms by default). The subscription skips it
+    // (no `messages` option), as an empty transaction.
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .await
+        .map_err(ReplicationError::query(name, "setting synchronous_commit"))?;
     let mut last_message: Option<Instant> = None;
     loop {
         if last_message.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             client
                 .execute(
-                    "SELECT pg_logical_emit_message(false, 'navette', 'drain')",
+                    "SELECT pg_logical_emit_message(true, 'navette', 'drain')",
                     &[],
                 )
                 .await

@@ -86,6 +86,55 @@ pub async fn subscribe(
     Ok(())
 }
 
+/// Sets `migration_id`'s subscription on `target_database` to flush each
+/// transaction it applies before it confirms it to the source
+/// (`synchronous_commit = on`), or not (`off`, a subscription's default).
+/// Off, the source's slot moves only once the target's WAL writer flushed
+/// (every `wal_writer_delay`, 200 ms by default), which is what a drain
+/// inside the freeze would wait for; on, every applied transaction waits
+/// for its own flush, which a busy source could outrun while converging.
+/// The apply worker takes the change without restarting.
+pub async fn set_apply_flush(
+    server: &PostgresqlServer,
+    migration_id: &str,
+    target_database: &str,
+    source_database: &str,
+    flush_each_transaction: bool,
+) -> Result<(), ReplicationError> {
+    let names = Names::new(migration_id, source_database);
+    let client = connect(server, target_database).await?;
+    let name = server.name.as_str();
+    if !subscription_exists(&client, name, &names.subscription).await? {
+        return Err(ReplicationError::Refused {
+            server: name.to_owned(),
+            database: target_database.to_owned(),
+            reason: format!(
+                "no subscription {} here: subscribe first (SubscribePostgres)",
+                names.subscription
+            ),
+        });
+    }
+    let value = if flush_each_transaction { "on" } else { "off" };
+    client
+        .batch_execute(&format!(
+            "ALTER SUBSCRIPTION {} SET (synchronous_commit = '{value}')",
+            quote_ident(&names.subscription)
+        ))
+        .await
+        .map_err(ReplicationError::query(
+            name,
+            "setting the subscription's synchronous_commit",
+        ))?;
+    tracing::info!(
+        message = "subscription's apply flush set",
+        migration = %migration_id,
+        server = %name,
+        database = %target_database,
+        synchronous_commit = value
+    );
+    Ok(())
+}
+
 async fn subscription_exists(
     client: &Client,
     server: &str,
