@@ -529,19 +529,23 @@ async fn set_id_bits_on_a_foreign_file_are_removed_as_in_a_full_copy() -> anyhow
     Ok(())
 }
 
-/// A hostile source's `FileChanges`: answers whatever it is given.
+/// A hostile source's `FileChanges`: answers whatever it is given, one
+/// message after the other.
 #[derive(Clone)]
 struct HostileChanges {
-    answer: ChangedEntries,
+    answers: Vec<ChangedEntries>,
 }
 
 #[tonic::async_trait]
 impl FileChanges for HostileChanges {
+    type ListChangesStream = tokio_stream::Iter<std::vec::IntoIter<Result<ChangedEntries, Status>>>;
+
     async fn list_changes(
         &self,
         _request: Request<ListChangesRequest>,
-    ) -> Result<Response<ChangedEntries>, Status> {
-        Ok(Response::new(self.answer.clone()))
+    ) -> Result<Response<Self::ListChangesStream>, Status> {
+        let answers: Vec<_> = self.answers.iter().cloned().map(Ok).collect();
+        Ok(Response::new(tokio_stream::iter(answers)))
     }
 }
 
@@ -570,13 +574,20 @@ async fn pass_answered(
     target: &Path,
     state: &Path,
 ) -> anyhow::Result<Result<CatchUpReport, navette_agent::transfer::files::FilesError>> {
-    let hostile = HostileChanges {
-        answer: ChangedEntries {
-            journal_epoch: 7,
-            sequence: 1,
-            ..answer
-        },
-    };
+    pass_streamed(pki, vec![answer], target, state).await
+}
+
+/// As [`pass_answered`], the answer in several messages.
+async fn pass_streamed(
+    pki: &Pki,
+    mut answers: Vec<ChangedEntries>,
+    target: &Path,
+    state: &Path,
+) -> anyhow::Result<Result<CatchUpReport, navette_agent::transfer::files::FilesError>> {
+    if let Some(first) = answers.first_mut() {
+        (first.journal_epoch, first.sequence) = (7, 1);
+    }
+    let hostile = HostileChanges { answers };
     let server = serve(
         pki,
         tonic::service::Routes::new(FileChangesServer::new(hostile)),
@@ -772,6 +783,45 @@ async fn content_sent_with_the_changes_is_written_only_for_the_files_listed() ->
         );
         ensure!(listing(&target)? == before, "{what}: the copy changed");
     }
+    // After the first message, content only; and no more than asked.
+    let later = |message: ChangedEntries| {
+        vec![
+            ChangedEntries {
+                entries: listed(),
+                ..ChangedEntries::default()
+            },
+            message,
+        ]
+    };
+    let streamed: [(&str, Vec<ChangedEntries>, &str); 2] = [
+        (
+            "entries after the first message",
+            later(ChangedEntries {
+                entries: listed(),
+                ..ChangedEntries::default()
+            }),
+            "entries came after the first message",
+        ),
+        (
+            "more content than asked",
+            later(ChangedEntries {
+                contents: vec![content(1, &vec![b'x'; 17 * 1024 * 1024])],
+                ..ChangedEntries::default()
+            }),
+            "more content than the",
+        ),
+    ];
+    for (what, answers, reason) in streamed {
+        let refused = pass_streamed(&pki, answers, &target, &state)
+            .await?
+            .err()
+            .with_context(|| format!("{what}: accepted"))?;
+        ensure!(
+            matches!(&refused.problem, Problem::Protocol { reason: r, .. } if r.contains(reason)),
+            "{what}: {refused}"
+        );
+        ensure!(listing(&target)? == before, "{what}: the copy changed");
+    }
     // Content that does not match its digest is not written: the pass
     // would read the file again, from a source that serves no file.
     let mut corrupt = content(1, data);
@@ -787,14 +837,14 @@ async fn content_sent_with_the_changes_is_written_only_for_the_files_listed() ->
         .context("content that does not verify: accepted")?;
     ensure!(matches!(&failed.problem, Problem::Source(_)), "{failed}");
     ensure!(!target.join("new.txt").exists(), "written unverified");
-    // Sent right, it is written from the answer alone (the source serves
-    // no file to read it from), with the time it was read at.
-    let answer = ChangedEntries {
-        entries: listed(),
+    // Sent right, in a message after the entries, it is written from the
+    // answer alone (the source serves no file to read it from), with the
+    // time it was read at.
+    let answers = later(ChangedEntries {
         contents: vec![content(1, data)],
         ..ChangedEntries::default()
-    };
-    let pass = pass_answered(&pki, answer, &target, &state).await??;
+    });
+    let pass = pass_streamed(&pki, answers, &target, &state).await??;
     ensure!(pass.files.files_sent == 1, "{pass:?}");
     ensure!(std::fs::read(target.join("new.txt"))? == data, "content");
     let written = std::fs::symlink_metadata(target.join("new.txt"))?;

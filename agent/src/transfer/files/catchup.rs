@@ -22,8 +22,9 @@
 //! link).
 //!
 //! Then it is a pull restricted to those paths, most changed small files'
-//! content already in the answer: the target's entries at the same paths
-//! are read ([`Lookup`]), compared and brought in line by
+//! content in the answer (in the messages after the entries; the target's
+//! entries at the same paths are read, [`Lookup`], while it comes),
+//! compared and brought in line by
 //! [`plan`](super::plan) and [`apply_plan`](super::pull::apply_plan),
 //! except that a small file's new content is written over its old version
 //! where [`open_in_place`](super::apply::open_in_place) allows: nothing
@@ -123,19 +124,18 @@ pub fn file_changes_client(channel: Channel) -> FileChangesClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
-/// The answer's entries, paths gone and content, checked.
+/// The answer's entries and paths gone, checked.
 struct Checked {
     entries: Vec<Entry>,
     gone: Vec<RelPath>,
-    /// Content sent with the answer, by path: each of a regular file
-    /// among the entries.
-    contents: HashMap<RelPath, WholeFile>,
+    /// Content in the answer's first message, not checked yet (see
+    /// [`contents_checked`]).
+    contents: Vec<WholeFile>,
 }
 
 /// The answer's entries and paths gone, checked: owners mapped, set-id
 /// bits the rule does not keep removed, and every entry's parent a
-/// directory listed before it; and its content, each of a regular file
-/// listed, once. The error names the path and why.
+/// directory listed before it. The error names the path and why.
 fn checked(answer: ChangedEntries, rule: &mut SetIdRule) -> Result<Checked, Problem> {
     let ChangedEntries {
         entries: wire,
@@ -202,6 +202,63 @@ fn checked(answer: ChangedEntries, rule: &mut SetIdRule) -> Result<Checked, Prob
         last = Some(entry.path.clone());
         entries.push(entry);
     }
+    Ok(Checked {
+        entries,
+        gone: gone_paths,
+        contents: sent,
+    })
+}
+
+/// The rest of the answer: content only, up to what was asked in all
+/// (`first`, from the first message, included).
+async fn more_contents(
+    answers: &mut tonic::Streaming<ChangedEntries>,
+    first: Vec<WholeFile>,
+    stall: Duration,
+) -> Result<Vec<WholeFile>, Problem> {
+    let mut contents = first;
+    let mut bytes: u64 = 0;
+    let mut count = |sent: &[WholeFile]| {
+        bytes += sent.iter().map(|c| c.data.len() as u64).sum::<u64>();
+        match bytes > PASS_CONTENT_BYTES {
+            true => Err(Problem::Protocol {
+                path: RelPath::root(),
+                reason: format!(
+                    "the source sent more content than the {PASS_CONTENT_BYTES} bytes asked"
+                ),
+            }),
+            false => Ok(()),
+        }
+    };
+    count(&contents)?;
+    loop {
+        let more = match tokio::time::timeout(stall, answers.message()).await {
+            Err(_) => return Err(Problem::Stalled(stall)),
+            Ok(Err(status)) => return Err(Problem::Source(status)),
+            Ok(Ok(None)) => return Ok(contents),
+            Ok(Ok(Some(more))) => more,
+        };
+        if !more.entries.is_empty() || !more.gone.is_empty() {
+            return Err(Problem::Protocol {
+                path: RelPath::root(),
+                reason: "entries came after the first message of the changes".to_owned(),
+            });
+        }
+        count(&more.contents)?;
+        contents.extend(more.contents);
+    }
+}
+
+/// The content sent, by path: each must be of a regular file among the
+/// `entries`, and come once. The error names the entry and why.
+fn contents_checked(
+    entries: &[Entry],
+    sent: Vec<WholeFile>,
+) -> Result<HashMap<RelPath, WholeFile>, Problem> {
+    let refused = |path: &[u8], reason: String| Problem::Unsafe {
+        path: String::from_utf8_lossy(path).into_owned(),
+        reason,
+    };
     let mut contents = HashMap::with_capacity(sent.len());
     for content in sent {
         let listed = entries.get(content.index as usize);
@@ -222,11 +279,7 @@ fn checked(answer: ChangedEntries, rule: &mut SetIdRule) -> Result<Checked, Prob
             ));
         }
     }
-    Ok(Checked {
-        entries,
-        gone: gone_paths,
-        contents,
-    })
+    Ok(contents)
 }
 
 /// One catch-up pass of the home granted for `transfer_id` into
@@ -257,7 +310,7 @@ pub async fn catch_up(
     }
     let mut client = file_changes_client(channel.clone());
     let stall = config.stall_timeout;
-    let answer = tokio::time::timeout(
+    let mut answers = tokio::time::timeout(
         stall,
         client.list_changes(ListChangesRequest {
             transfer_id: transfer_id.to_owned(),
@@ -272,6 +325,16 @@ pub async fn catch_up(
     .map_err(|_| failed(Problem::Stalled(stall)))?
     .map_err(|status| failed(Problem::Source(status)))?
     .into_inner();
+    let answer = tokio::time::timeout(stall, answers.message())
+        .await
+        .map_err(|_| failed(Problem::Stalled(stall)))?
+        .map_err(|status| failed(Problem::Source(status)))?
+        .ok_or_else(|| {
+            failed(Problem::Protocol {
+                path: RelPath::root(),
+                reason: "the source ended the changes without a message".to_owned(),
+            })
+        })?;
     let listed = started.elapsed();
     let local = |path: &Path| {
         let path = path.to_path_buf();
@@ -426,24 +489,33 @@ pub async fn catch_up(
     files.files = regular.len() as u64;
     files.bytes = regular.iter().map(|e| e.data_bytes()).sum();
     shared.set_totals(files.bytes, files.files);
-    let (plan, changes, unsynced) = {
+    // The copy's entries at the same paths, and nothing else, read while
+    // the rest of the content comes.
+    let looked_up = {
         let root = shared.root.clone();
         let cache = shared.cache.clone();
+        let mut paths = changed.clone();
+        paths.sort();
+        blocking(move || -> Result<_, Problem> {
+            let mut lookup = Lookup::new(Some(&*cache));
+            let mut local = BTreeMap::new();
+            for path in paths {
+                if let Some(entry) = lookup.entry(&root, &path)? {
+                    local.insert(path, entry);
+                }
+            }
+            Ok(local)
+        })
+    };
+    let (local, contents) = tokio::join!(looked_up, more_contents(&mut answers, contents, stall));
+    let local = local.map_err(failed)?.map_err(failed)?;
+    let contents = contents_checked(&entries, contents.map_err(failed)?).map_err(failed)?;
+    let (plan, changes, unsynced) = {
+        let root = shared.root.clone();
         let sizes = Sizes {
             small_file_max: shared.config.small_file_max,
         };
         blocking(move || -> Result<_, Problem> {
-            // The copy's entries at the same paths, and nothing else.
-            let mut lookup = Lookup::new(Some(&*cache));
-            let mut local = BTreeMap::new();
-            let mut paths: Vec<&RelPath> =
-                entries.iter().map(|e| &e.path).chain(gone.iter()).collect();
-            paths.sort();
-            for path in paths {
-                if let Some(entry) = lookup.entry(&root, path)? {
-                    local.insert(path.clone(), entry);
-                }
-            }
             let plan = plan::prepare(&root, &entries, local, sizes).map_err(Problem::Apply)?;
             // The files about to be written, on disk before they are.
             let changes = unsynced.is_some().then(|| plan.changes());

@@ -359,81 +359,113 @@ fn changed_entries(
 /// rest of the message limit is for its entries.
 const MAX_CONTENT_BYTES: u64 = MAX_MESSAGE_SIZE as u64 / 2;
 
-/// The content of the `files` (position in the answer, path, size listed)
-/// of at most `file_max` bytes, in order, while their sizes add up to at
-/// most `budget` (capped at [`MAX_CONTENT_BYTES`]). A file gone or grown
-/// too large since it was listed is left out: the target reads it with
-/// `ReadFiles`, which says so. Read on a few threads: a pass waits for it.
-fn contents(
+/// Sends the content of the `files` (position in the answer, path, size
+/// listed) of at most `file_max` bytes, in order, while their sizes add up
+/// to at most `budget` (capped at [`MAX_CONTENT_BYTES`]), a message of
+/// about [`WHOLE_FILES_BYTES`] at a time, each read on a few threads. A
+/// file gone or grown too large since it was listed is left out: the
+/// target reads it with `ReadFiles`, which says so. Returns the files and
+/// bytes sent; stops when `send` says the target is gone.
+fn send_contents(
     root: &Root,
     files: &[(u32, RelPath, u64)],
     budget: u64,
     file_max: u64,
-) -> Result<Vec<WholeFile>, read::ReadError> {
+    send: &mut dyn FnMut(Vec<WholeFile>) -> bool,
+) -> Result<(u64, u64), read::ReadError> {
     let budget = budget.min(MAX_CONTENT_BYTES);
     let file_max = file_max.min(read::WHOLE_FILE_MAX);
-    let mut left = budget;
-    let mut wanted = Vec::new();
+    // What fits, by the sizes listed, in messages of about the same size.
+    let (mut left, mut groups) = (budget, vec![Vec::new()]);
+    let mut group_bytes = 0;
     for (index, path, size) in files {
-        if *size <= file_max && *size <= left {
-            left -= size;
-            wanted.push((*index, path));
+        if *size > file_max || *size > left {
+            continue;
+        }
+        left -= size;
+        if group_bytes + size > WHOLE_FILES_BYTES as u64 && group_bytes > 0 {
+            groups.push(Vec::new());
+            group_bytes = 0;
+        }
+        group_bytes += size;
+        if let Some(group) = groups.last_mut() {
+            group.push((*index, path));
         }
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, CONTENT_THREADS);
-    let chunk = wanted.len().div_ceil(threads).max(CONTENT_FILES_PER_THREAD);
-    let read: Vec<Vec<WholeFile>> = std::thread::scope(|scope| {
-        let readers: Vec<_> = wanted
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|(index, path)| read::read_whole(root, path, *index))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
-            .collect();
-        readers
-            .into_iter()
-            .map(|reader| {
-                reader.join().unwrap_or_else(|_| {
-                    Err(read::ReadError {
-                        path: RelPath::root(),
-                        op: "read",
-                        source: std::io::Error::other("a thread reading the content panicked"),
+    // Sizes as read, which may have grown since the listing.
+    let (mut left, mut files_sent, mut bytes_sent) = (budget, 0, 0);
+    for group in groups.iter().filter(|g| !g.is_empty()) {
+        let chunk = group.len().div_ceil(threads).max(CONTENT_FILES_PER_THREAD);
+        let read: Vec<Vec<WholeFile>> = std::thread::scope(|scope| {
+            let readers: Vec<_> = group
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(index, path)| read::read_whole(root, path, *index))
+                            .collect::<Result<Vec<_>, _>>()
                     })
                 })
+                .collect();
+            readers
+                .into_iter()
+                .map(|reader| {
+                    reader.join().unwrap_or_else(|_| {
+                        Err(read::ReadError {
+                            path: RelPath::root(),
+                            op: "read",
+                            source: std::io::Error::other("a thread reading the content panicked"),
+                        })
+                    })
+                })
+                .collect::<Result<_, _>>()
+        })?;
+        let message: Vec<WholeFile> = read
+            .into_iter()
+            .flatten()
+            .filter(|content| {
+                let keep = !content.vanished && !content.too_large && content.size <= left;
+                if keep {
+                    left -= content.size;
+                }
+                keep
             })
-            .collect::<Result<_, _>>()
-    })?;
-    // Sizes as read, which may have grown since the listing.
-    let mut left = budget;
-    Ok(read
-        .into_iter()
-        .flatten()
-        .filter(|content| {
-            let keep = !content.vanished && !content.too_large && content.size <= left;
-            if keep {
-                left -= content.size;
-            }
-            keep
-        })
-        .collect())
+            .collect();
+        if message.is_empty() {
+            continue;
+        }
+        files_sent += message.len() as u64;
+        bytes_sent += message.iter().map(|c| c.size).sum::<u64>();
+        if !send(message) {
+            break;
+        }
+    }
+    Ok((files_sent, bytes_sent))
 }
 
-/// Threads reading an answer's content, at most; each reads at least
+/// Threads reading a message's content, at most; each reads at least
 /// [`CONTENT_FILES_PER_THREAD`] files.
 const CONTENT_THREADS: usize = 4;
-const CONTENT_FILES_PER_THREAD: usize = 32;
+const CONTENT_FILES_PER_THREAD: usize = 16;
+
+/// An answer of one message.
+fn one_message(answer: ChangedEntries) -> Response<Stream<ChangedEntries>> {
+    let (sender, receiver) = mpsc::channel(1);
+    let _ = sender.try_send(Ok(answer));
+    Response::new(ReceiverStream::new(receiver))
+}
 
 #[tonic::async_trait]
 impl FileChanges for FileChangesService {
+    type ListChangesStream = Stream<ChangedEntries>;
+
     async fn list_changes(
         &self,
         request: Request<ListChangesRequest>,
-    ) -> Result<Response<ChangedEntries>, Status> {
+    ) -> Result<Response<Self::ListChangesStream>, Status> {
         let transfer_id = request.get_ref().transfer_id.clone();
         let grant = self.grants.authorise(&request, &transfer_id)?;
         let ListChangesRequest {
@@ -473,7 +505,7 @@ impl FileChanges for FileChangesService {
         };
         if taken.missing || taken.untrusted.is_some() {
             tracing::info!(message = "catch-up: the journal is not to be trusted", transfer_id, journal_id, missing = taken.missing, untrusted = ?taken.untrusted);
-            return Ok(Response::new(answer));
+            return Ok(one_message(answer));
         }
         let paths = with_parents(&taken.paths);
         if paths.len() > MAX_CHANGED_PATHS {
@@ -481,55 +513,77 @@ impl FileChanges for FileChangesService {
                 "{} paths changed, more than a catch-up lists ({MAX_CHANGED_PATHS}): comparing the whole tree costs about as much",
                 paths.len()
             );
-            return Ok(Response::new(answer));
+            return Ok(one_message(answer));
         }
         let root = open_home(&grant).await?;
         // A pass reads few entries: no attributes cache is worth keeping.
         let cache = XattrCache::default();
-        let started = std::time::Instant::now();
-        let read = tokio::task::spawn_blocking(move || {
-            let changed = changed_entries(&root, &paths, &cache).map_err(|e| e.to_string())?;
-            let content = match changed.untrusted {
-                Some(_) => Vec::new(),
-                None => contents(&root, &changed.files, content_bytes, content_file_max)
-                    .map_err(|e| e.to_string())?,
+        let sequence = taken.sequence;
+        let (sender, receiver) = mpsc::channel(4);
+        // The entries first, then the content as it is read: the target
+        // compares while the content comes.
+        tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let failed = |what: &str, error: String| {
+                tracing::warn!(message = "reading the changed paths failed", transfer_id, what, %error);
+                Status::internal(format!("transfer {transfer_id}: {what} failed: {error}"))
             };
-            Ok::<_, String>((changed, content))
-        })
-        .await
-        .map_err(|error| Status::internal(format!("reading the changes: {error}")))?;
-        let (
-            Changed {
+            let Changed {
                 entries,
                 gone,
                 untrusted,
-                ..
-            },
-            content,
-        ) = read.map_err(|error| {
-            tracing::warn!(message = "reading the changed paths failed", transfer_id, %error);
-            Status::internal(format!(
-                "transfer {transfer_id}: reading the changed paths failed: {error}"
-            ))
-        })?;
-        tracing::info!(
-            message = "listed the home's changes",
-            transfer_id,
-            journal_id,
-            sequence = taken.sequence,
-            entries = entries.len(),
-            gone = gone.len(),
-            files_sent = content.len(),
-            bytes_sent = content.iter().map(|c| c.size).sum::<u64>(),
-            seconds = started.elapsed().as_secs_f64()
-        );
-        if let Some(why) = untrusted {
-            answer.untrusted = why;
-            return Ok(Response::new(answer));
-        }
-        answer.entries = entries;
-        answer.gone = gone;
-        answer.contents = content;
-        Ok(Response::new(answer))
+                files,
+            } = match changed_entries(&root, &paths, &cache) {
+                Ok(changed) => changed,
+                Err(error) => {
+                    let _ = sender
+                        .blocking_send(Err(failed("reading the changed paths", error.to_string())));
+                    return;
+                }
+            };
+            let listed = started.elapsed();
+            let (entries_listed, gone_listed) = (entries.len(), gone.len());
+            let trusted = untrusted.is_none();
+            match untrusted {
+                Some(why) => answer.untrusted = why,
+                None => (answer.entries, answer.gone) = (entries, gone),
+            }
+            if sender.blocking_send(Ok(answer)).is_err() || !trusted {
+                return;
+            }
+            let sent = send_contents(
+                &root,
+                &files,
+                content_bytes,
+                content_file_max,
+                &mut |contents| {
+                    sender
+                        .blocking_send(Ok(ChangedEntries {
+                            contents,
+                            ..ChangedEntries::default()
+                        }))
+                        .is_ok()
+                },
+            );
+            match sent {
+                Ok((files_sent, bytes_sent)) => tracing::info!(
+                    message = "listed the home's changes",
+                    transfer_id,
+                    journal_id,
+                    sequence,
+                    entries = entries_listed,
+                    gone = gone_listed,
+                    listed_seconds = listed.as_secs_f64(),
+                    files_sent,
+                    bytes_sent,
+                    seconds = started.elapsed().as_secs_f64()
+                ),
+                Err(error) => {
+                    let _ = sender
+                        .blocking_send(Err(failed("reading the changed files", error.to_string())));
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
