@@ -102,7 +102,7 @@ pub use dns::{DnsServer, ZoneSpec};
 pub use grpcurl::JoinTokenSpec;
 pub use mariadb::{MariaDb, MariaDbRelease, MariaDbSpec};
 pub use netns::Netns;
-pub use postgres::{PgSpec, PgVersion, Postgres};
+pub use postgres::{PgSpec, PgVersion, Postgres, PsqlSession};
 pub use process::ChildProcess;
 pub use reinstall::{ProvisionRequest, Provisioner};
 pub use rig::Rig;

@@ -309,6 +309,24 @@ impl Postgres {
         Ok(output.trim_end_matches('\n').to_owned())
     }
 
+    /// A `psql` session in `db` as the `postgres` superuser that stays
+    /// open, reading statements as [`PsqlSession::send`] gives them (a
+    /// transaction held open across a test's steps, a lock held).
+    pub fn psql_session(&self, db: &str) -> anyhow::Result<PsqlSession> {
+        let mut command = self.version.command("psql");
+        command
+            .arg("-h")
+            .arg(&self.socket_dir)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", db])
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting a psql session in {db}"))?;
+        Ok(PsqlSession { child })
+    }
+
     /// `SHOW server_version` ("15.14", "18.1"...).
     pub fn server_version(&self) -> anyhow::Result<String> {
         self.psql("postgres", "SHOW server_version")
@@ -380,4 +398,45 @@ impl Postgres {
 /// Quotes a libpq connection-string value.
 fn conn_value(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// An open `psql` session ([`Postgres::psql_session`]); ended (its input
+/// closed, then waited for) by [`PsqlSession::finish`], or killed when
+/// dropped.
+pub struct PsqlSession {
+    child: std::process::Child,
+}
+
+impl PsqlSession {
+    /// Sends `sql` (statements ending with `;`) to the session.
+    pub fn send(&mut self, sql: &str) -> anyhow::Result<()> {
+        use std::io::Write;
+        let input = self
+            .child
+            .stdin
+            .as_mut()
+            .context("the session's input is closed")?;
+        input.write_all(sql.as_bytes())?;
+        input.write_all(b"\n")?;
+        input.flush()?;
+        Ok(())
+    }
+
+    /// Closes the session's input and waits for it to end; an error if it
+    /// failed (a statement refused).
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.child.stdin.take());
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "the psql session ended with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for PsqlSession {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use navette_tests::load::check_lines;
 use navette_tests::{
-    Account, AccountSpec, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Postgres, Rig,
-    WebServer,
+    Account, AccountSpec, AgentKind, Controller, ControllerSpec, Netns, PgVersion, Postgres,
+    PsqlSession, Rig, WebServer,
 };
 use serde_json::{Value, json};
 use support::{enrol, str_of};
@@ -205,18 +205,25 @@ impl Platform {
         match fault {
             Fault::LinkCutEntering | Fault::LinkCut => self.new.link_down(),
             Fault::DiskFull => {
-                // Every byte left, in one call (no time for the pass to
-                // slip through while a slow fill runs).
+                // Nearly every byte left in one call (no time for the pass
+                // to slip through while a slow fill runs), the rest by
+                // writing until the disk refuses: the copy may grow
+                // between reading what is free and taking it (the
+                // account's writer goes on until the freeze).
                 let stats = nix::sys::statvfs::statvfs(&self.new.accounts_dir())
                     .context("statvfs of the target's accounts directory")?;
                 let free = stats.blocks_available() * stats.fragment_size();
-                let status = std::process::Command::new("fallocate")
-                    .args(["-l", &free.to_string()])
-                    .arg(self.filler())
-                    .status()
-                    .context("fallocate")?;
-                ensure!(status.success(), "filling the target's disk");
-                Ok(())
+                let most = free.saturating_sub(FILL_MARGIN);
+                std::fs::File::create(self.filler()).context("creating the filler")?;
+                if most > 0 {
+                    let status = std::process::Command::new("fallocate")
+                        .args(["-l", &most.to_string()])
+                        .arg(self.filler())
+                        .status()
+                        .context("fallocate")?;
+                    ensure!(status.success(), "filling the target's disk");
+                }
+                fill_up(&self.filler_rest()).context("filling the rest of the target's disk")
             }
         }
     }
@@ -225,12 +232,66 @@ impl Platform {
     fn repair(&self, fault: Fault) -> anyhow::Result<()> {
         match fault {
             Fault::LinkCutEntering | Fault::LinkCut => self.new.link_up(),
-            Fault::DiskFull => std::fs::remove_file(self.filler()).context("removing the filler"),
+            Fault::DiskFull => {
+                std::fs::remove_file(self.filler()).context("removing the filler")?;
+                std::fs::remove_file(self.filler_rest()).context("removing the filler")
+            }
         }
     }
 
     fn filler(&self) -> PathBuf {
         self.new.accounts_dir().join("filler.bin")
+    }
+
+    fn filler_rest(&self) -> PathBuf {
+        self.new.accounts_dir().join("filler-rest.bin")
+    }
+}
+
+/// What the disk-full fault leaves to [`fill_up`].
+const FILL_MARGIN: u64 = 4 * 1024 * 1024;
+
+/// Writes to `path` until the filesystem has no byte left (ENOSPC), in
+/// smaller and smaller pieces.
+fn fill_up(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path)?;
+    let zeros = vec![0u8; 64 * 1024];
+    for piece in [64 * 1024, 4096, 1] {
+        loop {
+            match file.write_all(&zeros[..piece]) {
+                Ok(()) => {}
+                Err(error) if error.raw_os_error() == Some(nix::libc::ENOSPC) => break,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A transaction of the account's database holding its table's write
+/// lock (as an INSERT does) until committed.
+fn write_in_flight(pg15: &Postgres, database: &str) -> anyhow::Result<PsqlSession> {
+    let mut session = pg15.psql_session(database)?;
+    session.send(
+        "SET application_name = 'write-in-flight'; BEGIN; LOCK TABLE orders IN ROW EXCLUSIVE MODE;",
+    )?;
+    let started = Instant::now();
+    loop {
+        let held = pg15.psql(
+            database,
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'write-in-flight' AND l.mode = 'RowExclusiveLock' \
+             AND l.granted AND l.relation = 'orders'::regclass",
+        )?;
+        if held == "1" {
+            return Ok(session);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the write in flight did not take its lock"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -301,6 +362,23 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
                        "migration_id": "postgresql-15-to-18", "acknowledge_irreversible": true}),
             )?;
             let id = str_of(&started, "id").to_owned();
+            // The disk fills while a write of the account's is in flight
+            // as the freeze begins: the fence waits for it (as for any
+            // customer's), so the freeze's last file pass comes after the
+            // disk is full. Without it, the pass can be done before the
+            // fill is.
+            let in_flight = match fault {
+                Fault::DiskFull => {
+                    support::wait_migration_row(
+                        &platform.controller,
+                        &id,
+                        "state = 'freezing'",
+                        Duration::from_secs(240),
+                    )?;
+                    Some(write_in_flight(pg15, &database)?)
+                }
+                _ => None,
+            };
             support::wait_migration_row(
                 &platform.controller,
                 &id,
@@ -309,6 +387,10 @@ fn scenario(platform: &Platform, fault: Fault) -> anyhow::Result<Seen> {
             )?;
             let at = Instant::now();
             platform.inject(fault)?;
+            if let Some(mut write) = in_flight {
+                write.send("COMMIT;")?;
+                write.finish().context("the write in flight")?;
+            }
             let undone = rig.wait_until(
                 "the freeze undone with the fault in place",
                 Duration::from_secs(60),
