@@ -25,6 +25,7 @@ use navette_agent::transfer::files::journals::Journals;
 use navette_agent::transfer::files::{
     FileChangesService, FileSourceService, FilesReport, Problem, PullConfig, catch_up, pull_with,
 };
+use navette_agent::transfer::grants::Grants;
 use navette_agent::transfer::progress::Progress;
 use navette_proto::v1::file_changes_server::{FileChanges, FileChangesServer};
 use navette_proto::v1::{ChangedEntries, EntryKind, ListChangesRequest, TreeEntry, WholeFile};
@@ -37,7 +38,9 @@ const JOURNAL: &str = "m-catchup";
 /// A home granted for [`TRANSFER`], its journal running, copied whole.
 struct Copied {
     scratch: Scratch,
+    grants: Arc<Grants>,
     journals: Arc<Journals>,
+    pki: Pki,
     _server: Server,
     channel: Channel,
     epoch: u64,
@@ -101,7 +104,7 @@ async fn copied(name: &str) -> anyhow::Result<Copied> {
     let epoch = journals.start(JOURNAL, "alice", &home)?.epoch;
     let pki = Pki::new()?;
     let routes = tonic::service::Routes::new(FileSourceService::new(grants.clone()).into_server())
-        .add_service(FileChangesService::new(grants, journals.clone()).into_server());
+        .add_service(FileChangesService::new(grants.clone(), journals.clone()).into_server());
     let server = serve(&pki, routes).await?;
     let channel = pki.channel_as(TARGET_HOST, server.address)?;
     let full = pull_with(
@@ -120,7 +123,9 @@ async fn copied(name: &str) -> anyhow::Result<Copied> {
     );
     Ok(Copied {
         scratch,
+        grants,
         journals,
+        pki,
         _server: server,
         channel,
         epoch,
@@ -189,6 +194,41 @@ async fn changes_arrive_with_one_pass_that_compares_only_them() -> anyhow::Resul
         "{changed:?} then {again:?}"
     );
     ensure!(rsync_differences(&home, &copy.target())?.is_empty());
+
+    // The content comes with the changes: a pass from the real
+    // `FileChanges` alone (no `FileSource` to read files from) brings a
+    // new and a changed file.
+    std::fs::write(home.join("www/later.html"), b"<p>later</p>\n")?;
+    std::fs::write(home.join("many/0003.txt"), b"changed with the changes\n")?;
+    let alone = serve(
+        &copy.pki,
+        tonic::service::Routes::new(
+            FileChangesService::new(copy.grants.clone(), copy.journals.clone()).into_server(),
+        ),
+    )
+    .await?;
+    let pass = catch_up(
+        account_config(),
+        copy.pki.channel_as(TARGET_HOST, alone.address)?,
+        TRANSFER,
+        &CatchUp {
+            journal_id: JOURNAL.to_owned(),
+            journal_epoch: again.journal_epoch,
+            applied_sequence: again.applied_sequence,
+            allow_full_comparison: false,
+            defer_sync: false,
+        },
+        &copy.target(),
+        &copy.scratch.join("state"),
+        &Progress::new(TRANSFER),
+    )
+    .await?;
+    ensure!(
+        pass.mode == Mode::Journal && pass.files.files_sent == 2,
+        "{pass:?}"
+    );
+    let differences = rsync_differences(&home, &copy.target())?;
+    ensure!(differences.is_empty(), "the copy differs:\n{differences}");
     Ok(())
 }
 

@@ -407,10 +407,9 @@ async fn attempt(shared: &Shared<'_>, report: &mut FilesReport) -> Result<(), Pr
 
 /// Carries out a [`Plan`] (its structural part is done): content on
 /// several streams, then links, metadata, deletions, directories, and the
-/// final sync. Shared by full pulls and catch-up passes.
-/// Carries out `plan`; the small files of `sent` (content the source sent
-/// ahead, checked to be of files of the plan's entries) are written from
-/// it rather than read.
+/// final sync. Shared by full pulls and catch-up passes; the small files
+/// of `sent` (content a pass's source sent with the changes, checked to
+/// be of files of the plan's entries) are written from it, not read.
 pub(super) async fn apply_plan(
     shared: &Shared<'_>,
     report: &mut FilesReport,
